@@ -1,0 +1,472 @@
+//! The configuration file: which databases pg-autouser manages, how it logs in as their admin,
+//! and the access policy (Teleport role v7 documents).
+//!
+//! YAML, so JSON loads too. Unknown keys in our own sections are errors: a typo must not turn
+//! into a silently ignored setting. Relative file paths are resolved against the directory of
+//! the configuration file.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::naming;
+use crate::policy::{Policy, PolicyError, Role};
+
+pub const DEFAULT_MANAGED_GROUP: &str = "teleport-auto-user";
+pub const DEFAULT_PORT: u16 = 5432;
+/// Role PostgreSQL on RDS requires for IAM authentication.
+pub const RDS_IAM_ROLE: &str = "rds_iam";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config is not valid YAML or JSON at `{path}`: {message}")]
+    Syntax { path: String, message: String },
+    #[error("config field `{field}`: {message}")]
+    Invalid { field: String, message: String },
+    #[error("config field `roles`: {0}")]
+    Policy(#[from] PolicyError),
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// This cluster's name: people whose `origin_cluster` differs get `remote-<user>-<origin>`.
+    pub cluster_name: Option<String>,
+    /// Group every provisioned user belongs to; membership is what makes a user "managed".
+    pub managed_group: String,
+    pub databases: Vec<DatabaseConfig>,
+    pub policy: Policy,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatabaseType {
+    SelfHosted,
+    Rds,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseConfig {
+    /// What events call this database.
+    pub name: String,
+    pub db_type: DatabaseType,
+    pub host: String,
+    pub port: u16,
+    pub labels: BTreeMap<String, String>,
+    pub admin_user: AdminUser,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminUser {
+    pub name: String,
+    /// Database the admin logs into; when absent, the session's `db_name`.
+    pub default_database: Option<String>,
+}
+
+/// Where the admin's credentials come from. The core only reads files and environment
+/// variables; AWS sources (IAM tokens, Secrets Manager) are resolved by the AWS adapter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// X.509 client certificate and key, PEM files.
+    CertFiles { cert_file: PathBuf, key_file: PathBuf },
+    /// X.509 client certificate and key, PEM, in a Secrets Manager secret.
+    CertSecret { secret_arn: String },
+    /// Password from an environment variable.
+    PasswordEnv { password_env: String },
+    /// RDS-style JSON secret (`username`, `password`, …) in Secrets Manager.
+    PasswordSecret { secret_arn: String },
+    /// RDS IAM authentication token.
+    Iam { region: Option<String> },
+}
+
+impl AuthConfig {
+    pub fn method(&self) -> &'static str {
+        match self {
+            AuthConfig::CertFiles { .. } | AuthConfig::CertSecret { .. } => "cert",
+            AuthConfig::PasswordEnv { .. } | AuthConfig::PasswordSecret { .. } => "password",
+            AuthConfig::Iam { .. } => "iam",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TlsMode {
+    /// Verify the server certificate chain and that it names the host.
+    VerifyFull,
+    /// Verify the chain only.
+    VerifyCa,
+    /// Encrypt, but accept any server certificate.
+    Require,
+    /// Plain text: for local experiments only.
+    Disable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    pub mode: TlsMode,
+    pub ca_file: Option<PathBuf>,
+}
+
+impl Config {
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base)
+    }
+
+    /// Parses and validates a config; relative paths are resolved against `base_dir`.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        let deserializer = serde_yaml_ng::Deserializer::from_str(text);
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+            ConfigError::Syntax { path: e.path().to_string(), message: e.inner().to_string() }
+        })?;
+        raw.validate(base_dir)
+    }
+
+    pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|db| db.name == name)
+    }
+}
+
+impl DatabaseConfig {
+    /// The database the admin connects to for a session on `db_name`.
+    pub fn admin_database<'a>(&'a self, db_name: &'a str) -> &'a str {
+        self.admin_user.default_database.as_deref().unwrap_or(db_name)
+    }
+
+    /// `host:port`, for messages.
+    pub fn endpoint(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    cluster_name: Option<String>,
+    managed_group: Option<String>,
+    databases: Vec<RawDatabase>,
+    #[serde(default)]
+    roles: Vec<Role>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDatabase {
+    name: String,
+    #[serde(rename = "type")]
+    db_type: DatabaseType,
+    uri: String,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    admin_user: AdminUser,
+    auth: RawAuth,
+    tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    method: String,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    password_env: Option<String>,
+    secret_arn: Option<String>,
+    region: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    mode: TlsMode,
+    ca_file: Option<PathBuf>,
+}
+
+impl RawConfig {
+    fn validate(self, base_dir: &Path) -> Result<Config, ConfigError> {
+        let managed_group = self.managed_group.unwrap_or_else(|| DEFAULT_MANAGED_GROUP.to_string());
+        naming::validate_identifier(&managed_group).map_err(|e| invalid("managed_group", e.to_string()))?;
+        if managed_group.starts_with("pg_") || managed_group.starts_with("rds_") {
+            return Err(invalid("managed_group", "the pg_ and rds_ prefixes belong to PostgreSQL and RDS"));
+        }
+        if let Some(name) = &self.cluster_name {
+            if name.is_empty() {
+                return Err(invalid("cluster_name", "must not be empty; remove it instead"));
+            }
+        }
+        if self.databases.is_empty() {
+            return Err(invalid("databases", "lists no database: add at least one"));
+        }
+        let mut databases: Vec<DatabaseConfig> = Vec::with_capacity(self.databases.len());
+        for (index, raw) in self.databases.into_iter().enumerate() {
+            let db = raw.validate(&format!("databases[{index}]"), base_dir, &managed_group)?;
+            if databases.iter().any(|other| other.name == db.name) {
+                return Err(invalid(
+                    format!("databases[{index}].name"),
+                    format!("database {:?} is listed twice", db.name),
+                ));
+            }
+            databases.push(db);
+        }
+        Ok(Config {
+            cluster_name: self.cluster_name,
+            managed_group,
+            databases,
+            policy: Policy::new(self.roles)?,
+        })
+    }
+}
+
+impl RawDatabase {
+    fn validate(self, at: &str, base_dir: &Path, managed_group: &str) -> Result<DatabaseConfig, ConfigError> {
+        if self.name.is_empty() {
+            return Err(invalid(format!("{at}.name"), "must not be empty"));
+        }
+        let (host, port) = parse_uri(&self.uri).map_err(|m| invalid(format!("{at}.uri"), m))?;
+        naming::validate_identifier(&self.admin_user.name)
+            .map_err(|e| invalid(format!("{at}.admin_user.name"), e.to_string()))?;
+        if self.admin_user.name == managed_group {
+            return Err(invalid(format!("{at}.admin_user.name"), "the admin cannot be the managed group"));
+        }
+        if let Some(db) = &self.admin_user.default_database {
+            naming::validate_identifier(db)
+                .map_err(|e| invalid(format!("{at}.admin_user.default_database"), e.to_string()))?;
+        }
+        let auth = self.auth.validate(&format!("{at}.auth"), base_dir)?;
+        let tls = match self.tls {
+            None => TlsConfig { mode: TlsMode::VerifyFull, ca_file: None },
+            Some(raw) => TlsConfig { mode: raw.mode, ca_file: raw.ca_file.map(|p| base_dir.join(p)) },
+        };
+        if matches!(tls.mode, TlsMode::VerifyFull | TlsMode::VerifyCa) && tls.ca_file.is_none() {
+            return Err(invalid(
+                format!("{at}.tls.ca_file"),
+                "is required to verify the server: give the CA bundle that signed the server certificate",
+            ));
+        }
+        if tls.mode == TlsMode::Disable && matches!(auth, AuthConfig::CertFiles { .. } | AuthConfig::CertSecret { .. }) {
+            return Err(invalid(format!("{at}.tls.mode"), "cert authentication needs TLS: use verify-full"));
+        }
+        Ok(DatabaseConfig {
+            name: self.name,
+            db_type: self.db_type,
+            host,
+            port,
+            labels: self.labels,
+            admin_user: self.admin_user,
+            auth,
+            tls,
+        })
+    }
+}
+
+impl RawAuth {
+    fn validate(self, at: &str, base_dir: &Path) -> Result<AuthConfig, ConfigError> {
+        let RawAuth { method, cert_file, key_file, password_env, secret_arn, region } = self;
+        let unexpected = |field: &str, present: bool| -> Result<(), ConfigError> {
+            if present {
+                Err(invalid(format!("{at}.{field}"), format!("does not apply to method {method:?}")))
+            } else {
+                Ok(())
+            }
+        };
+        match method.as_str() {
+            "cert" => {
+                unexpected("password_env", password_env.is_some())?;
+                unexpected("region", region.is_some())?;
+                match (cert_file, key_file, secret_arn) {
+                    (Some(cert), Some(key), None) => Ok(AuthConfig::CertFiles {
+                        cert_file: base_dir.join(cert),
+                        key_file: base_dir.join(key),
+                    }),
+                    (None, None, Some(arn)) => Ok(AuthConfig::CertSecret { secret_arn: arn }),
+                    _ => Err(invalid(at, "method cert needs either cert_file and key_file, or secret_arn")),
+                }
+            }
+            "password" => {
+                unexpected("cert_file", cert_file.is_some())?;
+                unexpected("key_file", key_file.is_some())?;
+                unexpected("region", region.is_some())?;
+                match (password_env, secret_arn) {
+                    (Some(var), None) if !var.is_empty() => Ok(AuthConfig::PasswordEnv { password_env: var }),
+                    (None, Some(arn)) => Ok(AuthConfig::PasswordSecret { secret_arn: arn }),
+                    _ => Err(invalid(at, "method password needs either password_env or secret_arn")),
+                }
+            }
+            "iam" => {
+                unexpected("cert_file", cert_file.is_some())?;
+                unexpected("key_file", key_file.is_some())?;
+                unexpected("password_env", password_env.is_some())?;
+                unexpected("secret_arn", secret_arn.is_some())?;
+                Ok(AuthConfig::Iam { region })
+            }
+            other => Err(invalid(
+                format!("{at}.method"),
+                format!("unknown method {other:?}: use cert, password or iam"),
+            )),
+        }
+    }
+}
+
+/// Parses `host`, `host:port`, `[v6]:port` or `postgres://host:port[/…]`.
+fn parse_uri(uri: &str) -> Result<(String, u16), String> {
+    let rest = uri
+        .strip_prefix("postgres://")
+        .or_else(|| uri.strip_prefix("postgresql://"))
+        .unwrap_or(uri);
+    let authority = rest.split('/').next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("must not carry credentials: configure them under auth".into());
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (host, after) = v6.split_once(']').ok_or("unterminated [ in IPv6 address")?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(format!("{uri:?} names no host: use host:port, e.g. localhost:5432"));
+    }
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(p) => p.parse::<u16>().ok().filter(|p| *p != 0).ok_or(format!("invalid port {p:?}"))?,
+    };
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = r#"
+cluster_name: leaf
+managed_group: teleport-auto-user
+databases:
+  - name: orders
+    type: self-hosted
+    uri: localhost:5432
+    labels: {env: dev}
+    admin_user: {name: teleport-admin, default_database: postgres}
+    auth: {method: cert, cert_file: admin.crt, key_file: admin.key}
+    tls: {mode: verify-full, ca_file: ca.pem}
+roles:
+  - kind: role
+    version: v7
+    metadata: {name: auto-db-users}
+    spec:
+      options: {create_db_user_mode: keep}
+      allow:
+        db_labels: {"*": "*"}
+        db_names: ["*"]
+        db_roles: [reader, "{{internal.db_roles}}"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/autouser"))
+    }
+
+    #[test]
+    fn the_documented_example_loads() {
+        let config = parse(EXAMPLE).unwrap();
+        let db = config.database("orders").unwrap();
+        assert_eq!((db.host.as_str(), db.port), ("localhost", 5432));
+        assert_eq!(db.admin_database("app"), "postgres");
+        assert_eq!(
+            db.auth,
+            AuthConfig::CertFiles {
+                cert_file: "/etc/autouser/admin.crt".into(),
+                key_file: "/etc/autouser/admin.key".into()
+            }
+        );
+        assert_eq!(config.cluster_name.as_deref(), Some("leaf"));
+    }
+
+    #[test]
+    fn json_loads_too() {
+        let json = r#"{"databases":[{"name":"a","type":"rds","uri":"db.example.com",
+            "admin_user":{"name":"teleport-admin"},"auth":{"method":"iam","region":"us-east-1"},
+            "tls":{"mode":"require"}}]}"#;
+        let config = parse(json).unwrap();
+        assert_eq!(config.managed_group, DEFAULT_MANAGED_GROUP);
+        let db = &config.databases[0];
+        assert_eq!(db.port, 5432);
+        assert_eq!(db.admin_database("app"), "app");
+        assert_eq!(db.auth, AuthConfig::Iam { region: Some("us-east-1".into()) });
+    }
+
+    #[test]
+    fn typo_in_a_field_names_the_field() {
+        let text = EXAMPLE.replace("admin_user:", "admin_usr:");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("admin_usr"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_path() {
+        let text = EXAMPLE.replace("type: self-hosted", "type: mysql");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("databases[0].type"), "{err}");
+    }
+
+    #[test]
+    fn verify_full_without_ca_is_refused() {
+        let text = EXAMPLE.replace("tls: {mode: verify-full, ca_file: ca.pem}", "tls: {mode: verify-full}");
+        let err = parse(&text).unwrap_err().to_string();
+        assert!(err.contains("databases[0].tls.ca_file"), "{err}");
+    }
+
+    #[test]
+    fn auth_methods_need_their_fields() {
+        let text = EXAMPLE.replace(
+            "{method: cert, cert_file: admin.crt, key_file: admin.key}",
+            "{method: password}",
+        );
+        assert!(parse(&text).unwrap_err().to_string().contains("password_env or secret_arn"));
+        let text = EXAMPLE.replace(
+            "{method: cert, cert_file: admin.crt, key_file: admin.key}",
+            "{method: password, secret_arn: 'arn:aws:secretsmanager:us-east-1:1:secret:x'}",
+        );
+        assert!(matches!(parse(&text).unwrap().databases[0].auth, AuthConfig::PasswordSecret { .. }));
+        let text = EXAMPLE.replace(
+            "{method: cert, cert_file: admin.crt, key_file: admin.key}",
+            "{method: kerberos}",
+        );
+        assert!(parse(&text).unwrap_err().to_string().contains("databases[0].auth.method"));
+    }
+
+    #[test]
+    fn duplicate_database_names_are_refused() {
+        let text = r#"{"databases":[
+          {"name":"a","type":"rds","uri":"h","admin_user":{"name":"x"},"auth":{"method":"iam"},"tls":{"mode":"require"}},
+          {"name":"a","type":"rds","uri":"h","admin_user":{"name":"x"},"auth":{"method":"iam"},"tls":{"mode":"require"}}]}"#;
+        assert!(parse(text).unwrap_err().to_string().contains("listed twice"));
+    }
+
+    #[test]
+    fn uris_parse() {
+        assert_eq!(parse_uri("db:6432").unwrap(), ("db".into(), 6432));
+        assert_eq!(parse_uri("postgres://db.example.com:5433/app").unwrap(), ("db.example.com".into(), 5433));
+        assert_eq!(parse_uri("[::1]:5433").unwrap(), ("::1".into(), 5433));
+        assert!(parse_uri("u:p@db:5432").is_err());
+        assert!(parse_uri(":5432").is_err());
+        assert!(parse_uri("db:0").is_err());
+    }
+}

@@ -1,0 +1,387 @@
+//! Executes session starts and ends against a connected admin client.
+//!
+//! One attempt is one transaction in two round trips:
+//! 1. `BEGIN`, the per-user advisory lock and [`sql::READ_STATE`], pipelined;
+//! 2. the plan's statements and `COMMIT`, pipelined. PostgreSQL turns the `COMMIT` of a
+//!    transaction in which a statement failed into a rollback, so a failure anywhere leaves
+//!    nothing behind; the first failing statement tells us which step failed.
+//!
+//! A drop needs a third round trip, to fall back to `keep` when objects depend on the user.
+//! Attempts that lose a race (serialization failure, deadlock, a concurrent catalog update,
+//! a duplicate role) are retried a bounded number of times with jittered backoff.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::join_all;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::config::RDS_IAM_ROLE;
+use crate::outcome::{EndOutcome, EndStatus, StartOutcome};
+use crate::plan::{self, EndDecision, ObservedState, StartDecision, Step};
+use crate::policy::CreateDbUserMode;
+use crate::request::{EndRequest, StartRequest, Target};
+use crate::sql;
+use crate::Error;
+
+/// Attempts per call before giving up with [`Error::Contention`].
+pub const MAX_ATTEMPTS: u32 = 12;
+
+/// Opens (or confirms) a session: see [`plan::plan_start`] for what changes.
+pub async fn session_start(client: &Client, req: &StartRequest) -> Result<StartOutcome, Error> {
+    retrying(&req.target, || start_once(client, req)).await
+}
+
+/// Closes a session: see [`plan::plan_end`] for what changes.
+pub async fn session_end(client: &Client, req: &EndRequest) -> Result<EndOutcome, Error> {
+    retrying(&req.target, || end_once(client, req)).await
+}
+
+/// Why one attempt failed.
+enum Failure {
+    /// Lost a race; the next attempt will see the winner's result.
+    Retry(String),
+    Fatal(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::Fatal(e)
+    }
+}
+
+async fn retrying<T, F, Fut>(target: &Target, mut attempt: F) -> Result<T, Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, Failure>>,
+{
+    let mut last = String::new();
+    for n in 1..=MAX_ATTEMPTS {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(Failure::Fatal(error)) => return Err(error),
+            Err(Failure::Retry(reason)) => {
+                tracing::debug!(db_user = %target.db_user, attempt = n, %reason, "retrying after a conflict");
+                last = reason;
+                tokio::time::sleep(backoff(n)).await;
+            }
+        }
+    }
+    Err(Error::Contention { user: target.db_user.clone(), attempts: MAX_ATTEMPTS, last })
+}
+
+/// 5 ms doubling up to 320 ms, with up to 100% jitter so that racing callers spread out.
+fn backoff(attempt: u32) -> Duration {
+    let base = 5u64 << attempt.min(6);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    Duration::from_millis(base + u64::from(nanos) % (base + 1))
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+async fn start_once(client: &Client, req: &StartRequest) -> Result<StartOutcome, Failure> {
+    let t = &req.target;
+    let candidates: Vec<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
+    let state = begin_and_read(client, t, &candidates).await?;
+    let decision = match plan::plan_start(req, &state, unix_now()) {
+        Ok(decision) => decision,
+        Err(error) => {
+            rollback(client).await;
+            return Err(Failure::Fatal(error));
+        }
+    };
+    let mut base_roles: Vec<String> = vec![t.managed_group.clone()];
+    base_roles.extend(req.platform_roles.iter().cloned());
+    let outcome = |ledger: &crate::ledger::Ledger, created_user, already_active| StartOutcome {
+        status: "active",
+        db_user: t.db_user.clone(),
+        database: t.database.clone(),
+        db_name: t.db_name.clone(),
+        session_id: t.session_id.clone(),
+        mode: ledger.sessions.get(&t.session_id).map_or(req.mode, |s| s.mode),
+        db_roles: ledger
+            .sessions
+            .get(&t.session_id)
+            .map_or_else(|| req.db_roles.iter().cloned().collect(), |s| s.db_roles.iter().cloned().collect()),
+        base_roles: base_roles.clone(),
+        created_user,
+        already_active,
+        open_sessions: ledger.sessions.len(),
+    };
+    match decision {
+        StartDecision::AlreadyActive { ledger } => {
+            rollback(client).await;
+            Ok(outcome(&ledger, false, true))
+        }
+        StartDecision::Apply { steps, ledger, created_user } => {
+            run_and_commit(client, t, &state, &steps).await?;
+            Ok(outcome(&ledger, created_user, false))
+        }
+    }
+}
+
+async fn end_once(client: &Client, req: &EndRequest) -> Result<EndOutcome, Failure> {
+    let t = &req.target;
+    let state = begin_and_read(client, t, &[]).await?;
+    let decision = match plan::plan_end(req, &state) {
+        Ok(decision) => decision,
+        Err(error) => {
+            rollback(client).await;
+            return Err(Failure::Fatal(error));
+        }
+    };
+    let outcome = |status, mode, open_sessions, reason: Option<&str>| EndOutcome {
+        status,
+        db_user: t.db_user.clone(),
+        database: t.database.clone(),
+        db_name: t.db_name.clone(),
+        session_id: t.session_id.clone(),
+        mode,
+        open_sessions,
+        reason: reason.map(str::to_string),
+    };
+    match decision {
+        EndDecision::Noop { reason } => {
+            rollback(client).await;
+            Ok(outcome(EndStatus::Noop, None, 0, Some(reason)))
+        }
+        EndDecision::InUse { steps, ledger, mode } => {
+            run_and_commit(client, t, &state, &steps).await?;
+            Ok(outcome(EndStatus::InUse, Some(mode), ledger.sessions.len(), None))
+        }
+        EndDecision::Deactivate { steps, mode } => {
+            run_and_commit(client, t, &state, &steps).await?;
+            Ok(outcome(EndStatus::Deactivated, Some(mode), 0, None))
+        }
+        EndDecision::Drop { before_drop, fallback } => {
+            let mode = Some(CreateDbUserMode::BestEffortDrop);
+            let drop = Step::DropUser { user: t.db_user.clone() };
+            let mut statements: Vec<Statement> = before_drop.iter().map(Statement::Step).collect();
+            statements.push(Statement::Raw(sql::SAVEPOINT_DROP));
+            statements.push(Statement::Step(&drop));
+            match run_pipelined(client, &statements).await {
+                Ok(()) => {
+                    commit(client, t).await?;
+                    Ok(outcome(EndStatus::Dropped, mode, 0, None))
+                }
+                Err((Statement::Step(Step::DropUser { .. }), error))
+                    if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) =>
+                {
+                    let mut statements = vec![Statement::Raw(sql::ROLLBACK_TO_DROP)];
+                    statements.extend(fallback.iter().map(Statement::Step));
+                    statements.push(Statement::Raw(sql::COMMIT));
+                    if let Err((statement, error)) = run_pipelined(client, &statements).await {
+                        return Err(step_failure(client, t, &state, statement, error).await);
+                    }
+                    let reason = error
+                        .as_db_error()
+                        .map(|db| format!("objects depend on the user, so it was locked instead: {}", db.message()))
+                        .unwrap_or_default();
+                    Ok(outcome(EndStatus::Deactivated, mode, 0, Some(&reason)))
+                }
+                Err((statement, error)) => Err(step_failure(client, t, &state, statement, error).await),
+            }
+        }
+    }
+}
+
+/// A statement of a pipelined batch: a plan step, or transaction control.
+#[derive(Debug, Clone, Copy)]
+enum Statement<'a> {
+    Step(&'a Step),
+    Raw(&'static str),
+}
+
+impl Statement<'_> {
+    fn sql(&self) -> String {
+        match self {
+            Statement::Step(step) => sql::render(step),
+            Statement::Raw(text) => text.to_string(),
+        }
+    }
+}
+
+/// Sends all statements at once and waits for all answers. Returns the first failure; the
+/// statements after it fail too, with "current transaction is aborted".
+async fn run_pipelined<'a>(
+    client: &Client,
+    statements: &[Statement<'a>],
+) -> Result<(), (Statement<'a>, tokio_postgres::Error)> {
+    let texts: Vec<String> = statements.iter().map(Statement::sql).collect();
+    let results: Vec<Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>> =
+        join_all(texts.iter().map(|text| client.simple_query(text))).await;
+    for (statement, result) in statements.iter().zip(results) {
+        if let Err(error) = result {
+            return Err((*statement, error));
+        }
+    }
+    Ok(())
+}
+
+async fn run_and_commit(client: &Client, t: &Target, state: &ObservedState, steps: &[Step]) -> Result<(), Failure> {
+    let mut statements: Vec<Statement> = steps.iter().map(Statement::Step).collect();
+    statements.push(Statement::Raw(sql::COMMIT));
+    match run_pipelined(client, &statements).await {
+        Ok(()) => Ok(()),
+        Err((statement, error)) => Err(step_failure(client, t, state, statement, error).await),
+    }
+}
+
+async fn commit(client: &Client, t: &Target) -> Result<(), Failure> {
+    client.simple_query(sql::COMMIT).await.map(drop).map_err(|error| {
+        if is_conflict(&error, None) {
+            Failure::Retry(crate::pg::error_chain(&error))
+        } else {
+            Failure::Fatal(postgres_error("COMMIT", t, error))
+        }
+    })
+}
+
+async fn rollback(client: &Client) {
+    // Ending an already ended transaction only raises a warning; a dead connection has no
+    // transaction left. Either way there is nothing more to do.
+    let _ = client.simple_query(sql::ROLLBACK).await;
+}
+
+async fn begin_and_read(client: &Client, t: &Target, candidates: &[String]) -> Result<ObservedState, Failure> {
+    let lock_key = sql::user_lock_key(&t.db_user);
+    let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&lock_key, Type::INT8)];
+    let read_params: [(&(dyn ToSql + Sync), Type); 3] =
+        [(&t.db_user, Type::TEXT), (&t.managed_group, Type::TEXT), (&candidates, Type::TEXT_ARRAY)];
+    let begin = client.simple_query(sql::BEGIN);
+    let lock = client.query_typed(sql::LOCK_USER, &lock_params);
+    let read = client.query_typed(sql::READ_STATE, &read_params);
+    let (begin, lock, read) = tokio::join!(begin, lock, read);
+    let row = match begin.and(lock).and(read) {
+        Ok(rows) => rows.into_iter().next(),
+        Err(error) => {
+            rollback(client).await;
+            return Err(if is_conflict(&error, None) {
+                Failure::Retry(crate::pg::error_chain(&error))
+            } else {
+                Failure::Fatal(postgres_error("reading the user's state", t, error))
+            });
+        }
+    };
+    let row = row.expect("READ_STATE returns exactly one row");
+    let get = |name| -> Vec<String> { row.get(name) };
+    Ok(ObservedState {
+        user_exists: row.get("user_exists"),
+        user_can_login: row.get("user_can_login"),
+        member_of: get("member_of").into_iter().collect(),
+        ledger_comment: row.get("ledger"),
+        group_exists: row.get("group_exists"),
+        existing_roles: get("existing_roles").into_iter().collect(),
+        superuser_roles: get("superuser_roles").into_iter().collect(),
+        server_version_num: row.get("server_version_num"),
+        read_only: row.get("read_only"),
+    })
+}
+
+/// Whether an error means another call changed the same user first, so that a fresh attempt
+/// will see its result. `step` is the statement that failed, when known.
+fn is_conflict(error: &tokio_postgres::Error, step: Option<&Step>) -> bool {
+    let Some(db) = error.as_db_error() else {
+        return false;
+    };
+    let code = db.code();
+    if [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::UNIQUE_VIOLATION]
+        .contains(code)
+    {
+        return true;
+    }
+    // A role we saw missing was created meanwhile, or one we saw was dropped meanwhile.
+    if matches!(step, Some(Step::CreateUser { .. } | Step::CreateGroup { .. })) && *code == SqlState::DUPLICATE_OBJECT {
+        return true;
+    }
+    if matches!(step, Some(Step::SetLogin { .. } | Step::GrantRole { .. } | Step::RevokeRole { .. }))
+        && *code == SqlState::UNDEFINED_OBJECT
+    {
+        return true;
+    }
+    // Concurrent updates of one catalog row raise an internal error, not a SQLSTATE of its own.
+    *code == SqlState::INTERNAL_ERROR && db.message().starts_with("tuple concurrently")
+}
+
+/// Turns the failure of `statement` into a retry or a typed error. The transaction has ended
+/// (the pipelined COMMIT became a rollback) or is rolled back here.
+async fn step_failure(
+    client: &Client,
+    t: &Target,
+    state: &ObservedState,
+    statement: Statement<'_>,
+    error: tokio_postgres::Error,
+) -> Failure {
+    rollback(client).await;
+    let step = match statement {
+        Statement::Step(step) => Some(step),
+        Statement::Raw(_) => None,
+    };
+    if is_conflict(&error, step) {
+        return Failure::Retry(crate::pg::error_chain(&error));
+    }
+    let Some(code) = error.code().cloned() else {
+        return Failure::Fatal(postgres_error(&describe(&statement), t, error));
+    };
+    let admin = t.admin.clone();
+    if code == SqlState::READ_ONLY_SQL_TRANSACTION {
+        return Failure::Fatal(Error::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
+    }
+    if code == SqlState::INVALID_SCHEMA_NAME {
+        return Failure::Fatal(Error::MissingSchemaPrivilege {
+            admin,
+            schema: "public".into(),
+            db_name: t.admin_db_name.clone(),
+        });
+    }
+    if code == SqlState::INSUFFICIENT_PRIVILEGE {
+        let detail = error.as_db_error().map(|db| db.message().to_string()).unwrap_or_default();
+        return Failure::Fatal(match step {
+            Some(Step::CreateUser { .. } | Step::CreateGroup { .. }) => Error::MissingCreateRole { admin },
+            Some(Step::GrantRole { role, .. } | Step::RevokeRole { role, .. }) => {
+                match lacks_admin_option(client, role).await {
+                    Ok(true) => Error::MissingAdminOption { admin, role: role.clone() },
+                    _ if role == RDS_IAM_ROLE => Error::MissingAdminOption { admin, role: role.clone() },
+                    _ => Error::PermissionDenied { admin, action: describe(&statement), detail },
+                }
+            }
+            // PostgreSQL 16+ lets a CREATEROLE admin alter or drop only roles it holds
+            // WITH ADMIN OPTION (it gets that option on the roles it creates).
+            Some(Step::SetLogin { user, .. } | Step::WriteLedger { user, .. } | Step::DropUser { user })
+                if state.server_version_num >= 160000 =>
+            {
+                Error::MissingAdminOption { admin, role: user.clone() }
+            }
+            _ => Error::PermissionDenied { admin, action: describe(&statement), detail },
+        });
+    }
+    Failure::Fatal(postgres_error(&describe(&statement), t, error))
+}
+
+async fn lacks_admin_option(client: &Client, role: &str) -> Result<bool, tokio_postgres::Error> {
+    let roles = vec![role.to_string()];
+    let rows = client.query_typed(sql::ROLES_WITHOUT_ADMIN_OPTION, &[(&roles, Type::TEXT_ARRAY)]).await?;
+    Ok(!rows.is_empty())
+}
+
+fn describe(statement: &Statement<'_>) -> String {
+    match statement {
+        Statement::Step(Step::CreateGroup { group }) => format!("creating the managed group {group:?}"),
+        Statement::Step(Step::CreateUser { user }) => format!("creating database user {user:?}"),
+        Statement::Step(Step::GrantRole { role, user }) => format!("granting role {role:?} to {user:?}"),
+        Statement::Step(Step::RevokeRole { role, user }) => format!("revoking role {role:?} from {user:?}"),
+        Statement::Step(Step::SetLogin { user, login: true }) => format!("enabling LOGIN of {user:?}"),
+        Statement::Step(Step::SetLogin { user, login: false }) => format!("setting NOLOGIN on {user:?}"),
+        Statement::Step(Step::Guard { user, .. }) => format!("checking the ledger of {user:?}"),
+        Statement::Step(Step::WriteLedger { user, .. }) => format!("writing the session ledger of {user:?}"),
+        Statement::Step(Step::DropUser { user }) => format!("dropping database user {user:?}"),
+        Statement::Raw(text) => (*text).to_string(),
+    }
+}
+
+fn postgres_error(action: &str, t: &Target, source: tokio_postgres::Error) -> Error {
+    Error::Postgres { action: action.to_string(), endpoint: t.endpoint.clone(), source }
+}

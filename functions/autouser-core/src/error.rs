@@ -1,0 +1,168 @@
+//! The errors of the core, one variant per situation an operator or a caller can act on.
+//!
+//! Every message says what to do next; where a GRANT fixes it, the message quotes the GRANT.
+//! [`Error::kind`] is a stable name for callers (the Lambda `errorType`, metrics), and
+//! [`Error::is_transient`] says whether retrying the same event may succeed.
+
+use std::collections::BTreeSet;
+
+use crate::config::ConfigError;
+use crate::event::EventError;
+use crate::ledger::LedgerError;
+use crate::naming::NameError;
+use crate::policy::PolicyError;
+use crate::sql::quote_ident;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+
+    #[error(transparent)]
+    Event(#[from] EventError),
+
+    #[error("session of {person:?} on database {database:?} refused: {source}")]
+    Policy { person: String, database: String, source: PolicyError },
+
+    #[error("session of {person:?} refused: {source}")]
+    InvalidUserName { person: String, source: NameError },
+
+    #[error("database {database:?} is not in the config: add it under `databases` or fix the event's `database`")]
+    UnknownDatabase { database: String },
+
+    #[error(
+        "database role {user:?} already exists and is not a member of {group:?}, so pg-autouser \
+         does not manage it and will not touch it: rename or drop the existing role, or, if it \
+         should be managed, run `GRANT {group_sql} TO {user_sql}`",
+        group_sql = quote_ident(group), user_sql = quote_ident(user)
+    )]
+    UserConflict { user: String, group: String },
+
+    #[error(
+        "database user {user:?} already has an open session with roles {active:?}; this session \
+         would get {requested:?}: pg-autouser never changes what a live session holds; end the \
+         other sessions first or request the same roles"
+    )]
+    RolesMismatch { user: String, active: BTreeSet<String>, requested: BTreeSet<String> },
+
+    #[error(
+        "session {session_id:?} of database user {user:?} has already ended; a start delivered \
+         after its end is refused: start a new session"
+    )]
+    SessionAlreadyEnded { session_id: String, user: String },
+
+    #[error(
+        "database role {role:?} does not exist on database {database:?}: create it \
+         (`CREATE ROLE {role_sql}`) or remove it from the policy",
+        role_sql = quote_ident(role)
+    )]
+    UnknownDbRole { role: String, database: String },
+
+    #[error("database role {role:?} is never granted by pg-autouser: {reason}")]
+    RefusedDbRole { role: String, reason: &'static str },
+
+    #[error(
+        "admin {admin:?} lacks CONNECT on database {db_name:?}: run \
+         `GRANT CONNECT ON DATABASE {db_sql} TO {admin_sql}`",
+        db_sql = quote_ident(db_name), admin_sql = quote_ident(admin)
+    )]
+    MissingConnect { admin: String, db_name: String },
+
+    #[error(
+        "admin {admin:?} lacks USAGE or CREATE on schema {schema:?} of database {db_name:?}: run \
+         `GRANT USAGE ON SCHEMA {schema_sql} TO {admin_sql}; GRANT CREATE ON SCHEMA {schema_sql} TO {admin_sql}`",
+        schema_sql = quote_ident(schema), admin_sql = quote_ident(admin)
+    )]
+    MissingSchemaPrivilege { admin: String, schema: String, db_name: String },
+
+    #[error(
+        "admin {admin:?} cannot grant role {role:?} (permission denied): run \
+         `GRANT {role_sql} TO {admin_sql} WITH ADMIN OPTION`",
+        role_sql = quote_ident(role), admin_sql = quote_ident(admin)
+    )]
+    MissingAdminOption { admin: String, role: String },
+
+    #[error(
+        "admin {admin:?} cannot create roles: run `ALTER ROLE {admin_sql} CREATEROLE` as a superuser \
+         (on RDS, as the master user)",
+        admin_sql = quote_ident(admin)
+    )]
+    MissingCreateRole { admin: String },
+
+    #[error(
+        "{endpoint} is read-only (an Aurora reader endpoint or a hot standby): point the config at \
+         the writer endpoint"
+    )]
+    ReadOnlyEndpoint { endpoint: String },
+
+    #[error("admin {admin:?} could not log in to {endpoint}: {detail}")]
+    AdminAuthFailed { admin: String, endpoint: String, detail: String },
+
+    #[error("database {db_name:?} does not exist on {endpoint}: fix the event's db_name or admin_user.default_database")]
+    DatabaseNotFound { db_name: String, endpoint: String },
+
+    #[error("admin credentials are unavailable: {0}")]
+    Credentials(String),
+
+    #[error("cannot reach {endpoint}: {detail}")]
+    Unreachable { endpoint: String, detail: String },
+
+    #[error("gave up on database user {user:?} after {attempts} attempts under contention: {last}")]
+    Contention { user: String, attempts: u32, last: String },
+
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+
+    #[error("admin {admin:?} was denied {action}: {detail}")]
+    PermissionDenied { admin: String, action: String, detail: String },
+
+    #[error("{action} failed on {endpoint}: {source}")]
+    Postgres {
+        action: String,
+        endpoint: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+impl Error {
+    /// Stable name of the situation, for callers and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Config(_) => "ConfigInvalid",
+            Error::Event(_) => "EventInvalid",
+            Error::Policy { .. } => "PolicyDenied",
+            Error::InvalidUserName { .. } => "InvalidUserName",
+            Error::UnknownDatabase { .. } => "UnknownDatabase",
+            Error::UserConflict { .. } => "UserConflict",
+            Error::RolesMismatch { .. } => "RolesMismatch",
+            Error::SessionAlreadyEnded { .. } => "SessionAlreadyEnded",
+            Error::UnknownDbRole { .. } => "UnknownDbRole",
+            Error::RefusedDbRole { .. } => "RefusedDbRole",
+            Error::MissingConnect { .. } => "MissingConnect",
+            Error::MissingSchemaPrivilege { .. } => "MissingSchemaPrivilege",
+            Error::MissingAdminOption { .. } => "MissingAdminOption",
+            Error::MissingCreateRole { .. } => "MissingCreateRole",
+            Error::ReadOnlyEndpoint { .. } => "ReadOnlyEndpoint",
+            Error::AdminAuthFailed { .. } => "AdminAuthFailed",
+            Error::DatabaseNotFound { .. } => "DatabaseNotFound",
+            Error::Credentials(_) => "CredentialsUnavailable",
+            Error::Unreachable { .. } => "DatabaseUnreachable",
+            Error::Contention { .. } => "Contention",
+            Error::Ledger(_) => "LedgerUnreadable",
+            Error::PermissionDenied { .. } => "PermissionDenied",
+            Error::Postgres { .. } => "DatabaseError",
+        }
+    }
+
+    /// Whether the same event may succeed when retried later without anyone changing
+    /// anything: network trouble, a restarting server, contention. Everything else needs a
+    /// person to change the config, the policy, the event or the database.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Unreachable { .. } | Error::Contention { .. } => true,
+            Error::Postgres { source, .. } => crate::pg::is_transient(source),
+            _ => false,
+        }
+    }
+}

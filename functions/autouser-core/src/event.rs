@@ -1,0 +1,149 @@
+//! Session events: what a proxy (or EventBridge) tells us when a person's database session
+//! starts or ends. Both use one JSON shape; the start needs `roles`, the end ignores the
+//! policy fields.
+//!
+//! Unknown fields are errors: a misspelt `db_role` must not silently widen a grant.
+
+use serde::Deserialize;
+
+use crate::policy::Traits;
+
+/// Longest accepted session id, in bytes; ids are stored in the ledger.
+pub const MAX_SESSION_ID_BYTES: usize = 256;
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionEvent {
+    pub session_id: String,
+    /// The person's name.
+    pub user: String,
+    /// Cluster the person logged in to; differs from ours for people from a remote cluster.
+    pub origin_cluster: Option<String>,
+    /// The person's Teleport roles; required to start a session.
+    pub roles: Option<Vec<String>>,
+    #[serde(default)]
+    pub traits: Traits,
+    /// Database name in the config.
+    pub database: String,
+    /// Database (catalog) inside the server the session uses.
+    pub db_name: String,
+    /// A subset of the allowed database roles the person asked for.
+    pub db_roles: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventError {
+    #[error("event is not valid JSON at `{path}`: {message}")]
+    Malformed { path: String, message: String },
+    #[error("event field `{field}` {problem}")]
+    Invalid { field: &'static str, problem: String },
+}
+
+impl SessionEvent {
+    pub fn from_json(text: &str) -> Result<SessionEvent, EventError> {
+        let mut deserializer = serde_json::Deserializer::from_str(text);
+        let event: SessionEvent = serde_path_to_error::deserialize(&mut deserializer)
+            .map_err(|e| EventError::Malformed { path: e.path().to_string(), message: e.inner().to_string() })?;
+        deserializer
+            .end()
+            .map_err(|e| EventError::Malformed { path: ".".into(), message: e.to_string() })?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    pub fn from_value(value: serde_json::Value) -> Result<SessionEvent, EventError> {
+        let event: SessionEvent = serde_path_to_error::deserialize(value)
+            .map_err(|e| EventError::Malformed { path: e.path().to_string(), message: e.inner().to_string() })?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// The person's roles, required for a session start.
+    pub fn start_roles(&self) -> Result<&[String], EventError> {
+        self.roles.as_deref().ok_or(EventError::Invalid {
+            field: "roles",
+            problem: "is missing: a session start must list the person's roles".into(),
+        })
+    }
+
+    fn validate(&self) -> Result<(), EventError> {
+        let invalid = |field, problem: &str| Err(EventError::Invalid { field, problem: problem.into() });
+        for (field, value) in [
+            ("session_id", &self.session_id),
+            ("user", &self.user),
+            ("database", &self.database),
+            ("db_name", &self.db_name),
+        ] {
+            if value.is_empty() {
+                return invalid(field, "is empty");
+            }
+            if value.contains('\0') {
+                return invalid(field, "contains a NUL byte");
+            }
+        }
+        if self.session_id.len() > MAX_SESSION_ID_BYTES {
+            return invalid("session_id", &format!("is longer than {MAX_SESSION_ID_BYTES} bytes"));
+        }
+        if let Some(origin) = &self.origin_cluster {
+            if origin.is_empty() {
+                return invalid("origin_cluster", "is empty: omit it for local users");
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const START: &str = r#"{"session_id": "9f1c", "user": "alice", "origin_cluster": "root",
+        "roles": ["auto-db-users"],
+        "traits": {"internal": {"db_roles": ["auditor"]}, "external": {}},
+        "database": "orders", "db_name": "app", "db_roles": ["reader"]}"#;
+    const END: &str = r#"{"session_id": "9f1c", "user": "alice", "origin_cluster": "root",
+        "database": "orders", "db_name": "app"}"#;
+
+    #[test]
+    fn documented_events_parse() {
+        let start = SessionEvent::from_json(START).unwrap();
+        assert_eq!(start.start_roles().unwrap(), ["auto-db-users"]);
+        assert_eq!(start.traits.internal["db_roles"], ["auditor"]);
+        assert_eq!(start.db_roles.as_deref(), Some(&["reader".to_string()][..]));
+        let end = SessionEvent::from_json(END).unwrap();
+        assert!(end.start_roles().is_err());
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let err = SessionEvent::from_json(r#"{"session_id":"s","user":"a","database":"d"}"#).unwrap_err();
+        assert!(err.to_string().contains("db_name"), "{err}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_path() {
+        let err = SessionEvent::from_json(&START.replace(r#"["auditor"]"#, "[5]")).unwrap_err();
+        assert!(err.to_string().contains("traits.internal.db_roles[0]"), "{err}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let err = SessionEvent::from_json(&START.replace("\"db_roles\": [\"reader\"]", "\"db_role\": [\"x\"]"))
+            .unwrap_err();
+        assert!(err.to_string().contains("db_role"), "{err}");
+    }
+
+    #[test]
+    fn empty_values_are_refused() {
+        let err = SessionEvent::from_json(&END.replace("\"alice\"", "\"\"")).unwrap_err();
+        assert!(err.to_string().contains("`user`"), "{err}");
+        let err = SessionEvent::from_json(&END.replace("\"root\"", "\"\"")).unwrap_err();
+        assert!(err.to_string().contains("origin_cluster"), "{err}");
+    }
+
+    #[test]
+    fn malformed_json_is_refused() {
+        assert!(SessionEvent::from_json("{").is_err());
+        assert!(SessionEvent::from_json(&format!("{END} trailing")).is_err());
+    }
+}

@@ -1,0 +1,169 @@
+//! How a person becomes a database role name, and which names are never provisioned.
+//!
+//! PostgreSQL silently truncates identifiers longer than 63 bytes (NAMEDATALEN - 1), so two
+//! long names could map to one role. We refuse such names instead of letting that happen.
+
+use thiserror::Error;
+
+/// The longest role name PostgreSQL stores without truncating it.
+pub const MAX_IDENTIFIER_BYTES: usize = 63;
+
+/// Role names PostgreSQL itself reserves or treats as keywords in role specifications.
+const POSTGRES_RESERVED: &[&str] = &["public", "none", "current_user", "session_user", "current_role"];
+
+/// Roles owned by the server or by RDS that a person's name must never collide with.
+const SERVER_ROLES: &[&str] = &["postgres", "rdsadmin", "rdsrepladmin"];
+
+/// Prefixes PostgreSQL (`pg_`) and RDS (`rds_`) reserve for their own roles.
+const RESERVED_PREFIXES: &[&str] = &["pg_", "rds_"];
+
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum NameError {
+    #[error("database user name is empty: the event's `user` must name a person")]
+    Empty,
+    #[error("database user name {name:?} contains a NUL byte, which PostgreSQL cannot store")]
+    ContainsNul { name: String },
+    #[error(
+        "database user name {name:?} is {bytes} bytes long; PostgreSQL would truncate it to \
+         {MAX_IDENTIFIER_BYTES} bytes and could confuse it with another user: use a shorter \
+         user or cluster name"
+    )]
+    TooLong { name: String, bytes: usize },
+    #[error("database user name {name:?} is reserved ({reason}); it is never provisioned")]
+    Reserved { name: String, reason: &'static str },
+}
+
+/// The database role name for a person: their name, or `remote-<user>-<origin_cluster>` when
+/// they come from another cluster than `cluster_name` (a missing `cluster_name` means every
+/// origin is remote).
+pub fn db_user_name(user: &str, origin_cluster: Option<&str>, cluster_name: Option<&str>) -> String {
+    match origin_cluster {
+        Some(origin) if Some(origin) != cluster_name => format!("remote-{user}-{origin}"),
+        _ => user.to_string(),
+    }
+}
+
+/// Checks that PostgreSQL stores `name` exactly as given.
+pub fn validate_identifier(name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty);
+    }
+    if name.contains('\0') {
+        return Err(NameError::ContainsNul { name: name.to_string() });
+    }
+    if name.len() > MAX_IDENTIFIER_BYTES {
+        return Err(NameError::TooLong { name: name.to_string(), bytes: name.len() });
+    }
+    Ok(())
+}
+
+/// Checks that `name` may be created and managed as a person's database user.
+pub fn validate_db_user(name: &str, admin_user: &str, managed_group: &str) -> Result<(), NameError> {
+    validate_identifier(name)?;
+    let reserved = |reason| Err(NameError::Reserved { name: name.to_string(), reason });
+    if name == admin_user {
+        return reserved("it is the admin user");
+    }
+    if name == managed_group {
+        return reserved("it is the managed group");
+    }
+    if SERVER_ROLES.contains(&name) {
+        return reserved("it is a server or RDS role");
+    }
+    if POSTGRES_RESERVED.contains(&name) {
+        return reserved("PostgreSQL reserves it");
+    }
+    if RESERVED_PREFIXES.iter().any(|prefix| name.starts_with(prefix)) {
+        return reserved("the pg_ and rds_ prefixes belong to PostgreSQL and RDS");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn local_user_keeps_their_name() {
+        assert_eq!(db_user_name("alice", None, Some("leaf")), "alice");
+        assert_eq!(db_user_name("alice", Some("leaf"), Some("leaf")), "alice");
+    }
+
+    #[test]
+    fn remote_user_gets_prefixed_name() {
+        assert_eq!(db_user_name("alice", Some("root"), Some("leaf")), "remote-alice-root");
+        assert_eq!(db_user_name("alice", Some("root"), None), "remote-alice-root");
+    }
+
+    #[test]
+    fn sixty_three_bytes_pass_and_sixty_four_fail() {
+        assert!(validate_identifier(&"a".repeat(63)).is_ok());
+        assert!(matches!(
+            validate_identifier(&"a".repeat(64)),
+            Err(NameError::TooLong { bytes: 64, .. })
+        ));
+        // 21 three-byte characters are 63 bytes; one more is 66.
+        assert!(validate_identifier(&"€".repeat(21)).is_ok());
+        assert!(validate_identifier(&"€".repeat(22)).is_err());
+    }
+
+    #[test]
+    fn empty_and_nul_names_are_refused() {
+        assert_eq!(validate_identifier(""), Err(NameError::Empty));
+        assert!(matches!(validate_identifier("a\0b"), Err(NameError::ContainsNul { .. })));
+    }
+
+    #[test]
+    fn reserved_names_are_refused() {
+        for name in [
+            "teleport-admin",
+            "teleport-auto-user",
+            "postgres",
+            "rdsadmin",
+            "rdsrepladmin",
+            "pg_monitor",
+            "rds_superuser",
+            "public",
+            "none",
+        ] {
+            assert!(
+                matches!(
+                    validate_db_user(name, "teleport-admin", "teleport-auto-user"),
+                    Err(NameError::Reserved { .. })
+                ),
+                "{name} must be reserved"
+            );
+        }
+        assert!(validate_db_user("Postgres", "teleport-admin", "teleport-auto-user").is_ok());
+        assert!(validate_db_user("rdsx", "teleport-admin", "teleport-auto-user").is_ok());
+    }
+
+    proptest! {
+        #[test]
+        fn remote_name_contains_user_and_origin(
+            user in "\\PC{1,20}", origin in "\\PC{1,20}", cluster in "\\PC{1,20}"
+        ) {
+            let name = db_user_name(&user, Some(&origin), Some(&cluster));
+            if origin == cluster {
+                prop_assert_eq!(name, user);
+            } else {
+                prop_assert_eq!(name, format!("remote-{user}-{origin}"));
+            }
+        }
+
+        #[test]
+        fn validation_accepts_exactly_what_postgres_stores_untruncated(name in "\\PC{0,40}") {
+            let ok = validate_identifier(&name).is_ok();
+            let storable = !name.is_empty() && !name.contains('\0') && name.len() <= MAX_IDENTIFIER_BYTES;
+            prop_assert_eq!(ok, storable);
+        }
+
+        #[test]
+        fn remote_names_never_collide_with_reserved_prefixes(user in "[a-z]{1,10}", origin in "[a-z]{1,10}") {
+            let name = db_user_name(&user, Some(&origin), Some("local"));
+            prop_assume!(origin != "local");
+            prop_assert!(validate_db_user(&name, "teleport-admin", "teleport-auto-user").is_ok());
+        }
+    }
+}

@@ -1,0 +1,55 @@
+//! What a session start or end did, as the JSON the CLI prints and the Lambda functions return.
+
+use serde::Serialize;
+
+use crate::policy::CreateDbUserMode;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StartOutcome {
+    /// Always `active`.
+    pub status: &'static str,
+    pub db_user: String,
+    pub database: String,
+    pub db_name: String,
+    pub session_id: String,
+    pub mode: CreateDbUserMode,
+    /// Database roles the user holds for this session, besides the managed group.
+    pub db_roles: Vec<String>,
+    /// Roles every managed user on this database holds: the managed group, and `rds_iam` on RDS.
+    pub base_roles: Vec<String>,
+    /// Whether this call created the database user.
+    pub created_user: bool,
+    /// Whether the session was already open (a redelivered start): nothing was changed.
+    pub already_active: bool,
+    /// Sessions of this user open after this call.
+    pub open_sessions: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EndStatus {
+    /// Last session ended, `keep`: roles stripped, `NOLOGIN`.
+    Deactivated,
+    /// Last session ended, `best_effort_drop`: the user is gone.
+    Dropped,
+    /// Other sessions of the user remain open; the user is untouched.
+    InUse,
+    /// Nothing to do: unknown or already ended session, or a user that is not ours.
+    Noop,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct EndOutcome {
+    pub status: EndStatus,
+    pub db_user: String,
+    pub database: String,
+    pub db_name: String,
+    pub session_id: String,
+    /// The mode recorded at the session's start, when the session was known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<CreateDbUserMode>,
+    pub open_sessions: usize,
+    /// Why the outcome is what it is, for `noop` and for a drop that fell back to `keep`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

@@ -1,0 +1,416 @@
+//! The PostgreSQL edge: admin connections over TLS, and what a driver error means.
+//!
+//! TLS is rustls (no OpenSSL to link, which keeps Lambda zips small). The modes follow libpq's
+//! `sslmode`: `verify-full` checks the chain and the host name, `verify-ca` only the chain,
+//! `require` encrypts but trusts any certificate, `disable` sends plain text.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use tokio_postgres::config::SslMode;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::Client;
+
+use crate::config::{AuthConfig, TlsConfig, TlsMode};
+use crate::Error;
+
+/// How long to wait for the server to accept a connection and finish the TLS handshake.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Server-side bound of one statement; a hung statement fails instead of hanging the caller.
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Bound on waiting for a lock (the per-user advisory lock, a role row).
+pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The admin's secret. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AdminCredentials {
+    Password(String),
+    ClientCert { cert_pem: String, key_pem: String },
+}
+
+impl fmt::Debug for AdminCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AdminCredentials::Password(_) => f.write_str("Password(<redacted>)"),
+            AdminCredentials::ClientCert { .. } => f.write_str("ClientCert(<redacted>)"),
+        }
+    }
+}
+
+impl AdminCredentials {
+    /// Reads credentials that live on this machine (files, environment). AWS sources are
+    /// resolved by the AWS adapter.
+    pub fn from_local_config(auth: &AuthConfig) -> Result<AdminCredentials, Error> {
+        match auth {
+            AuthConfig::CertFiles { cert_file, key_file } => {
+                let read = |path: &std::path::Path, what: &str| {
+                    std::fs::read_to_string(path).map_err(|e| {
+                        Error::Credentials(format!("cannot read the admin's {what} {}: {e}", path.display()))
+                    })
+                };
+                Ok(AdminCredentials::ClientCert {
+                    cert_pem: read(cert_file, "certificate")?,
+                    key_pem: read(key_file, "private key")?,
+                })
+            }
+            AuthConfig::PasswordEnv { password_env } => match std::env::var(password_env) {
+                Ok(password) if !password.is_empty() => Ok(AdminCredentials::Password(password)),
+                _ => Err(Error::Credentials(format!(
+                    "environment variable {password_env} (auth.password_env) is not set: export the admin's password in it"
+                ))),
+            },
+            other => Err(Error::Credentials(format!(
+                "auth method {:?} with AWS sources needs the AWS adapter, which this build does not include yet: \
+                 use cert_file/key_file or password_env",
+                other.method()
+            ))),
+        }
+    }
+}
+
+/// TLS settings with the CA bundle already loaded.
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    pub mode: TlsMode,
+    pub ca_pem: Option<String>,
+}
+
+impl TlsSettings {
+    pub fn from_config(tls: &TlsConfig) -> Result<TlsSettings, Error> {
+        let ca_pem = match &tls.ca_file {
+            None => None,
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+                Error::Credentials(format!("cannot read tls.ca_file {}: {e}", path.display()))
+            })?),
+        };
+        Ok(TlsSettings { mode: tls.mode, ca_pem })
+    }
+}
+
+/// Where and as whom the admin connects.
+#[derive(Debug, Clone)]
+pub struct ConnectParams<'a> {
+    pub host: &'a str,
+    pub port: u16,
+    pub dbname: &'a str,
+    pub user: &'a str,
+    pub tls: &'a TlsSettings,
+    pub credentials: &'a AdminCredentials,
+}
+
+impl<'a> ConnectParams<'a> {
+    /// The admin of `db`, logging in to `dbname`.
+    pub fn admin_of(
+        db: &'a crate::config::DatabaseConfig,
+        dbname: &'a str,
+        tls: &'a TlsSettings,
+        credentials: &'a AdminCredentials,
+    ) -> ConnectParams<'a> {
+        ConnectParams { host: &db.host, port: db.port, dbname, user: &db.admin_user.name, tls, credentials }
+    }
+
+    fn endpoint(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Opens an admin connection and drives it on the current tokio runtime.
+pub async fn connect(params: &ConnectParams<'_>) -> Result<Client, Error> {
+    let endpoint = params.endpoint();
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(params.host)
+        .port(params.port)
+        .dbname(params.dbname)
+        .user(params.user)
+        .application_name("pg-autouser")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .options(format!(
+            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+            STATEMENT_TIMEOUT.as_millis(),
+            LOCK_TIMEOUT.as_millis(),
+            STATEMENT_TIMEOUT.as_millis()
+        ));
+    if let AdminCredentials::Password(password) = params.credentials {
+        config.password(password);
+    }
+    let connecting = async {
+        if params.tls.mode == TlsMode::Disable {
+            config.ssl_mode(SslMode::Disable);
+            let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            tokio::spawn(drive(connection));
+            Ok::<Client, ConnectFailure>(client)
+        } else {
+            config.ssl_mode(SslMode::Require);
+            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls_config(params)?);
+            let (client, connection) = config.connect(tls).await?;
+            tokio::spawn(drive(connection));
+            Ok(client)
+        }
+    };
+    let result: Result<Client, ConnectFailure> =
+        match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), connecting).await {
+            Ok(result) => result,
+            Err(_) => {
+                return Err(Error::Unreachable { endpoint, detail: "timed out connecting".into() });
+            }
+        };
+    result.map_err(|failure| match failure {
+        ConnectFailure::Setup(error) => error,
+        ConnectFailure::Postgres(error) => classify_connect_error(error, params, endpoint),
+    })
+}
+
+async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    T: tokio_postgres::tls::TlsStream + Unpin,
+{
+    if let Err(error) = connection.await {
+        tracing::debug!(%error, "admin connection closed with an error");
+    }
+}
+
+enum ConnectFailure {
+    Setup(Error),
+    Postgres(tokio_postgres::Error),
+}
+
+impl From<tokio_postgres::Error> for ConnectFailure {
+    fn from(e: tokio_postgres::Error) -> Self {
+        ConnectFailure::Postgres(e)
+    }
+}
+
+impl From<Error> for ConnectFailure {
+    fn from(e: Error) -> Self {
+        ConnectFailure::Setup(e)
+    }
+}
+
+fn classify_connect_error(error: tokio_postgres::Error, params: &ConnectParams<'_>, endpoint: String) -> Error {
+    let admin = params.user.to_string();
+    if let Some(db) = error.as_db_error() {
+        let code = db.code();
+        if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+            return Error::MissingConnect { admin, db_name: params.dbname.to_string() };
+        }
+        if *code == SqlState::INVALID_CATALOG_NAME {
+            return Error::DatabaseNotFound { db_name: params.dbname.to_string(), endpoint };
+        }
+        if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION || *code == SqlState::INVALID_PASSWORD {
+            let hint = match params.credentials {
+                AdminCredentials::ClientCert { .. } => {
+                    "check that pg_hba.conf has a `hostssl ... cert` line for the admin and that the \
+                     certificate's CN is the admin's name"
+                }
+                AdminCredentials::Password(_) => "check the admin's password and pg_hba.conf",
+            };
+            return Error::AdminAuthFailed { admin, endpoint, detail: format!("{}: {hint}", db.message()) };
+        }
+        return Error::Unreachable { endpoint, detail: db.message().to_string() };
+    }
+    if let Some(tls) = find_source::<rustls::Error>(&error) {
+        return Error::AdminAuthFailed {
+            admin,
+            endpoint,
+            detail: format!(
+                "TLS handshake failed ({tls}): check tls.ca_file and that the server certificate names the host"
+            ),
+        };
+    }
+    Error::Unreachable { endpoint, detail: error_chain(&error) }
+}
+
+fn find_source<'a, T: std::error::Error + 'static>(error: &'a (dyn std::error::Error + 'static)) -> Option<&'a T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if let Some(found) = io.get_ref().and_then(|inner| inner.downcast_ref::<T>()) {
+                return Some(found);
+            }
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// The error and its causes on one line.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut current = error.source();
+    while let Some(e) = current {
+        let part = e.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        current = e.source();
+    }
+    text
+}
+
+/// Whether a driver error may go away on retry: a lost connection, a server that is starting
+/// or stopping, a timeout, a lock conflict.
+pub fn is_transient(error: &tokio_postgres::Error) -> bool {
+    let Some(db) = error.as_db_error() else {
+        return true;
+    };
+    let code = db.code().code();
+    code.starts_with("08")
+        || code.starts_with("53")
+        || code.starts_with("57")
+        || [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::LOCK_NOT_AVAILABLE]
+            .contains(db.code())
+}
+
+fn rustls_config(params: &ConnectParams<'_>) -> Result<rustls::ClientConfig, Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let tls_error = |detail: String| Error::Credentials(detail);
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| tls_error(format!("TLS setup failed: {e}")))?;
+    let roots = || -> Result<Arc<RootCertStore>, Error> {
+        let pem = params.tls.ca_pem.as_deref().ok_or_else(|| {
+            tls_error("tls.ca_file is required to verify the server certificate".into())
+        })?;
+        let mut store = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+            let cert = cert.map_err(|e| tls_error(format!("tls.ca_file is not a PEM certificate bundle: {e}")))?;
+            store.add(cert).map_err(|e| tls_error(format!("tls.ca_file holds an unusable certificate: {e}")))?;
+        }
+        if store.is_empty() {
+            return Err(tls_error("tls.ca_file holds no certificate".into()));
+        }
+        Ok(Arc::new(store))
+    };
+    let builder = match params.tls.mode {
+        TlsMode::VerifyFull => builder.with_root_certificates(roots()?),
+        TlsMode::VerifyCa => {
+            let inner = WebPkiServerVerifier::builder_with_provider(roots()?, provider.clone())
+                .build()
+                .map_err(|e| tls_error(format!("TLS setup failed: {e}")))?;
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly { inner }))
+        }
+        TlsMode::Require | TlsMode::Disable => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
+        }
+    };
+    match params.credentials {
+        AdminCredentials::ClientCert { cert_pem, key_pem } => {
+            let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| tls_error(format!("the admin's client certificate is not PEM: {e}")))?;
+            if chain.is_empty() {
+                return Err(tls_error("the admin's client certificate file holds no certificate".into()));
+            }
+            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+                .map_err(|e| tls_error(format!("the admin's private key is not a PEM key: {e}")))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| tls_error(format!("the admin's certificate and key do not fit together: {e}")))
+        }
+        AdminCredentials::Password(_) => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// `verify-ca`: the chain must lead to the CA, the host name is not checked.
+#[derive(Debug)]
+struct ChainOnly {
+    inner: Arc<WebPkiServerVerifier>,
+}
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// `require`: any certificate, but the handshake signatures are still checked against it.
+#[derive(Debug)]
+struct AnyCertificate {
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}

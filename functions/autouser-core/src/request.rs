@@ -1,0 +1,102 @@
+//! Turns a config and an event into a fully decided request, before any connection is made:
+//! which database, which role name, which mode and roles. Everything refused here costs no
+//! round trip and touches nothing.
+
+use std::collections::BTreeSet;
+
+use crate::config::{Config, DatabaseConfig, DatabaseType, RDS_IAM_ROLE};
+use crate::event::SessionEvent;
+use crate::naming;
+use crate::policy::{AccessRequest, CreateDbUserMode};
+use crate::Error;
+
+/// Who and where, shared by starts and ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub session_id: String,
+    pub person: String,
+    pub db_user: String,
+    /// Database name in the config.
+    pub database: String,
+    /// Database inside the server the session uses.
+    pub db_name: String,
+    /// Database the admin connects to.
+    pub admin_db_name: String,
+    pub admin: String,
+    pub managed_group: String,
+    pub endpoint: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartRequest {
+    pub target: Target,
+    pub mode: CreateDbUserMode,
+    /// Roles granted on top of the managed group (and `rds_iam`): exactly these.
+    pub db_roles: BTreeSet<String>,
+    /// `rds_iam` on RDS.
+    pub platform_roles: BTreeSet<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndRequest {
+    pub target: Target,
+}
+
+fn target<'c>(config: &'c Config, event: &SessionEvent) -> Result<(Target, &'c DatabaseConfig), Error> {
+    let db = config
+        .database(&event.database)
+        .ok_or_else(|| Error::UnknownDatabase { database: event.database.clone() })?;
+    let db_user = naming::db_user_name(&event.user, event.origin_cluster.as_deref(), config.cluster_name.as_deref());
+    naming::validate_db_user(&db_user, &db.admin_user.name, &config.managed_group)
+        .map_err(|source| Error::InvalidUserName { person: event.user.clone(), source })?;
+    let target = Target {
+        session_id: event.session_id.clone(),
+        person: event.user.clone(),
+        db_user,
+        database: db.name.clone(),
+        db_name: event.db_name.clone(),
+        admin_db_name: db.admin_database(&event.db_name).to_string(),
+        admin: db.admin_user.name.clone(),
+        managed_group: config.managed_group.clone(),
+        endpoint: db.endpoint(),
+    };
+    Ok((target, db))
+}
+
+pub fn prepare_start(config: &Config, event: &SessionEvent) -> Result<StartRequest, Error> {
+    let roles = event.start_roles()?;
+    let (target, db) = target(config, event)?;
+    let grant = config
+        .policy
+        .evaluate(&AccessRequest {
+            role_names: roles,
+            traits: &event.traits,
+            database: &db.name,
+            labels: &db.labels,
+            db_name: &event.db_name,
+            requested_db_roles: event.db_roles.as_deref(),
+        })
+        .map_err(|source| Error::Policy { person: event.user.clone(), database: db.name.clone(), source })?;
+    for role in &grant.db_roles {
+        let refused = |reason| Err(Error::RefusedDbRole { role: role.clone(), reason });
+        if *role == target.admin {
+            return refused("it is the admin user");
+        }
+        if *role == target.managed_group {
+            return refused("it is the managed group, which every managed user already has");
+        }
+        if *role == target.db_user {
+            return refused("it is the user itself");
+        }
+    }
+    let platform_roles = match db.db_type {
+        DatabaseType::Rds => BTreeSet::from([RDS_IAM_ROLE.to_string()]),
+        DatabaseType::SelfHosted => BTreeSet::new(),
+    };
+    Ok(StartRequest { target, mode: grant.mode, db_roles: grant.db_roles, platform_roles })
+}
+
+pub fn prepare_end(config: &Config, event: &SessionEvent) -> Result<EndRequest, Error> {
+    let (target, _) = target(config, event)?;
+    Ok(EndRequest { target })
+}

@@ -1,0 +1,8 @@
+//! Engine tests against a real PostgreSQL. The version is the one `AUTOUSER_PG_BIN` points at;
+//! `scripts/test` runs this binary once per supported version.
+
+mod concurrency;
+mod errors;
+mod fixture;
+mod injection;
+mod lifecycle;

@@ -1,0 +1,70 @@
+//! `session-start` and `session-end`: load, decide, connect, apply, print.
+
+use std::io::Read;
+use std::path::Path;
+
+use autouser_core::config::Config;
+use autouser_core::event::SessionEvent;
+use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::request::{self, Target};
+use autouser_core::{engine, Error};
+
+/// A failed command: what to print and how to exit.
+#[derive(Debug)]
+pub struct Failure {
+    pub message: String,
+    pub exit_code: u8,
+}
+
+impl From<Error> for Failure {
+    fn from(error: Error) -> Self {
+        let exit_code = match &error {
+            Error::Config(_) => 78,
+            Error::Event(_) => 65,
+            e if e.is_transient() => 75,
+            _ => 1,
+        };
+        Failure { message: format!("{} [{}]", error, error.kind()), exit_code }
+    }
+}
+
+pub async fn session_start(config: &Path, event: &Path) -> Result<Option<String>, Failure> {
+    let (config, event) = load(config, event)?;
+    let req = request::prepare_start(&config, &event)?;
+    let client = connect(&config, &req.target).await?;
+    let outcome = engine::session_start(&client, &req).await?;
+    Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
+}
+
+pub async fn session_end(config: &Path, event: &Path) -> Result<Option<String>, Failure> {
+    let (config, event) = load(config, event)?;
+    let req = request::prepare_end(&config, &event)?;
+    let client = connect(&config, &req.target).await?;
+    let outcome = engine::session_end(&client, &req).await?;
+    Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
+}
+
+fn load(config: &Path, event: &Path) -> Result<(Config, SessionEvent), Failure> {
+    let config = Config::load(config).map_err(Error::from)?;
+    let text = if event == Path::new("-") {
+        let mut text = String::new();
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| Failure { message: format!("cannot read the event from standard input: {e}"), exit_code: 65 })?;
+        text
+    } else {
+        std::fs::read_to_string(event).map_err(|e| Failure {
+            message: format!("cannot read event file {}: {e}", event.display()),
+            exit_code: 65,
+        })?
+    };
+    let event = SessionEvent::from_json(&text).map_err(Error::from)?;
+    Ok((config, event))
+}
+
+async fn connect(config: &Config, target: &Target) -> Result<autouser_core::tokio_postgres::Client, Error> {
+    let db = config.database(&target.database).expect("prepared requests name configured databases");
+    let credentials = AdminCredentials::from_local_config(&db.auth)?;
+    let tls = TlsSettings::from_config(&db.tls)?;
+    pg::connect(&ConnectParams::admin_of(db, &target.admin_db_name, &tls, &credentials)).await
+}

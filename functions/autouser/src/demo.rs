@@ -1,0 +1,187 @@
+//! `autouser demo`: the whole job on a throwaway PostgreSQL, needing only an installed server.
+//!
+//! It sets the server up the way the seed's self-hosted section does (TLS, an X.509
+//! authenticated `teleport-admin` with CREATEROLE), writes a config and events to files, and
+//! runs them through the same code paths as `autouser session-start/session-end`.
+
+use std::path::{Path, PathBuf};
+
+use autouser_core::config::TlsMode;
+use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::tokio_postgres::Client;
+use scratch_postgres::{Cluster, PgInstall};
+
+use crate::commands::{self, Failure};
+
+const ADMIN: &str = "teleport-admin";
+
+fn failure(message: impl std::fmt::Display) -> Failure {
+    Failure { message: format!("demo: {message}"), exit_code: 1 }
+}
+
+pub async fn run() -> Result<Option<String>, Failure> {
+    let install = PgInstall::from_env().map_err(failure)?;
+    println!("pg-autouser demo\n");
+    println!("Starting a throwaway PostgreSQL {} from {} ...", install.major(), install.bin_dir().display());
+    let cluster = tokio::task::spawn_blocking(move || Cluster::start(&install))
+        .await
+        .map_err(failure)?
+        .map_err(failure)?;
+    println!("  listening on {}:{} with TLS; every login needs a client certificate\n", cluster.host(), cluster.port());
+
+    let result = walk_through(&cluster).await;
+    println!("\nStopping PostgreSQL and removing {} ...", cluster.dir().display());
+    drop(cluster);
+    result?;
+    println!("Done.");
+    Ok(None)
+}
+
+async fn walk_through(cluster: &Cluster) -> Result<(), Failure> {
+    let superuser = connect_as(cluster, cluster.superuser()).await?;
+    let major = cluster.major();
+    let mut setup = vec![
+        format!("CREATE USER \"{ADMIN}\" LOGIN CREATEROLE"),
+        "CREATE ROLE reader NOLOGIN".to_string(),
+        "CREATE ROLE auditor NOLOGIN".to_string(),
+        "CREATE TABLE public.orders (id int PRIMARY KEY, note text)".to_string(),
+        "GRANT SELECT ON public.orders TO reader".to_string(),
+    ];
+    if major >= 16 {
+        setup.push(format!("GRANT reader TO \"{ADMIN}\" WITH ADMIN OPTION"));
+        setup.push(format!("GRANT auditor TO \"{ADMIN}\" WITH ADMIN OPTION"));
+    }
+    println!("Setting up the admin as the seed's self-hosted section does:");
+    for statement in &setup {
+        println!("  {statement};");
+        superuser.batch_execute(statement).await.map_err(failure)?;
+    }
+
+    let admin_cert = cluster.client_cert(ADMIN).map_err(failure)?;
+    let dir = cluster.dir();
+    let config_path = dir.join("autouser.yaml");
+    std::fs::write(&config_path, config_yaml(cluster, &admin_cert.cert_path, &admin_cert.key_path)).map_err(failure)?;
+    println!("\nConfig written to {}:\n", config_path.display());
+    for line in std::fs::read_to_string(&config_path).map_err(failure)?.lines() {
+        println!("    {line}");
+    }
+
+    println!("\n1. keep mode: alice opens two overlapping sessions, then closes them");
+    show(&superuser, "alice", "before anything").await?;
+    let alice = r#""user": "alice", "roles": ["auto-db-keep"], "database": "demo", "db_name": "postgres",
+        "traits": {"internal": {"db_roles": ["auditor"]}}"#;
+    step(dir, &config_path, "session-start", "alice-1", alice).await?;
+    show(&superuser, "alice", "after her first session started").await?;
+    step(dir, &config_path, "session-start", "alice-2", alice).await?;
+    step(dir, &config_path, "session-end", "alice-1", alice).await?;
+    show(&superuser, "alice", "after her first session ended (the second is still open)").await?;
+    step(dir, &config_path, "session-end", "alice-2", alice).await?;
+    show(&superuser, "alice", "after her last session ended: locked, roles stripped").await?;
+
+    println!("\n2. best_effort_drop mode: bob's user exists only while his session does");
+    let bob = r#""user": "bob", "roles": ["auto-db-drop"], "database": "demo", "db_name": "postgres""#;
+    step(dir, &config_path, "session-start", "bob-1", bob).await?;
+    show(&superuser, "bob", "during his session").await?;
+    step(dir, &config_path, "session-end", "bob-1", bob).await?;
+    show(&superuser, "bob", "after his session ended").await?;
+
+    println!("\n3. a role named like a person but not managed by pg-autouser is never touched");
+    superuser.batch_execute("CREATE ROLE carol LOGIN").await.map_err(failure)?;
+    let carol = r#""user": "carol", "roles": ["auto-db-keep"], "database": "demo", "db_name": "postgres""#;
+    step(dir, &config_path, "session-start", "carol-1", carol).await?;
+    show(&superuser, "carol", "unchanged").await?;
+    Ok(())
+}
+
+fn config_yaml(cluster: &Cluster, cert: &Path, key: &Path) -> String {
+    format!(
+        r#"managed_group: teleport-auto-user
+databases:
+  - name: demo
+    type: self-hosted
+    uri: localhost:{port}
+    labels: {{env: demo}}
+    admin_user: {{name: {ADMIN}}}
+    auth: {{method: cert, cert_file: "{cert}", key_file: "{key}"}}
+    tls: {{mode: verify-full, ca_file: "{ca}"}}
+roles:
+  - kind: role
+    version: v7
+    metadata: {{name: auto-db-keep}}
+    spec:
+      options: {{create_db_user_mode: keep}}
+      allow:
+        db_labels: {{"*": "*"}}
+        db_names: ["*"]
+        db_roles: [reader, "{{{{internal.db_roles}}}}"]
+  - kind: role
+    version: v7
+    metadata: {{name: auto-db-drop}}
+    spec:
+      options: {{create_db_user_mode: best_effort_drop}}
+      allow:
+        db_labels: {{env: demo}}
+        db_names: ["*"]
+        db_roles: [reader]
+"#,
+        port = cluster.port(),
+        cert = cert.display(),
+        key = key.display(),
+        ca = cluster.ca_cert_path().display(),
+    )
+}
+
+/// Runs one CLI command on an event file, printing the command and its result.
+async fn step(dir: &Path, config: &Path, command: &str, session: &str, fields: &str) -> Result<(), Failure> {
+    let event = format!(r#"{{"session_id": "{session}", {fields}}}"#);
+    let event_path: PathBuf = dir.join(format!("{command}-{session}.json"));
+    std::fs::write(&event_path, &event).map_err(failure)?;
+    println!("\n  $ autouser {command} --config autouser.yaml --event {}", event_path.display());
+    let result = match command {
+        "session-start" => commands::session_start(config, &event_path).await,
+        _ => commands::session_end(config, &event_path).await,
+    };
+    match result {
+        Ok(json) => println!("    {}", json.unwrap_or_default()),
+        Err(refused) => println!("    refused (exit {}): {}", refused.exit_code, refused.message),
+    }
+    Ok(())
+}
+
+async fn show(client: &Client, user: &str, when: &str) -> Result<(), Failure> {
+    let rows = client
+        .query(
+            "SELECT r.rolcanlogin,
+                    ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
+                           WHERE m.member = r.oid ORDER BY 1)
+               FROM pg_roles r WHERE r.rolname = $1",
+            &[&user],
+        )
+        .await
+        .map_err(failure)?;
+    match rows.first() {
+        None => println!("    [{user} {when}] no such database user"),
+        Some(row) => {
+            let login: bool = row.get(0);
+            let roles: Vec<String> = row.get(1);
+            let roles = if roles.is_empty() { "(none)".to_string() } else { roles.join(", ") };
+            println!("    [{user} {when}] {}, member of: {roles}", if login { "LOGIN" } else { "NOLOGIN" });
+        }
+    }
+    Ok(())
+}
+
+async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Failure> {
+    let cert = cluster.client_cert(user).map_err(failure)?;
+    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem.clone(), key_pem: cert.key_pem.clone() };
+    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
+    let params = ConnectParams {
+        host: cluster.host(),
+        port: cluster.port(),
+        dbname: "postgres",
+        user,
+        tls: &tls,
+        credentials: &credentials,
+    };
+    pg::connect(&params).await.map_err(|e| failure(format!("connecting as {user}: {e}")))
+}

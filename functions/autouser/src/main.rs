@@ -1,0 +1,78 @@
+//! `autouser`: run pg-autouser's provisioning locally, with the same core the Lambda
+//! functions use.
+//!
+//! Exit codes: 0 success; 1 refused (policy, name conflict, missing privilege: a person must
+//! act); 2 bad command line; 65 malformed event; 75 transient failure (retry later);
+//! 78 invalid config.
+
+mod commands;
+mod demo;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "autouser", version, about = "Just-in-time PostgreSQL users, run locally")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create or unlock the database user of a starting session and grant its roles.
+    SessionStart(EventArgs),
+    /// Close a session: lock or drop its user once no other session of theirs remains.
+    SessionEnd(EventArgs),
+    /// Start a throwaway PostgreSQL and walk through keep and best_effort_drop sessions.
+    Demo,
+}
+
+#[derive(clap::Args)]
+struct EventArgs {
+    /// Configuration file (YAML or JSON).
+    #[arg(long)]
+    config: PathBuf,
+    /// Event file (JSON), or '-' for standard input.
+    #[arg(long)]
+    event: PathBuf,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("autouser: cannot start the async runtime: {error}");
+            return ExitCode::from(70);
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::SessionStart(args) => commands::session_start(&args.config, &args.event).await,
+            Command::SessionEnd(args) => commands::session_end(&args.config, &args.event).await,
+            Command::Demo => demo::run().await,
+        }
+    });
+    match result {
+        Ok(json) => {
+            if let Some(json) = json {
+                println!("{json}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(failure) => {
+            eprintln!("autouser: {}", failure.message);
+            ExitCode::from(failure.exit_code)
+        }
+    }
+}

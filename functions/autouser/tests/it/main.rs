@@ -1,0 +1,219 @@
+//! The `autouser` binary's external contract: arguments, stdout JSON, stderr messages, exit
+//! codes. Runs the real binary against a throwaway cluster.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use autouser_core::config::TlsMode;
+use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use scratch_postgres::{Cluster, PgInstall};
+use serde_json::Value;
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| {
+        let install = PgInstall::from_env().expect("a PostgreSQL installation (see scripts/install-deps)");
+        Cluster::start(&install).expect("the test cluster starts")
+    })
+}
+
+/// Runs SQL as the superuser.
+async fn superuser_sql(sql: &str) {
+    let cluster = cluster();
+    let cert = cluster.client_cert("postgres").unwrap();
+    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem.clone(), key_pem: cert.key_pem.clone() };
+    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
+    let params = ConnectParams {
+        host: cluster.host(),
+        port: cluster.port(),
+        dbname: "postgres",
+        user: "postgres",
+        tls: &tls,
+        credentials: &credentials,
+    };
+    let client = pg::connect(&params).await.expect("superuser connects");
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+}
+
+/// A config file for admin `admin` (created with CREATEROLE and ADMIN OPTION on `reader`),
+/// in a fresh directory.
+async fn setup(ns: &str) -> (tempfile::TempDir, PathBuf) {
+    let cluster = cluster();
+    let admin = format!("{ns}_admin");
+    let reader = format!("{ns}_reader");
+    let mut sql = format!("CREATE ROLE \"{admin}\" LOGIN CREATEROLE; CREATE ROLE \"{reader}\";");
+    if cluster.major() >= 16 {
+        sql.push_str(&format!("GRANT \"{reader}\" TO \"{admin}\" WITH ADMIN OPTION;"));
+    }
+    superuser_sql(&sql).await;
+    let cert = cluster.client_cert(&admin).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        r#"managed_group: {ns}_grp
+databases:
+  - name: main
+    type: self-hosted
+    uri: localhost:{port}
+    admin_user: {{name: {admin}, default_database: postgres}}
+    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
+    tls: {{mode: verify-full, ca_file: {ca:?}}}
+roles:
+  - kind: role
+    version: v7
+    metadata: {{name: devs}}
+    spec:
+      options: {{create_db_user_mode: best_effort_drop}}
+      allow: {{db_labels: {{"*": "*"}}, db_names: ["*"], db_roles: [{reader}]}}
+"#,
+        port = cluster.port(),
+        cert = cert.cert_path.display().to_string(),
+        key = cert.key_path.display().to_string(),
+        ca = cluster.ca_cert_path().display().to_string(),
+    );
+    let path = dir.path().join("config.yaml");
+    std::fs::write(&path, config).unwrap();
+    (dir, path)
+}
+
+fn autouser(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_autouser"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("autouser runs");
+    let mut input = child.stdin.take().unwrap();
+    if let Some(text) = stdin {
+        input.write_all(text.as_bytes()).unwrap();
+    }
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn stdout_json(output: &Output) -> Value {
+    assert!(output.status.success(), "exit {:?}, stderr: {}", output.status, String::from_utf8_lossy(&output.stderr));
+    let text = String::from_utf8(output.stdout.clone()).unwrap();
+    assert_eq!(text.lines().count(), 1, "exactly one line of JSON: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn start_and_end_print_the_contract_json() {
+    let (dir, config) = setup("cli_ok").await;
+    let config = config.display().to_string();
+    let event = r#"{"session_id": "s1", "user": "cli_ok_alice", "roles": ["devs"], "database": "main", "db_name": "postgres"}"#;
+    let event_file = write(dir.path(), "start.json", event);
+    let started = stdout_json(&autouser(&["session-start", "--config", &config, "--event", &event_file], None));
+    assert_eq!(started["status"], "active");
+    assert_eq!(started["db_user"], "cli_ok_alice");
+    assert_eq!(started["db_roles"], serde_json::json!(["cli_ok_reader"]));
+
+    // The same event from standard input is a duplicate: still active, nothing changed.
+    let again = stdout_json(&autouser(&["session-start", "--config", &config, "--event", "-"], Some(event)));
+    assert_eq!(again["status"], "active");
+    assert_eq!(again["already_active"], true);
+
+    let ended = stdout_json(&autouser(&["session-end", "--config", &config, "--event", "-"], Some(event)));
+    assert_eq!(ended["status"], "dropped");
+    assert_eq!(ended["db_user"], "cli_ok_alice");
+    let again = stdout_json(&autouser(&["session-end", "--config", &config, "--event", "-"], Some(event)));
+    assert_eq!(again["status"], "noop");
+}
+
+#[tokio::test]
+async fn malformed_event_names_the_field() {
+    let (_dir, config) = setup("cli_bad").await;
+    let config = config.display().to_string();
+    let output = autouser(
+        &["session-start", "--config", &config, "--event", "-"],
+        Some(r#"{"session_id": "s1", "user": "x", "roles": ["devs"], "database": "main"}"#),
+    );
+    assert_eq!(output.status.code(), Some(65));
+    assert!(stderr(&output).contains("db_name"), "{}", stderr(&output));
+    let output = autouser(&["session-start", "--config", &config, "--event", "-"], Some("{not json"));
+    assert_eq!(output.status.code(), Some(65));
+    assert!(output.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn refusal_names_the_user_and_exits_nonzero() {
+    let (_dir, config) = setup("cli_conflict").await;
+    superuser_sql("CREATE ROLE cli_conflict_bob LOGIN").await;
+    let event = r#"{"session_id": "s1", "user": "cli_conflict_bob", "roles": ["devs"], "database": "main", "db_name": "postgres"}"#;
+    let output = autouser(&["session-start", "--config", &config.display().to_string(), "--event", "-"], Some(event));
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("cli_conflict_bob") && message.contains("[UserConflict]"), "{message}");
+    assert!(output.stdout.is_empty());
+}
+
+#[tokio::test]
+async fn unknown_database_and_role_are_named() {
+    let (_dir, config) = setup("cli_names").await;
+    let config = config.display().to_string();
+    let event = r#"{"session_id": "s1", "user": "u", "roles": ["devs"], "database": "nope", "db_name": "postgres"}"#;
+    let output = autouser(&["session-start", "--config", &config, "--event", "-"], Some(event));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("\"nope\""), "{}", stderr(&output));
+    let event = r#"{"session_id": "s1", "user": "u", "roles": ["ops"], "database": "main", "db_name": "postgres"}"#;
+    let output = autouser(&["session-start", "--config", &config, "--event", "-"], Some(event));
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("ops"), "{}", stderr(&output));
+}
+
+#[tokio::test]
+async fn invalid_config_names_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write(dir.path(), "bad.yaml", "databases:\n  - name: x\n    type: oracle\n");
+    let event = write(dir.path(), "e.json", r#"{"session_id":"s","user":"u","database":"x","db_name":"d"}"#);
+    let output = autouser(&["session-end", "--config", &config, "--event", &event], None);
+    assert_eq!(output.status.code(), Some(78));
+    assert!(stderr(&output).contains("databases[0].type"), "{}", stderr(&output));
+}
+
+#[tokio::test]
+async fn unreachable_database_is_transient() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = write(
+        dir.path(),
+        "c.yaml",
+        &format!(
+            "databases:\n  - name: x\n    type: self-hosted\n    uri: 127.0.0.1:{port}\n    admin_user: {{name: a}}\n    \
+             auth: {{method: password, password_env: HOME}}\n    tls: {{mode: require}}\n"
+        ),
+    );
+    let event = write(dir.path(), "e.json", r#"{"session_id":"s","user":"u","database":"x","db_name":"d"}"#);
+    let output = autouser(&["session-end", "--config", &config, "--event", &event], None);
+    assert_eq!(output.status.code(), Some(75), "{}", stderr(&output));
+    assert!(stderr(&output).contains(&port.to_string()), "{}", stderr(&output));
+}
+
+#[test]
+fn demo_walks_through_keep_and_drop() {
+    // The demo starts its own cluster from AUTOUSER_PG_BIN.
+    let output = autouser(&["demo"], None);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}\n{}", stderr(&output));
+    assert!(text.contains("[alice after her first session started] LOGIN, member of: auditor, reader, teleport-auto-user"), "{text}");
+    assert!(text.contains("[alice after her first session ended (the second is still open)] LOGIN"), "{text}");
+    assert!(text.contains("[alice after her last session ended: locked, roles stripped] NOLOGIN, member of: teleport-auto-user"), "{text}");
+    assert!(text.contains("[bob after his session ended] no such database user"), "{text}");
+    assert!(text.contains("[UserConflict]"), "{text}");
+    assert!(text.contains("[carol unchanged] LOGIN, member of: (none)"), "{text}");
+}

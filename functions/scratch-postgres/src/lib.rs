@@ -1,0 +1,465 @@
+//! Throwaway PostgreSQL clusters with TLS and X.509 client-certificate authentication, for
+//! tests and the demo.
+//!
+//! A [`Cluster`] is a fresh `initdb` in a temporary directory, listening on a free loopback
+//! port, with its own CA. Every TCP login needs TLS and a client certificate whose CN is the
+//! role name ([`Cluster::client_cert`] mints one), except members of [`PASSWORD_LOGIN_GROUP`],
+//! who log in with a SCRAM password. PostgreSQL refuses to run as root, so when the caller is
+//! root the server runs as the OS user `postgres`.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+
+/// Members of this role log in with a password (SCRAM) instead of a certificate.
+pub const PASSWORD_LOGIN_GROUP: &str = "password_login";
+const SUPERUSER: &str = "postgres";
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const PORT_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "no PostgreSQL found: set AUTOUSER_PG_BIN to a directory holding initdb and postgres, \
+         or run scripts/install-deps"
+    )]
+    NotFound,
+    #[error("{dir} has no {binary}: point AUTOUSER_PG_BIN at the bin directory of a PostgreSQL installation")]
+    MissingBinary { dir: PathBuf, binary: &'static str },
+    #[error(
+        "running as root needs the OS user postgres, because PostgreSQL refuses to run as root: \
+         apt-get install postgresql-common, or useradd postgres"
+    )]
+    NoPostgresUser,
+    #[error("{what} failed: {detail}")]
+    Command { what: String, detail: String },
+    #[error("PostgreSQL did not start: {detail}\n--- last lines of {log} ---\n{tail}")]
+    Start { detail: String, log: PathBuf, tail: String },
+    #[error("certificate generation failed: {0}")]
+    Certificate(#[from] rcgen::Error),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let context = context.into();
+    move |source| Error::Io { context, source }
+}
+
+/// A PostgreSQL installation: a directory with `initdb` and `postgres`.
+#[derive(Debug, Clone)]
+pub struct PgInstall {
+    bin_dir: PathBuf,
+    major: u32,
+}
+
+impl PgInstall {
+    /// `AUTOUSER_PG_BIN` if set; otherwise the newest `/usr/lib/postgresql/<N>/bin`.
+    /// Never a silent skip: no installation is an error.
+    pub fn from_env() -> Result<PgInstall, Error> {
+        if let Some(dir) = std::env::var_os("AUTOUSER_PG_BIN") {
+            return PgInstall::at(dir);
+        }
+        let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+            .map_err(|_| Error::NotFound)?
+            .filter_map(|entry| {
+                let entry = entry.ok()?;
+                let major = entry.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = entry.path().join("bin");
+                bin.join("postgres").exists().then_some((major, bin))
+            })
+            .collect();
+        candidates.sort();
+        let (_, bin) = candidates.pop().ok_or(Error::NotFound)?;
+        PgInstall::at(bin)
+    }
+
+    pub fn at(bin_dir: impl Into<PathBuf>) -> Result<PgInstall, Error> {
+        let bin_dir = bin_dir.into();
+        for binary in ["initdb", "postgres"] {
+            if !bin_dir.join(binary).is_file() {
+                return Err(Error::MissingBinary { dir: bin_dir, binary });
+            }
+        }
+        let output = Command::new(bin_dir.join("postgres"))
+            .arg("--version")
+            .output()
+            .map_err(io(format!("running {}/postgres --version", bin_dir.display())))?;
+        let text = String::from_utf8_lossy(&output.stdout);
+        // "postgres (PostgreSQL) 16.4"
+        let major = text
+            .split_whitespace()
+            .last()
+            .and_then(|version| version.split('.').next())
+            .and_then(|major| major.parse().ok())
+            .ok_or_else(|| Error::Command { what: "postgres --version".into(), detail: text.to_string() })?;
+        Ok(PgInstall { bin_dir, major })
+    }
+
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    pub fn major(&self) -> u32 {
+        self.major
+    }
+}
+
+/// A client certificate and key, as PEM text and as files in the cluster's directory.
+#[derive(Debug, Clone)]
+pub struct ClientCert {
+    pub user: String,
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// A running throwaway cluster; dropping it stops the server and removes its directory.
+pub struct Cluster {
+    install: PgInstall,
+    dir: tempfile::TempDir,
+    port: u16,
+    ca_cert_pem: String,
+    ca_cert_path: PathBuf,
+    ca_issuer: Issuer<'static, KeyPair>,
+    owner: Option<(u32, u32)>,
+    child: Option<Child>,
+    client_certs: Mutex<HashMap<String, ClientCert>>,
+}
+
+impl Cluster {
+    /// `initdb`, certificates, and a server on a free loopback port (retrying on another
+    /// port if the chosen one was taken meanwhile).
+    pub fn start(install: &PgInstall) -> Result<Cluster, Error> {
+        let owner = server_owner()?;
+        let dir = tempfile::Builder::new().prefix("scratch-postgres-").tempdir().map_err(io("creating a temp dir"))?;
+        let ca_key = KeyPair::generate()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.distinguished_name.push(DnType::CommonName, "scratch-postgres CA");
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let ca_cert = ca_params.self_signed(&ca_key)?;
+        let ca_cert_pem = ca_cert.pem();
+        let ca_issuer = Issuer::new(ca_params, ca_key);
+
+        let mut server_params = CertificateParams::new(vec!["localhost".to_string()])?;
+        server_params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("an IP")));
+        server_params.distinguished_name.push(DnType::CommonName, "localhost");
+        let server_key = KeyPair::generate()?;
+        let server_cert = server_params.signed_by(&server_key, &ca_issuer)?;
+
+        let ca_cert_path = dir.path().join("ca.crt");
+        write_file(&ca_cert_path, &ca_cert_pem, 0o644, owner)?;
+        write_file(&dir.path().join("server.crt"), &server_cert.pem(), 0o644, owner)?;
+        write_file(&dir.path().join("server.key"), &server_key.serialize_pem(), 0o600, owner)?;
+        chown(dir.path(), owner)?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).map_err(io("chmod temp dir"))?;
+
+        let data = dir.path().join("data");
+        let mut initdb = Command::new(install.bin_dir.join("initdb"));
+        initdb
+            .args(["-U", SUPERUSER, "--auth=trust", "-E", "UTF8", "--locale=C", "-N", "-D"])
+            .arg(&data)
+            .stdin(Stdio::null());
+        let output = as_owner(&mut initdb, owner).output().map_err(io("running initdb"))?;
+        if !output.status.success() {
+            return Err(Error::Command {
+                what: "initdb".into(),
+                detail: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+            });
+        }
+        let hba = format!(
+            "local   all  all                          trust\n\
+             hostssl all  +{PASSWORD_LOGIN_GROUP}  127.0.0.1/32  scram-sha-256\n\
+             hostssl all  all              127.0.0.1/32  cert\n"
+        );
+        write_file(&data.join("pg_hba.conf"), &hba, 0o600, owner)?;
+
+        let mut cluster = Cluster {
+            install: install.clone(),
+            dir,
+            port: 0,
+            ca_cert_pem,
+            ca_cert_path,
+            ca_issuer,
+            owner,
+            child: None,
+            client_certs: Mutex::new(HashMap::new()),
+        };
+        let mut last = None;
+        for _ in 0..PORT_ATTEMPTS {
+            cluster.port = free_port()?;
+            match cluster.launch() {
+                Ok(()) => return Ok(cluster),
+                Err(error @ Error::Start { .. }) if cluster.port_was_taken() => last = Some(error),
+                Err(error) => return Err(error),
+            }
+        }
+        Err(last.expect("at least one attempt"))
+    }
+
+    pub fn host(&self) -> &str {
+        "127.0.0.1"
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn major(&self) -> u32 {
+        self.install.major
+    }
+
+    pub fn ca_cert_path(&self) -> &Path {
+        &self.ca_cert_path
+    }
+
+    pub fn ca_cert_pem(&self) -> &str {
+        &self.ca_cert_pem
+    }
+
+    /// The bootstrap superuser's name.
+    pub fn superuser(&self) -> &str {
+        SUPERUSER
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("postgres.log")
+    }
+
+    /// A client certificate with CN `user`, signed by the cluster's CA. Cached per user.
+    pub fn client_cert(&self, user: &str) -> Result<ClientCert, Error> {
+        let mut certs = self.client_certs.lock().expect("cert cache lock");
+        if let Some(cert) = certs.get(user) {
+            return Ok(cert.clone());
+        }
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name.push(DnType::CommonName, user);
+        let key = KeyPair::generate()?;
+        let cert = params.signed_by(&key, &self.ca_issuer)?;
+        let index = certs.len();
+        let cert_path = self.dir.path().join(format!("client-{index}.crt"));
+        let key_path = self.dir.path().join(format!("client-{index}.key"));
+        let cert = ClientCert {
+            user: user.to_string(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_path,
+            key_path,
+        };
+        write_file(&cert.cert_path, &cert.cert_pem, 0o644, None)?;
+        write_file(&cert.key_path, &cert.key_pem, 0o600, None)?;
+        certs.insert(user.to_string(), cert.clone());
+        Ok(cert)
+    }
+
+    /// Kills the server at once (SIGKILL to the postmaster), as a crash would; keeps the data.
+    pub fn kill(&mut self) -> Result<(), Error> {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // Backends notice the postmaster is gone and exit; wait until the port is free.
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on the same port after [`Cluster::kill`].
+    pub fn restart(&mut self) -> Result<(), Error> {
+        let pid_file = self.dir.path().join("data").join("postmaster.pid");
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            match self.launch() {
+                Ok(()) => return Ok(()),
+                // Orphaned backends may still hold shared memory for a moment.
+                Err(_) if Instant::now() < deadline => {
+                    let _ = std::fs::remove_file(&pid_file);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+
+    fn launch(&mut self) -> Result<(), Error> {
+        let data = self.dir.path().join("data");
+        let log_path = self.log_path();
+        let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io("opening the log"))?;
+        chown(&log_path, self.owner)?;
+        let dir = self.dir.path();
+        let settings = [
+            "listen_addresses=127.0.0.1".to_string(),
+            format!("port={}", self.port),
+            "ssl=on".to_string(),
+            format!("ssl_cert_file={}", dir.join("server.crt").display()),
+            format!("ssl_key_file={}", dir.join("server.key").display()),
+            format!("ssl_ca_file={}", self.ca_cert_path.display()),
+            format!("unix_socket_directories={}", dir.display()),
+            "fsync=off".to_string(),
+            "synchronous_commit=off".to_string(),
+            "full_page_writes=off".to_string(),
+            "max_connections=300".to_string(),
+            "shared_buffers=32MB".to_string(),
+            "password_encryption=scram-sha-256".to_string(),
+            "log_min_messages=warning".to_string(),
+            "log_line_prefix=%m [%p] %q%u@%d ".to_string(),
+        ];
+        let mut command = Command::new(self.install.bin_dir.join("postgres"));
+        command.arg("-D").arg(&data);
+        for setting in &settings {
+            command.arg("-c").arg(setting);
+        }
+        command.stdin(Stdio::null()).stdout(log.try_clone().map_err(io("log"))?).stderr(log);
+        as_owner(&mut command, self.owner);
+        // SAFETY: prctl is async-signal-safe and touches only this (forked) process.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = spawn_from_keeper(command)?;
+
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(status) = child.try_wait().map_err(io("waiting for postgres"))? {
+                return Err(self.start_error(format!("postgres exited with {status}"), log_start));
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.log_since(log_start).contains("ready to accept connections") {
+                self.child = Some(child);
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(self.start_error("timed out waiting for the server".into(), log_start));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn log_since(&self, offset: u64) -> String {
+        let text = std::fs::read(self.log_path()).unwrap_or_default();
+        String::from_utf8_lossy(text.get(offset as usize..).unwrap_or_default()).into_owned()
+    }
+
+    fn start_error(&self, detail: String, log_start: u64) -> Error {
+        let log = self.log_since(log_start);
+        let lines: Vec<&str> = log.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        Error::Start { detail, log: self.log_path(), tail }
+    }
+
+    fn port_was_taken(&self) -> bool {
+        let log = std::fs::File::open(self.log_path()).map(BufReader::new);
+        log.map(|r| r.lines().map_while(Result::ok).any(|l| l.contains("could not bind") || l.contains("in use")))
+            .unwrap_or(false)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // Fast shutdown: roll back open transactions, close connections, exit.
+            unsafe {
+                libc::kill(child.id() as libc::pid_t, libc::SIGINT);
+            }
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, and test threads
+/// exit early while a cluster in a `static` lives on. So every server is spawned from one
+/// long-lived thread that exists only for that.
+fn spawn_from_keeper(command: Command) -> Result<Child, Error> {
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static KEEPER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    let keeper = KEEPER.get_or_init(|| {
+        let (sender, receiver) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("scratch-postgres-keeper".into())
+            .spawn(move || {
+                for (mut command, reply) in receiver {
+                    let _ = reply.send(command.spawn());
+                }
+            })
+            .expect("the keeper thread starts");
+        Mutex::new(sender)
+    });
+    let (reply, response) = mpsc::channel();
+    keeper.lock().expect("keeper lock").send((command, reply)).expect("the keeper thread is alive");
+    response.recv().expect("the keeper thread answers").map_err(io("spawning postgres"))
+}
+
+/// The uid/gid the server runs as: `postgres` when we are root, ourselves otherwise.
+fn server_owner() -> Result<Option<(u32, u32)>, Error> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(None);
+    }
+    let name = std::ffi::CString::new("postgres").expect("no NUL");
+    // SAFETY: getpwnam returns a pointer into static storage or NULL; we copy out at once.
+    let entry = unsafe { libc::getpwnam(name.as_ptr()) };
+    if entry.is_null() {
+        return Err(Error::NoPostgresUser);
+    }
+    // SAFETY: non-null, points to a valid passwd record.
+    let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
+    Ok(Some((uid, gid)))
+}
+
+fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) -> &mut Command {
+    if let Some((uid, gid)) = owner {
+        command.uid(uid).gid(gid);
+        // Root's HOME is not readable by the server's user.
+        command.env("HOME", "/tmp").current_dir("/tmp");
+    }
+    command
+}
+
+fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(gid)).map_err(io(format!("chown {}", path.display())))?;
+    }
+    Ok(())
+}
+
+fn write_file(path: &Path, contents: &str, mode: u32, owner: Option<(u32, u32)>) -> Result<(), Error> {
+    std::fs::write(path, contents).map_err(io(format!("writing {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(format!("chmod {}", path.display())))?;
+    chown(path, owner)
+}
+
+fn free_port() -> Result<u16, Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(io("finding a free port"))?;
+    Ok(listener.local_addr().map_err(io("finding a free port"))?.port())
+}
