@@ -273,6 +273,7 @@ async fn begin_and_read(client: &Client, t: &Target, candidates: &[String]) -> R
         user_can_login: row.get("user_can_login"),
         member_of: get("member_of").into_iter().collect(),
         ledger_comment: row.get("ledger"),
+        foreign_grants: get("foreign_grant_roles").into_iter().zip(get("foreign_grant_grantors")).collect(),
         group_exists: row.get("group_exists"),
         existing_roles: get("existing_roles").into_iter().collect(),
         superuser_roles: get("superuser_roles").into_iter().collect(),

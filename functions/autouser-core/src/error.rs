@@ -46,6 +46,15 @@ pub enum Error {
     RolesMismatch { user: String, active: BTreeSet<String>, requested: BTreeSet<String> },
 
     #[error(
+        "database user {user:?} holds role {role:?} granted by {grantor:?}, which the admin cannot \
+         revoke (PostgreSQL 16+ lets only the grantor or a superuser revoke it), so the session \
+         would get more than the policy allows: run `REVOKE {role_sql} FROM {user_sql} GRANTED BY \
+         {grantor_sql}` as a superuser",
+        role_sql = quote_ident(role), user_sql = quote_ident(user), grantor_sql = quote_ident(grantor)
+    )]
+    ForeignGrant { user: String, role: String, grantor: String },
+
+    #[error(
         "session {session_id:?} of database user {user:?} has already ended; a start delivered \
          after its end is refused: start a new session"
     )]
@@ -137,6 +146,7 @@ impl Error {
             Error::UserConflict { .. } => "UserConflict",
             Error::RolesMismatch { .. } => "RolesMismatch",
             Error::SessionAlreadyEnded { .. } => "SessionAlreadyEnded",
+            Error::ForeignGrant { .. } => "ForeignGrant",
             Error::UnknownDbRole { .. } => "UnknownDbRole",
             Error::RefusedDbRole { .. } => "RefusedDbRole",
             Error::MissingConnect { .. } => "MissingConnect",

@@ -24,6 +24,9 @@ pub struct ObservedState {
     pub member_of: BTreeSet<String>,
     /// The user's role comment, where the ledger lives.
     pub ledger_comment: Option<String>,
+    /// Memberships of the user that the admin cannot revoke (PostgreSQL 16+: granted by
+    /// another role), as `(role, grantor)`.
+    pub foreign_grants: BTreeSet<(String, String)>,
     pub group_exists: bool,
     /// Which of the roles the plan may grant exist.
     pub existing_roles: BTreeSet<String>,
@@ -100,6 +103,10 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
             });
         }
     }
+    let stray = |role: &String| !wanted.contains(role) && *role != t.managed_group;
+    if let Some((role, grantor)) = state.foreign_grants.iter().find(|(role, _)| stray(role)) {
+        return Err(Error::ForeignGrant { user: t.db_user.clone(), role: role.clone(), grantor: grantor.clone() });
+    }
     if state.read_only {
         return Err(Error::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
     }
@@ -117,7 +124,7 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
     if !state.member_of.contains(&t.managed_group) {
         steps.push(grant(&t.managed_group, user));
     }
-    for role in state.member_of.iter().filter(|r| !wanted.contains(*r) && **r != t.managed_group) {
+    for role in state.member_of.iter().filter(|r| stray(r)) {
         steps.push(Step::RevokeRole { role: role.clone(), user: user.clone() });
     }
     for role in wanted.difference(&state.member_of) {
@@ -374,6 +381,19 @@ mod tests {
         let state = ObservedState { superuser_roles: set(&["reader"]), ..fresh_server() };
         let err = plan_start(&start("s1", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
         assert!(matches!(err, Error::RefusedDbRole { .. }));
+    }
+
+    #[test]
+    fn stray_role_granted_by_someone_else_refuses_the_start() {
+        let mut state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        state.member_of.insert("writer".into());
+        state.foreign_grants.insert(("writer".into(), "postgres".into()));
+        let err = plan_start(&start("s2", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
+        assert!(matches!(err, Error::ForeignGrant { .. }), "{err}");
+        // A foreign grant of a role the session gets anyway is harmless.
+        let req = start("s2", &["reader", "writer"], CreateDbUserMode::Keep);
+        state.ledger_comment = None;
+        assert!(plan_start(&req, &state, 0).is_ok());
     }
 
     #[test]

@@ -8,7 +8,7 @@
 //!   every database. An absent or empty `db_labels` or `db_names` matches nothing.
 //! - A **deny** block applies to a database when its `db_labels` match; an absent deny
 //!   `db_labels` applies to every database, so that a deny never fails open (this differs from
-//!   allow on purpose). An applying deny block with neither `db_names` nor `db_roles` denies the
+//!   allow on purpose); a deny block with no `db_*` field at all does nothing. An applying deny block with neither `db_names` nor `db_roles` denies the
 //!   database; one whose `db_names` match denies the session; its `db_roles` (globs and
 //!   templates allowed) remove roles from the grant. Deny blocks of all the person's roles
 //!   apply, whether or not their allow matched. Deny wins.
@@ -330,8 +330,9 @@ impl Policy {
         for compiled in &roles {
             let deny = &compiled.role.spec.deny;
             let name = compiled.role.metadata.name.as_str();
+            let empty = deny.db_labels.is_none() && deny.db_names.is_empty() && deny.db_roles.is_empty();
             let applies = deny.db_labels.as_ref().is_none_or(|selector| labels_match(selector, req.labels));
-            if !applies {
+            if empty || !applies {
                 continue;
             }
             if deny.db_names.is_empty() && deny.db_roles.is_empty() {
@@ -680,9 +681,9 @@ mod tests {
             let err = Ask::new(&["auto-db-users"]).internal("db_roles", &[&bad]).run(&p).unwrap_err();
             assert!(matches!(err, PolicyError::InvalidTraitValue { .. }), "{err}");
         }
-        // The prefix counts: 55 + 8 bytes = 63 is fine, one more is not.
-        assert!(Ask::new(&["auto-db-users"]).external("team", &[&"t".repeat(55)]).run(&p).is_ok());
-        assert!(Ask::new(&["auto-db-users"]).external("team", &[&"t".repeat(56)]).run(&p).is_err());
+        // The prefix and suffix count: 56 + 7 bytes = 63 is fine, one more is not.
+        assert!(Ask::new(&["auto-db-users"]).external("team", &[&"t".repeat(56)]).run(&p).is_ok());
+        assert!(Ask::new(&["auto-db-users"]).external("team", &[&"t".repeat(57)]).run(&p).is_err());
     }
 
     #[test]

@@ -30,6 +30,13 @@ pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock($1::bigint)";
 /// Everything the planner needs to know, in one round trip.
 /// `$1` user name, `$2` managed group, `$3` names of roles the plan may grant.
 pub const READ_STATE: &str = "\
+WITH foreign_grant AS (
+  SELECT m.roleid, m.grantor
+    FROM pg_catalog.pg_auth_members m
+    JOIN pg_catalog.pg_roles u ON u.oid = m.member AND u.rolname = $1::text
+   WHERE m.grantor <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+     AND pg_catalog.current_setting('server_version_num')::int >= 160000
+     AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user))
 SELECT
   u.oid IS NOT NULL AS user_exists,
   COALESCE(u.rolcanlogin, false) AS user_can_login,
@@ -39,6 +46,12 @@ SELECT
          WHERE m.member = u.oid
          ORDER BY 1) AS member_of,
   pg_catalog.shobj_description(u.oid, 'pg_authid') AS ledger,
+  -- PostgreSQL 16+ lets a non-superuser revoke only the grants it made itself: the user's
+  -- memberships granted by someone else, as two parallel arrays (role, grantor).
+  ARRAY(SELECT g.rolname::text FROM foreign_grant f JOIN pg_catalog.pg_roles g ON g.oid = f.roleid
+         ORDER BY f.roleid, f.grantor) AS foreign_grant_roles,
+  ARRAY(SELECT g.rolname::text FROM foreign_grant f JOIN pg_catalog.pg_roles g ON g.oid = f.grantor
+         ORDER BY f.roleid, f.grantor) AS foreign_grant_grantors,
   EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $2::text) AS group_exists,
   ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r
          WHERE r.rolname = ANY($3::text[]) ORDER BY 1) AS existing_roles,

@@ -115,7 +115,7 @@ async fn missing_admin_option_on_rds_iam_names_the_seed_fix() {
         return;
     }
     let err = result.unwrap_err();
-    let fix = format!("GRANT rds_iam TO {} WITH ADMIN OPTION", q(&fx.admin));
+    let fix = format!("GRANT {} TO {} WITH ADMIN OPTION", q("rds_iam"), q(&fx.admin));
     assert!(err.to_string().contains(&fix), "{err}");
     assert!(fx.state(&alice).await.is_none());
 }
@@ -136,7 +136,8 @@ async fn missing_connect_privilege_quotes_the_grant() {
 #[tokio::test]
 async fn admin_default_database_is_where_the_admin_connects() {
     let mut fx = Fixture::new("er_defaultdb").await;
-    fx.sql("CREATE DATABASE er_defaultdb_admin; REVOKE CONNECT ON DATABASE er_defaultdb_admin FROM PUBLIC").await;
+    fx.sql("CREATE DATABASE er_defaultdb_admin").await;
+    fx.sql("REVOKE CONNECT ON DATABASE er_defaultdb_admin FROM PUBLIC").await;
     fx.default_database = Some("er_defaultdb_admin".into());
     let err = fx.start(fx.event("s1", &fx.user("alice"), &["keep"])).await.unwrap_err();
     assert!(matches!(err, Error::MissingConnect { ref db_name, .. } if db_name == "er_defaultdb_admin"), "{err}");

@@ -61,11 +61,10 @@ impl Fixture {
         let admin = format!("{ns}_admin");
         let reader = format!("{ns}_reader");
         let writer = format!("{ns}_writer");
+        superuser.batch_execute(&format!("CREATE DATABASE {}", q(ns))).await.expect("fixture database");
         superuser
             .batch_execute(&format!(
-                "CREATE DATABASE {db}; CREATE ROLE {admin} LOGIN CREATEROLE; \
-                 CREATE ROLE {reader}; CREATE ROLE {writer}",
-                db = q(ns),
+                "CREATE ROLE {admin} LOGIN CREATEROLE; CREATE ROLE {reader}; CREATE ROLE {writer}",
                 admin = q(&admin),
                 reader = q(&reader),
                 writer = q(&writer),
@@ -226,7 +225,8 @@ roles:{roles}"#,
         })
     }
 
-    /// Managed users (members of this test's group) that can log in.
+    /// Managed users (members of this test's group) that can log in. The admin is left out:
+    /// on PostgreSQL 16+ it is an implicit member of the group it created.
     pub async fn users_able_to_log_in(&self) -> Vec<String> {
         let rows = self
             .superuser
@@ -234,8 +234,8 @@ roles:{roles}"#,
                 "SELECT u.rolname::text FROM pg_roles u
                    JOIN pg_auth_members m ON m.member = u.oid
                    JOIN pg_roles g ON g.oid = m.roleid
-                  WHERE g.rolname = $1 AND u.rolcanlogin",
-                &[&self.group],
+                  WHERE g.rolname = $1 AND u.rolcanlogin AND u.rolname <> $2",
+                &[&self.group, &self.admin],
             )
             .await
             .expect("login query");

@@ -19,7 +19,7 @@ const HOSTILE: &[&str] = &[
 async fn hostile_user_names_become_exactly_those_roles() {
     let fx = Fixture::new("ij_users").await;
     for (i, name) in HOSTILE.iter().enumerate() {
-        let user = format!("ij_{name}");
+        let user = format!("iju_{name}");
         let session = format!("s{i}");
         let out = fx.start(fx.event(&session, &user, &["keep"])).await.unwrap();
         assert_eq!(out.db_user, user);
@@ -38,7 +38,7 @@ async fn hostile_user_names_become_exactly_those_roles() {
 async fn hostile_role_names_from_traits_are_granted_literally_or_refused() {
     let fx = Fixture::new("ij_roles").await;
     for (i, name) in HOSTILE.iter().enumerate() {
-        let role = format!("ij_{name}");
+        let role = format!("ijr_{name}");
         fx.sql(&format!("CREATE ROLE {}", q(&role))).await;
         fx.give_admin_option(&role).await;
         let user = fx.user(&format!("u{i}"));
