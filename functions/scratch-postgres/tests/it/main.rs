@@ -1,0 +1,93 @@
+//! The harness itself: TLS, certificate authentication, parallel clusters, crash and restart.
+
+use autouser_core::config::TlsMode;
+use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::tokio_postgres::Client;
+use scratch_postgres::{Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
+
+fn install() -> PgInstall {
+    PgInstall::from_env().expect("a PostgreSQL installation (see scripts/install-deps)")
+}
+
+async fn connect(cluster: &Cluster, user: &str, credentials: AdminCredentials) -> Result<Client, autouser_core::Error> {
+    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
+    let params = ConnectParams {
+        host: cluster.host(),
+        port: cluster.port(),
+        dbname: "postgres",
+        user,
+        tls: &tls,
+        credentials: &credentials,
+    };
+    pg::connect(&params).await
+}
+
+fn cert_of(cluster: &Cluster, user: &str) -> AdminCredentials {
+    let cert = cluster.client_cert(user).unwrap();
+    AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem }
+}
+
+#[tokio::test]
+async fn superuser_logs_in_over_tls_with_its_certificate() {
+    let install = install();
+    let cluster = Cluster::start(&install).unwrap();
+    let client = connect(&cluster, "postgres", cert_of(&cluster, "postgres")).await.unwrap();
+    let row = client.query_one("SELECT current_setting('server_version_num')::int, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0) / 10000, install.major() as i32);
+    assert!(row.get::<_, bool>(1), "the connection uses TLS");
+    assert_eq!(cluster.major(), install.major());
+}
+
+#[tokio::test]
+async fn certificate_of_another_name_or_a_password_is_refused() {
+    let cluster = Cluster::start(&install()).unwrap();
+    let err = connect(&cluster, "postgres", cert_of(&cluster, "mallory")).await.unwrap_err();
+    assert_eq!(err.kind(), "AdminAuthFailed", "{err}");
+    let err = connect(&cluster, "postgres", AdminCredentials::Password("x".into())).await.unwrap_err();
+    assert_eq!(err.kind(), "AdminAuthFailed", "{err}");
+}
+
+#[tokio::test]
+async fn two_clusters_run_side_by_side() {
+    let (a, b) = (Cluster::start(&install()).unwrap(), Cluster::start(&install()).unwrap());
+    assert_ne!(a.port(), b.port());
+    let client_a = connect(&a, "postgres", cert_of(&a, "postgres")).await.unwrap();
+    client_a.batch_execute("CREATE ROLE only_in_a").await.unwrap();
+    let client_b = connect(&b, "postgres", cert_of(&b, "postgres")).await.unwrap();
+    let rows = client_b.query("SELECT 1 FROM pg_roles WHERE rolname = 'only_in_a'", &[]).await.unwrap();
+    assert!(rows.is_empty());
+}
+
+#[tokio::test]
+async fn killed_cluster_restarts_with_its_data() {
+    let mut cluster = Cluster::start(&install()).unwrap();
+    let client = connect(&cluster, "postgres", cert_of(&cluster, "postgres")).await.unwrap();
+    client.batch_execute("CREATE ROLE survivor").await.unwrap();
+    cluster.kill().unwrap();
+    assert!(client.query("SELECT 1", &[]).await.is_err(), "the old connection is gone");
+    cluster.restart().unwrap();
+    let client = connect(&cluster, "postgres", cert_of(&cluster, "postgres")).await.unwrap();
+    let rows = client.query("SELECT 1 FROM pg_roles WHERE rolname = 'survivor'", &[]).await.unwrap();
+    assert_eq!(rows.len(), 1);
+}
+
+#[tokio::test]
+async fn password_login_group_members_use_scram() {
+    let cluster = Cluster::start(&install()).unwrap();
+    let client = connect(&cluster, "postgres", cert_of(&cluster, "postgres")).await.unwrap();
+    client
+        .batch_execute(&format!("CREATE ROLE {PASSWORD_LOGIN_GROUP}; CREATE ROLE pw LOGIN PASSWORD 'secret' IN ROLE {PASSWORD_LOGIN_GROUP}"))
+        .await
+        .unwrap();
+    let pw = connect(&cluster, "pw", AdminCredentials::Password("secret".into())).await.unwrap();
+    let who: String = pw.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(who, "pw");
+    let err = connect(&cluster, "pw", AdminCredentials::Password("wrong".into())).await.unwrap_err();
+    assert_eq!(err.kind(), "AdminAuthFailed", "{err}");
+}
+
+#[test]
+fn missing_binaries_are_an_error_not_a_skip() {
+    let err = PgInstall::at("/nonexistent").unwrap_err();
+    assert!(err.to_string().contains("AUTOUSER_PG_BIN"), "{err}");
+}
