@@ -120,8 +120,8 @@ pub struct TlsConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
         Config::parse(&text, base)
     }
@@ -129,9 +129,8 @@ impl Config {
     /// Parses and validates a config; relative paths are resolved against `base_dir`.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-            ConfigError::Syntax { path: e.path().to_string(), message: e.inner().to_string() }
-        })?;
+        let raw: RawConfig = serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| ConfigError::Syntax { path: e.path().to_string(), message: e.inner().to_string() })?;
         raw.validate(base_dir)
     }
 
@@ -224,12 +223,7 @@ impl RawConfig {
             }
             databases.push(db);
         }
-        Ok(Config {
-            cluster_name: self.cluster_name,
-            managed_group,
-            databases,
-            policy: Policy::new(self.roles)?,
-        })
+        Ok(Config { cluster_name: self.cluster_name, managed_group, databases, policy: Policy::new(self.roles)? })
     }
 }
 
@@ -259,7 +253,8 @@ impl RawDatabase {
                 "is required to verify the server: give the CA bundle that signed the server certificate",
             ));
         }
-        if tls.mode == TlsMode::Disable && matches!(auth, AuthConfig::CertFiles { .. } | AuthConfig::CertSecret { .. }) {
+        if tls.mode == TlsMode::Disable && matches!(auth, AuthConfig::CertFiles { .. } | AuthConfig::CertSecret { .. })
+        {
             return Err(invalid(format!("{at}.tls.mode"), "cert authentication needs TLS: use verify-full"));
         }
         Ok(DatabaseConfig {
@@ -290,10 +285,9 @@ impl RawAuth {
                 unexpected("password_env", password_env.is_some())?;
                 unexpected("region", region.is_some())?;
                 match (cert_file, key_file, secret_arn) {
-                    (Some(cert), Some(key), None) => Ok(AuthConfig::CertFiles {
-                        cert_file: base_dir.join(cert),
-                        key_file: base_dir.join(key),
-                    }),
+                    (Some(cert), Some(key), None) => {
+                        Ok(AuthConfig::CertFiles { cert_file: base_dir.join(cert), key_file: base_dir.join(key) })
+                    }
                     (None, None, Some(arn)) => Ok(AuthConfig::CertSecret { secret_arn: arn }),
                     _ => Err(invalid(at, "method cert needs either cert_file and key_file, or secret_arn")),
                 }
@@ -315,20 +309,16 @@ impl RawAuth {
                 unexpected("secret_arn", secret_arn.is_some())?;
                 Ok(AuthConfig::Iam { region })
             }
-            other => Err(invalid(
-                format!("{at}.method"),
-                format!("unknown method {other:?}: use cert, password or iam"),
-            )),
+            other => {
+                Err(invalid(format!("{at}.method"), format!("unknown method {other:?}: use cert, password or iam")))
+            }
         }
     }
 }
 
 /// Parses `host`, `host:port`, `[v6]:port` or `postgres://host:port[/…]`.
 fn parse_uri(uri: &str) -> Result<(String, u16), String> {
-    let rest = uri
-        .strip_prefix("postgres://")
-        .or_else(|| uri.strip_prefix("postgresql://"))
-        .unwrap_or(uri);
+    let rest = uri.strip_prefix("postgres://").or_else(|| uri.strip_prefix("postgresql://")).unwrap_or(uri);
     let authority = rest.split('/').next().unwrap_or_default();
     if authority.contains('@') {
         return Err("must not carry credentials: configure them under auth".into());
@@ -435,20 +425,14 @@ roles:
 
     #[test]
     fn auth_methods_need_their_fields() {
-        let text = EXAMPLE.replace(
-            "{method: cert, cert_file: admin.crt, key_file: admin.key}",
-            "{method: password}",
-        );
+        let text = EXAMPLE.replace("{method: cert, cert_file: admin.crt, key_file: admin.key}", "{method: password}");
         assert!(parse(&text).unwrap_err().to_string().contains("password_env or secret_arn"));
         let text = EXAMPLE.replace(
             "{method: cert, cert_file: admin.crt, key_file: admin.key}",
             "{method: password, secret_arn: 'arn:aws:secretsmanager:us-east-1:1:secret:x'}",
         );
         assert!(matches!(parse(&text).unwrap().databases[0].auth, AuthConfig::PasswordSecret { .. }));
-        let text = EXAMPLE.replace(
-            "{method: cert, cert_file: admin.crt, key_file: admin.key}",
-            "{method: kerberos}",
-        );
+        let text = EXAMPLE.replace("{method: cert, cert_file: admin.crt, key_file: admin.key}", "{method: kerberos}");
         assert!(parse(&text).unwrap_err().to_string().contains("databases[0].auth.method"));
     }
 

@@ -289,8 +289,7 @@ fn is_conflict(error: &tokio_postgres::Error, step: Option<&Step>) -> bool {
         return false;
     };
     let code = db.code();
-    if [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::UNIQUE_VIOLATION]
-        .contains(code)
+    if [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::UNIQUE_VIOLATION].contains(code)
     {
         return true;
     }

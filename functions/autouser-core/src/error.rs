@@ -16,13 +16,13 @@ use crate::sql::quote_ident;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
-    Config(#[from] ConfigError),
+    Config(Box<ConfigError>),
 
     #[error(transparent)]
     Event(#[from] EventError),
 
     #[error("session of {person:?} on database {database:?} refused: {source}")]
-    Policy { person: String, database: String, source: PolicyError },
+    Policy { person: String, database: String, source: Box<PolicyError> },
 
     #[error("session of {person:?} refused: {source}")]
     InvalidUserName { person: String, source: NameError },
@@ -107,7 +107,9 @@ pub enum Error {
     #[error("admin {admin:?} could not log in to {endpoint}: {detail}")]
     AdminAuthFailed { admin: String, endpoint: String, detail: String },
 
-    #[error("database {db_name:?} does not exist on {endpoint}: fix the event's db_name or admin_user.default_database")]
+    #[error(
+        "database {db_name:?} does not exist on {endpoint}: fix the event's db_name or admin_user.default_database"
+    )]
     DatabaseNotFound { db_name: String, endpoint: String },
 
     #[error("admin credentials are unavailable: {0}")]
@@ -132,6 +134,12 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+impl From<ConfigError> for Error {
+    fn from(error: ConfigError) -> Self {
+        Error::Config(Box::new(error))
+    }
 }
 
 impl Error {

@@ -44,9 +44,7 @@ impl SessionEvent {
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let event: SessionEvent = serde_path_to_error::deserialize(&mut deserializer)
             .map_err(|e| EventError::Malformed { path: e.path().to_string(), message: e.inner().to_string() })?;
-        deserializer
-            .end()
-            .map_err(|e| EventError::Malformed { path: ".".into(), message: e.to_string() })?;
+        deserializer.end().map_err(|e| EventError::Malformed { path: ".".into(), message: e.to_string() })?;
         event.validate()?;
         Ok(event)
     }
@@ -128,8 +126,8 @@ mod tests {
 
     #[test]
     fn unknown_field_is_refused() {
-        let err = SessionEvent::from_json(&START.replace("\"db_roles\": [\"reader\"]", "\"db_role\": [\"x\"]"))
-            .unwrap_err();
+        let err =
+            SessionEvent::from_json(&START.replace("\"db_roles\": [\"reader\"]", "\"db_role\": [\"x\"]")).unwrap_err();
         assert!(err.to_string().contains("db_role"), "{err}");
     }
 

@@ -99,10 +99,7 @@ mod tests {
     #[test]
     fn sixty_three_bytes_pass_and_sixty_four_fail() {
         assert!(validate_identifier(&"a".repeat(63)).is_ok());
-        assert!(matches!(
-            validate_identifier(&"a".repeat(64)),
-            Err(NameError::TooLong { bytes: 64, .. })
-        ));
+        assert!(matches!(validate_identifier(&"a".repeat(64)), Err(NameError::TooLong { bytes: 64, .. })));
         // 21 three-byte characters are 63 bytes; one more is 66.
         assert!(validate_identifier(&"€".repeat(21)).is_ok());
         assert!(validate_identifier(&"€".repeat(22)).is_err());

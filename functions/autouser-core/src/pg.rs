@@ -86,9 +86,10 @@ impl TlsSettings {
     pub fn from_config(tls: &TlsConfig) -> Result<TlsSettings, Error> {
         let ca_pem = match &tls.ca_file {
             None => None,
-            Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
-                Error::Credentials(format!("cannot read tls.ca_file {}: {e}", path.display()))
-            })?),
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| Error::Credentials(format!("cannot read tls.ca_file {}: {e}", path.display())))?,
+            ),
         };
         Ok(TlsSettings { mode: tls.mode, ca_pem })
     }
@@ -285,9 +286,11 @@ fn rustls_config(params: &ConnectParams<'_>) -> Result<rustls::ClientConfig, Err
         .with_safe_default_protocol_versions()
         .map_err(|e| tls_error(format!("TLS setup failed: {e}")))?;
     let roots = || -> Result<Arc<RootCertStore>, Error> {
-        let pem = params.tls.ca_pem.as_deref().ok_or_else(|| {
-            tls_error("tls.ca_file is required to verify the server certificate".into())
-        })?;
+        let pem = params
+            .tls
+            .ca_pem
+            .as_deref()
+            .ok_or_else(|| tls_error("tls.ca_file is required to verify the server certificate".into()))?;
         let mut store = RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
             let cert = cert.map_err(|e| tls_error(format!("tls.ca_file is not a PEM certificate bundle: {e}")))?;

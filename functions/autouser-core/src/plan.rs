@@ -52,20 +52,38 @@ pub enum Step {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartDecision {
     /// The session is already open and the user is as it should be: change nothing.
-    AlreadyActive { ledger: Ledger },
-    Apply { steps: Vec<Step>, ledger: Ledger, created_user: bool },
+    AlreadyActive {
+        ledger: Ledger,
+    },
+    Apply {
+        steps: Vec<Step>,
+        ledger: Ledger,
+        created_user: bool,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndDecision {
-    Noop { reason: &'static str },
+    Noop {
+        reason: &'static str,
+    },
     /// Other sessions remain: only the ledger changes.
-    InUse { steps: Vec<Step>, ledger: Ledger, mode: CreateDbUserMode },
+    InUse {
+        steps: Vec<Step>,
+        ledger: Ledger,
+        mode: CreateDbUserMode,
+    },
     /// Last session, `keep`: strip roles, NOLOGIN.
-    Deactivate { steps: Vec<Step>, mode: CreateDbUserMode },
+    Deactivate {
+        steps: Vec<Step>,
+        mode: CreateDbUserMode,
+    },
     /// Last session, `best_effort_drop`: run `before_drop`, then drop the user; if objects
     /// depend on it, roll back to before the drop and run `fallback` (the `keep` changes).
-    Drop { before_drop: Vec<Step>, fallback: Vec<Step> },
+    Drop {
+        before_drop: Vec<Step>,
+        fallback: Vec<Step>,
+    },
 }
 
 pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result<StartDecision, Error> {
@@ -353,10 +371,7 @@ mod tests {
     #[test]
     fn end_applies_the_mode_recorded_at_start() {
         let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::BestEffortDrop));
-        assert!(matches!(
-            plan_end(&EndRequest { target: target("s1") }, &state).unwrap(),
-            EndDecision::Drop { .. }
-        ));
+        assert!(matches!(plan_end(&EndRequest { target: target("s1") }, &state).unwrap(), EndDecision::Drop { .. }));
     }
 
     #[test]
@@ -366,10 +381,7 @@ mod tests {
         let EndDecision::Deactivate { steps, .. } = plan_end(&end, &state).unwrap() else { panic!() };
         let state = apply(state, &steps);
         assert!(matches!(plan_end(&end, &state).unwrap(), EndDecision::Noop { .. }));
-        assert!(matches!(
-            plan_end(&EndRequest { target: target("nope") }, &state).unwrap(),
-            EndDecision::Noop { .. }
-        ));
+        assert!(matches!(plan_end(&EndRequest { target: target("nope") }, &state).unwrap(), EndDecision::Noop { .. }));
         let err = plan_start(&start("s1", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
         assert!(matches!(err, Error::SessionAlreadyEnded { .. }));
     }

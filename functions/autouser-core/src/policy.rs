@@ -199,7 +199,9 @@ impl RoleEntry {
             Some(("external", name)) => (Namespace::External, name),
             _ => return Err(invalid()),
         };
-        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/')) {
+        if name.is_empty()
+            || !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '/'))
+        {
             return Err(invalid());
         }
         Ok(RoleEntry::Template {
@@ -224,12 +226,10 @@ impl RoleEntry {
                     .iter()
                     .map(|value| {
                         let role = format!("{prefix}{value}{suffix}");
-                        naming::validate_identifier(&role).map(|()| role).map_err(|e| {
-                            PolicyError::InvalidTraitValue {
-                                trait_name: format!("{label}.{name}"),
-                                value: value.clone(),
-                                reason: e.to_string(),
-                            }
+                        naming::validate_identifier(&role).map(|()| role).map_err(|e| PolicyError::InvalidTraitValue {
+                            trait_name: format!("{label}.{name}"),
+                            value: value.clone(),
+                            reason: e.to_string(),
                         })
                     })
                     .collect()
@@ -565,7 +565,8 @@ mod tests {
     #[test]
     fn the_documented_example_grants_literal_and_templated_roles() {
         let p = policy(YAML).unwrap();
-        let g = Ask::new(&["auto-db-users"]).internal("db_roles", &["auditor"]).external("team", &["pay"]).run(&p).unwrap();
+        let g =
+            Ask::new(&["auto-db-users"]).internal("db_roles", &["auditor"]).external("team", &["pay"]).run(&p).unwrap();
         assert_eq!(g.mode, CreateDbUserMode::Keep);
         assert_eq!(roles(&g), ["app_pay_ro", "auditor", "reader"]);
     }
@@ -691,7 +692,10 @@ mod tests {
         let role = |spec: &str| format!("[{{kind: role, version: v7, metadata: {{name: r}}, spec: {spec}}}]");
         let cases = [
             (role("{allow: {db_role: [x]}}"), "db_role"),
-            (role("{allow: {db_permissions: [{match: {object_kind: table}, permissions: [SELECT]}]}}"), "not supported yet"),
+            (
+                role("{allow: {db_permissions: [{match: {object_kind: table}, permissions: [SELECT]}]}}"),
+                "not supported yet",
+            ),
             (role("{allow: {db_roles: [\"read*\"]}}"), "glob"),
             (role("{allow: {db_roles: [\"{{email.local(external.email)}}\"]}}"), "invalid template"),
             (role("{allow: {db_roles: [\"{{internal.a}}{{internal.b}}\"]}}"), "invalid template"),
@@ -701,7 +705,11 @@ mod tests {
             (role("{allow: {db_roles: [\"\"]}}"), "not a valid role name"),
             ("[{kind: user, version: v7, metadata: {name: r}}]".to_string(), "kind"),
             ("[{kind: role, version: v3, metadata: {name: r}}]".to_string(), "version"),
-            ("[{kind: role, version: v7, metadata: {name: r}}, {kind: role, version: v7, metadata: {name: r}}]".to_string(), "twice"),
+            (
+                "[{kind: role, version: v7, metadata: {name: r}}, {kind: role, version: v7, metadata: {name: r}}]"
+                    .to_string(),
+                "twice",
+            ),
         ];
         for (yaml, expected) in cases {
             let err = policy(&yaml).unwrap_err().to_string();

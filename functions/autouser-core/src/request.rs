@@ -43,9 +43,8 @@ pub struct EndRequest {
 }
 
 fn target<'c>(config: &'c Config, event: &SessionEvent) -> Result<(Target, &'c DatabaseConfig), Error> {
-    let db = config
-        .database(&event.database)
-        .ok_or_else(|| Error::UnknownDatabase { database: event.database.clone() })?;
+    let db =
+        config.database(&event.database).ok_or_else(|| Error::UnknownDatabase { database: event.database.clone() })?;
     let db_user = naming::db_user_name(&event.user, event.origin_cluster.as_deref(), config.cluster_name.as_deref());
     naming::validate_db_user(&db_user, &db.admin_user.name, &config.managed_group)
         .map_err(|source| Error::InvalidUserName { person: event.user.clone(), source })?;
@@ -76,7 +75,11 @@ pub fn prepare_start(config: &Config, event: &SessionEvent) -> Result<StartReque
             db_name: &event.db_name,
             requested_db_roles: event.db_roles.as_deref(),
         })
-        .map_err(|source| Error::Policy { person: event.user.clone(), database: db.name.clone(), source })?;
+        .map_err(|source| Error::Policy {
+            person: event.user.clone(),
+            database: db.name.clone(),
+            source: Box::new(source),
+        })?;
     for role in &grant.db_roles {
         let refused = |reason| Err(Error::RefusedDbRole { role: role.clone(), reason });
         if *role == target.admin {

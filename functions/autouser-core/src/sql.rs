@@ -102,11 +102,9 @@ pub fn render(step: &Step) -> String {
         Step::RevokeRole { role, user } => {
             format!("REVOKE {} FROM {}", quote_ident(role), quote_ident(user))
         }
-        Step::SetLogin { user, login } => format!(
-            "ALTER ROLE {} WITH {}",
-            quote_ident(user),
-            if *login { "LOGIN" } else { "NOLOGIN" }
-        ),
+        Step::SetLogin { user, login } => {
+            format!("ALTER ROLE {} WITH {}", quote_ident(user), if *login { "LOGIN" } else { "NOLOGIN" })
+        }
         Step::Guard { user, expected_ledger } => guard(user, expected_ledger.as_deref()),
         Step::WriteLedger { user, ledger } => {
             format!("COMMENT ON ROLE {} IS {}", quote_ident(user), quote_literal(ledger))

@@ -48,9 +48,10 @@ fn load(config: &Path, event: &Path) -> Result<(Config, SessionEvent), Failure> 
     let config = Config::load(config).map_err(Error::from)?;
     let text = if event == Path::new("-") {
         let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| Failure { message: format!("cannot read the event from standard input: {e}"), exit_code: 65 })?;
+        std::io::stdin().read_to_string(&mut text).map_err(|e| Failure {
+            message: format!("cannot read the event from standard input: {e}"),
+            exit_code: 65,
+        })?;
         text
     } else {
         std::fs::read_to_string(event).map_err(|e| Failure {

@@ -23,10 +23,8 @@ pub async fn run() -> Result<Option<String>, Failure> {
     let install = PgInstall::from_env().map_err(failure)?;
     println!("pg-autouser demo\n");
     println!("Starting a throwaway PostgreSQL {} from {} ...", install.major(), install.bin_dir().display());
-    let cluster = tokio::task::spawn_blocking(move || Cluster::start(&install))
-        .await
-        .map_err(failure)?
-        .map_err(failure)?;
+    let cluster =
+        tokio::task::spawn_blocking(move || Cluster::start(&install)).await.map_err(failure)?.map_err(failure)?;
     println!("  listening on {}:{} with TLS; every login needs a client certificate\n", cluster.host(), cluster.port());
 
     let result = walk_through(&cluster).await;

@@ -175,7 +175,11 @@ impl Cluster {
         if !output.status.success() {
             return Err(Error::Command {
                 what: "initdb".into(),
-                detail: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+                detail: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
             });
         }
         let hba = format!(
@@ -302,7 +306,8 @@ impl Cluster {
         let data = self.dir.path().join("data");
         let log_path = self.log_path();
         let log_start = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io("opening the log"))?;
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io("opening the log"))?;
         chown(&log_path, self.owner)?;
         let dir = self.dir.path();
         let settings = [
@@ -346,7 +351,9 @@ impl Cluster {
             if let Some(status) = child.try_wait().map_err(io("waiting for postgres"))? {
                 return Err(self.start_error(format!("postgres exited with {status}"), log_start));
             }
-            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() && self.log_since(log_start).contains("ready to accept connections") {
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && self.log_since(log_start).contains("ready to accept connections")
+            {
                 self.child = Some(child);
                 return Ok(());
             }
@@ -456,7 +463,8 @@ fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), Error> {
 
 fn write_file(path: &Path, contents: &str, mode: u32, owner: Option<(u32, u32)>) -> Result<(), Error> {
     std::fs::write(path, contents).map_err(io(format!("writing {}", path.display())))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io(format!("chmod {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io(format!("chmod {}", path.display())))?;
     chown(path, owner)
 }
 

@@ -10,8 +10,12 @@ use crate::fixture::{major, q, set, Fixture};
 async fn existing_unmanaged_role_is_refused_and_untouched() {
     let fx = Fixture::new("er_conflict").await;
     let alice = fx.user("alice");
-    fx.sql(&format!("CREATE ROLE {a} LOGIN; COMMENT ON ROLE {a} IS 'a real person'; GRANT {w} TO {a}",
-        a = q(&alice), w = q(&fx.writer()))).await;
+    fx.sql(&format!(
+        "CREATE ROLE {a} LOGIN; COMMENT ON ROLE {a} IS 'a real person'; GRANT {w} TO {a}",
+        a = q(&alice),
+        w = q(&fx.writer())
+    ))
+    .await;
     let before = fx.state(&alice).await.unwrap();
     let err = fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap_err();
     assert!(matches!(err, Error::UserConflict { .. }), "{err}");
@@ -184,7 +188,7 @@ async fn wrong_ca_fails_the_tls_handshake() {
     let path = std::env::temp_dir().join("er_tls_wrong_ca.pem");
     std::fs::write(&path, other_ca).unwrap();
     db.tls.ca_file = Some(path);
-    let err = fx.admin_client(&config, &fx.db).await.err().expect("the handshake fails");
+    let err = fx.admin_client(&config, &fx.db).await.expect_err("the handshake fails");
     assert!(err.to_string().contains("TLS"), "{err}");
 }
 

@@ -77,7 +77,9 @@ async fn remote_user_gets_prefixed_name() {
     event["origin_cluster"] = json!("local");
     assert_eq!(fx.start(event).await.unwrap().db_user, carol);
     fx.end(json!({"session_id": "s1", "user": "bob", "origin_cluster": "root",
-                  "database": "main", "db_name": fx.db})).await.unwrap();
+                  "database": "main", "db_name": fx.db}))
+        .await
+        .unwrap();
     assert!(!fx.state("remote-bob-root").await.unwrap().login);
 }
 
@@ -98,9 +100,7 @@ async fn best_effort_drop_end_drops_user() {
     let fx = Fixture::new("lc_drop").await;
     let alice = fx.user("alice");
     fx.start(fx.event("s1", &alice, &["drop"])).await.unwrap();
-    let out = fx.end(json!({"session_id": "s1", "user": alice, "database": "main", "db_name": fx.db}))
-        .await
-        .unwrap();
+    let out = fx.end(json!({"session_id": "s1", "user": alice, "database": "main", "db_name": fx.db})).await.unwrap();
     assert_eq!(out.status, EndStatus::Dropped);
     assert!(fx.state(&alice).await.is_none());
 }
@@ -111,10 +111,7 @@ async fn end_with_dependent_objects_falls_back_to_keep() {
     let alice = fx.user("alice");
     fx.start(fx.event("s1", &alice, &["drop"])).await.unwrap();
     let client = crate::fixture::connect("postgres", &fx.db).await.unwrap();
-    client
-        .batch_execute(&format!("CREATE TABLE notes (x int); GRANT SELECT ON notes TO {}", q(&alice)))
-        .await
-        .unwrap();
+    client.batch_execute(&format!("CREATE TABLE notes (x int); GRANT SELECT ON notes TO {}", q(&alice))).await.unwrap();
     let out = fx.end(fx.event("s1", &alice, &["drop"])).await.unwrap();
     assert_eq!(out.status, EndStatus::Deactivated);
     assert!(out.reason.unwrap().contains("depend"));

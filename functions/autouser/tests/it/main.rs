@@ -115,7 +115,8 @@ fn stderr(output: &Output) -> String {
 async fn start_and_end_print_the_contract_json() {
     let (dir, config) = setup("cli_ok").await;
     let config = config.display().to_string();
-    let event = r#"{"session_id": "s1", "user": "cli_ok_alice", "roles": ["devs"], "database": "main", "db_name": "postgres"}"#;
+    let event =
+        r#"{"session_id": "s1", "user": "cli_ok_alice", "roles": ["devs"], "database": "main", "db_name": "postgres"}"#;
     let event_file = write(dir.path(), "start.json", event);
     let started = stdout_json(&autouser(&["session-start", "--config", &config, "--event", &event_file], None));
     assert_eq!(started["status"], "active");
@@ -210,9 +211,17 @@ fn demo_walks_through_keep_and_drop() {
     let output = autouser(&["demo"], None);
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}\n{}", stderr(&output));
-    assert!(text.contains("[alice after her first session started] LOGIN, member of: auditor, reader, teleport-auto-user"), "{text}");
+    assert!(
+        text.contains("[alice after her first session started] LOGIN, member of: auditor, reader, teleport-auto-user"),
+        "{text}"
+    );
     assert!(text.contains("[alice after her first session ended (the second is still open)] LOGIN"), "{text}");
-    assert!(text.contains("[alice after her last session ended: locked, roles stripped] NOLOGIN, member of: teleport-auto-user"), "{text}");
+    assert!(
+        text.contains(
+            "[alice after her last session ended: locked, roles stripped] NOLOGIN, member of: teleport-auto-user"
+        ),
+        "{text}"
+    );
     assert!(text.contains("[bob after his session ended] no such database user"), "{text}");
     assert!(text.contains("[UserConflict]"), "{text}");
     assert!(text.contains("[carol unchanged] LOGIN, member of: (none)"), "{text}");

@@ -32,7 +32,13 @@ async fn superuser_logs_in_over_tls_with_its_certificate() {
     let install = install();
     let cluster = Cluster::start(&install).unwrap();
     let client = connect(&cluster, "postgres", cert_of(&cluster, "postgres")).await.unwrap();
-    let row = client.query_one("SELECT current_setting('server_version_num')::int, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).await.unwrap();
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num')::int, ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap();
     assert_eq!(row.get::<_, i32>(0) / 10000, install.major() as i32);
     assert!(row.get::<_, bool>(1), "the connection uses TLS");
     assert_eq!(cluster.major(), install.major());
@@ -76,7 +82,9 @@ async fn password_login_group_members_use_scram() {
     let cluster = Cluster::start(&install()).unwrap();
     let client = connect(&cluster, "postgres", cert_of(&cluster, "postgres")).await.unwrap();
     client
-        .batch_execute(&format!("CREATE ROLE {PASSWORD_LOGIN_GROUP}; CREATE ROLE pw LOGIN PASSWORD 'secret' IN ROLE {PASSWORD_LOGIN_GROUP}"))
+        .batch_execute(&format!(
+            "CREATE ROLE {PASSWORD_LOGIN_GROUP}; CREATE ROLE pw LOGIN PASSWORD 'secret' IN ROLE {PASSWORD_LOGIN_GROUP}"
+        ))
         .await
         .unwrap();
     let pw = connect(&cluster, "pw", AdminCredentials::Password("secret".into())).await.unwrap();
