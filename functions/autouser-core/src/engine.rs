@@ -154,7 +154,7 @@ async fn end_once(client: &Client, req: &EndRequest) -> Result<EndOutcome, Failu
         }
         EndDecision::Deactivate { steps, mode } => {
             run_and_commit(client, t, &state, &steps).await?;
-            Ok(outcome(EndStatus::Deactivated, Some(mode), 0, None))
+            Ok(outcome(EndStatus::Deactivated, Some(mode), 0, unrevocable_roles(t, &state).as_deref()))
         }
         EndDecision::Drop { before_drop, fallback } => {
             let mode = Some(CreateDbUserMode::BestEffortDrop);
@@ -176,16 +176,40 @@ async fn end_once(client: &Client, req: &EndRequest) -> Result<EndOutcome, Failu
                     if let Err((statement, error)) = run_pipelined(client, &statements).await {
                         return Err(step_failure(client, t, &state, statement, error).await);
                     }
-                    let reason = error
+                    let mut reason = error
                         .as_db_error()
                         .map(|db| format!("objects depend on the user, so it was locked instead: {}", db.message()))
                         .unwrap_or_default();
+                    if let Some(note) = unrevocable_roles(t, &state) {
+                        reason = format!("{reason}; {note}");
+                    }
                     Ok(outcome(EndStatus::Deactivated, mode, 0, Some(&reason)))
                 }
                 Err((statement, error)) => Err(step_failure(client, t, &state, statement, error).await),
             }
         }
     }
+}
+
+/// Roles a locked user still holds because someone other than the admin granted them
+/// (PostgreSQL 16+), with the statement that removes them. The user cannot log in, so the
+/// end still succeeds; the outcome says what is left.
+fn unrevocable_roles(t: &Target, state: &ObservedState) -> Option<String> {
+    let left: Vec<String> = state
+        .foreign_grants
+        .iter()
+        .filter(|(role, _)| *role != t.managed_group)
+        .map(|(role, grantor)| {
+            format!(
+                "REVOKE {} FROM {} GRANTED BY {}",
+                sql::quote_ident(role),
+                sql::quote_ident(&t.db_user),
+                sql::quote_ident(grantor)
+            )
+        })
+        .collect();
+    (!left.is_empty())
+        .then(|| format!("the user keeps roles the admin cannot revoke; as a superuser run `{}`", left.join("; ")))
 }
 
 /// A statement of a pipelined batch: a plan step, or transaction control.

@@ -230,17 +230,26 @@ async fn restart_revokes_roles_left_over_from_earlier_sessions() {
     let fx = Fixture::new("lc_leftover").await;
     let alice = fx.user("alice");
     fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
-    fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
-    // An extra role appears on the locked user (granted by hand, or by an older release).
+    // An extra role appears on the user, granted by hand by the superuser.
     fx.sql(&format!("GRANT {} TO {}", q(&fx.writer()), q(&alice))).await;
+    let out = fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Deactivated);
+    assert!(!fx.state(&alice).await.unwrap().login);
     if crate::fixture::major() >= 16 {
-        // Only the grantor (here the superuser) may revoke it: refuse rather than widen.
-        let err = fx.start(fx.event("s2", &alice, &["keep"])).await.unwrap_err();
+        // Only its grantor may revoke it. The end locks the user and says what is left;
+        // the next start refuses rather than grant more than the policy allows.
         let fix = format!("REVOKE {} FROM {} GRANTED BY \"postgres\"", q(&fx.writer()), q(&alice));
+        assert!(out.reason.as_deref().unwrap_or_default().contains(&fix), "{out:?}");
+        let err = fx.start(fx.event("s2", &alice, &["keep"])).await.unwrap_err();
         assert!(matches!(err, Error::ForeignGrant { .. }) && err.to_string().contains(&fix), "{err}");
         assert!(!fx.state(&alice).await.unwrap().login);
         fx.sql(&fix).await;
+    } else {
+        assert_eq!(out.reason, None);
     }
+    // A leftover role the admin can revoke (it granted it): the next start strips it.
+    let admin = crate::fixture::connect(&fx.admin, &fx.db).await.unwrap();
+    admin.batch_execute(&format!("GRANT {} TO {}", q(&fx.writer()), q(&alice))).await.unwrap();
     fx.start(fx.event("s2", &alice, &["keep"])).await.unwrap();
     assert_eq!(fx.state(&alice).await.unwrap().member_of, set(&[&fx.group, &fx.reader()]));
 }
@@ -278,15 +287,19 @@ async fn rds_databases_also_get_rds_iam() {
 #[tokio::test]
 async fn password_admin_from_environment_works() {
     let mut fx = Fixture::new("lc_passwd").await;
+    // Setting a variable would race with other test threads reading the environment, so the
+    // password is one cargo already puts there for every test process.
+    let password = env!("CARGO_MANIFEST_DIR");
+    assert_eq!(std::env::var("CARGO_MANIFEST_DIR").as_deref(), Ok(password));
     fx.sql(&format!(
         "DO $$ BEGIN CREATE ROLE {pl}; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
-         GRANT {pl} TO {a}; ALTER ROLE {a} PASSWORD 'sw0rdfish''\\x'",
+         GRANT {pl} TO {a}; ALTER ROLE {a} PASSWORD {pw}",
         pl = q(scratch_postgres::PASSWORD_LOGIN_GROUP),
-        a = q(&fx.admin)
+        a = q(&fx.admin),
+        pw = autouser_core::sql::quote_literal(password),
     ))
     .await;
-    std::env::set_var("LC_PASSWD_ADMIN_PASSWORD", "sw0rdfish'\\x");
-    fx.auth_yaml = Some("{method: password, password_env: LC_PASSWD_ADMIN_PASSWORD}".into());
+    fx.auth_yaml = Some("{method: password, password_env: CARGO_MANIFEST_DIR}".into());
     let alice = fx.user("alice");
     fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
     assert!(fx.state(&alice).await.unwrap().login);
