@@ -1,0 +1,71 @@
+//! The token is what goes on the wire: the test cluster holds a token (made with a pinned
+//! clock) as the admin's password, and the admin logs in with a freshly generated one.
+
+use autouser_aws::rds_token::{generate, TokenRequest};
+use autouser_core::config::TlsMode;
+use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::sql::{quote_ident, quote_literal};
+use aws_credential_types::Credentials;
+use scratch_postgres::{Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
+
+use crate::golden::fixed_time;
+
+#[tokio::test]
+async fn admin_logs_in_over_tls_with_an_iam_token_as_password() {
+    let cluster = Cluster::start(&PgInstall::from_env().unwrap()).unwrap();
+    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
+    let superuser_cert = cluster.client_cert("postgres").unwrap();
+    let superuser_credentials =
+        AdminCredentials::ClientCert { cert_pem: superuser_cert.cert_pem, key_pem: superuser_cert.key_pem };
+    let superuser = pg::connect(&ConnectParams {
+        host: cluster.host(),
+        port: cluster.port(),
+        dbname: "postgres",
+        user: "postgres",
+        tls: &tls,
+        credentials: &superuser_credentials,
+    })
+    .await
+    .unwrap();
+
+    let admin = "teleport-admin";
+    let credentials = Credentials::new("AKIDEXAMPLE", "secret/key+value", Some("session/token=".into()), None, "test");
+    let request = TokenRequest { host: cluster.host(), port: cluster.port(), region: "us-east-1", user: admin };
+    let expected = generate(&request, &credentials, fixed_time()).unwrap();
+    assert!(expected.expose().contains("X-Amz-Security-Token="), "temporary credentials carry their session token");
+    superuser
+        .batch_execute(&format!(
+            "CREATE ROLE {group}; CREATE ROLE {admin} LOGIN CREATEROLE IN ROLE {group} PASSWORD {password}",
+            group = quote_ident(PASSWORD_LOGIN_GROUP),
+            admin = quote_ident(admin),
+            password = quote_literal(expected.expose()),
+        ))
+        .await
+        .unwrap();
+
+    let token = generate(&request, &credentials, fixed_time()).unwrap();
+    let client = login(&cluster, &tls, admin, token.expose()).await.expect("the token logs in");
+    let who: String = client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(who, admin);
+    // A token from another minute is another password.
+    let later = generate(&request, &credentials, fixed_time() + std::time::Duration::from_secs(60)).unwrap();
+    assert!(login(&cluster, &tls, admin, later.expose()).await.is_err());
+}
+
+async fn login(
+    cluster: &Cluster,
+    tls: &TlsSettings,
+    user: &str,
+    password: &str,
+) -> Result<autouser_core::tokio_postgres::Client, autouser_core::Error> {
+    let credentials = AdminCredentials::Password(password.to_string());
+    pg::connect(&ConnectParams {
+        host: cluster.host(),
+        port: cluster.port(),
+        dbname: "postgres",
+        user,
+        tls,
+        credentials: &credentials,
+    })
+    .await
+}
