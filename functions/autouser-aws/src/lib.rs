@@ -1,4 +1,168 @@
-//! The AWS edge of pg-autouser. The core never calls AWS; this crate turns AWS credentials
-//! into what the core's `pg::connect` takes.
+//! The AWS edge of pg-autouser. The core never calls AWS; this crate turns AWS resources
+//! (IAM credentials, Secrets Manager secrets, RDS resources) into what the core takes:
+//! [`AdminCredentials`], [`TlsSettings`] and, for `rds:` databases, a [`ResolvedDatabase`].
+//!
+//! An [`AwsContext`] is built once per process (per warm Lambda container) and caches secrets
+//! until a login with them fails, which is how a rotated secret is picked up.
 
+pub mod rds;
 pub mod rds_token;
+pub mod secret;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Instant, SystemTime};
+
+use autouser_core::config::{AuthConfig, ResolvedDatabase};
+use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::tokio_postgres::Client;
+use autouser_core::Error;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_credential_types::provider::ProvideCredentials;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+
+use crate::rds_token::TokenRequest;
+
+/// AWS clients and caches, shared by every session of a process.
+pub struct AwsContext {
+    sdk: SdkConfig,
+    secrets: aws_sdk_secretsmanager::Client,
+    secret_cache: Mutex<HashMap<String, String>>,
+    rds_cache: Mutex<HashMap<String, (Instant, rds::RdsFacts)>>,
+}
+
+impl AwsContext {
+    /// From the environment: the default credentials chain and region, and
+    /// `AWS_ENDPOINT_URL` when set (a local emulator).
+    pub async fn from_env() -> AwsContext {
+        AwsContext::new(aws_config::load_defaults(BehaviorVersion::latest()).await)
+    }
+
+    pub fn new(sdk: SdkConfig) -> AwsContext {
+        AwsContext {
+            secrets: aws_sdk_secretsmanager::Client::new(&sdk),
+            sdk,
+            secret_cache: Mutex::new(HashMap::new()),
+            rds_cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Logs in as the admin of `db` to `dbname`. A login refused with credentials from a
+    /// cached secret is retried once with the secret fetched again (it may have rotated).
+    pub async fn connect_admin(&self, db: &ResolvedDatabase, dbname: &str) -> Result<Client, Error> {
+        let tls = TlsSettings::from_config(&db.tls)?;
+        let credentials = self.admin_credentials(db).await?;
+        match pg::connect(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await {
+            Err(Error::AdminAuthFailed { .. }) if self.forget_secret_of(&db.auth) => {
+                tracing::info!(database = %db.name, "admin login refused; fetching its secret again");
+                let credentials = self.admin_credentials(db).await?;
+                pg::connect(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await
+            }
+            other => other,
+        }
+    }
+
+    /// The admin's credentials for `db`: a fresh IAM token, a secret, or a local file/variable.
+    pub async fn admin_credentials(&self, db: &ResolvedDatabase) -> Result<AdminCredentials, Error> {
+        match &db.auth {
+            AuthConfig::Iam { region } => {
+                let region = region.clone().or_else(|| self.sdk.region().map(|r| r.to_string())).ok_or_else(|| {
+                    Error::Credentials("auth.region is not set and AWS has no default region: set auth.region".into())
+                })?;
+                let provider = self.sdk.credentials_provider().ok_or_else(|| {
+                    Error::Credentials("no AWS credentials provider is configured for IAM authentication".into())
+                })?;
+                let credentials = provider.provide_credentials().await.map_err(|e| Error::DependencyUnavailable {
+                    what: "AWS credentials".into(),
+                    detail: e.to_string(),
+                })?;
+                // The SDK's clock, so that tests can pin it; the system clock otherwise.
+                let now = self.sdk.time_source().map_or_else(SystemTime::now, |clock| clock.now());
+                let request =
+                    TokenRequest { host: &db.host, port: db.port, region: &region, user: &db.admin_user.name };
+                let token =
+                    rds_token::generate(&request, &credentials, now).map_err(|e| Error::Credentials(e.to_string()))?;
+                Ok(AdminCredentials::Password(token.expose().to_string()))
+            }
+            AuthConfig::PasswordSecret { secret_arn } => {
+                let text = self.secret_text(secret_arn).await?;
+                let secret =
+                    secret::parse_password_secret(secret_arn, &text).map_err(|e| Error::Credentials(e.to_string()))?;
+                if secret.username != db.admin_user.name {
+                    return Err(Error::Credentials(format!(
+                        "secret {secret_arn} holds credentials for {:?}, but the admin is {:?}: \
+                         point auth.secret_arn at the admin's secret",
+                        secret.username, db.admin_user.name
+                    )));
+                }
+                Ok(AdminCredentials::Password(secret.password))
+            }
+            AuthConfig::CertSecret { secret_arn } => {
+                let text = self.secret_text(secret_arn).await?;
+                let secret =
+                    secret::parse_cert_secret(secret_arn, &text).map_err(|e| Error::Credentials(e.to_string()))?;
+                Ok(AdminCredentials::ClientCert { cert_pem: secret.cert_pem, key_pem: secret.key_pem })
+            }
+            local => AdminCredentials::from_local_config(local),
+        }
+    }
+
+    /// Drops the cached secret behind `auth`, if any; says whether there was one.
+    fn forget_secret_of(&self, auth: &AuthConfig) -> bool {
+        match auth {
+            AuthConfig::PasswordSecret { secret_arn } | AuthConfig::CertSecret { secret_arn } => {
+                self.secret_cache.lock().expect("secret cache lock").remove(secret_arn).is_some()
+            }
+            _ => false,
+        }
+    }
+
+    async fn secret_text(&self, arn: &str) -> Result<String, Error> {
+        if let Some(text) = self.secret_cache.lock().expect("secret cache lock").get(arn) {
+            return Ok(text.clone());
+        }
+        let output = self.secrets.get_secret_value().secret_id(arn).send().await.map_err(|e| {
+            let detail = format!("GetSecretValue {arn}: {}", describe_sdk_error(&e));
+            if is_transient(&e) {
+                Error::DependencyUnavailable { what: "Secrets Manager".into(), detail }
+            } else {
+                Error::Credentials(format!(
+                    "{detail}: check the ARN and the function's secretsmanager:GetSecretValue permission"
+                ))
+            }
+        })?;
+        let text = output.secret_string().ok_or_else(|| {
+            Error::Credentials(format!("secret {arn} has no SecretString: store the secret as text, not binary"))
+        })?;
+        self.secret_cache.lock().expect("secret cache lock").insert(arn.to_string(), text.to_string());
+        Ok(text.to_string())
+    }
+}
+
+/// Throttling, server errors, timeouts and connection failures: worth retrying later.
+pub(crate) fn is_transient<E: ProvideErrorMetadata, R: std::fmt::Debug>(error: &SdkError<E, R>) -> bool {
+    match error {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(service) => {
+            let code = service.err().code().unwrap_or_default();
+            code.contains("Throttl") || code == "RequestLimitExceeded" || code.starts_with("InternalService")
+        }
+        _ => false,
+    }
+}
+
+/// An SDK error as "Code: message", never the request or response bodies.
+pub(crate) fn describe_sdk_error<
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+>(
+    error: &SdkError<E, R>,
+) -> String {
+    match error {
+        SdkError::ServiceError(service) => {
+            let err = service.err();
+            format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or("no message"))
+        }
+        other => autouser_core::pg::error_chain(other),
+    }
+}

@@ -42,6 +42,7 @@ pub struct Config {
     /// Group every provisioned user belongs to; membership is what makes a user "managed".
     pub managed_group: String,
     pub databases: Vec<DatabaseConfig>,
+    pub tag_keys: TagKeys,
     pub policy: Policy,
 }
 
@@ -52,9 +53,70 @@ pub enum DatabaseType {
     Rds,
 }
 
+/// A configured database: where it is, as a static address or an RDS resource to look up.
 #[derive(Debug, Clone)]
 pub struct DatabaseConfig {
     /// What events call this database.
+    pub name: String,
+    pub location: Location,
+    pub db_type: DatabaseType,
+    /// Static databases: the policy labels. RDS databases take theirs from the resource's tags.
+    pub labels: BTreeMap<String, String>,
+    /// Static databases: the admin. RDS databases take it from the admin tag.
+    pub admin_user: Option<AdminUser>,
+    pub auth: AuthConfig,
+    pub tls: TlsConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    Static { host: String, port: u16 },
+    Rds(RdsLocator),
+}
+
+/// An RDS instance or Aurora cluster, resolved through the RDS API at run time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdsLocator {
+    pub resource: RdsResource,
+    pub region: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RdsResource {
+    Instance(String),
+    Cluster(String),
+}
+
+/// Tags of RDS resources that name the admin and its default database.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TagKeys {
+    #[serde(default = "default_admin_tag")]
+    pub admin_user: String,
+    #[serde(default = "default_admin_database_tag")]
+    pub default_database: String,
+}
+
+pub const DEFAULT_ADMIN_TAG: &str = "teleport.dev/db-admin";
+pub const DEFAULT_ADMIN_DATABASE_TAG: &str = "teleport.dev/db-admin-default-database";
+
+fn default_admin_tag() -> String {
+    DEFAULT_ADMIN_TAG.to_string()
+}
+
+fn default_admin_database_tag() -> String {
+    DEFAULT_ADMIN_DATABASE_TAG.to_string()
+}
+
+impl Default for TagKeys {
+    fn default() -> Self {
+        TagKeys { admin_user: default_admin_tag(), default_database: default_admin_database_tag() }
+    }
+}
+
+/// A database with everything a session needs known: address, admin, labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedDatabase {
     pub name: String,
     pub db_type: DatabaseType,
     pub host: String,
@@ -65,7 +127,7 @@ pub struct DatabaseConfig {
     pub tls: TlsConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminUser {
     pub name: String,
@@ -140,6 +202,26 @@ impl Config {
 }
 
 impl DatabaseConfig {
+    /// The resolved form of a database with a static address; `None` for RDS databases,
+    /// which the AWS adapter resolves.
+    pub fn resolve_static(&self) -> Option<ResolvedDatabase> {
+        let (Location::Static { host, port }, Some(admin_user)) = (&self.location, &self.admin_user) else {
+            return None;
+        };
+        Some(ResolvedDatabase {
+            name: self.name.clone(),
+            db_type: self.db_type.clone(),
+            host: host.clone(),
+            port: *port,
+            labels: self.labels.clone(),
+            admin_user: admin_user.clone(),
+            auth: self.auth.clone(),
+            tls: self.tls.clone(),
+        })
+    }
+}
+
+impl ResolvedDatabase {
     /// The database the admin connects to for a session on `db_name`.
     pub fn admin_database<'a>(&'a self, db_name: &'a str) -> &'a str {
         self.admin_user.default_database.as_deref().unwrap_or(db_name)
@@ -162,6 +244,8 @@ struct RawConfig {
     managed_group: Option<String>,
     databases: Vec<RawDatabase>,
     #[serde(default)]
+    tag_keys: TagKeys,
+    #[serde(default)]
     roles: Vec<Role>,
 }
 
@@ -170,13 +254,21 @@ struct RawConfig {
 struct RawDatabase {
     name: String,
     #[serde(rename = "type")]
-    db_type: DatabaseType,
-    uri: String,
-    #[serde(default)]
-    labels: BTreeMap<String, String>,
-    admin_user: AdminUser,
-    auth: RawAuth,
+    db_type: Option<DatabaseType>,
+    uri: Option<String>,
+    rds: Option<RawRds>,
+    labels: Option<BTreeMap<String, String>>,
+    admin_user: Option<AdminUser>,
+    auth: Option<RawAuth>,
     tls: Option<RawTls>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRds {
+    instance_id: Option<String>,
+    cluster_id: Option<String>,
+    region: String,
 }
 
 #[derive(Deserialize)]
@@ -223,7 +315,20 @@ impl RawConfig {
             }
             databases.push(db);
         }
-        Ok(Config { cluster_name: self.cluster_name, managed_group, databases, policy: Policy::new(self.roles)? })
+        for (field, key) in
+            [("admin_user", &self.tag_keys.admin_user), ("default_database", &self.tag_keys.default_database)]
+        {
+            if key.is_empty() {
+                return Err(invalid(format!("tag_keys.{field}"), "must not be empty"));
+            }
+        }
+        Ok(Config {
+            cluster_name: self.cluster_name,
+            managed_group,
+            databases,
+            tag_keys: self.tag_keys,
+            policy: Policy::new(self.roles)?,
+        })
     }
 }
 
@@ -232,22 +337,56 @@ impl RawDatabase {
         if self.name.is_empty() {
             return Err(invalid(format!("{at}.name"), "must not be empty"));
         }
-        let (host, port) = parse_uri(&self.uri).map_err(|m| invalid(format!("{at}.uri"), m))?;
-        naming::validate_identifier(&self.admin_user.name)
-            .map_err(|e| invalid(format!("{at}.admin_user.name"), e.to_string()))?;
-        if self.admin_user.name == managed_group {
-            return Err(invalid(format!("{at}.admin_user.name"), "the admin cannot be the managed group"));
+        let (location, db_type) = match (self.uri, self.rds) {
+            (Some(uri), None) => {
+                let (host, port) = parse_uri(&uri).map_err(|m| invalid(format!("{at}.uri"), m))?;
+                let db_type =
+                    self.db_type.ok_or_else(|| invalid(format!("{at}.type"), "is required: self-hosted or rds"))?;
+                (Location::Static { host, port }, db_type)
+            }
+            (None, Some(rds)) => {
+                if self.db_type == Some(DatabaseType::SelfHosted) {
+                    return Err(invalid(format!("{at}.type"), "an rds: database is of type rds"));
+                }
+                for (field, present) in [("admin_user", self.admin_user.is_some()), ("labels", self.labels.is_some())] {
+                    if present {
+                        return Err(invalid(
+                            format!("{at}.{field}"),
+                            "comes from the RDS resource's tags for an rds: database: remove it here",
+                        ));
+                    }
+                }
+                (Location::Rds(rds.validate(&format!("{at}.rds"))?), DatabaseType::Rds)
+            }
+            _ => return Err(invalid(at, "needs exactly one of `uri` or `rds`")),
+        };
+        if let Some(admin) = &self.admin_user {
+            naming::validate_identifier(&admin.name)
+                .map_err(|e| invalid(format!("{at}.admin_user.name"), e.to_string()))?;
+            if admin.name == managed_group {
+                return Err(invalid(format!("{at}.admin_user.name"), "the admin cannot be the managed group"));
+            }
+            if let Some(db) = &admin.default_database {
+                naming::validate_identifier(db)
+                    .map_err(|e| invalid(format!("{at}.admin_user.default_database"), e.to_string()))?;
+            }
+        } else if matches!(location, Location::Static { .. }) {
+            return Err(invalid(format!("{at}.admin_user"), "is required: name the admin pg-autouser logs in as"));
         }
-        if let Some(db) = &self.admin_user.default_database {
-            naming::validate_identifier(db)
-                .map_err(|e| invalid(format!("{at}.admin_user.default_database"), e.to_string()))?;
-        }
-        let auth = self.auth.validate(&format!("{at}.auth"), base_dir)?;
+        let is_rds = matches!(location, Location::Rds(_));
+        let auth = match (self.auth, &location) {
+            (Some(auth), _) => auth.validate(&format!("{at}.auth"), base_dir)?,
+            (None, Location::Rds(rds)) => AuthConfig::Iam { region: Some(rds.region.clone()) },
+            (None, Location::Static { .. }) => {
+                return Err(invalid(format!("{at}.auth"), "is required: cert, password or iam"));
+            }
+        };
         let tls = match self.tls {
             None => TlsConfig { mode: TlsMode::VerifyFull, ca_file: None },
             Some(raw) => TlsConfig { mode: raw.mode, ca_file: raw.ca_file.map(|p| base_dir.join(p)) },
         };
-        if matches!(tls.mode, TlsMode::VerifyFull | TlsMode::VerifyCa) && tls.ca_file.is_none() {
+        // RDS databases are verified against the RDS CA bundle shipped with pg-autouser.
+        if !is_rds && matches!(tls.mode, TlsMode::VerifyFull | TlsMode::VerifyCa) && tls.ca_file.is_none() {
             return Err(invalid(
                 format!("{at}.tls.ca_file"),
                 "is required to verify the server: give the CA bundle that signed the server certificate",
@@ -259,14 +398,27 @@ impl RawDatabase {
         }
         Ok(DatabaseConfig {
             name: self.name,
-            db_type: self.db_type,
-            host,
-            port,
-            labels: self.labels,
+            location,
+            db_type,
+            labels: self.labels.unwrap_or_default(),
             admin_user: self.admin_user,
             auth,
             tls,
         })
+    }
+}
+
+impl RawRds {
+    fn validate(self, at: &str) -> Result<RdsLocator, ConfigError> {
+        let resource = match (self.instance_id, self.cluster_id) {
+            (Some(id), None) if !id.is_empty() => RdsResource::Instance(id),
+            (None, Some(id)) if !id.is_empty() => RdsResource::Cluster(id),
+            _ => return Err(invalid(at, "needs exactly one of instance_id or cluster_id")),
+        };
+        if self.region.is_empty() {
+            return Err(invalid(format!("{at}.region"), "must not be empty"));
+        }
+        Ok(RdsLocator { resource, region: self.region })
     }
 }
 
@@ -376,7 +528,7 @@ roles:
     #[test]
     fn the_documented_example_loads() {
         let config = parse(EXAMPLE).unwrap();
-        let db = config.database("orders").unwrap();
+        let db = config.database("orders").unwrap().resolve_static().unwrap();
         assert_eq!((db.host.as_str(), db.port), ("localhost", 5432));
         assert_eq!(db.admin_database("app"), "postgres");
         assert_eq!(
@@ -396,7 +548,7 @@ roles:
             "tls":{"mode":"require"}}]}"#;
         let config = parse(json).unwrap();
         assert_eq!(config.managed_group, DEFAULT_MANAGED_GROUP);
-        let db = &config.databases[0];
+        let db = config.databases[0].resolve_static().unwrap();
         assert_eq!(db.port, 5432);
         assert_eq!(db.admin_database("app"), "app");
         assert_eq!(db.auth, AuthConfig::Iam { region: Some("us-east-1".into()) });
@@ -442,6 +594,50 @@ roles:
           {"name":"a","type":"rds","uri":"h","admin_user":{"name":"x"},"auth":{"method":"iam"},"tls":{"mode":"require"}},
           {"name":"a","type":"rds","uri":"h","admin_user":{"name":"x"},"auth":{"method":"iam"},"tls":{"mode":"require"}}]}"#;
         assert!(parse(text).unwrap_err().to_string().contains("listed twice"));
+    }
+
+    #[test]
+    fn rds_databases_default_to_iam_and_take_admin_and_labels_from_tags() {
+        let text = r#"
+tag_keys: {admin_user: corp/db-admin}
+databases:
+  - name: orders
+    rds: {instance_id: orders-prod, region: eu-west-1}
+  - name: analytics
+    rds: {cluster_id: analytics, region: us-east-1}
+    tls: {mode: verify-ca}
+"#;
+        let config = parse(text).unwrap();
+        assert_eq!(config.tag_keys.admin_user, "corp/db-admin");
+        assert_eq!(config.tag_keys.default_database, DEFAULT_ADMIN_DATABASE_TAG);
+        let orders = config.database("orders").unwrap();
+        assert_eq!(orders.db_type, DatabaseType::Rds);
+        assert_eq!(orders.auth, AuthConfig::Iam { region: Some("eu-west-1".into()) });
+        assert_eq!(orders.tls, TlsConfig { mode: TlsMode::VerifyFull, ca_file: None });
+        assert!(orders.resolve_static().is_none());
+        assert_eq!(
+            config.database("analytics").unwrap().location,
+            Location::Rds(RdsLocator {
+                resource: RdsResource::Cluster("analytics".into()),
+                region: "us-east-1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn rds_databases_refuse_static_fields() {
+        let base = "databases:\n  - name: o\n    rds: {instance_id: i, region: us-east-1}\n";
+        for (extra, field) in [
+            ("    admin_user: {name: x}\n", "databases[0].admin_user"),
+            ("    labels: {env: x}\n", "databases[0].labels"),
+            ("    type: self-hosted\n", "databases[0].type"),
+            ("    uri: h:1\n", "needs exactly one of `uri` or `rds`"),
+        ] {
+            let err = parse(&format!("{base}{extra}")).unwrap_err().to_string();
+            assert!(err.contains(field), "{extra}: {err}");
+        }
+        let err = parse("databases:\n  - name: o\n    rds: {instance_id: i, cluster_id: c, region: r}\n").unwrap_err();
+        assert!(err.to_string().contains("exactly one of instance_id or cluster_id"), "{err}");
     }
 
     #[test]

@@ -104,6 +104,20 @@ pub enum Error {
     )]
     ReadOnlyEndpoint { endpoint: String },
 
+    #[error(
+        "database {database:?} ({resource}) has no tag {tag:?}, so pg-autouser does not manage it: \
+         tag it with the admin user's name to enable provisioning (removing the tag is how \
+         provisioning is turned off, for example before a Blue/Green switchover)"
+    )]
+    NotManaged { database: String, resource: String, tag: String },
+
+    #[error(
+        "IAM database authentication is disabled on {resource} (database {database:?}): enable it \
+         (aws rds modify-db-instance or modify-db-cluster with --enable-iam-database-authentication), \
+         or use auth: {{method: password, secret_arn: …}}"
+    )]
+    IamAuthDisabled { database: String, resource: String },
+
     #[error("admin {admin:?} could not log in to {endpoint}: {detail}")]
     AdminAuthFailed { admin: String, endpoint: String, detail: String },
 
@@ -114,6 +128,9 @@ pub enum Error {
 
     #[error("admin credentials are unavailable: {0}")]
     Credentials(String),
+
+    #[error("{what} is unavailable, retry later: {detail}")]
+    DependencyUnavailable { what: String, detail: String },
 
     #[error("cannot reach {endpoint}: {detail}")]
     Unreachable { endpoint: String, detail: String },
@@ -163,8 +180,11 @@ impl Error {
             Error::MissingCreateRole { .. } => "MissingCreateRole",
             Error::ReadOnlyEndpoint { .. } => "ReadOnlyEndpoint",
             Error::AdminAuthFailed { .. } => "AdminAuthFailed",
+            Error::NotManaged { .. } => "NotManaged",
+            Error::IamAuthDisabled { .. } => "IamAuthDisabled",
             Error::DatabaseNotFound { .. } => "DatabaseNotFound",
-            Error::Credentials(_) => "CredentialsUnavailable",
+            Error::Credentials(_) => "CredentialsInvalid",
+            Error::DependencyUnavailable { .. } => "DependencyUnavailable",
             Error::Unreachable { .. } => "DatabaseUnreachable",
             Error::Contention { .. } => "Contention",
             Error::Ledger(_) => "LedgerUnreadable",
@@ -178,7 +198,7 @@ impl Error {
     /// person to change the config, the policy, the event or the database.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Contention { .. } => true,
+            Error::Unreachable { .. } | Error::Contention { .. } | Error::DependencyUnavailable { .. } => true,
             Error::Postgres { source, .. } => crate::pg::is_transient(source),
             _ => false,
         }

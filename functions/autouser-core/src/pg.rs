@@ -67,8 +67,8 @@ impl AdminCredentials {
                 ))),
             },
             other => Err(Error::Credentials(format!(
-                "auth method {:?} with AWS sources needs the AWS adapter, which this build does not include yet: \
-                 use cert_file/key_file or password_env",
+                "auth method {:?} with an AWS source needs the AWS adapter (autouser_aws::AwsContext); \
+                 this caller resolves only cert_file/key_file and password_env",
                 other.method()
             ))),
         }
@@ -109,7 +109,7 @@ pub struct ConnectParams<'a> {
 impl<'a> ConnectParams<'a> {
     /// The admin of `db`, logging in to `dbname`.
     pub fn admin_of(
-        db: &'a crate::config::DatabaseConfig,
+        db: &'a crate::config::ResolvedDatabase,
         dbname: &'a str,
         tls: &'a TlsSettings,
         credentials: &'a AdminCredentials,

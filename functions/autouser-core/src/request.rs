@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::{Config, DatabaseConfig, DatabaseType, RDS_IAM_ROLE};
+use crate::config::{Config, DatabaseType, ResolvedDatabase, RDS_IAM_ROLE};
 use crate::event::SessionEvent;
 use crate::naming;
 use crate::policy::{AccessRequest, CreateDbUserMode};
@@ -42,13 +42,20 @@ pub struct EndRequest {
     pub target: Target,
 }
 
-fn target<'c>(config: &'c Config, event: &SessionEvent) -> Result<(Target, &'c DatabaseConfig), Error> {
-    let db =
-        config.database(&event.database).ok_or_else(|| Error::UnknownDatabase { database: event.database.clone() })?;
+/// The configured database an event names; the caller resolves it (statically, or through
+/// the AWS adapter for RDS) before preparing the request.
+pub fn database<'c>(config: &'c Config, event: &SessionEvent) -> Result<&'c crate::config::DatabaseConfig, Error> {
+    config.database(&event.database).ok_or_else(|| Error::UnknownDatabase { database: event.database.clone() })
+}
+
+fn target(config: &Config, db: &ResolvedDatabase, event: &SessionEvent) -> Result<Target, Error> {
+    if db.name != event.database {
+        return Err(Error::UnknownDatabase { database: event.database.clone() });
+    }
     let db_user = naming::db_user_name(&event.user, event.origin_cluster.as_deref(), config.cluster_name.as_deref());
     naming::validate_db_user(&db_user, &db.admin_user.name, &config.managed_group)
         .map_err(|source| Error::InvalidUserName { person: event.user.clone(), source })?;
-    let target = Target {
+    Ok(Target {
         session_id: event.session_id.clone(),
         person: event.user.clone(),
         db_user,
@@ -58,13 +65,12 @@ fn target<'c>(config: &'c Config, event: &SessionEvent) -> Result<(Target, &'c D
         admin: db.admin_user.name.clone(),
         managed_group: config.managed_group.clone(),
         endpoint: db.endpoint(),
-    };
-    Ok((target, db))
+    })
 }
 
-pub fn prepare_start(config: &Config, event: &SessionEvent) -> Result<StartRequest, Error> {
+pub fn prepare_start(config: &Config, db: &ResolvedDatabase, event: &SessionEvent) -> Result<StartRequest, Error> {
     let roles = event.start_roles()?;
-    let (target, db) = target(config, event)?;
+    let target = target(config, db, event)?;
     let grant = config
         .policy
         .evaluate(&AccessRequest {
@@ -99,7 +105,6 @@ pub fn prepare_start(config: &Config, event: &SessionEvent) -> Result<StartReque
     Ok(StartRequest { target, mode: grant.mode, db_roles: grant.db_roles, platform_roles })
 }
 
-pub fn prepare_end(config: &Config, event: &SessionEvent) -> Result<EndRequest, Error> {
-    let (target, _) = target(config, event)?;
-    Ok(EndRequest { target })
+pub fn prepare_end(config: &Config, db: &ResolvedDatabase, event: &SessionEvent) -> Result<EndRequest, Error> {
+    Ok(EndRequest { target: target(config, db, event)? })
 }

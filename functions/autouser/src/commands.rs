@@ -3,10 +3,12 @@
 use std::io::Read;
 use std::path::Path;
 
-use autouser_core::config::Config;
+use autouser_aws::AwsContext;
+use autouser_core::config::{AuthConfig, Config, Location, ResolvedDatabase};
 use autouser_core::event::SessionEvent;
 use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::request::{self, Target};
+use autouser_core::tokio_postgres::Client;
 use autouser_core::{engine, Error};
 
 /// A failed command: what to print and how to exit.
@@ -30,18 +32,35 @@ impl From<Error> for Failure {
 
 pub async fn session_start(config: &Path, event: &Path) -> Result<Option<String>, Failure> {
     let (config, event) = load(config, event)?;
-    let req = request::prepare_start(&config, &event)?;
-    let client = connect(&config, &req.target).await?;
+    let (db, aws) = resolve(&config, &event).await?;
+    let req = request::prepare_start(&config, &db, &event)?;
+    let client = connect(aws.as_ref(), &db, &req.target).await?;
     let outcome = engine::session_start(&client, &req).await?;
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
 }
 
 pub async fn session_end(config: &Path, event: &Path) -> Result<Option<String>, Failure> {
     let (config, event) = load(config, event)?;
-    let req = request::prepare_end(&config, &event)?;
-    let client = connect(&config, &req.target).await?;
+    let (db, aws) = resolve(&config, &event).await?;
+    let req = request::prepare_end(&config, &db, &event)?;
+    let client = connect(aws.as_ref(), &db, &req.target).await?;
     let outcome = engine::session_end(&client, &req).await?;
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
+}
+
+/// The event's database, resolved; and the AWS context when the database needs AWS (an RDS
+/// lookup, an IAM token, a secret). Databases that need none never load AWS configuration.
+async fn resolve(config: &Config, event: &SessionEvent) -> Result<(ResolvedDatabase, Option<AwsContext>), Error> {
+    let db = request::database(config, event)?;
+    let needs_aws = matches!(db.location, Location::Rds(_))
+        || !matches!(db.auth, AuthConfig::CertFiles { .. } | AuthConfig::PasswordEnv { .. });
+    if !needs_aws {
+        let resolved = db.resolve_static().expect("static databases with local auth resolve statically");
+        return Ok((resolved, None));
+    }
+    let aws = AwsContext::from_env().await;
+    let resolved = aws.resolve_database(config, db).await?;
+    Ok((resolved, Some(aws)))
 }
 
 fn load(config: &Path, event: &Path) -> Result<(Config, SessionEvent), Failure> {
@@ -63,8 +82,10 @@ fn load(config: &Path, event: &Path) -> Result<(Config, SessionEvent), Failure> 
     Ok((config, event))
 }
 
-async fn connect(config: &Config, target: &Target) -> Result<autouser_core::tokio_postgres::Client, Error> {
-    let db = config.database(&target.database).expect("prepared requests name configured databases");
+async fn connect(aws: Option<&AwsContext>, db: &ResolvedDatabase, target: &Target) -> Result<Client, Error> {
+    if let Some(aws) = aws {
+        return aws.connect_admin(db, &target.admin_db_name).await;
+    }
     let credentials = AdminCredentials::from_local_config(&db.auth)?;
     let tls = TlsSettings::from_config(&db.tls)?;
     pg::connect(&ConnectParams::admin_of(db, &target.admin_db_name, &tls, &credentials)).await

@@ -9,6 +9,7 @@ use aws_credential_types::Credentials;
 use scratch_postgres::{Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
 
 use crate::golden::fixed_time;
+use crate::moto::sdk_config_at;
 
 #[tokio::test]
 async fn admin_logs_in_over_tls_with_an_iam_token_as_password() {
@@ -68,4 +69,29 @@ async fn login(
         credentials: &credentials,
     })
     .await
+}
+
+/// `auth: {method: iam}` end to end: the context takes credentials (with a session token) and
+/// the clock from the SDK configuration, and the token it makes is the admin's password.
+#[tokio::test]
+async fn iam_admin_logs_in_through_the_aws_context() {
+    use autouser_aws::AwsContext;
+
+    use crate::cluster::{cluster, config, create_admin, current_user};
+
+    let admin = "iam_ctx_admin";
+    let credentials = Credentials::new("testing", "testing", Some("session-token".into()), None, "test");
+    let expected = generate(
+        &TokenRequest { host: "localhost", port: cluster().port(), region: "eu-west-1", user: admin },
+        &credentials,
+        fixed_time(),
+    )
+    .unwrap();
+    create_admin(admin, Some(expected.expose())).await;
+
+    let aws = AwsContext::new(sdk_config_at(Some(fixed_time())).await);
+    let config = config(admin, "{method: iam, region: eu-west-1}");
+    let db = aws.resolve_database(&config, &config.databases[0]).await.unwrap();
+    let client = aws.connect_admin(&db, "postgres").await.expect("the IAM token logs in");
+    assert_eq!(current_user(&client).await, admin);
 }

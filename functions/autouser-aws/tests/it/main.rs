@@ -1,4 +1,9 @@
-//! RDS IAM auth tokens: byte-for-byte against boto3, and accepted as a password on the wire.
+//! The AWS adapter against real peers: boto3's tokens, a throwaway PostgreSQL, and a local
+//! AWS emulator (`moto_server`).
 
+mod cluster;
 mod golden;
 mod login;
+mod moto;
+mod resolve;
+mod secrets;

@@ -185,7 +185,8 @@ roles:{roles}"#,
     pub async fn start(&self, event: serde_json::Value) -> Result<StartOutcome, Error> {
         let config = self.config();
         let event = SessionEvent::from_value(event)?;
-        let req = request::prepare_start(&config, &event)?;
+        let db = request::database(&config, &event)?.resolve_static().expect("a static database");
+        let req = request::prepare_start(&config, &db, &event)?;
         let client = self.admin_client(&config, &req.target.admin_db_name).await?;
         engine::session_start(&client, &req).await
     }
@@ -193,16 +194,17 @@ roles:{roles}"#,
     pub async fn end(&self, event: serde_json::Value) -> Result<EndOutcome, Error> {
         let config = self.config();
         let event = SessionEvent::from_value(event)?;
-        let req = request::prepare_end(&config, &event)?;
+        let db = request::database(&config, &event)?.resolve_static().expect("a static database");
+        let req = request::prepare_end(&config, &db, &event)?;
         let client = self.admin_client(&config, &req.target.admin_db_name).await?;
         engine::session_end(&client, &req).await
     }
 
     pub async fn admin_client(&self, config: &Config, dbname: &str) -> Result<Client, Error> {
-        let db = &config.databases[0];
+        let db = config.databases[0].resolve_static().expect("a static database");
         let credentials = AdminCredentials::from_local_config(&db.auth)?;
         let tls = TlsSettings::from_config(&db.tls)?;
-        pg::connect(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await
+        pg::connect(&ConnectParams::admin_of(&db, dbname, &tls, &credentials)).await
     }
 
     pub async fn state(&self, user: &str) -> Option<UserState> {

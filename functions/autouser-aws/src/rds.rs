@@ -1,0 +1,254 @@
+//! Resolving `rds:` databases: the endpoint (the writer, for Aurora), the admin and its default
+//! database from tags, all tags as policy labels.
+//!
+//! A resource without the admin tag is not managed: removing the tag is how an operator turns
+//! provisioning off (before an RDS Blue/Green switchover, say).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use autouser_core::config::{
+    AdminUser, AuthConfig, Config, DatabaseConfig, Location, RdsLocator, RdsResource, ResolvedDatabase, TagKeys,
+};
+use autouser_core::Error;
+use aws_sdk_rds::error::SdkError;
+use aws_sdk_rds::types::Tag;
+
+use crate::AwsContext;
+
+/// How long a lookup is reused in a warm process; a failed login forgets it sooner.
+pub const RESOLUTION_TTL: Duration = Duration::from_secs(300);
+
+/// What the RDS API says about a resource, before the policy and tags are applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdsFacts {
+    pub description: String,
+    pub host: String,
+    pub port: u16,
+    pub iam_auth_enabled: bool,
+    pub tags: BTreeMap<String, String>,
+    /// Why this endpoint cannot take writes (a read replica), if so.
+    pub read_only_reason: Option<String>,
+}
+
+impl AwsContext {
+    /// The resolved form of `db`: as configured for a static database, looked up for an RDS one.
+    pub async fn resolve_database(&self, config: &Config, db: &DatabaseConfig) -> Result<ResolvedDatabase, Error> {
+        let locator = match &db.location {
+            Location::Static { .. } => {
+                return db
+                    .resolve_static()
+                    .ok_or_else(|| Error::Credentials("static database without admin_user".into()))
+            }
+            Location::Rds(locator) => locator,
+        };
+        let key = format!("{}/{:?}", locator.region, locator.resource);
+        let cached = self.rds_cache.lock().expect("rds cache lock").get(&key).cloned();
+        let facts = match cached {
+            Some((at, facts)) if at.elapsed() < RESOLUTION_TTL => facts,
+            _ => {
+                let facts = self.describe(locator).await?;
+                self.rds_cache.lock().expect("rds cache lock").insert(key, (Instant::now(), facts.clone()));
+                facts
+            }
+        };
+        apply_facts(db, &config.tag_keys, facts)
+    }
+
+    /// Forgets every RDS lookup, so that the next session looks again (after a failed login).
+    pub fn forget_resolutions(&self) {
+        self.rds_cache.lock().expect("rds cache lock").clear();
+    }
+
+    async fn describe(&self, locator: &RdsLocator) -> Result<RdsFacts, Error> {
+        let config = aws_sdk_rds::config::Builder::from(&self.sdk)
+            .region(aws_sdk_rds::config::Region::new(locator.region.clone()))
+            .build();
+        let client = aws_sdk_rds::Client::from_conf(config);
+        match &locator.resource {
+            RdsResource::Instance(id) => {
+                let output = client
+                    .describe_db_instances()
+                    .db_instance_identifier(id)
+                    .send()
+                    .await
+                    .map_err(|e| rds_error("DescribeDBInstances", id, &locator.region, e))?;
+                let instance =
+                    output.db_instances().first().ok_or_else(|| not_found("instance", id, &locator.region))?;
+                let description = format!("RDS instance {id} in {}", locator.region);
+                if let Some(cluster) = instance.db_cluster_identifier() {
+                    return Err(Error::Credentials(format!(
+                        "{description} belongs to Aurora cluster {cluster}: configure rds: {{cluster_id: {cluster}}} \
+                         so that sessions always reach the cluster's writer"
+                    )));
+                }
+                let endpoint = instance.endpoint().ok_or_else(|| Error::DependencyUnavailable {
+                    what: description.clone(),
+                    detail: "has no endpoint yet (still creating?)".into(),
+                })?;
+                Ok(RdsFacts {
+                    host: endpoint.address().unwrap_or_default().to_string(),
+                    port: endpoint.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
+                    iam_auth_enabled: instance.iam_database_authentication_enabled().unwrap_or(false),
+                    tags: tags(instance.tag_list()),
+                    read_only_reason: instance
+                        .read_replica_source_db_instance_identifier()
+                        .map(|source| format!("it is a read replica of {source}")),
+                    description,
+                })
+            }
+            RdsResource::Cluster(id) => {
+                let output = client
+                    .describe_db_clusters()
+                    .db_cluster_identifier(id)
+                    .send()
+                    .await
+                    .map_err(|e| rds_error("DescribeDBClusters", id, &locator.region, e))?;
+                let cluster = output.db_clusters().first().ok_or_else(|| not_found("cluster", id, &locator.region))?;
+                let description = format!("Aurora cluster {id} in {}", locator.region);
+                // Always the cluster (writer) endpoint, never the reader endpoint.
+                let host = cluster.endpoint().ok_or_else(|| Error::DependencyUnavailable {
+                    what: description.clone(),
+                    detail: "has no writer endpoint yet (still creating?)".into(),
+                })?;
+                Ok(RdsFacts {
+                    host: host.to_string(),
+                    port: cluster.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
+                    iam_auth_enabled: cluster.iam_database_authentication_enabled().unwrap_or(false),
+                    tags: tags(cluster.tag_list()),
+                    read_only_reason: cluster
+                        .replication_source_identifier()
+                        .map(|source| format!("it is a read replica cluster of {source}")),
+                    description,
+                })
+            }
+        }
+    }
+}
+
+/// Applies what RDS said to the configured database. Pure.
+pub fn apply_facts(db: &DatabaseConfig, tag_keys: &TagKeys, facts: RdsFacts) -> Result<ResolvedDatabase, Error> {
+    let Some(admin) = facts.tags.get(&tag_keys.admin_user).filter(|a| !a.is_empty()) else {
+        return Err(Error::NotManaged {
+            database: db.name.clone(),
+            resource: facts.description,
+            tag: tag_keys.admin_user.clone(),
+        });
+    };
+    if let Some(reason) = facts.read_only_reason {
+        return Err(Error::ReadOnlyEndpoint { endpoint: format!("{} ({reason})", facts.description) });
+    }
+    if matches!(db.auth, AuthConfig::Iam { .. }) && !facts.iam_auth_enabled {
+        return Err(Error::IamAuthDisabled { database: db.name.clone(), resource: facts.description });
+    }
+    autouser_core::naming::validate_identifier(admin)
+        .map_err(|e| Error::Credentials(format!("tag {} of {}: {e}", tag_keys.admin_user, facts.description)))?;
+    let admin_user = AdminUser {
+        name: admin.clone(),
+        default_database: facts.tags.get(&tag_keys.default_database).filter(|d| !d.is_empty()).cloned(),
+    };
+    Ok(ResolvedDatabase {
+        name: db.name.clone(),
+        db_type: db.db_type.clone(),
+        host: facts.host,
+        port: facts.port,
+        labels: facts.tags,
+        admin_user,
+        auth: db.auth.clone(),
+        tls: db.tls.clone(),
+    })
+}
+
+fn tags(list: &[Tag]) -> BTreeMap<String, String> {
+    list.iter().filter_map(|tag| Some((tag.key()?.to_string(), tag.value().unwrap_or_default().to_string()))).collect()
+}
+
+fn not_found(kind: &str, id: &str, region: &str) -> Error {
+    Error::Credentials(format!("RDS {kind} {id} was not found in {region}: check rds.{kind}_id and rds.region"))
+}
+
+fn rds_error<E, R>(operation: &str, id: &str, region: &str, error: SdkError<E, R>) -> Error
+where
+    E: aws_sdk_rds::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    let detail = format!("{operation} {id} in {region}: {}", crate::describe_sdk_error(&error));
+    if crate::is_transient(&error) {
+        return Error::DependencyUnavailable { what: "the RDS API".into(), detail };
+    }
+    if matches!(&error, SdkError::ServiceError(s) if s.err().code().is_some_and(|c| c.ends_with("NotFoundFault") || c.ends_with("NotFound")))
+    {
+        return Error::Credentials(format!("{detail}: check the id and region under rds:"));
+    }
+    Error::Credentials(format!("{detail}: check the function's rds:DescribeDBInstances/DescribeDBClusters permission"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(auth: AuthConfig) -> DatabaseConfig {
+        let text = "databases:\n  - name: orders\n    rds: {instance_id: orders-prod, region: us-east-1}\n";
+        let mut db = Config::parse(text, std::path::Path::new("/")).unwrap().databases.remove(0);
+        db.auth = auth;
+        db
+    }
+
+    fn facts(tags: &[(&str, &str)]) -> RdsFacts {
+        RdsFacts {
+            description: "RDS instance orders-prod in us-east-1".into(),
+            host: "orders-prod.abc.us-east-1.rds.amazonaws.com".into(),
+            port: 5432,
+            iam_auth_enabled: true,
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            read_only_reason: None,
+        }
+    }
+
+    fn iam() -> AuthConfig {
+        AuthConfig::Iam { region: Some("us-east-1".into()) }
+    }
+
+    #[test]
+    fn tags_give_admin_default_database_and_labels() {
+        let resolved = apply_facts(
+            &db(iam()),
+            &TagKeys::default(),
+            facts(&[
+                ("teleport.dev/db-admin", "teleport-admin"),
+                ("teleport.dev/db-admin-default-database", "postgres"),
+                ("env", "prod"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(
+            resolved.admin_user,
+            AdminUser { name: "teleport-admin".into(), default_database: Some("postgres".into()) }
+        );
+        assert_eq!(resolved.labels["env"], "prod");
+        assert_eq!(resolved.host, "orders-prod.abc.us-east-1.rds.amazonaws.com");
+    }
+
+    #[test]
+    fn untagged_resource_is_not_managed() {
+        let err = apply_facts(&db(iam()), &TagKeys::default(), facts(&[("env", "prod")])).unwrap_err();
+        assert_eq!(err.kind(), "NotManaged");
+        assert!(err.to_string().contains("teleport.dev/db-admin"), "{err}");
+    }
+
+    #[test]
+    fn iam_disabled_is_refused_only_for_iam_auth() {
+        let mut f = facts(&[("teleport.dev/db-admin", "a")]);
+        f.iam_auth_enabled = false;
+        assert_eq!(apply_facts(&db(iam()), &TagKeys::default(), f.clone()).unwrap_err().kind(), "IamAuthDisabled");
+        let password = AuthConfig::PasswordSecret { secret_arn: "arn:x".into() };
+        assert!(apply_facts(&db(password), &TagKeys::default(), f).is_ok());
+    }
+
+    #[test]
+    fn read_replicas_are_refused() {
+        let mut f = facts(&[("teleport.dev/db-admin", "a")]);
+        f.read_only_reason = Some("it is a read replica of orders-main".into());
+        assert_eq!(apply_facts(&db(iam()), &TagKeys::default(), f).unwrap_err().kind(), "ReadOnlyEndpoint");
+    }
+}

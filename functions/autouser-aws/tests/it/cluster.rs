@@ -1,0 +1,75 @@
+//! One throwaway PostgreSQL per test process, and helpers to set up admins on it.
+
+use std::sync::OnceLock;
+
+use autouser_core::config::{Config, TlsMode};
+use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::sql::{quote_ident, quote_literal};
+use autouser_core::tokio_postgres::Client;
+use scratch_postgres::{Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+pub fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| Cluster::start(&PgInstall::from_env().expect("a PostgreSQL installation")).unwrap())
+}
+
+pub fn tls() -> TlsSettings {
+    TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster().ca_cert_pem().to_string()) }
+}
+
+pub async fn superuser() -> Client {
+    let cert = cluster().client_cert("postgres").unwrap();
+    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
+    let tls = tls();
+    pg::connect(&ConnectParams {
+        host: cluster().host(),
+        port: cluster().port(),
+        dbname: "postgres",
+        user: "postgres",
+        tls: &tls,
+        credentials: &credentials,
+    })
+    .await
+    .unwrap()
+}
+
+/// Creates `admin` (LOGIN CREATEROLE); with a password, as a password-login user.
+pub async fn create_admin(admin: &str, password: Option<&str>) {
+    let superuser = superuser().await;
+    superuser
+        .batch_execute(&format!(
+            "DO $$ BEGIN CREATE ROLE {group}; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+            group = quote_ident(PASSWORD_LOGIN_GROUP)
+        ))
+        .await
+        .unwrap();
+    let mut sql = format!("CREATE ROLE {} LOGIN CREATEROLE", quote_ident(admin));
+    if let Some(password) = password {
+        sql.push_str(&format!(" PASSWORD {} IN ROLE {}", quote_literal(password), quote_ident(PASSWORD_LOGIN_GROUP)));
+    }
+    superuser.batch_execute(&sql).await.unwrap();
+}
+
+pub async fn set_password(admin: &str, password: &str) {
+    superuser()
+        .await
+        .batch_execute(&format!("ALTER ROLE {} PASSWORD {}", quote_ident(admin), quote_literal(password)))
+        .await
+        .unwrap();
+}
+
+/// A config with one static database `local` on the test cluster, whose `auth` is given.
+pub fn config(admin: &str, auth_yaml: &str) -> Config {
+    let text = format!(
+        "databases:\n  - name: local\n    type: self-hosted\n    uri: \"localhost:{port}\"\n    \
+         admin_user: {{name: {admin:?}}}\n    auth: {auth_yaml}\n    tls: {{mode: verify-full, ca_file: {ca:?}}}\n",
+        port = cluster().port(),
+        ca = cluster().ca_cert_path().display().to_string(),
+    );
+    Config::parse(&text, std::path::Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{text}"))
+}
+
+pub async fn current_user(client: &Client) -> String {
+    client.query_one("SELECT current_user::text", &[]).await.unwrap().get(0)
+}

@@ -1,0 +1,100 @@
+//! `rds:` databases resolved through the RDS API of the emulator.
+
+use autouser_aws::AwsContext;
+use autouser_core::config::{AdminUser, Config, DatabaseType};
+use aws_sdk_rds::types::Tag;
+
+use crate::moto::sdk_config;
+
+fn tag(key: &str, value: &str) -> Tag {
+    Tag::builder().key(key).value(value).build()
+}
+
+async fn create_instance(id: &str, iam: bool, tags: Vec<Tag>) {
+    aws_sdk_rds::Client::new(&sdk_config().await)
+        .create_db_instance()
+        .db_instance_identifier(id)
+        .db_instance_class("db.t4g.micro")
+        .engine("postgres")
+        .allocated_storage(20)
+        .master_username("master")
+        .master_user_password("master-password")
+        .enable_iam_database_authentication(iam)
+        .set_tags(Some(tags))
+        .send()
+        .await
+        .unwrap();
+}
+
+fn config(rds_yaml: &str) -> Config {
+    let text = format!("databases:\n  - name: orders\n    rds: {rds_yaml}\n");
+    Config::parse(&text, std::path::Path::new("/")).unwrap()
+}
+
+async fn resolve(rds_yaml: &str) -> Result<autouser_core::config::ResolvedDatabase, autouser_core::Error> {
+    let aws = AwsContext::new(sdk_config().await);
+    let config = config(rds_yaml);
+    aws.resolve_database(&config, &config.databases[0]).await
+}
+
+#[tokio::test]
+async fn tagged_instance_resolves_to_its_endpoint_admin_and_labels() {
+    create_instance(
+        "rs-tagged",
+        true,
+        vec![
+            tag("teleport.dev/db-admin", "teleport-admin"),
+            tag("teleport.dev/db-admin-default-database", "postgres"),
+            tag("env", "prod"),
+        ],
+    )
+    .await;
+    let db = resolve("{instance_id: rs-tagged, region: us-east-1}").await.unwrap();
+    assert_eq!(db.admin_user, AdminUser { name: "teleport-admin".into(), default_database: Some("postgres".into()) });
+    assert_eq!(db.labels.get("env").map(String::as_str), Some("prod"));
+    assert_eq!(db.db_type, DatabaseType::Rds);
+    assert!(db.host.starts_with("rs-tagged."), "{}", db.host);
+    assert_eq!(db.port, 5432);
+}
+
+#[tokio::test]
+async fn untagged_instance_is_not_managed() {
+    create_instance("rs-untagged", true, vec![tag("env", "prod")]).await;
+    let err = resolve("{instance_id: rs-untagged, region: us-east-1}").await.unwrap_err();
+    assert_eq!(err.kind(), "NotManaged", "{err}");
+    assert!(err.to_string().contains("rs-untagged"), "{err}");
+}
+
+#[tokio::test]
+async fn instance_without_iam_auth_is_refused_for_iam_admins() {
+    create_instance("rs-noiam", false, vec![tag("teleport.dev/db-admin", "teleport-admin")]).await;
+    let err = resolve("{instance_id: rs-noiam, region: us-east-1}").await.unwrap_err();
+    assert_eq!(err.kind(), "IamAuthDisabled", "{err}");
+    assert!(err.to_string().contains("--enable-iam-database-authentication"), "{err}");
+}
+
+#[tokio::test]
+async fn aurora_cluster_resolves_to_its_writer_endpoint() {
+    aws_sdk_rds::Client::new(&sdk_config().await)
+        .create_db_cluster()
+        .db_cluster_identifier("rs-aurora")
+        .engine("aurora-postgresql")
+        .master_username("master")
+        .master_user_password("master-password")
+        .enable_iam_database_authentication(true)
+        .tags(tag("teleport.dev/db-admin", "teleport-admin"))
+        .send()
+        .await
+        .unwrap();
+    let db = resolve("{cluster_id: rs-aurora, region: us-east-1}").await.unwrap();
+    assert!(db.host.starts_with("rs-aurora.cluster-"), "the writer endpoint, not a reader: {}", db.host);
+    assert!(!db.host.contains("cluster-ro-"), "{}", db.host);
+    assert_eq!(db.admin_user.name, "teleport-admin");
+}
+
+#[tokio::test]
+async fn unknown_instance_names_the_id() {
+    let err = resolve("{instance_id: rs-nowhere, region: us-east-1}").await.unwrap_err();
+    assert!(err.to_string().contains("rs-nowhere"), "{err}");
+    assert!(!err.is_transient());
+}
