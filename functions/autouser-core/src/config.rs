@@ -6,6 +6,7 @@
 //! the configuration file.
 
 use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -79,6 +80,9 @@ pub enum Location {
 pub struct RdsLocator {
     pub resource: RdsResource,
     pub region: String,
+    /// Connect to this address instead of resolving the endpoint's name, as libpq's
+    /// `hostaddr` (a tunnel, a local emulator). TLS and the IAM token still use the name.
+    pub hostaddr: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +125,8 @@ pub struct ResolvedDatabase {
     pub db_type: DatabaseType,
     pub host: String,
     pub port: u16,
+    /// Where to connect when it differs from what `host` resolves to.
+    pub hostaddr: Option<IpAddr>,
     pub labels: BTreeMap<String, String>,
     pub admin_user: AdminUser,
     pub auth: AuthConfig,
@@ -213,6 +219,7 @@ impl DatabaseConfig {
             db_type: self.db_type.clone(),
             host: host.clone(),
             port: *port,
+            hostaddr: None,
             labels: self.labels.clone(),
             admin_user: admin_user.clone(),
             auth: self.auth.clone(),
@@ -269,6 +276,7 @@ struct RawRds {
     instance_id: Option<String>,
     cluster_id: Option<String>,
     region: String,
+    hostaddr: Option<IpAddr>,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +348,15 @@ impl RawDatabase {
         let (location, db_type) = match (self.uri, self.rds) {
             (Some(uri), None) => {
                 let (host, port) = parse_uri(&uri).map_err(|m| invalid(format!("{at}.uri"), m))?;
+                if let Some(kind) = aurora_non_writer_endpoint(&host) {
+                    return Err(invalid(
+                        format!("{at}.uri"),
+                        format!(
+                            "{host} is an Aurora {kind} endpoint; automatic user provisioning is not compatible with \
+                             Aurora reader endpoints: use the cluster (writer) endpoint, or rds: {{cluster_id: …}}"
+                        ),
+                    ));
+                }
                 let db_type =
                     self.db_type.ok_or_else(|| invalid(format!("{at}.type"), "is required: self-hosted or rds"))?;
                 (Location::Static { host, port }, db_type)
@@ -373,7 +390,6 @@ impl RawDatabase {
         } else if matches!(location, Location::Static { .. }) {
             return Err(invalid(format!("{at}.admin_user"), "is required: name the admin pg-autouser logs in as"));
         }
-        let is_rds = matches!(location, Location::Rds(_));
         let auth = match (self.auth, &location) {
             (Some(auth), _) => auth.validate(&format!("{at}.auth"), base_dir)?,
             (None, Location::Rds(rds)) => AuthConfig::Iam { region: Some(rds.region.clone()) },
@@ -386,7 +402,10 @@ impl RawDatabase {
             Some(raw) => TlsConfig { mode: raw.mode, ca_file: raw.ca_file.map(|p| base_dir.join(p)) },
         };
         // RDS databases are verified against the RDS CA bundle shipped with pg-autouser.
-        if !is_rds && matches!(tls.mode, TlsMode::VerifyFull | TlsMode::VerifyCa) && tls.ca_file.is_none() {
+        if db_type == DatabaseType::SelfHosted
+            && matches!(tls.mode, TlsMode::VerifyFull | TlsMode::VerifyCa)
+            && tls.ca_file.is_none()
+        {
             return Err(invalid(
                 format!("{at}.tls.ca_file"),
                 "is required to verify the server: give the CA bundle that signed the server certificate",
@@ -418,7 +437,7 @@ impl RawRds {
         if self.region.is_empty() {
             return Err(invalid(format!("{at}.region"), "must not be empty"));
         }
-        Ok(RdsLocator { resource, region: self.region })
+        Ok(RdsLocator { resource, region: self.region, hostaddr: self.hostaddr })
     }
 }
 
@@ -465,6 +484,22 @@ impl RawAuth {
                 Err(invalid(format!("{at}.method"), format!("unknown method {other:?}: use cert, password or iam")))
             }
         }
+    }
+}
+
+/// Aurora's reader endpoint (`<cluster>.cluster-ro-<id>.<region>.rds.amazonaws.com`) and custom
+/// endpoints (`.cluster-custom-`, which usually group readers) cannot take the role changes.
+fn aurora_non_writer_endpoint(host: &str) -> Option<&'static str> {
+    let host = host.to_ascii_lowercase();
+    if !host.ends_with(".rds.amazonaws.com") && !host.ends_with(".rds.amazonaws.com.cn") {
+        return None;
+    }
+    if host.contains(".cluster-ro-") {
+        Some("reader")
+    } else if host.contains(".cluster-custom-") {
+        Some("custom")
+    } else {
+        None
     }
 }
 
@@ -619,7 +654,8 @@ databases:
             config.database("analytics").unwrap().location,
             Location::Rds(RdsLocator {
                 resource: RdsResource::Cluster("analytics".into()),
-                region: "us-east-1".into()
+                region: "us-east-1".into(),
+                hostaddr: None
             })
         );
     }
@@ -638,6 +674,20 @@ databases:
         }
         let err = parse("databases:\n  - name: o\n    rds: {instance_id: i, cluster_id: c, region: r}\n").unwrap_err();
         assert!(err.to_string().contains("exactly one of instance_id or cluster_id"), "{err}");
+    }
+
+    #[test]
+    fn aurora_reader_and_custom_endpoints_are_refused() {
+        for host in [
+            "orders.cluster-ro-abc123.us-east-1.rds.amazonaws.com",
+            "analytics.cluster-custom-abc123.eu-west-1.rds.amazonaws.com",
+        ] {
+            let text = EXAMPLE.replace("localhost:5432", host);
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(err.contains("databases[0].uri") && err.contains("writer"), "{err}");
+        }
+        let writer = EXAMPLE.replace("localhost:5432", "orders.cluster-abc123.us-east-1.rds.amazonaws.com");
+        assert!(parse(&writer).is_ok());
     }
 
     #[test]

@@ -98,8 +98,11 @@ impl TlsSettings {
 /// Where and as whom the admin connects.
 #[derive(Debug, Clone)]
 pub struct ConnectParams<'a> {
+    /// The server's name: what TLS verifies and, for RDS, what the IAM token is signed for.
     pub host: &'a str,
     pub port: u16,
+    /// Where to connect, when not where `host` resolves to (libpq's `hostaddr`).
+    pub hostaddr: Option<std::net::IpAddr>,
     pub dbname: &'a str,
     pub user: &'a str,
     pub tls: &'a TlsSettings,
@@ -114,7 +117,15 @@ impl<'a> ConnectParams<'a> {
         tls: &'a TlsSettings,
         credentials: &'a AdminCredentials,
     ) -> ConnectParams<'a> {
-        ConnectParams { host: &db.host, port: db.port, dbname, user: &db.admin_user.name, tls, credentials }
+        ConnectParams {
+            host: &db.host,
+            port: db.port,
+            hostaddr: db.hostaddr,
+            dbname,
+            user: &db.admin_user.name,
+            tls,
+            credentials,
+        }
     }
 
     fn endpoint(&self) -> String {
@@ -129,6 +140,9 @@ impl<'a> ConnectParams<'a> {
 /// Opens an admin connection and drives it on the current tokio runtime.
 pub async fn connect(params: &ConnectParams<'_>) -> Result<Client, Error> {
     let endpoint = params.endpoint();
+    if params.tls.mode != TlsMode::VerifyFull {
+        tracing::warn!(%endpoint, mode = ?params.tls.mode, "TLS verification is lowered by configuration (tls.mode)");
+    }
     let mut config = tokio_postgres::Config::new();
     config
         .host(params.host)
@@ -143,6 +157,9 @@ pub async fn connect(params: &ConnectParams<'_>) -> Result<Client, Error> {
             LOCK_TIMEOUT.as_millis(),
             STATEMENT_TIMEOUT.as_millis()
         ));
+    if let Some(address) = params.hostaddr {
+        config.hostaddr(address);
+    }
     if let AdminCredentials::Password(password) = params.credentials {
         config.password(password);
     }

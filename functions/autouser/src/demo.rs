@@ -176,6 +176,7 @@ async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Failure> {
     let params = ConnectParams {
         host: cluster.host(),
         port: cluster.port(),
+        hostaddr: None,
         dbname: "postgres",
         user,
         tls: &tls,

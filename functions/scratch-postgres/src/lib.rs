@@ -335,16 +335,7 @@ impl Cluster {
         }
         command.stdin(Stdio::null()).stdout(log.try_clone().map_err(io("log"))?).stderr(log);
         as_owner(&mut command, self.owner);
-        // SAFETY: prctl is async-signal-safe and touches only this (forked) process.
-        unsafe {
-            command.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let mut child = spawn_from_keeper(command)?;
+        let mut child = spawn_tied_to_this_process(command).map_err(io("spawning postgres"))?;
 
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
@@ -405,12 +396,23 @@ impl Drop for Cluster {
     }
 }
 
+/// Spawns `command` so that it is killed when this process exits, even if nothing drops its
+/// handle (test fixtures live in `static`s).
+///
 /// `PR_SET_PDEATHSIG` fires when the *thread* that forked the child exits, and test threads
-/// exit early while a cluster in a `static` lives on. So every server is spawned from one
-/// long-lived thread that exists only for that.
-fn spawn_from_keeper(command: Command) -> Result<Child, Error> {
+/// exit early, so every child is spawned from one long-lived thread that exists only for that.
+pub fn spawn_tied_to_this_process(mut command: Command) -> std::io::Result<Child> {
     type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
     static KEEPER: OnceLock<Mutex<mpsc::Sender<Request>>> = OnceLock::new();
+    // SAFETY: prctl is async-signal-safe and touches only the forked child.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     let keeper = KEEPER.get_or_init(|| {
         let (sender, receiver) = mpsc::channel::<Request>();
         std::thread::Builder::new()
@@ -425,7 +427,7 @@ fn spawn_from_keeper(command: Command) -> Result<Child, Error> {
     });
     let (reply, response) = mpsc::channel();
     keeper.lock().expect("keeper lock").send((command, reply)).expect("the keeper thread is alive");
-    response.recv().expect("the keeper thread answers").map_err(io("spawning postgres"))
+    response.recv().expect("the keeper thread answers")
 }
 
 /// The uid/gid the server runs as: `postgres` when we are root, ourselves otherwise.

@@ -25,6 +25,7 @@ pub async fn superuser() -> Client {
     pg::connect(&ConnectParams {
         host: cluster().host(),
         port: cluster().port(),
+        hostaddr: None,
         dbname: "postgres",
         user: "postgres",
         tls: &tls,

@@ -4,7 +4,13 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use autouser_aws::rds_token::{generate, TokenRequest};
+use autouser_aws::AwsContext;
+use autouser_core::config::{AdminUser, AuthConfig, DatabaseType, ResolvedDatabase, TlsConfig, TlsMode};
+use autouser_core::pg::AdminCredentials;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;
+use aws_smithy_async::time::StaticTimeSource;
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -34,8 +40,10 @@ pub fn fixed_time() -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(FIXED_TIME_SECS)
 }
 
-#[test]
-fn every_boto3_vector_is_reproduced_byte_for_byte() {
+/// Through the production path: an `AwsContext` whose SDK configuration carries the
+/// credentials and a pinned time source, asked for an IAM admin's credentials.
+#[tokio::test]
+async fn every_boto3_vector_is_reproduced_byte_for_byte() {
     let vectors: Vectors = serde_json::from_str(VECTORS).unwrap();
     assert_eq!(vectors.time, "2024-08-26T22:00:00Z");
     assert!(vectors.vectors.len() >= 14);
@@ -51,9 +59,26 @@ fn every_boto3_vector_is_reproduced_byte_for_byte() {
             None,
             "golden",
         );
-        let request = TokenRequest { host: &v.host, port: v.port, region: &v.region, user: &v.user };
-        let token = generate(&request, &credentials, fixed_time()).unwrap();
-        assert_eq!(token.expose(), v.token, "{} {} {:?} token={}", v.region, v.port, v.user, v.session_token.is_some());
+        let sdk = SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .credentials_provider(SharedCredentialsProvider::new(credentials))
+            .time_source(StaticTimeSource::new(fixed_time()))
+            .build();
+        let db = ResolvedDatabase {
+            name: "golden".into(),
+            db_type: DatabaseType::Rds,
+            host: v.host.clone(),
+            port: v.port,
+            hostaddr: None,
+            labels: Default::default(),
+            admin_user: AdminUser { name: v.user.clone(), default_database: None },
+            auth: AuthConfig::Iam { region: Some(v.region.clone()) },
+            tls: TlsConfig { mode: TlsMode::VerifyFull, ca_file: None },
+        };
+        let AdminCredentials::Password(token) = AwsContext::new(sdk).admin_credentials(&db).await.unwrap() else {
+            panic!("an IAM admin's credentials are a password")
+        };
+        assert_eq!(token, v.token, "{} {} {:?} token={}", v.region, v.port, v.user, v.session_token.is_some());
     }
 }
 

@@ -9,7 +9,7 @@ use aws_credential_types::Credentials;
 use scratch_postgres::{Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
 
 use crate::golden::fixed_time;
-use crate::moto::sdk_config_at;
+use scratch_aws::Moto;
 
 #[tokio::test]
 async fn admin_logs_in_over_tls_with_an_iam_token_as_password() {
@@ -21,6 +21,7 @@ async fn admin_logs_in_over_tls_with_an_iam_token_as_password() {
     let superuser = pg::connect(&ConnectParams {
         host: cluster.host(),
         port: cluster.port(),
+        hostaddr: None,
         dbname: "postgres",
         user: "postgres",
         tls: &tls,
@@ -63,6 +64,7 @@ async fn login(
     pg::connect(&ConnectParams {
         host: cluster.host(),
         port: cluster.port(),
+        hostaddr: None,
         dbname: "postgres",
         user,
         tls,
@@ -89,7 +91,7 @@ async fn iam_admin_logs_in_through_the_aws_context() {
     .unwrap();
     create_admin(admin, Some(expected.expose())).await;
 
-    let aws = AwsContext::new(sdk_config_at(Some(fixed_time())).await);
+    let aws = AwsContext::new(Moto::global().sdk_config(Some(fixed_time())).await);
     let config = config(admin, "{method: iam, region: eu-west-1}");
     let db = aws.resolve_database(&config, &config.databases[0]).await.unwrap();
     let client = aws.connect_admin(&db, "postgres").await.expect("the IAM token logs in");

@@ -4,6 +4,5 @@
 mod cluster;
 mod golden;
 mod login;
-mod moto;
 mod resolve;
 mod secrets;

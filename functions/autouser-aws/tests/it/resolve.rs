@@ -4,14 +4,14 @@ use autouser_aws::AwsContext;
 use autouser_core::config::{AdminUser, Config, DatabaseType};
 use aws_sdk_rds::types::Tag;
 
-use crate::moto::sdk_config;
+use scratch_aws::Moto;
 
 fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
 }
 
 async fn create_instance(id: &str, iam: bool, tags: Vec<Tag>) {
-    aws_sdk_rds::Client::new(&sdk_config().await)
+    aws_sdk_rds::Client::new(&Moto::global().sdk_config(None).await)
         .create_db_instance()
         .db_instance_identifier(id)
         .db_instance_class("db.t4g.micro")
@@ -32,7 +32,7 @@ fn config(rds_yaml: &str) -> Config {
 }
 
 async fn resolve(rds_yaml: &str) -> Result<autouser_core::config::ResolvedDatabase, autouser_core::Error> {
-    let aws = AwsContext::new(sdk_config().await);
+    let aws = AwsContext::new(Moto::global().sdk_config(None).await);
     let config = config(rds_yaml);
     aws.resolve_database(&config, &config.databases[0]).await
 }
@@ -75,7 +75,7 @@ async fn instance_without_iam_auth_is_refused_for_iam_admins() {
 
 #[tokio::test]
 async fn aurora_cluster_resolves_to_its_writer_endpoint() {
-    aws_sdk_rds::Client::new(&sdk_config().await)
+    aws_sdk_rds::Client::new(&Moto::global().sdk_config(None).await)
         .create_db_cluster()
         .db_cluster_identifier("rs-aurora")
         .engine("aurora-postgresql")

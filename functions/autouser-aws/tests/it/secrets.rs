@@ -3,15 +3,15 @@
 use autouser_aws::AwsContext;
 
 use crate::cluster::{cluster, config, create_admin, current_user, set_password};
-use crate::moto::sdk_config;
+use scratch_aws::Moto;
 
 async fn put_secret(name: &str, text: &str) -> String {
-    let client = aws_sdk_secretsmanager::Client::new(&sdk_config().await);
+    let client = aws_sdk_secretsmanager::Client::new(&Moto::global().sdk_config(None).await);
     client.create_secret().name(name).secret_string(text).send().await.unwrap().arn().unwrap().to_string()
 }
 
 async fn connect(admin: &str, auth_yaml: &str) -> Result<String, autouser_core::Error> {
-    let aws = AwsContext::new(sdk_config().await);
+    let aws = AwsContext::new(Moto::global().sdk_config(None).await);
     let config = config(admin, auth_yaml);
     let db = aws.resolve_database(&config, &config.databases[0]).await?;
     let client = aws.connect_admin(&db, "postgres").await?;
@@ -34,14 +34,14 @@ async fn password_admin_from_an_rds_style_secret_logs_in() {
 async fn rotated_secret_is_fetched_again_after_a_refused_login() {
     create_admin("sm_rot_admin", Some("before-rotation")).await;
     let arn = put_secret("sm-rot-admin", r#"{"username": "sm_rot_admin", "password": "before-rotation"}"#).await;
-    let aws = AwsContext::new(sdk_config().await);
+    let aws = AwsContext::new(Moto::global().sdk_config(None).await);
     let config = config("sm_rot_admin", &format!("{{method: password, secret_arn: {arn:?}}}"));
     let db = aws.resolve_database(&config, &config.databases[0]).await.unwrap();
     aws.connect_admin(&db, "postgres").await.expect("the first secret works");
 
     // Rotation: the password changes in the database and in the secret.
     set_password("sm_rot_admin", "after-rotation").await;
-    let secrets = aws_sdk_secretsmanager::Client::new(&sdk_config().await);
+    let secrets = aws_sdk_secretsmanager::Client::new(&Moto::global().sdk_config(None).await);
     secrets
         .put_secret_value()
         .secret_id(&arn)

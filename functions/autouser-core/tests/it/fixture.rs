@@ -258,6 +258,7 @@ pub async fn connect(user: &str, dbname: &str) -> Result<Client, Error> {
     let params = ConnectParams {
         host: cluster.host(),
         port: cluster.port(),
+        hostaddr: None,
         dbname,
         user,
         tls: &tls,

@@ -11,9 +11,11 @@ use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
 use scratch_postgres::{Cluster, PgInstall};
 use serde_json::Value;
 
+mod rds;
+
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
-fn cluster() -> &'static Cluster {
+pub(crate) fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| {
         let install = PgInstall::from_env().expect("a PostgreSQL installation (see scripts/install-deps)");
         Cluster::start(&install).expect("the test cluster starts")
@@ -21,7 +23,7 @@ fn cluster() -> &'static Cluster {
 }
 
 /// Runs SQL as the superuser.
-async fn superuser_sql(sql: &str) {
+pub(crate) async fn superuser_sql(sql: &str) {
     let cluster = cluster();
     let cert = cluster.client_cert("postgres").unwrap();
     let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem.clone(), key_pem: cert.key_pem.clone() };
@@ -29,6 +31,7 @@ async fn superuser_sql(sql: &str) {
     let params = ConnectParams {
         host: cluster.host(),
         port: cluster.port(),
+        hostaddr: None,
         dbname: "postgres",
         user: "postgres",
         tls: &tls,
@@ -79,8 +82,13 @@ roles:
 }
 
 fn autouser(args: &[&str], stdin: Option<&str>) -> Output {
+    autouser_with_env(args, stdin, &[])
+}
+
+pub(crate) fn autouser_with_env(args: &[&str], stdin: Option<&str>, env: &[(&str, String)]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_autouser"))
         .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -94,20 +102,20 @@ fn autouser(args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().unwrap()
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> String {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
 }
 
-fn stdout_json(output: &Output) -> Value {
+pub(crate) fn stdout_json(output: &Output) -> Value {
     assert!(output.status.success(), "exit {:?}, stderr: {}", output.status, String::from_utf8_lossy(&output.stderr));
     let text = String::from_utf8(output.stdout.clone()).unwrap();
     assert_eq!(text.lines().count(), 1, "exactly one line of JSON: {text}");
     serde_json::from_str(&text).unwrap()
 }
 
-fn stderr(output: &Output) -> String {
+pub(crate) fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 

@@ -14,6 +14,7 @@ async fn connect(cluster: &Cluster, user: &str, credentials: AdminCredentials) -
     let params = ConnectParams {
         host: cluster.host(),
         port: cluster.port(),
+        hostaddr: None,
         dbname: "postgres",
         user,
         tls: &tls,
