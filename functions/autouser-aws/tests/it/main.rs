@@ -5,4 +5,5 @@ mod cluster;
 mod golden;
 mod login;
 mod resolve;
+mod retries;
 mod secrets;
