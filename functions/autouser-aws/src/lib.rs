@@ -17,7 +17,8 @@ use autouser_core::config::{AuthConfig, DatabaseType, ResolvedDatabase};
 use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::tokio_postgres::Client;
 use autouser_core::Error;
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::BehaviorVersion;
+pub use aws_config::SdkConfig;
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 

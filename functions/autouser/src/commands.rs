@@ -11,6 +11,13 @@ use autouser_core::request::{self, Target};
 use autouser_core::tokio_postgres::Client;
 use autouser_core::{engine, Error};
 
+/// Where AWS configuration comes from: the environment (the CLI), or given (the demo, which
+/// points it at a local emulator).
+pub enum AwsSetup {
+    FromEnvironment,
+    Given(autouser_aws::SdkConfig),
+}
+
 /// A failed command: what to print and how to exit.
 #[derive(Debug)]
 pub struct Failure {
@@ -30,18 +37,18 @@ impl From<Error> for Failure {
     }
 }
 
-pub async fn session_start(config: &Path, event: &Path) -> Result<Option<String>, Failure> {
+pub async fn session_start(config: &Path, event: &Path, aws: &AwsSetup) -> Result<Option<String>, Failure> {
     let (config, event) = load(config, event)?;
-    let (db, aws) = resolve(&config, &event).await?;
+    let (db, aws) = resolve(&config, &event, aws).await?;
     let req = request::prepare_start(&config, &db, &event)?;
     let client = connect(aws.as_ref(), &db, &req.target).await?;
     let outcome = engine::session_start(&client, &req).await?;
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
 }
 
-pub async fn session_end(config: &Path, event: &Path) -> Result<Option<String>, Failure> {
+pub async fn session_end(config: &Path, event: &Path, aws: &AwsSetup) -> Result<Option<String>, Failure> {
     let (config, event) = load(config, event)?;
-    let (db, aws) = resolve(&config, &event).await?;
+    let (db, aws) = resolve(&config, &event, aws).await?;
     let req = request::prepare_end(&config, &db, &event)?;
     let client = connect(aws.as_ref(), &db, &req.target).await?;
     let outcome = engine::session_end(&client, &req).await?;
@@ -50,7 +57,11 @@ pub async fn session_end(config: &Path, event: &Path) -> Result<Option<String>, 
 
 /// The event's database, resolved; and the AWS context when the database needs AWS (an RDS
 /// lookup, an IAM token, a secret). Databases that need none never load AWS configuration.
-async fn resolve(config: &Config, event: &SessionEvent) -> Result<(ResolvedDatabase, Option<AwsContext>), Error> {
+async fn resolve(
+    config: &Config,
+    event: &SessionEvent,
+    setup: &AwsSetup,
+) -> Result<(ResolvedDatabase, Option<AwsContext>), Error> {
     let db = request::database(config, event)?;
     let needs_aws = matches!(db.location, Location::Rds(_))
         || !matches!(db.auth, AuthConfig::CertFiles { .. } | AuthConfig::PasswordEnv { .. });
@@ -58,7 +69,10 @@ async fn resolve(config: &Config, event: &SessionEvent) -> Result<(ResolvedDatab
         let resolved = db.resolve_static().expect("static databases with local auth resolve statically");
         return Ok((resolved, None));
     }
-    let aws = AwsContext::from_env().await;
+    let aws = match setup {
+        AwsSetup::FromEnvironment => AwsContext::from_env().await,
+        AwsSetup::Given(sdk) => AwsContext::new(sdk.clone()),
+    };
     let resolved = aws.resolve_database(config, db).await?;
     Ok((resolved, Some(aws)))
 }

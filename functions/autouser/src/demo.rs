@@ -3,6 +3,10 @@
 //! It sets the server up the way the seed's self-hosted section does (TLS, an X.509
 //! authenticated `teleport-admin` with CREATEROLE), writes a config and events to files, and
 //! runs them through the same code paths as `autouser session-start/session-end`.
+//!
+//! With `--rds` it goes on with an RDS instance in a local AWS emulator (moto): the instance's
+//! tags name the admin and the labels, the admin's password is in Secrets Manager, and
+//! `rds.hostaddr` points the connection at the throwaway PostgreSQL.
 
 use std::path::{Path, PathBuf};
 
@@ -11,7 +15,7 @@ use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::tokio_postgres::Client;
 use scratch_postgres::{Cluster, PgInstall};
 
-use crate::commands::{self, Failure};
+use crate::commands::{self, AwsSetup, Failure};
 
 const ADMIN: &str = "teleport-admin";
 
@@ -19,7 +23,7 @@ fn failure(message: impl std::fmt::Display) -> Failure {
     Failure { message: format!("demo: {message}"), exit_code: 1 }
 }
 
-pub async fn run() -> Result<Option<String>, Failure> {
+pub async fn run(rds: bool) -> Result<Option<String>, Failure> {
     let install = PgInstall::from_env().map_err(failure)?;
     println!("pg-autouser demo\n");
     println!("Starting a throwaway PostgreSQL {} from {} ...", install.major(), install.bin_dir().display());
@@ -27,7 +31,10 @@ pub async fn run() -> Result<Option<String>, Failure> {
         tokio::task::spawn_blocking(move || Cluster::start(&install)).await.map_err(failure)?.map_err(failure)?;
     println!("  listening on {}:{} with TLS; every login needs a client certificate\n", cluster.host(), cluster.port());
 
-    let result = walk_through(&cluster).await;
+    let mut result = walk_through(&cluster).await;
+    if rds && result.is_ok() {
+        result = walk_through_rds(&cluster).await;
+    }
     println!("\nStopping PostgreSQL and removing {} ...", cluster.dir().display());
     drop(cluster);
     result?;
@@ -91,6 +98,101 @@ async fn walk_through(cluster: &Cluster) -> Result<(), Failure> {
     Ok(())
 }
 
+const RDS_ADMIN: &str = "rds-admin";
+const RDS_INSTANCE: &str = "demo-orders";
+
+async fn walk_through_rds(cluster: &Cluster) -> Result<(), Failure> {
+    println!("\n4. RDS: an instance resolved through a local AWS emulator (moto)");
+    let moto = scratch_aws::Moto::global();
+    println!("  moto_server listening on {}", moto.url());
+    let sdk = moto.sdk_config(None).await;
+    let superuser = connect_as(cluster, cluster.superuser()).await?;
+    let password = "demo-rds-admin-password";
+    let mut setup = vec![
+        format!("CREATE ROLE \"{}\"", scratch_postgres::PASSWORD_LOGIN_GROUP),
+        "CREATE ROLE rds_iam".to_string(),
+        format!("CREATE USER \"{RDS_ADMIN}\" LOGIN CREATEROLE PASSWORD '{password}' IN ROLE password_login"),
+    ];
+    if cluster.major() >= 16 {
+        setup.push(format!("GRANT rds_iam TO \"{RDS_ADMIN}\" WITH ADMIN OPTION"));
+        setup.push(format!("GRANT reader TO \"{RDS_ADMIN}\" WITH ADMIN OPTION"));
+        // The managed group was created by the first admin; this one must be able to grant it.
+        setup.push(format!("GRANT \"teleport-auto-user\" TO \"{RDS_ADMIN}\" WITH ADMIN OPTION"));
+    }
+    println!("  Setting up the admin (on RDS you would run these as the master user):");
+    for statement in &setup {
+        println!("    {};", statement.replace(password, "<password>"));
+        superuser.batch_execute(statement).await.map_err(failure)?;
+    }
+    let secret = serde_json::json!({"username": RDS_ADMIN, "password": password}).to_string();
+    let arn = aws_sdk_secretsmanager::Client::new(&sdk)
+        .create_secret()
+        .name("demo/rds-admin")
+        .secret_string(secret)
+        .send()
+        .await
+        .map_err(|e| failure(format!("creating the secret: {e}")))?
+        .arn()
+        .unwrap_or_default()
+        .to_string();
+    println!("  Secrets Manager: {arn} holds the admin's password");
+    let tag = |k: &str, v: &str| aws_sdk_rds::types::Tag::builder().key(k).value(v).build();
+    aws_sdk_rds::Client::new(&sdk)
+        .create_db_instance()
+        .db_instance_identifier(RDS_INSTANCE)
+        .db_instance_class("db.t4g.micro")
+        .engine("postgres")
+        .allocated_storage(20)
+        .port(i32::from(cluster.port()))
+        .master_username("master")
+        .master_user_password("master-password")
+        .tags(tag("teleport.dev/db-admin", RDS_ADMIN))
+        .tags(tag("teleport.dev/db-admin-default-database", "postgres"))
+        .tags(tag("env", "staging"))
+        .send()
+        .await
+        .map_err(|e| failure(format!("creating the RDS instance: {e}")))?;
+    println!(
+        "  RDS: instance {RDS_INSTANCE} tagged teleport.dev/db-admin={RDS_ADMIN}, \
+         teleport.dev/db-admin-default-database=postgres, env=staging"
+    );
+    let dir = cluster.dir();
+    let config_path = dir.join("rds.yaml");
+    let config = format!(
+        r#"databases:
+  - name: orders
+    rds: {{instance_id: {RDS_INSTANCE}, region: {region}, hostaddr: 127.0.0.1}}
+    auth: {{method: password, secret_arn: "{arn}"}}
+    # The emulated endpoint's name is not in the demo server's certificate.
+    tls: {{mode: verify-ca, ca_file: "{ca}"}}
+roles:
+  - kind: role
+    version: v7
+    metadata: {{name: staging-readers}}
+    spec:
+      options: {{create_db_user_mode: keep}}
+      allow:
+        db_labels: {{env: staging}}
+        db_names: ["*"]
+        db_roles: [reader]
+"#,
+        region = scratch_aws::REGION,
+        ca = cluster.ca_cert_path().display(),
+    );
+    std::fs::write(&config_path, &config).map_err(failure)?;
+    println!("\n  Config written to {}:\n", config_path.display());
+    for line in config.lines() {
+        println!("    {line}");
+    }
+    let aws = AwsSetup::Given(sdk);
+    let dave = r#""user": "dave", "roles": ["staging-readers"], "database": "orders", "db_name": "postgres""#;
+    step_with(dir, &config_path, "session-start", "dave-1", dave, &aws).await?;
+    show(&superuser, "dave", "during his session: rds_iam added because the database is RDS").await?;
+    step_with(dir, &config_path, "session-end", "dave-1", dave, &aws).await?;
+    show(&superuser, "dave", "after his session ended").await?;
+    Ok(())
+}
+
 fn config_yaml(cluster: &Cluster, cert: &Path, key: &Path) -> String {
     format!(
         r#"managed_group: teleport-auto-user
@@ -131,13 +233,25 @@ roles:
 
 /// Runs one CLI command on an event file, printing the command and its result.
 async fn step(dir: &Path, config: &Path, command: &str, session: &str, fields: &str) -> Result<(), Failure> {
+    step_with(dir, config, command, session, fields, &AwsSetup::FromEnvironment).await
+}
+
+async fn step_with(
+    dir: &Path,
+    config: &Path,
+    command: &str,
+    session: &str,
+    fields: &str,
+    aws: &AwsSetup,
+) -> Result<(), Failure> {
     let event = format!(r#"{{"session_id": "{session}", {fields}}}"#);
     let event_path: PathBuf = dir.join(format!("{command}-{session}.json"));
     std::fs::write(&event_path, &event).map_err(failure)?;
-    println!("\n  $ autouser {command} --config autouser.yaml --event {}", event_path.display());
+    let config_name = config.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    println!("\n  $ autouser {command} --config {config_name} --event {}", event_path.display());
     let result = match command {
-        "session-start" => commands::session_start(config, &event_path).await,
-        _ => commands::session_end(config, &event_path).await,
+        "session-start" => commands::session_start(config, &event_path, aws).await,
+        _ => commands::session_end(config, &event_path, aws).await,
     };
     match result {
         Ok(json) => println!("    {}", json.unwrap_or_default()),

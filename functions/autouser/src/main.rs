@@ -28,7 +28,11 @@ enum Command {
     /// Close a session: lock or drop its user once no other session of theirs remains.
     SessionEnd(EventArgs),
     /// Start a throwaway PostgreSQL and walk through keep and best_effort_drop sessions.
-    Demo,
+    Demo {
+        /// Also walk through an RDS instance resolved through a local AWS emulator (moto).
+        #[arg(long)]
+        rds: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -62,9 +66,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::SessionStart(args) => commands::session_start(&args.config, &args.event).await,
-            Command::SessionEnd(args) => commands::session_end(&args.config, &args.event).await,
-            Command::Demo => demo::run().await,
+            Command::SessionStart(args) => {
+                commands::session_start(&args.config, &args.event, &commands::AwsSetup::FromEnvironment).await
+            }
+            Command::SessionEnd(args) => {
+                commands::session_end(&args.config, &args.event, &commands::AwsSetup::FromEnvironment).await
+            }
+            Command::Demo { rds } => demo::run(rds).await,
         }
     });
     match result {

@@ -234,3 +234,16 @@ fn demo_walks_through_keep_and_drop() {
     assert!(text.contains("[UserConflict]"), "{text}");
     assert!(text.contains("[carol unchanged] LOGIN, member of: (none)"), "{text}");
 }
+
+#[test]
+fn demo_with_rds_resolves_the_instance_through_the_emulator() {
+    let output = autouser(&["demo", "--rds"], None);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}\n{}", stderr(&output));
+    assert!(
+        text.contains("[dave during his session: rds_iam added because the database is RDS] LOGIN, member of: rds_iam, reader, teleport-auto-user"),
+        "{text}"
+    );
+    assert!(text.contains("[dave after his session ended] NOLOGIN, member of: teleport-auto-user"), "{text}");
+    assert!(!text.contains("demo-rds-admin-password"), "the demo printed the secret");
+}
