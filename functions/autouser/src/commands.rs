@@ -15,7 +15,7 @@ use autouser_core::{engine, Error};
 /// points it at a local emulator).
 pub enum AwsSetup {
     FromEnvironment,
-    Given(autouser_aws::SdkConfig),
+    Given(Box<autouser_aws::SdkConfig>),
 }
 
 /// A failed command: what to print and how to exit.
@@ -71,7 +71,7 @@ async fn resolve(
     }
     let aws = match setup {
         AwsSetup::FromEnvironment => AwsContext::from_env().await,
-        AwsSetup::Given(sdk) => AwsContext::new(sdk.clone()),
+        AwsSetup::Given(sdk) => AwsContext::new(sdk.as_ref().clone()),
     };
     let resolved = aws.resolve_database(config, db).await?;
     Ok((resolved, Some(aws)))

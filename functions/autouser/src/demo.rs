@@ -184,7 +184,7 @@ roles:
     for line in config.lines() {
         println!("    {line}");
     }
-    let aws = AwsSetup::Given(sdk);
+    let aws = AwsSetup::Given(Box::new(sdk));
     let dave = r#""user": "dave", "roles": ["staging-readers"], "database": "orders", "db_name": "postgres""#;
     step_with(dir, &config_path, "session-start", "dave-1", dave, &aws).await?;
     show(&superuser, "dave", "during his session: rds_iam added because the database is RDS").await?;
