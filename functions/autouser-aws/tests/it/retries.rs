@@ -38,7 +38,7 @@ async fn flaky_proxy(failures: usize) -> (String, Arc<AtomicUsize>) {
                 if n < failures {
                     let mut request = vec![0u8; 64 * 1024];
                     let _ = client.read(&mut request).await;
-                    let answer = if n % 2 == 0 { THROTTLED } else { UNAVAILABLE };
+                    let answer = if n.is_multiple_of(2) { THROTTLED } else { UNAVAILABLE };
                     let _ = client.write_all(answer.as_bytes()).await;
                     let _ = client.shutdown().await;
                 } else if let Ok(mut server) = TcpStream::connect(&upstream).await {
