@@ -63,10 +63,12 @@ impl AwsContext {
     }
 
     async fn describe(&self, locator: &RdsLocator) -> Result<RdsFacts, Error> {
-        let config = aws_sdk_rds::config::Builder::from(&self.sdk)
-            .region(aws_sdk_rds::config::Region::new(locator.region.clone()))
-            .build();
-        let client = aws_sdk_rds::Client::from_conf(config);
+        let client = self.rds_client(&locator.region);
+        let region = &locator.region;
+        let still_creating = |description: String| Error::DependencyUnavailable {
+            what: description,
+            detail: "has no endpoint yet (still creating?)".into(),
+        };
         match &locator.resource {
             RdsResource::Instance(id) => {
                 let output = client
@@ -74,30 +76,15 @@ impl AwsContext {
                     .db_instance_identifier(id)
                     .send()
                     .await
-                    .map_err(|e| rds_error("DescribeDBInstances", id, &locator.region, e))?;
-                let instance =
-                    output.db_instances().first().ok_or_else(|| not_found("instance", id, &locator.region))?;
-                let description = format!("RDS instance {id} in {}", locator.region);
+                    .map_err(|e| rds_error("DescribeDBInstances", id, region, e))?;
+                let instance = output.db_instances().first().ok_or_else(|| not_found("instance", id, region))?;
                 if let Some(cluster) = instance.db_cluster_identifier() {
                     return Err(Error::Credentials(format!(
-                        "{description} belongs to Aurora cluster {cluster}: configure rds: {{cluster_id: {cluster}}} \
-                         so that sessions always reach the cluster's writer"
+                        "RDS instance {id} in {region} belongs to Aurora cluster {cluster}: configure \
+                         rds: {{cluster_id: {cluster}}} so that sessions always reach the cluster's writer"
                     )));
                 }
-                let endpoint = instance.endpoint().ok_or_else(|| Error::DependencyUnavailable {
-                    what: description.clone(),
-                    detail: "has no endpoint yet (still creating?)".into(),
-                })?;
-                Ok(RdsFacts {
-                    host: endpoint.address().unwrap_or_default().to_string(),
-                    port: endpoint.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
-                    iam_auth_enabled: instance.iam_database_authentication_enabled().unwrap_or(false),
-                    tags: tags(instance.tag_list()),
-                    read_only_reason: instance
-                        .read_replica_source_db_instance_identifier()
-                        .map(|source| format!("it is a read replica of {source}")),
-                    description,
-                })
+                instance_facts(id, region, instance).ok_or_else(|| still_creating(format!("RDS instance {id}")))
             }
             RdsResource::Cluster(id) => {
                 let output = client
@@ -105,27 +92,92 @@ impl AwsContext {
                     .db_cluster_identifier(id)
                     .send()
                     .await
-                    .map_err(|e| rds_error("DescribeDBClusters", id, &locator.region, e))?;
-                let cluster = output.db_clusters().first().ok_or_else(|| not_found("cluster", id, &locator.region))?;
-                let description = format!("Aurora cluster {id} in {}", locator.region);
+                    .map_err(|e| rds_error("DescribeDBClusters", id, region, e))?;
+                let cluster = output.db_clusters().first().ok_or_else(|| not_found("cluster", id, region))?;
                 // Always the cluster (writer) endpoint, never the reader endpoint.
-                let host = cluster.endpoint().ok_or_else(|| Error::DependencyUnavailable {
-                    what: description.clone(),
-                    detail: "has no writer endpoint yet (still creating?)".into(),
-                })?;
-                Ok(RdsFacts {
-                    host: host.to_string(),
-                    port: cluster.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
-                    iam_auth_enabled: cluster.iam_database_authentication_enabled().unwrap_or(false),
-                    tags: tags(cluster.tag_list()),
-                    read_only_reason: cluster
-                        .replication_source_identifier()
-                        .map(|source| format!("it is a read replica cluster of {source}")),
-                    description,
-                })
+                cluster_facts(id, region, cluster).ok_or_else(|| still_creating(format!("Aurora cluster {id}")))
             }
         }
     }
+}
+
+/// A PostgreSQL RDS instance or Aurora PostgreSQL cluster that carries the admin tag.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaggedDatabase {
+    pub locator: RdsLocator,
+    pub facts: RdsFacts,
+}
+
+impl AwsContext {
+    /// Every PostgreSQL instance and Aurora PostgreSQL cluster in `region` that carries the
+    /// admin tag, paging through all of them. Aurora instances are left out: their cluster is
+    /// what sessions use.
+    pub async fn list_tagged_databases(&self, region: &str, tag_keys: &TagKeys) -> Result<Vec<TaggedDatabase>, Error> {
+        let client = self.rds_client(region);
+        let locator = |resource| RdsLocator { resource, region: region.to_string(), hostaddr: None };
+        let mut found = Vec::new();
+        let mut instances = client.describe_db_instances().into_paginator().items().send();
+        while let Some(instance) = instances.next().await {
+            let instance = instance.map_err(|e| rds_error("DescribeDBInstances", "(all)", region, e))?;
+            let id = instance.db_instance_identifier().unwrap_or_default().to_string();
+            if instance.engine() != Some("postgres") || instance.db_cluster_identifier().is_some() {
+                continue;
+            }
+            let facts = instance_facts(&id, region, &instance);
+            if let Some(facts) = facts.filter(|f| f.tags.contains_key(&tag_keys.admin_user)) {
+                found.push(TaggedDatabase { locator: locator(RdsResource::Instance(id)), facts });
+            }
+        }
+        let mut clusters = client.describe_db_clusters().into_paginator().items().send();
+        while let Some(cluster) = clusters.next().await {
+            let cluster = cluster.map_err(|e| rds_error("DescribeDBClusters", "(all)", region, e))?;
+            let id = cluster.db_cluster_identifier().unwrap_or_default().to_string();
+            if cluster.engine() != Some("aurora-postgresql") {
+                continue;
+            }
+            let facts = cluster_facts(&id, region, &cluster);
+            if let Some(facts) = facts.filter(|f| f.tags.contains_key(&tag_keys.admin_user)) {
+                found.push(TaggedDatabase { locator: locator(RdsResource::Cluster(id)), facts });
+            }
+        }
+        Ok(found)
+    }
+
+    fn rds_client(&self, region: &str) -> aws_sdk_rds::Client {
+        let config = aws_sdk_rds::config::Builder::from(&self.sdk)
+            .region(aws_sdk_rds::config::Region::new(region.to_string()))
+            .build();
+        aws_sdk_rds::Client::from_conf(config)
+    }
+}
+
+/// Facts of an instance; `None` while it has no endpoint yet.
+fn instance_facts(id: &str, region: &str, instance: &aws_sdk_rds::types::DbInstance) -> Option<RdsFacts> {
+    let endpoint = instance.endpoint()?;
+    Some(RdsFacts {
+        description: format!("RDS instance {id} in {region}"),
+        host: endpoint.address()?.to_string(),
+        port: endpoint.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
+        iam_auth_enabled: instance.iam_database_authentication_enabled().unwrap_or(false),
+        tags: tags(instance.tag_list()),
+        read_only_reason: instance
+            .read_replica_source_db_instance_identifier()
+            .map(|source| format!("it is a read replica of {source}")),
+    })
+}
+
+/// Facts of a cluster, with its writer endpoint; `None` while it has none yet.
+fn cluster_facts(id: &str, region: &str, cluster: &aws_sdk_rds::types::DbCluster) -> Option<RdsFacts> {
+    Some(RdsFacts {
+        description: format!("Aurora cluster {id} in {region}"),
+        host: cluster.endpoint()?.to_string(),
+        port: cluster.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
+        iam_auth_enabled: cluster.iam_database_authentication_enabled().unwrap_or(false),
+        tags: tags(cluster.tag_list()),
+        read_only_reason: cluster
+            .replication_source_identifier()
+            .map(|source| format!("it is a read replica cluster of {source}")),
+    })
 }
 
 /// Applies what RDS said to the configured database. Pure.

@@ -98,3 +98,53 @@ async fn unknown_instance_names_the_id() {
     assert!(err.to_string().contains("rs-nowhere"), "{err}");
     assert!(!err.is_transient());
 }
+
+/// Listing pages through more resources than one page (100) holds. Its own region keeps the
+/// other tests' resources out.
+#[tokio::test]
+async fn listing_pages_past_one_hundred_resources() {
+    const REGION: &str = "eu-central-1";
+    let sdk = aws_sdk_rds::config::Builder::from(&Moto::global().sdk_config(None).await)
+        .region(aws_sdk_rds::config::Region::new(REGION))
+        .build();
+    let client = aws_sdk_rds::Client::from_conf(sdk);
+    let create = |id: String, tagged: bool| {
+        let client = client.clone();
+        async move {
+            let mut request = client
+                .create_db_instance()
+                .db_instance_identifier(id)
+                .db_instance_class("db.t4g.micro")
+                .engine("postgres")
+                .allocated_storage(20)
+                .master_username("master")
+                .master_user_password("master-password");
+            if tagged {
+                request = request.tags(tag("teleport.dev/db-admin", "teleport-admin"));
+            }
+            request.send().await.unwrap();
+        }
+    };
+    for chunk in (0..105).collect::<Vec<_>>().chunks(15) {
+        futures_util::future::join_all(chunk.iter().map(|i| create(format!("pg-{i:03}"), true))).await;
+    }
+    create("untagged-1".into(), false).await;
+    client
+        .create_db_cluster()
+        .db_cluster_identifier("aurora-tagged")
+        .engine("aurora-postgresql")
+        .master_username("master")
+        .master_user_password("master-password")
+        .tags(tag("teleport.dev/db-admin", "teleport-admin"))
+        .send()
+        .await
+        .unwrap();
+
+    let aws = AwsContext::new(Moto::global().sdk_config(None).await);
+    let found = aws.list_tagged_databases(REGION, &Default::default()).await.unwrap();
+    let names: Vec<String> = found.iter().map(|d| format!("{:?}", d.locator.resource)).collect();
+    assert_eq!(found.len(), 106, "105 instances and one cluster: {names:?}");
+    assert!(names.contains(&"Instance(\"pg-104\")".to_string()), "the last page was read");
+    assert!(names.contains(&"Cluster(\"aurora-tagged\")".to_string()));
+    assert!(!names.iter().any(|n| n.contains("untagged")), "untagged resources are not listed");
+}
