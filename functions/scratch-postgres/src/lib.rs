@@ -271,13 +271,16 @@ impl Cluster {
         Ok(cert)
     }
 
-    /// Kills the server at once (SIGKILL to the postmaster), as a crash would; keeps the data.
+    /// Kills the server at once, postmaster and backends (SIGKILL to its process group), as a
+    /// crash would; keeps the data. Open connections break.
     pub fn kill(&mut self) -> Result<(), Error> {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
+            // SAFETY: kill has no memory-safety preconditions; the group is the server's own.
+            unsafe {
+                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
+            }
             let _ = child.wait();
         }
-        // Backends notice the postmaster is gone and exit; wait until the port is free.
         let deadline = Instant::now() + START_TIMEOUT;
         while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(20));
@@ -334,6 +337,8 @@ impl Cluster {
             command.arg("-c").arg(setting);
         }
         command.stdin(Stdio::null()).stdout(log.try_clone().map_err(io("log"))?).stderr(log);
+        // Its own process group, so that `kill` takes the backends down with the postmaster.
+        command.process_group(0);
         as_owner(&mut command, self.owner);
         let mut child = spawn_tied_to_this_process(command).map_err(io("spawning postgres"))?;
 
