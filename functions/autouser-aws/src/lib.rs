@@ -17,8 +17,7 @@ use autouser_core::config::{AuthConfig, DatabaseType, ResolvedDatabase};
 use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::tokio_postgres::Client;
 use autouser_core::Error;
-use aws_config::BehaviorVersion;
-pub use aws_config::SdkConfig;
+pub use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 
@@ -65,6 +64,11 @@ impl AwsContext {
             secret_cache: Mutex::new(HashMap::new()),
             rds_cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The SDK configuration the clients are built from, for the callers' own clients.
+    pub fn sdk_config(&self) -> &SdkConfig {
+        &self.sdk
     }
 
     /// Logs in as the admin of `db` to `dbname`. A login refused with credentials from a

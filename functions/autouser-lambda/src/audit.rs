@@ -1,0 +1,207 @@
+//! Audit events: what happened to whom, put on an EventBridge bus when one is configured.
+//!
+//! | outcome                                   | `detail-type`               |
+//! |-------------------------------------------|-----------------------------|
+//! | session-start applied (or redelivered)    | `Database User Activated`   |
+//! | session-end: last session, `keep`         | `Database User Deactivated` |
+//! | session-end: last session, dropped        | `Database User Dropped`     |
+//! | a permanent error, or an unreadable event | `Database Session Refused`  |
+//!
+//! Nothing is audited for a session end that leaves other sessions open or changes nothing,
+//! nor for a transient failure (it is retried, and audited when it settles).
+//!
+//! Every audit event is also logged (`audit` field), so the record exists in CloudWatch Logs
+//! even without a bus or when `PutEvents` fails. A failed put never fails the session: the
+//! database change is already made, and the log line and the `AuditFailures` metric say so.
+
+use autouser_aws::SdkConfig;
+use serde_json::{json, Value};
+
+use crate::input::Function;
+use crate::metrics;
+
+/// Default `source` of the audit events.
+pub const DEFAULT_AUDIT_SOURCE: &str = "autouser.audit";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditEvent {
+    pub detail_type: &'static str,
+    pub detail: Value,
+}
+
+/// The fields of the session event, read leniently: a refused event may be malformed.
+fn from_event(event: Option<&Value>, field: &str) -> Value {
+    event.and_then(|e| e.get(field)).cloned().unwrap_or(Value::Null)
+}
+
+fn detail(function: Function, event: Option<&Value>) -> serde_json::Map<String, Value> {
+    let mut detail = serde_json::Map::new();
+    detail.insert("function".into(), Value::from(function.name()));
+    for field in ["session_id", "user", "origin_cluster", "database", "db_name"] {
+        detail.insert(field.into(), from_event(event, field));
+    }
+    // The person's access roles, as the event names them.
+    detail.insert("access_roles".into(), from_event(event, "roles"));
+    detail
+}
+
+/// The audit event of a successful outcome, if it is one worth auditing. Pure.
+pub fn of_outcome(function: Function, event: &Value, outcome: &Value) -> Option<AuditEvent> {
+    let detail_type = match outcome.get("status").and_then(Value::as_str)? {
+        "active" => "Database User Activated",
+        "deactivated" => "Database User Deactivated",
+        "dropped" => "Database User Dropped",
+        _ => return None,
+    };
+    let mut detail = detail(function, Some(event));
+    detail.insert("db_user".into(), outcome.get("db_user").cloned().unwrap_or(Value::Null));
+    // The database roles the user holds from now on: the session's roles when activated,
+    // none when deactivated or dropped.
+    let roles = match detail_type {
+        "Database User Activated" => outcome.get("db_roles").cloned().unwrap_or_else(|| json!([])),
+        _ => json!([]),
+    };
+    detail.insert("roles".into(), roles);
+    detail.insert("mode".into(), outcome.get("mode").cloned().unwrap_or(Value::Null));
+    detail.insert("reason".into(), outcome.get("reason").cloned().unwrap_or(Value::Null));
+    if let Some(redelivered) = outcome.get("already_active") {
+        detail.insert("redelivered".into(), redelivered.clone());
+    }
+    Some(AuditEvent { detail_type, detail: Value::Object(detail) })
+}
+
+/// The audit event of a refusal of kind `kind`. `event` is the session event when there is
+/// one to read. Pure.
+pub fn of_refusal(function: Function, event: Option<&Value>, kind: &str, reason: &str) -> AuditEvent {
+    let mut detail = detail(function, event);
+    detail.insert("db_user".into(), Value::Null);
+    detail.insert("roles".into(), from_event(event, "db_roles"));
+    detail.insert("mode".into(), Value::Null);
+    detail.insert("kind".into(), Value::from(kind));
+    detail.insert("reason".into(), Value::from(reason));
+    AuditEvent { detail_type: "Database Session Refused", detail: Value::Object(detail) }
+}
+
+/// Where audit events go: the log always, and an EventBridge bus when configured.
+pub struct Auditor {
+    bus: Option<Bus>,
+}
+
+struct Bus {
+    client: aws_sdk_eventbridge::Client,
+    name: String,
+    source: String,
+}
+
+impl Auditor {
+    /// Audit events are logged only.
+    pub fn log_only() -> Auditor {
+        Auditor { bus: None }
+    }
+
+    /// Audit events are logged and put on the bus `name` (a name or an ARN) with `source`.
+    pub fn to_bus(sdk: &SdkConfig, name: String, source: String) -> Auditor {
+        Auditor { bus: Some(Bus { client: aws_sdk_eventbridge::Client::new(sdk), name, source }) }
+    }
+
+    /// Records `event`. Never fails: see the module's documentation.
+    pub async fn record(&self, function: Function, event: AuditEvent) {
+        tracing::info!(audit = %event.detail, detail_type = event.detail_type, "audit event");
+        let Some(bus) = &self.bus else { return };
+        if let Err(problem) = bus.put(&event).await {
+            tracing::error!(
+                audit = %event.detail,
+                detail_type = event.detail_type,
+                bus = %bus.name,
+                error = %problem,
+                "could not put the audit event on the EventBridge bus; it is only in this log. \
+                 Check the bus name and the function's events:PutEvents permission"
+            );
+            metrics::audit_failure(function);
+        }
+    }
+}
+
+impl Bus {
+    async fn put(&self, event: &AuditEvent) -> Result<(), String> {
+        let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
+            .event_bus_name(&self.name)
+            .source(&self.source)
+            .detail_type(event.detail_type)
+            .detail(event.detail.to_string())
+            .build();
+        let output = self
+            .client
+            .put_events()
+            .entries(entry)
+            .send()
+            .await
+            .map_err(|e| aws_sdk_eventbridge::error::DisplayErrorContext(e).to_string())?;
+        match output.entries().first() {
+            Some(result) if result.error_code().is_some() => Err(format!(
+                "{}: {}",
+                result.error_code().unwrap_or_default(),
+                result.error_message().unwrap_or_default()
+            )),
+            _ if output.failed_entry_count() > 0 => Err("EventBridge rejected the entry".into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session() -> Value {
+        json!({"session_id": "s1", "user": "alice", "roles": ["devs"], "database": "orders",
+               "db_name": "app", "db_roles": ["reader"]})
+    }
+
+    #[test]
+    fn an_activation_names_the_user_and_the_granted_roles() {
+        let outcome = json!({"status": "active", "db_user": "alice", "mode": "keep",
+                             "db_roles": ["reader"], "base_roles": ["teleport-auto-user"],
+                             "already_active": false});
+        let audit = of_outcome(Function::SessionStart, &session(), &outcome).unwrap();
+        assert_eq!(audit.detail_type, "Database User Activated");
+        assert_eq!(
+            audit.detail,
+            json!({"function": "session-start", "session_id": "s1", "user": "alice", "origin_cluster": null,
+                   "database": "orders", "db_name": "app", "access_roles": ["devs"], "db_user": "alice",
+                   "roles": ["reader"], "mode": "keep", "reason": null, "redelivered": false})
+        );
+    }
+
+    #[test]
+    fn session_ends_are_audited_only_when_the_user_changes() {
+        let end = |status: &str| {
+            of_outcome(Function::SessionEnd, &session(), &json!({"status": status, "db_user": "alice"}))
+                .map(|a| a.detail_type)
+        };
+        assert_eq!(end("deactivated"), Some("Database User Deactivated"));
+        assert_eq!(end("dropped"), Some("Database User Dropped"));
+        assert_eq!(end("in_use"), None);
+        assert_eq!(end("noop"), None);
+        let dropped = of_outcome(Function::SessionEnd, &session(), &json!({"status": "dropped"})).unwrap();
+        assert_eq!(dropped.detail["roles"], json!([]));
+    }
+
+    #[test]
+    fn a_refusal_keeps_what_can_be_read_of_a_malformed_event() {
+        let audit = of_refusal(
+            Function::SessionStart,
+            Some(&json!({"user": "mallory", "database": 7})),
+            "EventInvalid",
+            "event field `session_id` is missing",
+        );
+        assert_eq!(audit.detail_type, "Database Session Refused");
+        assert_eq!(audit.detail["user"], "mallory");
+        assert_eq!(audit.detail["database"], 7);
+        assert_eq!(audit.detail["session_id"], Value::Null);
+        assert_eq!(audit.detail["kind"], "EventInvalid");
+        assert_eq!(audit.detail["reason"], "event field `session_id` is missing");
+        let unreadable = of_refusal(Function::SessionEnd, None, "EventInvalid", "not JSON");
+        assert_eq!(unreadable.detail["function"], "session-end");
+    }
+}

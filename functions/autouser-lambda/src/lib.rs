@@ -1,0 +1,255 @@
+//! What the pg-autouser Lambda functions share. Each function binary is a page of glue:
+//! set up logging, build a [`State`] once per container, run [`handle`] for every invocation.
+//!
+//! Error classes, as callers see them:
+//! - **permanent** (a person must act: policy refusal, name conflict, malformed event, missing
+//!   privilege): a direct invoke gets a typed error whose `errorType` is [`Error::kind`]; an
+//!   EventBridge event or SQS record is logged, counted and *not* retried;
+//! - **transient** ([`Error::is_transient`]: database unreachable, contention, AWS throttling or
+//!   outage, a timeout): the invocation fails (EventBridge) or the record is reported in
+//!   `batchItemFailures` (SQS), so that Lambda or SQS retries it.
+
+pub mod audit;
+pub mod input;
+pub mod metrics;
+pub mod pool;
+
+use std::time::Instant;
+
+use audit::Auditor;
+use autouser_aws::AwsContext;
+use autouser_core::config::Config;
+use autouser_core::event::SessionEvent;
+use autouser_core::{engine, request, Error};
+use lambda_runtime::{Diagnostic, LambdaEvent};
+use serde_json::{json, Value};
+use tracing::Instrument;
+
+pub use input::Function;
+use input::Invocation;
+
+/// Default `source` of the EventBridge events the functions accept.
+pub const DEFAULT_EVENT_SOURCE: &str = "autouser";
+
+/// Built once per container, outside the handler: config, AWS clients, cached secrets and RDS
+/// lookups, and the admin connections kept open across warm invocations.
+pub struct State {
+    config: Config,
+    aws: AwsContext,
+    pool: pool::Pool,
+    event_source: String,
+    auditor: Auditor,
+}
+
+/// Why a container cannot start; Lambda reports it as an init error.
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("set AUTOUSER_CONFIG (the YAML itself) or AUTOUSER_CONFIG_FILE (a bundled file), not both")]
+    ConfigSource,
+    #[error(transparent)]
+    Config(#[from] autouser_core::config::ConfigError),
+}
+
+impl State {
+    /// From the environment: `AUTOUSER_CONFIG` (inline YAML) or `AUTOUSER_CONFIG_FILE`,
+    /// `AUTOUSER_EVENT_SOURCE` (default `autouser`), `AUTOUSER_AUDIT_EVENT_BUS` (a bus name or
+    /// ARN; unset: audit events are logged only), `AUTOUSER_AUDIT_SOURCE` (default
+    /// `autouser.audit`), and the AWS SDK's usual variables.
+    pub async fn from_env() -> Result<State, InitError> {
+        let inline = std::env::var("AUTOUSER_CONFIG").ok();
+        let file = std::env::var_os("AUTOUSER_CONFIG_FILE");
+        let config = match (inline, file) {
+            (Some(text), None) => Config::parse(&text, std::path::Path::new("."))?,
+            (None, Some(path)) => Config::load(std::path::Path::new(&path))?,
+            _ => return Err(InitError::ConfigSource),
+        };
+        let source = env_or("AUTOUSER_EVENT_SOURCE", DEFAULT_EVENT_SOURCE);
+        let aws = AwsContext::from_env().await;
+        let auditor = match std::env::var("AUTOUSER_AUDIT_EVENT_BUS") {
+            Ok(bus) if !bus.is_empty() => {
+                Auditor::to_bus(aws.sdk_config(), bus, env_or("AUTOUSER_AUDIT_SOURCE", audit::DEFAULT_AUDIT_SOURCE))
+            }
+            _ => Auditor::log_only(),
+        };
+        Ok(State::new(config, aws, source).with_auditor(auditor))
+    }
+
+    /// A state that logs audit events only; see [`State::with_auditor`].
+    pub fn new(config: Config, aws: AwsContext, event_source: String) -> State {
+        State { config, aws, pool: pool::Pool::default(), event_source, auditor: Auditor::log_only() }
+    }
+
+    pub fn with_auditor(self, auditor: Auditor) -> State {
+        State { auditor, ..self }
+    }
+
+    /// Admin connections opened since the container started (for tests and metrics).
+    pub fn connections_opened(&self) -> usize {
+        self.pool.opened()
+    }
+}
+
+fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
+}
+
+/// A failed invocation, as Lambda reports it: `errorType` is the stable kind.
+#[derive(Debug)]
+pub struct FunctionError {
+    pub kind: &'static str,
+    pub message: String,
+}
+
+impl From<FunctionError> for Diagnostic {
+    fn from(error: FunctionError) -> Diagnostic {
+        Diagnostic { error_type: error.kind.to_string(), error_message: error.message }
+    }
+}
+
+impl From<&Error> for FunctionError {
+    fn from(error: &Error) -> FunctionError {
+        FunctionError { kind: error.kind(), message: error.to_string() }
+    }
+}
+
+/// Handles one invocation of `function`, whatever its input form.
+pub async fn handle(state: &State, function: Function, event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
+    let span = tracing::info_span!("invocation", request_id = %event.context.request_id);
+    async move {
+        let invocation = match input::classify(event.payload, function, &state.event_source) {
+            Ok(invocation) => invocation,
+            Err(e) => {
+                refuse_unreadable(state, function, None, &e.to_string()).await;
+                return Err(FunctionError { kind: "EventInvalid", message: e.to_string() });
+            }
+        };
+        match invocation {
+            Invocation::Direct(event) => process(state, function, event).await.map_err(|e| FunctionError::from(&e)),
+            Invocation::EventBridge(event) => match process(state, function, event).await {
+                Ok(outcome) => Ok(outcome),
+                Err(e) if e.is_transient() => Err(FunctionError::from(&e)),
+                // Retrying cannot help; the refusal is logged and counted.
+                Err(e) => Ok(json!({"status": "refused", "kind": e.kind(), "reason": e.to_string()})),
+            },
+            Invocation::Sqs(records) => {
+                let mut failures = Vec::new();
+                for record in records {
+                    let retry = match record.event {
+                        Err(e) => {
+                            refuse_unreadable(state, function, Some(&record.message_id), &e.to_string()).await;
+                            false
+                        }
+                        Ok(event) => matches!(process(state, function, event).await, Err(e) if e.is_transient()),
+                    };
+                    if retry {
+                        failures.push(json!({"itemIdentifier": record.message_id}));
+                    }
+                }
+                Ok(json!({"batchItemFailures": failures}))
+            }
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A payload or SQS record that is not a session event: logged, counted, audited, not retried.
+async fn refuse_unreadable(state: &State, function: Function, message_id: Option<&str>, reason: &str) {
+    tracing::warn!(message_id, error = reason, "refused an invocation it cannot read");
+    metrics::refusal(function, "EventInvalid");
+    state.auditor.record(function, audit::of_refusal(function, None, "EventInvalid", reason)).await;
+}
+
+/// One session event: decide, connect (from the pool), apply. Logs, counts and audits the
+/// outcome.
+async fn process(state: &State, function: Function, event: Value) -> Result<Value, Error> {
+    let started = Instant::now();
+    let result = process_event(state, function, event.clone()).await;
+    match &result {
+        Ok(outcome) => {
+            let status = outcome.get("status").and_then(Value::as_str).unwrap_or_default();
+            tracing::info!(status, "session event applied");
+            metrics::outcome(function, status, started.elapsed());
+            if let Some(audit) = audit::of_outcome(function, &event, outcome) {
+                state.auditor.record(function, audit).await;
+            }
+        }
+        Err(e) if e.is_transient() => {
+            tracing::warn!(kind = e.kind(), error = %e, "transient failure; will be retried");
+            metrics::transient_failure(function, e.kind());
+        }
+        Err(e) => {
+            tracing::warn!(kind = e.kind(), error = %e, "session refused");
+            metrics::refusal(function, e.kind());
+            let audit = audit::of_refusal(function, Some(&event), e.kind(), &e.to_string());
+            state.auditor.record(function, audit).await;
+        }
+    }
+    result
+}
+
+/// Boxed: the engine's futures are deep, and an unboxed chain overflows the compiler's layout
+/// recursion limit in the function binaries.
+fn process_event(
+    state: &State,
+    function: Function,
+    event: Value,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, Error>> + Send + '_>> {
+    Box::pin(process_event_unboxed(state, function, event))
+}
+
+async fn process_event_unboxed(state: &State, function: Function, event: Value) -> Result<Value, Error> {
+    let event = SessionEvent::from_value(event)?;
+    let span = tracing::info_span!("session", session_id = %event.session_id, database = %event.database, db_user = tracing::field::Empty);
+    async {
+        let db = request::database(&state.config, &event)?;
+        let db = state.aws.resolve_database(&state.config, db).await?;
+        let outcome = match function {
+            Function::SessionStart => {
+                let req = request::prepare_start(&state.config, &db, &event)?;
+                tracing::Span::current().record("db_user", req.target.db_user.as_str());
+                let outcome = state
+                    .pool
+                    .with_admin(&state.aws, &db, &req.target.admin_db_name, |client| {
+                        let req = &req;
+                        async move { engine::session_start(&client, req).await }
+                    })
+                    .await?;
+                serde_json::to_value(outcome)
+            }
+            Function::SessionEnd => {
+                let req = request::prepare_end(&state.config, &db, &event)?;
+                tracing::Span::current().record("db_user", req.target.db_user.as_str());
+                let outcome = state
+                    .pool
+                    .with_admin(&state.aws, &db, &req.target.admin_db_name, |client| {
+                        let req = &req;
+                        async move { engine::session_end(&client, req).await }
+                    })
+                    .await?;
+                serde_json::to_value(outcome)
+            }
+        };
+        Ok(outcome.expect("outcomes serialise"))
+    }
+    .instrument(span)
+    .await
+}
+
+/// JSON logs on stdout (CloudWatch), `RUST_LOG` or `info`, and never the credential-bearing
+/// targets below `warn`.
+pub fn init_tracing() {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for target in autouser_aws::CREDENTIAL_LOG_TARGETS {
+        filter = filter.add_directive(format!("{target}=warn").parse().expect("a valid directive"));
+    }
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_span_list(true)
+        .with_target(false)
+        .without_time()
+        .with_env_filter(filter)
+        .init();
+}

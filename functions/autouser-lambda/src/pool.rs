@@ -1,0 +1,97 @@
+//! Admin connections kept open across warm invocations: one per database, admin database and
+//! admin identity. A Lambda container runs one invocation at a time, so one connection each
+//! is enough; a dead or old connection is replaced (with a fresh IAM token, if IAM).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use autouser_aws::AwsContext;
+use autouser_core::config::ResolvedDatabase;
+use autouser_core::tokio_postgres::Client;
+use autouser_core::Error;
+use tokio::sync::Mutex;
+
+/// Connections older than this are replaced: it bounds how long a rotated credential or a
+/// moved endpoint goes unnoticed.
+pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(10 * 60);
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    database: String,
+    host: String,
+    port: u16,
+    dbname: String,
+    admin: String,
+}
+
+struct Pooled {
+    client: Arc<Client>,
+    opened: Instant,
+}
+
+#[derive(Default)]
+pub struct Pool {
+    connections: Mutex<HashMap<Key, Pooled>>,
+    opened: AtomicUsize,
+}
+
+impl Pool {
+    /// Runs `work` on the admin connection for `db`/`dbname`, reusing a live one. If the
+    /// connection turns out dead during `work` (the server restarted while the container was
+    /// idle), `work` runs once more on a new connection: the engine is idempotent.
+    pub async fn with_admin<T, F, Fut>(
+        &self,
+        aws: &AwsContext,
+        db: &ResolvedDatabase,
+        dbname: &str,
+        work: F,
+    ) -> Result<T, Error>
+    where
+        F: Fn(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let (client, reused) = self.client(aws, db, dbname).await?;
+        match work(client.clone()).await {
+            Err(_) if reused && client.is_closed() => {
+                tracing::info!(database = %db.name, "pooled admin connection was dead; reconnecting");
+                let (client, _) = self.client(aws, db, dbname).await?;
+                work(client).await
+            }
+            result => result,
+        }
+    }
+
+    /// A live connection, and whether it was reused.
+    async fn client(
+        &self,
+        aws: &AwsContext,
+        db: &ResolvedDatabase,
+        dbname: &str,
+    ) -> Result<(Arc<Client>, bool), Error> {
+        let key = Key {
+            database: db.name.clone(),
+            host: db.host.clone(),
+            port: db.port,
+            dbname: dbname.to_string(),
+            admin: db.admin_user.name.clone(),
+        };
+        let mut connections = self.connections.lock().await;
+        if let Some(pooled) = connections.get(&key) {
+            if !pooled.client.is_closed() && pooled.opened.elapsed() < MAX_CONNECTION_AGE {
+                return Ok((pooled.client.clone(), true));
+            }
+        }
+        let client = Arc::new(aws.connect_admin(db, dbname).await?);
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        connections.insert(key, Pooled { client: client.clone(), opened: Instant::now() });
+        Ok((client, false))
+    }
+
+    /// Connections opened since the container started.
+    pub fn opened(&self) -> usize {
+        self.opened.load(Ordering::Relaxed)
+    }
+}

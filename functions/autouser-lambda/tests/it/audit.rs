@@ -1,0 +1,150 @@
+//! Audit events reach an EventBridge bus in the local AWS emulator: a rule forwards the bus's
+//! events to an SQS queue, which the test reads.
+
+use autouser_lambda::audit::Auditor;
+use autouser_lambda::{Function, State};
+use scratch_aws::Moto;
+use serde_json::{json, Value};
+
+use crate::{eventbridge, invoke, session, state, superuser};
+
+/// A bus `<name>` whose events with source `<name>.audit` land in the queue `<name>`; the queue's URL.
+async fn bus_into_queue(name: &str) -> String {
+    let sdk = Moto::global().sdk_config(None).await;
+    let events = aws_sdk_eventbridge::Client::new(&sdk);
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    events.create_event_bus().name(name).send().await.unwrap();
+    let queue_url = sqs.create_queue().queue_name(name).send().await.unwrap().queue_url.unwrap();
+    let queue_arn = format!("arn:aws:sqs:{}:123456789012:{name}", scratch_aws::REGION);
+    events
+        .put_rule()
+        .name(format!("{name}-all"))
+        .event_bus_name(name)
+        .event_pattern(json!({"source": [format!("{name}.audit")]}).to_string())
+        .send()
+        .await
+        .unwrap();
+    let target = aws_sdk_eventbridge::types::Target::builder().id("queue").arn(queue_arn).build().unwrap();
+    events.put_targets().rule(format!("{name}-all")).event_bus_name(name).targets(target).send().await.unwrap();
+    queue_url
+}
+
+/// Every event in the queue, in arrival order.
+async fn drain(queue_url: &str) -> Vec<Value> {
+    let sqs = aws_sdk_sqs::Client::new(&Moto::global().sdk_config(None).await);
+    let mut events = Vec::new();
+    loop {
+        let output = sqs.receive_message().queue_url(queue_url).max_number_of_messages(10).send().await.unwrap();
+        if output.messages().is_empty() {
+            return events;
+        }
+        for message in output.messages() {
+            events.push(serde_json::from_str(message.body().unwrap()).unwrap());
+        }
+    }
+}
+
+async fn audited_state(ns: &str, bus: &str) -> State {
+    let sdk = Moto::global().sdk_config(None).await;
+    state(ns).await.with_auditor(Auditor::to_bus(&sdk, bus.to_string(), format!("{bus}.audit")))
+}
+
+#[tokio::test]
+async fn every_outcome_puts_its_audit_event_on_the_bus() {
+    let queue = bus_into_queue("audit-outcomes").await;
+    let state = audited_state("la", "audit-outcomes").await;
+    superuser().await.batch_execute("CREATE ROLE la_mallory LOGIN").await.unwrap();
+
+    let alice = session("la", "s1", "alice");
+    invoke(&state, Function::SessionStart, eventbridge("Database Session Started", alice.clone())).await.unwrap();
+    invoke(&state, Function::SessionEnd, eventbridge("Database Session Ended", alice)).await.unwrap();
+    // A name conflict and an event that is not a session event: refusals, not retried.
+    invoke(&state, Function::SessionStart, eventbridge("Database Session Started", session("la", "s2", "mallory")))
+        .await
+        .unwrap();
+    invoke(&state, Function::SessionStart, json!({"session_id": "s3", "user": "la_nobody"})).await.unwrap_err();
+
+    let events = drain(&queue).await;
+    let types: Vec<&str> = events.iter().map(|e| e["detail-type"].as_str().unwrap()).collect();
+    assert_eq!(
+        types,
+        [
+            "Database User Activated",
+            "Database User Deactivated",
+            "Database Session Refused",
+            "Database Session Refused"
+        ]
+    );
+    assert!(events.iter().all(|e| e["source"] == "audit-outcomes.audit"), "{events:#?}");
+
+    let activated = &events[0]["detail"];
+    assert_eq!(activated["user"], "la_alice");
+    assert_eq!(activated["db_user"], "la_alice");
+    assert_eq!(activated["database"], "main");
+    assert_eq!(activated["db_name"], "postgres");
+    assert_eq!(activated["session_id"], "s1");
+    assert_eq!(activated["roles"], json!(["la_reader"]));
+    assert_eq!(activated["access_roles"], json!(["devs"]));
+    assert_eq!(activated["mode"], "keep");
+    assert_eq!(events[1]["detail"]["db_user"], "la_alice");
+    assert_eq!(events[1]["detail"]["roles"], json!([]));
+
+    let conflict = &events[2]["detail"];
+    assert_eq!(conflict["kind"], "UserConflict");
+    assert_eq!(conflict["user"], "la_mallory");
+    assert!(conflict["reason"].as_str().unwrap().contains("la_mallory"), "{conflict}");
+    let malformed = &events[3]["detail"];
+    assert_eq!(malformed["kind"], "EventInvalid");
+    assert_eq!(malformed["user"], "la_nobody");
+    assert_eq!(malformed["session_id"], "s3");
+}
+
+/// A bus that cannot be reached loses no session: the change is made and the audit event is
+/// in the log, with what to check.
+#[tokio::test]
+async fn a_missing_bus_does_not_fail_the_session() {
+    let state = audited_state("lm", "no-such-bus").await;
+    let log = LogBuffer::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt().json().with_writer(log.clone()).with_max_level(tracing::Level::INFO).finish(),
+    );
+    let started = invoke(&state, Function::SessionStart, session("lm", "s1", "nina")).await.unwrap();
+    assert_eq!(started["status"], "active");
+    let log = log.text();
+    let failure = log
+        .lines()
+        .find(|line| line.contains("could not put the audit event"))
+        .unwrap_or_else(|| panic!("no audit failure logged in:\n{log}"));
+    assert!(failure.contains("Database User Activated") && failure.contains("lm_nina"), "{failure}");
+    assert!(failure.contains("events:PutEvents"), "{failure}");
+}
+
+/// Log output captured in memory (the test runs on one thread, so a thread-local subscriber
+/// sees all of it).
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+
+    fn make_writer(&'a self) -> LogBuffer {
+        self.clone()
+    }
+}

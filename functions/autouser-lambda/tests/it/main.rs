@@ -1,0 +1,231 @@
+//! The handler, called directly with real payloads, against a throwaway PostgreSQL.
+
+mod audit;
+
+use std::sync::OnceLock;
+
+use autouser_aws::{AwsContext, SdkConfig};
+use autouser_core::config::{Config, TlsMode};
+use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::tokio_postgres::Client;
+use autouser_lambda::{handle, Function, State};
+use lambda_runtime::{Context, LambdaEvent};
+use scratch_postgres::{Cluster, PgInstall};
+use serde_json::{json, Value};
+
+static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+
+fn cluster() -> &'static Cluster {
+    CLUSTER.get_or_init(|| Cluster::start(&PgInstall::from_env().expect("a PostgreSQL installation")).unwrap())
+}
+
+async fn superuser() -> Client {
+    let cluster = cluster();
+    let cert = cluster.client_cert("postgres").unwrap();
+    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
+    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
+    let params = ConnectParams {
+        host: cluster.host(),
+        port: cluster.port(),
+        hostaddr: None,
+        dbname: "postgres",
+        user: "postgres",
+        tls: &tls,
+        credentials: &credentials,
+    };
+    pg::connect(&params).await.unwrap()
+}
+
+/// A container's state for a test: admin `<ns>_admin` (cert), group `<ns>_grp`, role
+/// `<ns>_reader`, database `main`; and `down`, a database nobody listens for.
+async fn state(ns: &str) -> State {
+    let admin = format!("{ns}_admin");
+    let mut sql = format!("CREATE ROLE {admin} LOGIN CREATEROLE; CREATE ROLE {ns}_reader;");
+    if cluster().major() >= 16 {
+        sql.push_str(&format!("GRANT {ns}_reader TO {admin} WITH ADMIN OPTION;"));
+    }
+    superuser().await.batch_execute(&sql).await.unwrap();
+    let cert = cluster().client_cert(&admin).unwrap();
+    let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let text = format!(
+        r#"managed_group: {ns}_grp
+databases:
+  - name: main
+    type: self-hosted
+    uri: "localhost:{port}"
+    admin_user: {{name: {admin}, default_database: postgres}}
+    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
+    tls: {{mode: verify-full, ca_file: {ca:?}}}
+  - name: down
+    type: self-hosted
+    uri: "127.0.0.1:{closed_port}"
+    admin_user: {{name: {admin}}}
+    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
+    tls: {{mode: verify-full, ca_file: {ca:?}}}
+roles:
+  - kind: role
+    version: v7
+    metadata: {{name: devs}}
+    spec:
+      options: {{create_db_user_mode: keep}}
+      allow: {{db_labels: {{"*": "*"}}, db_names: ["*"], db_roles: [{ns}_reader]}}
+"#,
+        port = cluster().port(),
+        cert = cert.cert_path.display().to_string(),
+        key = cert.key_path.display().to_string(),
+        ca = cluster().ca_cert_path().display().to_string(),
+    );
+    let config = Config::parse(&text, std::path::Path::new("/")).unwrap();
+    // No AWS is called for these databases; the SDK configuration is empty.
+    let aws = AwsContext::new(SdkConfig::builder().behavior_version(autouser_aws::BehaviorVersion::latest()).build());
+    State::new(config, aws, "autouser".into())
+}
+
+fn session(ns: &str, session: &str, user: &str) -> Value {
+    json!({"session_id": session, "user": format!("{ns}_{user}"), "roles": ["devs"],
+           "database": "main", "db_name": "postgres"})
+}
+
+fn eventbridge(detail_type: &str, detail: Value) -> Value {
+    json!({"version": "0", "id": "9d2c", "detail-type": detail_type, "source": "autouser",
+           "account": "123456789012", "time": "2026-11-24T10:00:00Z", "region": "us-east-1",
+           "resources": [], "detail": detail})
+}
+
+fn sqs(records: &[(&str, String)]) -> Value {
+    let records: Vec<Value> = records
+        .iter()
+        .map(|(id, body)| {
+            json!({"messageId": id, "receiptHandle": "h", "body": body, "attributes": {},
+                   "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+                   "eventSourceARN": "arn:aws:sqs:us-east-1:123456789012:sessions", "awsRegion": "us-east-1"})
+        })
+        .collect();
+    json!({"Records": records})
+}
+
+async fn invoke(state: &State, function: Function, payload: Value) -> Result<Value, autouser_lambda::FunctionError> {
+    handle(state, function, LambdaEvent::new(payload, Context::default())).await
+}
+
+async fn can_login(user: &str) -> Option<bool> {
+    let rows = superuser().await.query("SELECT rolcanlogin FROM pg_roles WHERE rolname = $1", &[&user]).await.unwrap();
+    rows.first().map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn direct_invoke_answers_with_the_cli_result() {
+    let state = state("ld").await;
+    let started = invoke(&state, Function::SessionStart, session("ld", "s1", "alice")).await.unwrap();
+    assert_eq!(started["status"], "active");
+    assert_eq!(started["db_user"], "ld_alice");
+    assert_eq!(can_login("ld_alice").await, Some(true));
+    let ended = invoke(&state, Function::SessionEnd, session("ld", "s1", "alice")).await.unwrap();
+    assert_eq!(ended["status"], "deactivated");
+    assert_eq!(can_login("ld_alice").await, Some(false));
+}
+
+#[tokio::test]
+async fn direct_invoke_refusal_is_a_typed_error() {
+    let state = state("lr").await;
+    superuser().await.batch_execute("CREATE ROLE lr_bob LOGIN").await.unwrap();
+    let err = invoke(&state, Function::SessionStart, session("lr", "s1", "bob")).await.unwrap_err();
+    assert_eq!(err.kind, "UserConflict");
+    assert!(err.message.contains("lr_bob"), "{}", err.message);
+    let diagnostic = lambda_runtime::Diagnostic::from(err);
+    assert_eq!(diagnostic.error_type, "UserConflict");
+}
+
+#[tokio::test]
+async fn eventbridge_events_are_applied_and_permanent_refusals_are_not_retried() {
+    let state = state("le").await;
+    let start = eventbridge("Database Session Started", session("le", "s1", "carol"));
+    assert_eq!(invoke(&state, Function::SessionStart, start).await.unwrap()["status"], "active");
+    // A refusal would fail the same way on every retry: it is answered, not raised.
+    superuser().await.batch_execute("CREATE ROLE le_dan LOGIN").await.unwrap();
+    let refused =
+        invoke(&state, Function::SessionStart, eventbridge("Database Session Started", session("le", "s2", "dan")))
+            .await
+            .unwrap();
+    assert_eq!(refused["status"], "refused");
+    assert_eq!(refused["kind"], "UserConflict");
+    // An event for the other function is a misrouted rule.
+    let misrouted =
+        invoke(&state, Function::SessionEnd, eventbridge("Database Session Started", session("le", "s1", "carol")))
+            .await;
+    assert_eq!(misrouted.unwrap_err().kind, "EventInvalid");
+    // A transient failure fails the invocation, so that Lambda retries it.
+    let mut down = session("le", "s3", "erin");
+    down["database"] = json!("down");
+    let err = invoke(&state, Function::SessionStart, eventbridge("Database Session Started", down)).await.unwrap_err();
+    assert_eq!(err.kind, "DatabaseUnreachable");
+}
+
+#[tokio::test]
+async fn sqs_batch_reports_only_retryable_records() {
+    let state = state("ls").await;
+    let mut down = session("ls", "s3", "gus");
+    down["database"] = json!("down");
+    let batch = sqs(&[
+        ("m-good", eventbridge("Database Session Started", session("ls", "s1", "fay")).to_string()),
+        ("m-garbage", "{not json".to_string()),
+        ("m-malformed", json!({"session_id": "s2", "user": "x", "roles": ["devs"], "database": "main"}).to_string()),
+        ("m-down", down.to_string()),
+    ]);
+    let response = invoke(&state, Function::SessionStart, batch).await.unwrap();
+    assert_eq!(response, json!({"batchItemFailures": [{"itemIdentifier": "m-down"}]}));
+    assert_eq!(can_login("ls_fay").await, Some(true));
+}
+
+/// At-least-once delivery, in any order: an end before its start, duplicates, a start
+/// redelivered after its end. Nobody is left able to log in, and nothing is retried.
+#[tokio::test]
+async fn duplicated_and_reordered_deliveries_converge() {
+    let state = state("lo").await;
+    let start = || eventbridge("Database Session Started", session("lo", "s1", "hal"));
+    let end = || eventbridge("Database Session Ended", session("lo", "s1", "hal"));
+    assert_eq!(invoke(&state, Function::SessionEnd, end()).await.unwrap()["status"], "noop");
+    assert_eq!(can_login("lo_hal").await, None, "an early end creates nothing");
+    assert_eq!(invoke(&state, Function::SessionStart, start()).await.unwrap()["status"], "active");
+    assert_eq!(invoke(&state, Function::SessionStart, start()).await.unwrap()["already_active"], true);
+    assert_eq!(invoke(&state, Function::SessionEnd, end()).await.unwrap()["status"], "deactivated");
+    assert_eq!(invoke(&state, Function::SessionEnd, end()).await.unwrap()["status"], "noop");
+    let late = invoke(&state, Function::SessionStart, start()).await.unwrap();
+    assert_eq!(late["kind"], "SessionAlreadyEnded");
+    assert_eq!(can_login("lo_hal").await, Some(false));
+}
+
+/// Warm invocations reuse the admin connection: 100 in a row open one.
+#[tokio::test]
+async fn one_hundred_warm_invocations_open_one_admin_connection() {
+    let state = state("lw").await;
+    for i in 0..50 {
+        let event = session("lw", &format!("s{i}"), "ivy");
+        assert_eq!(invoke(&state, Function::SessionStart, event.clone()).await.unwrap()["status"], "active");
+        assert_eq!(invoke(&state, Function::SessionEnd, event).await.unwrap()["status"], "deactivated");
+    }
+    assert_eq!(state.connections_opened(), 1);
+    let open: i64 = superuser()
+        .await
+        .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = 'lw_admin'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(open, 1, "one admin connection stays open for the next invocation");
+}
+
+/// A connection that died while the container was idle is replaced, and the invocation works.
+#[tokio::test]
+async fn dead_pooled_connection_is_replaced() {
+    let state = state("lx").await;
+    let event = session("lx", "s1", "jo");
+    invoke(&state, Function::SessionStart, event.clone()).await.unwrap();
+    superuser()
+        .await
+        .batch_execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'lx_admin'")
+        .await
+        .unwrap();
+    let ended = invoke(&state, Function::SessionEnd, event).await.unwrap();
+    assert_eq!(ended["status"], "deactivated");
+    assert_eq!(state.connections_opened(), 2);
+}
