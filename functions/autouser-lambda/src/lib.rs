@@ -41,37 +41,63 @@ pub struct State {
     auditor: Auditor,
 }
 
-/// Why a container cannot start; Lambda reports it as an init error.
+/// Why a container cannot start; logged, and Lambda reports an init error.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
     #[error("set AUTOUSER_CONFIG (the YAML itself) or AUTOUSER_CONFIG_FILE (a bundled file), not both")]
-    ConfigSource,
+    BothConfigSources,
+    #[error("set AUTOUSER_CONFIG (the YAML itself) or AUTOUSER_CONFIG_FILE (a bundled file)")]
+    NoConfigSource,
     #[error(transparent)]
     Config(#[from] autouser_core::config::ConfigError),
 }
 
-impl State {
-    /// From the environment: `AUTOUSER_CONFIG` (inline YAML) or `AUTOUSER_CONFIG_FILE`,
+/// What the environment says, validated; no I/O but reading a config file.
+#[derive(Debug)]
+pub struct Settings {
+    pub config: Config,
+    pub event_source: String,
+    /// Bus name or ARN for audit events; `None`: logged only.
+    pub audit_bus: Option<String>,
+    pub audit_source: String,
+}
+
+impl Settings {
+    /// From `AUTOUSER_CONFIG` (inline YAML; relative paths in it are resolved against
+    /// `LAMBDA_TASK_ROOT`, where the function's bundle is) or `AUTOUSER_CONFIG_FILE`,
     /// `AUTOUSER_EVENT_SOURCE` (default `autouser`), `AUTOUSER_AUDIT_EVENT_BUS` (a bus name or
     /// ARN; unset: audit events are logged only), `AUTOUSER_AUDIT_SOURCE` (default
-    /// `autouser.audit`), and the AWS SDK's usual variables.
-    pub async fn from_env() -> Result<State, InitError> {
-        let inline = std::env::var("AUTOUSER_CONFIG").ok();
-        let file = std::env::var_os("AUTOUSER_CONFIG_FILE");
-        let config = match (inline, file) {
-            (Some(text), None) => Config::parse(&text, std::path::Path::new("."))?,
-            (None, Some(path)) => Config::load(std::path::Path::new(&path))?,
-            _ => return Err(InitError::ConfigSource),
-        };
-        let source = env_or("AUTOUSER_EVENT_SOURCE", DEFAULT_EVENT_SOURCE);
-        let aws = AwsContext::from_env().await;
-        let auditor = match std::env::var("AUTOUSER_AUDIT_EVENT_BUS") {
-            Ok(bus) if !bus.is_empty() => {
-                Auditor::to_bus(aws.sdk_config(), bus, env_or("AUTOUSER_AUDIT_SOURCE", audit::DEFAULT_AUDIT_SOURCE))
+    /// `autouser.audit`). Empty values count as unset.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Settings, InitError> {
+        let var = |name: &str| var(name).filter(|value| !value.is_empty());
+        let config = match (var("AUTOUSER_CONFIG"), var("AUTOUSER_CONFIG_FILE")) {
+            (Some(text), None) => {
+                let base = var("LAMBDA_TASK_ROOT").unwrap_or_else(|| ".".to_string());
+                Config::parse(&text, std::path::Path::new(&base))?
             }
-            _ => Auditor::log_only(),
+            (None, Some(path)) => Config::load(std::path::Path::new(&path))?,
+            (Some(_), Some(_)) => return Err(InitError::BothConfigSources),
+            (None, None) => return Err(InitError::NoConfigSource),
         };
-        Ok(State::new(config, aws, source).with_auditor(auditor))
+        Ok(Settings {
+            config,
+            event_source: var("AUTOUSER_EVENT_SOURCE").unwrap_or_else(|| DEFAULT_EVENT_SOURCE.to_string()),
+            audit_bus: var("AUTOUSER_AUDIT_EVENT_BUS"),
+            audit_source: var("AUTOUSER_AUDIT_SOURCE").unwrap_or_else(|| audit::DEFAULT_AUDIT_SOURCE.to_string()),
+        })
+    }
+}
+
+impl State {
+    /// From the environment ([`Settings::from_vars`]) and the AWS SDK's usual variables.
+    pub async fn from_env() -> Result<State, InitError> {
+        let settings = Settings::from_vars(|name| std::env::var(name).ok())?;
+        let aws = AwsContext::from_env().await;
+        let auditor = match settings.audit_bus {
+            Some(bus) => Auditor::to_bus(aws.sdk_config(), bus, settings.audit_source),
+            None => Auditor::log_only(),
+        };
+        Ok(State::new(settings.config, aws, settings.event_source).with_auditor(auditor))
     }
 
     /// A state that logs audit events only; see [`State::with_auditor`].
@@ -87,10 +113,6 @@ impl State {
     pub fn connections_opened(&self) -> usize {
         self.pool.opened()
     }
-}
-
-fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).ok().filter(|v| !v.is_empty()).unwrap_or_else(|| default.to_string())
 }
 
 /// A failed invocation, as Lambda reports it: `errorType` is the stable kind.
@@ -236,6 +258,20 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
     .await
 }
 
+/// A function's `main`: logs, the per-container state, then invocations until Lambda stops
+/// the container. A bad environment is logged and ends the process before any invocation.
+pub async fn run(function: Function) -> Result<(), lambda_runtime::Error> {
+    init_tracing();
+    let state = match State::from_env().await {
+        Ok(state) => state,
+        Err(e) => {
+            tracing::error!(function = function.name(), error = %e, "the function cannot start: fix its environment");
+            std::process::exit(1);
+        }
+    };
+    lambda_runtime::run(lambda_runtime::service_fn(|event| handle(&state, function, event))).await
+}
+
 /// JSON logs on stdout (CloudWatch), `RUST_LOG` or `info`, and never the credential-bearing
 /// targets below `warn`.
 pub fn init_tracing() {
@@ -252,4 +288,59 @@ pub fn init_tracing() {
         .without_time()
         .with_env_filter(filter)
         .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    const CONFIG: &str = "databases:
+  - {name: main, type: self-hosted, uri: \"db:5432\", admin_user: {name: admin},
+     auth: {method: password, password_env: PW}, tls: {mode: verify-full, ca_file: /ca.pem}}
+roles: []
+";
+
+    fn settings(vars: &[(&str, &str)]) -> Result<Settings, InitError> {
+        let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_vars(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn inline_config_with_defaults() {
+        let settings = settings(&[("AUTOUSER_CONFIG", CONFIG), ("AUTOUSER_AUDIT_EVENT_BUS", "")]).unwrap();
+        assert_eq!(settings.event_source, "autouser");
+        assert_eq!(settings.audit_bus, None, "an empty bus is unset");
+        assert_eq!(settings.audit_source, "autouser.audit");
+    }
+
+    #[test]
+    fn config_file_and_audit_bus() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("autouser.yaml");
+        std::fs::write(&path, CONFIG).unwrap();
+        let settings = settings(&[
+            ("AUTOUSER_CONFIG_FILE", path.to_str().unwrap()),
+            ("AUTOUSER_EVENT_SOURCE", "proxy"),
+            ("AUTOUSER_AUDIT_EVENT_BUS", "audit"),
+            ("AUTOUSER_AUDIT_SOURCE", "proxy.audit"),
+        ])
+        .unwrap();
+        assert_eq!(settings.event_source, "proxy");
+        assert_eq!(settings.audit_bus.as_deref(), Some("audit"));
+        assert_eq!(settings.audit_source, "proxy.audit");
+    }
+
+    #[test]
+    fn a_bad_environment_says_what_to_set() {
+        let none = settings(&[]).unwrap_err().to_string();
+        assert!(none.contains("AUTOUSER_CONFIG") && none.contains("AUTOUSER_CONFIG_FILE"), "{none}");
+        let both = settings(&[("AUTOUSER_CONFIG", CONFIG), ("AUTOUSER_CONFIG_FILE", "/x")]).unwrap_err();
+        assert!(matches!(both, InitError::BothConfigSources));
+        let missing = settings(&[("AUTOUSER_CONFIG_FILE", "/nonexistent/autouser.yaml")]).unwrap_err().to_string();
+        assert!(missing.contains("/nonexistent/autouser.yaml"), "{missing}");
+        let invalid = settings(&[("AUTOUSER_CONFIG", "databases: 7\nroles: []\n")]).unwrap_err().to_string();
+        assert!(invalid.contains("`databases`"), "{invalid}");
+    }
 }

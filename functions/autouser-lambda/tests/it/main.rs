@@ -1,6 +1,7 @@
 //! The handler, called directly with real payloads, against a throwaway PostgreSQL.
 
 mod audit;
+mod runtime;
 
 use std::sync::OnceLock;
 
@@ -36,9 +37,17 @@ async fn superuser() -> Client {
     pg::connect(&params).await.unwrap()
 }
 
-/// A container's state for a test: admin `<ns>_admin` (cert), group `<ns>_grp`, role
-/// `<ns>_reader`, database `main`; and `down`, a database nobody listens for.
+/// A container's state for a test; see [`config_yaml`].
 async fn state(ns: &str) -> State {
+    let config = Config::parse(&config_yaml(ns).await, std::path::Path::new("/")).unwrap();
+    // No AWS is called for these databases; the SDK configuration is empty.
+    let aws = AwsContext::new(SdkConfig::builder().behavior_version(autouser_aws::BehaviorVersion::latest()).build());
+    State::new(config, aws, "autouser".into())
+}
+
+/// The config of a test, whose objects it creates: admin `<ns>_admin` (cert), group
+/// `<ns>_grp`, role `<ns>_reader`, database `main`; and `down`, a database nobody listens for.
+async fn config_yaml(ns: &str) -> String {
     let admin = format!("{ns}_admin");
     let mut sql = format!("CREATE ROLE {admin} LOGIN CREATEROLE; CREATE ROLE {ns}_reader;");
     if cluster().major() >= 16 {
@@ -47,7 +56,7 @@ async fn state(ns: &str) -> State {
     superuser().await.batch_execute(&sql).await.unwrap();
     let cert = cluster().client_cert(&admin).unwrap();
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let text = format!(
+    format!(
         r#"managed_group: {ns}_grp
 databases:
   - name: main
@@ -74,11 +83,7 @@ roles:
         cert = cert.cert_path.display().to_string(),
         key = cert.key_path.display().to_string(),
         ca = cluster().ca_cert_path().display().to_string(),
-    );
-    let config = Config::parse(&text, std::path::Path::new("/")).unwrap();
-    // No AWS is called for these databases; the SDK configuration is empty.
-    let aws = AwsContext::new(SdkConfig::builder().behavior_version(autouser_aws::BehaviorVersion::latest()).build());
-    State::new(config, aws, "autouser".into())
+    )
 }
 
 fn session(ns: &str, session: &str, user: &str) -> Value {
