@@ -15,6 +15,7 @@ pub mod outcome;
 pub mod pg;
 pub mod plan;
 pub mod policy;
+pub mod preflight;
 pub mod request;
 pub mod sql;
 

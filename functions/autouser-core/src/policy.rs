@@ -418,6 +418,40 @@ impl Policy {
     }
 }
 
+/// What any role of a policy could grant on one database, for preflight checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GrantableRoles {
+    /// Literal database role names.
+    pub literal: BTreeSet<String>,
+    /// Entries that depend on a person's traits (`{{internal.db_roles}}`), as written.
+    pub templated: BTreeSet<String>,
+}
+
+impl Policy {
+    /// The database roles the allow blocks of any role could grant on a database labelled
+    /// `labels`, whatever the `db_name` and the person. Deny blocks are not subtracted: a role
+    /// denied to some is still grantable to others.
+    pub fn grantable_roles(&self, labels: &BTreeMap<String, String>) -> GrantableRoles {
+        let mut grantable = GrantableRoles::default();
+        for compiled in self.roles.values() {
+            let allow = &compiled.role.spec.allow;
+            let applies = allow.db_labels.as_ref().is_some_and(|s| !s.is_empty() && labels_match(s, labels))
+                && !allow.db_names.is_empty()
+                && compiled.role.spec.options.create_db_user_mode != CreateDbUserMode::Off;
+            if !applies {
+                continue;
+            }
+            for (entry, written) in compiled.allow_roles.iter().zip(&allow.db_roles) {
+                match entry {
+                    RoleEntry::Literal(name) => grantable.literal.insert(name.clone()),
+                    _ => grantable.templated.insert(written.clone()),
+                };
+            }
+        }
+        grantable
+    }
+}
+
 fn compile_block(role: &str, block: &'static str, conditions: &Conditions) -> Result<Vec<RoleEntry>, PolicyError> {
     if let Some(field) = conditions.other.keys().find(|k| k.starts_with("db_")) {
         return Err(PolicyError::UnknownField { role: role.to_string(), block, field: field.clone() });
@@ -560,6 +594,21 @@ mod tests {
 
     fn roles(grant: &Grant) -> Vec<&str> {
         grant.db_roles.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn grantable_roles_are_what_any_provisioning_role_allows_on_the_labels() {
+        let policy = policy(YAML).unwrap();
+        let labels = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let blue = policy.grantable_roles(&labels(&[("team", "blue")]));
+        assert_eq!(blue.literal, BTreeSet::from(["reader".to_string(), "writer".to_string()]));
+        assert_eq!(
+            blue.templated,
+            BTreeSet::from(["{{internal.db_roles}}".to_string(), "app_{{ external.team }}_ro".to_string()])
+        );
+        // `droppers` does not match; `off` never provisions.
+        let red = policy.grantable_roles(&labels(&[("team", "red")]));
+        assert_eq!(red.literal, BTreeSet::from(["reader".to_string()]));
     }
 
     #[test]

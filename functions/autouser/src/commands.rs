@@ -4,12 +4,12 @@ use std::io::Read;
 use std::path::Path;
 
 use autouser_aws::AwsContext;
-use autouser_core::config::{AuthConfig, Config, Location, ResolvedDatabase};
+use autouser_core::config::{AuthConfig, Config, DatabaseConfig, Location, ResolvedDatabase};
 use autouser_core::event::SessionEvent;
 use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
-use autouser_core::request::{self, Target};
+use autouser_core::request;
 use autouser_core::tokio_postgres::Client;
-use autouser_core::{engine, Error};
+use autouser_core::{engine, preflight, Error};
 
 /// Where AWS configuration comes from: the environment (the CLI), or given (the demo, which
 /// points it at a local emulator).
@@ -41,7 +41,7 @@ pub async fn session_start(config: &Path, event: &Path, aws: &AwsSetup) -> Resul
     let (config, event) = load(config, event)?;
     let (db, aws) = resolve(&config, &event, aws).await?;
     let req = request::prepare_start(&config, &db, &event)?;
-    let client = connect(aws.as_ref(), &db, &req.target).await?;
+    let client = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
     let outcome = engine::session_start(&client, &req).await?;
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
 }
@@ -50,19 +50,50 @@ pub async fn session_end(config: &Path, event: &Path, aws: &AwsSetup) -> Result<
     let (config, event) = load(config, event)?;
     let (db, aws) = resolve(&config, &event, aws).await?;
     let req = request::prepare_end(&config, &db, &event)?;
-    let client = connect(aws.as_ref(), &db, &req.target).await?;
+    let client = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
     let outcome = engine::session_end(&client, &req).await?;
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
 }
 
-/// The event's database, resolved; and the AWS context when the database needs AWS (an RDS
-/// lookup, an IAM token, a secret). Databases that need none never load AWS configuration.
+/// `preflight`: the report on stdout (text or JSON); a failure when a check failed.
+pub async fn preflight(config: &Path, database: &str, json: bool, aws: &AwsSetup) -> Result<Option<String>, Failure> {
+    let config = Config::load(config).map_err(Error::from)?;
+    let db_config =
+        config.database(database).ok_or_else(|| Error::UnknownDatabase { database: database.to_string() })?;
+    let (db, aws) = resolve_database(&config, db_config, aws).await?;
+    let report = match connect(aws.as_ref(), &db, preflight::admin_database(&db)).await {
+        Ok(client) => preflight::check(&client, &config, &db).await?.0,
+        Err(error) => preflight::Report::login_failed(&db, &error),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.ready {
+        Ok(None)
+    } else {
+        let failed = report.findings.iter().filter(|f| f.status == preflight::Status::Fail).count();
+        Err(Failure { message: format!("{failed} preflight check(s) failed: run the fixes above"), exit_code: 1 })
+    }
+}
+
+/// The event's database, resolved; and the AWS context when the database needs AWS.
 async fn resolve(
     config: &Config,
     event: &SessionEvent,
     setup: &AwsSetup,
 ) -> Result<(ResolvedDatabase, Option<AwsContext>), Error> {
-    let db = request::database(config, event)?;
+    resolve_database(config, request::database(config, event)?, setup).await
+}
+
+/// `db`, resolved; and the AWS context when the database needs AWS (an RDS lookup, an IAM
+/// token, a secret). Databases that need none never load AWS configuration.
+async fn resolve_database(
+    config: &Config,
+    db: &DatabaseConfig,
+    setup: &AwsSetup,
+) -> Result<(ResolvedDatabase, Option<AwsContext>), Error> {
     let needs_aws = matches!(db.location, Location::Rds(_))
         || !matches!(db.auth, AuthConfig::CertFiles { .. } | AuthConfig::PasswordEnv { .. });
     if !needs_aws {
@@ -96,11 +127,11 @@ fn load(config: &Path, event: &Path) -> Result<(Config, SessionEvent), Failure> 
     Ok((config, event))
 }
 
-async fn connect(aws: Option<&AwsContext>, db: &ResolvedDatabase, target: &Target) -> Result<Client, Error> {
+async fn connect(aws: Option<&AwsContext>, db: &ResolvedDatabase, dbname: &str) -> Result<Client, Error> {
     if let Some(aws) = aws {
-        return aws.connect_admin(db, &target.admin_db_name).await;
+        return aws.connect_admin(db, dbname).await;
     }
     let credentials = AdminCredentials::from_local_config(&db.auth)?;
     let tls = TlsSettings::from_config(&db.tls)?;
-    pg::connect(&ConnectParams::admin_of(db, &target.admin_db_name, &tls, &credentials)).await
+    pg::connect(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await
 }

@@ -27,6 +27,19 @@ enum Command {
     SessionStart(EventArgs),
     /// Close a session: lock or drop its user once no other session of theirs remains.
     SessionEnd(EventArgs),
+    /// Check, as the admin, that sessions on a database will work; print each finding and its fix.
+    /// Exits 1 when a check fails.
+    Preflight {
+        /// Configuration file (YAML or JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// The database's `name` in the config.
+        #[arg(long)]
+        database: String,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a throwaway PostgreSQL and walk through keep and best_effort_drop sessions.
     Demo {
         /// Also walk through an RDS instance resolved through a local AWS emulator (moto).
@@ -71,6 +84,9 @@ fn main() -> ExitCode {
             }
             Command::SessionEnd(args) => {
                 commands::session_end(&args.config, &args.event, &commands::AwsSetup::FromEnvironment).await
+            }
+            Command::Preflight { config, database, json } => {
+                commands::preflight(&config, &database, json, &commands::AwsSetup::FromEnvironment).await
             }
             Command::Demo { rds } => demo::run(rds).await,
         }

@@ -6,3 +6,4 @@ mod errors;
 mod fixture;
 mod injection;
 mod lifecycle;
+mod preflight;

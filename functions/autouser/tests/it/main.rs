@@ -247,3 +247,34 @@ fn demo_with_rds_resolves_the_instance_through_the_emulator() {
     assert!(text.contains("[dave after his session ended] NOLOGIN, member of: teleport-auto-user"), "{text}");
     assert!(!text.contains("demo-rds-admin-password"), "the demo printed the secret");
 }
+
+#[tokio::test]
+async fn preflight_prints_the_fix_and_exits_1_until_it_is_applied() {
+    let (_dir, config) = setup("cli_pf").await;
+    let config = config.display().to_string();
+    superuser_sql("ALTER ROLE cli_pf_admin NOCREATEROLE").await;
+
+    let failed = autouser(&["preflight", "--config", &config, "--database", "main"], None);
+    assert_eq!(failed.status.code(), Some(1), "stderr: {}", stderr(&failed));
+    let text = String::from_utf8(failed.stdout.clone()).unwrap();
+    assert!(text.contains("NEEDS ATTENTION"), "{text}");
+    assert!(text.contains("FAIL createrole"), "{text}");
+    assert!(text.contains("fix: ALTER ROLE \"cli_pf_admin\" CREATEROLE;"), "{text}");
+    assert!(stderr(&failed).contains("preflight check(s) failed"), "{}", stderr(&failed));
+
+    let json = autouser(&["preflight", "--config", &config, "--database", "main", "--json"], None);
+    assert_eq!(json.status.code(), Some(1));
+    let report: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["ready"], false);
+    let createrole = report["findings"].as_array().unwrap().iter().find(|f| f["check"] == "createrole").unwrap();
+    assert_eq!(createrole["status"], "fail");
+
+    superuser_sql(createrole["fix"].as_str().unwrap()).await;
+    let passed = autouser(&["preflight", "--config", &config, "--database", "main"], None);
+    assert!(passed.status.success(), "{}{}", String::from_utf8_lossy(&passed.stdout), stderr(&passed));
+    assert!(String::from_utf8_lossy(&passed.stdout).contains(": ready"));
+
+    let unknown = autouser(&["preflight", "--config", &config, "--database", "nope"], None);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("\"nope\" is not in the config"), "{}", stderr(&unknown));
+}
