@@ -5,6 +5,7 @@
 //! An [`AwsContext`] is built once per process (per warm Lambda container) and caches secrets
 //! until a login with them fails, which is how a rotated secret is picked up.
 
+pub mod discovery;
 pub mod rds;
 pub mod rds_token;
 pub mod secret;
@@ -48,6 +49,7 @@ pub struct AwsContext {
     secrets: aws_sdk_secretsmanager::Client,
     secret_cache: Mutex<HashMap<String, String>>,
     rds_cache: Mutex<HashMap<String, (Instant, rds::RdsFacts)>>,
+    rds_interceptors: Vec<aws_sdk_rds::config::SharedInterceptor>,
 }
 
 impl AwsContext {
@@ -63,7 +65,14 @@ impl AwsContext {
             sdk,
             secret_cache: Mutex::new(HashMap::new()),
             rds_cache: Mutex::new(HashMap::new()),
+            rds_interceptors: Vec::new(),
         }
+    }
+
+    /// Adds an interceptor to every RDS client (to observe or adjust RDS API calls).
+    pub fn with_rds_interceptor(mut self, interceptor: impl aws_sdk_rds::config::Intercept + 'static) -> AwsContext {
+        self.rds_interceptors.push(aws_sdk_rds::config::SharedInterceptor::new(interceptor));
+        self
     }
 
     /// The SDK configuration the clients are built from, for the callers' own clients.

@@ -62,7 +62,7 @@ impl AwsContext {
         self.rds_cache.lock().expect("rds cache lock").clear();
     }
 
-    async fn describe(&self, locator: &RdsLocator) -> Result<RdsFacts, Error> {
+    pub(crate) async fn describe(&self, locator: &RdsLocator) -> Result<RdsFacts, Error> {
         let client = self.rds_client(&locator.region);
         let region = &locator.region;
         let still_creating = |description: String| Error::DependencyUnavailable {
@@ -144,10 +144,12 @@ impl AwsContext {
     }
 
     fn rds_client(&self, region: &str) -> aws_sdk_rds::Client {
-        let config = aws_sdk_rds::config::Builder::from(&self.sdk)
-            .region(aws_sdk_rds::config::Region::new(region.to_string()))
-            .build();
-        aws_sdk_rds::Client::from_conf(config)
+        let mut config =
+            aws_sdk_rds::config::Builder::from(&self.sdk).region(aws_sdk_rds::config::Region::new(region.to_string()));
+        for interceptor in &self.rds_interceptors {
+            config.push_interceptor(interceptor.clone());
+        }
+        aws_sdk_rds::Client::from_conf(config.build())
     }
 }
 

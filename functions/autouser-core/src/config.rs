@@ -205,9 +205,33 @@ impl Config {
     pub fn database(&self, name: &str) -> Option<&DatabaseConfig> {
         self.databases.iter().find(|db| db.name == name)
     }
+
+    /// The configured database for an RDS resource, if the config lists it.
+    pub fn database_for(&self, locator: &RdsLocator) -> Option<&DatabaseConfig> {
+        self.databases.iter().find(|db| {
+            matches!(&db.location, Location::Rds(l) if l.resource == locator.resource && l.region == locator.region)
+        })
+    }
 }
 
 impl DatabaseConfig {
+    /// A database found by discovery and not listed in the config: named after the resource,
+    /// IAM authentication, TLS verified against the RDS CA bundle, admin from the tags.
+    pub fn discovered(locator: RdsLocator) -> DatabaseConfig {
+        let name = match &locator.resource {
+            RdsResource::Instance(id) | RdsResource::Cluster(id) => id.clone(),
+        };
+        DatabaseConfig {
+            name,
+            auth: AuthConfig::Iam { region: Some(locator.region.clone()) },
+            location: Location::Rds(locator),
+            db_type: DatabaseType::Rds,
+            labels: BTreeMap::new(),
+            admin_user: None,
+            tls: TlsConfig { mode: TlsMode::VerifyFull, ca_file: None },
+        }
+    }
+
     /// The resolved form of a database with a static address; `None` for RDS databases,
     /// which the AWS adapter resolves.
     pub fn resolve_static(&self) -> Option<ResolvedDatabase> {

@@ -236,10 +236,18 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
                 "role rds_iam does not exist: this is not an RDS or Aurora PostgreSQL server",
                 "set `type: self-hosted` for this database",
             )),
-            Some(rds_iam) if !rds_iam.admin_option => findings.push(Finding::fail(
+            Some(rds_iam) if !rds_iam.admin_option && needs_admin_option => findings.push(Finding::fail(
                 "rds_iam",
                 format!("admin {admin:?} does not hold rds_iam WITH ADMIN OPTION, so it cannot grant it to users"),
                 grant_with_admin(RDS_IAM_ROLE),
+            )),
+            Some(rds_iam) if !rds_iam.admin_option => findings.push(Finding::warn(
+                "rds_iam",
+                format!(
+                    "admin {admin:?} does not hold rds_iam WITH ADMIN OPTION: CREATEROLE suffices before \
+                     PostgreSQL 16, but sessions will fail after an upgrade to 16 or later"
+                ),
+                Some(grant_with_admin(RDS_IAM_ROLE)),
             )),
             _ => findings.push(Finding::pass("rds_iam", "the admin holds rds_iam WITH ADMIN OPTION")),
         }

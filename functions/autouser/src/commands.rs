@@ -18,6 +18,15 @@ pub enum AwsSetup {
     Given(Box<autouser_aws::SdkConfig>),
 }
 
+impl AwsSetup {
+    async fn context(&self) -> AwsContext {
+        match self {
+            AwsSetup::FromEnvironment => AwsContext::from_env().await,
+            AwsSetup::Given(sdk) => AwsContext::new(sdk.as_ref().clone()),
+        }
+    }
+}
+
 /// A failed command: what to print and how to exit.
 #[derive(Debug)]
 pub struct Failure {
@@ -78,6 +87,28 @@ pub async fn preflight(config: &Path, database: &str, json: bool, aws: &AwsSetup
     }
 }
 
+/// `discover`: the report on stdout (text or JSON); a failure when a database needs attention.
+pub async fn discover(
+    config: &Path,
+    options: &autouser_aws::discovery::DiscoveryOptions,
+    json: bool,
+    setup: &AwsSetup,
+) -> Result<Option<String>, Failure> {
+    let config = Config::load(config).map_err(Error::from)?;
+    let aws = setup.context().await;
+    let report = aws.discover(&config, options).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
+    } else {
+        print!("{}", report.to_text());
+    }
+    if report.needs_attention() {
+        Err(Failure { message: "some databases need attention: run the fixes above".into(), exit_code: 1 })
+    } else {
+        Ok(None)
+    }
+}
+
 /// The event's database, resolved; and the AWS context when the database needs AWS.
 async fn resolve(
     config: &Config,
@@ -100,10 +131,7 @@ async fn resolve_database(
         let resolved = db.resolve_static().expect("static databases with local auth resolve statically");
         return Ok((resolved, None));
     }
-    let aws = match setup {
-        AwsSetup::FromEnvironment => AwsContext::from_env().await,
-        AwsSetup::Given(sdk) => AwsContext::new(sdk.as_ref().clone()),
-    };
+    let aws = setup.context().await;
     let resolved = aws.resolve_database(config, db).await?;
     Ok((resolved, Some(aws)))
 }

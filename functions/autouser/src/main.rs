@@ -40,6 +40,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Find every RDS PostgreSQL instance and Aurora PostgreSQL cluster carrying the admin tag,
+    /// check each as its admin (preflight), create the managed group where missing, and print
+    /// the report. Exits 1 when a database needs attention.
+    Discover {
+        /// Configuration file (YAML or JSON): tag keys, managed group, policy, and the entries
+        /// of databases that need more than IAM authentication.
+        #[arg(long)]
+        config: PathBuf,
+        /// A region to search; repeat for several.
+        #[arg(long = "region", required = true)]
+        regions: Vec<String>,
+        /// Databases checked at the same time.
+        #[arg(long, default_value_t = 8)]
+        concurrency: usize,
+        /// Only check; do not create the managed group.
+        #[arg(long)]
+        no_bootstrap: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a throwaway PostgreSQL and walk through keep and best_effort_drop sessions.
     Demo {
         /// Also walk through an RDS instance resolved through a local AWS emulator (moto).
@@ -87,6 +108,11 @@ fn main() -> ExitCode {
             }
             Command::Preflight { config, database, json } => {
                 commands::preflight(&config, &database, json, &commands::AwsSetup::FromEnvironment).await
+            }
+            Command::Discover { config, regions, concurrency, no_bootstrap, json } => {
+                let options =
+                    autouser_aws::discovery::DiscoveryOptions { regions, concurrency, bootstrap: !no_bootstrap };
+                commands::discover(&config, &options, json, &commands::AwsSetup::FromEnvironment).await
             }
             Command::Demo { rds } => demo::run(rds).await,
         }

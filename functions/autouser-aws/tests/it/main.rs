@@ -2,6 +2,7 @@
 //! AWS emulator (`moto_server`).
 
 mod cluster;
+mod discovery;
 mod golden;
 mod login;
 mod resolve;

@@ -140,3 +140,85 @@ fn assert_no_token_in(log: &str) {
         );
     }
 }
+
+/// `autouser discover` against the emulator: a region whose one tagged instance is the local
+/// PostgreSQL (ready, group bootstrapped), and a region whose tagged instance has IAM
+/// authentication disabled (needs attention, exit 1).
+#[tokio::test]
+async fn discover_reports_each_tagged_database() {
+    let (admin, group) = ("cli_disc_admin", "cli_disc");
+    superuser_sql(&format!(
+        "DO $$ BEGIN CREATE ROLE password_login; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+         CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{PASSWORD}' IN ROLE password_login;
+         CREATE ROLE {group}_reader;
+         GRANT rds_iam TO {admin} WITH ADMIN OPTION; GRANT {group}_reader TO {admin} WITH ADMIN OPTION;"
+    ))
+    .await;
+    let sdk = Moto::global().sdk_config(None).await;
+    let tag = |k: &str, v: &str| aws_sdk_rds::types::Tag::builder().key(k).value(v).build();
+    let create = |region: &'static str, id: &'static str, iam: bool, tagged: bool| {
+        let sdk = sdk.clone();
+        let mut tags = vec![tag("env", "staging")];
+        if tagged {
+            tags.push(tag("teleport.dev/db-admin", admin));
+        }
+        async move {
+            let config =
+                aws_sdk_rds::config::Builder::from(&sdk).region(aws_sdk_rds::config::Region::new(region)).build();
+            aws_sdk_rds::Client::from_conf(config)
+                .create_db_instance()
+                .db_instance_identifier(id)
+                .db_instance_class("db.t4g.micro")
+                .engine("postgres")
+                .allocated_storage(20)
+                .port(i32::from(cluster().port()))
+                .master_username("master")
+                .master_user_password("master-password")
+                .enable_iam_database_authentication(iam)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .unwrap();
+        }
+    };
+    create("eu-north-1", "disc-local", false, true).await;
+    create("eu-north-1", "disc-untagged", true, false).await;
+    create("eu-south-1", "disc-noiam", false, true).await;
+    let secret = serde_json::json!({"username": admin, "password": PASSWORD}).to_string();
+    let arn = aws_sdk_secretsmanager::Client::new(&sdk)
+        .create_secret()
+        .name("disc-local-admin")
+        .secret_string(secret)
+        .send()
+        .await
+        .unwrap()
+        .arn
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = config("disc-local", &format!("{{method: password, secret_arn: {arn:?}}}"), group)
+        .replace("region: us-east-1", "region: eu-north-1");
+    let config = write(dir.path(), "c.yaml", &text);
+
+    let ready = autouser_with_env(&["discover", "--config", &config, "--region", "eu-north-1"], None, &env());
+    let out = String::from_utf8_lossy(&ready.stdout);
+    assert!(ready.status.success(), "{out}{}", stderr(&ready));
+    assert!(out.starts_with("1 ready, 0 need attention"), "{out}");
+    assert!(out.contains("orders (RDS instance disc-local in eu-north-1): ready"), "{out}");
+    assert!(out.contains(&format!("bootstrapped: CREATE ROLE \"{group}\" NOLOGIN")), "{out}");
+    assert!(!out.contains("disc-untagged"), "{out}");
+    assert!(!out.contains(PASSWORD) && !stderr(&ready).contains(PASSWORD), "the secret leaked");
+
+    let args = ["discover", "--config", &config, "--region", "eu-north-1", "--region", "eu-south-1", "--json"];
+    let attention = autouser_with_env(&args, None, &env());
+    assert_eq!(attention.status.code(), Some(1), "{}", stderr(&attention));
+    let report: serde_json::Value = serde_json::from_slice(&attention.stdout).unwrap();
+    let databases = report["databases"].as_array().unwrap();
+    assert_eq!(databases.len(), 2, "{report:#}");
+    assert_eq!(databases[0]["database"], "orders");
+    assert_eq!(databases[0]["status"], "ready");
+    assert!(databases[0].get("bootstrapped").is_none(), "the group exists now: {report:#}");
+    assert_eq!(databases[1]["database"], "disc-noiam");
+    assert_eq!(databases[1]["status"], "needs_attention");
+    assert!(databases[1]["reason"].as_str().unwrap().contains("--enable-iam-database-authentication"), "{report:#}");
+}

@@ -1,0 +1,245 @@
+//! Discovery: every RDS PostgreSQL instance and Aurora PostgreSQL cluster carrying the admin
+//! tag, in the given regions, checked by preflight as its admin and bootstrapped (the managed
+//! group), so that the first session-start does the least work and misconfiguration is
+//! reported before a person meets it.
+//!
+//! A database is checked with its entry in the config when the config lists it (by resource
+//! and region), otherwise as [`DatabaseConfig::discovered`]: IAM authentication and TLS
+//! verified against the RDS CA bundle. One failing database or region never stops the others.
+
+use autouser_core::config::{Config, DatabaseConfig, Location, RdsLocator, RdsResource};
+use autouser_core::preflight::{self, Report};
+use futures_util::stream::{self, StreamExt};
+use serde::Serialize;
+
+use crate::rds::{apply_facts, TaggedDatabase};
+use crate::AwsContext;
+
+#[derive(Debug, Clone)]
+pub struct DiscoveryOptions {
+    pub regions: Vec<String>,
+    /// Databases examined at the same time.
+    pub concurrency: usize,
+    /// Create the managed group where it is missing.
+    pub bootstrap: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DiscoveryStatus {
+    /// Every preflight check passed: sessions will work.
+    Ready,
+    /// A check failed, or the admin could not log in: see `reason` and `preflight`.
+    NeedsAttention,
+    /// Tagged, but not a database sessions can use (a read replica); see `reason`.
+    Skipped,
+    /// The resource no longer carries the admin tag (or no longer exists).
+    NotManaged,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiscoveredDatabase {
+    /// The config's name for it, or the resource id.
+    pub database: String,
+    /// `RDS instance <id> in <region>` or `Aurora cluster <id> in <region>`.
+    pub resource: String,
+    pub region: String,
+    pub status: DiscoveryStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub preflight: Option<Report>,
+    /// Statements bootstrap ran.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bootstrapped: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionFailure {
+    pub region: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct DiscoveryReport {
+    pub databases: Vec<DiscoveredDatabase>,
+    /// Regions that could not be listed (their databases are not in `databases`).
+    pub failed_regions: Vec<RegionFailure>,
+}
+
+impl DiscoveryReport {
+    pub fn count(&self, status: DiscoveryStatus) -> usize {
+        self.databases.iter().filter(|d| d.status == status).count()
+    }
+
+    /// Whether anything needs a person: a database needing attention or a region not listed.
+    pub fn needs_attention(&self) -> bool {
+        self.count(DiscoveryStatus::NeedsAttention) > 0 || !self.failed_regions.is_empty()
+    }
+
+    /// For people: a line per database, the preflight findings of those needing attention.
+    pub fn to_text(&self) -> String {
+        let mut text = format!(
+            "{} ready, {} need attention, {} skipped, {} not managed\n",
+            self.count(DiscoveryStatus::Ready),
+            self.count(DiscoveryStatus::NeedsAttention),
+            self.count(DiscoveryStatus::Skipped),
+            self.count(DiscoveryStatus::NotManaged),
+        );
+        for failure in &self.failed_regions {
+            text.push_str(&format!("region {}: NOT LISTED: {}\n", failure.region, failure.reason));
+        }
+        for db in &self.databases {
+            let status = match db.status {
+                DiscoveryStatus::Ready => "ready",
+                DiscoveryStatus::NeedsAttention => "NEEDS ATTENTION",
+                DiscoveryStatus::Skipped => "skipped",
+                DiscoveryStatus::NotManaged => "not managed",
+            };
+            text.push_str(&format!("{} ({}): {status}", db.database, db.resource));
+            if let Some(reason) = &db.reason {
+                text.push_str(&format!(": {reason}"));
+            }
+            text.push('\n');
+            for statement in &db.bootstrapped {
+                text.push_str(&format!("  bootstrapped: {statement}\n"));
+            }
+            if db.status == DiscoveryStatus::NeedsAttention {
+                if let Some(report) = &db.preflight {
+                    for line in report.to_text().lines().skip(1) {
+                        text.push_str(&format!("{line}\n"));
+                    }
+                }
+            }
+        }
+        text
+    }
+}
+
+impl AwsContext {
+    /// Lists, checks and bootstraps every tagged database in `options.regions`.
+    pub async fn discover(&self, config: &Config, options: &DiscoveryOptions) -> DiscoveryReport {
+        let mut tagged = Vec::new();
+        let mut failed_regions = Vec::new();
+        for region in &options.regions {
+            match self.list_tagged_databases(region, &config.tag_keys).await {
+                Ok(found) => tagged.extend(found),
+                Err(e) => failed_regions.push(RegionFailure { region: region.clone(), reason: e.to_string() }),
+            }
+        }
+        let mut databases: Vec<DiscoveredDatabase> = stream::iter(tagged)
+            .map(|found| self.examine(config, found, options.bootstrap))
+            .buffer_unordered(options.concurrency.max(1))
+            .collect()
+            .await;
+        databases.sort_by(|a, b| (&a.region, &a.resource).cmp(&(&b.region, &b.resource)));
+        DiscoveryReport { databases, failed_regions }
+    }
+
+    /// One resource, looked up by itself: what discovery says of it now. A resource without
+    /// the admin tag is `NotManaged` (the event that triggered the run removed the tag).
+    pub async fn discover_one(&self, config: &Config, locator: RdsLocator, bootstrap: bool) -> DiscoveredDatabase {
+        let db_config = database_config(config, &locator);
+        match self.describe(&locator).await {
+            Ok(facts) if facts.tags.get(&config.tag_keys.admin_user).is_some_and(|a| !a.is_empty()) => {
+                self.examine(config, TaggedDatabase { locator, facts }, bootstrap).await
+            }
+            Ok(facts) => DiscoveredDatabase {
+                database: db_config.name,
+                resource: facts.description,
+                region: locator.region,
+                status: DiscoveryStatus::NotManaged,
+                reason: Some(format!(
+                    "no tag {}: session-start refuses its sessions until it is tagged again",
+                    config.tag_keys.admin_user
+                )),
+                preflight: None,
+                bootstrapped: Vec::new(),
+            },
+            Err(e) => DiscoveredDatabase {
+                database: db_config.name,
+                resource: describe_locator(&locator),
+                region: locator.region,
+                status: DiscoveryStatus::NeedsAttention,
+                reason: Some(e.to_string()),
+                preflight: None,
+                bootstrapped: Vec::new(),
+            },
+        }
+    }
+
+    async fn examine(&self, config: &Config, found: TaggedDatabase, bootstrap: bool) -> DiscoveredDatabase {
+        let db_config = database_config(config, &found.locator);
+        let mut entry = DiscoveredDatabase {
+            database: db_config.name.clone(),
+            resource: found.facts.description.clone(),
+            region: found.locator.region.clone(),
+            status: DiscoveryStatus::NeedsAttention,
+            reason: None,
+            preflight: None,
+            bootstrapped: Vec::new(),
+        };
+        if let Some(reason) = &found.facts.read_only_reason {
+            entry.status = DiscoveryStatus::Skipped;
+            entry.reason = Some(format!("{reason}: sessions use the primary"));
+            return entry;
+        }
+        let db = match apply_facts(&db_config, &config.tag_keys, found.facts) {
+            Ok(mut db) => {
+                if let Location::Rds(configured) = &db_config.location {
+                    db.hostaddr = configured.hostaddr;
+                }
+                db
+            }
+            Err(e) => {
+                entry.reason = Some(e.to_string());
+                return entry;
+            }
+        };
+        let client = match self.connect_admin(&db, preflight::admin_database(&db)).await {
+            Ok(client) => client,
+            Err(e) => {
+                entry.reason = Some(format!("the admin cannot log in: {e}"));
+                entry.preflight = Some(Report::login_failed(&db, &e));
+                return entry;
+            }
+        };
+        let (report, facts) = match preflight::check(&client, config, &db).await {
+            Ok(checked) => checked,
+            Err(e) => {
+                entry.reason = Some(format!("preflight could not run: {e}"));
+                return entry;
+            }
+        };
+        if bootstrap {
+            match preflight::bootstrap(&client, config, &facts).await {
+                Ok(statements) => entry.bootstrapped = statements,
+                Err(e) => entry.reason = Some(format!("bootstrap failed: {e}")),
+            }
+        }
+        if report.ready && entry.reason.is_none() {
+            entry.status = DiscoveryStatus::Ready;
+        } else if entry.reason.is_none() {
+            let failed: Vec<&str> = report
+                .findings
+                .iter()
+                .filter(|f| f.status == preflight::Status::Fail)
+                .map(|f| f.check.as_str())
+                .collect();
+            entry.reason = Some(format!("preflight failed: {}", failed.join(", ")));
+        }
+        entry.preflight = Some(report);
+        entry
+    }
+}
+
+fn database_config(config: &Config, locator: &RdsLocator) -> DatabaseConfig {
+    config.database_for(locator).cloned().unwrap_or_else(|| DatabaseConfig::discovered(locator.clone()))
+}
+
+fn describe_locator(locator: &RdsLocator) -> String {
+    match &locator.resource {
+        RdsResource::Instance(id) => format!("RDS instance {id} in {}", locator.region),
+        RdsResource::Cluster(id) => format!("Aurora cluster {id} in {}", locator.region),
+    }
+}
