@@ -17,6 +17,7 @@
 use autouser_aws::SdkConfig;
 use serde_json::{json, Value};
 
+use crate::bus::EventBus;
 use crate::input::Function;
 use crate::metrics;
 
@@ -84,13 +85,7 @@ pub fn of_refusal(function: Function, event: Option<&Value>, kind: &str, reason:
 
 /// Where audit events go: the log always, and an EventBridge bus when configured.
 pub struct Auditor {
-    bus: Option<Bus>,
-}
-
-struct Bus {
-    client: aws_sdk_eventbridge::Client,
-    name: String,
-    source: String,
+    bus: Option<EventBus>,
 }
 
 impl Auditor {
@@ -101,50 +96,23 @@ impl Auditor {
 
     /// Audit events are logged and put on the bus `name` (a name or an ARN) with `source`.
     pub fn to_bus(sdk: &SdkConfig, name: String, source: String) -> Auditor {
-        Auditor { bus: Some(Bus { client: aws_sdk_eventbridge::Client::new(sdk), name, source }) }
+        Auditor { bus: Some(EventBus::new(sdk, name, source)) }
     }
 
     /// Records `event`. Never fails: see the module's documentation.
     pub async fn record(&self, function: Function, event: AuditEvent) {
         tracing::info!(audit = %event.detail, detail_type = event.detail_type, "audit event");
         let Some(bus) = &self.bus else { return };
-        if let Err(problem) = bus.put(&event).await {
+        for (_, problem) in bus.put(&[(event.detail_type, event.detail.clone())]).await {
             tracing::error!(
                 audit = %event.detail,
                 detail_type = event.detail_type,
-                bus = %bus.name,
+                bus = bus.name(),
                 error = %problem,
                 "could not put the audit event on the EventBridge bus; it is only in this log. \
                  Check the bus name and the function's events:PutEvents permission"
             );
             metrics::audit_failure(function);
-        }
-    }
-}
-
-impl Bus {
-    async fn put(&self, event: &AuditEvent) -> Result<(), String> {
-        let entry = aws_sdk_eventbridge::types::PutEventsRequestEntry::builder()
-            .event_bus_name(&self.name)
-            .source(&self.source)
-            .detail_type(event.detail_type)
-            .detail(event.detail.to_string())
-            .build();
-        let output = self
-            .client
-            .put_events()
-            .entries(entry)
-            .send()
-            .await
-            .map_err(|e| aws_sdk_eventbridge::error::DisplayErrorContext(e).to_string())?;
-        match output.entries().first() {
-            Some(result) if result.error_code().is_some() => Err(format!(
-                "{}: {}",
-                result.error_code().unwrap_or_default(),
-                result.error_message().unwrap_or_default()
-            )),
-            _ if output.failed_entry_count() > 0 => Err("EventBridge rejected the entry".into()),
-            _ => Ok(()),
         }
     }
 }

@@ -10,6 +10,8 @@
 //!   `batchItemFailures` (SQS), so that Lambda or SQS retries it.
 
 pub mod audit;
+pub mod bus;
+pub mod discovery;
 pub mod input;
 pub mod metrics;
 pub mod pool;
@@ -50,6 +52,8 @@ pub enum InitError {
     NoConfigSource,
     #[error(transparent)]
     Config(#[from] autouser_core::config::ConfigError),
+    #[error("{0}")]
+    Discovery(String),
 }
 
 /// What the environment says, validated; no I/O but reading a config file.

@@ -6,6 +6,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{json, Value};
 
+use autouser_aws::discovery::{DiscoveryReport, DiscoveryStatus};
+
 use crate::input::Function;
 
 pub const NAMESPACE: &str = "pg-autouser";
@@ -78,6 +80,32 @@ pub fn transient_failure(function: Function, kind: &str) {
 /// An audit event that could not be put on the bus (it is in the log).
 pub fn audit_failure(function: Function) {
     println!("{}", kind_line(function, "AuditFailures", "PutEvents", SystemTime::now()));
+}
+
+/// The EMF line of a discovery run: how many databases are in each state. Pure.
+pub fn discovery_line(report: &DiscoveryReport, now: SystemTime) -> Value {
+    json!({
+        "_aws": {
+            "Timestamp": millis(now),
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [["Function"]],
+                "Metrics": [
+                    {"Name": "DatabasesReady", "Unit": "Count"},
+                    {"Name": "DatabasesNeedingAttention", "Unit": "Count"},
+                    {"Name": "RegionsNotListed", "Unit": "Count"}
+                ]
+            }]
+        },
+        "Function": "discovery",
+        "DatabasesReady": report.count(DiscoveryStatus::Ready),
+        "DatabasesNeedingAttention": report.count(DiscoveryStatus::NeedsAttention),
+        "RegionsNotListed": report.failed_regions.len(),
+    })
+}
+
+pub fn discovery(report: &DiscoveryReport) {
+    println!("{}", discovery_line(report, SystemTime::now()));
 }
 
 fn millis(time: SystemTime) -> u128 {

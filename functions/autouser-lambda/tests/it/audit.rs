@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use crate::{eventbridge, invoke, session, state, superuser};
 
 /// A bus `<name>` whose events with source `<name>.audit` land in the queue `<name>`; the queue's URL.
-async fn bus_into_queue(name: &str) -> String {
+pub async fn bus_into_queue(name: &str) -> String {
     let sdk = Moto::global().sdk_config(None).await;
     let events = aws_sdk_eventbridge::Client::new(&sdk);
     let sqs = aws_sdk_sqs::Client::new(&sdk);
@@ -30,7 +30,7 @@ async fn bus_into_queue(name: &str) -> String {
 }
 
 /// Every event in the queue, in arrival order.
-async fn drain(queue_url: &str) -> Vec<Value> {
+pub async fn drain(queue_url: &str) -> Vec<Value> {
     let sqs = aws_sdk_sqs::Client::new(&Moto::global().sdk_config(None).await);
     let mut events = Vec::new();
     loop {

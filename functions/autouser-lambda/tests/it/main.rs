@@ -1,6 +1,7 @@
 //! The handler, called directly with real payloads, against a throwaway PostgreSQL.
 
 mod audit;
+mod discovery;
 mod runtime;
 
 use std::sync::OnceLock;
