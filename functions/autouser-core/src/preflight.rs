@@ -105,7 +105,7 @@ pub fn admin_database(db: &ResolvedDatabase) -> &str {
 
 /// Reads the facts and evaluates them; the facts are returned for [`bootstrap`].
 pub async fn check(client: &Client, config: &Config, db: &ResolvedDatabase) -> Result<(Report, ServerFacts), Error> {
-    let facts = read_facts(client, &roles_to_check(config, db)).await?;
+    let facts = read_facts(client, config, &roles_to_check(config, db)).await?;
     Ok((Report::new(db, evaluate(config, db, &facts)), facts))
 }
 
@@ -136,6 +136,10 @@ pub struct RoleFacts {
 pub struct ServerFacts {
     pub admin: AdminFacts,
     pub roles: Vec<RoleFacts>,
+    /// Login roles outside the managed group (not superusers, not the admin, not built-in),
+    /// the first few by name, and how many there are.
+    pub unmanaged_logins: Vec<String>,
+    pub unmanaged_login_count: i64,
 }
 
 impl ServerFacts {
@@ -161,6 +165,18 @@ SELECT n.name, r.oid IS NOT NULL, COALESCE(r.rolsuper, false),
   LEFT JOIN pg_catalog.pg_roles r ON r.rolname = n.name
  ORDER BY n.name";
 
+/// `$1`: the managed group. Login roles a person's session would collide with: not in the
+/// group, not superusers, not the admin, not built-in (`pg_*`, `rds*`).
+const UNMANAGED_LOGINS: &str = "\
+WITH unmanaged AS (
+  SELECT r.rolname FROM pg_catalog.pg_roles r
+   WHERE r.rolcanlogin AND NOT r.rolsuper AND r.rolname <> current_user
+     AND r.rolname !~ '^(pg_|rds)'
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                       JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+                      WHERE m.member = r.oid AND g.rolname = $1::text))
+SELECT ARRAY(SELECT rolname::text FROM unmanaged ORDER BY 1 LIMIT 10), (SELECT count(*) FROM unmanaged)";
+
 /// The roles preflight asks about on `db`: the managed group, `rds_iam` on RDS,
 /// `rds_superuser` when the policy grants it, and every literal role the policy could grant.
 pub fn roles_to_check(config: &Config, db: &ResolvedDatabase) -> BTreeSet<String> {
@@ -172,7 +188,7 @@ pub fn roles_to_check(config: &Config, db: &ResolvedDatabase) -> BTreeSet<String
     roles
 }
 
-pub async fn read_facts(client: &Client, roles: &BTreeSet<String>) -> Result<ServerFacts, Error> {
+pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<String>) -> Result<ServerFacts, Error> {
     let failed = |source| Error::Postgres { action: "preflight".into(), endpoint: String::new(), source };
     let row = client.query_one(ADMIN_FACTS, &[]).await.map_err(failed)?;
     let admin = AdminFacts {
@@ -197,7 +213,8 @@ pub async fn read_facts(client: &Client, roles: &BTreeSet<String>) -> Result<Ser
             admin_option: row.get(4),
         })
         .collect();
-    Ok(ServerFacts { admin, roles })
+    let row = client.query_one(UNMANAGED_LOGINS, &[&config.managed_group]).await.map_err(failed)?;
+    Ok(ServerFacts { admin, roles, unmanaged_logins: row.get(0), unmanaged_login_count: row.get(1) })
 }
 
 /// The findings for `db` given what the server said. Pure.
@@ -316,6 +333,18 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
             findings.push(Finding::pass(check, format!("the admin can grant {role:?}")));
         }
     }
+    if facts.unmanaged_login_count > 0 {
+        findings.push(Finding::warn(
+            "unmanaged_users",
+            format!(
+                "{} login role(s) are not in {group:?} (for example {}): pg-autouser never touches them, and \
+                 refuses the session of a person whose database user name is one of them (UserConflict)",
+                facts.unmanaged_login_count,
+                facts.unmanaged_logins.join(", ")
+            ),
+            Some(format!("to hand one over to pg-autouser: GRANT {} TO <role>;", quote_ident(group))),
+        ));
+    }
     for entry in &grantable.templated {
         findings.push(Finding::warn(
             format!("db_role:{entry}"),
@@ -409,6 +438,8 @@ roles:
                     admin_option: *admin_option,
                 })
                 .collect(),
+            unmanaged_logins: Vec::new(),
+            unmanaged_login_count: 0,
         }
     }
 
@@ -441,6 +472,22 @@ roles:
             evaluate(&config, &db, &facts(150000, &[("rds_iam", false, true, true), ("boss", true, false, false)]));
         assert_eq!(status_of(&findings, "db_role:boss"), Status::Warn);
         assert_eq!(status_of(&findings, "rds_iam"), Status::Pass);
+    }
+
+    #[test]
+    fn unmanaged_login_roles_are_a_warning_naming_them() {
+        let config = config("[]");
+        let db = config.databases[0].resolve_static().unwrap();
+        let mut with_bob = facts(170000, &[("rds_iam", false, true, true)]);
+        with_bob.unmanaged_logins = vec!["bob".into(), "carol".into()];
+        with_bob.unmanaged_login_count = 12;
+        let findings = evaluate(&config, &db, &with_bob);
+        let warning = findings.iter().find(|f| f.check == "unmanaged_users").unwrap();
+        assert_eq!(warning.status, Status::Warn);
+        assert!(warning.detail.starts_with("12 login role(s)") && warning.detail.contains("bob, carol"), "{warning:?}");
+        assert!(Report::new(&db, findings).ready, "a warning does not block");
+        let findings = evaluate(&config, &db, &facts(170000, &[("rds_iam", false, true, true)]));
+        assert!(findings.iter().all(|f| f.check != "unmanaged_users"));
     }
 
     #[test]

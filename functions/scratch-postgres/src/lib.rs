@@ -131,7 +131,7 @@ pub struct Cluster {
     port: u16,
     ca_cert_pem: String,
     ca_cert_path: PathBuf,
-    ca_issuer: Issuer<'static, KeyPair>,
+    ca_issuer: std::sync::Arc<Issuer<'static, KeyPair>>,
     owner: Option<(u32, u32)>,
     child: Option<Child>,
     client_certs: Mutex<HashMap<String, ClientCert>>,
@@ -150,7 +150,7 @@ impl Cluster {
         ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let ca_cert = ca_params.self_signed(&ca_key)?;
         let ca_cert_pem = ca_cert.pem();
-        let ca_issuer = Issuer::new(ca_params, ca_key);
+        let ca_issuer = std::sync::Arc::new(Issuer::new(ca_params, ca_key));
 
         let mut server_params = CertificateParams::new(vec!["localhost".to_string()])?;
         server_params.subject_alt_names.push(SanType::IpAddress("127.0.0.1".parse().expect("an IP")));
@@ -184,6 +184,7 @@ impl Cluster {
         }
         let hba = format!(
             "local   all  all                          trust\n\
+             local   replication  all                  trust\n\
              hostssl all  +{PASSWORD_LOGIN_GROUP}  127.0.0.1/32  scram-sha-256\n\
              hostssl all  all              127.0.0.1/32  cert\n"
         );
@@ -200,12 +201,76 @@ impl Cluster {
             child: None,
             client_certs: Mutex::new(HashMap::new()),
         };
+        cluster.launch_on_a_free_port()?;
+        Ok(cluster)
+    }
+
+    /// A hot standby of this cluster: `pg_basebackup` over the local socket, then a server in
+    /// recovery streaming from this one, on its own free port, with the same CA and server
+    /// certificate (client certificates of either cluster work on both). Needs `pg_basebackup`
+    /// in the installation (Debian's packages have it; the npm embedded builds do not).
+    pub fn start_standby(&self) -> Result<Cluster, Error> {
+        let basebackup = self.install.bin_dir.join("pg_basebackup");
+        if !basebackup.is_file() {
+            return Err(Error::Command {
+                what: "pg_basebackup".into(),
+                detail: format!(
+                    "{} is missing: a standby needs an installation with pg_basebackup (Debian's postgresql-15)",
+                    basebackup.display()
+                ),
+            });
+        }
+        let owner = self.owner;
+        let dir = tempfile::Builder::new().prefix("scratch-standby-").tempdir().map_err(io("creating a temp dir"))?;
+        let ca_cert_path = dir.path().join("ca.crt");
+        write_file(&ca_cert_path, &self.ca_cert_pem, 0o644, owner)?;
+        for (name, mode) in [("server.crt", 0o644), ("server.key", 0o600)] {
+            let text =
+                std::fs::read_to_string(self.dir.path().join(name)).map_err(io("reading the server certificate"))?;
+            write_file(&dir.path().join(name), &text, mode, owner)?;
+        }
+        chown(dir.path(), owner)?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).map_err(io("chmod temp dir"))?;
+        let mut command = Command::new(basebackup);
+        command
+            .arg("-h")
+            .arg(self.dir.path())
+            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-X", "stream", "-R", "--no-sync", "-D"])
+            .arg(dir.path().join("data"))
+            .stdin(Stdio::null());
+        let output = as_owner(&mut command, owner).output().map_err(io("running pg_basebackup"))?;
+        if !output.status.success() {
+            return Err(Error::Command {
+                what: "pg_basebackup".into(),
+                detail: format!(
+                    "{}{}",
+                    String::from_utf8_lossy(&output.stdout),
+                    String::from_utf8_lossy(&output.stderr)
+                ),
+            });
+        }
+        let mut standby = Cluster {
+            install: self.install.clone(),
+            dir,
+            port: 0,
+            ca_cert_pem: self.ca_cert_pem.clone(),
+            ca_cert_path,
+            ca_issuer: self.ca_issuer.clone(),
+            owner,
+            child: None,
+            client_certs: Mutex::new(HashMap::new()),
+        };
+        standby.launch_on_a_free_port()?;
+        Ok(standby)
+    }
+
+    fn launch_on_a_free_port(&mut self) -> Result<(), Error> {
         let mut last = None;
         for _ in 0..PORT_ATTEMPTS {
-            cluster.port = free_port()?;
-            match cluster.launch() {
-                Ok(()) => return Ok(cluster),
-                Err(error @ Error::Start { .. }) if cluster.port_was_taken() => last = Some(error),
+            self.port = free_port()?;
+            match self.launch() {
+                Ok(()) => return Ok(()),
+                Err(error @ Error::Start { .. }) if self.port_was_taken() => last = Some(error),
                 Err(error) => return Err(error),
             }
         }
@@ -348,7 +413,8 @@ impl Cluster {
                 return Err(self.start_error(format!("postgres exited with {status}"), log_start));
             }
             if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
-                && self.log_since(log_start).contains("ready to accept connections")
+                // "ready to accept connections", or "… read-only connections" for a standby.
+                && self.log_since(log_start).contains("ready to accept")
             {
                 self.child = Some(child);
                 return Ok(());
