@@ -35,6 +35,14 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError 
     ConfigError::Invalid { field: field.into(), message: message.into() }
 }
 
+/// Values that replace the config file's, set by a deployment (environment variables).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Overrides {
+    pub managed_group: Option<String>,
+    pub admin_user_tag: Option<String>,
+    pub default_database_tag: Option<String>,
+}
+
 /// A validated configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -188,17 +196,37 @@ pub struct TlsConfig {
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Config::load_with(path, &Overrides::default())
+    }
+
+    /// [`Config::load`] with [`Overrides`].
+    pub fn load_with(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let text =
             std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base)
+        Config::parse_with(&text, base, overrides)
     }
 
     /// Parses and validates a config; relative paths are resolved against `base_dir`.
     pub fn parse(text: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+        Config::parse_with(text, base_dir, &Overrides::default())
+    }
+
+    /// [`Config::parse`], with `overrides` (deployment parameters) replacing the file's values
+    /// before validation, so that every rule applies to them too.
+    pub fn parse_with(text: &str, base_dir: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
         let deserializer = serde_yaml_ng::Deserializer::from_str(text);
-        let raw: RawConfig = serde_path_to_error::deserialize(deserializer)
+        let mut raw: RawConfig = serde_path_to_error::deserialize(deserializer)
             .map_err(|e| ConfigError::Syntax { path: e.path().to_string(), message: e.inner().to_string() })?;
+        if let Some(group) = &overrides.managed_group {
+            raw.managed_group = Some(group.clone());
+        }
+        if let Some(tag) = &overrides.admin_user_tag {
+            raw.tag_keys.admin_user = tag.clone();
+        }
+        if let Some(tag) = &overrides.default_database_tag {
+            raw.tag_keys.default_database = tag.clone();
+        }
         raw.validate(base_dir)
     }
 
@@ -669,6 +697,7 @@ databases:
         let config = parse(text).unwrap();
         assert_eq!(config.tag_keys.admin_user, "corp/db-admin");
         assert_eq!(config.tag_keys.default_database, DEFAULT_ADMIN_DATABASE_TAG);
+
         let orders = config.database("orders").unwrap();
         assert_eq!(orders.db_type, DatabaseType::Rds);
         assert_eq!(orders.auth, AuthConfig::Iam { region: Some("eu-west-1".into()) });
@@ -722,5 +751,22 @@ databases:
         assert!(parse_uri("u:p@db:5432").is_err());
         assert!(parse_uri(":5432").is_err());
         assert!(parse_uri("db:0").is_err());
+    }
+
+    #[test]
+    fn overrides_replace_the_file_and_are_validated() {
+        let text = "managed_group: from-file\ndatabases:\n  - name: o\n    rds: {instance_id: i, region: us-east-1}\n";
+        let overrides = Overrides {
+            managed_group: Some("from-deployment".into()),
+            admin_user_tag: Some("corp/admin".into()),
+            default_database_tag: None,
+        };
+        let config = Config::parse_with(text, Path::new("/"), &overrides).unwrap();
+        assert_eq!(config.managed_group, "from-deployment");
+        assert_eq!(config.tag_keys.admin_user, "corp/admin");
+        assert_eq!(config.tag_keys.default_database, DEFAULT_ADMIN_DATABASE_TAG);
+        let reserved = Overrides { managed_group: Some("pg_group".into()), ..Overrides::default() };
+        let err = Config::parse_with(text, Path::new("/"), &reserved).unwrap_err().to_string();
+        assert!(err.contains("managed_group"), "{err}");
     }
 }

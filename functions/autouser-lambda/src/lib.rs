@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use audit::Auditor;
 use autouser_aws::AwsContext;
-use autouser_core::config::Config;
+use autouser_core::config::{Config, Overrides};
 use autouser_core::event::SessionEvent;
 use autouser_core::{engine, request, Error};
 use lambda_runtime::{Diagnostic, LambdaEvent};
@@ -71,15 +71,22 @@ impl Settings {
     /// `LAMBDA_TASK_ROOT`, where the function's bundle is) or `AUTOUSER_CONFIG_FILE`,
     /// `AUTOUSER_EVENT_SOURCE` (default `autouser`), `AUTOUSER_AUDIT_EVENT_BUS` (a bus name or
     /// ARN; unset: audit events are logged only), `AUTOUSER_AUDIT_SOURCE` (default
-    /// `autouser.audit`). Empty values count as unset.
+    /// `autouser.audit`), and `AUTOUSER_MANAGED_GROUP`, `AUTOUSER_ADMIN_TAG`,
+    /// `AUTOUSER_ADMIN_DATABASE_TAG`, which replace the config's `managed_group` and
+    /// `tag_keys` (deployment parameters). Empty values count as unset.
     pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Settings, InitError> {
         let var = |name: &str| var(name).filter(|value| !value.is_empty());
+        let overrides = Overrides {
+            managed_group: var("AUTOUSER_MANAGED_GROUP"),
+            admin_user_tag: var("AUTOUSER_ADMIN_TAG"),
+            default_database_tag: var("AUTOUSER_ADMIN_DATABASE_TAG"),
+        };
         let config = match (var("AUTOUSER_CONFIG"), var("AUTOUSER_CONFIG_FILE")) {
             (Some(text), None) => {
                 let base = var("LAMBDA_TASK_ROOT").unwrap_or_else(|| ".".to_string());
-                Config::parse(&text, std::path::Path::new(&base))?
+                Config::parse_with(&text, std::path::Path::new(&base), &overrides)?
             }
-            (None, Some(path)) => Config::load(std::path::Path::new(&path))?,
+            (None, Some(path)) => Config::load_with(std::path::Path::new(&path), &overrides)?,
             (Some(_), Some(_)) => return Err(InitError::BothConfigSources),
             (None, None) => return Err(InitError::NoConfigSource),
         };
@@ -334,6 +341,22 @@ roles: []
         assert_eq!(settings.event_source, "proxy");
         assert_eq!(settings.audit_bus.as_deref(), Some("audit"));
         assert_eq!(settings.audit_source, "proxy.audit");
+    }
+
+    #[test]
+    fn deployment_parameters_replace_the_group_and_tag_keys() {
+        let overridden = settings(&[
+            ("AUTOUSER_CONFIG", CONFIG),
+            ("AUTOUSER_MANAGED_GROUP", "platform-users"),
+            ("AUTOUSER_ADMIN_TAG", "corp/db-admin"),
+            ("AUTOUSER_ADMIN_DATABASE_TAG", "corp/db-admin-database"),
+        ])
+        .unwrap();
+        assert_eq!(overridden.config.managed_group, "platform-users");
+        assert_eq!(overridden.config.tag_keys.admin_user, "corp/db-admin");
+        assert_eq!(overridden.config.tag_keys.default_database, "corp/db-admin-database");
+        let bad = settings(&[("AUTOUSER_CONFIG", CONFIG), ("AUTOUSER_MANAGED_GROUP", "pg_x")]).unwrap_err();
+        assert!(bad.to_string().contains("managed_group"), "{bad}");
     }
 
     #[test]
