@@ -7,12 +7,12 @@
 //! and region), otherwise as [`DatabaseConfig::discovered`]: IAM authentication and TLS
 //! verified against the RDS CA bundle. One failing database or region never stops the others.
 
-use autouser_core::config::{Config, DatabaseConfig, Location, RdsLocator, RdsResource};
+use autouser_core::config::{Config, DatabaseConfig, Location, RdsLocator};
 use autouser_core::preflight::{self, Report};
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 
-use crate::rds::{apply_facts, TaggedDatabase};
+use crate::rds::{apply_facts, describe, TaggedDatabase};
 use crate::AwsContext;
 
 #[derive(Debug, Clone)]
@@ -52,6 +52,21 @@ pub struct DiscoveredDatabase {
     /// Statements bootstrap ran.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bootstrapped: Vec<String>,
+}
+
+impl DiscoveredDatabase {
+    /// An entry that needs attention until the examination says otherwise.
+    fn new(database: String, resource: String, region: String) -> DiscoveredDatabase {
+        DiscoveredDatabase {
+            database,
+            resource,
+            region,
+            status: DiscoveryStatus::NeedsAttention,
+            reason: None,
+            preflight: None,
+            bootstrapped: Vec::new(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -144,41 +159,31 @@ impl AwsContext {
             Ok(facts) if facts.tags.get(&config.tag_keys.admin_user).is_some_and(|a| !a.is_empty()) => {
                 self.examine(config, TaggedDatabase { locator, facts }, bootstrap).await
             }
-            Ok(facts) => DiscoveredDatabase {
-                database: db_config.name,
-                resource: facts.description,
-                region: locator.region,
-                status: DiscoveryStatus::NotManaged,
-                reason: Some(format!(
+            Ok(facts) => {
+                let mut entry = DiscoveredDatabase::new(db_config.name, facts.description, locator.region);
+                entry.status = DiscoveryStatus::NotManaged;
+                entry.reason = Some(format!(
                     "no tag {}: session-start refuses its sessions until it is tagged again",
                     config.tag_keys.admin_user
-                )),
-                preflight: None,
-                bootstrapped: Vec::new(),
-            },
-            Err(e) => DiscoveredDatabase {
-                database: db_config.name,
-                resource: describe_locator(&locator),
-                region: locator.region,
-                status: DiscoveryStatus::NeedsAttention,
-                reason: Some(e.to_string()),
-                preflight: None,
-                bootstrapped: Vec::new(),
-            },
+                ));
+                entry
+            }
+            Err(e) => {
+                let resource = describe(&locator.resource, &locator.region);
+                let mut entry = DiscoveredDatabase::new(db_config.name, resource, locator.region);
+                entry.reason = Some(e.to_string());
+                entry
+            }
         }
     }
 
     async fn examine(&self, config: &Config, found: TaggedDatabase, bootstrap: bool) -> DiscoveredDatabase {
         let db_config = database_config(config, &found.locator);
-        let mut entry = DiscoveredDatabase {
-            database: db_config.name.clone(),
-            resource: found.facts.description.clone(),
-            region: found.locator.region.clone(),
-            status: DiscoveryStatus::NeedsAttention,
-            reason: None,
-            preflight: None,
-            bootstrapped: Vec::new(),
-        };
+        let mut entry = DiscoveredDatabase::new(
+            db_config.name.clone(),
+            found.facts.description.clone(),
+            found.locator.region.clone(),
+        );
         if let Some(reason) = &found.facts.read_only_reason {
             entry.status = DiscoveryStatus::Skipped;
             entry.reason = Some(format!("{reason}: sessions use the primary"));
@@ -235,11 +240,4 @@ impl AwsContext {
 
 fn database_config(config: &Config, locator: &RdsLocator) -> DatabaseConfig {
     config.database_for(locator).cloned().unwrap_or_else(|| DatabaseConfig::discovered(locator.clone()))
-}
-
-fn describe_locator(locator: &RdsLocator) -> String {
-    match &locator.resource {
-        RdsResource::Instance(id) => format!("RDS instance {id} in {}", locator.region),
-        RdsResource::Cluster(id) => format!("Aurora cluster {id} in {}", locator.region),
-    }
 }

@@ -153,11 +153,19 @@ impl AwsContext {
     }
 }
 
+/// `RDS instance <id> in <region>` or `Aurora cluster <id> in <region>`, for messages.
+pub(crate) fn describe(resource: &RdsResource, region: &str) -> String {
+    match resource {
+        RdsResource::Instance(id) => format!("RDS instance {id} in {region}"),
+        RdsResource::Cluster(id) => format!("Aurora cluster {id} in {region}"),
+    }
+}
+
 /// Facts of an instance; `None` while it has no endpoint yet.
 fn instance_facts(id: &str, region: &str, instance: &aws_sdk_rds::types::DbInstance) -> Option<RdsFacts> {
     let endpoint = instance.endpoint()?;
     Some(RdsFacts {
-        description: format!("RDS instance {id} in {region}"),
+        description: describe(&RdsResource::Instance(id.to_string()), region),
         host: endpoint.address()?.to_string(),
         port: endpoint.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
         iam_auth_enabled: instance.iam_database_authentication_enabled().unwrap_or(false),
@@ -171,7 +179,7 @@ fn instance_facts(id: &str, region: &str, instance: &aws_sdk_rds::types::DbInsta
 /// Facts of a cluster, with its writer endpoint; `None` while it has none yet.
 fn cluster_facts(id: &str, region: &str, cluster: &aws_sdk_rds::types::DbCluster) -> Option<RdsFacts> {
     Some(RdsFacts {
-        description: format!("Aurora cluster {id} in {region}"),
+        description: describe(&RdsResource::Cluster(id.to_string()), region),
         host: cluster.endpoint()?.to_string(),
         port: cluster.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
         iam_auth_enabled: cluster.iam_database_authentication_enabled().unwrap_or(false),
