@@ -15,8 +15,7 @@ use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
 use autouser_core::config::{AuthConfig, DatabaseType, ResolvedDatabase};
-use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
-use autouser_core::tokio_postgres::Client;
+use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::Error;
 pub use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::provider::ProvideCredentials;
@@ -82,10 +81,10 @@ impl AwsContext {
 
     /// Logs in as the admin of `db` to `dbname`. A login refused with credentials from a
     /// cached secret is retried once with the secret fetched again (it may have rotated).
-    pub async fn connect_admin(&self, db: &ResolvedDatabase, dbname: &str) -> Result<Client, Error> {
+    pub async fn connect_admin(&self, db: &ResolvedDatabase, dbname: &str) -> Result<AdminConnection, Error> {
         let tls = tls_settings(db)?;
         let credentials = self.admin_credentials(db).await?;
-        let result = pg::connect(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await;
+        let result = pg::connect_admin(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await;
         if matches!(result, Err(Error::Unreachable { .. } | Error::AdminAuthFailed { .. })) {
             // The instance may have moved (failover, restore): look it up again next time.
             self.forget_resolutions();
@@ -94,7 +93,7 @@ impl AwsContext {
             Err(Error::AdminAuthFailed { .. }) if self.forget_secret_of(&db.auth) => {
                 tracing::info!(database = %db.name, "admin login refused; fetching its secret again");
                 let credentials = self.admin_credentials(db).await?;
-                pg::connect(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await
+                pg::connect_admin(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await
             }
             other => other,
         }

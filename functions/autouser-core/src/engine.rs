@@ -1,7 +1,10 @@
 //! Executes session starts and ends against a connected admin client.
 //!
-//! One attempt is one transaction in two round trips:
-//! 1. `BEGIN`, the per-user advisory lock and [`sql::READ_STATE`], pipelined;
+//! A start of a user the connection has not seen exist is first tried in one round trip
+//! (see [`session_start`]). Otherwise one attempt is one transaction in two round trips:
+//! 1. `BEGIN`, the per-user advisory lock and [`sql::READ_STATE`], pipelined; the catalog
+//!    query is prepared once per connection ([`AdminConnection`]), because planning it costs
+//!    several times more than running it;
 //! 2. the plan's statements and `COMMIT`, pipelined. PostgreSQL turns the `COMMIT` of a
 //!    transaction in which a statement failed into a rollback, so a failure anywhere leaves
 //!    nothing behind; the first failing statement tells us which step failed.
@@ -18,7 +21,9 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::RDS_IAM_ROLE;
+use crate::ledger::Ledger;
 use crate::outcome::{EndOutcome, EndStatus, StartOutcome};
+use crate::pg::AdminConnection;
 use crate::plan::{self, EndDecision, ObservedState, StartDecision, Step};
 use crate::policy::CreateDbUserMode;
 use crate::request::{EndRequest, StartRequest, Target};
@@ -29,13 +34,73 @@ use crate::Error;
 pub const MAX_ATTEMPTS: u32 = 12;
 
 /// Opens (or confirms) a session: see [`plan::plan_start`] for what changes.
-pub async fn session_start(client: &Client, req: &StartRequest) -> Result<StartOutcome, Error> {
-    retrying(&req.target, || start_once(client, req)).await
+///
+/// For a user this connection has not seen exist, it first tries to create the user in one
+/// round trip, planning from [`ObservedState::expected_for_new_user`] instead of reading: if
+/// the user exists after all (or the group, a role, or write access is missing), a statement
+/// of that transaction fails, nothing is kept, and the usual read-then-write attempt follows.
+pub async fn session_start(connection: &AdminConnection, req: &StartRequest) -> Result<StartOutcome, Error> {
+    let t = &req.target;
+    if !connection.user_seen(&t.db_user) {
+        match create_in_one_round_trip(connection, req).await {
+            Ok(Some(outcome)) => return Ok(outcome),
+            Ok(None) => {}
+            Err(error) => {
+                tracing::debug!(db_user = %t.db_user, %error, "the user is not new; reading its state");
+            }
+        }
+    }
+    retrying(t, || start_once(connection, req)).await
+}
+
+/// The one-round-trip start of a new user: the user's lock, `CREATE ROLE … LOGIN IN ROLE …`
+/// and the ledger, in one message and so in one implicit transaction
+/// ([`sql::locked_transaction`]). `None` when the admin is (or may be) a
+/// superuser: it could grant a superuser role, which the read path refuses, while PostgreSQL
+/// refuses that to any other admin.
+async fn create_in_one_round_trip(
+    connection: &AdminConnection,
+    req: &StartRequest,
+) -> Result<Option<StartOutcome>, tokio_postgres::Error> {
+    let t = &req.target;
+    if connection.admin_is_superuser() != Some(false) {
+        return Ok(None);
+    }
+    let expected = ObservedState::expected_for_new_user(req);
+    let Ok(StartDecision::Apply { steps, ledger, created_user: true }) = plan::plan_start(req, &expected, unix_now())
+    else {
+        return Ok(None);
+    };
+    // A failure rolls the implicit transaction back: nothing is left to undo.
+    let text = sql::locked_transaction(sql::user_lock_key(&t.db_user), &steps);
+    connection.client().simple_query(&text).await?;
+    connection.saw_user(&t.db_user, true);
+    Ok(Some(start_outcome(req, &ledger, true, false)))
+}
+
+/// The answer to a session-start, from the ledger as committed.
+fn start_outcome(req: &StartRequest, ledger: &Ledger, created_user: bool, already_active: bool) -> StartOutcome {
+    let t = &req.target;
+    let session = ledger.sessions.get(&t.session_id);
+    StartOutcome {
+        status: "active",
+        db_user: t.db_user.clone(),
+        database: t.database.clone(),
+        db_name: t.db_name.clone(),
+        session_id: t.session_id.clone(),
+        mode: session.map_or(req.mode, |s| s.mode),
+        db_roles: session
+            .map_or_else(|| req.db_roles.iter().cloned().collect(), |s| s.db_roles.iter().cloned().collect()),
+        base_roles: std::iter::once(t.managed_group.clone()).chain(req.platform_roles.iter().cloned()).collect(),
+        created_user,
+        already_active,
+        open_sessions: ledger.sessions.len(),
+    }
 }
 
 /// Closes a session: see [`plan::plan_end`] for what changes.
-pub async fn session_end(client: &Client, req: &EndRequest) -> Result<EndOutcome, Error> {
-    retrying(&req.target, || end_once(client, req)).await
+pub async fn session_end(connection: &AdminConnection, req: &EndRequest) -> Result<EndOutcome, Error> {
+    retrying(&req.target, || end_once(connection, req)).await
 }
 
 /// Why one attempt failed.
@@ -82,10 +147,11 @@ fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-async fn start_once(client: &Client, req: &StartRequest) -> Result<StartOutcome, Failure> {
+async fn start_once(connection: &AdminConnection, req: &StartRequest) -> Result<StartOutcome, Failure> {
     let t = &req.target;
     let candidates: Vec<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
-    let state = begin_and_read(client, t, &candidates).await?;
+    let state = begin_and_read(connection, t, &candidates).await?;
+    let client = connection.client();
     let decision = match plan::plan_start(req, &state, unix_now()) {
         Ok(decision) => decision,
         Err(error) => {
@@ -93,39 +159,22 @@ async fn start_once(client: &Client, req: &StartRequest) -> Result<StartOutcome,
             return Err(Failure::Fatal(error));
         }
     };
-    let mut base_roles: Vec<String> = vec![t.managed_group.clone()];
-    base_roles.extend(req.platform_roles.iter().cloned());
-    let outcome = |ledger: &crate::ledger::Ledger, created_user, already_active| StartOutcome {
-        status: "active",
-        db_user: t.db_user.clone(),
-        database: t.database.clone(),
-        db_name: t.db_name.clone(),
-        session_id: t.session_id.clone(),
-        mode: ledger.sessions.get(&t.session_id).map_or(req.mode, |s| s.mode),
-        db_roles: ledger
-            .sessions
-            .get(&t.session_id)
-            .map_or_else(|| req.db_roles.iter().cloned().collect(), |s| s.db_roles.iter().cloned().collect()),
-        base_roles: base_roles.clone(),
-        created_user,
-        already_active,
-        open_sessions: ledger.sessions.len(),
-    };
     match decision {
         StartDecision::AlreadyActive { ledger } => {
             rollback(client).await;
-            Ok(outcome(&ledger, false, true))
+            Ok(start_outcome(req, &ledger, false, true))
         }
         StartDecision::Apply { steps, ledger, created_user } => {
             run_and_commit(client, t, &state, &steps).await?;
-            Ok(outcome(&ledger, created_user, false))
+            Ok(start_outcome(req, &ledger, created_user, false))
         }
     }
 }
 
-async fn end_once(client: &Client, req: &EndRequest) -> Result<EndOutcome, Failure> {
+async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndOutcome, Failure> {
     let t = &req.target;
-    let state = begin_and_read(client, t, &[]).await?;
+    let state = begin_and_read(connection, t, &[]).await?;
+    let client = connection.client();
     let decision = match plan::plan_end(req, &state) {
         Ok(decision) => decision,
         Err(error) => {
@@ -165,6 +214,7 @@ async fn end_once(client: &Client, req: &EndRequest) -> Result<EndOutcome, Failu
             match run_pipelined(client, &statements).await {
                 Ok(()) => {
                     commit(client, t).await?;
+                    connection.saw_user(&t.db_user, false);
                     Ok(outcome(EndStatus::Dropped, mode, 0, None))
                 }
                 Err((Statement::Step(Step::DropUser { .. }), error))
@@ -270,27 +320,36 @@ async fn rollback(client: &Client) {
     let _ = client.simple_query(sql::ROLLBACK).await;
 }
 
-async fn begin_and_read(client: &Client, t: &Target, candidates: &[String]) -> Result<ObservedState, Failure> {
+async fn begin_and_read(
+    connection: &AdminConnection,
+    t: &Target,
+    candidates: &[String],
+) -> Result<ObservedState, Failure> {
+    let client = connection.client();
+    let failure = |error: tokio_postgres::Error| {
+        if is_conflict(&error, None) {
+            Failure::Retry(crate::pg::error_chain(&error))
+        } else {
+            Failure::Fatal(postgres_error("reading the user's state", t, error))
+        }
+    };
+    let read_state = connection.read_state().await.map_err(failure)?;
     let lock_key = sql::user_lock_key(&t.db_user);
     let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&lock_key, Type::INT8)];
-    let read_params: [(&(dyn ToSql + Sync), Type); 3] =
-        [(&t.db_user, Type::TEXT), (&t.managed_group, Type::TEXT), (&candidates, Type::TEXT_ARRAY)];
+    let read_params: [&(dyn ToSql + Sync); 3] = [&t.db_user, &t.managed_group, &candidates];
     let begin = client.simple_query(sql::BEGIN);
     let lock = client.query_typed(sql::LOCK_USER, &lock_params);
-    let read = client.query_typed(sql::READ_STATE, &read_params);
+    let read = client.query(read_state, &read_params);
     let (begin, lock, read) = tokio::join!(begin, lock, read);
     let row = match begin.and(lock).and(read) {
         Ok(rows) => rows.into_iter().next(),
         Err(error) => {
             rollback(client).await;
-            return Err(if is_conflict(&error, None) {
-                Failure::Retry(crate::pg::error_chain(&error))
-            } else {
-                Failure::Fatal(postgres_error("reading the user's state", t, error))
-            });
+            return Err(failure(error));
         }
     };
     let row = row.expect("READ_STATE returns exactly one row");
+    connection.saw_user(&t.db_user, row.get("user_exists"));
     let get = |name| -> Vec<String> { row.get(name) };
     Ok(ObservedState {
         user_exists: row.get("user_exists"),
@@ -321,8 +380,10 @@ fn is_conflict(error: &tokio_postgres::Error, step: Option<&Step>) -> bool {
     if matches!(step, Some(Step::CreateUser { .. } | Step::CreateGroup { .. })) && *code == SqlState::DUPLICATE_OBJECT {
         return true;
     }
-    if matches!(step, Some(Step::SetLogin { .. } | Step::GrantRole { .. } | Step::RevokeRole { .. }))
-        && *code == SqlState::UNDEFINED_OBJECT
+    if matches!(
+        step,
+        Some(Step::CreateUser { .. } | Step::SetLogin { .. } | Step::GrantRole { .. } | Step::RevokeRoles { .. })
+    ) && *code == SqlState::UNDEFINED_OBJECT
     {
         return true;
     }
@@ -364,14 +425,28 @@ async fn step_failure(
     if code == SqlState::INSUFFICIENT_PRIVILEGE {
         let detail = error.as_db_error().map(|db| db.message().to_string()).unwrap_or_default();
         return Failure::Fatal(match step {
-            Some(Step::CreateUser { .. } | Step::CreateGroup { .. }) => Error::MissingCreateRole { admin },
-            Some(Step::GrantRole { role, .. } | Step::RevokeRole { role, .. }) => {
-                match lacks_admin_option(client, role).await {
-                    Ok(true) => Error::MissingAdminOption { admin, role: role.clone() },
+            Some(Step::CreateGroup { .. }) => Error::MissingCreateRole { admin },
+            Some(Step::CreateUser { member_of, .. }) => {
+                match create_user_denied(client, member_of, state.server_version_num).await {
+                    Ok(CreateDenied::NoCreateRole) | Err(_) => Error::MissingCreateRole { admin },
+                    Ok(CreateDenied::NoAdminOption(role)) => Error::MissingAdminOption { admin, role },
+                    Ok(CreateDenied::Other) => Error::PermissionDenied { admin, action: describe(&statement), detail },
+                }
+            }
+            Some(Step::GrantRole { role, .. }) => {
+                match roles_lacking_admin_option(client, std::slice::from_ref(role)).await {
+                    Ok(lacking) if !lacking.is_empty() => Error::MissingAdminOption { admin, role: role.clone() },
                     _ if role == RDS_IAM_ROLE => Error::MissingAdminOption { admin, role: role.clone() },
                     _ => Error::PermissionDenied { admin, action: describe(&statement), detail },
                 }
             }
+            Some(Step::RevokeRoles { roles, .. }) => match roles_lacking_admin_option(client, roles).await {
+                Ok(lacking) if !lacking.is_empty() => Error::MissingAdminOption { admin, role: lacking[0].clone() },
+                _ if roles.iter().any(|role| role == RDS_IAM_ROLE) => {
+                    Error::MissingAdminOption { admin, role: RDS_IAM_ROLE.into() }
+                }
+                _ => Error::PermissionDenied { admin, action: describe(&statement), detail },
+            },
             // PostgreSQL 16+ lets a CREATEROLE admin alter or drop only roles it holds
             // WITH ADMIN OPTION (it gets that option on the roles it creates).
             Some(Step::SetLogin { user, .. } | Step::WriteLedger { user, .. } | Step::DropUser { user })
@@ -385,18 +460,47 @@ async fn step_failure(
     Failure::Fatal(postgres_error(&describe(&statement), t, error))
 }
 
-async fn lacks_admin_option(client: &Client, role: &str) -> Result<bool, tokio_postgres::Error> {
-    let roles = vec![role.to_string()];
+/// Why `CREATE ROLE … IN ROLE …` was denied.
+enum CreateDenied {
+    NoCreateRole,
+    /// PostgreSQL 16+: a role of `IN ROLE` the admin does not hold WITH ADMIN OPTION.
+    NoAdminOption(String),
+    Other,
+}
+
+async fn create_user_denied(
+    client: &Client,
+    member_of: &[String],
+    server_version_num: i32,
+) -> Result<CreateDenied, tokio_postgres::Error> {
+    let may_create: bool = client.query_one(sql::ADMIN_MAY_CREATE_ROLES, &[]).await?.get(0);
+    if !may_create {
+        return Ok(CreateDenied::NoCreateRole);
+    }
+    if server_version_num < 160000 {
+        return Ok(CreateDenied::Other);
+    }
+    Ok(match roles_lacking_admin_option(client, member_of).await?.into_iter().next() {
+        Some(role) => CreateDenied::NoAdminOption(role),
+        None if member_of.iter().any(|role| role == RDS_IAM_ROLE) => CreateDenied::NoAdminOption(RDS_IAM_ROLE.into()),
+        None => CreateDenied::Other,
+    })
+}
+
+/// Which of `roles` the admin does not hold WITH ADMIN OPTION, by name.
+async fn roles_lacking_admin_option(client: &Client, roles: &[String]) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client.query_typed(sql::ROLES_WITHOUT_ADMIN_OPTION, &[(&roles, Type::TEXT_ARRAY)]).await?;
-    Ok(!rows.is_empty())
+    Ok(rows.iter().map(|row| row.get(0)).collect())
 }
 
 fn describe(statement: &Statement<'_>) -> String {
     match statement {
         Statement::Step(Step::CreateGroup { group }) => format!("creating the managed group {group:?}"),
-        Statement::Step(Step::CreateUser { user }) => format!("creating database user {user:?}"),
+        Statement::Step(Step::CreateUser { user, member_of }) => {
+            format!("creating database user {user:?} in roles {member_of:?}")
+        }
         Statement::Step(Step::GrantRole { role, user }) => format!("granting role {role:?} to {user:?}"),
-        Statement::Step(Step::RevokeRole { role, user }) => format!("revoking role {role:?} from {user:?}"),
+        Statement::Step(Step::RevokeRoles { roles, user }) => format!("revoking roles {roles:?} from {user:?}"),
         Statement::Step(Step::SetLogin { user, login: true }) => format!("enabling LOGIN of {user:?}"),
         Statement::Step(Step::SetLogin { user, login: false }) => format!("setting NOLOGIN on {user:?}"),
         Statement::Step(Step::Guard { user, .. }) => format!("checking the ledger of {user:?}"),

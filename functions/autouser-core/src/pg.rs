@@ -16,10 +16,11 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
+use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::config::{AuthConfig, TlsConfig, TlsMode};
-use crate::Error;
+use crate::{sql, Error};
 
 /// How long to wait for the server to accept a connection and finish the TLS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -137,8 +138,97 @@ impl<'a> ConnectParams<'a> {
     }
 }
 
+/// An admin connection as the engine uses it: the client (it derefs to it), whether the admin
+/// is a superuser (from the server's startup report, so it costs no query), the catalog query
+/// [`sql::READ_STATE`] prepared at its first use, and the users this connection has seen exist.
+///
+/// Planning the catalog query costs several times more than running it, so a connection
+/// reused across calls (the Lambda pool) plans it once: the admin's connections use
+/// `plan_cache_mode=force_generic_plan`, so even the first execution builds the plan that
+/// every later one reuses. The users seen tell the engine which starts are probably of new
+/// users, which it tries in one round trip.
+pub struct AdminConnection {
+    client: Client,
+    admin_is_superuser: Option<bool>,
+    read_state: tokio::sync::OnceCell<tokio_postgres::Statement>,
+    existing_users: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Users an [`AdminConnection`] remembers before it starts over (a few hundred KiB).
+const REMEMBERED_USERS: usize = 10_000;
+
+impl fmt::Debug for AdminConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdminConnection")
+            .field("admin_is_superuser", &self.admin_is_superuser)
+            .field("closed", &self.client.is_closed())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::ops::Deref for AdminConnection {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl AdminConnection {
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// Whether the admin is a superuser, as the server reported at login; `None` if it did
+    /// not report it (a connection pooler in between may not).
+    pub fn admin_is_superuser(&self) -> Option<bool> {
+        self.admin_is_superuser
+    }
+
+    /// [`sql::READ_STATE`], prepared on its first use (one round trip).
+    pub(crate) async fn read_state(&self) -> Result<&tokio_postgres::Statement, tokio_postgres::Error> {
+        self.read_state
+            .get_or_try_init(|| self.client.prepare_typed(sql::READ_STATE, &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY]))
+            .await
+    }
+
+    /// Whether `user` was seen to exist on this connection (and not seen dropped since).
+    pub(crate) fn user_seen(&self, user: &str) -> bool {
+        self.existing_users.lock().map(|users| users.contains(user)).unwrap_or(false)
+    }
+
+    /// Remembers whether `user` exists after what this connection read or did.
+    pub(crate) fn saw_user(&self, user: &str, exists: bool) {
+        let Ok(mut users) = self.existing_users.lock() else { return };
+        if !exists {
+            users.remove(user);
+            return;
+        }
+        if users.len() >= REMEMBERED_USERS {
+            users.clear();
+        }
+        users.insert(user.to_string());
+    }
+}
+
+/// Opens an admin connection for the engine; see [`connect`].
+pub async fn connect_admin(params: &ConnectParams<'_>) -> Result<AdminConnection, Error> {
+    let (client, admin_is_superuser) = open(params).await?;
+    Ok(AdminConnection {
+        client,
+        admin_is_superuser,
+        read_state: tokio::sync::OnceCell::new(),
+        existing_users: std::sync::Mutex::new(std::collections::HashSet::new()),
+    })
+}
+
 /// Opens an admin connection and drives it on the current tokio runtime.
 pub async fn connect(params: &ConnectParams<'_>) -> Result<Client, Error> {
+    open(params).await.map(|(client, _)| client)
+}
+
+/// The client, driven on the current tokio runtime, and the server's `is_superuser` report.
+async fn open(params: &ConnectParams<'_>) -> Result<(Client, Option<bool>), Error> {
     let endpoint = params.endpoint();
     if params.tls.mode != TlsMode::VerifyFull {
         tracing::warn!(%endpoint, mode = ?params.tls.mode, "TLS verification is lowered by configuration (tls.mode)");
@@ -152,7 +242,8 @@ pub async fn connect(params: &ConnectParams<'_>) -> Result<Client, Error> {
         .application_name("pg-autouser")
         .connect_timeout(CONNECT_TIMEOUT)
         .options(format!(
-            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+            "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={} \
+             -c plan_cache_mode=force_generic_plan",
             STATEMENT_TIMEOUT.as_millis(),
             LOCK_TIMEOUT.as_millis(),
             STATEMENT_TIMEOUT.as_millis()
@@ -167,17 +258,19 @@ pub async fn connect(params: &ConnectParams<'_>) -> Result<Client, Error> {
         if params.tls.mode == TlsMode::Disable {
             config.ssl_mode(SslMode::Disable);
             let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+            let admin_is_superuser = connection.parameter("is_superuser").map(|value| value == "on");
             tokio::spawn(drive(connection));
-            Ok::<Client, ConnectFailure>(client)
+            Ok::<_, ConnectFailure>((client, admin_is_superuser))
         } else {
             config.ssl_mode(SslMode::Require);
             let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls_config(params)?);
             let (client, connection) = config.connect(tls).await?;
+            let admin_is_superuser = connection.parameter("is_superuser").map(|value| value == "on");
             tokio::spawn(drive(connection));
-            Ok(client)
+            Ok((client, admin_is_superuser))
         }
     };
-    let result: Result<Client, ConnectFailure> =
+    let result: Result<(Client, Option<bool>), ConnectFailure> =
         match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), connecting).await {
             Ok(result) => result,
             Err(_) => {

@@ -36,17 +36,57 @@ pub struct ObservedState {
     pub read_only: bool,
 }
 
+impl ObservedState {
+    /// What a session-start for a user that does not exist yet expects to find: the group
+    /// and every wanted role present, none of them a superuser, a writable server. The
+    /// one-round-trip start ([`crate::engine`]) plans from this instead of reading; any
+    /// difference makes one of its statements fail, and it falls back to reading.
+    pub fn expected_for_new_user(req: &StartRequest) -> ObservedState {
+        ObservedState {
+            group_exists: true,
+            existing_roles: req.db_roles.union(&req.platform_roles).cloned().collect(),
+            ..ObservedState::default()
+        }
+    }
+}
+
 /// One change, rendered to SQL by [`crate::sql::render`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {
-    CreateGroup { group: String },
-    CreateUser { user: String },
-    GrantRole { role: String, user: String },
-    RevokeRole { role: String, user: String },
-    SetLogin { user: String, login: bool },
-    Guard { user: String, expected_ledger: Option<String> },
-    WriteLedger { user: String, ledger: String },
-    DropUser { user: String },
+    CreateGroup {
+        group: String,
+    },
+    /// A new user, able to log in, member of `member_of` (the group and the session's roles):
+    /// one statement, where an existing user needs one per change.
+    CreateUser {
+        user: String,
+        member_of: Vec<String>,
+    },
+    GrantRole {
+        role: String,
+        user: String,
+    },
+    /// One statement for all of them: PostgreSQL 16+ recomputes the admin's memberships after
+    /// every statement that changes some, at a cost that grows with the users it created.
+    RevokeRoles {
+        roles: Vec<String>,
+        user: String,
+    },
+    SetLogin {
+        user: String,
+        login: bool,
+    },
+    Guard {
+        user: String,
+        expected_ledger: Option<String>,
+    },
+    WriteLedger {
+        user: String,
+        ledger: String,
+    },
+    DropUser {
+        user: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,27 +170,6 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
     }
 
     let user = &t.db_user;
-    let mut steps = Vec::new();
-    if !state.group_exists {
-        steps.push(Step::CreateGroup { group: t.managed_group.clone() });
-    }
-    if state.user_exists {
-        steps.extend(lock_and_guard(user, true, state));
-    } else {
-        steps.push(Step::CreateUser { user: user.clone() });
-    }
-    if !state.member_of.contains(&t.managed_group) {
-        steps.push(grant(&t.managed_group, user));
-    }
-    for role in state.member_of.iter().filter(|r| stray(r)) {
-        steps.push(Step::RevokeRole { role: role.clone(), user: user.clone() });
-    }
-    for role in wanted.difference(&state.member_of) {
-        steps.push(grant(role, user));
-    }
-    if !state.user_exists {
-        steps.push(Step::SetLogin { user: user.clone(), login: true });
-    }
     ledger.sessions.entry(t.session_id.clone()).or_insert_with(|| SessionRecord {
         mode: req.mode,
         database: t.database.clone(),
@@ -159,7 +178,31 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
         started_at: now,
     });
     ledger.revision += 1;
-    steps.push(write_ledger(user, &ledger));
+    let mut steps = Vec::new();
+    if !state.group_exists {
+        steps.push(Step::CreateGroup { group: t.managed_group.clone() });
+    }
+    if state.user_exists {
+        // The ledger right after the guard, before any membership change: PostgreSQL 16+
+        // recomputes the admin's memberships (one per user it created) for the first privilege
+        // check after each membership change, so writes that check privileges go first.
+        steps.extend(lock_and_guard(user, true, state));
+        steps.push(write_ledger(user, &ledger));
+        if !state.member_of.contains(&t.managed_group) {
+            steps.push(grant(&t.managed_group, user));
+        }
+        let strays: Vec<String> = state.member_of.iter().filter(|r| stray(r)).cloned().collect();
+        if !strays.is_empty() {
+            steps.push(Step::RevokeRoles { roles: strays, user: user.clone() });
+        }
+        for role in wanted.difference(&state.member_of) {
+            steps.push(grant(role, user));
+        }
+    } else {
+        let member_of = std::iter::once(t.managed_group.clone()).chain(wanted.iter().cloned()).collect();
+        steps.push(Step::CreateUser { user: user.clone(), member_of });
+        steps.push(write_ledger(user, &ledger));
+    }
     Ok(StartDecision::Apply { steps, ledger, created_user: !state.user_exists })
 }
 
@@ -196,13 +239,12 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
         return Ok(EndDecision::InUse { steps, ledger, mode: record.mode });
     }
     let before = lock_and_guard(user, false, state);
-    let mut keep: Vec<Step> = state
-        .member_of
-        .iter()
-        .filter(|r| **r != t.managed_group)
-        .map(|role| Step::RevokeRole { role: role.clone(), user: user.clone() })
-        .collect();
-    keep.push(write_ledger(user, &ledger));
+    // The ledger before the revokes: see plan_start.
+    let mut keep = vec![write_ledger(user, &ledger)];
+    let held: Vec<String> = state.member_of.iter().filter(|r| **r != t.managed_group).cloned().collect();
+    if !held.is_empty() {
+        keep.push(Step::RevokeRoles { roles: held, user: user.clone() });
+    }
     Ok(match record.mode {
         CreateDbUserMode::BestEffortDrop => EndDecision::Drop { before_drop: before, fallback: keep },
         mode => EndDecision::Deactivate { steps: before.into_iter().chain(keep).collect(), mode },
@@ -268,12 +310,18 @@ mod tests {
         for step in steps {
             match step {
                 Step::CreateGroup { .. } => state.group_exists = true,
-                Step::CreateUser { .. } => state.user_exists = true,
+                Step::CreateUser { member_of, .. } => {
+                    state.user_exists = true;
+                    state.user_can_login = true;
+                    state.member_of.extend(member_of.iter().cloned());
+                }
                 Step::GrantRole { role, .. } => {
                     state.member_of.insert(role.clone());
                 }
-                Step::RevokeRole { role, .. } => {
-                    state.member_of.remove(role);
+                Step::RevokeRoles { roles, .. } => {
+                    for role in roles {
+                        state.member_of.remove(role);
+                    }
                 }
                 Step::SetLogin { login, .. } => state.user_can_login = *login,
                 Step::WriteLedger { ledger, .. } => state.ledger_comment = Some(ledger.clone()),
@@ -292,17 +340,16 @@ mod tests {
     }
 
     #[test]
-    fn first_start_creates_group_and_user_then_enables_login_last() {
+    fn first_start_creates_the_group_then_the_user_in_one_statement() {
         let req = start("s1", &["reader"], CreateDbUserMode::Keep);
         let StartDecision::Apply { steps, created_user, .. } = plan_start(&req, &fresh_server(), 10).unwrap() else {
             panic!("expected a plan")
         };
         assert!(created_user);
         assert_eq!(steps[0], Step::CreateGroup { group: "grp".into() });
-        assert_eq!(steps[1], Step::CreateUser { user: "alice".into() });
-        let login_at = steps.iter().position(|s| matches!(s, Step::SetLogin { login: true, .. })).unwrap();
-        let last_grant = steps.iter().rposition(|s| matches!(s, Step::GrantRole { .. })).unwrap();
-        assert!(login_at > last_grant);
+        assert_eq!(steps[1], Step::CreateUser { user: "alice".into(), member_of: vec!["grp".into(), "reader".into()] });
+        assert!(matches!(steps[2], Step::WriteLedger { .. }), "{steps:?}");
+        assert_eq!(steps.len(), 3, "{steps:?}");
         let state = apply(fresh_server(), &steps);
         assert_eq!(state.member_of, set(&["grp", "reader"]));
         assert!(state.user_can_login);

@@ -29,38 +29,48 @@ pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock($1::bigint)";
 
 /// Everything the planner needs to know, in one round trip.
 /// `$1` user name, `$2` managed group, `$3` names of roles the plan may grant.
+///
+/// Prepared once per connection and run with a generic plan ([`crate::pg::AdminConnection`]),
+/// so every lookup is by an indexed key: names through `pg_roles.rolname`, memberships through
+/// `pg_auth_members.member`, and role names of OIDs through `pg_get_userbyid`.
 pub const READ_STATE: &str = "\
-WITH foreign_grant AS (
-  SELECT m.roleid, m.grantor
-    FROM pg_catalog.pg_auth_members m
-    JOIN pg_catalog.pg_roles u ON u.oid = m.member AND u.rolname = $1::text
-   WHERE m.grantor <> (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
-     AND pg_catalog.current_setting('server_version_num')::int >= 160000
-     AND NOT (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user))
 SELECT
   u.oid IS NOT NULL AS user_exists,
   COALESCE(u.rolcanlogin, false) AS user_can_login,
-  ARRAY(SELECT DISTINCT g.rolname::text
+  ARRAY(SELECT DISTINCT pg_catalog.pg_get_userbyid(m.roleid)::text
           FROM pg_catalog.pg_auth_members m
-          JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
          WHERE m.member = u.oid
          ORDER BY 1) AS member_of,
-  pg_catalog.shobj_description(u.oid, 'pg_authid') AS ledger,
+  (SELECT d.description FROM pg_catalog.pg_shdescription d
+    WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass) AS ledger,
   -- PostgreSQL 16+ lets a non-superuser revoke only the grants it made itself: the user's
   -- memberships granted by someone else, as two parallel arrays (role, grantor).
-  ARRAY(SELECT g.rolname::text FROM foreign_grant f JOIN pg_catalog.pg_roles g ON g.oid = f.roleid
-         ORDER BY f.roleid, f.grantor) AS foreign_grant_roles,
-  ARRAY(SELECT g.rolname::text FROM foreign_grant f JOIN pg_catalog.pg_roles g ON g.oid = f.grantor
-         ORDER BY f.roleid, f.grantor) AS foreign_grant_grantors,
-  EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = $2::text) AS group_exists,
-  ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r
-         WHERE r.rolname = ANY($3::text[]) ORDER BY 1) AS existing_roles,
-  ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r
-         WHERE r.rolname = ANY($3::text[]) AND r.rolsuper ORDER BY 1) AS superuser_roles,
+  ARRAY(SELECT pg_catalog.pg_get_userbyid(m.roleid)::text
+          FROM pg_catalog.pg_auth_members m
+         WHERE m.member = u.oid AND m.grantor <> admin.oid AND admin.revokes_own_grants_only
+         ORDER BY m.roleid, m.grantor) AS foreign_grant_roles,
+  ARRAY(SELECT pg_catalog.pg_get_userbyid(m.grantor)::text
+          FROM pg_catalog.pg_auth_members m
+         WHERE m.member = u.oid AND m.grantor <> admin.oid AND admin.revokes_own_grants_only
+         ORDER BY m.roleid, m.grantor) AS foreign_grant_grantors,
+  EXISTS (SELECT 1 FROM pg_catalog.pg_roles g WHERE g.rolname = $2::text) AS group_exists,
+  ARRAY(SELECT r.rolname::text
+          FROM pg_catalog.unnest($3::text[]) AS wanted(name)
+          JOIN pg_catalog.pg_roles r ON r.rolname = wanted.name
+         ORDER BY 1) AS existing_roles,
+  ARRAY(SELECT r.rolname::text
+          FROM pg_catalog.unnest($3::text[]) AS wanted(name)
+          JOIN pg_catalog.pg_roles r ON r.rolname = wanted.name
+         WHERE r.rolsuper
+         ORDER BY 1) AS superuser_roles,
   pg_catalog.current_setting('server_version_num')::int AS server_version_num,
   current_user::text AS admin,
   pg_catalog.current_setting('transaction_read_only') = 'on' AS read_only
-FROM (SELECT 1) AS one
+FROM (SELECT a.oid,
+             pg_catalog.current_setting('server_version_num')::int >= 160000 AND NOT a.rolsuper
+               AS revokes_own_grants_only
+        FROM pg_catalog.pg_roles a
+       WHERE a.rolname = current_user) AS admin
 LEFT JOIN pg_catalog.pg_roles u ON u.rolname = $1::text";
 
 /// Which of `$1` (role names) the current user holds WITH ADMIN OPTION. Used to explain a
@@ -71,6 +81,10 @@ SELECT r.rolname::text
  WHERE r.rolname = ANY($1::text[])
    AND NOT pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION')
  ORDER BY 1";
+
+/// Whether the current user may create roles at all.
+pub const ADMIN_MAY_CREATE_ROLES: &str =
+    "SELECT rolcreaterole OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user";
 
 pub const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 pub const COMMIT: &str = "COMMIT";
@@ -91,16 +105,35 @@ pub fn user_lock_key(db_user: &str) -> i64 {
     hash as i64
 }
 
+/// The user's lock and `steps` as one simple-query message. PostgreSQL runs the statements
+/// of one such message as one implicit transaction: committed after the last, rolled back
+/// entirely at the first error (the rest do not run). The key is an integer, so the lock
+/// needs no bind parameter.
+pub fn locked_transaction(lock_key: i64, steps: &[Step]) -> String {
+    let mut text = format!("SELECT pg_catalog.pg_advisory_xact_lock({lock_key})");
+    for step in steps {
+        text.push_str(";\n");
+        text.push_str(&render(step));
+    }
+    text
+}
+
 /// The SQL of one plan step.
 pub fn render(step: &Step) -> String {
     match step {
         Step::CreateGroup { group } => format!("CREATE ROLE {} NOLOGIN", quote_ident(group)),
-        Step::CreateUser { user } => format!("CREATE ROLE {} NOLOGIN", quote_ident(user)),
+        // `member_of` is never empty: it holds the managed group.
+        Step::CreateUser { user, member_of } => {
+            let roles: Vec<String> = member_of.iter().map(|role| quote_ident(role)).collect();
+            format!("CREATE ROLE {} LOGIN IN ROLE {}", quote_ident(user), roles.join(", "))
+        }
         Step::GrantRole { role, user } => {
             format!("GRANT {} TO {}", quote_ident(role), quote_ident(user))
         }
-        Step::RevokeRole { role, user } => {
-            format!("REVOKE {} FROM {}", quote_ident(role), quote_ident(user))
+        // `roles` is never empty.
+        Step::RevokeRoles { roles, user } => {
+            let roles: Vec<String> = roles.iter().map(|role| quote_ident(role)).collect();
+            format!("REVOKE {} FROM {}", roles.join(", "), quote_ident(user))
         }
         Step::SetLogin { user, login } => {
             format!("ALTER ROLE {} WITH {}", quote_ident(user), if *login { "LOGIN" } else { "NOLOGIN" })
@@ -124,8 +157,11 @@ fn guard(user: &str, expected_ledger: Option<&str>) -> String {
     let expected = expected_ledger.map_or_else(|| "NULL".to_string(), quote_literal);
     let body = format!(
         "BEGIN \
-           IF (SELECT pg_catalog.shobj_description(oid, 'pg_authid') \
-                 FROM pg_catalog.pg_roles WHERE rolname = {name}) IS DISTINCT FROM {expected} THEN \
+           IF (SELECT d.description \
+                 FROM pg_catalog.pg_roles r \
+                 JOIN pg_catalog.pg_shdescription d \
+                   ON d.objoid = r.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                WHERE r.rolname = {name}) IS DISTINCT FROM {expected} THEN \
              RAISE EXCEPTION 'pg-autouser: the ledger of role % changed concurrently', {name} \
                USING ERRCODE = 'serialization_failure'; \
            END IF; \
@@ -139,6 +175,20 @@ fn guard(user: &str, expected_ledger: Option<&str>) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn locked_transaction_is_the_lock_then_the_steps_in_one_message() {
+        let steps = [
+            Step::CreateUser { user: "al;ice".into(), member_of: vec!["grp".into(), "re\"ader".into()] },
+            Step::WriteLedger { user: "al;ice".into(), ledger: "{'x'}".into() },
+        ];
+        assert_eq!(
+            locked_transaction(-42, &steps),
+            "SELECT pg_catalog.pg_advisory_xact_lock(-42);\n\
+             CREATE ROLE \"al;ice\" LOGIN IN ROLE \"grp\", \"re\"\"ader\";\n\
+             COMMENT ON ROLE \"al;ice\" IS '{''x''}'"
+        );
+    }
 
     #[test]
     fn identifiers_double_their_quotes() {
@@ -225,7 +275,7 @@ mod tests {
                 "\\PC{1,3}",
             ], 0..12).prop_map(|parts| parts.concat())
         ) {
-            let sql = render(&Step::RevokeRole { role: name.clone(), user: "u".into() });
+            let sql = render(&Step::RevokeRoles { roles: vec![name.clone()], user: "u".into() });
             let quoted = sql.strip_prefix("REVOKE ").unwrap().strip_suffix(" FROM \"u\"").unwrap();
             prop_assert_eq!(unquote_ident(quoted), Some(name));
         }

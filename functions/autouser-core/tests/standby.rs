@@ -7,13 +7,12 @@ use std::time::{Duration, Instant};
 
 use autouser_core::config::{Config, TlsMode};
 use autouser_core::event::SessionEvent;
-use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::preflight::{self, Status};
-use autouser_core::tokio_postgres::Client;
 use autouser_core::{engine, request, Error};
 use scratch_postgres::{Cluster, PgInstall};
 
-async fn connect_as(cluster: &Cluster, user: &str) -> Client {
+async fn connect_as(cluster: &Cluster, user: &str) -> AdminConnection {
     let cert = cluster.client_cert(user).unwrap();
     let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
     let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
@@ -26,7 +25,7 @@ async fn connect_as(cluster: &Cluster, user: &str) -> Client {
         tls: &tls,
         credentials: &credentials,
     };
-    pg::connect(&params).await.unwrap()
+    pg::connect_admin(&params).await.unwrap()
 }
 
 fn config(cluster: &Cluster) -> Config {
@@ -96,6 +95,7 @@ async fn a_hot_standby_is_read_only_for_preflight_and_sessions() {
     // The same admin on the primary is ready.
     let config = self::config(&primary);
     let db = config.databases[0].resolve_static().unwrap();
-    let (report, _) = preflight::check(&connect_as(&primary, "standby_admin").await, &config, &db).await.unwrap();
+    let (report, _) =
+        preflight::check(connect_as(&primary, "standby_admin").await.client(), &config, &db).await.unwrap();
     assert!(report.ready, "{}", report.to_text());
 }

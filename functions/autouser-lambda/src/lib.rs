@@ -243,9 +243,9 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
                 tracing::Span::current().record("db_user", req.target.db_user.as_str());
                 let outcome = state
                     .pool
-                    .with_admin(&state.aws, &db, &req.target.admin_db_name, |client| {
+                    .with_admin(&state.aws, &db, &req.target.admin_db_name, |connection| {
                         let req = &req;
-                        async move { engine::session_start(&client, req).await }
+                        async move { engine::session_start(&connection, req).await }
                     })
                     .await?;
                 serde_json::to_value(outcome)
@@ -255,9 +255,9 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
                 tracing::Span::current().record("db_user", req.target.db_user.as_str());
                 let outcome = state
                     .pool
-                    .with_admin(&state.aws, &db, &req.target.admin_db_name, |client| {
+                    .with_admin(&state.aws, &db, &req.target.admin_db_name, |connection| {
                         let req = &req;
-                        async move { engine::session_end(&client, req).await }
+                        async move { engine::session_end(&connection, req).await }
                     })
                     .await?;
                 serde_json::to_value(outcome)

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use autouser_aws::AwsContext;
 use autouser_core::config::ResolvedDatabase;
-use autouser_core::tokio_postgres::Client;
+use autouser_core::pg::AdminConnection;
 use autouser_core::Error;
 use tokio::sync::Mutex;
 
@@ -28,7 +28,7 @@ struct Key {
 }
 
 struct Pooled {
-    client: Arc<Client>,
+    connection: Arc<AdminConnection>,
     opened: Instant,
 }
 
@@ -50,27 +50,27 @@ impl Pool {
         work: F,
     ) -> Result<T, Error>
     where
-        F: Fn(Arc<Client>) -> Fut,
+        F: Fn(Arc<AdminConnection>) -> Fut,
         Fut: Future<Output = Result<T, Error>>,
     {
-        let (client, reused) = self.client(aws, db, dbname).await?;
-        match work(client.clone()).await {
-            Err(_) if reused && client.is_closed() => {
+        let (connection, reused) = self.connection(aws, db, dbname).await?;
+        match work(connection.clone()).await {
+            Err(_) if reused && connection.is_closed() => {
                 tracing::info!(database = %db.name, "pooled admin connection was dead; reconnecting");
-                let (client, _) = self.client(aws, db, dbname).await?;
-                work(client).await
+                let (connection, _) = self.connection(aws, db, dbname).await?;
+                work(connection).await
             }
             result => result,
         }
     }
 
     /// A live connection, and whether it was reused.
-    async fn client(
+    async fn connection(
         &self,
         aws: &AwsContext,
         db: &ResolvedDatabase,
         dbname: &str,
-    ) -> Result<(Arc<Client>, bool), Error> {
+    ) -> Result<(Arc<AdminConnection>, bool), Error> {
         let key = Key {
             database: db.name.clone(),
             host: db.host.clone(),
@@ -80,14 +80,14 @@ impl Pool {
         };
         let mut connections = self.connections.lock().await;
         if let Some(pooled) = connections.get(&key) {
-            if !pooled.client.is_closed() && pooled.opened.elapsed() < MAX_CONNECTION_AGE {
-                return Ok((pooled.client.clone(), true));
+            if !pooled.connection.is_closed() && pooled.opened.elapsed() < MAX_CONNECTION_AGE {
+                return Ok((pooled.connection.clone(), true));
             }
         }
-        let client = Arc::new(aws.connect_admin(db, dbname).await?);
+        let connection = Arc::new(aws.connect_admin(db, dbname).await?);
         self.opened.fetch_add(1, Ordering::Relaxed);
-        connections.insert(key, Pooled { client: client.clone(), opened: Instant::now() });
-        Ok((client, false))
+        connections.insert(key, Pooled { connection: connection.clone(), opened: Instant::now() });
+        Ok((connection, false))
     }
 
     /// Connections opened since the container started.

@@ -6,9 +6,8 @@ use std::path::Path;
 use autouser_aws::AwsContext;
 use autouser_core::config::{AuthConfig, Config, DatabaseConfig, Location, ResolvedDatabase};
 use autouser_core::event::SessionEvent;
-use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::request;
-use autouser_core::tokio_postgres::Client;
 use autouser_core::{engine, preflight, Error};
 
 /// Where AWS configuration comes from: the environment (the CLI), or given (the demo, which
@@ -50,8 +49,8 @@ pub async fn session_start(config: &Path, event: &Path, aws: &AwsSetup) -> Resul
     let (config, event) = load(config, event)?;
     let (db, aws) = resolve(&config, &event, aws).await?;
     let req = request::prepare_start(&config, &db, &event)?;
-    let client = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
-    let outcome = engine::session_start(&client, &req).await?;
+    let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
+    let outcome = engine::session_start(&connection, &req).await?;
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
 }
 
@@ -59,8 +58,8 @@ pub async fn session_end(config: &Path, event: &Path, aws: &AwsSetup) -> Result<
     let (config, event) = load(config, event)?;
     let (db, aws) = resolve(&config, &event, aws).await?;
     let req = request::prepare_end(&config, &db, &event)?;
-    let client = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
-    let outcome = engine::session_end(&client, &req).await?;
+    let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
+    let outcome = engine::session_end(&connection, &req).await?;
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
 }
 
@@ -155,11 +154,11 @@ fn load(config: &Path, event: &Path) -> Result<(Config, SessionEvent), Failure> 
     Ok((config, event))
 }
 
-async fn connect(aws: Option<&AwsContext>, db: &ResolvedDatabase, dbname: &str) -> Result<Client, Error> {
+async fn connect(aws: Option<&AwsContext>, db: &ResolvedDatabase, dbname: &str) -> Result<AdminConnection, Error> {
     if let Some(aws) = aws {
         return aws.connect_admin(db, dbname).await;
     }
     let credentials = AdminCredentials::from_local_config(&db.auth)?;
     let tls = TlsSettings::from_config(&db.tls)?;
-    pg::connect(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await
+    pg::connect_admin(&ConnectParams::admin_of(db, dbname, &tls, &credentials)).await
 }

@@ -7,6 +7,10 @@
 //! who log in with a SCRAM password. PostgreSQL refuses to run as root, so when the caller is
 //! root the server runs as the OS user `postgres`.
 
+mod round_trips;
+
+pub use round_trips::RoundTripCounter;
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -135,12 +139,29 @@ pub struct Cluster {
     owner: Option<(u32, u32)>,
     child: Option<Child>,
     client_certs: Mutex<HashMap<String, ClientCert>>,
+    durability: Durability,
+}
+
+/// Whether a cluster's commits wait for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// `fsync=off`: only the process may crash in tests, never the machine. Commits still
+    /// reach the OS before they are acknowledged, so a killed server keeps them.
+    Test,
+    /// PostgreSQL's defaults (`fsync=on`, `full_page_writes=on`), as on a production server:
+    /// every commit waits for its WAL to reach the disk. For benchmarks.
+    Production,
 }
 
 impl Cluster {
     /// `initdb`, certificates, and a server on a free loopback port (retrying on another
     /// port if the chosen one was taken meanwhile).
     pub fn start(install: &PgInstall) -> Result<Cluster, Error> {
+        Cluster::start_with(install, Durability::Test)
+    }
+
+    /// [`Cluster::start`] with the given durability.
+    pub fn start_with(install: &PgInstall, durability: Durability) -> Result<Cluster, Error> {
         let owner = server_owner()?;
         let dir = tempfile::Builder::new().prefix("scratch-postgres-").tempdir().map_err(io("creating a temp dir"))?;
         let ca_key = KeyPair::generate()?;
@@ -200,6 +221,7 @@ impl Cluster {
             owner,
             child: None,
             client_certs: Mutex::new(HashMap::new()),
+            durability,
         };
         cluster.launch_on_a_free_port()?;
         Ok(cluster)
@@ -259,6 +281,7 @@ impl Cluster {
             owner,
             child: None,
             client_certs: Mutex::new(HashMap::new()),
+            durability: self.durability,
         };
         standby.launch_on_a_free_port()?;
         Ok(standby)
@@ -386,10 +409,16 @@ impl Cluster {
             format!("ssl_key_file={}", dir.join("server.key").display()),
             format!("ssl_ca_file={}", self.ca_cert_path.display()),
             format!("unix_socket_directories={}", dir.display()),
-            // No fsync: only the process may crash in tests, never the machine. Commits still
-            // reach the OS before they are acknowledged, so a killed server keeps them.
-            "fsync=off".to_string(),
-            "full_page_writes=off".to_string(),
+            match self.durability {
+                Durability::Test => "fsync=off",
+                Durability::Production => "fsync=on",
+            }
+            .to_string(),
+            match self.durability {
+                Durability::Test => "full_page_writes=off",
+                Durability::Production => "full_page_writes=on",
+            }
+            .to_string(),
             "max_connections=300".to_string(),
             "shared_buffers=32MB".to_string(),
             "password_encryption=scram-sha-256".to_string(),

@@ -180,6 +180,20 @@ async fn superuser_roles_are_never_granted() {
 }
 
 #[tokio::test]
+async fn a_superuser_admin_still_never_grants_superuser_roles() {
+    // PostgreSQL itself refuses a superuser role to any other admin; a superuser admin could
+    // grant it, so the refusal must come from the plan, whichever path a start takes.
+    let fx = Fixture::new("er_super_admin").await;
+    fx.sql(&format!("ALTER ROLE {} SUPERUSER", q(&fx.admin))).await;
+    let alice = fx.user("alice");
+    let mut event = fx.event("s1", &alice, &["keep"]);
+    event["traits"] = json!({"internal": {"db_roles": ["postgres"]}});
+    let err = fx.start(event).await.unwrap_err();
+    assert!(matches!(err, Error::RefusedDbRole { .. }), "{err}");
+    assert!(fx.state(&alice).await.is_none());
+}
+
+#[tokio::test]
 async fn wrong_ca_fails_the_tls_handshake() {
     let fx = Fixture::new("er_tls").await;
     let mut config = fx.config();

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use autouser_core::config::{Config, TlsMode};
 use autouser_core::event::SessionEvent;
 use autouser_core::outcome::{EndOutcome, StartOutcome};
-use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::tokio_postgres::Client;
 use autouser_core::{engine, request, Error};
 use scratch_postgres::{Cluster, PgInstall};
@@ -138,6 +138,11 @@ impl Fixture {
     }
 
     pub fn config(&self) -> Config {
+        self.config_on_port(cluster().port())
+    }
+
+    /// The config, with the server reached on `port` (a proxy's, say).
+    pub fn config_on_port(&self, port: u16) -> Config {
         let cluster = cluster();
         let cert = cluster.client_cert(&self.admin).expect("admin cert");
         let auth = self.auth_yaml.clone().unwrap_or_else(|| {
@@ -166,7 +171,6 @@ databases:
 roles:{roles}"#,
             group = self.group,
             db_type = self.db_type,
-            port = cluster.port(),
             admin = self.admin,
             ca = cluster.ca_cert_path().display().to_string(),
             roles = self.roles_yaml,
@@ -200,11 +204,11 @@ roles:{roles}"#,
         engine::session_end(&client, &req).await
     }
 
-    pub async fn admin_client(&self, config: &Config, dbname: &str) -> Result<Client, Error> {
+    pub async fn admin_client(&self, config: &Config, dbname: &str) -> Result<AdminConnection, Error> {
         let db = config.databases[0].resolve_static().expect("a static database");
         let credentials = AdminCredentials::from_local_config(&db.auth)?;
         let tls = TlsSettings::from_config(&db.tls)?;
-        pg::connect(&ConnectParams::admin_of(&db, dbname, &tls, &credentials)).await
+        pg::connect_admin(&ConnectParams::admin_of(&db, dbname, &tls, &credentials)).await
     }
 
     pub async fn state(&self, user: &str) -> Option<UserState> {

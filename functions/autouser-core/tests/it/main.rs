@@ -7,3 +7,4 @@ mod fixture;
 mod injection;
 mod lifecycle;
 mod preflight;
+mod round_trips;

@@ -1,0 +1,261 @@
+//! `autouser-bench`: pg-autouser against a minimal-SQL baseline on a throwaway local
+//! PostgreSQL over TLS, and the footprint of the Lambda binaries. Prints Markdown tables for
+//! `BENCHMARKS.md`. Run it with `scripts/bench`, which builds what it measures.
+
+mod lambda;
+mod provisioning;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use provisioning::{Side, Target};
+use scratch_postgres::{Cluster, Durability, PgInstall};
+use stats::{ms, ratio, Samples};
+
+#[derive(Parser)]
+#[command(about = "Benchmarks pg-autouser against a minimal-SQL baseline; prints Markdown")]
+struct Args {
+    /// Iterations of each latency measurement.
+    #[arg(long, default_value_t = 200)]
+    iterations: usize,
+    /// Distinct users per throughput run.
+    #[arg(long, default_value_t = 1000)]
+    users: usize,
+    /// Throughput runs per side and concurrency, alternating ours and baseline; the median
+    /// is reported, with the range.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Warm invocations per Lambda function for the peak RSS.
+    #[arg(long, default_value_t = 1000)]
+    invocations: usize,
+    /// The cargo target directory holding `lambda-x86-64/`, `lambda-arm64/` (zips) and
+    /// `x86_64-unknown-linux-gnu/release/` (the binaries), as `scripts/bench` builds them.
+    /// Without it, the Lambda footprint is not measured.
+    #[arg(long)]
+    lambda_target_dir: Option<PathBuf>,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("autouser-bench: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: &Args) -> Result<(), String> {
+    let install = PgInstall::from_env().map_err(|e| e.to_string())?;
+    println!("## Machine\n\n{}\n- PostgreSQL {}\n", machine(), install.major());
+    for durability in [Durability::Production, Durability::Test] {
+        let cluster = Cluster::start_with(&install, durability).map_err(|e| e.to_string())?;
+        provisioning::prepare_server(&cluster).await.map_err(|e| e.to_string())?;
+        let run = match durability {
+            Durability::Production => "p",
+            Durability::Test => "t",
+        };
+        match durability {
+            Durability::Production => println!("## Provisioning, durable server (fsync=on, the default)\n"),
+            Durability::Test => println!("## Provisioning, fsync=off (the server's commit cost removed)\n"),
+        }
+        provisioning_tables(&cluster, args, run).await.map_err(|e| e.to_string())?;
+        if durability == Durability::Production {
+            round_trip_table(&cluster).await.map_err(|e| e.to_string())?;
+            if let Some(dir) = &args.lambda_target_dir {
+                lambda_tables(&cluster, dir, args.invocations).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn machine() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model =
+        cpuinfo.lines().find_map(|l| l.strip_prefix("model name")).map(|l| l.trim_start_matches([' ', '\t', ':']));
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let memory = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:")).map(str::trim);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!(
+        "- CPU: {} × {}\n- memory: {}\n- Linux {}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        model.unwrap_or("unknown"),
+        memory.unwrap_or("unknown"),
+        kernel.trim()
+    )
+}
+
+async fn provisioning_tables(cluster: &Cluster, args: &Args, run: &str) -> Result<(), autouser_core::Error> {
+    let target = Target::new(cluster, cluster.port())?;
+    let n = args.iterations;
+    let [ours, baseline] = provisioning::warm(&target, n, run).await?;
+    let [ours_cold, baseline_cold] = provisioning::cold(&target, n, run).await?;
+    for i in [0, n - 1] {
+        let ours_state = provisioning::user_state(cluster, &format!("{run}-warm-ours-{i}")).await?;
+        let baseline_state = provisioning::user_state(cluster, &format!("{run}-warm-baseline-{i}")).await?;
+        assert_eq!(ours_state, baseline_state, "both sides must leave the same end state");
+    }
+    println!("Latency over {n} users each, two database roles per user; medians and p99 in ms.\n");
+    println!("| operation | ours median | ours p99 | baseline median | baseline p99 | ratio (median) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    latency_row("warm session-start", &ours.start, &baseline.start);
+    latency_row("warm session-end (keep)", &ours.end, &baseline.end);
+    latency_row("cold session-start (new TLS connection)", &ours_cold, &baseline_cold);
+    println!();
+    println!(
+        "Throughput: {} distinct users started and ended, one connection per worker; median of {} \
+         runs per side (alternating), range in brackets.\n",
+        args.users, args.repeats
+    );
+    println!("| concurrency | ours users/s | baseline users/s | ratio (medians) | ours errors | baseline errors |");
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for concurrency in [1, 8, 32] {
+        let mut rates = [Vec::new(), Vec::new()];
+        let mut errors = [0, 0];
+        for _ in 0..args.repeats {
+            for (n, side) in [Side::Ours, Side::Baseline].into_iter().enumerate() {
+                // Each run starts from the catalog the warm and cold measurements left.
+                let result = provisioning::throughput(&target, side, args.users, concurrency, run).await?;
+                provisioning::drop_users(cluster, &format!("{run}-tp")).await?;
+                rates[n].push(result.per_second());
+                errors[n] += result.errors;
+                if let Some(error) = result.first_error {
+                    eprintln!("autouser-bench: {} throughput error at concurrency {concurrency}: {error}", side.name());
+                }
+            }
+        }
+        let [ours, baseline] = rates.map(|mut r| {
+            r.sort_by(f64::total_cmp);
+            (r[r.len() / 2], r[0], r[r.len() - 1])
+        });
+        println!(
+            "| {concurrency} | {:.0} [{:.0}–{:.0}] | {:.0} [{:.0}–{:.0}] | {} | {} | {} |",
+            ours.0,
+            ours.1,
+            ours.2,
+            baseline.0,
+            baseline.1,
+            baseline.2,
+            ratio(ours.0, baseline.0),
+            errors[0],
+            errors[1]
+        );
+    }
+    println!();
+    Ok(())
+}
+
+fn latency_row(name: &str, ours: &Samples, baseline: &Samples) {
+    println!(
+        "| {name} | {} | {} | {} | {} | {} |",
+        ms(ours.median()),
+        ms(ours.p99()),
+        ms(baseline.median()),
+        ms(baseline.p99()),
+        ratio(ours.median().as_secs_f64(), baseline.median().as_secs_f64())
+    );
+}
+
+/// Round trips per operation, counted by a proxy ([`scratch_postgres::RoundTripCounter`]).
+async fn round_trip_table(cluster: &Cluster) -> Result<(), autouser_core::Error> {
+    let counter = scratch_postgres::RoundTripCounter::start(([127, 0, 0, 1], cluster.port()).into()).map_err(|e| {
+        autouser_core::Error::Unreachable { endpoint: "round-trip counter".into(), detail: e.to_string() }
+    })?;
+    let target = Target::new(cluster, counter.port())?;
+    println!("Round trips per operation (counted by a TCP proxy between client and server):\n");
+    println!("| operation | ours | baseline |");
+    println!("|---|---:|---:|");
+    let mut rows = [[0u64; 2]; 4];
+    for (n, side) in [Side::Ours, Side::Baseline].into_iter().enumerate() {
+        let user = |name: &str| format!("rt-{}-{name}", side.name());
+        let connection = target.connect().await?;
+        // Warm the connection up: the first read of a user's state prepares the catalog query.
+        target.start(side, &connection, &user("warmup")).await?;
+        target.end(side, &connection, &user("warmup")).await?;
+        let mut count = |row: usize, before: u64| rows[row][n] = counter.round_trips() - before;
+        let before = counter.round_trips();
+        target.start(side, &connection, &user("new")).await?;
+        count(0, before);
+        let before = counter.round_trips();
+        target.end(side, &connection, &user("new")).await?;
+        count(1, before);
+        let before = counter.round_trips();
+        let cold = target.connect().await?;
+        count(2, before);
+        let before = counter.round_trips();
+        target.start(side, &cold, &user("cold")).await?;
+        count(3, before);
+    }
+    let names = [
+        "warm session-start, new user",
+        "warm session-end (keep)",
+        "connection: TCP, TLS, certificate login",
+        "session-start on that new connection",
+    ];
+    for (name, [ours, baseline]) in names.into_iter().zip(rows) {
+        println!("| {name} | {ours} | {baseline} |");
+    }
+    println!();
+    Ok(())
+}
+
+async fn lambda_tables(cluster: &Cluster, target_dir: &std::path::Path, invocations: usize) -> Result<(), String> {
+    let functions = ["session-start", "session-end", "discovery"];
+    println!("## Lambda footprint\n");
+    println!("| function | x86-64 zip | arm64 zip |");
+    println!("|---|---:|---:|");
+    for function in functions {
+        let size = |arch: &str| {
+            let path = target_dir.join(format!("lambda-{arch}")).join(function).join("bootstrap.zip");
+            std::fs::metadata(&path)
+                .map(|m| format!("{:.2} MB", m.len() as f64 / 1_000_000.0))
+                .map_err(|e| format!("{}: {e} (build it with scripts/bench)", path.display()))
+        };
+        println!("| {function} | {} | {} |", size("x86-64")?, size("arm64")?);
+    }
+    println!();
+    let config_yaml = provisioning::config_text(cluster, cluster.port()).map_err(|e| e.to_string())?;
+    let binary = |name: &'static str| lambda::Function {
+        name,
+        bootstrap: target_dir.join("x86_64-unknown-linux-gnu/release").join(name),
+    };
+    println!("Init: process start to the first request for an event, 50 runs, x86-64, no network.\n");
+    println!("| function | median ms | p99 ms |");
+    println!("|---|---:|---:|");
+    for name in functions {
+        let samples = lambda::init_times(&binary(name), &config_yaml, 50).await?;
+        println!("| {name} | {} | {} |", ms(samples.median()), ms(samples.p99()));
+    }
+    println!();
+    println!("Peak RSS (VmHWM) of one container over {invocations} warm invocations, distinct users.\n");
+    println!("| function | peak RSS | invocations | mean ms per invocation | CPU ms per invocation |");
+    println!("|---|---:|---:|---:|---:|");
+    let events: Vec<String> = (0..invocations)
+        .map(|i| {
+            serde_json::json!({
+                "session_id": format!("lambda-{i}"), "user": format!("lambda-user-{i}"), "roles": ["bench"],
+                "database": "main", "db_name": "postgres",
+            })
+            .to_string()
+        })
+        .collect();
+    for name in ["session-start", "session-end"] {
+        let footprint = lambda::warm_footprint(&binary(name), &config_yaml, events.clone()).await?;
+        let per_invocation = |d: Duration| d.as_secs_f64() * 1000.0 / footprint.invocations as f64;
+        println!(
+            "| {name} | {:.1} MiB | {} | {:.3} | {:.3} |",
+            footprint.peak_rss_kib as f64 / 1024.0,
+            footprint.invocations,
+            per_invocation(footprint.elapsed),
+            per_invocation(footprint.cpu)
+        );
+    }
+    println!();
+    Ok(())
+}
