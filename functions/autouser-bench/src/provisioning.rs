@@ -72,11 +72,15 @@ pub async fn prepare_server(cluster: &Cluster) -> Result<(), Error> {
     Ok(())
 }
 
-async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Error> {
-    let cert = cluster.client_cert(user).map_err(|e| Error::Unreachable {
+fn client_cert(cluster: &Cluster, user: &str) -> Result<scratch_postgres::ClientCert, Error> {
+    cluster.client_cert(user).map_err(|e| Error::Unreachable {
         endpoint: cluster.host().to_string(),
-        detail: format!("client certificate: {e}"),
-    })?;
+        detail: format!("client certificate of {user}: {e}"),
+    })
+}
+
+async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Error> {
+    let cert = client_cert(cluster, user)?;
     let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
     let tls = TlsSettings {
         mode: autouser_core::config::TlsMode::VerifyFull,
@@ -97,10 +101,7 @@ async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Error> {
 /// The config of `cluster` reached on `port` (the server's, or a proxy's), as the CLI and the
 /// Lambda functions (`AUTOUSER_CONFIG`) load it.
 pub fn config_text(cluster: &Cluster, port: u16) -> Result<String, Error> {
-    let cert = cluster.client_cert(ADMIN).map_err(|e| Error::Unreachable {
-        endpoint: cluster.host().to_string(),
-        detail: format!("client certificate: {e}"),
-    })?;
+    let cert = client_cert(cluster, ADMIN)?;
     Ok(format!(
         r#"
 managed_group: {GROUP:?}

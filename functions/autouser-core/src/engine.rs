@@ -349,9 +349,8 @@ async fn begin_and_read(
         }
     };
     let row = row.expect("READ_STATE returns exactly one row");
-    connection.saw_user(&t.db_user, row.get("user_exists"));
     let get = |name| -> Vec<String> { row.get(name) };
-    Ok(ObservedState {
+    let state = ObservedState {
         user_exists: row.get("user_exists"),
         user_can_login: row.get("user_can_login"),
         member_of: get("member_of").into_iter().collect(),
@@ -362,7 +361,9 @@ async fn begin_and_read(
         superuser_roles: get("superuser_roles").into_iter().collect(),
         server_version_num: row.get("server_version_num"),
         read_only: row.get("read_only"),
-    })
+    };
+    connection.saw_user(&t.db_user, state.user_exists);
+    Ok(state)
 }
 
 /// Whether an error means another call changed the same user first, so that a fresh attempt
