@@ -3,6 +3,7 @@
 //! `BENCHMARKS.md`. Run it with `scripts/bench`, which builds what it measures.
 
 mod lambda;
+mod objects;
 mod provisioning;
 mod stats;
 
@@ -36,6 +37,15 @@ struct Args {
     /// Without it, the Lambda footprint is not measured.
     #[arg(long)]
     lambda_target_dir: Option<PathBuf>,
+    /// Tables in the schema of the object permission benchmark.
+    #[arg(long, default_value_t = 10_000)]
+    tables: usize,
+    /// Users started and ended per side in the object permission benchmark.
+    #[arg(long, default_value_t = 20)]
+    object_iterations: usize,
+    /// Only the object permission benchmark.
+    #[arg(long)]
+    objects_only: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -54,22 +64,30 @@ async fn run(args: &Args) -> Result<(), String> {
     let install = PgInstall::from_env().map_err(|e| e.to_string())?;
     println!("## Machine\n\n{}\n- PostgreSQL {}\n", machine(), install.major());
     for durability in [Durability::Production, Durability::Test] {
+        if args.objects_only && durability == Durability::Test {
+            continue;
+        }
         let cluster = Cluster::start_with(&install, durability).map_err(|e| e.to_string())?;
         provisioning::prepare_server(&cluster).await.map_err(|e| e.to_string())?;
         let run = match durability {
             Durability::Production => "p",
             Durability::Test => "t",
         };
-        match durability {
-            Durability::Production => println!("## Provisioning, durable server (fsync=on, the default)\n"),
-            Durability::Test => println!("## Provisioning, fsync=off (the server's commit cost removed)\n"),
-        }
-        provisioning_tables(&cluster, args, run).await.map_err(|e| e.to_string())?;
-        if durability == Durability::Production {
-            round_trip_table(&cluster).await.map_err(|e| e.to_string())?;
-            if let Some(dir) = &args.lambda_target_dir {
-                lambda_tables(&cluster, dir, args.invocations).await?;
+        if !args.objects_only {
+            match durability {
+                Durability::Production => println!("## Provisioning, durable server (fsync=on, the default)\n"),
+                Durability::Test => println!("## Provisioning, fsync=off (the server's commit cost removed)\n"),
             }
+            provisioning_tables(&cluster, args, run).await.map_err(|e| e.to_string())?;
+        }
+        if durability == Durability::Production {
+            if !args.objects_only {
+                round_trip_table(&cluster).await.map_err(|e| e.to_string())?;
+                if let Some(dir) = &args.lambda_target_dir {
+                    lambda_tables(&cluster, dir, args.invocations).await?;
+                }
+            }
+            object_table(&cluster, args).await.map_err(|e| e.to_string())?;
         }
     }
     Ok(())
@@ -145,6 +163,39 @@ async fn provisioning_tables(cluster: &Cluster, args: &Args, run: &str) -> Resul
             ratio(ours.0, baseline.0),
             errors[0],
             errors[1]
+        );
+    }
+    println!();
+    Ok(())
+}
+
+/// `SELECT` on every table of one schema, granted at start and revoked at end.
+async fn object_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_core::Error> {
+    let began = std::time::Instant::now();
+    objects::prepare(cluster, args.tables).await?;
+    let setup = began.elapsed();
+    let latencies = objects::measure(cluster, args.object_iterations).await?;
+    println!("## Object permissions, durable server\n");
+    println!(
+        "`SELECT` on each of {} tables in one schema (and `USAGE` on it), {} users per side on a warm \
+         connection to that database; ms. Baseline: `GRANT SELECT ON ALL TABLES IN SCHEMA` and its \
+         `REVOKE`, with the user's creation and lock, in one transaction. Creating the tables took {:.1} s.\n",
+        args.tables,
+        args.object_iterations,
+        setup.as_secs_f64()
+    );
+    println!("| operation | ours median | ours max | baseline median | baseline max | ratio (median) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, [ours, baseline]) in
+        [("session-start, new user", &latencies.start), ("session-end (keep)", &latencies.end)]
+    {
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            ms(ours.median()),
+            ms(ours.quantile(1.0)),
+            ms(baseline.median()),
+            ms(baseline.quantile(1.0)),
+            ratio(ours.median().as_secs_f64(), baseline.median().as_secs_f64())
         );
     }
     println!();

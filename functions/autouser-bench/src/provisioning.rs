@@ -80,6 +80,11 @@ fn client_cert(cluster: &Cluster, user: &str) -> Result<scratch_postgres::Client
 }
 
 async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Error> {
+    connect_as_to(cluster, user, "postgres").await
+}
+
+/// Logs in as `user` to database `dbname`, over TLS with a client certificate.
+pub async fn connect_as_to(cluster: &Cluster, user: &str, dbname: &str) -> Result<Client, Error> {
     let cert = client_cert(cluster, user)?;
     let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
     let tls = TlsSettings {
@@ -90,7 +95,7 @@ async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Error> {
         host: cluster.host(),
         port: cluster.port(),
         hostaddr: None,
-        dbname: "postgres",
+        dbname,
         user,
         tls: &tls,
         credentials: &credentials,
@@ -101,6 +106,12 @@ async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Error> {
 /// The config of `cluster` reached on `port` (the server's, or a proxy's), as the CLI and the
 /// Lambda functions (`AUTOUSER_CONFIG`) load it.
 pub fn config_text(cluster: &Cluster, port: u16) -> Result<String, Error> {
+    config_with_grants(cluster, port, &format!("db_roles: [{}, {}]", ROLES[0], ROLES[1]))
+}
+
+/// The benchmark config whose one role, `bench` (mode `keep`, every database), grants what
+/// `grants` says (YAML under `allow`: `db_roles: [...]`, `db_permissions: [...]`).
+pub fn config_with_grants(cluster: &Cluster, port: u16, grants: &str) -> Result<String, Error> {
     let cert = client_cert(cluster, ADMIN)?;
     Ok(format!(
         r#"
@@ -121,20 +132,22 @@ roles:
       allow:
         db_labels: {{"*": "*"}}
         db_names: ["*"]
-        db_roles: [{reader}, {writer}]
+        {grants}
 "#,
         cert = cert.cert_path.display().to_string(),
         key = cert.key_path.display().to_string(),
         ca = cluster.ca_cert_path().display().to_string(),
-        reader = ROLES[0],
-        writer = ROLES[1],
     ))
 }
 
 impl Target {
     /// The admin's view of `cluster`, reached on `port` (the server's, or a proxy's).
     pub fn new(cluster: &Cluster, port: u16) -> Result<Target, Error> {
-        let config = Config::parse(&config_text(cluster, port)?, std::path::Path::new("/")).map_err(Error::from)?;
+        Target::from_config_text(&config_text(cluster, port)?)
+    }
+
+    pub fn from_config_text(text: &str) -> Result<Target, Error> {
+        let config = Config::parse(text, std::path::Path::new("/")).map_err(Error::from)?;
         let database = config.databases[0].resolve_static().expect("a self-hosted database resolves statically");
         let credentials = AdminCredentials::from_local_config(&database.auth)?;
         let tls = TlsSettings::from_config(&database.tls)?;
@@ -143,7 +156,11 @@ impl Target {
 
     /// A new TLS admin connection, by the same client library and settings for both sides.
     pub async fn connect(&self) -> Result<AdminConnection, Error> {
-        let params = ConnectParams::admin_of(&self.database, "postgres", &self.tls, &self.credentials);
+        self.connect_to("postgres").await
+    }
+
+    pub async fn connect_to(&self, dbname: &str) -> Result<AdminConnection, Error> {
+        let params = ConnectParams::admin_of(&self.database, dbname, &self.tls, &self.credentials);
         pg::connect_admin(&params).await
     }
 
@@ -195,7 +212,7 @@ pub fn baseline_end_sql(user: &str) -> String {
     format!("BEGIN; REVOKE {} FROM {user}; ALTER ROLE {user} NOLOGIN; COMMIT", roles.join(", "))
 }
 
-async fn batch(client: &Client, sql: &str) -> Result<(), Error> {
+pub async fn batch(client: &Client, sql: &str) -> Result<(), Error> {
     client.batch_execute(sql).await.map_err(|e| Error::Unreachable {
         endpoint: "benchmark server".into(),
         detail: format!("baseline SQL failed: {}", pg::error_chain(&e)),

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::naming;
+use crate::permissions::ImportRule;
 use crate::policy::{Policy, PolicyError, Role};
 
 pub const DEFAULT_MANAGED_GROUP: &str = "teleport-auto-user";
@@ -53,7 +54,15 @@ pub struct Config {
     pub databases: Vec<DatabaseConfig>,
     pub tag_keys: TagKeys,
     pub policy: Policy,
+    /// Sessions older than this, whose user has no live connection, are closed by the reaper.
+    pub max_session_duration: std::time::Duration,
+    /// When a user's last session ends (or the reaper locks it), end its open connections
+    /// too: `NOLOGIN` and `DROP ROLE` only stop new logins. Off by default.
+    pub terminate_connections: bool,
 }
+
+/// The default `max_session_duration`: Teleport's default maximum session TTL.
+pub const DEFAULT_MAX_SESSION_DURATION: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -306,6 +315,11 @@ struct RawConfig {
     tag_keys: TagKeys,
     #[serde(default)]
     roles: Vec<Role>,
+    #[serde(default)]
+    import_rules: Vec<ImportRule>,
+    max_session_duration: Option<String>,
+    #[serde(default)]
+    terminate_connections: bool,
 }
 
 #[derive(Deserialize)]
@@ -382,12 +396,18 @@ impl RawConfig {
                 return Err(invalid(format!("tag_keys.{field}"), "must not be empty"));
             }
         }
+        let max_session_duration = match &self.max_session_duration {
+            None => DEFAULT_MAX_SESSION_DURATION,
+            Some(text) => parse_duration(text).map_err(|m| invalid("max_session_duration", m))?,
+        };
         Ok(Config {
+            max_session_duration,
+            terminate_connections: self.terminate_connections,
             cluster_name: self.cluster_name,
             managed_group,
             databases,
             tag_keys: self.tag_keys,
-            policy: Policy::new(self.roles)?,
+            policy: Policy::with_import_rules(self.roles, self.import_rules)?,
         })
     }
 }
@@ -552,6 +572,24 @@ fn aurora_non_writer_endpoint(host: &str) -> Option<&'static str> {
         Some("custom")
     } else {
         None
+    }
+}
+
+/// `90s`, `30m`, `12h`, `2d`: a positive whole number and a unit.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let seconds_per_unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?} is not a duration: write a number and s, m, h or d, e.g. 12h")),
+    };
+    match number.parse::<u64>().ok().and_then(|n| n.checked_mul(seconds_per_unit)) {
+        Some(seconds) if seconds > 0 => Ok(std::time::Duration::from_secs(seconds)),
+        _ => Err(format!("{text:?} is not a positive duration: e.g. 12h")),
     }
 }
 
@@ -744,6 +782,18 @@ databases:
     }
 
     #[test]
+    fn max_session_duration_defaults_to_twelve_hours_and_parses_units() {
+        assert_eq!(parse(EXAMPLE).unwrap().max_session_duration, DEFAULT_MAX_SESSION_DURATION);
+        let config = parse(&format!("max_session_duration: 90m\n{EXAMPLE}")).unwrap();
+        assert_eq!(config.max_session_duration.as_secs(), 5400);
+        assert_eq!(parse_duration("2d").unwrap().as_secs(), 172_800);
+        for bad in ["0h", "12", "h", "12 hours", "-1h", "99999999999999999999d"] {
+            let err = parse(&format!("max_session_duration: {bad:?}\n{EXAMPLE}")).unwrap_err().to_string();
+            assert!(err.contains("max_session_duration"), "{bad}: {err}");
+        }
+    }
+
+    #[test]
     fn uris_parse() {
         assert_eq!(parse_uri("db:6432").unwrap(), ("db".into(), 6432));
         assert_eq!(parse_uri("postgres://db.example.com:5433/app").unwrap(), ("db.example.com".into(), 5433));
@@ -751,6 +801,22 @@ databases:
         assert!(parse_uri("u:p@db:5432").is_err());
         assert!(parse_uri(":5432").is_err());
         assert!(parse_uri("db:0").is_err());
+    }
+
+    #[test]
+    fn object_permissions_and_import_rules_load_and_are_checked() {
+        let text = format!(
+            "{EXAMPLE}        db_permissions:\n          - match: {{object_kind: table, environment: prod}}\n            \
+             permissions: [SELECT]\nimport_rules:\n  - {{name: prod, priority: 1, match: {{schema: [public]}}, \
+             add_labels: {{environment: prod}}}}\n"
+        );
+        let config = parse(&text).unwrap();
+        assert!(config.policy.has_db_permissions());
+        assert!(!parse(EXAMPLE).unwrap().policy.has_db_permissions());
+        let err = parse(&text.replace("add_labels: {environment: prod}", "add_labels: {name: x}")).unwrap_err();
+        assert!(err.to_string().contains("import_rules") && err.to_string().contains("built-in"), "{err}");
+        let err = parse(&text.replace("[SELECT]", "[EXECUTE]")).unwrap_err().to_string();
+        assert!(err.contains("allow.db_permissions entry 0") && err.contains("EXECUTE"), "{err}");
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! Attempts that lose a race (serialization failure, deadlock, a concurrent catalog update,
 //! a duplicate role) are retried a bounded number of times with jittered backoff.
 
+use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
@@ -23,8 +24,9 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use crate::config::RDS_IAM_ROLE;
 use crate::ledger::Ledger;
 use crate::outcome::{EndOutcome, EndStatus, StartOutcome};
-use crate::pg::AdminConnection;
-use crate::plan::{self, EndDecision, ObservedState, StartDecision, Step};
+use crate::permissions::{DbObject, ObjectKind, ObjectRules, ObjectState, PermissionSummary, SchemaState};
+use crate::pg::{AdminConnection, ObjectListingStatements};
+use crate::plan::{self, EndDecision, ObjectCleanup, ObservedState, StartDecision, Step};
 use crate::policy::CreateDbUserMode;
 use crate::request::{EndRequest, StartRequest, Target};
 use crate::sql;
@@ -41,10 +43,20 @@ pub const MAX_ATTEMPTS: u32 = 12;
 /// of that transaction fails, nothing is kept, and the usual read-then-write attempt follows.
 pub async fn session_start(connection: &AdminConnection, req: &StartRequest) -> Result<StartOutcome, Error> {
     let t = &req.target;
-    if !connection.user_seen(&t.db_user) {
+    // Object permissions need the database's objects listed first: no one-round-trip start.
+    if !connection.user_seen(&t.db_user) && req.db_permissions.is_none() {
         match create_in_one_round_trip(connection, req).await {
             Ok(Some(outcome)) => return Ok(outcome),
             Ok(None) => {}
+            // Waiting for the user's lock (or the statement) timed out: the read path would
+            // wait as long again, so the caller hears now (a transient error), within the
+            // lock timeout the deployment's timeouts are sized for.
+            Err(error)
+                if [SqlState::LOCK_NOT_AVAILABLE, SqlState::QUERY_CANCELED]
+                    .contains(error.code().unwrap_or(&SqlState::SUCCESSFUL_COMPLETION)) =>
+            {
+                return Err(postgres_error("taking the user's lock", t, error));
+            }
             Err(error) => {
                 tracing::debug!(db_user = %t.db_user, %error, "the user is not new; reading its state");
             }
@@ -53,8 +65,8 @@ pub async fn session_start(connection: &AdminConnection, req: &StartRequest) -> 
     retrying(t, || start_once(connection, req)).await
 }
 
-/// The one-round-trip start of a new user: the user's lock, `CREATE ROLE … LOGIN IN ROLE …`
-/// and the ledger, in one message and so in one implicit transaction
+/// The one-round-trip start of a new user: the user's lock, `CREATE ROLE … LOGIN`, the ledger
+/// and `GRANT <group>, <roles> TO …`, in one message and so in one implicit transaction
 /// ([`sql::locked_transaction`]). `None` when the admin is (or may be) a
 /// superuser: it could grant a superuser role, which the read path refuses, while PostgreSQL
 /// refuses that to any other admin.
@@ -67,7 +79,8 @@ async fn create_in_one_round_trip(
         return Ok(None);
     }
     let expected = ObservedState::expected_for_new_user(req);
-    let Ok(StartDecision::Apply { steps, ledger, created_user: true }) = plan::plan_start(req, &expected, unix_now())
+    let Ok(StartDecision::Apply { steps, ledger, created_user: true, .. }) =
+        plan::plan_start(req, &expected, unix_now())
     else {
         return Ok(None);
     };
@@ -75,11 +88,17 @@ async fn create_in_one_round_trip(
     let text = sql::locked_transaction(sql::user_lock_key(&t.db_user), &steps);
     connection.client().simple_query(&text).await?;
     connection.saw_user(&t.db_user, true);
-    Ok(Some(start_outcome(req, &ledger, true, false)))
+    Ok(Some(start_outcome(req, &ledger, true, false, Vec::new())))
 }
 
 /// The answer to a session-start, from the ledger as committed.
-fn start_outcome(req: &StartRequest, ledger: &Ledger, created_user: bool, already_active: bool) -> StartOutcome {
+fn start_outcome(
+    req: &StartRequest,
+    ledger: &Ledger,
+    created_user: bool,
+    already_active: bool,
+    db_permissions: Vec<PermissionSummary>,
+) -> StartOutcome {
     let t = &req.target;
     let session = ledger.sessions.get(&t.session_id);
     StartOutcome {
@@ -95,12 +114,43 @@ fn start_outcome(req: &StartRequest, ledger: &Ledger, created_user: bool, alread
         created_user,
         already_active,
         open_sessions: ledger.sessions.len(),
+        db_permissions,
     }
 }
 
 /// Closes a session: see [`plan::plan_end`] for what changes.
 pub async fn session_end(connection: &AdminConnection, req: &EndRequest) -> Result<EndOutcome, Error> {
     retrying(&req.target, || end_once(connection, req)).await
+}
+
+/// Locks a managed user that has no open session (see [`plan::plan_lock`]), and with
+/// `terminate` ends its open connections. Returns whether it changed anything.
+pub async fn lock_idle_user(connection: &AdminConnection, t: &Target, terminate: bool) -> Result<bool, Error> {
+    retrying(t, || async {
+        let state = begin_and_read(connection, t, &[], None).await?;
+        let client = connection.client();
+        match plan::plan_lock(t, &state) {
+            Ok(Some(steps)) => {
+                run_and_commit(client, t, &state, &steps).await?;
+                if let (true, Some(oid)) = (terminate, state.user_oid) {
+                    if let Err(error) = terminate_connections(client, oid).await {
+                        tracing::warn!(db_user = %t.db_user, error = %crate::pg::error_chain(&error),
+                            "could not end the locked user's connections: grant pg_signal_backend to the admin");
+                    }
+                }
+                Ok(true)
+            }
+            Ok(None) => {
+                rollback(client).await;
+                Ok(false)
+            }
+            Err(error) => {
+                rollback(client).await;
+                Err(Failure::Fatal(error))
+            }
+        }
+    })
+    .await
 }
 
 /// Why one attempt failed.
@@ -150,7 +200,8 @@ fn unix_now() -> u64 {
 async fn start_once(connection: &AdminConnection, req: &StartRequest) -> Result<StartOutcome, Failure> {
     let t = &req.target;
     let candidates: Vec<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
-    let state = begin_and_read(connection, t, &candidates).await?;
+    let listing = req.db_permissions.as_ref().map(ObjectListing::for_rules);
+    let state = begin_and_read(connection, t, &candidates, listing.as_ref()).await?;
     let client = connection.client();
     let decision = match plan::plan_start(req, &state, unix_now()) {
         Ok(decision) => decision,
@@ -160,20 +211,22 @@ async fn start_once(connection: &AdminConnection, req: &StartRequest) -> Result<
         }
     };
     match decision {
-        StartDecision::AlreadyActive { ledger } => {
+        StartDecision::AlreadyActive { ledger, db_permissions } => {
             rollback(client).await;
-            Ok(start_outcome(req, &ledger, false, true))
+            Ok(start_outcome(req, &ledger, false, true, db_permissions))
         }
-        StartDecision::Apply { steps, ledger, created_user } => {
+        StartDecision::Apply { steps, ledger, created_user, db_permissions } => {
             run_and_commit(client, t, &state, &steps).await?;
-            Ok(start_outcome(req, &ledger, created_user, false))
+            Ok(start_outcome(req, &ledger, created_user, false, db_permissions))
         }
     }
 }
 
 async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndOutcome, Failure> {
     let t = &req.target;
-    let state = begin_and_read(connection, t, &[]).await?;
+    // Only what the user holds matters at an end: no grant option to check.
+    let listing = req.revokes_db_permissions.then(ObjectListing::held_only);
+    let state = begin_and_read(connection, t, &[], listing.as_ref()).await?;
     let client = connection.client();
     let decision = match plan::plan_end(req, &state) {
         Ok(decision) => decision,
@@ -182,7 +235,7 @@ async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndO
             return Err(Failure::Fatal(error));
         }
     };
-    let outcome = |status, mode, open_sessions, reason: Option<&str>| EndOutcome {
+    let outcome = |status, mode, open_sessions, reasons: &[Option<String>], objects: ObjectCleanup| EndOutcome {
         status,
         db_user: t.db_user.clone(),
         database: t.database.clone(),
@@ -190,22 +243,29 @@ async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndO
         session_id: t.session_id.clone(),
         mode,
         open_sessions,
-        reason: reason.map(str::to_string),
+        reason: {
+            let left = objects_left(&t.db_user, &objects);
+            let reasons: Vec<&str> = reasons.iter().flatten().chain(left.iter()).map(String::as_str).collect();
+            (!reasons.is_empty()).then(|| reasons.join("; "))
+        },
+        revoked_db_permissions: objects.revoked,
+        terminated_connections: None,
     };
     match decision {
         EndDecision::Noop { reason } => {
             rollback(client).await;
-            Ok(outcome(EndStatus::Noop, None, 0, Some(reason)))
+            Ok(outcome(EndStatus::Noop, None, 0, &[Some(reason.to_string())], ObjectCleanup::default()))
         }
-        EndDecision::InUse { steps, ledger, mode } => {
+        EndDecision::InUse { steps, ledger, mode, objects } => {
             run_and_commit(client, t, &state, &steps).await?;
-            Ok(outcome(EndStatus::InUse, Some(mode), ledger.sessions.len(), None))
+            Ok(outcome(EndStatus::InUse, Some(mode), ledger.sessions.len(), &[], objects))
         }
-        EndDecision::Deactivate { steps, mode } => {
+        EndDecision::Deactivate { steps, mode, objects } => {
             run_and_commit(client, t, &state, &steps).await?;
-            Ok(outcome(EndStatus::Deactivated, Some(mode), 0, unrevocable_roles(t, &state).as_deref()))
+            let outcome = outcome(EndStatus::Deactivated, Some(mode), 0, &[unrevocable_roles(t, &state)], objects);
+            Ok(end_connections(client, req, &state, outcome).await)
         }
-        EndDecision::Drop { before_drop, fallback } => {
+        EndDecision::Drop { before_drop, fallback, objects } => {
             let mode = Some(CreateDbUserMode::BestEffortDrop);
             let drop = Step::DropUser { user: t.db_user.clone() };
             let mut statements: Vec<Statement> = before_drop.iter().map(Statement::Step).collect();
@@ -215,7 +275,7 @@ async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndO
                 Ok(()) => {
                     commit(client, t).await?;
                     connection.saw_user(&t.db_user, false);
-                    Ok(outcome(EndStatus::Dropped, mode, 0, None))
+                    Ok(end_connections(client, req, &state, outcome(EndStatus::Dropped, mode, 0, &[], objects)).await)
                 }
                 Err((Statement::Step(Step::DropUser { .. }), error))
                     if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) =>
@@ -226,14 +286,13 @@ async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndO
                     if let Err((statement, error)) = run_pipelined(client, &statements).await {
                         return Err(step_failure(client, t, &state, statement, error).await);
                     }
-                    let mut reason = error
-                        .as_db_error()
-                        .map(|db| format!("objects depend on the user, so it was locked instead: {}", db.message()))
-                        .unwrap_or_default();
-                    if let Some(note) = unrevocable_roles(t, &state) {
-                        reason = format!("{reason}; {note}");
-                    }
-                    Ok(outcome(EndStatus::Deactivated, mode, 0, Some(&reason)))
+                    let reason = error.as_db_error().map(|db| {
+                        let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+                        format!("objects depend on the user, so it was locked instead: {}{detail}", db.message())
+                    });
+                    let outcome =
+                        outcome(EndStatus::Deactivated, mode, 0, &[reason, unrevocable_roles(t, &state)], objects);
+                    Ok(end_connections(client, req, &state, outcome).await)
                 }
                 Err((statement, error)) => Err(step_failure(client, t, &state, statement, error).await),
             }
@@ -260,6 +319,54 @@ fn unrevocable_roles(t: &Target, state: &ObservedState) -> Option<String> {
         .collect();
     (!left.is_empty())
         .then(|| format!("the user keeps roles the admin cannot revoke; as a superuser run `{}`", left.join("; ")))
+}
+
+/// With `terminate_connections`, ends the open connections of a user whose last session just
+/// ended (`NOLOGIN` and `DROP ROLE` only stop new logins). A failure does not fail the end,
+/// which has committed: the outcome says what to grant.
+async fn end_connections(
+    client: &Client,
+    req: &EndRequest,
+    state: &ObservedState,
+    mut outcome: EndOutcome,
+) -> EndOutcome {
+    let (true, Some(oid)) = (req.terminate_connections, state.user_oid) else {
+        return outcome;
+    };
+    match terminate_connections(client, oid).await {
+        Ok(ended) => outcome.terminated_connections = Some(ended),
+        Err(error) => {
+            let note = format!(
+                "the user's open connections were not ended ({}): run `GRANT pg_signal_backend TO {}`",
+                crate::pg::error_chain(&error),
+                sql::quote_ident(&req.target.admin)
+            );
+            outcome.reason = Some(match outcome.reason.take() {
+                Some(reason) => format!("{reason}; {note}"),
+                None => note,
+            });
+        }
+    }
+    outcome
+}
+
+async fn terminate_connections(client: &Client, user_oid: u32) -> Result<usize, tokio_postgres::Error> {
+    let row = client.query_one(sql::TERMINATE_CONNECTIONS, &[&user_oid]).await?;
+    Ok(usize::try_from(row.get::<_, i32>(0)).unwrap_or(0))
+}
+
+/// Databases where object privileges may remain after this end, with what to do about them.
+fn objects_left(user: &str, objects: &ObjectCleanup) -> Option<String> {
+    (!objects.left_in.is_empty()).then(|| {
+        format!(
+            "object privileges granted in database(s) {:?} may remain, because this end ran in another \
+             database (ends run in the session's database only while the policy has db_permissions): \
+             in each, run `REVOKE ALL ON ALL TABLES IN SCHEMA <schema> FROM {user}` (and the same for \
+             SEQUENCES, ROUTINES, and `REVOKE USAGE ON SCHEMA`)",
+            objects.left_in,
+            user = sql::quote_ident(user)
+        )
+    })
 }
 
 /// A statement of a pipelined batch: a plan step, or transaction control.
@@ -320,10 +427,119 @@ async fn rollback(client: &Client) {
     let _ = client.simple_query(sql::ROLLBACK).await;
 }
 
+/// Which objects to list with the state (besides those the user holds privileges on), and
+/// which privileges to check the admin may grant.
+struct ObjectListing {
+    table_privileges: Vec<String>,
+    sequence_privileges: Vec<String>,
+    /// `pg_class.relkind`s the rules can match.
+    relkinds: Vec<String>,
+    /// Whether the rules can match functions or procedures.
+    routines: bool,
+}
+
+impl ObjectListing {
+    fn for_rules(rules: &ObjectRules) -> ObjectListing {
+        let privileges = |kinds: &[ObjectKind]| -> Vec<String> {
+            let set: BTreeSet<&String> = rules
+                .allow
+                .iter()
+                .flat_map(|rule| kinds.iter().filter_map(|k| rule.by_kind.get(k)))
+                .flatten()
+                .collect();
+            set.into_iter().cloned().collect()
+        };
+        let kinds: BTreeSet<ObjectKind> = rules.allow.iter().flat_map(|rule| rule.by_kind.keys().copied()).collect();
+        let relkinds = kinds
+            .iter()
+            .flat_map(|kind| match kind {
+                ObjectKind::Table => &["r", "p", "f"][..],
+                ObjectKind::View => &["v", "m"][..],
+                ObjectKind::Sequence => &["S"][..],
+                ObjectKind::Function | ObjectKind::Procedure => &[][..],
+            })
+            .map(|relkind| relkind.to_string())
+            .collect();
+        ObjectListing {
+            table_privileges: privileges(&[ObjectKind::Table, ObjectKind::View]),
+            sequence_privileges: privileges(&[ObjectKind::Sequence]),
+            relkinds,
+            routines: kinds.contains(&ObjectKind::Function) || kinds.contains(&ObjectKind::Procedure),
+        }
+    }
+
+    /// At an end, only what the user holds matters.
+    fn held_only() -> ObjectListing {
+        ObjectListing {
+            table_privileges: Vec::new(),
+            sequence_privileges: Vec::new(),
+            relkinds: Vec::new(),
+            routines: false,
+        }
+    }
+}
+
+async fn list_objects(
+    client: &Client,
+    statements: &ObjectListingStatements,
+    user: &str,
+    listing: &ObjectListing,
+) -> Result<(Vec<SchemaState>, Vec<DbObject>), tokio_postgres::Error> {
+    let user_param: [&(dyn ToSql + Sync); 1] = [&user];
+    let relation_params: [&(dyn ToSql + Sync); 4] =
+        [&user, &listing.table_privileges, &listing.sequence_privileges, &listing.relkinds];
+    let routine_params: [&(dyn ToSql + Sync); 2] = [&user, &listing.routines];
+    let (schemas, relations, routines) = tokio::try_join!(
+        client.query(&statements.schemas, &user_param),
+        client.query(&statements.relations, &relation_params),
+        client.query(&statements.routines, &routine_params),
+    )?;
+    let schemas = schemas
+        .iter()
+        .map(|row| SchemaState {
+            name: row.get("name"),
+            user_has_usage: row.get("user_has_usage"),
+            admin_can_grant_usage: row.get("admin_can_grant_usage"),
+        })
+        .collect();
+    let set = |row: &tokio_postgres::Row, column| -> BTreeSet<String> {
+        row.get::<_, Vec<String>>(column).into_iter().collect()
+    };
+    let mut objects: Vec<DbObject> = relations
+        .iter()
+        .map(|row| DbObject {
+            kind: match row.get::<_, &str>("relkind") {
+                "S" => ObjectKind::Sequence,
+                "v" | "m" => ObjectKind::View,
+                _ => ObjectKind::Table,
+            },
+            schema: row.get("schema"),
+            name: row.get("name"),
+            arguments: None,
+            held: set(row, "held"),
+            admin_grantable: set(row, "admin_grantable"),
+        })
+        .collect();
+    objects.extend(routines.iter().map(|row| DbObject {
+        kind: if row.get::<_, &str>("prokind") == "p" { ObjectKind::Procedure } else { ObjectKind::Function },
+        schema: row.get("schema"),
+        name: row.get("name"),
+        arguments: Some(row.get("arguments")),
+        held: set(row, "held"),
+        admin_grantable: if row.get("admin_can_grant") {
+            BTreeSet::from(["EXECUTE".to_string()])
+        } else {
+            BTreeSet::new()
+        },
+    }));
+    Ok((schemas, objects))
+}
+
 async fn begin_and_read(
     connection: &AdminConnection,
     t: &Target,
     candidates: &[String],
+    listing: Option<&ObjectListing>,
 ) -> Result<ObservedState, Failure> {
     let client = connection.client();
     let failure = |error: tokio_postgres::Error| {
@@ -334,15 +550,26 @@ async fn begin_and_read(
         }
     };
     let read_state = connection.read_state().await.map_err(failure)?;
+    let listing_statements = match listing {
+        Some(_) => Some(connection.object_listing().await.map_err(failure)?),
+        None => None,
+    };
     let lock_key = sql::user_lock_key(&t.db_user);
     let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&lock_key, Type::INT8)];
     let read_params: [&(dyn ToSql + Sync); 3] = [&t.db_user, &t.managed_group, &candidates];
     let begin = client.simple_query(sql::BEGIN);
     let lock = client.query_typed(sql::LOCK_USER, &lock_params);
     let read = client.query(read_state, &read_params);
-    let (begin, lock, read) = tokio::join!(begin, lock, read);
-    let row = match begin.and(lock).and(read) {
-        Ok(rows) => rows.into_iter().next(),
+    // Listed after the lock, in the same round trip: what a concurrent call granted is seen.
+    let objects = async {
+        match (listing, listing_statements) {
+            (Some(listing), Some(statements)) => list_objects(client, statements, &t.db_user, listing).await.map(Some),
+            _ => Ok(None),
+        }
+    };
+    let (begin, lock, read, objects) = tokio::join!(begin, lock, read, objects);
+    let (row, objects) = match begin.and(lock).and(read).and_then(|rows| Ok((rows.into_iter().next(), objects?))) {
+        Ok(read) => read,
         Err(error) => {
             rollback(client).await;
             return Err(failure(error));
@@ -352,6 +579,7 @@ async fn begin_and_read(
     let get = |name| -> Vec<String> { row.get(name) };
     let state = ObservedState {
         user_exists: row.get("user_exists"),
+        user_oid: row.get("user_oid"),
         user_can_login: row.get("user_can_login"),
         member_of: get("member_of").into_iter().collect(),
         ledger_comment: row.get("ledger"),
@@ -361,6 +589,11 @@ async fn begin_and_read(
         superuser_roles: get("superuser_roles").into_iter().collect(),
         server_version_num: row.get("server_version_num"),
         read_only: row.get("read_only"),
+        objects: objects.map(|(schemas, objects)| ObjectState {
+            database: row.get("current_database"),
+            schemas,
+            objects,
+        }),
     };
     connection.saw_user(&t.db_user, state.user_exists);
     Ok(state)
@@ -383,8 +616,21 @@ fn is_conflict(error: &tokio_postgres::Error, step: Option<&Step>) -> bool {
     }
     if matches!(
         step,
-        Some(Step::CreateUser { .. } | Step::SetLogin { .. } | Step::GrantRole { .. } | Step::RevokeRoles { .. })
+        Some(Step::CreateUser { .. } | Step::SetLogin { .. } | Step::GrantRoles { .. } | Step::RevokeRoles { .. })
     ) && *code == SqlState::UNDEFINED_OBJECT
+    {
+        return true;
+    }
+    // An object or schema listed under our lock was dropped (or renamed) before our grant.
+    if matches!(
+        step,
+        Some(
+            Step::GrantObjects { .. }
+                | Step::RevokeObjects { .. }
+                | Step::GrantSchemaUsage { .. }
+                | Step::RevokeSchemaUsage { .. }
+        )
+    ) && [SqlState::UNDEFINED_TABLE, SqlState::UNDEFINED_FUNCTION, SqlState::INVALID_SCHEMA_NAME].contains(code)
     {
         return true;
     }
@@ -427,27 +673,21 @@ async fn step_failure(
         let detail = error.as_db_error().map(|db| db.message().to_string()).unwrap_or_default();
         return Failure::Fatal(match step {
             Some(Step::CreateGroup { .. }) => Error::MissingCreateRole { admin },
-            Some(Step::CreateUser { member_of, .. }) => {
-                match create_user_denied(client, member_of, state.server_version_num).await {
-                    Ok(CreateDenied::NoCreateRole) | Err(_) => Error::MissingCreateRole { admin },
-                    Ok(CreateDenied::NoAdminOption(role)) => Error::MissingAdminOption { admin, role },
-                    Ok(CreateDenied::Other) => Error::PermissionDenied { admin, action: describe(&statement), detail },
+            Some(Step::CreateUser { .. }) => match client.query_one(sql::ADMIN_MAY_CREATE_ROLES, &[]).await {
+                Ok(row) if row.get::<_, bool>(0) => {
+                    Error::PermissionDenied { admin, action: describe(&statement), detail }
                 }
-            }
-            Some(Step::GrantRole { role, .. }) => {
-                match roles_lacking_admin_option(client, std::slice::from_ref(role)).await {
-                    Ok(lacking) if !lacking.is_empty() => Error::MissingAdminOption { admin, role: role.clone() },
-                    _ if role == RDS_IAM_ROLE => Error::MissingAdminOption { admin, role: role.clone() },
+                _ => Error::MissingCreateRole { admin },
+            },
+            Some(Step::GrantRoles { roles, .. } | Step::RevokeRoles { roles, .. }) => {
+                match roles_lacking_admin_option(client, roles).await {
+                    Ok(lacking) if !lacking.is_empty() => Error::MissingAdminOption { admin, role: lacking[0].clone() },
+                    _ if roles.iter().any(|role| role == RDS_IAM_ROLE) => {
+                        Error::MissingAdminOption { admin, role: RDS_IAM_ROLE.into() }
+                    }
                     _ => Error::PermissionDenied { admin, action: describe(&statement), detail },
                 }
             }
-            Some(Step::RevokeRoles { roles, .. }) => match roles_lacking_admin_option(client, roles).await {
-                Ok(lacking) if !lacking.is_empty() => Error::MissingAdminOption { admin, role: lacking[0].clone() },
-                _ if roles.iter().any(|role| role == RDS_IAM_ROLE) => {
-                    Error::MissingAdminOption { admin, role: RDS_IAM_ROLE.into() }
-                }
-                _ => Error::PermissionDenied { admin, action: describe(&statement), detail },
-            },
             // PostgreSQL 16+ lets a CREATEROLE admin alter or drop only roles it holds
             // WITH ADMIN OPTION (it gets that option on the roles it creates).
             Some(Step::SetLogin { user, .. } | Step::WriteLedger { user, .. } | Step::DropUser { user })
@@ -461,33 +701,6 @@ async fn step_failure(
     Failure::Fatal(postgres_error(&describe(&statement), t, error))
 }
 
-/// Why `CREATE ROLE … IN ROLE …` was denied.
-enum CreateDenied {
-    NoCreateRole,
-    /// PostgreSQL 16+: a role of `IN ROLE` the admin does not hold WITH ADMIN OPTION.
-    NoAdminOption(String),
-    Other,
-}
-
-async fn create_user_denied(
-    client: &Client,
-    member_of: &[String],
-    server_version_num: i32,
-) -> Result<CreateDenied, tokio_postgres::Error> {
-    let may_create: bool = client.query_one(sql::ADMIN_MAY_CREATE_ROLES, &[]).await?.get(0);
-    if !may_create {
-        return Ok(CreateDenied::NoCreateRole);
-    }
-    if server_version_num < 160000 {
-        return Ok(CreateDenied::Other);
-    }
-    Ok(match roles_lacking_admin_option(client, member_of).await?.into_iter().next() {
-        Some(role) => CreateDenied::NoAdminOption(role),
-        None if member_of.iter().any(|role| role == RDS_IAM_ROLE) => CreateDenied::NoAdminOption(RDS_IAM_ROLE.into()),
-        None => CreateDenied::Other,
-    })
-}
-
 /// Which of `roles` the admin does not hold WITH ADMIN OPTION, by name.
 async fn roles_lacking_admin_option(client: &Client, roles: &[String]) -> Result<Vec<String>, tokio_postgres::Error> {
     let rows = client.query_typed(sql::ROLES_WITHOUT_ADMIN_OPTION, &[(&roles, Type::TEXT_ARRAY)]).await?;
@@ -497,16 +710,26 @@ async fn roles_lacking_admin_option(client: &Client, roles: &[String]) -> Result
 fn describe(statement: &Statement<'_>) -> String {
     match statement {
         Statement::Step(Step::CreateGroup { group }) => format!("creating the managed group {group:?}"),
-        Statement::Step(Step::CreateUser { user, member_of }) => {
-            format!("creating database user {user:?} in roles {member_of:?}")
-        }
-        Statement::Step(Step::GrantRole { role, user }) => format!("granting role {role:?} to {user:?}"),
+        Statement::Step(Step::CreateUser { user }) => format!("creating database user {user:?}"),
+        Statement::Step(Step::GrantRoles { roles, user }) => format!("granting roles {roles:?} to {user:?}"),
         Statement::Step(Step::RevokeRoles { roles, user }) => format!("revoking roles {roles:?} from {user:?}"),
         Statement::Step(Step::SetLogin { user, login: true }) => format!("enabling LOGIN of {user:?}"),
         Statement::Step(Step::SetLogin { user, login: false }) => format!("setting NOLOGIN on {user:?}"),
         Statement::Step(Step::Guard { user, .. }) => format!("checking the ledger of {user:?}"),
         Statement::Step(Step::WriteLedger { user, .. }) => format!("writing the session ledger of {user:?}"),
         Statement::Step(Step::DropUser { user }) => format!("dropping database user {user:?}"),
+        Statement::Step(Step::GrantObjects { batch, user }) => {
+            format!("granting {} on {} {}s to {user:?}", batch.privilege, batch.objects.len(), batch.kind.label())
+        }
+        Statement::Step(Step::RevokeObjects { batch, user }) => {
+            format!("revoking {} on {} {}s from {user:?}", batch.privilege, batch.objects.len(), batch.kind.label())
+        }
+        Statement::Step(Step::GrantSchemaUsage { schemas, user }) => {
+            format!("granting USAGE on schemas {schemas:?} to {user:?}")
+        }
+        Statement::Step(Step::RevokeSchemaUsage { schemas, user }) => {
+            format!("revoking USAGE on schemas {schemas:?} from {user:?}")
+        }
         Statement::Raw(text) => (*text).to_string(),
     }
 }

@@ -10,6 +10,7 @@ use crate::config::ConfigError;
 use crate::event::EventError;
 use crate::ledger::LedgerError;
 use crate::naming::NameError;
+use crate::permissions::UngrantableObject;
 use crate::policy::PolicyError;
 use crate::sql::quote_ident;
 
@@ -53,6 +54,35 @@ pub enum Error {
         role_sql = quote_ident(role), user_sql = quote_ident(user), grantor_sql = quote_ident(grantor)
     )]
     ForeignGrant { user: String, role: String, grantor: String },
+
+    #[error(
+        "database user {user:?} already has an open session on database {db_name:?} with {other} \
+         object permission rules than this session: sessions on one database share the user's \
+         object privileges, so pg-autouser refuses to change them under a live session; end the \
+         other session first or use the same roles",
+        other = if *other_session_has_rules { "other" } else { "no" }
+    )]
+    PermissionsMismatch { user: String, db_name: String, other_session_has_rules: bool },
+
+    #[error(
+        "admin {admin:?} cannot grant {privilege} on {kind} {object} in database {db_name:?}{and_more}: \
+         as the owner of the objects (or a superuser), run \
+         `GRANT {privilege} ON {all_in_schema} IN SCHEMA {schema_sql} TO {admin_sql} WITH GRANT OPTION` \
+         in database {db_name:?}, or narrow the role's db_permissions",
+        privilege = missing.privilege, kind = missing.kind.label(), object = missing.object,
+        all_in_schema = missing.kind.all_in_schema(),
+        schema_sql = quote_ident(&missing.schema), admin_sql = quote_ident(admin),
+        and_more = if missing.more > 0 { format!(" (and {} more privileges)", missing.more) } else { String::new() }
+    )]
+    MissingObjectGrantOption { admin: String, db_name: String, missing: Box<UngrantableObject> },
+
+    #[error(
+        "admin {admin:?} cannot grant USAGE on schema {schema:?} in database {db_name:?}: as the \
+         schema's owner (or a superuser), run \
+         `GRANT USAGE ON SCHEMA {schema_sql} TO {admin_sql} WITH GRANT OPTION` in database {db_name:?}",
+        schema_sql = quote_ident(schema), admin_sql = quote_ident(admin)
+    )]
+    MissingSchemaGrantOption { admin: String, db_name: String, schema: String },
 
     #[error(
         "session {session_id:?} of database user {user:?} has already ended; a start delivered \
@@ -144,7 +174,7 @@ pub enum Error {
     #[error("admin {admin:?} was denied {action}: {detail}")]
     PermissionDenied { admin: String, action: String, detail: String },
 
-    #[error("{action} failed on {endpoint}: {source}")]
+    #[error("{action} failed on {endpoint}: {}", crate::pg::error_chain(source))]
     Postgres {
         action: String,
         endpoint: String,
@@ -170,6 +200,9 @@ impl Error {
             Error::UnknownDatabase { .. } => "UnknownDatabase",
             Error::UserConflict { .. } => "UserConflict",
             Error::RolesMismatch { .. } => "RolesMismatch",
+            Error::PermissionsMismatch { .. } => "PermissionsMismatch",
+            Error::MissingObjectGrantOption { .. } => "MissingObjectGrantOption",
+            Error::MissingSchemaGrantOption { .. } => "MissingSchemaGrantOption",
             Error::SessionAlreadyEnded { .. } => "SessionAlreadyEnded",
             Error::ForeignGrant { .. } => "ForeignGrant",
             Error::UnknownDbRole { .. } => "UnknownDbRole",

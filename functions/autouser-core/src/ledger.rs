@@ -19,8 +19,12 @@ use crate::policy::CreateDbUserMode;
 
 /// Marker that tells our ledgers apart from other comments.
 pub const MANAGED_BY: &str = "pg-autouser";
-/// The ledger format this build reads and writes.
+/// The ledger format of users without object permissions, which every release reads.
 pub const FORMAT: u32 = 1;
+/// The format of a ledger that records object permissions (`db_permissions`, `object_databases`).
+/// Written only when it has them, so releases that predate them refuse those ledgers (and say
+/// to upgrade) instead of dropping what they do not know, and read all others.
+pub const FORMAT_WITH_OBJECTS: u32 = 2;
 /// How many ended session ids are remembered, so a start redelivered after its end is refused.
 pub const ENDED_SESSIONS_KEPT: usize = 32;
 
@@ -35,6 +39,10 @@ pub struct Ledger {
     /// Most recently ended session ids, oldest first.
     #[serde(default)]
     pub ended: Vec<String>,
+    /// Databases (`db_name`s) where this user may hold object privileges pg-autouser granted;
+    /// each is removed when the privileges there are revoked.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub object_databases: BTreeSet<String>,
 }
 
 /// What a session was given when it started: the end applies this, never a new evaluation.
@@ -47,6 +55,9 @@ pub struct SessionRecord {
     pub db_roles: BTreeSet<String>,
     /// Unix seconds.
     pub started_at: u64,
+    /// Fingerprint of the session's object permission rules, when it has some.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub db_permissions: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,6 +76,7 @@ impl Default for Ledger {
             revision: 0,
             sessions: BTreeMap::new(),
             ended: Vec::new(),
+            object_databases: BTreeSet::new(),
         }
     }
 }
@@ -84,10 +96,10 @@ impl Ledger {
         }
         let error = |detail: String, hint| LedgerError { user: user.to_string(), detail, hint };
         match value.get("format").and_then(|v| v.as_u64()) {
-            Some(f) if f == u64::from(FORMAT) => {}
+            Some(f) if f == u64::from(FORMAT) || f == u64::from(FORMAT_WITH_OBJECTS) => {}
             other => {
                 return Err(error(
-                    format!("format {other:?}, this build reads format {FORMAT}"),
+                    format!("format {other:?}, this build reads formats {FORMAT} and {FORMAT_WITH_OBJECTS}"),
                     "upgrade pg-autouser everywhere that manages this server",
                 ))
             }
@@ -101,7 +113,10 @@ impl Ledger {
     }
 
     pub fn to_comment(&self) -> String {
-        serde_json::to_string(self).expect("a ledger always serialises")
+        let with_objects =
+            !self.object_databases.is_empty() || self.sessions.values().any(|s| s.db_permissions.is_some());
+        let ledger = Ledger { format: if with_objects { FORMAT_WITH_OBJECTS } else { FORMAT }, ..self.clone() };
+        serde_json::to_string(&ledger).expect("a ledger always serialises")
     }
 
     pub fn was_ended(&self, session_id: &str) -> bool {
@@ -129,6 +144,7 @@ mod tests {
             db_name: "app".into(),
             db_roles: ["reader".to_string()].into(),
             started_at: 1,
+            db_permissions: None,
         }
     }
 
@@ -149,8 +165,23 @@ mod tests {
     }
 
     #[test]
+    fn object_permissions_raise_the_format_and_only_then() {
+        let mut ledger = Ledger::default();
+        ledger.sessions.insert("s1".into(), record());
+        assert!(ledger.to_comment().contains(r#""format":1"#));
+        assert!(!ledger.to_comment().contains("object_databases"));
+        ledger.object_databases.insert("app".into());
+        ledger.sessions.get_mut("s1").unwrap().db_permissions = Some("f00d".into());
+        let comment = ledger.to_comment();
+        assert!(comment.contains(r#""format":2"#), "{comment}");
+        let back = Ledger::from_comment("u", Some(&comment)).unwrap();
+        assert_eq!(back.object_databases, ledger.object_databases);
+        assert_eq!(back.sessions, ledger.sessions);
+    }
+
+    #[test]
     fn future_format_is_an_error_not_a_reset() {
-        let text = r#"{"managed_by":"pg-autouser","format":2,"revision":1,"sessions":{}}"#;
+        let text = r#"{"managed_by":"pg-autouser","format":3,"revision":1,"sessions":{}}"#;
         let err = Ledger::from_comment("alice", Some(text)).unwrap_err();
         assert!(err.to_string().contains("alice"));
     }

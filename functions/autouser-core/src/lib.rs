@@ -12,10 +12,14 @@ pub mod event;
 pub mod ledger;
 pub mod naming;
 pub mod outcome;
+pub mod permissions;
 pub mod pg;
 pub mod plan;
 pub mod policy;
 pub mod preflight;
+#[cfg(test)]
+mod properties;
+pub mod reaper;
 pub mod request;
 pub mod sql;
 

@@ -137,6 +137,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::properties::cases())]
+
         #[test]
         fn remote_name_contains_user_and_origin(
             user in "\\PC{1,20}", origin in "\\PC{1,20}", cluster in "\\PC{1,20}"

@@ -2,6 +2,7 @@
 
 use serde::Serialize;
 
+use crate::permissions::PermissionSummary;
 use crate::policy::CreateDbUserMode;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -23,6 +24,10 @@ pub struct StartOutcome {
     pub already_active: bool,
     /// Sessions of this user open after this call.
     pub open_sessions: usize,
+    /// Object permissions (`db_permissions`) the user holds in `db_name`, by object kind and
+    /// schema, with counts. Absent when the session has no object permission rules.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub db_permissions: Vec<PermissionSummary>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -52,4 +57,11 @@ pub struct EndOutcome {
     /// Why the outcome is what it is, for `noop` and for a drop that fell back to `keep`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Object privileges revoked in `db_name`, by object kind and schema, with counts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub revoked_db_permissions: Vec<PermissionSummary>,
+    /// Connections of the user ended because its last session ended
+    /// (`terminate_connections`); absent when the option is off or nothing was locked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub terminated_connections: Option<usize>,
 }

@@ -151,7 +151,15 @@ pub struct AdminConnection {
     client: Client,
     admin_is_superuser: Option<bool>,
     read_state: tokio::sync::OnceCell<tokio_postgres::Statement>,
+    object_listing: tokio::sync::OnceCell<ObjectListingStatements>,
     existing_users: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// The object listing queries, prepared.
+pub(crate) struct ObjectListingStatements {
+    pub schemas: tokio_postgres::Statement,
+    pub relations: tokio_postgres::Statement,
+    pub routines: tokio_postgres::Statement,
 }
 
 /// Users an [`AdminConnection`] remembers before it starts over (a few hundred KiB).
@@ -192,6 +200,24 @@ impl AdminConnection {
             .await
     }
 
+    /// [`sql::LIST_SCHEMAS`], [`sql::LIST_RELATIONS`] and [`sql::LIST_ROUTINES`], prepared on
+    /// first use, for sessions with object permissions.
+    pub(crate) async fn object_listing(&self) -> Result<&ObjectListingStatements, tokio_postgres::Error> {
+        self.object_listing
+            .get_or_try_init(|| async {
+                let (schemas, relations, routines) = tokio::try_join!(
+                    self.client.prepare_typed(sql::LIST_SCHEMAS, &[Type::TEXT]),
+                    self.client.prepare_typed(
+                        sql::LIST_RELATIONS,
+                        &[Type::TEXT, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY]
+                    ),
+                    self.client.prepare_typed(sql::LIST_ROUTINES, &[Type::TEXT, Type::BOOL]),
+                )?;
+                Ok(ObjectListingStatements { schemas, relations, routines })
+            })
+            .await
+    }
+
     /// Whether `user` was seen to exist on this connection (and not seen dropped since).
     pub(crate) fn user_seen(&self, user: &str) -> bool {
         self.existing_users.lock().map(|users| users.contains(user)).unwrap_or(false)
@@ -218,6 +244,7 @@ pub async fn connect_admin(params: &ConnectParams<'_>) -> Result<AdminConnection
         client,
         admin_is_superuser,
         read_state: tokio::sync::OnceCell::new(),
+        object_listing: tokio::sync::OnceCell::new(),
         existing_users: std::sync::Mutex::new(std::collections::HashSet::new()),
     })
 }

@@ -11,6 +11,7 @@
 use std::collections::BTreeSet;
 
 use crate::ledger::{Ledger, SessionRecord};
+use crate::permissions::{self, ObjectBatch, ObjectChanges, ObjectState, PermissionSummary, Ungrantable};
 use crate::policy::CreateDbUserMode;
 use crate::request::{EndRequest, StartRequest, Target};
 use crate::Error;
@@ -19,6 +20,8 @@ use crate::Error;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ObservedState {
     pub user_exists: bool,
+    /// The user's OID, to find its connections after it is locked or dropped.
+    pub user_oid: Option<u32>,
     pub user_can_login: bool,
     /// Roles the user is a direct member of.
     pub member_of: BTreeSet<String>,
@@ -34,6 +37,8 @@ pub struct ObservedState {
     pub superuser_roles: BTreeSet<String>,
     pub server_version_num: i32,
     pub read_only: bool,
+    /// The objects of the connected database, listed when object permissions are in play.
+    pub objects: Option<ObjectState>,
 }
 
 impl ObservedState {
@@ -56,14 +61,13 @@ pub enum Step {
     CreateGroup {
         group: String,
     },
-    /// A new user, able to log in, member of `member_of` (the group and the session's roles):
-    /// one statement, where an existing user needs one per change.
+    /// A new user, able to log in; [`Step::GrantRoles`] follows, after the ledger.
     CreateUser {
         user: String,
-        member_of: Vec<String>,
     },
-    GrantRole {
-        role: String,
+    /// One statement for all of them, for the reason given at [`Step::RevokeRoles`].
+    GrantRoles {
+        roles: Vec<String>,
         user: String,
     },
     /// One statement for all of them: PostgreSQL 16+ recomputes the admin's memberships after
@@ -87,19 +91,45 @@ pub enum Step {
     DropUser {
         user: String,
     },
+    GrantObjects {
+        batch: ObjectBatch,
+        user: String,
+    },
+    RevokeObjects {
+        batch: ObjectBatch,
+        user: String,
+    },
+    GrantSchemaUsage {
+        schemas: Vec<String>,
+        user: String,
+    },
+    RevokeSchemaUsage {
+        schemas: Vec<String>,
+        user: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StartDecision {
     /// The session is already open and the user is as it should be: change nothing.
-    AlreadyActive {
-        ledger: Ledger,
-    },
+    AlreadyActive { ledger: Ledger, db_permissions: Vec<PermissionSummary> },
     Apply {
         steps: Vec<Step>,
         ledger: Ledger,
         created_user: bool,
+        /// The object permissions the session holds once the steps ran.
+        db_permissions: Vec<PermissionSummary>,
     },
+}
+
+/// What an end does about object privileges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectCleanup {
+    /// Revoked in the connected database: its last session that had them ended.
+    pub revoked: Vec<PermissionSummary>,
+    /// Other databases where the ledger says privileges may remain with no session left to
+    /// need them: an end connected there (or the reaper) revokes them.
+    pub left_in: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,17 +142,20 @@ pub enum EndDecision {
         steps: Vec<Step>,
         ledger: Ledger,
         mode: CreateDbUserMode,
+        objects: ObjectCleanup,
     },
     /// Last session, `keep`: strip roles, NOLOGIN.
     Deactivate {
         steps: Vec<Step>,
         mode: CreateDbUserMode,
+        objects: ObjectCleanup,
     },
     /// Last session, `best_effort_drop`: run `before_drop`, then drop the user; if objects
     /// depend on it, roll back to before the drop and run `fallback` (the `keep` changes).
     Drop {
         before_drop: Vec<Step>,
         fallback: Vec<Step>,
+        objects: ObjectCleanup,
     },
 }
 
@@ -134,11 +167,21 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
     let mut ledger = Ledger::from_comment(&t.db_user, state.ledger_comment.as_deref())?;
     let wanted: BTreeSet<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
 
+    // The session's object rules, and the objects of its database to apply them to.
+    let objects = match (&req.db_permissions, &state.objects) {
+        (Some(rules), Some(objects)) => Some((rules, objects)),
+        (Some(_), None) => unreachable!("the engine lists the objects of a session with db_permissions"),
+        (None, _) => None,
+    };
+    let fingerprint = objects.map(|(rules, _)| rules.fingerprint());
     if let Some(record) = ledger.sessions.get(&t.session_id) {
         let mut held = record.db_roles.union(&req.platform_roles).cloned().collect::<BTreeSet<_>>();
         held.insert(t.managed_group.clone());
         if state.user_can_login && state.member_of == held {
-            return Ok(StartDecision::AlreadyActive { ledger });
+            let db_permissions = objects.map_or_else(Vec::new, |(_, o)| {
+                permissions::summarize(o, &o.objects.iter().map(|o| o.held.clone()).collect::<Vec<_>>())
+            });
+            return Ok(StartDecision::AlreadyActive { ledger, db_permissions });
         }
     } else if ledger.was_ended(&t.session_id) {
         return Err(Error::SessionAlreadyEnded { session_id: t.session_id.clone(), user: t.db_user.clone() });
@@ -150,6 +193,24 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
             requested: req.db_roles.clone(),
         });
     }
+    if let Some((_, other)) = ledger
+        .sessions
+        .iter()
+        .find(|(id, s)| **id != t.session_id && s.db_name == t.db_name && s.db_permissions != fingerprint)
+    {
+        return Err(Error::PermissionsMismatch {
+            user: t.db_user.clone(),
+            db_name: t.db_name.clone(),
+            other_session_has_rules: other.db_permissions.is_some(),
+        });
+    }
+    let object_changes = match objects {
+        Some((rules, objects)) => {
+            let wanted = rules.evaluate(&objects.database, &objects.objects);
+            Some(permissions::changes(objects, &wanted).map_err(|missing| ungrantable(t, missing))?)
+        }
+        None => None,
+    };
     for role in &wanted {
         if !state.existing_roles.contains(role) {
             return Err(Error::UnknownDbRole { role: role.clone(), database: t.database.clone() });
@@ -176,7 +237,11 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
         db_name: t.db_name.clone(),
         db_roles: req.db_roles.clone(),
         started_at: now,
+        db_permissions: fingerprint.clone(),
     });
+    if let Some((_, objects)) = objects {
+        ledger.object_databases.insert(objects.database.clone());
+    }
     ledger.revision += 1;
     let mut steps = Vec::new();
     if !state.group_exists {
@@ -188,22 +253,83 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
         // check after each membership change, so writes that check privileges go first.
         steps.extend(lock_and_guard(user, true, state));
         steps.push(write_ledger(user, &ledger));
-        if !state.member_of.contains(&t.managed_group) {
-            steps.push(grant(&t.managed_group, user));
-        }
         let strays: Vec<String> = state.member_of.iter().filter(|r| stray(r)).cloned().collect();
         if !strays.is_empty() {
             steps.push(Step::RevokeRoles { roles: strays, user: user.clone() });
         }
-        for role in wanted.difference(&state.member_of) {
-            steps.push(grant(role, user));
+        let missing: Vec<String> = std::iter::once(&t.managed_group)
+            .chain(&wanted)
+            .filter(|role| !state.member_of.contains(*role))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            steps.push(Step::GrantRoles { roles: missing, user: user.clone() });
         }
     } else {
-        let member_of = std::iter::once(t.managed_group.clone()).chain(wanted.iter().cloned()).collect();
-        steps.push(Step::CreateUser { user: user.clone(), member_of });
+        // The same order for a new user: creating it is a membership change of the admin
+        // (PostgreSQL 16+), so the ledger goes right after it, and every grant in one statement.
+        steps.push(Step::CreateUser { user: user.clone() });
         steps.push(write_ledger(user, &ledger));
+        let roles = std::iter::once(t.managed_group.clone()).chain(wanted.iter().cloned()).collect();
+        steps.push(Step::GrantRoles { roles, user: user.clone() });
     }
-    Ok(StartDecision::Apply { steps, ledger, created_user: !state.user_exists })
+    let db_permissions = match object_changes {
+        Some(changes) => {
+            let summary = changes.summary.clone();
+            steps.extend(object_steps(user, changes));
+            summary
+        }
+        None => Vec::new(),
+    };
+    Ok(StartDecision::Apply { steps, ledger, created_user: !state.user_exists, db_permissions })
+}
+
+fn ungrantable(t: &Target, missing: Ungrantable) -> Error {
+    match missing {
+        Ungrantable::Object(missing) => Error::MissingObjectGrantOption {
+            admin: t.admin.clone(),
+            db_name: t.db_name.clone(),
+            missing: Box::new(missing),
+        },
+        Ungrantable::SchemaUsage { schema } => {
+            Error::MissingSchemaGrantOption { admin: t.admin.clone(), db_name: t.db_name.clone(), schema }
+        }
+    }
+}
+
+/// Revokes first, so that a privilege moving between batches is never revoked after its grant.
+fn object_steps(user: &str, changes: ObjectChanges) -> Vec<Step> {
+    let user = user.to_string();
+    let mut steps: Vec<Step> =
+        changes.revoke.into_iter().map(|batch| Step::RevokeObjects { batch, user: user.clone() }).collect();
+    if !changes.revoke_usage.is_empty() {
+        steps.push(Step::RevokeSchemaUsage { schemas: changes.revoke_usage, user: user.clone() });
+    }
+    if !changes.grant_usage.is_empty() {
+        steps.push(Step::GrantSchemaUsage { schemas: changes.grant_usage, user: user.clone() });
+    }
+    steps.extend(changes.grant.into_iter().map(|batch| Step::GrantObjects { batch, user: user.clone() }));
+    steps
+}
+
+/// At an end (after the ledger records it): revoke the object privileges of the connected
+/// database if no open session there needs them any more, and name the other databases that
+/// may still hold some.
+fn object_cleanup(user: &str, ledger: &mut Ledger, state: &ObservedState) -> (Vec<Step>, ObjectCleanup) {
+    let needed =
+        |ledger: &Ledger, db: &str| ledger.sessions.values().any(|s| s.db_name == db && s.db_permissions.is_some());
+    let mut cleanup = ObjectCleanup::default();
+    let mut steps = Vec::new();
+    if let Some(objects) = &state.objects {
+        if ledger.object_databases.contains(&objects.database) && !needed(ledger, &objects.database) {
+            let changes = permissions::revoke_all(objects);
+            cleanup.revoked = changes.summary.clone();
+            steps = object_steps(user, changes);
+            ledger.object_databases.remove(&objects.database);
+        }
+    }
+    cleanup.left_in = ledger.object_databases.iter().filter(|db| !needed(ledger, db)).cloned().collect();
+    (steps, cleanup)
 }
 
 pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, Error> {
@@ -232,13 +358,17 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
     let user = &t.db_user;
     ledger.record_end(&t.session_id);
     ledger.revision += 1;
+    let (revoke_objects, objects) = object_cleanup(user, &mut ledger, state);
 
     if !ledger.sessions.is_empty() {
         let mut steps = lock_and_guard(user, true, state);
         steps.push(write_ledger(user, &ledger));
-        return Ok(EndDecision::InUse { steps, ledger, mode: record.mode });
+        steps.extend(revoke_objects);
+        return Ok(EndDecision::InUse { steps, ledger, mode: record.mode, objects });
     }
-    let before = lock_and_guard(user, false, state);
+    // Object privileges go before the drop: they are dependencies that would block it.
+    let mut before = lock_and_guard(user, false, state);
+    before.extend(revoke_objects);
     // The ledger before the revokes: see plan_start.
     let mut keep = vec![write_ledger(user, &ledger)];
     let held: Vec<String> = state.member_of.iter().filter(|r| **r != t.managed_group).cloned().collect();
@@ -246,9 +376,31 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
         keep.push(Step::RevokeRoles { roles: held, user: user.clone() });
     }
     Ok(match record.mode {
-        CreateDbUserMode::BestEffortDrop => EndDecision::Drop { before_drop: before, fallback: keep },
-        mode => EndDecision::Deactivate { steps: before.into_iter().chain(keep).collect(), mode },
+        CreateDbUserMode::BestEffortDrop => EndDecision::Drop { before_drop: before, fallback: keep, objects },
+        mode => EndDecision::Deactivate { steps: before.into_iter().chain(keep).collect(), mode, objects },
     })
+}
+
+/// The reaper's lock of a managed user with no open session: `NOLOGIN` and no role but the
+/// group. `None` when there is nothing to do: the user is gone, not managed, locked already,
+/// or a session opened since the reaper looked.
+pub fn plan_lock(t: &Target, state: &ObservedState) -> Result<Option<Vec<Step>>, Error> {
+    if !state.user_exists || !state.member_of.contains(&t.managed_group) {
+        return Ok(None);
+    }
+    let ledger = Ledger::from_comment(&t.db_user, state.ledger_comment.as_deref())?;
+    let held: Vec<String> = state.member_of.iter().filter(|r| **r != t.managed_group).cloned().collect();
+    if !ledger.sessions.is_empty() || (!state.user_can_login && held.is_empty()) {
+        return Ok(None);
+    }
+    if state.read_only {
+        return Err(Error::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
+    }
+    let mut steps = lock_and_guard(&t.db_user, false, state);
+    if !held.is_empty() {
+        steps.push(Step::RevokeRoles { roles: held, user: t.db_user.clone() });
+    }
+    Ok(Some(steps))
 }
 
 fn lock_and_guard(user: &str, login: bool, state: &ObservedState) -> Vec<Step> {
@@ -256,10 +408,6 @@ fn lock_and_guard(user: &str, login: bool, state: &ObservedState) -> Vec<Step> {
         Step::SetLogin { user: user.to_string(), login },
         Step::Guard { user: user.to_string(), expected_ledger: state.ledger_comment.clone() },
     ]
-}
-
-fn grant(role: &str, user: &str) -> Step {
-    Step::GrantRole { role: role.to_string(), user: user.to_string() }
 }
 
 fn write_ledger(user: &str, ledger: &Ledger) -> Step {
@@ -290,7 +438,12 @@ mod tests {
             mode,
             db_roles: roles.iter().map(|r| r.to_string()).collect(),
             platform_roles: BTreeSet::new(),
+            db_permissions: None,
         }
+    }
+
+    fn end(session: &str) -> EndRequest {
+        EndRequest { target: target(session), revokes_db_permissions: false, terminate_connections: false }
     }
 
     fn set(items: &[&str]) -> BTreeSet<String> {
@@ -310,13 +463,12 @@ mod tests {
         for step in steps {
             match step {
                 Step::CreateGroup { .. } => state.group_exists = true,
-                Step::CreateUser { member_of, .. } => {
+                Step::CreateUser { .. } => {
                     state.user_exists = true;
                     state.user_can_login = true;
-                    state.member_of.extend(member_of.iter().cloned());
                 }
-                Step::GrantRole { role, .. } => {
-                    state.member_of.insert(role.clone());
+                Step::GrantRoles { roles, .. } => {
+                    state.member_of.extend(roles.iter().cloned());
                 }
                 Step::RevokeRoles { roles, .. } => {
                     for role in roles {
@@ -327,6 +479,32 @@ mod tests {
                 Step::WriteLedger { ledger, .. } => state.ledger_comment = Some(ledger.clone()),
                 Step::Guard { expected_ledger, .. } => assert_eq!(expected_ledger, &state.ledger_comment),
                 Step::DropUser { .. } => state = ObservedState { user_exists: false, ..state },
+                Step::GrantObjects { batch, .. } | Step::RevokeObjects { batch, .. } => {
+                    let objects = state.objects.as_mut().expect("objects listed");
+                    for object in objects.objects.iter_mut() {
+                        let reference = (&object.schema, &object.name);
+                        if !batch.objects.iter().any(|o| (&o.schema, &o.name) == reference) {
+                            continue;
+                        }
+                        match step {
+                            Step::GrantObjects { .. } => {
+                                object.held.insert(batch.privilege.clone());
+                            }
+                            _ if batch.privilege == "ALL" => object.held.clear(),
+                            _ => {
+                                object.held.remove(&batch.privilege);
+                            }
+                        }
+                    }
+                }
+                Step::GrantSchemaUsage { schemas, .. } | Step::RevokeSchemaUsage { schemas, .. } => {
+                    let grant = matches!(step, Step::GrantSchemaUsage { .. });
+                    for schema in &mut state.objects.as_mut().expect("objects listed").schemas {
+                        if schemas.contains(&schema.name) {
+                            schema.user_has_usage = grant;
+                        }
+                    }
+                }
             }
         }
         state
@@ -340,16 +518,17 @@ mod tests {
     }
 
     #[test]
-    fn first_start_creates_the_group_then_the_user_in_one_statement() {
+    fn first_start_creates_the_group_then_the_user_then_writes_the_ledger_then_grants() {
         let req = start("s1", &["reader"], CreateDbUserMode::Keep);
         let StartDecision::Apply { steps, created_user, .. } = plan_start(&req, &fresh_server(), 10).unwrap() else {
             panic!("expected a plan")
         };
         assert!(created_user);
         assert_eq!(steps[0], Step::CreateGroup { group: "grp".into() });
-        assert_eq!(steps[1], Step::CreateUser { user: "alice".into(), member_of: vec!["grp".into(), "reader".into()] });
+        assert_eq!(steps[1], Step::CreateUser { user: "alice".into() });
         assert!(matches!(steps[2], Step::WriteLedger { .. }), "{steps:?}");
-        assert_eq!(steps.len(), 3, "{steps:?}");
+        assert_eq!(steps[3], Step::GrantRoles { roles: vec!["grp".into(), "reader".into()], user: "alice".into() });
+        assert_eq!(steps.len(), 4, "{steps:?}");
         let state = apply(fresh_server(), &steps);
         assert_eq!(state.member_of, set(&["grp", "reader"]));
         assert!(state.user_can_login);
@@ -360,7 +539,7 @@ mod tests {
         let state = ObservedState { user_exists: true, member_of: set(&["reader"]), ..fresh_server() };
         let err = plan_start(&start("s1", &[], CreateDbUserMode::Keep), &state, 10).unwrap_err();
         assert!(matches!(err, Error::UserConflict { .. }));
-        let end = plan_end(&EndRequest { target: target("s1") }, &state).unwrap();
+        let end = plan_end(&end("s1"), &state).unwrap();
         assert!(matches!(end, EndDecision::Noop { .. }));
     }
 
@@ -374,8 +553,7 @@ mod tests {
     #[test]
     fn restart_revokes_leftover_roles() {
         let mut state = started(fresh_server(), &start("s1", &["reader", "writer"], CreateDbUserMode::Keep));
-        let EndDecision::Deactivate { steps, .. } = plan_end(&EndRequest { target: target("s1") }, &state).unwrap()
-        else {
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s1"), &state).unwrap() else {
             panic!("expected keep")
         };
         state = apply(state, &steps);
@@ -398,16 +576,14 @@ mod tests {
     fn end_of_one_of_two_sessions_keeps_the_user_usable() {
         let req1 = start("s1", &["reader"], CreateDbUserMode::Keep);
         let state = started(started(fresh_server(), &req1), &start("s2", &["reader"], CreateDbUserMode::Keep));
-        let EndDecision::InUse { steps, ledger, .. } = plan_end(&EndRequest { target: target("s1") }, &state).unwrap()
-        else {
+        let EndDecision::InUse { steps, ledger, .. } = plan_end(&end("s1"), &state).unwrap() else {
             panic!("expected in use")
         };
         assert_eq!(ledger.sessions.len(), 1);
         let state = apply(state, &steps);
         assert!(state.user_can_login);
         assert_eq!(state.member_of, set(&["grp", "reader"]));
-        let EndDecision::Deactivate { steps, .. } = plan_end(&EndRequest { target: target("s2") }, &state).unwrap()
-        else {
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s2"), &state).unwrap() else {
             panic!("expected keep")
         };
         let state = apply(state, &steps);
@@ -418,17 +594,16 @@ mod tests {
     #[test]
     fn end_applies_the_mode_recorded_at_start() {
         let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::BestEffortDrop));
-        assert!(matches!(plan_end(&EndRequest { target: target("s1") }, &state).unwrap(), EndDecision::Drop { .. }));
+        assert!(matches!(plan_end(&end("s1"), &state).unwrap(), EndDecision::Drop { .. }));
     }
 
     #[test]
     fn duplicate_or_unknown_end_is_a_noop_and_late_start_is_refused() {
         let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
-        let end = EndRequest { target: target("s1") };
-        let EndDecision::Deactivate { steps, .. } = plan_end(&end, &state).unwrap() else { panic!() };
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
         let state = apply(state, &steps);
-        assert!(matches!(plan_end(&end, &state).unwrap(), EndDecision::Noop { .. }));
-        assert!(matches!(plan_end(&EndRequest { target: target("nope") }, &state).unwrap(), EndDecision::Noop { .. }));
+        assert!(matches!(plan_end(&end("s1"), &state).unwrap(), EndDecision::Noop { .. }));
+        assert!(matches!(plan_end(&end("nope"), &state).unwrap(), EndDecision::Noop { .. }));
         let err = plan_start(&start("s1", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
         assert!(matches!(err, Error::SessionAlreadyEnded { .. }));
     }
@@ -460,6 +635,128 @@ mod tests {
         let state = ObservedState { read_only: true, ..fresh_server() };
         let err = plan_start(&start("s1", &[], CreateDbUserMode::Keep), &state, 0).unwrap_err();
         assert!(matches!(err, Error::ReadOnlyEndpoint { .. }));
+    }
+
+    fn with_objects(database: &str) -> ObservedState {
+        use crate::permissions::{DbObject, ObjectKind, SchemaState};
+        let table = |name: &str| DbObject {
+            kind: ObjectKind::Table,
+            schema: "public".into(),
+            name: name.into(),
+            arguments: None,
+            held: BTreeSet::new(),
+            admin_grantable: set(&["SELECT", "INSERT"]),
+        };
+        ObservedState {
+            objects: Some(ObjectState {
+                database: database.into(),
+                schemas: vec![SchemaState {
+                    name: "public".into(),
+                    user_has_usage: false,
+                    admin_can_grant_usage: true,
+                }],
+                objects: vec![table("orders"), table("secret")],
+            }),
+            ..fresh_server()
+        }
+    }
+
+    fn object_rules(permission: &str) -> crate::permissions::ObjectRules {
+        let rule: crate::permissions::PermissionRule = serde_yaml_ng::from_str(&format!(
+            "{{match: {{object_kind: table, name: orders}}, permissions: [{permission}]}}"
+        ))
+        .unwrap();
+        crate::permissions::ObjectRules { allow: vec![rule.compile(0).unwrap()], deny: vec![], import_rules: vec![] }
+    }
+
+    fn held(state: &ObservedState) -> Vec<(String, BTreeSet<String>)> {
+        let objects = state.objects.as_ref().unwrap();
+        objects.objects.iter().map(|o| (o.name.clone(), o.held.clone())).collect()
+    }
+
+    #[test]
+    fn object_permissions_are_granted_with_schema_usage_and_recorded_per_database() {
+        let mut req = start("s1", &[], CreateDbUserMode::Keep);
+        req.db_permissions = Some(object_rules("SELECT"));
+        let StartDecision::Apply { steps, ledger, db_permissions, .. } =
+            plan_start(&req, &with_objects("app"), 0).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(ledger.object_databases, set(&["app"]));
+        assert!(ledger.sessions["s1"].db_permissions.is_some());
+        assert_eq!(db_permissions.len(), 1);
+        assert_eq!(db_permissions[0].privileges["SELECT"], 1);
+        let state = apply(with_objects("app"), &steps);
+        assert_eq!(held(&state), [("orders".into(), set(&["SELECT"])), ("secret".into(), set(&[]))]);
+        assert!(state.objects.as_ref().unwrap().schemas[0].user_has_usage);
+
+        // Another session on the same database with other rules would change what s1 holds.
+        let mut other = start("s2", &[], CreateDbUserMode::Keep);
+        other.db_permissions = Some(object_rules("INSERT"));
+        let err = plan_start(&other, &state, 0).unwrap_err();
+        assert!(matches!(err, Error::PermissionsMismatch { .. }), "{err}");
+        let mut without = start("s2", &[], CreateDbUserMode::Keep);
+        without.db_permissions = None;
+        assert!(matches!(plan_start(&without, &state, 0), Err(Error::PermissionsMismatch { .. })));
+    }
+
+    #[test]
+    fn the_last_end_on_a_database_revokes_there_even_when_other_sessions_remain() {
+        let mut s1 = start("s1", &[], CreateDbUserMode::Keep);
+        s1.db_permissions = Some(object_rules("SELECT"));
+        let state = started(with_objects("app"), &s1);
+        // s2 runs on another database, through another connection: only the ledger is shared.
+        let mut s2 = start("s2", &[], CreateDbUserMode::Keep);
+        s2.target.db_name = "analytics".into();
+        s2.db_permissions = Some(object_rules("SELECT"));
+        let in_analytics = ObservedState {
+            objects: Some(ObjectState { database: "analytics".into(), ..ObjectState::default() }),
+            ..state.clone()
+        };
+        let state = ObservedState { ledger_comment: started(in_analytics, &s2).ledger_comment, ..state };
+        let EndDecision::InUse { steps, ledger, objects, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
+        assert_eq!(ledger.object_databases, set(&["analytics"]));
+        assert_eq!(objects.revoked[0].objects, 1);
+        assert!(objects.left_in.is_empty(), "analytics still has a session: {objects:?}");
+        let state = apply(state, &steps);
+        assert!(held(&state).iter().all(|(_, held)| held.is_empty()));
+        assert!(!state.objects.as_ref().unwrap().schemas[0].user_has_usage);
+        assert!(state.user_can_login);
+
+        // The last session ends connected to `app`: analytics is named as left behind.
+        let EndDecision::Deactivate { objects, .. } = plan_end(&end("s2"), &state).unwrap() else { panic!() };
+        assert_eq!(objects.left_in, ["analytics"]);
+    }
+
+    #[test]
+    fn a_drop_revokes_object_privileges_before_dropping() {
+        let mut s1 = start("s1", &[], CreateDbUserMode::BestEffortDrop);
+        s1.db_permissions = Some(object_rules("SELECT"));
+        let state = started(with_objects("app"), &s1);
+        let EndDecision::Drop { before_drop, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
+        assert!(matches!(before_drop.last(), Some(Step::RevokeSchemaUsage { .. })), "{before_drop:?}");
+        assert!(before_drop.iter().any(|s| matches!(s, Step::RevokeObjects { batch, .. } if batch.privilege == "ALL")));
+    }
+
+    #[test]
+    fn the_reaper_locks_only_managed_users_without_sessions() {
+        let t = target("s1");
+        let stray = ObservedState {
+            user_exists: true,
+            user_can_login: true,
+            member_of: set(&["grp", "reader"]),
+            ..fresh_server()
+        };
+        let steps = plan_lock(&t, &stray).unwrap().expect("a lock");
+        let locked = apply(stray.clone(), &steps);
+        assert!(!locked.user_can_login);
+        assert_eq!(locked.member_of, set(&["grp"]));
+        assert_eq!(plan_lock(&t, &locked).unwrap(), None, "already locked");
+        let unmanaged = ObservedState { member_of: set(&["reader"]), ..stray.clone() };
+        assert_eq!(plan_lock(&t, &unmanaged).unwrap(), None);
+        let in_use = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        assert_eq!(plan_lock(&t, &in_use).unwrap(), None, "a session is open");
     }
 
     #[test]

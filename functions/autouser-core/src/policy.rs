@@ -20,7 +20,10 @@
 //!   for a role outside it is an error.
 //! - Globs: `*` matches any run of characters; everything else is literal. Trait values are
 //!   always literal: a trait value `*` is the role name `*`.
-//! - `db_permissions` are parsed and refused: object permissions are not supported yet.
+//! - `db_permissions` (object permissions) are rules on labelled objects, evaluated once the
+//!   objects are listed: see [`crate::permissions`]. The session carries the allow rules of the
+//!   matched roles and the deny rules of the applying deny blocks. A deny block's
+//!   `db_permissions` remove permissions; they do not deny the database.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -28,6 +31,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::naming;
+use crate::permissions::{self, CompiledRule, ImportRule, ObjectRules, PermissionRule, RuleError};
 
 /// What happens to a person's database user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
@@ -94,7 +98,7 @@ pub struct RoleOptions {
 }
 
 /// A label selector value: one glob or a list of globs.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(untagged)]
 pub enum LabelValues {
     One(String),
@@ -102,7 +106,7 @@ pub enum LabelValues {
 }
 
 impl LabelValues {
-    fn globs(&self) -> &[String] {
+    pub fn globs(&self) -> &[String] {
         match self {
             LabelValues::One(value) => std::slice::from_ref(value),
             LabelValues::Many(values) => values,
@@ -119,7 +123,8 @@ pub struct Conditions {
     pub db_names: Vec<String>,
     #[serde(default)]
     pub db_roles: Vec<String>,
-    pub db_permissions: Option<serde_json::Value>,
+    #[serde(default)]
+    pub db_permissions: Vec<PermissionRule>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
 }
@@ -134,10 +139,12 @@ pub enum PolicyError {
     UnnamedRole,
     #[error("role {role:?} is defined twice: role names must be unique")]
     DuplicateRole { role: String },
-    #[error("role {role:?}: unknown field {block}.{field}: check the spelling (db_labels, db_names, db_roles)")]
+    #[error("role {role:?}: unknown field {block}.{field}: check the spelling (db_labels, db_names, db_roles, db_permissions)")]
     UnknownField { role: String, block: &'static str, field: String },
-    #[error("role {role:?}: db_permissions are not supported yet: remove them, or grant object permissions through a database role")]
-    DbPermissionsNotSupported { role: String },
+    #[error("role {role:?}: {block}.{source}")]
+    DbPermissions { role: String, block: &'static str, source: RuleError },
+    #[error("import_rules: {0}")]
+    ImportRules(String),
     #[error("role {role:?}: {value:?} is a regular expression, which is not supported: use * globs")]
     RegexNotSupported { role: String, value: String },
     #[error("role {role:?}: label key \"*\" only matches with value \"*\"")]
@@ -244,12 +251,15 @@ struct CompiledRole {
     role: Role,
     allow_roles: Vec<RoleEntry>,
     deny_roles: Vec<RoleEntry>,
+    allow_permissions: Vec<CompiledRule>,
+    deny_permissions: Vec<CompiledRule>,
 }
 
-/// A validated set of roles.
+/// A validated set of roles, and the import rules that label database objects.
 #[derive(Debug, Clone)]
 pub struct Policy {
     roles: BTreeMap<String, CompiledRole>,
+    import_rules: Vec<ImportRule>,
 }
 
 /// What the policy is asked about.
@@ -271,10 +281,17 @@ pub struct Grant {
     pub db_roles: BTreeSet<String>,
     /// Roles whose allow block matched.
     pub matched_roles: Vec<String>,
+    /// Object permission rules, when a matched role has `db_permissions`.
+    pub db_permissions: Option<ObjectRules>,
 }
 
 impl Policy {
     pub fn new(roles: Vec<Role>) -> Result<Policy, PolicyError> {
+        Policy::with_import_rules(roles, Vec::new())
+    }
+
+    pub fn with_import_rules(roles: Vec<Role>, import_rules: Vec<ImportRule>) -> Result<Policy, PolicyError> {
+        let import_rules = permissions::compile_import_rules(import_rules).map_err(PolicyError::ImportRules)?;
         let mut compiled = BTreeMap::new();
         for role in roles {
             let name = role.metadata.name.clone();
@@ -301,12 +318,27 @@ impl Policy {
                     })?;
                 }
             }
-            let entry = CompiledRole { role, allow_roles, deny_roles };
+            let permissions = |block, rules: &[PermissionRule]| {
+                rules
+                    .iter()
+                    .enumerate()
+                    .map(|(index, rule)| rule.compile(index))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|source| PolicyError::DbPermissions { role: name.clone(), block, source })
+            };
+            let allow_permissions = permissions("allow", &role.spec.allow.db_permissions)?;
+            let deny_permissions = permissions("deny", &role.spec.deny.db_permissions)?;
+            let entry = CompiledRole { role, allow_roles, deny_roles, allow_permissions, deny_permissions };
             if compiled.insert(name.clone(), entry).is_some() {
                 return Err(PolicyError::DuplicateRole { role: name });
             }
         }
-        Ok(Policy { roles: compiled })
+        Ok(Policy { roles: compiled, import_rules })
+    }
+
+    /// Whether any role grants object permissions: sessions then run in their own database.
+    pub fn has_db_permissions(&self) -> bool {
+        self.roles.values().any(|c| !c.allow_permissions.is_empty())
     }
 
     pub fn role(&self, name: &str) -> Option<&Role> {
@@ -327,15 +359,20 @@ impl Policy {
         // Deny first: it wins.
         // (pattern, whether it is a glob, denying role)
         let mut denied: Vec<(String, bool, &str)> = Vec::new();
+        let mut denied_permissions: Vec<CompiledRule> = Vec::new();
         for compiled in &roles {
             let deny = &compiled.role.spec.deny;
             let name = compiled.role.metadata.name.as_str();
-            let empty = deny.db_labels.is_none() && deny.db_names.is_empty() && deny.db_roles.is_empty();
+            let empty = deny.db_labels.is_none()
+                && deny.db_names.is_empty()
+                && deny.db_roles.is_empty()
+                && deny.db_permissions.is_empty();
             let applies = deny.db_labels.as_ref().is_none_or(|selector| labels_match(selector, req.labels));
             if empty || !applies {
                 continue;
             }
-            if deny.db_names.is_empty() && deny.db_roles.is_empty() {
+            denied_permissions.extend(compiled.deny_permissions.iter().cloned());
+            if deny.db_names.is_empty() && deny.db_roles.is_empty() && deny.db_permissions.is_empty() {
                 return Err(PolicyError::DatabaseDenied { role: name.to_string(), database: req.database.to_string() });
             }
             if deny.db_names.iter().any(|g| glob_match(g, req.db_name)) {
@@ -414,7 +451,19 @@ impl Policy {
                 narrowed
             }
         };
-        Ok(Grant { mode, db_roles, matched_roles: matched.iter().map(|c| c.role.metadata.name.clone()).collect() })
+        let allowed_permissions: Vec<CompiledRule> =
+            matched.iter().flat_map(|c| c.allow_permissions.iter().cloned()).collect();
+        let db_permissions = (!allowed_permissions.is_empty()).then(|| ObjectRules {
+            allow: allowed_permissions,
+            deny: denied_permissions,
+            import_rules: self.import_rules.clone(),
+        });
+        Ok(Grant {
+            mode,
+            db_roles,
+            matched_roles: matched.iter().map(|c| c.role.metadata.name.clone()).collect(),
+            db_permissions,
+        })
     }
 }
 
@@ -456,9 +505,6 @@ fn compile_block(role: &str, block: &'static str, conditions: &Conditions) -> Re
     if let Some(field) = conditions.other.keys().find(|k| k.starts_with("db_")) {
         return Err(PolicyError::UnknownField { role: role.to_string(), block, field: field.clone() });
     }
-    if conditions.db_permissions.is_some() {
-        return Err(PolicyError::DbPermissionsNotSupported { role: role.to_string() });
-    }
     let regex = |value: &String| {
         if value.starts_with('^') && value.ends_with('$') {
             Err(PolicyError::RegexNotSupported { role: role.to_string(), value: value.clone() })
@@ -482,7 +528,7 @@ fn compile_block(role: &str, block: &'static str, conditions: &Conditions) -> Re
     conditions.db_roles.iter().map(|value| RoleEntry::parse(role, value)).collect()
 }
 
-fn labels_match(selector: &BTreeMap<String, LabelValues>, labels: &BTreeMap<String, String>) -> bool {
+pub(crate) fn labels_match(selector: &BTreeMap<String, LabelValues>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(key, values)| {
         if key == "*" {
             return true;
@@ -742,8 +788,8 @@ mod tests {
         let cases = [
             (role("{allow: {db_role: [x]}}"), "db_role"),
             (
-                role("{allow: {db_permissions: [{match: {object_kind: table}, permissions: [SELECT]}]}}"),
-                "not supported yet",
+                role("{allow: {db_permissions: [{match: {object_kind: function}, permissions: [SELECT]}]}}"),
+                "allow.db_permissions entry 0: permission \"SELECT\" applies to none",
             ),
             (role("{allow: {db_roles: [\"read*\"]}}"), "glob"),
             (role("{allow: {db_roles: [\"{{email.local(external.email)}}\"]}}"), "invalid template"),

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 use crate::config::{Config, DatabaseType, ResolvedDatabase, RDS_IAM_ROLE};
 use crate::event::SessionEvent;
 use crate::naming;
+use crate::permissions::ObjectRules;
 use crate::policy::{AccessRequest, CreateDbUserMode};
 use crate::Error;
 
@@ -20,7 +21,8 @@ pub struct Target {
     pub database: String,
     /// Database inside the server the session uses.
     pub db_name: String,
-    /// Database the admin connects to.
+    /// Database the admin connects to: `admin_user.default_database`, or `db_name` when it
+    /// is unset or the policy grants object permissions (grants on objects are per database).
     pub admin_db_name: String,
     pub admin: String,
     pub managed_group: String,
@@ -35,11 +37,18 @@ pub struct StartRequest {
     pub db_roles: BTreeSet<String>,
     /// `rds_iam` on RDS.
     pub platform_roles: BTreeSet<String>,
+    /// Object permission rules, granted in `db_name`.
+    pub db_permissions: Option<ObjectRules>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndRequest {
     pub target: Target,
+    /// The policy grants object permissions somewhere: the end lists the objects of `db_name`
+    /// to revoke what a session there was granted.
+    pub revokes_db_permissions: bool,
+    /// End the user's open connections once its last session ends (`terminate_connections`).
+    pub terminate_connections: bool,
 }
 
 /// The configured database an event names; the caller resolves it (statically, or through
@@ -55,13 +64,16 @@ fn target(config: &Config, db: &ResolvedDatabase, event: &SessionEvent) -> Resul
     let db_user = naming::db_user_name(&event.user, event.origin_cluster.as_deref(), config.cluster_name.as_deref());
     naming::validate_db_user(&db_user, &db.admin_user.name, &config.managed_group)
         .map_err(|source| Error::InvalidUserName { person: event.user.clone(), source })?;
+    // Object privileges are granted, and revoked, in the session's own database.
+    let admin_db_name =
+        if config.policy.has_db_permissions() { &event.db_name } else { db.admin_database(&event.db_name) };
     Ok(Target {
         session_id: event.session_id.clone(),
         person: event.user.clone(),
         db_user,
         database: db.name.clone(),
         db_name: event.db_name.clone(),
-        admin_db_name: db.admin_database(&event.db_name).to_string(),
+        admin_db_name: admin_db_name.to_string(),
         admin: db.admin_user.name.clone(),
         managed_group: config.managed_group.clone(),
         endpoint: db.endpoint(),
@@ -102,9 +114,19 @@ pub fn prepare_start(config: &Config, db: &ResolvedDatabase, event: &SessionEven
         DatabaseType::Rds => BTreeSet::from([RDS_IAM_ROLE.to_string()]),
         DatabaseType::SelfHosted => BTreeSet::new(),
     };
-    Ok(StartRequest { target, mode: grant.mode, db_roles: grant.db_roles, platform_roles })
+    Ok(StartRequest {
+        target,
+        mode: grant.mode,
+        db_roles: grant.db_roles,
+        platform_roles,
+        db_permissions: grant.db_permissions,
+    })
 }
 
 pub fn prepare_end(config: &Config, db: &ResolvedDatabase, event: &SessionEvent) -> Result<EndRequest, Error> {
-    Ok(EndRequest { target: target(config, db, event)? })
+    Ok(EndRequest {
+        target: target(config, db, event)?,
+        revokes_db_permissions: config.policy.has_db_permissions(),
+        terminate_connections: config.terminate_connections,
+    })
 }

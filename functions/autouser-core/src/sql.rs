@@ -9,6 +9,9 @@
 //! Both wrap `postgres_protocol::escape`, which doubles quotes and uses the `E''` form when a
 //! value holds a backslash, so the result is correct whatever `standard_conforming_strings` is.
 
+use crate::permissions::{
+    ObjectBatch, ObjectKind, ObjectRef, ROUTINE_PRIVILEGES, SEQUENCE_PRIVILEGES, TABLE_PRIVILEGES,
+};
 use crate::plan::Step;
 
 /// Quotes a role or object name as a PostgreSQL identifier. The caller must have refused
@@ -36,6 +39,7 @@ pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock($1::bigint)";
 pub const READ_STATE: &str = "\
 SELECT
   u.oid IS NOT NULL AS user_exists,
+  u.oid AS user_oid,
   COALESCE(u.rolcanlogin, false) AS user_can_login,
   ARRAY(SELECT DISTINCT pg_catalog.pg_get_userbyid(m.roleid)::text
           FROM pg_catalog.pg_auth_members m
@@ -64,6 +68,7 @@ SELECT
          WHERE r.rolsuper
          ORDER BY 1) AS superuser_roles,
   pg_catalog.current_setting('server_version_num')::int AS server_version_num,
+  pg_catalog.current_database()::text AS current_database,
   current_user::text AS admin,
   pg_catalog.current_setting('transaction_read_only') = 'on' AS read_only
 FROM (SELECT a.oid,
@@ -72,6 +77,137 @@ FROM (SELECT a.oid,
         FROM pg_catalog.pg_roles a
        WHERE a.rolname = current_user) AS admin
 LEFT JOIN pg_catalog.pg_roles u ON u.rolname = $1::text";
+
+/// Schemas that are not PostgreSQL's own: objects there can carry `db_permissions`.
+macro_rules! user_schemas {
+    ($alias:literal) => {
+        concat!(
+            $alias,
+            ".nspname NOT IN ('pg_catalog', 'information_schema') AND ",
+            $alias,
+            ".nspname !~ '^pg_(toast|temp_|toast_temp_)'"
+        )
+    };
+}
+
+/// The schemas of the connected database. `$1` user name.
+pub const LIST_SCHEMAS: &str = concat!(
+    "\
+SELECT n.nspname::text AS name,
+  EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) a
+           WHERE a.grantee = u.oid AND a.privilege_type = 'USAGE') AS user_has_usage,
+  pg_catalog.has_schema_privilege(n.oid, 'USAGE WITH GRANT OPTION') AS admin_can_grant_usage
+FROM pg_catalog.pg_namespace n
+LEFT JOIN pg_catalog.pg_roles u ON u.rolname = $1::text
+WHERE ",
+    user_schemas!("n"),
+    "
+ORDER BY 1"
+);
+
+/// The objects of class `$class` (a `regclass` literal) in the current database that the user
+/// (`u.oid`) holds a privilege on, from the shared dependencies PostgreSQL records for every
+/// role named in an object's ACL (`deptype 'a'`), found through their index on the role.
+macro_rules! held_by_user {
+    ($class:literal) => {
+        concat!(
+            "SELECT d.objid FROM pg_catalog.pg_shdepend d
+   WHERE d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND d.refobjid = (SELECT oid FROM u)
+     AND d.deptype = 'a' AND d.classid = '",
+            $class,
+            "'::pg_catalog.regclass
+     AND d.dbid = (SELECT db.oid FROM pg_catalog.pg_database db WHERE db.datname = pg_catalog.current_database())"
+        )
+    };
+}
+
+/// Tables (`r` ordinary, `p` partitioned, `f` foreign), views (`v`, `m` materialized) and
+/// sequences (`S`) of the connected database: all those of the kinds in `$4` (what the rules
+/// can match), and those the user holds a privilege on. For each, the privileges the user
+/// holds directly, and which of the privileges in question the admin may grant. `$1` user
+/// name, `$2` the table and view privileges the rules use, `$3` the sequence privileges,
+/// `$4` relkinds.
+pub const LIST_RELATIONS: &str = concat!(
+    "\
+WITH u AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1::text),
+listed AS (
+  SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+   WHERE pg_catalog.cardinality($4::text[]) > 0 AND c.relkind::text = ANY ($4::text[]) AND ",
+    user_schemas!("n"),
+    "
+  UNION
+  ",
+    held_by_user!("pg_catalog.pg_class"),
+    ")
+SELECT c.relkind::text AS relkind, n.nspname::text AS schema, c.relname::text AS name,
+  ARRAY(SELECT a.privilege_type::text FROM pg_catalog.aclexplode(c.relacl) a
+         WHERE a.grantee = (SELECT oid FROM u) ORDER BY 1) AS held,
+  ARRAY(SELECT p.privilege
+          FROM pg_catalog.unnest(CASE WHEN c.relkind = 'S' THEN $3::text[] ELSE $2::text[] END) AS p(privilege)
+         WHERE CASE WHEN c.relkind = 'S'
+                    THEN pg_catalog.has_sequence_privilege(c.oid, p.privilege || ' WITH GRANT OPTION')
+                    ELSE pg_catalog.has_table_privilege(c.oid, p.privilege || ' WITH GRANT OPTION') END
+         ORDER BY 1) AS admin_grantable
+FROM listed
+JOIN pg_catalog.pg_class c ON c.oid = listed.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S') AND ",
+    user_schemas!("n"),
+    "
+ORDER BY 2, 3"
+);
+
+/// Functions and procedures of the connected database: all of them when `$2` (the rules can
+/// match routines), else those the user holds a privilege on; with their identity arguments
+/// (which tell overloads apart), the user's privileges and whether the admin may grant
+/// `EXECUTE`. `$1` user name.
+pub const LIST_ROUTINES: &str = concat!(
+    "\
+WITH u AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1::text),
+listed AS (
+  SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+   WHERE $2::bool AND ",
+    user_schemas!("n"),
+    "
+  UNION
+  ",
+    held_by_user!("pg_catalog.pg_proc"),
+    ")
+SELECT p.prokind::text AS prokind, n.nspname::text AS schema, p.proname::text AS name,
+  pg_catalog.pg_get_function_identity_arguments(p.oid) AS arguments,
+  ARRAY(SELECT a.privilege_type::text FROM pg_catalog.aclexplode(p.proacl) a
+         WHERE a.grantee = (SELECT oid FROM u) ORDER BY 1) AS held,
+  pg_catalog.has_function_privilege(p.oid, 'EXECUTE WITH GRANT OPTION') AS admin_can_grant
+FROM listed
+JOIN pg_catalog.pg_proc p ON p.oid = listed.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE p.prokind IN ('f', 'p') AND ",
+    user_schemas!("n"),
+    "
+ORDER BY 2, 3, 4"
+);
+
+/// The managed users (direct members of the group `$1`, but not the admin, which on
+/// PostgreSQL 16+ is a member of the group it created): whether each can log in, its ledger,
+/// and its live connections on the whole server.
+pub const LIST_MANAGED_USERS: &str = "\
+SELECT u.rolname::text AS name, u.rolcanlogin AS can_login,
+  (SELECT d.description FROM pg_catalog.pg_shdescription d
+    WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass) AS ledger,
+  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = u.oid)::int AS connections
+FROM pg_catalog.pg_roles u
+WHERE u.oid IN (SELECT m.member FROM pg_catalog.pg_auth_members m
+                  JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+                 WHERE g.rolname = $1::text)
+  AND u.rolname <> current_user
+ORDER BY 1";
+
+/// Ends every connection of the role with OID `$1` but our own, and counts them. Needs the
+/// admin to hold `pg_signal_backend` (or the role's privileges).
+pub const TERMINATE_CONNECTIONS: &str = "\
+SELECT pg_catalog.count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(a.pid))::int
+  FROM pg_catalog.pg_stat_activity a
+ WHERE a.usesysid = $1::oid AND a.pid <> pg_catalog.pg_backend_pid()";
 
 /// Which of `$1` (role names) the current user holds WITH ADMIN OPTION. Used to explain a
 /// "permission denied to grant role" error.
@@ -122,14 +258,9 @@ pub fn locked_transaction(lock_key: i64, steps: &[Step]) -> String {
 pub fn render(step: &Step) -> String {
     match step {
         Step::CreateGroup { group } => format!("CREATE ROLE {} NOLOGIN", quote_ident(group)),
-        // `member_of` is never empty: it holds the managed group.
-        Step::CreateUser { user, member_of } => {
-            let roles: Vec<String> = member_of.iter().map(|role| quote_ident(role)).collect();
-            format!("CREATE ROLE {} LOGIN IN ROLE {}", quote_ident(user), roles.join(", "))
-        }
-        Step::GrantRole { role, user } => {
-            format!("GRANT {} TO {}", quote_ident(role), quote_ident(user))
-        }
+        Step::CreateUser { user } => format!("CREATE ROLE {} LOGIN", quote_ident(user)),
+        // `roles` is never empty.
+        Step::GrantRoles { roles, user } => format!("GRANT {} TO {}", quote_idents(roles), quote_ident(user)),
         // `roles` is never empty.
         Step::RevokeRoles { roles, user } => {
             let roles: Vec<String> = roles.iter().map(|role| quote_ident(role)).collect();
@@ -143,6 +274,44 @@ pub fn render(step: &Step) -> String {
             format!("COMMENT ON ROLE {} IS {}", quote_ident(user), quote_literal(ledger))
         }
         Step::DropUser { user } => format!("DROP ROLE {}", quote_ident(user)),
+        Step::GrantObjects { batch, user } => {
+            format!("GRANT {} TO {}", privilege_on_objects(batch), quote_ident(user))
+        }
+        Step::RevokeObjects { batch, user } => {
+            format!("REVOKE {} FROM {}", privilege_on_objects(batch), quote_ident(user))
+        }
+        Step::GrantSchemaUsage { schemas, user } => {
+            format!("GRANT USAGE ON SCHEMA {} TO {}", quote_idents(schemas), quote_ident(user))
+        }
+        Step::RevokeSchemaUsage { schemas, user } => {
+            format!("REVOKE USAGE ON SCHEMA {} FROM {}", quote_idents(schemas), quote_ident(user))
+        }
+    }
+}
+
+fn quote_idents(names: &[String]) -> String {
+    names.iter().map(|name| quote_ident(name)).collect::<Vec<_>>().join(", ")
+}
+
+/// `SELECT ON TABLE "s"."a", "s"."b"`: one statement for a whole batch. The privilege is one
+/// of the known keywords (checked here, so no other text reaches the statement).
+fn privilege_on_objects(batch: &ObjectBatch) -> String {
+    let privilege = [TABLE_PRIVILEGES, SEQUENCE_PRIVILEGES, ROUTINE_PRIVILEGES, &["ALL"]]
+        .concat()
+        .into_iter()
+        .find(|known| *known == batch.privilege)
+        .unwrap_or_else(|| panic!("privilege {:?} was not validated", batch.privilege));
+    let objects: Vec<String> = batch.objects.iter().map(|object| object_name(batch.kind, object)).collect();
+    format!("{privilege} ON {} {}", batch.kind.sql_keyword(), objects.join(", "))
+}
+
+/// `"schema"."name"`, and for routines the identity arguments as the server printed them
+/// (`pg_get_function_identity_arguments` quotes names and types itself).
+fn object_name(kind: ObjectKind, object: &ObjectRef) -> String {
+    let name = format!("{}.{}", quote_ident(&object.schema), quote_ident(&object.name));
+    match (kind, &object.arguments) {
+        (ObjectKind::Function | ObjectKind::Procedure, Some(arguments)) => format!("{name}({arguments})"),
+        _ => name,
     }
 }
 
@@ -179,15 +348,75 @@ mod tests {
     #[test]
     fn locked_transaction_is_the_lock_then_the_steps_in_one_message() {
         let steps = [
-            Step::CreateUser { user: "al;ice".into(), member_of: vec!["grp".into(), "re\"ader".into()] },
+            Step::CreateUser { user: "al;ice".into() },
             Step::WriteLedger { user: "al;ice".into(), ledger: "{'x'}".into() },
+            Step::GrantRoles { roles: vec!["grp".into(), "re\"ader".into()], user: "al;ice".into() },
         ];
         assert_eq!(
             locked_transaction(-42, &steps),
             "SELECT pg_catalog.pg_advisory_xact_lock(-42);\n\
-             CREATE ROLE \"al;ice\" LOGIN IN ROLE \"grp\", \"re\"\"ader\";\n\
-             COMMENT ON ROLE \"al;ice\" IS '{''x''}'"
+             CREATE ROLE \"al;ice\" LOGIN;\n\
+             COMMENT ON ROLE \"al;ice\" IS '{''x''}';\n\
+             GRANT \"grp\", \"re\"\"ader\" TO \"al;ice\""
         );
+    }
+
+    /// No code outside this module puts a name or a value into SQL by hand: no call of the
+    /// escape functions, and no format string that wraps an interpolation in double quotes (an
+    /// identifier) or single quotes (a literal). Covers every crate that runs in production.
+    #[test]
+    fn no_other_code_quotes_names_or_values() {
+        fn rust_files(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    rust_files(&path, files);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        /// `"{x}"` or `'{x}'` inside a string: an opening quote right before an interpolation
+        /// (`{{` is a literal brace, not an interpolation).
+        fn wraps_an_interpolation(line: &str) -> bool {
+            ["\\\"{", "'{"]
+                .iter()
+                .any(|quote| line.match_indices(quote).any(|(at, q)| !line[at + q.len()..].starts_with('{')))
+        }
+        let functions = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the functions directory");
+        let mut files = Vec::new();
+        for krate in [
+            "autouser-core",
+            "autouser-aws",
+            "autouser-lambda",
+            "autouser",
+            "session-start",
+            "session-end",
+            "discovery",
+        ] {
+            rust_files(&functions.join(krate).join("src"), &mut files);
+        }
+        assert!(files.len() > 20, "found the sources: {files:?}");
+        let this_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sql.rs");
+        let mut offences = Vec::new();
+        for file in files.iter().filter(|f| **f != this_file) {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                if line.contains("escape_identifier") || line.contains("escape_literal") || wraps_an_interpolation(line)
+                {
+                    offences.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            offences.is_empty(),
+            "quote names with sql::quote_ident and values with sql::quote_literal:\n{}",
+            offences.join("\n")
+        );
+        // The check itself catches both forms.
+        assert!(wraps_an_interpolation(r#"format!("GRANT x TO \"{user}\"")"#));
+        assert!(wraps_an_interpolation("format!(\"PASSWORD '{password}'\")"));
+        assert!(!wraps_an_interpolation(r#"role("{allow: {db_roles: [\"{{internal.a}}\"]}}")"#));
     }
 
     #[test]
@@ -204,8 +433,45 @@ mod tests {
 
     #[test]
     fn grant_quotes_both_names() {
-        let sql = render(&Step::GrantRole { role: "re\"ader".into(), user: "al;ice".into() });
+        let sql = render(&Step::GrantRoles { roles: vec!["re\"ader".into()], user: "al;ice".into() });
         assert_eq!(sql, r#"GRANT "re""ader" TO "al;ice""#);
+    }
+
+    #[test]
+    fn object_batches_are_one_statement_with_every_name_quoted() {
+        let batch = ObjectBatch {
+            kind: ObjectKind::Table,
+            privilege: "SELECT".into(),
+            objects: vec![
+                ObjectRef { schema: "public".into(), name: "Weird Table".into(), arguments: None },
+                ObjectRef { schema: "a\"b".into(), name: "t".into(), arguments: None },
+            ],
+        };
+        assert_eq!(
+            render(&Step::GrantObjects { batch, user: "al\"ice".into() }),
+            r#"GRANT SELECT ON TABLE "public"."Weird Table", "a""b"."t" TO "al""ice""#
+        );
+        let batch = ObjectBatch {
+            kind: ObjectKind::Procedure,
+            privilege: "ALL".into(),
+            objects: vec![ObjectRef { schema: "s".into(), name: "p".into(), arguments: Some("x integer".into()) }],
+        };
+        assert_eq!(
+            render(&Step::RevokeObjects { batch, user: "u".into() }),
+            r#"REVOKE ALL ON PROCEDURE "s"."p"(x integer) FROM "u""#
+        );
+        let schemas = vec!["public".to_string(), "x y".to_string()];
+        assert_eq!(
+            render(&Step::GrantSchemaUsage { schemas, user: "u".into() }),
+            r#"GRANT USAGE ON SCHEMA "public", "x y" TO "u""#
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "was not validated")]
+    fn unknown_privileges_never_reach_sql() {
+        let batch = ObjectBatch { kind: ObjectKind::Table, privilege: "SELECT; DROP".into(), objects: vec![] };
+        render(&Step::GrantObjects { batch, user: "u".into() });
     }
 
     #[test]
@@ -257,6 +523,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(crate::properties::cases())]
+
         #[test]
         fn quoted_identifiers_read_back_to_the_name(name in "[^\\x00]{0,64}") {
             prop_assert_eq!(unquote_ident(&quote_ident(&name)), Some(name));

@@ -108,6 +108,59 @@ pub async fn discover(
     }
 }
 
+/// `reap`: on each configured database (or one), close sessions older than
+/// `max_session_duration` whose user is not connected, and lock managed users that can log in
+/// with no open session. Prints the reports, one per database, as one line of JSON; fails
+/// when anything failed.
+pub async fn reap(config: &Path, database: Option<&str>, setup: &AwsSetup) -> Result<Option<String>, Failure> {
+    let config = Config::load(config).map_err(Error::from)?;
+    let databases: Vec<&DatabaseConfig> = match database {
+        Some(name) => {
+            vec![config.database(name).ok_or_else(|| Error::UnknownDatabase { database: name.to_string() })?]
+        }
+        None => config.databases.iter().collect(),
+    };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut reports = Vec::new();
+    let mut failures = 0;
+    for db_config in databases {
+        match reap_database(&config, db_config, setup, now).await {
+            Ok(report) => {
+                failures += report.failed.len();
+                reports.push(serde_json::to_value(&report).expect("reports serialise"));
+            }
+            Err(error) => {
+                failures += 1;
+                reports.push(serde_json::json!({
+                    "database": db_config.name, "kind": error.kind(), "error": error.to_string(),
+                }));
+            }
+        }
+    }
+    println!("{}", serde_json::to_string(&reports).expect("reports serialise"));
+    if failures == 0 {
+        Ok(None)
+    } else {
+        Err(Failure { message: format!("{failures} reaper action(s) failed: see the report"), exit_code: 1 })
+    }
+}
+
+async fn reap_database(
+    config: &Config,
+    db_config: &DatabaseConfig,
+    setup: &AwsSetup,
+    now: u64,
+) -> Result<autouser_core::reaper::ReapReport, Error> {
+    let (db, aws) = resolve_database(config, db_config, setup).await?;
+    let admin_db_name = preflight::admin_database(&db);
+    let connection = connect(aws.as_ref(), &db, admin_db_name).await?;
+    let connect_to = |db_name: String| {
+        let (aws, db) = (aws.as_ref(), &db);
+        async move { connect(aws, db, &db_name).await }
+    };
+    autouser_core::reaper::reap(&connection, admin_db_name, config, &db, now, connect_to).await
+}
+
 /// The event's database, resolved; and the AWS context when the database needs AWS.
 async fn resolve(
     config: &Config,

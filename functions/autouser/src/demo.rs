@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use autouser_core::config::TlsMode;
 use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::sql::{quote_ident, quote_literal};
 use autouser_core::tokio_postgres::Client;
 use scratch_postgres::{Cluster, PgInstall};
 
@@ -45,16 +46,17 @@ pub async fn run(rds: bool) -> Result<Option<String>, Failure> {
 async fn walk_through(cluster: &Cluster) -> Result<(), Failure> {
     let superuser = connect_as(cluster, cluster.superuser()).await?;
     let major = cluster.major();
+    let admin = quote_ident(ADMIN);
     let mut setup = vec![
-        format!("CREATE USER \"{ADMIN}\" LOGIN CREATEROLE"),
+        format!("CREATE USER {admin} LOGIN CREATEROLE"),
         "CREATE ROLE reader NOLOGIN".to_string(),
         "CREATE ROLE auditor NOLOGIN".to_string(),
         "CREATE TABLE public.orders (id int PRIMARY KEY, note text)".to_string(),
         "GRANT SELECT ON public.orders TO reader".to_string(),
     ];
     if major >= 16 {
-        setup.push(format!("GRANT reader TO \"{ADMIN}\" WITH ADMIN OPTION"));
-        setup.push(format!("GRANT auditor TO \"{ADMIN}\" WITH ADMIN OPTION"));
+        setup.push(format!("GRANT reader TO {admin} WITH ADMIN OPTION"));
+        setup.push(format!("GRANT auditor TO {admin} WITH ADMIN OPTION"));
     }
     println!("Setting up the admin as the seed's self-hosted section does:");
     for statement in &setup {
@@ -108,16 +110,17 @@ async fn walk_through_rds(cluster: &Cluster) -> Result<(), Failure> {
     let sdk = moto.sdk_config(None).await;
     let superuser = connect_as(cluster, cluster.superuser()).await?;
     let password = "demo-rds-admin-password";
+    let (rds_admin, login_group) = (quote_ident(RDS_ADMIN), quote_ident(scratch_postgres::PASSWORD_LOGIN_GROUP));
     let mut setup = vec![
-        format!("CREATE ROLE \"{}\"", scratch_postgres::PASSWORD_LOGIN_GROUP),
+        format!("CREATE ROLE {login_group}"),
         "CREATE ROLE rds_iam".to_string(),
-        format!("CREATE USER \"{RDS_ADMIN}\" LOGIN CREATEROLE PASSWORD '{password}' IN ROLE password_login"),
+        format!("CREATE USER {rds_admin} LOGIN CREATEROLE PASSWORD {} IN ROLE {login_group}", quote_literal(password)),
     ];
     if cluster.major() >= 16 {
-        setup.push(format!("GRANT rds_iam TO \"{RDS_ADMIN}\" WITH ADMIN OPTION"));
-        setup.push(format!("GRANT reader TO \"{RDS_ADMIN}\" WITH ADMIN OPTION"));
+        setup.push(format!("GRANT rds_iam TO {rds_admin} WITH ADMIN OPTION"));
+        setup.push(format!("GRANT reader TO {rds_admin} WITH ADMIN OPTION"));
         // The managed group was created by the first admin; this one must be able to grant it.
-        setup.push(format!("GRANT \"teleport-auto-user\" TO \"{RDS_ADMIN}\" WITH ADMIN OPTION"));
+        setup.push(format!("GRANT {} TO {rds_admin} WITH ADMIN OPTION", quote_ident("teleport-auto-user")));
     }
     println!("  Setting up the admin (on RDS you would run these as the master user):");
     for statement in &setup {

@@ -61,6 +61,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Close sessions whose end was lost and lock managed users left able to log in: sessions
+    /// older than `max_session_duration` (default 12h) whose user has no live connection are
+    /// ended as their session-end would have; managed users that can log in with no open
+    /// session are locked. Prints a JSON report per database; exits 1 when an action failed.
+    Reap {
+        /// Configuration file (YAML or JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this database (its `name` in the config); all of them by default.
+        #[arg(long)]
+        database: Option<String>,
+    },
     /// Start a throwaway PostgreSQL and walk through keep and best_effort_drop sessions.
     Demo {
         /// Also walk through an RDS instance resolved through a local AWS emulator (moto).
@@ -113,6 +125,9 @@ fn main() -> ExitCode {
                 let options =
                     autouser_aws::discovery::DiscoveryOptions { regions, concurrency, bootstrap: !no_bootstrap };
                 commands::discover(&config, &options, json, &commands::AwsSetup::FromEnvironment).await
+            }
+            Command::Reap { config, database } => {
+                commands::reap(&config, database.as_deref(), &commands::AwsSetup::FromEnvironment).await
             }
             Command::Demo { rds } => demo::run(rds).await,
         }

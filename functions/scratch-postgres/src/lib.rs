@@ -9,7 +9,7 @@
 
 mod round_trips;
 
-pub use round_trips::RoundTripCounter;
+pub use round_trips::{Cut, RoundTripCounter};
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};

@@ -205,6 +205,47 @@ async fn wrong_ca_fails_the_tls_handshake() {
     assert!(err.to_string().contains("TLS"), "{err}");
 }
 
+/// A server that answers the TLS request with "N" (no TLS) is never talked to in plain text:
+/// in every mode but `disable`, the connection fails before a startup message or a password
+/// is sent.
+#[tokio::test]
+async fn a_server_refusing_tls_is_never_used_in_plain_text() {
+    use autouser_core::config::TlsMode;
+    use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    for mode in [TlsMode::VerifyFull, TlsMode::VerifyCa, TlsMode::Require] {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut ssl_request = [0u8; 8];
+            socket.read_exact(&mut ssl_request).await.unwrap();
+            // Length 8, then the SSLRequest code 80877103.
+            assert_eq!(ssl_request, [0, 0, 0, 8, 4, 210, 22, 47], "the client asks for TLS first");
+            socket.write_all(b"N").await.unwrap();
+            let mut rest = Vec::new();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), socket.read_to_end(&mut rest)).await;
+            rest
+        });
+        let tls = TlsSettings { mode, ca_pem: Some(crate::fixture::cluster().ca_cert_pem().to_string()) };
+        let credentials = AdminCredentials::Password("the-password".into());
+        let params = ConnectParams {
+            host: "localhost",
+            port,
+            hostaddr: None,
+            dbname: "postgres",
+            user: "admin",
+            tls: &tls,
+            credentials: &credentials,
+        };
+        let err = pg::connect(&params).await.expect_err("no TLS, no connection");
+        let after_refusal = server.await.unwrap();
+        assert!(after_refusal.is_empty(), "{mode:?}: {} bytes sent in plain text", after_refusal.len());
+        assert!(err.to_string().to_lowercase().contains("tls") || err.to_string().contains("SSL"), "{mode:?}: {err}");
+    }
+}
+
 /// A CA that did not sign the server's certificate: the client certificate of the superuser.
 fn rcgen_free_ca() -> String {
     crate::fixture::cluster().client_cert("postgres").unwrap().cert_pem

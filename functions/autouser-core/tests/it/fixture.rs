@@ -43,6 +43,8 @@ pub struct Fixture {
     pub db_type: &'static str,
     pub default_database: Option<String>,
     pub auth_yaml: Option<String>,
+    /// Top-level config sections after `roles` (`import_rules`, say).
+    pub extra_yaml: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +83,7 @@ impl Fixture {
             db_type: "self-hosted",
             default_database: None,
             auth_yaml: None,
+            extra_yaml: String::new(),
         };
         fixture.give_admin_option(&reader).await;
         fixture.give_admin_option(&writer).await;
@@ -168,12 +171,14 @@ databases:
     admin_user: {{name: {admin:?}{default_database}}}
     auth: {auth}
     tls: {{mode: verify-full, ca_file: {ca:?}}}
-roles:{roles}"#,
+roles:{roles}
+{extra}"#,
             group = self.group,
             db_type = self.db_type,
             admin = self.admin,
             ca = cluster.ca_cert_path().display().to_string(),
             roles = self.roles_yaml,
+            extra = self.extra_yaml,
         );
         Config::parse(&text, std::path::Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
@@ -187,20 +192,27 @@ roles:{roles}"#,
     }
 
     pub async fn start(&self, event: serde_json::Value) -> Result<StartOutcome, Error> {
-        let config = self.config();
+        self.start_with(&self.config(), event).await
+    }
+
+    /// A session-start with `config` (one reaching the server through a proxy, say).
+    pub async fn start_with(&self, config: &Config, event: serde_json::Value) -> Result<StartOutcome, Error> {
         let event = SessionEvent::from_value(event)?;
-        let db = request::database(&config, &event)?.resolve_static().expect("a static database");
-        let req = request::prepare_start(&config, &db, &event)?;
-        let client = self.admin_client(&config, &req.target.admin_db_name).await?;
+        let db = request::database(config, &event)?.resolve_static().expect("a static database");
+        let req = request::prepare_start(config, &db, &event)?;
+        let client = self.admin_client(config, &req.target.admin_db_name).await?;
         engine::session_start(&client, &req).await
     }
 
     pub async fn end(&self, event: serde_json::Value) -> Result<EndOutcome, Error> {
-        let config = self.config();
+        self.end_with(&self.config(), event).await
+    }
+
+    pub async fn end_with(&self, config: &Config, event: serde_json::Value) -> Result<EndOutcome, Error> {
         let event = SessionEvent::from_value(event)?;
-        let db = request::database(&config, &event)?.resolve_static().expect("a static database");
-        let req = request::prepare_end(&config, &db, &event)?;
-        let client = self.admin_client(&config, &req.target.admin_db_name).await?;
+        let db = request::database(config, &event)?.resolve_static().expect("a static database");
+        let req = request::prepare_end(config, &db, &event)?;
+        let client = self.admin_client(config, &req.target.admin_db_name).await?;
         engine::session_end(&client, &req).await
     }
 

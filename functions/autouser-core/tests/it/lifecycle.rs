@@ -304,3 +304,43 @@ async fn password_admin_from_environment_works() {
     fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
     assert!(fx.state(&alice).await.unwrap().login);
 }
+
+/// `NOLOGIN` stops new logins only: by default a connection opened during the session keeps
+/// working after its end. With `terminate_connections`, the end closes it.
+#[tokio::test]
+async fn open_connections_outlive_the_end_unless_terminate_connections_is_on() {
+    let mut fx = Fixture::new("lc_terminate").await;
+    fx.sql(&format!("GRANT pg_signal_backend TO {}", q(&fx.admin))).await;
+    let alice = fx.user("alice");
+
+    fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    let open = connect(&alice, &fx.db).await.unwrap();
+    let out = fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    assert_eq!(out.terminated_connections, None, "the option is off by default");
+    open.batch_execute("SELECT 1").await.expect("the connection outlives the session");
+    assert!(connect(&alice, &fx.db).await.is_err(), "but no new login is possible");
+    drop(open);
+
+    fx.extra_yaml = "terminate_connections: true".to_string();
+    fx.start(fx.event("s2", &alice, &["keep"])).await.unwrap();
+    let open = connect(&alice, &fx.db).await.unwrap();
+    let out = fx.end(fx.event("s2", &alice, &["keep"])).await.unwrap();
+    assert_eq!(out.terminated_connections, Some(1), "{out:?}");
+    let err = open.batch_execute("SELECT 1").await.expect_err("the connection was ended");
+    assert!(err.is_closed() || err.to_string().contains("terminat"), "{err:?}");
+}
+
+/// Without `pg_signal_backend`, the end still succeeds and says what to grant.
+#[tokio::test]
+async fn terminate_connections_without_the_privilege_names_the_grant() {
+    let mut fx = Fixture::new("lc_terminate_denied").await;
+    fx.extra_yaml = "terminate_connections: true".to_string();
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    let _open = connect(&alice, &fx.db).await.unwrap();
+    let out = fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Deactivated);
+    assert_eq!(out.terminated_connections, None);
+    let reason = out.reason.unwrap_or_default();
+    assert!(reason.contains("GRANT pg_signal_backend TO"), "{reason}");
+}

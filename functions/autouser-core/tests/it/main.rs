@@ -3,8 +3,11 @@
 
 mod concurrency;
 mod errors;
+mod faults;
 mod fixture;
 mod injection;
 mod lifecycle;
+mod object_permissions;
 mod preflight;
+mod reaper;
 mod round_trips;

@@ -143,6 +143,28 @@ async fn start_and_end_print_the_contract_json() {
     assert_eq!(again["status"], "noop");
 }
 
+/// A session whose end is lost is closed by `reap` once older than `max_session_duration`.
+#[tokio::test]
+async fn reap_closes_a_session_whose_end_was_lost() {
+    let (_dir, config) = setup("cli_reap").await;
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("max_session_duration: 1s\n");
+    std::fs::write(&config, text).unwrap();
+    let config = config.display().to_string();
+    let event = r#"{"session_id": "s1", "user": "cli_reap_alice", "roles": ["devs"], "database": "main", "db_name": "postgres"}"#;
+    stdout_json(&autouser(&["session-start", "--config", &config, "--event", "-"], Some(event)));
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let reports = stdout_json(&autouser(&["reap", "--config", &config], None));
+    assert_eq!(reports[0]["database"], "main", "{reports}");
+    assert_eq!(reports[0]["closed"][0]["db_user"], "cli_reap_alice", "{reports}");
+    assert_eq!(reports[0]["closed"][0]["status"], "dropped", "{reports}");
+    let again = stdout_json(&autouser(&["reap", "--config", &config, "--database", "main"], None));
+    assert_eq!(again[0]["closed"], serde_json::json!([]), "{again}");
+    let unknown = autouser(&["reap", "--config", &config, "--database", "nope"], None);
+    assert_eq!(unknown.status.code(), Some(1));
+    assert!(stderr(&unknown).contains("UnknownDatabase"), "{}", stderr(&unknown));
+}
+
 #[tokio::test]
 async fn malformed_event_names_the_field() {
     let (_dir, config) = setup("cli_bad").await;

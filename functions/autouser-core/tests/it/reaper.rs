@@ -1,0 +1,107 @@
+//! The reaper against a real server: expired sessions closed, idle users locked, live
+//! connections respected, unmanaged roles untouched, and no race with session-start.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use autouser_core::outcome::EndStatus;
+use autouser_core::reaper::{self, ReapReport};
+
+use crate::fixture::{connect, q, set, Fixture};
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// One reaper run on the fixture's database, as of `now`.
+async fn reap(fx: &Fixture, now: u64) -> ReapReport {
+    let config = fx.config();
+    let db = config.databases[0].resolve_static().unwrap();
+    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
+    let connect_to = |db_name: String| async move { fx.admin_client(&fx.config(), &db_name).await };
+    reaper::reap(&connection, &fx.db, &config, &db, now, connect_to).await.unwrap()
+}
+
+const THIRTEEN_HOURS: u64 = 13 * 3600;
+
+#[tokio::test]
+async fn expired_sessions_close_idle_users_lock_and_live_ones_stay() {
+    let fx = Fixture::new("rp_main").await;
+    let (alice, bob, carol, dave, frank) =
+        (fx.user("alice"), fx.user("bob"), fx.user("carol"), fx.user("dave"), fx.user("frank"));
+    fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    fx.start(fx.event("s1", &bob, &["keep"])).await.unwrap();
+    fx.start(fx.event("s1", &frank, &["drop"])).await.unwrap();
+    // carol: managed, able to log in, no session in its ledger (made by the admin, as by an
+    // older release or by hand); dave: not managed at all.
+    fx.sql(&format!(
+        "SET ROLE {admin}; CREATE ROLE {carol} LOGIN IN ROLE {group}, {reader}; RESET ROLE;
+         CREATE ROLE {dave} LOGIN IN ROLE {reader}",
+        admin = q(&fx.admin),
+        carol = q(&carol),
+        dave = q(&dave),
+        group = q(&fx.group),
+        reader = q(&fx.reader())
+    ))
+    .await;
+    let bob_session = connect(&bob, &fx.db).await.expect("bob is connected");
+
+    // Now: no session is old enough; carol is locked.
+    let report = reap(&fx, now()).await;
+    assert_eq!(report.closed, vec![]);
+    assert_eq!(report.locked, vec![carol.clone()]);
+    assert_eq!(report.failed, vec![]);
+    assert_eq!(report.managed_users, 4, "alice, bob, carol, frank: {report:?}");
+    let carol_state = fx.state(&carol).await.unwrap();
+    assert!(!carol_state.login);
+    assert_eq!(carol_state.member_of, set(&[&fx.group]));
+    assert!(fx.state(&alice).await.unwrap().login);
+
+    // Thirteen hours later: alice's and frank's sessions close as their ends would have;
+    // bob's stays, because bob is connected.
+    let report = reap(&fx, now() + THIRTEEN_HOURS).await;
+    let closed: Vec<(&str, EndStatus)> = report.closed.iter().map(|c| (c.db_user.as_str(), c.status)).collect();
+    assert_eq!(closed, vec![(alice.as_str(), EndStatus::Deactivated), (frank.as_str(), EndStatus::Dropped)]);
+    assert_eq!(report.left_open.len(), 1);
+    assert_eq!(report.left_open[0].db_user, bob);
+    assert!(report.locked.is_empty(), "{report:?}");
+    assert!(!fx.state(&alice).await.unwrap().login);
+    assert!(fx.state(&frank).await.is_none());
+    assert!(fx.state(&bob).await.unwrap().login);
+    // The unmanaged role is untouched.
+    let dave_state = fx.state(&dave).await.unwrap();
+    assert!(dave_state.login);
+    assert_eq!(dave_state.member_of, set(&[&fx.reader()]));
+
+    // Once bob disconnects, his session closes too, and everyone managed is locked.
+    drop(bob_session);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let report = reap(&fx, now() + THIRTEEN_HOURS).await;
+    assert_eq!(report.closed.len(), 1, "{report:?}");
+    assert_eq!(report.closed[0].db_user, bob);
+    assert!(fx.users_able_to_log_in().await.is_empty());
+    // A second run finds nothing to do.
+    let again = reap(&fx, now() + THIRTEEN_HOURS).await;
+    assert!(again.closed.is_empty() && again.locked.is_empty() && again.failed.is_empty(), "{again:?}");
+}
+
+/// A user that the reaper sees able to log in with no session, while a session-start for it
+/// runs: whatever the order, the started session ends up with a user that can log in.
+#[tokio::test]
+async fn the_reaper_never_locks_out_a_session_starting_beside_it() {
+    let fx = Fixture::new("rp_race").await;
+    let racer = fx.user("racer");
+    fx.start(fx.event("s0", &racer, &["keep"])).await.unwrap();
+    fx.end(fx.event("s0", &racer, &["keep"])).await.unwrap();
+    for i in 1..=15 {
+        // As if a lost end had left the user able to log in.
+        fx.sql(&format!("ALTER ROLE {} LOGIN", q(&racer))).await;
+        let session = format!("s{i}");
+        let (started, report) = tokio::join!(fx.start(fx.event(&session, &racer, &["keep"])), reap(&fx, now()));
+        started.unwrap();
+        assert!(report.failed.is_empty(), "{report:?}");
+        let state = fx.state(&racer).await.unwrap();
+        assert!(state.login, "iteration {i}: the open session's user was locked ({report:?})");
+        assert_eq!(state.member_of, set(&[&fx.group, &fx.reader()]));
+        fx.end(fx.event(&session, &racer, &["keep"])).await.unwrap();
+    }
+}
