@@ -399,10 +399,20 @@ pub fn changes(state: &ObjectState, wanted: &[BTreeSet<String>]) -> Result<Objec
         if !wanted.is_empty() {
             wanted_schemas.insert(&object.schema);
         }
-        for privilege in object.held.difference(wanted) {
+        // A privilege this build has no keyword for (PostgreSQL 17's MAINTAIN, or a later
+        // one) is never written into SQL: `REVOKE ALL` takes it, and the wanted ones are
+        // granted again.
+        let unknown = object.held.iter().any(|p| !object.kind.accepts(p));
+        let held = if unknown {
+            revoke.entry((object.kind, "ALL".to_string())).or_default().push(reference.clone());
+            BTreeSet::new()
+        } else {
+            object.held.clone()
+        };
+        for privilege in held.difference(wanted) {
             revoke.entry((object.kind, privilege.clone())).or_default().push(reference.clone());
         }
-        for privilege in wanted.difference(&object.held) {
+        for privilege in wanted.difference(&held) {
             if !object.admin_grantable.contains(privilege) {
                 if ungrantable.is_none() {
                     ungrantable = Some((object.kind, object.schema.clone(), object.display(), privilege.clone()));
@@ -609,6 +619,20 @@ mod tests {
         assert_eq!(changes.summary.len(), 1);
         assert_eq!(changes.summary[0].objects, 2);
         assert_eq!(changes.summary[0].privileges["SELECT"], 2);
+    }
+
+    #[test]
+    fn privileges_without_a_keyword_are_revoked_with_all_and_the_wanted_ones_granted_again() {
+        let state = ObjectState {
+            database: "app".into(),
+            schemas: vec![SchemaState { name: "public".into(), user_has_usage: true, admin_can_grant_usage: true }],
+            objects: vec![object(ObjectKind::Table, "public", "a", &["MAINTAIN", "SELECT"])],
+        };
+        let changes = changes(&state, &[set(&["SELECT"])]).unwrap();
+        assert_eq!(changes.revoke.len(), 1);
+        assert_eq!(changes.revoke[0].privilege, "ALL");
+        assert_eq!(changes.grant.len(), 1);
+        assert_eq!(changes.grant[0].privilege, "SELECT");
     }
 
     #[test]

@@ -128,7 +128,7 @@ pub struct ObjectCleanup {
     /// Revoked in the connected database: its last session that had them ended.
     pub revoked: Vec<PermissionSummary>,
     /// Other databases where the ledger says privileges may remain with no session left to
-    /// need them: an end connected there (or the reaper) revokes them.
+    /// need them (the end ran elsewhere): the outcome's reason says how to revoke them.
     pub left_in: Vec<String>,
 }
 

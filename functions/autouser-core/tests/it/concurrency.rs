@@ -13,7 +13,7 @@ use crate::fixture::Fixture;
 /// second database of the same server (so the advisory lock alone cannot serialise them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_sessions_of_one_user_never_lock_each_other_out() {
-    const SESSIONS: usize = 50;
+    const SESSIONS: usize = 200;
     let fx = Arc::new(Fixture::new("cc_one").await);
     fx.sql("CREATE DATABASE cc_one_other").await;
     let alice = fx.user("alice");
@@ -47,11 +47,14 @@ async fn parallel_sessions_of_one_user_never_lock_each_other_out() {
     assert_eq!(ledger.revision, 2 * SESSIONS as u64, "every start and end wrote the ledger exactly once");
 }
 
+/// 1,000 distinct users, each started then ended, 32 at a time, half of them through a second
+/// database of the same server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn two_hundred_users_at_concurrency_sixteen() {
-    const USERS: usize = 200;
+async fn a_thousand_users_at_concurrency_thirty_two_across_two_databases() {
+    const USERS: usize = 1000;
     let fx = Arc::new(Fixture::new("cc_many").await);
-    let limit = Arc::new(Semaphore::new(16));
+    fx.sql("CREATE DATABASE cc_many_other").await;
+    let limit = Arc::new(Semaphore::new(32));
     let calls = (0..USERS).map(|i| {
         let fx = fx.clone();
         let limit = limit.clone();
@@ -59,7 +62,10 @@ async fn two_hundred_users_at_concurrency_sixteen() {
             let _permit = limit.acquire().await.unwrap();
             let user = fx.user(&format!("u{i}"));
             let role = if i % 2 == 0 { "keep" } else { "drop" };
-            let event = fx.event(&format!("s{i}"), &user, &[role]);
+            let mut event = fx.event(&format!("s{i}"), &user, &[role]);
+            if i % 4 >= 2 {
+                event["db_name"] = json!("cc_many_other");
+            }
             fx.start(event.clone()).await.map_err(|e| format!("start {user}: {e}"))?;
             fx.end(event).await.map_err(|e| format!("end {user}: {e}"))?;
             Ok::<(), String>(())

@@ -300,7 +300,19 @@ async fn a_start_revokes_what_an_earlier_session_left_behind() {
         ))
         .await
         .unwrap();
-    assert_eq!(held(&fx.db, &alice).await.len(), 3);
+    if crate::fixture::major() >= 17 {
+        // A privilege the build has no keyword for is revoked too (with REVOKE ALL).
+        superuser_in(&fx.db)
+            .await
+            .batch_execute(&format!(
+                "SET ROLE {admin}; GRANT MAINTAIN ON public.orders TO {alice}",
+                admin = q(&fx.admin),
+                alice = q(&alice)
+            ))
+            .await
+            .unwrap();
+    }
+    assert_eq!(held(&fx.db, &alice).await.len(), if crate::fixture::major() >= 17 { 4 } else { 3 });
     fx.start(fx.event("s2", &alice, &["objects"])).await.unwrap();
     assert_eq!(held(&fx.db, &alice).await, expected(&[("public.orders", &["SELECT"]), ("schema public", &["USAGE"])]));
     // The same holds at the end: everything the user holds goes.

@@ -23,6 +23,19 @@ async fn reap(fx: &Fixture, now: u64) -> ReapReport {
 
 const THIRTEEN_HOURS: u64 = 13 * 3600;
 
+/// A closed client's backend leaves `pg_stat_activity` a moment after the socket closes.
+async fn wait_until_disconnected(fx: &Fixture, user: &str) {
+    for _ in 0..100 {
+        let row =
+            fx.superuser.query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = $1", &[&user]).await.unwrap();
+        if row.get::<_, i64>(0) == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{user} is still connected 5 s after closing its connection");
+}
+
 #[tokio::test]
 async fn expired_sessions_close_idle_users_lock_and_live_ones_stay() {
     let fx = Fixture::new("rp_main").await;
@@ -74,7 +87,7 @@ async fn expired_sessions_close_idle_users_lock_and_live_ones_stay() {
 
     // Once bob disconnects, his session closes too, and everyone managed is locked.
     drop(bob_session);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_disconnected(&fx, &bob).await;
     let report = reap(&fx, now() + THIRTEEN_HOURS).await;
     assert_eq!(report.closed.len(), 1, "{report:?}");
     assert_eq!(report.closed[0].db_user, bob);
