@@ -52,8 +52,9 @@ pub async fn session_start(connection: &AdminConnection, req: &StartRequest) -> 
             // wait as long again, so the caller hears now (a transient error), within the
             // lock timeout the deployment's timeouts are sized for.
             Err(error)
-                if [SqlState::LOCK_NOT_AVAILABLE, SqlState::QUERY_CANCELED]
-                    .contains(error.code().unwrap_or(&SqlState::SUCCESSFUL_COMPLETION)) =>
+                if error
+                    .code()
+                    .is_some_and(|code| [SqlState::LOCK_NOT_AVAILABLE, SqlState::QUERY_CANCELED].contains(code)) =>
             {
                 return Err(postgres_error("taking the user's lock", t, error));
             }
@@ -225,7 +226,7 @@ async fn start_once(connection: &AdminConnection, req: &StartRequest) -> Result<
 async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndOutcome, Failure> {
     let t = &req.target;
     // Only what the user holds matters at an end: no grant option to check.
-    let listing = req.revokes_db_permissions.then(ObjectListing::held_only);
+    let listing = req.revokes_db_permissions.then(ObjectListing::default);
     let state = begin_and_read(connection, t, &[], listing.as_ref()).await?;
     let client = connection.client();
     let decision = match plan::plan_end(req, &state) {
@@ -428,7 +429,9 @@ async fn rollback(client: &Client) {
 }
 
 /// Which objects to list with the state (besides those the user holds privileges on), and
-/// which privileges to check the admin may grant.
+/// which privileges to check the admin may grant. The default lists only what the user holds,
+/// which is all an end needs.
+#[derive(Default)]
 struct ObjectListing {
     table_privileges: Vec<String>,
     sequence_privileges: Vec<String>,
@@ -465,16 +468,6 @@ impl ObjectListing {
             sequence_privileges: privileges(&[ObjectKind::Sequence]),
             relkinds,
             routines: kinds.contains(&ObjectKind::Function) || kinds.contains(&ObjectKind::Procedure),
-        }
-    }
-
-    /// At an end, only what the user holds matters.
-    fn held_only() -> ObjectListing {
-        ObjectListing {
-            table_privileges: Vec::new(),
-            sequence_privileges: Vec::new(),
-            relkinds: Vec::new(),
-            routines: false,
         }
     }
 }

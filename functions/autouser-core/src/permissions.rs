@@ -225,12 +225,7 @@ impl ObjectRules {
     /// on one database must share their rules, because they share the grants.
     pub fn fingerprint(&self) -> String {
         let text = serde_json::to_string(self).expect("rules always serialise");
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for byte in text.as_bytes() {
-            hash ^= u64::from(*byte);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        format!("{hash:016x}")
+        format!("{:016x}", crate::sql::fnv1a_64(text.bytes()))
     }
 
     /// The privileges each object should carry for this session.

@@ -167,47 +167,40 @@ where
         left_open: decisions.left_open,
         failed: decisions.failed,
     };
+    let target = |user: &str, session_id: &str, database: &str, db_name: &str| Target {
+        session_id: session_id.to_string(),
+        person: user.to_string(),
+        db_user: user.to_string(),
+        database: database.to_string(),
+        db_name: db_name.to_string(),
+        admin_db_name: admin_db_name.to_string(),
+        admin: db.admin_user.name.clone(),
+        managed_group: config.managed_group.clone(),
+        endpoint: db.endpoint(),
+    };
+    let failed = |user: &str, error: Error| Failed {
+        db_user: user.to_string(),
+        kind: error.kind().into(),
+        error: error.to_string(),
+    };
+    let revokes_db_permissions = config.policy.has_db_permissions();
+    let terminate_connections = config.terminate_connections;
     let mut other_databases: Vec<(String, AdminConnection)> = Vec::new();
     for action in decisions.actions {
-        let target = |user: &str, session_id: &str, database: &str, db_name: &str| Target {
-            session_id: session_id.to_string(),
-            person: user.to_string(),
-            db_user: user.to_string(),
-            database: database.to_string(),
-            db_name: db_name.to_string(),
-            admin_db_name: admin_db_name.to_string(),
-            admin: db.admin_user.name.clone(),
-            managed_group: config.managed_group.clone(),
-            endpoint: db.endpoint(),
-        };
-        let failed = |user: &str, error: Error| Failed {
-            db_user: user.to_string(),
-            kind: error.kind().into(),
-            error: error.to_string(),
-        };
         match action {
             Action::Close { user, session_id, record } => {
-                let revokes_db_permissions = config.policy.has_db_permissions();
-                let terminate_connections = config.terminate_connections;
                 let mut target = target(&user, &session_id, &record.database, &record.db_name);
-                let result = if revokes_db_permissions && record.db_name != admin_db_name {
+                // Object privileges are revoked by an end in the session's own database.
+                let connection = if revokes_db_permissions && record.db_name != admin_db_name {
                     target.admin_db_name = record.db_name.clone();
-                    match connection_to(&mut other_databases, &record.db_name, &connect_to).await {
-                        Ok(other) => {
-                            engine::session_end(
-                                other,
-                                &EndRequest { target, revokes_db_permissions, terminate_connections },
-                            )
-                            .await
-                        }
-                        Err(error) => Err(error),
-                    }
+                    connection_to(&mut other_databases, &record.db_name, &connect_to).await
                 } else {
-                    engine::session_end(
-                        connection,
-                        &EndRequest { target, revokes_db_permissions, terminate_connections },
-                    )
-                    .await
+                    Ok(connection)
+                };
+                let request = EndRequest { target, revokes_db_permissions, terminate_connections };
+                let result = match connection {
+                    Ok(connection) => engine::session_end(connection, &request).await,
+                    Err(error) => Err(error),
                 };
                 match result {
                     Ok(outcome) => {

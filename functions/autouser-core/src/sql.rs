@@ -231,14 +231,15 @@ pub const ROLLBACK_TO_DROP: &str = "ROLLBACK TO SAVEPOINT autouser_drop";
 /// The advisory lock key of a database user: FNV-1a over a fixed namespace and the name.
 /// Stable across releases, so the CLI, the Lambda functions and the reaper agree on it.
 pub fn user_lock_key(db_user: &str) -> i64 {
+    fnv1a_64(b"pg-autouser\0".iter().chain(db_user.as_bytes()).copied()) as i64
+}
+
+/// FNV-1a, 64 bits: a hash that never changes between releases or platforms, for values
+/// stored or shared between processes (lock keys, the rules fingerprint in the ledger).
+pub fn fnv1a_64(bytes: impl IntoIterator<Item = u8>) -> u64 {
     const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     const PRIME: u64 = 0x0000_0100_0000_01b3;
-    let mut hash = OFFSET;
-    for byte in b"pg-autouser\0".iter().chain(db_user.as_bytes()) {
-        hash ^= u64::from(*byte);
-        hash = hash.wrapping_mul(PRIME);
-    }
-    hash as i64
+    bytes.into_iter().fold(OFFSET, |hash, byte| (hash ^ u64::from(byte)).wrapping_mul(PRIME))
 }
 
 /// The user's lock and `steps` as one simple-query message. PostgreSQL runs the statements
@@ -483,7 +484,7 @@ mod tests {
 
     #[test]
     fn lock_keys_are_stable_and_distinct() {
-        assert_eq!(user_lock_key("alice"), user_lock_key("alice"));
+        assert_eq!(user_lock_key("alice"), 4_826_995_200_119_770_623);
         assert_ne!(user_lock_key("alice"), user_lock_key("bob"));
     }
 

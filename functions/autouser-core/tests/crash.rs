@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use autouser_core::config::{Config, TlsMode};
+use autouser_core::config::Config;
 use autouser_core::event::SessionEvent;
 use autouser_core::ledger::Ledger;
 use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
@@ -14,47 +14,10 @@ use scratch_postgres::{Cluster, PgInstall};
 
 const ADMIN: &str = "crash_admin";
 
-fn config(cluster: &Cluster) -> Config {
-    let cert = cluster.client_cert(ADMIN).unwrap();
-    let text = format!(
-        r#"managed_group: crash_group
-databases:
-  - name: main
-    type: self-hosted
-    uri: "localhost:{port}"
-    admin_user: {{name: {ADMIN}, default_database: postgres}}
-    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
-    tls: {{mode: verify-full, ca_file: {ca:?}}}
-roles:
-  - kind: role
-    version: v7
-    metadata: {{name: devs}}
-    spec:
-      options: {{create_db_user_mode: keep}}
-      allow: {{db_labels: {{"*": "*"}}, db_names: ["*"], db_roles: [crash_reader]}}
-"#,
-        port = cluster.port(),
-        cert = cert.cert_path.display().to_string(),
-        key = cert.key_path.display().to_string(),
-        ca = cluster.ca_cert_path().display().to_string(),
-    );
-    Config::parse(&text, std::path::Path::new("/")).unwrap()
-}
+mod support;
 
-async fn superuser(cluster: &Cluster) -> autouser_core::tokio_postgres::Client {
-    let cert = cluster.client_cert(cluster.superuser()).unwrap();
-    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
-    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
-    let params = ConnectParams {
-        host: cluster.host(),
-        port: cluster.port(),
-        hostaddr: None,
-        dbname: "postgres",
-        user: cluster.superuser(),
-        tls: &tls,
-        credentials: &credentials,
-    };
-    pg::connect(&params).await.unwrap()
+fn config(cluster: &Cluster) -> Config {
+    support::config(cluster, ADMIN, "crash_group", "[crash_reader]")
 }
 
 /// Starts (`start` true) or ends session `session` of `user` on a new admin connection.
@@ -75,7 +38,7 @@ async fn run(config: &Config, user: &str, session: &str, start: bool) -> Result<
 
 /// Whether `user` can log in exactly when its ledger has an open session; its state.
 async fn assert_consistent(cluster: &Cluster, user: &str, context: &str) -> Option<(bool, usize)> {
-    let rows = superuser(cluster)
+    let rows = support::connect_as(cluster, cluster.superuser())
         .await
         .query("SELECT rolcanlogin, shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1", &[&user])
         .await
@@ -92,10 +55,10 @@ async fn a_server_killed_mid_start_or_end_leaves_a_consistent_user_and_the_retry
     let install = PgInstall::from_env().expect("a PostgreSQL installation (see scripts/install-deps)");
     let mut cluster = Cluster::start(&install).unwrap();
     let setup = format!("CREATE ROLE {ADMIN} LOGIN CREATEROLE; CREATE ROLE crash_reader;");
-    superuser(&cluster).await.batch_execute(&setup).await.unwrap();
+    support::connect_as(&cluster, cluster.superuser()).await.batch_execute(&setup).await.unwrap();
     if cluster.major() >= 16 {
         let grant = format!("GRANT crash_reader TO {ADMIN} WITH ADMIN OPTION");
-        superuser(&cluster).await.batch_execute(&grant).await.unwrap();
+        support::connect_as(&cluster, cluster.superuser()).await.batch_execute(&grant).await.unwrap();
     }
     let config = std::sync::Arc::new(config(&cluster));
     let mut interrupted = 0;

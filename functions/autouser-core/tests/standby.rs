@@ -5,54 +5,18 @@
 
 use std::time::{Duration, Instant};
 
-use autouser_core::config::{Config, TlsMode};
+use autouser_core::config::Config;
 use autouser_core::event::SessionEvent;
-use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::preflight::{self, Status};
 use autouser_core::{engine, request, Error};
 use scratch_postgres::{Cluster, PgInstall};
 
-async fn connect_as(cluster: &Cluster, user: &str) -> AdminConnection {
-    let cert = cluster.client_cert(user).unwrap();
-    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
-    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
-    let params = ConnectParams {
-        host: cluster.host(),
-        port: cluster.port(),
-        hostaddr: None,
-        dbname: "postgres",
-        user,
-        tls: &tls,
-        credentials: &credentials,
-    };
-    pg::connect_admin(&params).await.unwrap()
-}
+mod support;
+
+use support::connect_as;
 
 fn config(cluster: &Cluster) -> Config {
-    let cert = cluster.client_cert("standby_admin").unwrap();
-    let text = format!(
-        r#"managed_group: standby_group
-databases:
-  - name: main
-    type: self-hosted
-    uri: "localhost:{port}"
-    admin_user: {{name: standby_admin, default_database: postgres}}
-    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
-    tls: {{mode: verify-full, ca_file: {ca:?}}}
-roles:
-  - kind: role
-    version: v7
-    metadata: {{name: devs}}
-    spec:
-      options: {{create_db_user_mode: keep}}
-      allow: {{db_labels: {{"*": "*"}}, db_names: ["*"], db_roles: []}}
-"#,
-        port = cluster.port(),
-        cert = cert.cert_path.display().to_string(),
-        key = cert.key_path.display().to_string(),
-        ca = cluster.ca_cert_path().display().to_string(),
-    );
-    Config::parse(&text, std::path::Path::new("/")).unwrap()
+    support::config(cluster, "standby_admin", "standby_group", "[]")
 }
 
 #[tokio::test]

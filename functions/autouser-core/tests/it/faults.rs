@@ -88,13 +88,8 @@ async fn events_out_of_order() {
     assert_eq!(early_end.status, EndStatus::Noop);
     fx.start(event.clone()).await.unwrap();
     assert_eq!(assert_consistent(&fx, &alice, "late start").await, Some((true, 1)));
-    let config = fx.config();
-    let db = config.databases[0].resolve_static().unwrap();
-    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
     let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 13 * 3600;
-    let report = autouser_core::reaper::reap(&connection, &fx.db, &config, &db, later, |_| async { unreachable!() })
-        .await
-        .unwrap();
+    let report = fx.reap(later).await;
     assert_eq!(report.closed.len(), 1, "{report:?}");
     assert_eq!(assert_consistent(&fx, &alice, "reaped").await, Some((false, 0)));
 

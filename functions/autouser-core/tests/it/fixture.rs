@@ -216,6 +216,15 @@ roles:{roles}
         engine::session_end(&client, &req).await
     }
 
+    /// One reaper run on this test's database, as of `now` (Unix seconds).
+    pub async fn reap(&self, now: u64) -> autouser_core::reaper::ReapReport {
+        let config = self.config();
+        let db = config.databases[0].resolve_static().expect("a static database");
+        let connection = self.admin_client(&config, &self.db).await.unwrap();
+        let connect_to = |db_name: String| async move { self.admin_client(&self.config(), &db_name).await };
+        autouser_core::reaper::reap(&connection, &self.db, &config, &db, now, connect_to).await.unwrap()
+    }
+
     pub async fn admin_client(&self, config: &Config, dbname: &str) -> Result<AdminConnection, Error> {
         let db = config.databases[0].resolve_static().expect("a static database");
         let credentials = AdminCredentials::from_local_config(&db.auth)?;

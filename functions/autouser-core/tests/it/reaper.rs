@@ -4,21 +4,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use autouser_core::outcome::EndStatus;
-use autouser_core::reaper::{self, ReapReport};
 
 use crate::fixture::{connect, q, set, Fixture};
 
 fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// One reaper run on the fixture's database, as of `now`.
-async fn reap(fx: &Fixture, now: u64) -> ReapReport {
-    let config = fx.config();
-    let db = config.databases[0].resolve_static().unwrap();
-    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
-    let connect_to = |db_name: String| async move { fx.admin_client(&fx.config(), &db_name).await };
-    reaper::reap(&connection, &fx.db, &config, &db, now, connect_to).await.unwrap()
 }
 
 const THIRTEEN_HOURS: u64 = 13 * 3600;
@@ -59,7 +49,7 @@ async fn expired_sessions_close_idle_users_lock_and_live_ones_stay() {
     let bob_session = connect(&bob, &fx.db).await.expect("bob is connected");
 
     // Now: no session is old enough; carol is locked.
-    let report = reap(&fx, now()).await;
+    let report = fx.reap(now()).await;
     assert_eq!(report.closed, vec![]);
     assert_eq!(report.locked, vec![carol.clone()]);
     assert_eq!(report.failed, vec![]);
@@ -71,7 +61,7 @@ async fn expired_sessions_close_idle_users_lock_and_live_ones_stay() {
 
     // Thirteen hours later: alice's and frank's sessions close as their ends would have;
     // bob's stays, because bob is connected.
-    let report = reap(&fx, now() + THIRTEEN_HOURS).await;
+    let report = fx.reap(now() + THIRTEEN_HOURS).await;
     let closed: Vec<(&str, EndStatus)> = report.closed.iter().map(|c| (c.db_user.as_str(), c.status)).collect();
     assert_eq!(closed, vec![(alice.as_str(), EndStatus::Deactivated), (frank.as_str(), EndStatus::Dropped)]);
     assert_eq!(report.left_open.len(), 1);
@@ -88,12 +78,12 @@ async fn expired_sessions_close_idle_users_lock_and_live_ones_stay() {
     // Once bob disconnects, his session closes too, and everyone managed is locked.
     drop(bob_session);
     wait_until_disconnected(&fx, &bob).await;
-    let report = reap(&fx, now() + THIRTEEN_HOURS).await;
+    let report = fx.reap(now() + THIRTEEN_HOURS).await;
     assert_eq!(report.closed.len(), 1, "{report:?}");
     assert_eq!(report.closed[0].db_user, bob);
     assert!(fx.users_able_to_log_in().await.is_empty());
     // A second run finds nothing to do.
-    let again = reap(&fx, now() + THIRTEEN_HOURS).await;
+    let again = fx.reap(now() + THIRTEEN_HOURS).await;
     assert!(again.closed.is_empty() && again.locked.is_empty() && again.failed.is_empty(), "{again:?}");
 }
 
@@ -109,7 +99,7 @@ async fn the_reaper_never_locks_out_a_session_starting_beside_it() {
         // As if a lost end had left the user able to log in.
         fx.sql(&format!("ALTER ROLE {} LOGIN", q(&racer))).await;
         let session = format!("s{i}");
-        let (started, report) = tokio::join!(fx.start(fx.event(&session, &racer, &["keep"])), reap(&fx, now()));
+        let (started, report) = tokio::join!(fx.start(fx.event(&session, &racer, &["keep"])), fx.reap(now()));
         started.unwrap();
         assert!(report.failed.is_empty(), "{report:?}");
         let state = fx.state(&racer).await.unwrap();

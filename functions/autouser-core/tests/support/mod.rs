@@ -1,0 +1,52 @@
+//! What the test binaries that own their cluster share (`standby`, `crash`): an admin-side
+//! connection over TLS with a client certificate, and a one-database config.
+
+use autouser_core::config::{Config, TlsMode};
+use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
+use scratch_postgres::Cluster;
+
+/// `user` logged in to `postgres` on `cluster` with its client certificate.
+pub async fn connect_as(cluster: &Cluster, user: &str) -> AdminConnection {
+    let cert = cluster.client_cert(user).unwrap();
+    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
+    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
+    let params = ConnectParams {
+        host: cluster.host(),
+        port: cluster.port(),
+        hostaddr: None,
+        dbname: "postgres",
+        user,
+        tls: &tls,
+        credentials: &credentials,
+    };
+    pg::connect_admin(&params).await.unwrap()
+}
+
+/// Database `main` on `cluster`, administered by `admin` (certificate login), managed group
+/// `group`, and one role `devs` (mode `keep`) granting `db_roles` (a YAML list).
+pub fn config(cluster: &Cluster, admin: &str, group: &str, db_roles: &str) -> Config {
+    let cert = cluster.client_cert(admin).unwrap();
+    let text = format!(
+        r#"managed_group: {group}
+databases:
+  - name: main
+    type: self-hosted
+    uri: "localhost:{port}"
+    admin_user: {{name: {admin}, default_database: postgres}}
+    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
+    tls: {{mode: verify-full, ca_file: {ca:?}}}
+roles:
+  - kind: role
+    version: v7
+    metadata: {{name: devs}}
+    spec:
+      options: {{create_db_user_mode: keep}}
+      allow: {{db_labels: {{"*": "*"}}, db_names: ["*"], db_roles: {db_roles}}}
+"#,
+        port = cluster.port(),
+        cert = cert.cert_path.display().to_string(),
+        key = cert.key_path.display().to_string(),
+        ca = cluster.ca_cert_path().display().to_string(),
+    );
+    Config::parse(&text, std::path::Path::new("/")).unwrap()
+}
