@@ -5,6 +5,8 @@
   queue as its target, each sample is put on the bus, and the queues tell which rules matched
   (moto's own event matching, which handles `$or`);
 - every rule target retries and has a dead-letter queue;
+- every function has an Errors alarm, every dead-letter queue an alarm, and every alarm on a
+  pg-autouser metric names a metric and dimension that the functions emit (metrics.rs);
 - no IAM statement has a wildcard action or a bare "*" resource.
 
 Run with the project's virtualenv: .deps/venv/bin/python tests/test_template.py
@@ -20,7 +22,9 @@ import boto3
 from cfnlint.decode import cfn_yaml
 from moto.server import ThreadedMotoServer
 
-TEMPLATE = Path(__file__).resolve().parent.parent / "template.yaml"
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "template.yaml"
+METRICS_SOURCE = ROOT / "functions" / "autouser-lambda" / "src" / "metrics.rs"
 
 
 def session_event(source, detail_type):
@@ -137,6 +141,35 @@ def check_targets(template, problems):
                 problems.append(f"{name}: target {target['Id']} lacks a retry policy or a dead-letter queue")
 
 
+def check_alarms(template, problems):
+    resources = template["Resources"]
+    alarms = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::CloudWatch::Alarm"]
+
+    def alarmed(namespace, dimension_name, resource_name):
+        return any(
+            a["Namespace"] == namespace
+            and any(d["Name"] == dimension_name and d["Value"] in ({"Ref": resource_name},
+                                                                   {"Fn::GetAtt": [resource_name, "QueueName"]})
+                    for d in a["Dimensions"])
+            for a in alarms
+        )
+
+    for name, resource in resources.items():
+        if resource["Type"] == "AWS::Serverless::Function" and not alarmed("AWS/Lambda", "FunctionName", name):
+            problems.append(f"{name}: no Errors alarm")
+        if resource["Type"] == "AWS::SQS::Queue" and not alarmed("AWS/SQS", "QueueName", name):
+            problems.append(f"{name}: no alarm on its messages")
+    emitted = METRICS_SOURCE.read_text()
+    for alarm in alarms:
+        if alarm["Namespace"] != "pg-autouser":
+            continue
+        if f'"{alarm["MetricName"]}"' not in emitted:
+            problems.append(f"alarm on {alarm['MetricName']}, which metrics.rs never emits")
+        for dimension in alarm["Dimensions"]:
+            if f'"{dimension["Name"]}"' not in emitted:
+                problems.append(f"alarm on dimension {dimension['Name']}, which metrics.rs never sets")
+
+
 def statements(template):
     for name, resource in template["Resources"].items():
         document = resource.get("Properties", {}).get("PolicyDocument")
@@ -169,6 +202,7 @@ def main():
     problems = []
     check_patterns(template, problems)
     check_targets(template, problems)
+    check_alarms(template, problems)
     check_iam(template, problems)
     for problem in problems:
         print(f"FAIL: {problem}", file=sys.stderr)

@@ -1,6 +1,6 @@
-// AutoUserProvisioner: pg-autouser's three Lambda functions, the EventBridge rules that feed
-// them (with retries and a dead-letter queue each), the discovery triggers, alarms, and
-// least-privilege IAM. It mirrors template.yaml; see the README's Deployment section.
+// AutoUserProvisioner: pg-autouser's four Lambda functions, the EventBridge rules that feed
+// them (with retries and a dead-letter queue each), the discovery triggers, the reaper's
+// schedule, alarms, and least-privilege IAM. It mirrors template.yaml; see the README's Deployment section.
 
 import * as path from 'path';
 import { Duration, Stack, ArnFormat } from 'aws-cdk-lib';
@@ -45,6 +45,8 @@ export interface AutoUserProvisionerProps {
   readonly discoveryRegions?: string[];
   /** How often discovery sweeps; default every 15 minutes. */
   readonly discoverySchedule?: events.Schedule;
+  /** How often the reaper closes sessions whose end was lost; default every 15 minutes. */
+  readonly reaperSchedule?: events.Schedule;
   /** Default ARM_64. */
   readonly architecture?: lambda.Architecture;
   /** Alarms notify this topic when given. */
@@ -60,12 +62,16 @@ const FUNCTIONS = {
   sessionStart: { binary: 'session-start', memorySize: 512, timeout: Duration.seconds(30) },
   sessionEnd: { binary: 'session-end', memorySize: 512, timeout: Duration.seconds(30) },
   discovery: { binary: 'discovery', memorySize: 256, timeout: Duration.minutes(5) },
+  // Databases four at a time, each action bounded as session-end's; the next run picks up
+  // what a timeout leaves.
+  reaper: { binary: 'reaper', memorySize: 256, timeout: Duration.minutes(5) },
 } as const;
 
 export class AutoUserProvisioner extends Construct {
   public readonly sessionStart: lambda.IFunction;
   public readonly sessionEnd: lambda.IFunction;
   public readonly discovery: lambda.IFunction;
+  public readonly reaper: lambda.IFunction;
   public readonly eventBus: events.IEventBus;
   public readonly deadLetterQueues: sqs.IQueue[] = [];
 
@@ -117,6 +123,8 @@ export class AutoUserProvisioner extends Construct {
       AUTOUSER_DISCOVERY_REGIONS: (props.discoveryRegions ?? [stack.region]).join(','),
     });
 
+    this.reaper = make('reaper');
+
     this.route('SessionStarted', this.sessionStart, props, {
       eventBus: this.eventBus,
       eventPattern: { source: [eventSource], detailType: ['Database Session Started'] },
@@ -144,6 +152,21 @@ export class AutoUserProvisioner extends Construct {
     });
     // `$or` is not in the typed EventPattern: the whole pattern replaces it on the resource.
     (rdsChanges.node.defaultChild as events.CfnRule).addPropertyOverride('EventPattern', RDS_CHANGE_PATTERN);
+
+    // The reaper, on a schedule; a failed run is retried twice, and the next run repeats it.
+    this.route('Reaper', this.reaper, props, {
+      description: 'pg-autouser reaper run',
+      schedule: props.reaperSchedule ?? events.Schedule.rate(Duration.minutes(15)),
+    }, { retryAttempts: 2, maxEventAge: Duration.minutes(10) });
+    // A database it could not reach, or a user it could not close or lock (its log says which).
+    this.alarm('ReaperFailures', 'the reaper could not reach a database, or close or lock a user (see its log)',
+      new cloudwatch.Metric({
+        namespace: 'pg-autouser',
+        metricName: 'ReaperFailures',
+        dimensionsMap: { Function: 'reaper' },
+        statistic: 'Sum',
+        period: Duration.minutes(15),
+      }), props);
   }
 
   private grantLeastPrivilege(role: iam.Role, stack: Stack, adminUserName: string, secretArns: string[]) {

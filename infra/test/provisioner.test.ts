@@ -61,17 +61,18 @@ function synth(): { stack: Stack; template: Template } {
 
 const { template } = synth();
 
-test('three functions on provided.al2023, arm64, in the VPC', () => {
+test('four functions on provided.al2023, arm64, in the VPC', () => {
   template.resourcePropertiesCountIs('AWS::Lambda::Function', {
     Runtime: 'provided.al2023',
     Handler: 'bootstrap',
     Architectures: ['arm64'],
     VpcConfig: Match.objectLike({ SecurityGroupIds: Match.anyValue() }),
-  }, 3);
-  template.resourceCountIs('AWS::SQS::Queue', 3);
-  template.resourceCountIs('AWS::Events::Rule', 4);
+  }, 4);
+  template.resourceCountIs('AWS::SQS::Queue', 4);
+  template.resourceCountIs('AWS::Events::Rule', 5);
   template.resourceCountIs('AWS::Events::EventBus', 1);
-  template.resourceCountIs('AWS::CloudWatch::Alarm', 6);
+  // An Errors alarm per function, one per dead-letter queue, and ReaperFailures.
+  template.resourceCountIs('AWS::CloudWatch::Alarm', 9);
 });
 
 test('IAM statements: no wildcard action, rds-db:connect only as the admin', () => {
@@ -100,6 +101,23 @@ test('rule patterns route session events and RDS changes', () => {
   });
   template.hasResourceProperties('AWS::Events::Rule', { EventPattern: RDS_CHANGE_PATTERN });
   template.hasResourceProperties('AWS::Events::Rule', { ScheduleExpression: 'rate(15 minutes)' });
+});
+
+test('the reaper runs on a schedule and its failures raise an alarm', () => {
+  const functions = template.findResources('AWS::Lambda::Function', { Properties: { Description: 'pg-autouser reaper' } });
+  const [reaper] = Object.keys(functions);
+  assert.ok(reaper, 'a reaper function');
+  template.hasResourceProperties('AWS::Events::Rule', {
+    Description: 'pg-autouser reaper run',
+    ScheduleExpression: 'rate(15 minutes)',
+    Targets: [Match.objectLike({ Arn: { 'Fn::GetAtt': [reaper, 'Arn'] } })],
+  });
+  template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+    Namespace: 'pg-autouser',
+    MetricName: 'ReaperFailures',
+    Dimensions: [{ Name: 'Function', Value: 'reaper' }],
+    Threshold: 0,
+  });
 });
 
 test('every rule target retries and has a dead-letter queue', () => {

@@ -46,6 +46,9 @@ struct Args {
     /// Only the object permission benchmark.
     #[arg(long)]
     objects_only: bool,
+    /// Only the Lambda footprint (with `--lambda-target-dir`).
+    #[arg(long, conflicts_with = "objects_only", requires = "lambda_target_dir")]
+    lambda_only: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -63,8 +66,9 @@ async fn main() -> ExitCode {
 async fn run(args: &Args) -> Result<(), String> {
     let install = PgInstall::from_env().map_err(|e| e.to_string())?;
     println!("## Machine\n\n{}\n- PostgreSQL {}\n", machine(), install.major());
+    let one_table = args.objects_only || args.lambda_only;
     for durability in [Durability::Production, Durability::Test] {
-        if args.objects_only && durability == Durability::Test {
+        if one_table && durability == Durability::Test {
             continue;
         }
         let cluster = Cluster::start_with(&install, durability).map_err(|e| e.to_string())?;
@@ -73,7 +77,7 @@ async fn run(args: &Args) -> Result<(), String> {
             Durability::Production => "p",
             Durability::Test => "t",
         };
-        if !args.objects_only {
+        if !one_table {
             match durability {
                 Durability::Production => println!("## Provisioning, durable server (fsync=on, the default)\n"),
                 Durability::Test => println!("## Provisioning, fsync=off (the server's commit cost removed)\n"),
@@ -81,13 +85,15 @@ async fn run(args: &Args) -> Result<(), String> {
             provisioning_tables(&cluster, args, run).await.map_err(|e| e.to_string())?;
         }
         if durability == Durability::Production {
-            if !args.objects_only {
+            if !one_table {
                 round_trip_table(&cluster).await.map_err(|e| e.to_string())?;
-                if let Some(dir) = &args.lambda_target_dir {
-                    lambda_tables(&cluster, dir, args.invocations).await?;
-                }
             }
-            object_table(&cluster, args).await.map_err(|e| e.to_string())?;
+            if let (false, Some(dir)) = (args.objects_only, &args.lambda_target_dir) {
+                lambda_tables(&cluster, dir, args.invocations).await?;
+            }
+            if !args.lambda_only {
+                object_table(&cluster, args).await.map_err(|e| e.to_string())?;
+            }
         }
     }
     Ok(())
@@ -257,7 +263,7 @@ async fn round_trip_table(cluster: &Cluster) -> Result<(), autouser_core::Error>
 }
 
 async fn lambda_tables(cluster: &Cluster, target_dir: &std::path::Path, invocations: usize) -> Result<(), String> {
-    let functions = ["session-start", "session-end", "discovery"];
+    let functions = ["session-start", "session-end", "discovery", "reaper"];
     println!("## Lambda footprint\n");
     println!("| function | x86-64 zip | arm64 zip |");
     println!("|---|---:|---:|");

@@ -24,6 +24,7 @@ use crate::engine;
 use crate::ledger::{Ledger, SessionRecord};
 use crate::outcome::EndStatus;
 use crate::pg::AdminConnection;
+use crate::policy::CreateDbUserMode;
 use crate::request::{EndRequest, Target};
 use crate::sql;
 use crate::Error;
@@ -64,7 +65,10 @@ pub struct LeftOpen {
 pub struct Closed {
     pub db_user: String,
     pub session_id: String,
+    pub db_name: String,
+    pub mode: CreateDbUserMode,
     pub started_at: u64,
+    /// `deactivated` or `dropped` when it was the user's last session, `in_use` otherwise.
     pub status: EndStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -82,7 +86,8 @@ pub struct Failed {
 pub struct ReapReport {
     pub database: String,
     pub managed_users: usize,
-    /// Sessions closed as their session-end would have.
+    /// Sessions closed as their session-end would have. A session that a session-end or
+    /// another reaper closed first is not listed.
     pub closed: Vec<Closed>,
     /// Users locked because they could log in with no open session.
     pub locked: Vec<String>,
@@ -203,12 +208,16 @@ where
                     Err(error) => Err(error),
                 };
                 match result {
+                    // Closed meanwhile, by its late session-end or by another reaper.
+                    Ok(outcome) if outcome.status == EndStatus::Noop => {}
                     Ok(outcome) => {
                         tracing::info!(db_user = %user, session_id = %session_id, status = ?outcome.status,
                             started_at = record.started_at, "reaper closed an expired session");
                         report.closed.push(Closed {
                             db_user: user,
                             session_id,
+                            db_name: record.db_name,
+                            mode: record.mode,
                             started_at: record.started_at,
                             status: outcome.status,
                             reason: outcome.reason,
@@ -257,7 +266,6 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::CreateDbUserMode;
 
     fn ledger(sessions: &[(&str, u64)]) -> Option<String> {
         let mut ledger = Ledger::default();

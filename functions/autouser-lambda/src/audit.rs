@@ -6,15 +6,22 @@
 //! | session-end: last session, `keep`         | `Database User Deactivated` |
 //! | session-end: last session, dropped        | `Database User Dropped`     |
 //! | a permanent error, or an unreadable event | `Database Session Refused`  |
+//! | reaper: an expired session was the last, `keep` | `Database User Deactivated` |
+//! | reaper: an expired session was the last, dropped | `Database User Dropped`  |
+//! | reaper: a user able to log in with no session, locked | `Database User Deactivated` |
 //!
 //! Nothing is audited for a session end that leaves other sessions open or changes nothing,
-//! nor for a transient failure (it is retried, and audited when it settles).
+//! nor for a transient failure (it is retried, and audited when it settles). The reaper's
+//! events say `"function": "reaper"` and why in `reason`; they have no person (`user`), since
+//! the ledger keeps only the database user.
 //!
 //! Every audit event is also logged (`audit` field), so the record exists in CloudWatch Logs
 //! even without a bus or when `PutEvents` fails. A failed put never fails the session: the
 //! database change is already made, and the log line and the `AuditFailures` metric say so.
 
 use autouser_aws::SdkConfig;
+use autouser_core::outcome::EndStatus;
+use autouser_core::reaper::Closed;
 use serde_json::{json, Value};
 
 use crate::bus::EventBus;
@@ -83,6 +90,53 @@ pub fn of_refusal(function: Function, event: Option<&Value>, kind: &str, reason:
     AuditEvent { detail_type: "Database Session Refused", detail: Value::Object(detail) }
 }
 
+/// The audit event of an expired session the reaper closed on `database`, if the user
+/// changed (it was the user's last session). Pure.
+pub fn of_reaped_session(database: &str, closed: &Closed) -> Option<AuditEvent> {
+    let detail_type = match closed.status {
+        EndStatus::Deactivated => "Database User Deactivated",
+        EndStatus::Dropped => "Database User Dropped",
+        EndStatus::InUse | EndStatus::Noop => return None,
+    };
+    let reason = format!(
+        "closed by the reaper: the session started at {} (Unix time) is older than max_session_duration \
+         and its user had no live connection, so its session-end was lost",
+        closed.started_at
+    );
+    Some(reaper_event(
+        detail_type,
+        database,
+        Some(&closed.session_id),
+        Some(&closed.db_name),
+        &closed.db_user,
+        json!(closed.mode),
+        reason,
+    ))
+}
+
+/// The audit event of a user the reaper locked on `database`. Pure.
+pub fn of_locked_user(database: &str, db_user: &str) -> AuditEvent {
+    let reason = "locked by the reaper: the user could log in with no open session in its ledger".to_string();
+    reaper_event("Database User Deactivated", database, None, None, db_user, json!("keep"), reason)
+}
+
+fn reaper_event(
+    detail_type: &'static str,
+    database: &str,
+    session_id: Option<&str>,
+    db_name: Option<&str>,
+    db_user: &str,
+    mode: Value,
+    reason: String,
+) -> AuditEvent {
+    let detail = json!({
+        "function": crate::reaper::FUNCTION_NAME, "session_id": session_id, "user": null, "origin_cluster": null,
+        "database": database, "db_name": db_name, "access_roles": null, "db_user": db_user, "roles": [],
+        "mode": mode, "reason": reason,
+    });
+    AuditEvent { detail_type, detail }
+}
+
 /// Where audit events go: the log always, and an EventBridge bus when configured.
 pub struct Auditor {
     bus: Option<EventBus>,
@@ -99,8 +153,9 @@ impl Auditor {
         Auditor { bus: Some(EventBus::new(sdk, name, source)) }
     }
 
-    /// Records `event`. Never fails: see the module's documentation.
-    pub async fn record(&self, function: Function, event: AuditEvent) {
+    /// Records `event` of the function named `function`. Never fails: see the module's
+    /// documentation.
+    pub async fn record(&self, function: &str, event: AuditEvent) {
         tracing::info!(audit = %event.detail, detail_type = event.detail_type, "audit event");
         let Some(bus) = &self.bus else { return };
         for (_, problem) in bus.put(&[(event.detail_type, event.detail.clone())]).await {
@@ -171,5 +226,41 @@ mod tests {
         assert_eq!(audit.detail["reason"], "event field `session_id` is missing");
         let unreadable = of_refusal(Function::SessionEnd, None, "EventInvalid", "not JSON");
         assert_eq!(unreadable.detail["function"], "session-end");
+    }
+
+    #[test]
+    fn the_reaper_audits_what_changed_a_user_and_says_why() {
+        let closed = |status| Closed {
+            db_user: "alice".into(),
+            session_id: "s1".into(),
+            db_name: "app".into(),
+            mode: autouser_core::policy::CreateDbUserMode::BestEffortDrop,
+            started_at: 1_700_000_000,
+            status,
+            reason: None,
+        };
+        let dropped = of_reaped_session("orders", &closed(EndStatus::Dropped)).unwrap();
+        assert_eq!(dropped.detail_type, "Database User Dropped");
+        assert_eq!(dropped.detail["function"], "reaper");
+        assert_eq!(dropped.detail["database"], "orders");
+        assert_eq!(dropped.detail["db_name"], "app");
+        assert_eq!(dropped.detail["session_id"], "s1");
+        assert_eq!(dropped.detail["db_user"], "alice");
+        assert_eq!(dropped.detail["mode"], "best_effort_drop");
+        assert_eq!(dropped.detail["user"], Value::Null, "the ledger does not know the person");
+        let reason = dropped.detail["reason"].as_str().unwrap();
+        assert!(reason.contains("1700000000") && reason.contains("max_session_duration"), "{reason}");
+        assert_eq!(
+            of_reaped_session("orders", &closed(EndStatus::Deactivated)).unwrap().detail_type,
+            "Database User Deactivated"
+        );
+        assert_eq!(of_reaped_session("orders", &closed(EndStatus::InUse)), None, "the user did not change");
+
+        let locked = of_locked_user("orders", "bob");
+        assert_eq!(locked.detail_type, "Database User Deactivated");
+        assert_eq!(locked.detail["db_user"], "bob");
+        assert_eq!(locked.detail["session_id"], Value::Null);
+        assert_eq!(locked.detail["mode"], "keep");
+        assert!(locked.detail["reason"].as_str().unwrap().contains("no open session"));
     }
 }

@@ -10,7 +10,7 @@ use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
 
 use crate::bus::EventBus;
-use crate::{init_tracing, FunctionError, InitError, Settings};
+use crate::{built_or_exit, init_tracing, FunctionError, InitError, Settings};
 
 /// Default number of databases checked at the same time.
 pub const DEFAULT_CONCURRENCY: usize = 8;
@@ -176,13 +176,7 @@ fn options_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<DiscoveryOp
 /// The discovery function's `main`.
 pub async fn run() -> Result<(), lambda_runtime::Error> {
     init_tracing();
-    let discovery = match Discovery::from_env().await {
-        Ok(discovery) => discovery,
-        Err(e) => {
-            tracing::error!(function = "discovery", error = %e, "the function cannot start: fix its environment");
-            std::process::exit(1);
-        }
-    };
+    let discovery = built_or_exit("discovery", Discovery::from_env().await);
     lambda_runtime::run(lambda_runtime::service_fn(|event| discovery.handle(event))).await
 }
 

@@ -15,6 +15,7 @@ pub mod discovery;
 pub mod input;
 pub mod metrics;
 pub mod pool;
+pub mod reaper;
 
 use std::time::Instant;
 
@@ -54,6 +55,8 @@ pub enum InitError {
     Config(#[from] autouser_core::config::ConfigError),
     #[error("{0}")]
     Discovery(String),
+    #[error("{0}")]
+    Reaper(String),
 }
 
 /// What the environment says, validated; no I/O but reading a config file.
@@ -190,7 +193,7 @@ pub async fn handle(state: &State, function: Function, event: LambdaEvent<Value>
 async fn refuse_unreadable(state: &State, function: Function, message_id: Option<&str>, reason: &str) {
     tracing::warn!(message_id, error = reason, "refused an invocation it cannot read");
     metrics::refusal(function, "EventInvalid");
-    state.auditor.record(function, audit::of_refusal(function, None, "EventInvalid", reason)).await;
+    state.auditor.record(function.name(), audit::of_refusal(function, None, "EventInvalid", reason)).await;
 }
 
 /// One session event: decide, connect (from the pool), apply. Logs, counts and audits the
@@ -204,7 +207,7 @@ async fn process(state: &State, function: Function, event: Value) -> Result<Valu
             tracing::info!(status, "session event applied");
             metrics::outcome(function, status, started.elapsed());
             if let Some(audit) = audit::of_outcome(function, &event, outcome) {
-                state.auditor.record(function, audit).await;
+                state.auditor.record(function.name(), audit).await;
             }
         }
         Err(e) if e.is_transient() => {
@@ -215,7 +218,7 @@ async fn process(state: &State, function: Function, event: Value) -> Result<Valu
             tracing::warn!(kind = e.kind(), error = %e, "session refused");
             metrics::refusal(function, e.kind());
             let audit = audit::of_refusal(function, Some(&event), e.kind(), &e.to_string());
-            state.auditor.record(function, audit).await;
+            state.auditor.record(function.name(), audit).await;
         }
     }
     result
@@ -273,14 +276,17 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
 /// the container. A bad environment is logged and ends the process before any invocation.
 pub async fn run(function: Function) -> Result<(), lambda_runtime::Error> {
     init_tracing();
-    let state = match State::from_env().await {
-        Ok(state) => state,
-        Err(e) => {
-            tracing::error!(function = function.name(), error = %e, "the function cannot start: fix its environment");
-            std::process::exit(1);
-        }
-    };
+    let state = built_or_exit(function.name(), State::from_env().await);
     lambda_runtime::run(lambda_runtime::service_fn(|event| handle(&state, function, event))).await
+}
+
+/// What a function's `main` built from the environment; or the error logged and the process
+/// ended, before any invocation (Lambda reports an init error).
+pub(crate) fn built_or_exit<T>(function: &str, built: Result<T, InitError>) -> T {
+    built.unwrap_or_else(|e| {
+        tracing::error!(function, error = %e, "the function cannot start: fix its environment");
+        std::process::exit(1)
+    })
 }
 
 /// JSON logs on stdout (CloudWatch), `RUST_LOG` or `info`, and never the credential-bearing

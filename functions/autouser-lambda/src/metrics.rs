@@ -47,7 +47,7 @@ pub fn outcome_line(function: Function, status: &str, latency: Duration, now: Sy
 
 /// The EMF line counting one `metric` (`Refusals`, `TransientFailures`) of kind `kind`.
 /// Pure, for tests.
-pub fn kind_line(function: Function, metric: &str, kind: &str, now: SystemTime) -> Value {
+pub fn kind_line(function: &str, metric: &str, kind: &str, now: SystemTime) -> Value {
     json!({
         "_aws": {
             "Timestamp": millis(now),
@@ -57,7 +57,7 @@ pub fn kind_line(function: Function, metric: &str, kind: &str, now: SystemTime) 
                 "Metrics": [{"Name": metric, "Unit": "Count"}]
             }]
         },
-        "Function": function.name(),
+        "Function": function,
         "Kind": kind,
         metric: 1,
     })
@@ -69,43 +69,64 @@ pub fn outcome(function: Function, status: &str, latency: Duration) {
 
 /// A permanent error of kind `kind`: the session was refused.
 pub fn refusal(function: Function, kind: &str) {
-    println!("{}", kind_line(function, "Refusals", kind, SystemTime::now()));
+    println!("{}", kind_line(function.name(), "Refusals", kind, SystemTime::now()));
 }
 
 /// A transient error of kind `kind`: the invocation or record will be retried.
 pub fn transient_failure(function: Function, kind: &str) {
-    println!("{}", kind_line(function, "TransientFailures", kind, SystemTime::now()));
+    println!("{}", kind_line(function.name(), "TransientFailures", kind, SystemTime::now()));
 }
 
 /// An audit event that could not be put on the bus (it is in the log).
-pub fn audit_failure(function: Function) {
+pub fn audit_failure(function: &str) {
     println!("{}", kind_line(function, "AuditFailures", "PutEvents", SystemTime::now()));
 }
 
 /// The EMF line of a discovery run: how many databases are in each state. Pure.
 pub fn discovery_line(report: &DiscoveryReport, now: SystemTime) -> Value {
-    json!({
-        "_aws": {
-            "Timestamp": millis(now),
-            "CloudWatchMetrics": [{
-                "Namespace": NAMESPACE,
-                "Dimensions": [["Function"]],
-                "Metrics": [
-                    {"Name": "DatabasesReady", "Unit": "Count"},
-                    {"Name": "DatabasesNeedingAttention", "Unit": "Count"},
-                    {"Name": "RegionsNotListed", "Unit": "Count"}
-                ]
-            }]
-        },
-        "Function": "discovery",
-        "DatabasesReady": report.count(DiscoveryStatus::Ready),
-        "DatabasesNeedingAttention": report.count(DiscoveryStatus::NeedsAttention),
-        "RegionsNotListed": report.failed_regions.len(),
-    })
+    let counts = [
+        ("DatabasesReady", report.count(DiscoveryStatus::Ready)),
+        ("DatabasesNeedingAttention", report.count(DiscoveryStatus::NeedsAttention)),
+        ("RegionsNotListed", report.failed_regions.len()),
+    ];
+    counts_line("discovery", &counts, now)
 }
 
 pub fn discovery(report: &DiscoveryReport) {
     println!("{}", discovery_line(report, SystemTime::now()));
+}
+
+/// The EMF line of a reaper run: sessions closed, users locked, expired sessions left open
+/// (their user is connected), and failures (databases not reached and actions that failed).
+/// Pure.
+pub fn reaper_line(totals: &crate::reaper::Totals, now: SystemTime) -> Value {
+    let counts = [
+        ("SessionsReaped", totals.closed),
+        ("UsersLocked", totals.locked),
+        ("ExpiredSessionsLeftOpen", totals.left_open),
+        ("ReaperFailures", totals.failed),
+    ];
+    counts_line(crate::reaper::FUNCTION_NAME, &counts, now)
+}
+
+pub fn reaper(totals: &crate::reaper::Totals) {
+    println!("{}", reaper_line(totals, SystemTime::now()));
+}
+
+/// An EMF line of one run's `counts`, each declared as a `Count`, dimension `Function`.
+fn counts_line(function: &str, counts: &[(&str, usize)], now: SystemTime) -> Value {
+    let declared: Vec<Value> = counts.iter().map(|(name, _)| json!({"Name": name, "Unit": "Count"})).collect();
+    let mut line = json!({
+        "_aws": {
+            "Timestamp": millis(now),
+            "CloudWatchMetrics": [{"Namespace": NAMESPACE, "Dimensions": [["Function"]], "Metrics": declared}]
+        },
+        "Function": function,
+    });
+    for (name, count) in counts {
+        line[*name] = json!(count);
+    }
+    line
 }
 
 fn millis(time: SystemTime) -> u128 {
@@ -129,7 +150,7 @@ mod tests {
 
     #[test]
     fn refusals_carry_their_kind_as_a_dimension() {
-        let line = kind_line(Function::SessionEnd, "Refusals", "UserConflict", UNIX_EPOCH);
+        let line = kind_line(Function::SessionEnd.name(), "Refusals", "UserConflict", UNIX_EPOCH);
         assert_eq!(line["Kind"], "UserConflict");
         assert_eq!(line["Refusals"], 1);
         assert_eq!(line["_aws"]["CloudWatchMetrics"][0]["Metrics"][0]["Name"], "Refusals");
@@ -141,5 +162,41 @@ mod tests {
         assert_eq!(metric_for("deactivated"), "Deactivations");
         assert_eq!(metric_for("dropped"), "Drops");
         assert_eq!(metric_for("noop"), "Noops");
+    }
+
+    #[test]
+    fn reaper_line_counts_what_the_run_did() {
+        let totals = crate::reaper::Totals { closed: 2, locked: 1, left_open: 3, failed: 4 };
+        let line = reaper_line(&totals, UNIX_EPOCH);
+        assert_eq!(line["Function"], "reaper");
+        assert_eq!((&line["SessionsReaped"], &line["UsersLocked"]), (&json!(2), &json!(1)));
+        assert_eq!((&line["ExpiredSessionsLeftOpen"], &line["ReaperFailures"]), (&json!(3), &json!(4)));
+        let declared: Vec<&str> = line["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["Name"].as_str().unwrap())
+            .collect();
+        assert_eq!(declared, ["SessionsReaped", "UsersLocked", "ExpiredSessionsLeftOpen", "ReaperFailures"]);
+    }
+
+    #[test]
+    fn discovery_line_counts_regions_not_listed() {
+        let report = DiscoveryReport {
+            databases: vec![],
+            failed_regions: vec![autouser_aws::discovery::RegionFailure {
+                region: "eu-west-1".into(),
+                reason: "throttled".into(),
+            }],
+        };
+        let line = discovery_line(&report, UNIX_EPOCH);
+        assert_eq!(
+            (&line["Function"], &line["RegionsNotListed"], &line["DatabasesReady"]),
+            (&json!("discovery"), &json!(1), &json!(0))
+        );
+        assert_eq!(
+            line["_aws"]["CloudWatchMetrics"][0]["Metrics"][2],
+            json!({"Name": "RegionsNotListed", "Unit": "Count"})
+        );
     }
 }

@@ -108,3 +108,36 @@ async fn the_reaper_never_locks_out_a_session_starting_beside_it() {
         fx.end(fx.event(&session, &racer, &["keep"])).await.unwrap();
     }
 }
+
+/// Two reapers at once (overlapping schedules, a retried invocation): each expired session is
+/// closed by one of them, each idle user locked by one, and neither fails.
+#[tokio::test]
+async fn two_reapers_at_once_do_each_thing_once() {
+    let fx = Fixture::new("rp_twice").await;
+    let mut expired: Vec<String> = (0..6).map(|i| fx.user(&format!("u{i}"))).collect();
+    for user in &expired {
+        fx.start(fx.event("s1", user, &["keep"])).await.unwrap();
+    }
+    let mut idle: Vec<String> = (0..4).map(|i| fx.user(&format!("idle{i}"))).collect();
+    for user in &idle {
+        fx.sql(&format!(
+            "SET ROLE {admin}; CREATE ROLE {user} LOGIN IN ROLE {group}; RESET ROLE",
+            admin = q(&fx.admin),
+            user = q(user),
+            group = q(&fx.group)
+        ))
+        .await;
+    }
+    let later = now() + THIRTEEN_HOURS;
+    let (first, second) = tokio::join!(fx.reap(later), fx.reap(later));
+    assert!(first.failed.is_empty() && second.failed.is_empty(), "{first:?}\n{second:?}");
+    let mut closed: Vec<String> = first.closed.iter().chain(&second.closed).map(|c| c.db_user.clone()).collect();
+    closed.sort();
+    expired.sort();
+    assert_eq!(closed, expired, "each session closed once:\n{first:?}\n{second:?}");
+    let mut locked: Vec<String> = first.locked.iter().chain(&second.locked).cloned().collect();
+    locked.sort();
+    idle.sort();
+    assert_eq!(locked, idle, "each idle user locked once:\n{first:?}\n{second:?}");
+    assert!(fx.users_able_to_log_in().await.is_empty());
+}

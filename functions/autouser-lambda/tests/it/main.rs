@@ -2,6 +2,7 @@
 
 mod audit;
 mod discovery;
+mod reaper;
 mod runtime;
 
 use std::sync::OnceLock;
@@ -22,8 +23,13 @@ fn cluster() -> &'static Cluster {
 }
 
 async fn superuser() -> Client {
+    connect_as("postgres").await.unwrap()
+}
+
+/// A connection as `user`, with its client certificate.
+async fn connect_as(user: &str) -> Result<Client, autouser_core::Error> {
     let cluster = cluster();
-    let cert = cluster.client_cert("postgres").unwrap();
+    let cert = cluster.client_cert(user).unwrap();
     let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
     let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
     let params = ConnectParams {
@@ -31,19 +37,29 @@ async fn superuser() -> Client {
         port: cluster.port(),
         hostaddr: None,
         dbname: "postgres",
-        user: "postgres",
+        user,
         tls: &tls,
         credentials: &credentials,
     };
-    pg::connect(&params).await.unwrap()
+    pg::connect(&params).await
 }
 
 /// A container's state for a test; see [`config_yaml`].
 async fn state(ns: &str) -> State {
-    let config = Config::parse(&config_yaml(ns).await, std::path::Path::new("/")).unwrap();
-    // No AWS is called for these databases; the SDK configuration is empty.
-    let aws = AwsContext::new(SdkConfig::builder().behavior_version(autouser_aws::BehaviorVersion::latest()).build());
-    State::new(config, aws, "autouser".into())
+    state_of(&config_yaml(ns).await)
+}
+
+fn state_of(config_yaml: &str) -> State {
+    State::new(parse_config(config_yaml), no_aws(), "autouser".into())
+}
+
+fn parse_config(config_yaml: &str) -> Config {
+    Config::parse(config_yaml, std::path::Path::new("/")).unwrap()
+}
+
+/// No AWS is called for the test databases; the SDK configuration is empty.
+fn no_aws() -> AwsContext {
+    AwsContext::new(SdkConfig::builder().behavior_version(autouser_aws::BehaviorVersion::latest()).build())
 }
 
 /// The config of a test, whose objects it creates: admin `<ns>_admin` (cert), group

@@ -142,4 +142,20 @@ async fn functions_run_under_the_lambda_runtime_api() {
         .get(0);
     // One per function container: session-start's and session-end's.
     assert_eq!(admin_connections, 2, "{}", watch.log());
+
+    // The reaper, as its schedule invokes it, locks a managed user left able to log in with no
+    // session, and leaves kim (five open sessions) alone; `down` cannot be reached.
+    superuser()
+        .await
+        .batch_execute("SET ROLE lt_admin; CREATE ROLE lt_idle LOGIN IN ROLE lt_grp; RESET ROLE")
+        .await
+        .unwrap();
+    let scheduled = json!({"version": "0", "id": "5e1f", "detail-type": "Scheduled Event", "source": "aws.events",
+                           "account": "123456789012", "time": "2026-11-29T10:00:00Z", "region": "us-east-1",
+                           "resources": ["arn:aws:events:us-east-1:123456789012:rule/reaper"], "detail": {}});
+    let reaped = invoke("reaper", scheduled).unwrap_or_else(|e| panic!("{e}\n{}", watch.log()));
+    assert_eq!(reaped["databases"][0]["locked"], json!(["lt_idle"]), "{reaped}");
+    assert_eq!((&reaped["closed"], &reaped["failed"]), (&json!(0), &json!(1)), "{reaped}");
+    assert_eq!(can_login("lt_idle").await, Some(false));
+    assert_eq!(can_login("lt_kim").await, Some(true));
 }
