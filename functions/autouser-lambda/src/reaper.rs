@@ -10,8 +10,9 @@
 //! It reports what it did in one summary log line, one line per action (the core's), an audit
 //! event per user it changed, and an EMF line (`SessionsReaped`, `UsersLocked`,
 //! `ExpiredSessionsLeftOpen`, `ReaperFailures`). A database it cannot reach or an action that
-//! fails counts in `ReaperFailures`; the invocation itself fails only when no database could
-//! be reaped, as discovery fails only when no region could be listed.
+//! fails counts in `ReaperFailures`; an RDS database whose admin tag was removed (provisioning
+//! turned off) is skipped, not a failure. The invocation itself fails only when no database
+//! could be reaped and one failed, as discovery fails only when no region could be listed.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -53,11 +54,18 @@ impl Totals {
                     totals.left_open += report.left_open.len();
                     totals.failed += report.failed.len();
                 }
-                Err(_) => totals.failed += 1,
+                Err(error) if is_failure(error) => totals.failed += 1,
+                Err(_) => {}
             }
         }
         totals
     }
+}
+
+/// Whether a database that could not be reaped counts as a failure: all but a database whose
+/// admin tag was removed, where provisioning is off on purpose.
+fn is_failure(error: &Error) -> bool {
+    !matches!(error, Error::NotManaged { .. })
 }
 
 pub struct Reaper {
@@ -98,7 +106,7 @@ impl Reaper {
     }
 
     /// One run as if the time were `now` (Unix seconds): the summary, or an error when no
-    /// database could be reaped.
+    /// database could be reaped and one failed.
     pub async fn run_at(&self, now: u64) -> Result<Value, FunctionError> {
         let results: Vec<(String, Result<ReapReport, Error>)> = futures_util::stream::iter(&self.config.databases)
             .map(|db_config| async move { (db_config.name.clone(), self.reap_database(db_config, now).await) })
@@ -108,12 +116,13 @@ impl Reaper {
         for (database, result) in &results {
             match result {
                 Ok(report) => self.report(report).await,
-                Err(error) => tracing::error!(
+                Err(error) if is_failure(error) => tracing::error!(
                     database = %database,
                     kind = error.kind(),
                     error = %error,
                     "the reaper could not reach this database; its expired sessions stay open until a run does"
                 ),
+                Err(error) => tracing::info!(database = %database, error = %error, "the reaper skipped this database"),
             }
         }
         let totals = Totals::of(&results);
@@ -122,9 +131,12 @@ impl Reaper {
         tracing::info!(summary = %summary, "reaper finished");
         let unreached: Vec<String> = results
             .iter()
-            .filter_map(|(database, result)| result.as_ref().err().map(|error| format!("{database}: {error}")))
+            .filter_map(|(database, result)| {
+                result.as_ref().err().filter(|e| is_failure(e)).map(|e| format!("{database}: {e}"))
+            })
             .collect();
-        if !results.is_empty() && unreached.len() == results.len() {
+        let reaped = results.iter().filter(|(_, result)| result.is_ok()).count();
+        if reaped == 0 && !unreached.is_empty() {
             return Err(FunctionError {
                 kind: "DependencyUnavailable",
                 message: format!("no database could be reaped: {}", unreached.join("; ")),
@@ -232,7 +244,7 @@ mod tests {
     }
 
     #[test]
-    fn totals_count_unreached_databases_as_failures() {
+    fn totals_count_unreached_databases_as_failures_but_not_untagged_ones() {
         let report = |closed: usize| ReapReport {
             database: "orders".into(),
             managed_users: 3,
@@ -254,11 +266,20 @@ mod tests {
         let results = vec![
             ("orders".to_string(), Ok(report(2))),
             ("down".to_string(), Err(Error::UnknownDatabase { database: "down".into() })),
+            (
+                "untagged".to_string(),
+                Err(Error::NotManaged {
+                    database: "untagged".into(),
+                    resource: "db:untagged".into(),
+                    tag: "teleport.dev/db-admin".into(),
+                }),
+            ),
         ];
         let totals = Totals::of(&results);
         assert_eq!(totals, Totals { closed: 2, locked: 1, left_open: 0, failed: 1 });
         let summary = summary(&results, &totals);
         assert_eq!(summary["databases"][1]["kind"], "UnknownDatabase");
         assert_eq!(summary["databases"][0]["closed"][1]["db_user"], "u1");
+        assert_eq!(summary["databases"][2]["kind"], "NotManaged", "a database with provisioning off is skipped");
     }
 }
