@@ -23,9 +23,9 @@ pub async fn prepare(cluster: &Cluster, tables: usize) -> Result<(), Error> {
         endpoint: "benchmark server".into(),
         detail: format!("creating the object benchmark's tables: {e}"),
     };
-    let superuser = provisioning::connect_as_to(cluster, cluster.superuser(), "postgres").await?;
+    let superuser = scratch_login::connect(cluster, cluster.superuser(), "postgres").await?;
     superuser.batch_execute(&format!("CREATE DATABASE {DATABASE}")).await.map_err(failed)?;
-    let owner = provisioning::connect_as_to(cluster, cluster.superuser(), DATABASE).await?;
+    let owner = scratch_login::connect(cluster, cluster.superuser(), DATABASE).await?;
     owner
         .batch_execute(&format!(
             "CREATE SCHEMA {SCHEMA};

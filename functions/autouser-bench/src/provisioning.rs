@@ -80,27 +80,7 @@ fn client_cert(cluster: &Cluster, user: &str) -> Result<scratch_postgres::Client
 }
 
 async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Error> {
-    connect_as_to(cluster, user, "postgres").await
-}
-
-/// Logs in as `user` to database `dbname`, over TLS with a client certificate.
-pub async fn connect_as_to(cluster: &Cluster, user: &str, dbname: &str) -> Result<Client, Error> {
-    let cert = client_cert(cluster, user)?;
-    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
-    let tls = TlsSettings {
-        mode: autouser_core::config::TlsMode::VerifyFull,
-        ca_pem: Some(cluster.ca_cert_pem().to_string()),
-    };
-    pg::connect(&ConnectParams {
-        host: cluster.host(),
-        port: cluster.port(),
-        hostaddr: None,
-        dbname,
-        user,
-        tls: &tls,
-        credentials: &credentials,
-    })
-    .await
+    scratch_login::connect(cluster, user, "postgres").await
 }
 
 /// The config of `cluster` reached on `port` (the server's, or a proxy's), as the CLI and the

@@ -10,8 +10,6 @@
 
 use std::path::{Path, PathBuf};
 
-use autouser_core::config::TlsMode;
-use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::sql::{quote_ident, quote_literal};
 use autouser_core::tokio_postgres::Client;
 use scratch_postgres::{Cluster, PgInstall};
@@ -287,17 +285,5 @@ async fn show(client: &Client, user: &str, when: &str) -> Result<(), Failure> {
 }
 
 async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Failure> {
-    let cert = cluster.client_cert(user).map_err(failure)?;
-    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem.clone(), key_pem: cert.key_pem.clone() };
-    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
-    let params = ConnectParams {
-        host: cluster.host(),
-        port: cluster.port(),
-        hostaddr: None,
-        dbname: "postgres",
-        user,
-        tls: &tls,
-        credentials: &credentials,
-    };
-    pg::connect(&params).await.map_err(|e| failure(format!("connecting as {user}: {e}")))
+    scratch_login::connect(cluster, user, "postgres").await.map_err(|e| failure(format!("connecting as {user}: {e}")))
 }

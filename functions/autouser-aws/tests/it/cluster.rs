@@ -2,8 +2,7 @@
 
 use std::sync::OnceLock;
 
-use autouser_core::config::{Config, TlsMode};
-use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::config::Config;
 use autouser_core::sql::{quote_ident, quote_literal};
 use autouser_core::tokio_postgres::Client;
 use scratch_postgres::{Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
@@ -14,25 +13,8 @@ pub fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| Cluster::start(&PgInstall::from_env().expect("a PostgreSQL installation")).unwrap())
 }
 
-pub fn tls() -> TlsSettings {
-    TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster().ca_cert_pem().to_string()) }
-}
-
 pub async fn superuser() -> Client {
-    let cert = cluster().client_cert("postgres").unwrap();
-    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
-    let tls = tls();
-    pg::connect(&ConnectParams {
-        host: cluster().host(),
-        port: cluster().port(),
-        hostaddr: None,
-        dbname: "postgres",
-        user: "postgres",
-        tls: &tls,
-        credentials: &credentials,
-    })
-    .await
-    .unwrap()
+    scratch_login::connect(cluster(), "postgres", "postgres").await.unwrap()
 }
 
 /// Creates `admin` (LOGIN CREATEROLE); with a password, as a password-login user.

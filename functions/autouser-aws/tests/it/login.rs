@@ -15,20 +15,7 @@ use scratch_aws::Moto;
 async fn admin_logs_in_over_tls_with_an_iam_token_as_password() {
     let cluster = Cluster::start(&PgInstall::from_env().unwrap()).unwrap();
     let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
-    let superuser_cert = cluster.client_cert("postgres").unwrap();
-    let superuser_credentials =
-        AdminCredentials::ClientCert { cert_pem: superuser_cert.cert_pem, key_pem: superuser_cert.key_pem };
-    let superuser = pg::connect(&ConnectParams {
-        host: cluster.host(),
-        port: cluster.port(),
-        hostaddr: None,
-        dbname: "postgres",
-        user: "postgres",
-        tls: &tls,
-        credentials: &superuser_credentials,
-    })
-    .await
-    .unwrap();
+    let superuser = scratch_login::connect(&cluster, "postgres", "postgres").await.unwrap();
 
     let admin = "teleport-admin";
     let credentials = Credentials::new("AKIDEXAMPLE", "secret/key+value", Some("session/token=".into()), None, "test");

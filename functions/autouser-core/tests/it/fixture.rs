@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
 
-use autouser_core::config::{Config, TlsMode};
+use autouser_core::config::Config;
 use autouser_core::event::SessionEvent;
 use autouser_core::outcome::{EndOutcome, StartOutcome};
 use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
@@ -276,18 +276,5 @@ pub fn set(items: &[&str]) -> BTreeSet<String> {
 
 /// Connects to the test cluster as `user` with a client certificate.
 pub async fn connect(user: &str, dbname: &str) -> Result<Client, Error> {
-    let cluster = cluster();
-    let cert = cluster.client_cert(user).expect("client cert");
-    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem.clone(), key_pem: cert.key_pem.clone() };
-    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
-    let params = ConnectParams {
-        host: cluster.host(),
-        port: cluster.port(),
-        hostaddr: None,
-        dbname,
-        user,
-        tls: &tls,
-        credentials: &credentials,
-    };
-    pg::connect(&params).await
+    scratch_login::connect(cluster(), user, dbname).await
 }

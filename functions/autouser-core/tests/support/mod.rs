@@ -1,25 +1,13 @@
 //! What the test binaries that own their cluster share (`standby`, `crash`): an admin-side
 //! connection over TLS with a client certificate, and a one-database config.
 
-use autouser_core::config::{Config, TlsMode};
-use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::config::Config;
+use autouser_core::pg::AdminConnection;
 use scratch_postgres::Cluster;
 
 /// `user` logged in to `postgres` on `cluster` with its client certificate.
 pub async fn connect_as(cluster: &Cluster, user: &str) -> AdminConnection {
-    let cert = cluster.client_cert(user).unwrap();
-    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
-    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
-    let params = ConnectParams {
-        host: cluster.host(),
-        port: cluster.port(),
-        hostaddr: None,
-        dbname: "postgres",
-        user,
-        tls: &tls,
-        credentials: &credentials,
-    };
-    pg::connect_admin(&params).await.unwrap()
+    scratch_login::connect_admin(cluster, user, "postgres").await.unwrap()
 }
 
 /// Database `main` on `cluster`, administered by `admin` (certificate login), managed group

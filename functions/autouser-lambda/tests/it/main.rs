@@ -8,8 +8,7 @@ mod runtime;
 use std::sync::OnceLock;
 
 use autouser_aws::{AwsContext, SdkConfig};
-use autouser_core::config::{Config, TlsMode};
-use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::config::Config;
 use autouser_core::tokio_postgres::Client;
 use autouser_lambda::{handle, Function, State};
 use lambda_runtime::{Context, LambdaEvent};
@@ -28,20 +27,7 @@ async fn superuser() -> Client {
 
 /// A connection as `user`, with its client certificate.
 async fn connect_as(user: &str) -> Result<Client, autouser_core::Error> {
-    let cluster = cluster();
-    let cert = cluster.client_cert(user).unwrap();
-    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem };
-    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
-    let params = ConnectParams {
-        host: cluster.host(),
-        port: cluster.port(),
-        hostaddr: None,
-        dbname: "postgres",
-        user,
-        tls: &tls,
-        credentials: &credentials,
-    };
-    pg::connect(&params).await
+    scratch_login::connect(cluster(), user, "postgres").await
 }
 
 /// A container's state for a test; see [`config_yaml`].

@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use autouser_core::config::TlsMode;
-use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
 use scratch_postgres::{Cluster, PgInstall};
 use serde_json::Value;
 
@@ -24,20 +22,7 @@ pub(crate) fn cluster() -> &'static Cluster {
 
 /// Runs SQL as the superuser.
 pub(crate) async fn superuser_sql(sql: &str) {
-    let cluster = cluster();
-    let cert = cluster.client_cert("postgres").unwrap();
-    let credentials = AdminCredentials::ClientCert { cert_pem: cert.cert_pem.clone(), key_pem: cert.key_pem.clone() };
-    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
-    let params = ConnectParams {
-        host: cluster.host(),
-        port: cluster.port(),
-        hostaddr: None,
-        dbname: "postgres",
-        user: "postgres",
-        tls: &tls,
-        credentials: &credentials,
-    };
-    let client = pg::connect(&params).await.expect("superuser connects");
+    let client = scratch_login::connect(cluster(), "postgres", "postgres").await.expect("superuser connects");
     client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
 }
 

@@ -1,0 +1,41 @@
+//! Logins to a [`scratch_postgres::Cluster`] as any role: over TLS, verified against the
+//! cluster's CA (`verify-full`), with the role's client certificate, through autouser-core's
+//! connector. For tests, the demo and the benchmarks. (`scratch-postgres` itself depends on
+//! no crate of ours, so this lives apart.)
+
+use autouser_core::config::TlsMode;
+use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_core::tokio_postgres::Client;
+use autouser_core::Error;
+use scratch_postgres::Cluster;
+
+/// `user` logged in to `dbname` on `cluster`.
+pub async fn connect(cluster: &Cluster, user: &str, dbname: &str) -> Result<Client, Error> {
+    let (tls, credentials) = certificate_login(cluster, user)?;
+    pg::connect(&params(cluster, user, dbname, &tls, &credentials)).await
+}
+
+/// `user` logged in to `dbname` on `cluster`, as the engine's admin connection.
+pub async fn connect_admin(cluster: &Cluster, user: &str, dbname: &str) -> Result<AdminConnection, Error> {
+    let (tls, credentials) = certificate_login(cluster, user)?;
+    pg::connect_admin(&params(cluster, user, dbname, &tls, &credentials)).await
+}
+
+fn certificate_login(cluster: &Cluster, user: &str) -> Result<(TlsSettings, AdminCredentials), Error> {
+    let cert = cluster.client_cert(user).map_err(|e| Error::Unreachable {
+        endpoint: format!("{}:{}", cluster.host(), cluster.port()),
+        detail: format!("no client certificate for {user}: {e}"),
+    })?;
+    let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
+    Ok((tls, AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem }))
+}
+
+fn params<'a>(
+    cluster: &'a Cluster,
+    user: &'a str,
+    dbname: &'a str,
+    tls: &'a TlsSettings,
+    credentials: &'a AdminCredentials,
+) -> ConnectParams<'a> {
+    ConnectParams { host: cluster.host(), port: cluster.port(), hostaddr: None, dbname, user, tls, credentials }
+}
