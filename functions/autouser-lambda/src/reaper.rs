@@ -120,7 +120,7 @@ impl Reaper {
                     database = %database,
                     kind = error.kind(),
                     error = %error,
-                    "the reaper could not reach this database; its expired sessions stay open until a run does"
+                    "the reaper could not reap this database; its expired sessions stay open until a run does"
                 ),
                 Err(error) => tracing::info!(database = %database, error = %error, "the reaper skipped this database"),
             }
