@@ -6,7 +6,12 @@
 //! role name ([`Cluster::client_cert`] mints one), except members of [`PASSWORD_LOGIN_GROUP`],
 //! who log in with a SCRAM password. PostgreSQL refuses to run as root, so when the caller is
 //! root the server runs as the OS user `postgres`.
+//!
+//! Dropping a cluster stops its server and removes its directory. Test fixtures keep clusters
+//! in `static`s, which are never dropped: for those, the server dies with the process
+//! ([`spawn_tied_to_this_process`]) and an exit handler removes the directory (`leftovers`).
 
+mod leftovers;
 mod round_trips;
 
 pub use round_trips::{Cut, RoundTripCounter};
@@ -164,6 +169,7 @@ impl Cluster {
     pub fn start_with(install: &PgInstall, durability: Durability) -> Result<Cluster, Error> {
         let owner = server_owner()?;
         let dir = tempfile::Builder::new().prefix("scratch-postgres-").tempdir().map_err(io("creating a temp dir"))?;
+        leftovers::track(dir.path());
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.distinguished_name.push(DnType::CommonName, "scratch-postgres CA");
@@ -244,6 +250,7 @@ impl Cluster {
         }
         let owner = self.owner;
         let dir = tempfile::Builder::new().prefix("scratch-standby-").tempdir().map_err(io("creating a temp dir"))?;
+        leftovers::track(dir.path());
         let ca_cert_path = dir.path().join("ca.crt");
         write_file(&ca_cert_path, &self.ca_cert_pem, 0o644, owner)?;
         for (name, mode) in [("server.crt", 0o644), ("server.key", 0o600)] {
@@ -368,6 +375,7 @@ impl Cluster {
                 libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
             }
             let _ = child.wait();
+            leftovers::server_stopped(self.dir.path());
         }
         let deadline = Instant::now() + START_TIMEOUT;
         while TcpStream::connect(("127.0.0.1", self.port)).is_ok() && Instant::now() < deadline {
@@ -445,6 +453,7 @@ impl Cluster {
                 // "ready to accept connections", or "… read-only connections" for a standby.
                 && self.log_since(log_start).contains("ready to accept")
             {
+                leftovers::server_started(self.dir.path(), child.id());
                 self.child = Some(child);
                 return Ok(());
             }
@@ -478,6 +487,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        // Stopped below, and the directory removed with `dir`.
+        leftovers::untrack(self.dir.path());
         if let Some(mut child) = self.child.take() {
             // Fast shutdown: roll back open transactions, close connections, exit.
             unsafe {

@@ -100,3 +100,40 @@ fn missing_binaries_are_an_error_not_a_skip() {
     let err = PgInstall::at("/nonexistent").unwrap_err();
     assert!(err.to_string().contains("AUTOUSER_PG_BIN"), "{err}");
 }
+
+/// A cluster kept in a `static` (never dropped, as the test fixtures keep theirs) leaves
+/// neither its server nor its directory behind when the process exits. The test runs itself
+/// again as that process: with `SCRATCH_POSTGRES_EXIT_PROBE` set, it starts such a cluster,
+/// prints its directory and server pid, and exits.
+#[test]
+fn a_cluster_never_dropped_is_removed_when_the_process_exits() {
+    static KEPT: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
+    const PROBE: &str = "SCRATCH_POSTGRES_EXIT_PROBE";
+    if std::env::var_os(PROBE).is_some() {
+        let cluster = KEPT.get_or_init(|| Cluster::start(&install()).unwrap());
+        let pid = std::fs::read_to_string(cluster.dir().join("data/postmaster.pid")).unwrap();
+        println!("probe-dir={}", cluster.dir().display());
+        println!("probe-pid={}", pid.lines().next().unwrap());
+        return;
+    }
+    let output = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "a_cluster_never_dropped_is_removed_when_the_process_exits", "--nocapture"])
+        .env(PROBE, "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    let field = |name: &str| {
+        stdout
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in:\n{stdout}"))
+            .to_string()
+    };
+    let dir = std::path::PathBuf::from(field("probe-dir="));
+    let pid: i32 = field("probe-pid=").trim().parse().unwrap();
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    // SAFETY: signal 0 only asks whether the process exists.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    assert!(!alive, "the server (pid {pid}) outlived the process");
+}
