@@ -72,13 +72,6 @@ pub async fn prepare_server(cluster: &Cluster) -> Result<(), Error> {
     Ok(())
 }
 
-fn client_cert(cluster: &Cluster, user: &str) -> Result<scratch_postgres::ClientCert, Error> {
-    cluster.client_cert(user).map_err(|e| Error::Unreachable {
-        endpoint: cluster.host().to_string(),
-        detail: format!("client certificate of {user}: {e}"),
-    })
-}
-
 async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Error> {
     scratch_login::connect(cluster, user, "postgres").await
 }
@@ -92,18 +85,12 @@ pub fn config_text(cluster: &Cluster, port: u16) -> Result<String, Error> {
 /// The benchmark config whose one role, `bench` (mode `keep`, every database), grants what
 /// `grants` says (YAML under `allow`: `db_roles: [...]`, `db_permissions: [...]`).
 pub fn config_with_grants(cluster: &Cluster, port: u16, grants: &str) -> Result<String, Error> {
-    let cert = client_cert(cluster, ADMIN)?;
+    let main = scratch_login::database_yaml(cluster, port, "main", ADMIN)?;
     Ok(format!(
         r#"
 managed_group: {GROUP:?}
 databases:
-  - name: main
-    type: self-hosted
-    uri: "localhost:{port}"
-    admin_user: {{name: {ADMIN}, default_database: postgres}}
-    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
-    tls: {{mode: verify-full, ca_file: {ca:?}}}
-roles:
+{main}roles:
   - kind: role
     version: v7
     metadata: {{name: bench}}
@@ -113,10 +100,7 @@ roles:
         db_labels: {{"*": "*"}}
         db_names: ["*"]
         {grants}
-"#,
-        cert = cert.cert_path.display().to_string(),
-        key = cert.key_path.display().to_string(),
-        ca = cluster.ca_cert_path().display().to_string(),
+"#
     ))
 }
 

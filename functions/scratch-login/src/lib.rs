@@ -39,3 +39,25 @@ fn params<'a>(
 ) -> ConnectParams<'a> {
     ConnectParams { host: cluster.host(), port: cluster.port(), hostaddr: None, dbname, user, tls, credentials }
 }
+
+/// The config's entry (an item of `databases:`, indented for it) for database `name` reached
+/// on `port` of `cluster` (the server's, or a proxy's): administered by `admin` with its client
+/// certificate, `postgres` as the admin's database, TLS verified against the cluster's CA.
+pub fn database_yaml(cluster: &Cluster, port: u16, name: &str, admin: &str) -> Result<String, Error> {
+    let cert = cluster.client_cert(admin).map_err(|e| Error::Unreachable {
+        endpoint: format!("{}:{}", cluster.host(), cluster.port()),
+        detail: format!("no client certificate for {admin}: {e}"),
+    })?;
+    Ok(format!(
+        r#"  - name: {name:?}
+    type: self-hosted
+    uri: "localhost:{port}"
+    admin_user: {{name: {admin:?}, default_database: postgres}}
+    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
+    tls: {{mode: verify-full, ca_file: {ca:?}}}
+"#,
+        cert = cert.cert_path.display().to_string(),
+        key = cert.key_path.display().to_string(),
+        ca = cluster.ca_cert_path().display().to_string(),
+    ))
+}

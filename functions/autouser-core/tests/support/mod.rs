@@ -13,28 +13,18 @@ pub async fn connect_as(cluster: &Cluster, user: &str) -> AdminConnection {
 /// Database `main` on `cluster`, administered by `admin` (certificate login), managed group
 /// `group`, and one role `devs` (mode `keep`) granting `db_roles` (a YAML list).
 pub fn config(cluster: &Cluster, admin: &str, group: &str, db_roles: &str) -> Config {
-    let cert = cluster.client_cert(admin).unwrap();
+    let main = scratch_login::database_yaml(cluster, cluster.port(), "main", admin).unwrap();
     let text = format!(
         r#"managed_group: {group}
 databases:
-  - name: main
-    type: self-hosted
-    uri: "localhost:{port}"
-    admin_user: {{name: {admin}, default_database: postgres}}
-    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
-    tls: {{mode: verify-full, ca_file: {ca:?}}}
-roles:
+{main}roles:
   - kind: role
     version: v7
     metadata: {{name: devs}}
     spec:
       options: {{create_db_user_mode: keep}}
       allow: {{db_labels: {{"*": "*"}}, db_names: ["*"], db_roles: {db_roles}}}
-"#,
-        port = cluster.port(),
-        cert = cert.cert_path.display().to_string(),
-        key = cert.key_path.display().to_string(),
-        ca = cluster.ca_cert_path().display().to_string(),
+"#
     );
     Config::parse(&text, std::path::Path::new("/")).unwrap()
 }

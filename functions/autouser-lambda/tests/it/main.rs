@@ -57,18 +57,13 @@ async fn config_yaml(ns: &str) -> String {
         sql.push_str(&format!("GRANT {ns}_reader TO {admin} WITH ADMIN OPTION;"));
     }
     superuser().await.batch_execute(&sql).await.unwrap();
+    let main = scratch_login::database_yaml(cluster(), cluster().port(), "main", &admin).unwrap();
     let cert = cluster().client_cert(&admin).unwrap();
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     format!(
         r#"managed_group: {ns}_grp
 databases:
-  - name: main
-    type: self-hosted
-    uri: "localhost:{port}"
-    admin_user: {{name: {admin}, default_database: postgres}}
-    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
-    tls: {{mode: verify-full, ca_file: {ca:?}}}
-  - name: down
+{main}  - name: down
     type: self-hosted
     uri: "127.0.0.1:{closed_port}"
     admin_user: {{name: {admin}}}
@@ -82,7 +77,6 @@ roles:
       options: {{create_db_user_mode: keep}}
       allow: {{db_labels: {{"*": "*"}}, db_names: ["*"], db_roles: [{ns}_reader]}}
 "#,
-        port = cluster().port(),
         cert = cert.cert_path.display().to_string(),
         key = cert.key_path.display().to_string(),
         ca = cluster().ca_cert_path().display().to_string(),

@@ -37,29 +37,19 @@ async fn setup(ns: &str) -> (tempfile::TempDir, PathBuf) {
         sql.push_str(&format!("GRANT \"{reader}\" TO \"{admin}\" WITH ADMIN OPTION;"));
     }
     superuser_sql(&sql).await;
-    let cert = cluster.client_cert(&admin).unwrap();
+    let main = scratch_login::database_yaml(cluster, cluster.port(), "main", &admin).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = format!(
         r#"managed_group: {ns}_grp
 databases:
-  - name: main
-    type: self-hosted
-    uri: localhost:{port}
-    admin_user: {{name: {admin}, default_database: postgres}}
-    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
-    tls: {{mode: verify-full, ca_file: {ca:?}}}
-roles:
+{main}roles:
   - kind: role
     version: v7
     metadata: {{name: devs}}
     spec:
       options: {{create_db_user_mode: best_effort_drop}}
       allow: {{db_labels: {{"*": "*"}}, db_names: ["*"], db_roles: [{reader}]}}
-"#,
-        port = cluster.port(),
-        cert = cert.cert_path.display().to_string(),
-        key = cert.key_path.display().to_string(),
-        ca = cluster.ca_cert_path().display().to_string(),
+"#
     );
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, config).unwrap();
