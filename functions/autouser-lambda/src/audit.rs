@@ -156,9 +156,19 @@ impl Auditor {
     /// Records `event` of the function named `function`. Never fails: see the module's
     /// documentation.
     pub async fn record(&self, function: &str, event: AuditEvent) {
-        tracing::info!(audit = %event.detail, detail_type = event.detail_type, "audit event");
+        self.record_all(function, vec![event]).await;
+    }
+
+    /// Records `events` of the function named `function`, put on the bus ten per call.
+    /// Never fails: see the module's documentation.
+    pub async fn record_all(&self, function: &str, events: Vec<AuditEvent>) {
+        for event in &events {
+            tracing::info!(audit = %event.detail, detail_type = event.detail_type, "audit event");
+        }
         let Some(bus) = &self.bus else { return };
-        for (_, problem) in bus.put(&[(event.detail_type, event.detail.clone())]).await {
+        let entries: Vec<(&str, Value)> = events.iter().map(|e| (e.detail_type, e.detail.clone())).collect();
+        for (index, problem) in bus.put(&entries).await {
+            let event = &events[index];
             tracing::error!(
                 audit = %event.detail,
                 detail_type = event.detail_type,

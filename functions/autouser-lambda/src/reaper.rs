@@ -185,14 +185,9 @@ impl Reaper {
                 "the reaper could not close or lock this user; the next run tries again"
             );
         }
-        for closed in &report.closed {
-            if let Some(event) = audit::of_reaped_session(&report.database, closed) {
-                self.auditor.record(FUNCTION_NAME, event).await;
-            }
-        }
-        for user in &report.locked {
-            self.auditor.record(FUNCTION_NAME, audit::of_locked_user(&report.database, user)).await;
-        }
+        let closed = report.closed.iter().filter_map(|closed| audit::of_reaped_session(&report.database, closed));
+        let locked = report.locked.iter().map(|user| audit::of_locked_user(&report.database, user));
+        self.auditor.record_all(FUNCTION_NAME, closed.chain(locked).collect()).await;
     }
 }
 

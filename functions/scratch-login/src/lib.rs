@@ -48,16 +48,25 @@ pub fn database_yaml(cluster: &Cluster, port: u16, name: &str, admin: &str) -> R
         endpoint: format!("{}:{}", cluster.host(), cluster.port()),
         detail: format!("no client certificate for {admin}: {e}"),
     })?;
-    Ok(format!(
+    let auth = format!(
+        "{{method: cert, cert_file: {:?}, key_file: {:?}}}",
+        cert.cert_path.display().to_string(),
+        cert.key_path.display().to_string()
+    );
+    Ok(database_yaml_with_auth(cluster, port, name, admin, &auth))
+}
+
+/// The entry of [`database_yaml`] with `auth_yaml` (a YAML flow mapping: a password, a secret)
+/// as the admin's login instead of its client certificate.
+pub fn database_yaml_with_auth(cluster: &Cluster, port: u16, name: &str, admin: &str, auth_yaml: &str) -> String {
+    format!(
         r#"  - name: {name:?}
     type: self-hosted
     uri: "localhost:{port}"
     admin_user: {{name: {admin:?}, default_database: postgres}}
-    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
+    auth: {auth_yaml}
     tls: {{mode: verify-full, ca_file: {ca:?}}}
 "#,
-        cert = cert.cert_path.display().to_string(),
-        key = cert.key_path.display().to_string(),
         ca = cluster.ca_cert_path().display().to_string(),
-    ))
+    )
 }

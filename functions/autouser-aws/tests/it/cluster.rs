@@ -44,12 +44,8 @@ pub async fn set_password(admin: &str, password: &str) {
 
 /// A config with one static database `local` on the test cluster, whose `auth` is given.
 pub fn config(admin: &str, auth_yaml: &str) -> Config {
-    let text = format!(
-        "databases:\n  - name: local\n    type: self-hosted\n    uri: \"localhost:{port}\"\n    \
-         admin_user: {{name: {admin:?}}}\n    auth: {auth_yaml}\n    tls: {{mode: verify-full, ca_file: {ca:?}}}\n",
-        port = cluster().port(),
-        ca = cluster().ca_cert_path().display().to_string(),
-    );
+    let local = scratch_login::database_yaml_with_auth(cluster(), cluster().port(), "local", admin, auth_yaml);
+    let text = format!("databases:\n{local}");
     Config::parse(&text, std::path::Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 

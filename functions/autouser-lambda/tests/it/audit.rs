@@ -1,7 +1,7 @@
 //! Audit events reach an EventBridge bus in the local AWS emulator: a rule forwards the bus's
 //! events to an SQS queue, which the test reads.
 
-use autouser_lambda::audit::Auditor;
+use autouser_lambda::audit::{self, Auditor};
 use autouser_lambda::{Function, State};
 use scratch_aws::Moto;
 use serde_json::{json, Value};
@@ -117,6 +117,34 @@ async fn a_missing_bus_does_not_fail_the_session() {
         .unwrap_or_else(|| panic!("no audit failure logged in:\n{log}"));
     assert!(failure.contains("Database User Activated") && failure.contains("lm_nina"), "{failure}");
     assert!(failure.contains("events:PutEvents"), "{failure}");
+}
+
+/// Many events recorded at once (a reaper run) go ten per `PutEvents` call: all of them
+/// arrive; when the bus is missing, each one is logged as lost with its own detail.
+#[tokio::test]
+async fn many_events_recorded_at_once_all_arrive_or_are_each_logged_as_lost() {
+    let users: Vec<String> = (0..23).map(|n| format!("batch_user_{n:02}")).collect();
+    let events = || users.iter().map(|user| audit::of_locked_user("main", user)).collect::<Vec<_>>();
+    let sdk = Moto::global().sdk_config(None).await;
+
+    let queue = bus_into_queue("audit-batch").await;
+    Auditor::to_bus(&sdk, "audit-batch".into(), "audit-batch.audit".into()).record_all("reaper", events()).await;
+    let mut arrived: Vec<String> =
+        drain(&queue).await.iter().map(|e| e["detail"]["db_user"].as_str().unwrap().to_string()).collect();
+    arrived.sort();
+    assert_eq!(arrived, users);
+
+    let log = LogBuffer::default();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt().json().with_writer(log.clone()).with_max_level(tracing::Level::INFO).finish(),
+    );
+    Auditor::to_bus(&sdk, "no-such-batch-bus".into(), "x.audit".into()).record_all("reaper", events()).await;
+    let log = log.text();
+    let lost: Vec<&str> = log.lines().filter(|line| line.contains("could not put the audit event")).collect();
+    assert_eq!(lost.len(), users.len(), "{log}");
+    for (line, user) in lost.iter().zip(&users) {
+        assert!(line.contains(user.as_str()), "{user} not in {line}");
+    }
 }
 
 /// Log output captured in memory (the test runs on one thread, so a thread-local subscriber
