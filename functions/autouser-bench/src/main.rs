@@ -5,6 +5,7 @@
 mod lambda;
 mod objects;
 mod provisioning;
+mod reaper;
 mod stats;
 
 use std::path::PathBuf;
@@ -49,6 +50,16 @@ struct Args {
     /// Only the Lambda footprint (with `--lambda-target-dir`).
     #[arg(long, conflicts_with = "objects_only", requires = "lambda_target_dir")]
     lambda_only: bool,
+    /// Managed users with ended sessions in the reaper benchmark; a tenth as many sessions
+    /// are closed, and users locked, by its measured runs.
+    #[arg(long, default_value_t = 1000)]
+    reaper_users: usize,
+    /// Reaper runs with nothing to do, for their median.
+    #[arg(long, default_value_t = 20)]
+    reaper_runs: usize,
+    /// Only the reaper benchmark.
+    #[arg(long, conflicts_with_all = ["objects_only", "lambda_only"])]
+    reaper_only: bool,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -66,7 +77,7 @@ async fn main() -> ExitCode {
 async fn run(args: &Args) -> Result<(), String> {
     let install = PgInstall::from_env().map_err(|e| e.to_string())?;
     println!("## Machine\n\n{}\n- PostgreSQL {}\n", machine(), install.major());
-    let one_table = args.objects_only || args.lambda_only;
+    let one_table = args.objects_only || args.lambda_only || args.reaper_only;
     for durability in [Durability::Production, Durability::Test] {
         if one_table && durability == Durability::Test {
             continue;
@@ -88,11 +99,14 @@ async fn run(args: &Args) -> Result<(), String> {
             if !one_table {
                 round_trip_table(&cluster).await.map_err(|e| e.to_string())?;
             }
-            if let (false, Some(dir)) = (args.objects_only, &args.lambda_target_dir) {
+            if let (false, false, Some(dir)) = (args.objects_only, args.reaper_only, &args.lambda_target_dir) {
                 lambda_tables(&cluster, dir, args.invocations).await?;
             }
-            if !args.lambda_only {
+            if !args.lambda_only && !args.reaper_only {
                 object_table(&cluster, args).await.map_err(|e| e.to_string())?;
+            }
+            if !args.lambda_only && !args.objects_only {
+                reaper_table(&cluster, args).await.map_err(|e| e.to_string())?;
             }
         }
     }
@@ -203,6 +217,33 @@ async fn object_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_cor
             ms(baseline.quantile(1.0)),
             ratio(ours.median().as_secs_f64(), baseline.median().as_secs_f64())
         );
+    }
+    println!();
+    Ok(())
+}
+
+/// The reaper on one database: the steady-state run, and runs that change users.
+async fn reaper_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_core::Error> {
+    let changed = (args.reaper_users / 10).max(1);
+    let runs = args.reaper_runs.max(1);
+    let times = reaper::measure(cluster, args.reaper_users, changed, runs).await?;
+    println!("## Reaper, durable server\n");
+    println!(
+        "`reaper::reap` on one database over a warm admin connection, {} managed users (those of \
+         the earlier tables included). The function runs this per database, four databases at a time.\n",
+        times.managed_users
+    );
+    println!("| run | users changed | ms | ms per changed user |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| nothing to do (median of {runs}, max {}) | 0 | {} | – |",
+        ms(times.nothing_to_do.quantile(1.0)),
+        ms(times.nothing_to_do.median())
+    );
+    for (name, (elapsed, users)) in
+        [("closing expired sessions (`keep`)", times.closing), ("locking users left able to log in", times.locking)]
+    {
+        println!("| {name} | {users} | {} | {} |", ms(elapsed), ms(elapsed / users as u32));
     }
     println!();
     Ok(())
