@@ -7,6 +7,11 @@
 //! `std::process::exit`, which a test harness uses for its status. The handler kills each
 //! tracked server's process group, reaps the server, then removes the directory. Only servers
 //! not yet waited for are tracked, so their pids cannot have been reused.
+//!
+//! A process killed by a signal runs no exit handler. Its servers die with it
+//! (`PR_SET_PDEATHSIG`), but its directories stay; each directory therefore names its owner
+//! (an `owner` file), and the first cluster of every later process removes the directories
+//! whose owner is gone ([`remove_stale`]).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, Once};
@@ -23,14 +28,71 @@ fn tracked() -> MutexGuard<'static, Vec<Tracked>> {
     TRACKED.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// From now on, `dir` is removed at exit unless [`untrack`] is called first.
-pub fn track(dir: &Path) {
+/// The file in a cluster's directory that names the process owning it.
+const OWNER_FILE: &str = "owner";
+/// The prefixes of the cluster directories in the temp directory.
+const DIR_PREFIXES: [&str; 2] = ["scratch-postgres-", "scratch-standby-"];
+
+/// From now on, `dir` is removed at exit unless [`untrack`] is called first. The first call
+/// of a process also removes the directories that killed processes left ([`remove_stale`]).
+pub fn track(dir: &Path) -> std::io::Result<()> {
     static HANDLER: Once = Once::new();
-    // SAFETY: registers a function that takes no arguments and does not unwind.
-    HANDLER.call_once(|| unsafe {
-        libc::atexit(remove_at_exit);
+    HANDLER.call_once(|| {
+        // SAFETY: registers a function that takes no arguments and does not unwind.
+        unsafe { libc::atexit(remove_at_exit) };
+        let root = dir.parent().unwrap_or(Path::new("/"));
+        remove_stale(root);
     });
+    let owner = process_identity(std::process::id())
+        .ok_or_else(|| std::io::Error::other("cannot read /proc/self/stat to name the cluster's owner"))?;
+    std::fs::write(dir.join(OWNER_FILE), owner)?;
     tracked().push(Tracked { dir: dir.to_path_buf(), server: None });
+    Ok(())
+}
+
+/// Removes the cluster directories in `root` whose owner has exited without removing them,
+/// and returns them. A directory with no owner file (one being created, or one from an older
+/// harness) or whose server still runs is left alone.
+pub fn remove_stale(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if !DIR_PREFIXES.iter().any(|prefix| name.to_string_lossy().starts_with(prefix)) {
+            continue;
+        }
+        let dir = entry.path();
+        let Ok(owner) = std::fs::read_to_string(dir.join(OWNER_FILE)) else { continue };
+        let Some(pid) = owner.split_whitespace().next().and_then(|pid| pid.parse().ok()) else { continue };
+        if process_identity(pid).as_deref() == Some(owner.trim()) || server_running(&dir) {
+            continue;
+        }
+        if std::fs::remove_dir_all(&dir).is_ok() {
+            removed.push(dir);
+        }
+    }
+    removed
+}
+
+/// A running process as `pid start-time`: its start time (clock ticks since boot) tells it
+/// apart from a later process given the same pid. `None` when there is no such process, or
+/// only its zombie.
+fn process_identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?; // field 3
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    let start_time = fields.nth(18)?; // field 22
+    Some(format!("{pid} {start_time}"))
+}
+
+/// Whether the server of the cluster in `dir` runs (its `postmaster.pid` names a live process).
+fn server_running(dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(dir.join("data").join("postmaster.pid")) else { return false };
+    text.lines().next().and_then(|line| line.trim().parse().ok()).is_some_and(|pid| process_identity(pid).is_some())
 }
 
 pub fn server_started(dir: &Path, pid: u32) {

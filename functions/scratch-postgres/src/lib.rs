@@ -16,6 +16,12 @@ mod round_trips;
 
 pub use round_trips::{Cut, RoundTripCounter};
 
+/// Removes the cluster directories in the temp directory that processes killed by a signal
+/// left behind, and returns them. The first cluster of every process does this itself.
+pub fn remove_stale_directories() -> Vec<PathBuf> {
+    leftovers::remove_stale(&std::env::temp_dir())
+}
+
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -169,7 +175,7 @@ impl Cluster {
     pub fn start_with(install: &PgInstall, durability: Durability) -> Result<Cluster, Error> {
         let owner = server_owner()?;
         let dir = tempfile::Builder::new().prefix("scratch-postgres-").tempdir().map_err(io("creating a temp dir"))?;
-        leftovers::track(dir.path());
+        leftovers::track(dir.path()).map_err(io("naming the owner of the cluster's directory"))?;
         let ca_key = KeyPair::generate()?;
         let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
         ca_params.distinguished_name.push(DnType::CommonName, "scratch-postgres CA");
@@ -250,7 +256,7 @@ impl Cluster {
         }
         let owner = self.owner;
         let dir = tempfile::Builder::new().prefix("scratch-standby-").tempdir().map_err(io("creating a temp dir"))?;
-        leftovers::track(dir.path());
+        leftovers::track(dir.path()).map_err(io("naming the owner of the standby's directory"))?;
         let ca_cert_path = dir.path().join("ca.crt");
         write_file(&ca_cert_path, &self.ca_cert_pem, 0o644, owner)?;
         for (name, mode) in [("server.crt", 0o644), ("server.key", 0o600)] {

@@ -110,10 +110,7 @@ fn a_cluster_never_dropped_is_removed_when_the_process_exits() {
     static KEPT: std::sync::OnceLock<Cluster> = std::sync::OnceLock::new();
     const PROBE: &str = "SCRATCH_POSTGRES_EXIT_PROBE";
     if std::env::var_os(PROBE).is_some() {
-        let cluster = KEPT.get_or_init(|| Cluster::start(&install()).unwrap());
-        let pid = std::fs::read_to_string(cluster.dir().join("data/postmaster.pid")).unwrap();
-        println!("probe-dir={}", cluster.dir().display());
-        println!("probe-pid={}", pid.lines().next().unwrap());
+        print_probe(KEPT.get_or_init(|| Cluster::start(&install()).unwrap()));
         return;
     }
     let output = std::process::Command::new(std::env::current_exe().unwrap())
@@ -123,17 +120,76 @@ fn a_cluster_never_dropped_is_removed_when_the_process_exits() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
-    let field = |name: &str| {
-        stdout
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in:\n{stdout}"))
-            .to_string()
-    };
-    let dir = std::path::PathBuf::from(field("probe-dir="));
-    let pid: i32 = field("probe-pid=").trim().parse().unwrap();
+    let (dir, pid) = probe_fields(&stdout).unwrap_or_else(|| panic!("no probe fields in:\n{stdout}"));
     assert!(!dir.exists(), "{} is left behind", dir.display());
-    // SAFETY: signal 0 only asks whether the process exists.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
-    assert!(!alive, "the server (pid {pid}) outlived the process");
+    assert!(!running(pid), "the server (pid {pid}) outlived the process");
+}
+
+/// A process killed by a signal runs no exit handler: its server dies with it, its directory
+/// stays, and the next sweep (which the first cluster of every process runs) removes it. The
+/// test runs itself again as that process (`SCRATCH_POSTGRES_KILL_PROBE`), which starts a
+/// cluster, prints it and waits to be killed.
+#[test]
+fn a_directory_left_by_a_killed_process_is_removed_by_the_next_sweep() {
+    use std::io::BufRead;
+    const PROBE: &str = "SCRATCH_POSTGRES_KILL_PROBE";
+    if std::env::var_os(PROBE).is_some() {
+        let cluster = Cluster::start(&install()).unwrap();
+        print_probe(&cluster);
+        std::thread::sleep(std::time::Duration::from_secs(120));
+        panic!("the probe was not killed");
+    }
+    let mut probe = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "a_directory_left_by_a_killed_process_is_removed_by_the_next_sweep", "--nocapture"])
+        .env(PROBE, "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = String::new();
+    let mut lines = std::io::BufReader::new(probe.stdout.take().unwrap()).lines();
+    let (dir, pid) = loop {
+        match lines.next() {
+            Some(line) => stdout.push_str(&(line.unwrap() + "\n")),
+            None => panic!("the probe ended before printing its cluster:\n{stdout}"),
+        }
+        if let Some(fields) = probe_fields(&stdout) {
+            break fields;
+        }
+    };
+    probe.kill().unwrap();
+    probe.wait().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while running(pid) {
+        assert!(std::time::Instant::now() < deadline, "the server (pid {pid}) outlived its killed owner");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(dir.exists(), "the killed probe removed {} after all: this test shows nothing", dir.display());
+
+    let removed = scratch_postgres::remove_stale_directories();
+    assert!(removed.contains(&dir), "{} was not swept: {removed:?}", dir.display());
+    assert!(!dir.exists(), "{} is left behind", dir.display());
+    // The sweep leaves the directories of live processes alone: this one's, for instance.
+    let live = Cluster::start(&install()).unwrap();
+    assert!(!scratch_postgres::remove_stale_directories().contains(&live.dir().to_path_buf()));
+    assert!(live.dir().exists());
+}
+
+/// Prints what the probe tests read: the cluster's directory and its server's pid.
+fn print_probe(cluster: &Cluster) {
+    let pid = std::fs::read_to_string(cluster.dir().join("data/postmaster.pid")).unwrap();
+    println!("probe-dir={}", cluster.dir().display());
+    println!("probe-pid={}", pid.lines().next().unwrap());
+}
+
+fn probe_fields(stdout: &str) -> Option<(std::path::PathBuf, u32)> {
+    let field = |name: &str| stdout.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
+    Some((field("probe-dir=")?.into(), field("probe-pid=")?.parse().ok()?))
+}
+
+/// Whether process `pid` exists and is not a zombie.
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().next() != Some("Z")))
+        .unwrap_or(false)
 }
