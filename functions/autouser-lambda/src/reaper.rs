@@ -108,11 +108,20 @@ impl Reaper {
     /// One run as if the time were `now` (Unix seconds): the summary, or an error when no
     /// database could be reaped and one failed.
     pub async fn run_at(&self, now: u64) -> Result<Value, FunctionError> {
-        let results: Vec<(String, Result<ReapReport, Error>)> = futures_util::stream::iter(&self.config.databases)
-            .map(|db_config| async move { (db_config.name.clone(), self.reap_database(db_config, now).await) })
-            .buffered(self.concurrency)
-            .collect()
-            .await;
+        // Unordered: a database that hangs (until the connect timeout) holds its own slot
+        // only, where `buffered` would start nothing new until it is done. The summary keeps
+        // the config's order.
+        let mut results: Vec<(usize, String, Result<ReapReport, Error>)> =
+            futures_util::stream::iter(self.config.databases.iter().enumerate())
+                .map(|(index, db_config)| async move {
+                    (index, db_config.name.clone(), self.reap_database(db_config, now).await)
+                })
+                .buffer_unordered(self.concurrency)
+                .collect()
+                .await;
+        results.sort_by_key(|(index, _, _)| *index);
+        let results: Vec<(String, Result<ReapReport, Error>)> =
+            results.into_iter().map(|(_, database, result)| (database, result)).collect();
         for (database, result) in &results {
             match result {
                 Ok(report) => self.report(report).await,

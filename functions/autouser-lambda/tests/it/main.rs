@@ -58,28 +58,19 @@ async fn config_yaml(ns: &str) -> String {
     }
     superuser().await.batch_execute(&sql).await.unwrap();
     let main = scratch_login::database_yaml(cluster(), cluster().port(), "main", &admin).unwrap();
-    let cert = cluster().client_cert(&admin).unwrap();
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let down = scratch_login::database_yaml(cluster(), closed_port, "down", &admin).unwrap();
     format!(
         r#"managed_group: {ns}_grp
 databases:
-{main}  - name: down
-    type: self-hosted
-    uri: "127.0.0.1:{closed_port}"
-    admin_user: {{name: {admin}}}
-    auth: {{method: cert, cert_file: {cert:?}, key_file: {key:?}}}
-    tls: {{mode: verify-full, ca_file: {ca:?}}}
-roles:
+{main}{down}roles:
   - kind: role
     version: v7
     metadata: {{name: devs}}
     spec:
       options: {{create_db_user_mode: keep}}
       allow: {{db_labels: {{"*": "*"}}, db_names: ["*"], db_roles: [{ns}_reader]}}
-"#,
-        cert = cert.cert_path.display().to_string(),
-        key = cert.key_path.display().to_string(),
-        ca = cluster().ca_cert_path().display().to_string(),
+"#
     )
 }
 

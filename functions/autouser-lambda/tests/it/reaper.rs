@@ -11,7 +11,7 @@ use scratch_aws::Moto;
 use serde_json::json;
 
 use crate::audit::{bus_into_queue, drain};
-use crate::{can_login, config_yaml, connect_as, invoke, no_aws, parse_config, session, state_of, superuser};
+use crate::{can_login, cluster, config_yaml, connect_as, invoke, no_aws, parse_config, session, state_of, superuser};
 
 const THIRTEEN_HOURS: u64 = 13 * 3600;
 
@@ -100,4 +100,54 @@ async fn a_run_that_reaches_no_database_fails() {
     let error = reaper.run_at(now()).await.unwrap_err();
     assert_eq!(error.kind, "DependencyUnavailable");
     assert!(error.message.contains("no database could be reaped: down:"), "{}", error.message);
+}
+
+/// A database that hangs (it accepts the connection and never answers) holds one of the run's
+/// slots until the connect timeout, not the whole run: the databases after it are reaped
+/// meanwhile. The hanging server lets go as soon as it sees all of them reached; if they
+/// waited for it instead, it would hold on until the reaper's connect timeout gave up.
+#[tokio::test]
+async fn a_hanging_database_does_not_hold_up_the_others() {
+    use std::io::Read;
+    use std::sync::Arc;
+
+    let upstream = std::net::SocketAddr::from(([127, 0, 0, 1], cluster().port()));
+    let proxies: Arc<Vec<scratch_postgres::RoundTripCounter>> =
+        Arc::new((0..3).map(|_| scratch_postgres::RoundTripCounter::start(upstream).unwrap()).collect());
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let hanging = std::thread::spawn({
+        let proxies = proxies.clone();
+        move || {
+            let (mut stream, _) = silent.accept().unwrap();
+            stream.set_read_timeout(Some(std::time::Duration::from_millis(20))).unwrap();
+            let mut buffer = [0u8; 512];
+            loop {
+                if proxies.iter().all(|proxy| proxy.round_trips() > 0) {
+                    return "let go once the others were reached";
+                }
+                if matches!(stream.read(&mut buffer), Ok(0)) {
+                    return "held until the reaper gave up on it";
+                }
+            }
+        }
+    });
+
+    let admin = "lh_admin";
+    let mut entries = scratch_login::database_yaml(cluster(), silent_port, "hanging", admin).unwrap();
+    for (n, proxy) in proxies.iter().enumerate() {
+        entries.push_str(&scratch_login::database_yaml(cluster(), proxy.port(), &format!("via_{n}"), admin).unwrap());
+    }
+    let yaml = config_yaml("lh").await.replacen("databases:\n", &format!("databases:\n{entries}"), 1);
+    let reaper = Reaper::new(parse_config(&yaml), no_aws(), Auditor::log_only()).with_concurrency(2);
+    let summary = reaper.run_at(now()).await.unwrap();
+
+    assert_eq!(hanging.join().unwrap(), "let go once the others were reached");
+    let databases: Vec<&str> =
+        summary["databases"].as_array().unwrap().iter().map(|db| db["database"].as_str().unwrap()).collect();
+    assert_eq!(databases, ["hanging", "via_0", "via_1", "via_2", "main", "down"], "in the config's order");
+    assert_eq!(summary["databases"][0]["kind"], "DatabaseUnreachable", "{summary:#}");
+    for reached in &summary["databases"].as_array().unwrap()[1..5] {
+        assert!(reached["managed_users"].is_number(), "{reached}");
+    }
 }
