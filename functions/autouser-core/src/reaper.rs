@@ -13,9 +13,12 @@
 //! makes the lock a no-op, and an end already applied makes the close one. So the reaper is
 //! safe alongside session-start, session-end and other reapers. It only ever lists members of
 //! the managed group.
+//!
+//! A run given a stop time starts no action after it: what is left is counted as deferred,
+//! and the next run decides it again.
 
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -94,6 +97,9 @@ pub struct ReapReport {
     /// Expired sessions kept because their user is still connected.
     pub left_open: Vec<LeftOpen>,
     pub failed: Vec<Failed>,
+    /// Closes and locks not started because the run's stop time had come; the next run
+    /// decides them again.
+    pub deferred: usize,
 }
 
 /// The actions for `users` at `now` (Unix seconds).
@@ -136,14 +142,16 @@ pub fn decide(users: &[ManagedUser], now: u64, max_session_duration: Duration) -
     decisions
 }
 
-/// One run on `db`, over `connection` (logged in to `admin_db_name`). When the policy grants
-/// object permissions, a session is closed in its own database, through `connect_to`.
+/// One run on `db`, over `connection` (logged in to `admin_db_name`), as of `now` (Unix
+/// seconds). When the policy grants object permissions, a session is closed in its own
+/// database, through `connect_to`. No action starts after `stop_at`.
 pub async fn reap<C, Fut>(
     connection: &AdminConnection,
     admin_db_name: &str,
     config: &Config,
     db: &ResolvedDatabase,
     now: u64,
+    stop_at: Option<Instant>,
     connect_to: C,
 ) -> Result<ReapReport, Error>
 where
@@ -171,6 +179,7 @@ where
         locked: Vec::new(),
         left_open: decisions.left_open,
         failed: decisions.failed,
+        deferred: 0,
     };
     let target = |user: &str, session_id: &str, database: &str, db_name: &str| Target {
         session_id: session_id.to_string(),
@@ -191,7 +200,12 @@ where
     let revokes_db_permissions = config.policy.has_db_permissions();
     let terminate_connections = config.terminate_connections;
     let mut other_databases: Vec<(String, AdminConnection)> = Vec::new();
-    for action in decisions.actions {
+    let mut actions = decisions.actions.into_iter();
+    while let Some(action) = actions.next() {
+        if stop_at.is_some_and(|stop_at| Instant::now() >= stop_at) {
+            report.deferred = 1 + actions.len();
+            break;
+        }
         match action {
             Action::Close { user, session_id, record } => {
                 let mut target = target(&user, &session_id, &record.database, &record.db_name);

@@ -105,6 +105,8 @@ pub fn reaper_line(totals: &crate::reaper::Totals, now: SystemTime) -> Value {
         ("UsersLocked", totals.locked),
         ("ExpiredSessionsLeftOpen", totals.left_open),
         ("ReaperFailures", totals.failed),
+        ("ActionsDeferred", totals.deferred_actions),
+        ("DatabasesDeferred", totals.deferred_databases),
     ];
     counts_line(crate::reaper::FUNCTION_NAME, &counts, now)
 }
@@ -166,7 +168,14 @@ mod tests {
 
     #[test]
     fn reaper_line_counts_what_the_run_did() {
-        let totals = crate::reaper::Totals { closed: 2, locked: 1, left_open: 3, failed: 4 };
+        let totals = crate::reaper::Totals {
+            closed: 2,
+            locked: 1,
+            left_open: 3,
+            failed: 4,
+            deferred_actions: 5,
+            deferred_databases: 6,
+        };
         let line = reaper_line(&totals, UNIX_EPOCH);
         assert_eq!(line["Function"], "reaper");
         assert_eq!((&line["SessionsReaped"], &line["UsersLocked"]), (&json!(2), &json!(1)));
@@ -177,7 +186,18 @@ mod tests {
             .iter()
             .map(|m| m["Name"].as_str().unwrap())
             .collect();
-        assert_eq!(declared, ["SessionsReaped", "UsersLocked", "ExpiredSessionsLeftOpen", "ReaperFailures"]);
+        assert_eq!((&line["ActionsDeferred"], &line["DatabasesDeferred"]), (&json!(5), &json!(6)));
+        assert_eq!(
+            declared,
+            [
+                "SessionsReaped",
+                "UsersLocked",
+                "ExpiredSessionsLeftOpen",
+                "ReaperFailures",
+                "ActionsDeferred",
+                "DatabasesDeferred"
+            ]
+        );
     }
 
     #[test]

@@ -13,8 +13,14 @@
 //! fails counts in `ReaperFailures`; an RDS database whose admin tag was removed (provisioning
 //! turned off) is skipped, not a failure. The invocation itself fails only when no database
 //! could be reaped and one failed, as discovery fails only when no region could be listed.
+//!
+//! A run stops starting work shortly before the invocation's deadline ([`stop_time`]): the
+//! databases and actions it did not start are counted as deferred (`DatabasesDeferred`,
+//! `ActionsDeferred`) and the next run does them, so a backlog larger than one run drains
+//! over several runs, each reported in full. Each database is reported (logs, audit events)
+//! as soon as it is done.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use autouser_aws::AwsContext;
 use autouser_core::config::{Config, DatabaseConfig};
@@ -33,6 +39,20 @@ pub const FUNCTION_NAME: &str = "reaper";
 /// Default number of databases reaped at the same time.
 pub const DEFAULT_CONCURRENCY: usize = 4;
 
+/// The most a run keeps, before the invocation's deadline, for the actions under way and
+/// the report ([`stop_time`]).
+pub const STOP_MARGIN: Duration = Duration::from_secs(30);
+
+/// What a run did with one database.
+#[derive(Debug)]
+pub enum DatabaseRun {
+    Reaped(ReapReport),
+    /// Not reached or not resolved: a failure, unless provisioning is off ([`is_failure`]).
+    NotReaped(Error),
+    /// Not started: the run's stop time had come.
+    Deferred,
+}
+
 /// What one run did, over all databases.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Totals {
@@ -41,21 +61,27 @@ pub struct Totals {
     pub left_open: usize,
     /// Databases not reached, and actions that failed.
     pub failed: usize,
+    /// Closes and locks not started because the run's time was up.
+    pub deferred_actions: usize,
+    /// Databases not started because the run's time was up.
+    pub deferred_databases: usize,
 }
 
 impl Totals {
-    fn of(results: &[(String, Result<ReapReport, Error>)]) -> Totals {
+    fn of(results: &[(String, DatabaseRun)]) -> Totals {
         let mut totals = Totals::default();
         for (_, result) in results {
             match result {
-                Ok(report) => {
+                DatabaseRun::Reaped(report) => {
                     totals.closed += report.closed.len();
                     totals.locked += report.locked.len();
                     totals.left_open += report.left_open.len();
                     totals.failed += report.failed.len();
+                    totals.deferred_actions += report.deferred;
                 }
-                Err(error) if is_failure(error) => totals.failed += 1,
-                Err(_) => {}
+                DatabaseRun::NotReaped(error) if is_failure(error) => totals.failed += 1,
+                DatabaseRun::NotReaped(_) => {}
+                DatabaseRun::Deferred => totals.deferred_databases += 1,
             }
         }
         totals
@@ -99,52 +125,58 @@ impl Reaper {
         Reaper { concurrency: concurrency.max(1), ..self }
     }
 
-    /// One run, whatever the trigger (the schedule, or a direct invoke).
-    pub async fn handle(&self, _event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        self.run_at(now).await
+    /// One run, whatever the trigger (the schedule, or a direct invoke), that stops starting
+    /// work shortly before the invocation's deadline.
+    pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
+        let now = SystemTime::now();
+        let stop_at = stop_time(event.context.deadline, now, Instant::now());
+        self.run_until(now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()), stop_at).await
     }
 
-    /// One run as if the time were `now` (Unix seconds): the summary, or an error when no
-    /// database could be reaped and one failed.
+    /// One run as if the time were `now` (Unix seconds), with no stop time.
     pub async fn run_at(&self, now: u64) -> Result<Value, FunctionError> {
+        self.run_until(now, None).await
+    }
+
+    /// One run as if the time were `now` (Unix seconds) that starts no database and no action
+    /// after `stop_at`: the summary, or an error when no database could be reaped and one
+    /// failed.
+    pub async fn run_until(&self, now: u64, stop_at: Option<Instant>) -> Result<Value, FunctionError> {
         // Unordered: a database that hangs (until the connect timeout) holds its own slot
         // only, where `buffered` would start nothing new until it is done. The summary keeps
         // the config's order.
-        let mut results: Vec<(usize, String, Result<ReapReport, Error>)> =
+        let mut results: Vec<(usize, String, DatabaseRun)> =
             futures_util::stream::iter(self.config.databases.iter().enumerate())
                 .map(|(index, db_config)| async move {
-                    (index, db_config.name.clone(), self.reap_database(db_config, now).await)
+                    let result = if stop_at.is_some_and(|stop_at| Instant::now() >= stop_at) {
+                        DatabaseRun::Deferred
+                    } else {
+                        match self.reap_database(db_config, now, stop_at).await {
+                            Ok(report) => DatabaseRun::Reaped(report),
+                            Err(error) => DatabaseRun::NotReaped(error),
+                        }
+                    };
+                    self.report(&db_config.name, &result).await;
+                    (index, db_config.name.clone(), result)
                 })
                 .buffer_unordered(self.concurrency)
                 .collect()
                 .await;
         results.sort_by_key(|(index, _, _)| *index);
-        let results: Vec<(String, Result<ReapReport, Error>)> =
+        let results: Vec<(String, DatabaseRun)> =
             results.into_iter().map(|(_, database, result)| (database, result)).collect();
-        for (database, result) in &results {
-            match result {
-                Ok(report) => self.report(report).await,
-                Err(error) if is_failure(error) => tracing::error!(
-                    database = %database,
-                    kind = error.kind(),
-                    error = %error,
-                    "the reaper could not reap this database; its expired sessions stay open until a run does"
-                ),
-                Err(error) => tracing::info!(database = %database, error = %error, "the reaper skipped this database"),
-            }
-        }
         let totals = Totals::of(&results);
         crate::metrics::reaper(&totals);
         let summary = summary(&results, &totals);
         tracing::info!(summary = %summary, "reaper finished");
         let unreached: Vec<String> = results
             .iter()
-            .filter_map(|(database, result)| {
-                result.as_ref().err().filter(|e| is_failure(e)).map(|e| format!("{database}: {e}"))
+            .filter_map(|(database, result)| match result {
+                DatabaseRun::NotReaped(error) if is_failure(error) => Some(format!("{database}: {error}")),
+                _ => None,
             })
             .collect();
-        let reaped = results.iter().filter(|(_, result)| result.is_ok()).count();
+        let reaped = results.iter().filter(|(_, result)| matches!(result, DatabaseRun::Reaped(_))).count();
         if reaped == 0 && !unreached.is_empty() {
             return Err(FunctionError {
                 kind: "DependencyUnavailable",
@@ -159,6 +191,7 @@ impl Reaper {
         &'a self,
         db_config: &'a DatabaseConfig,
         now: u64,
+        stop_at: Option<Instant>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ReapReport, Error>> + Send + 'a>> {
         Box::pin(async move {
             let db = self.aws.resolve_database(&self.config, db_config).await?;
@@ -168,12 +201,36 @@ impl Reaper {
                 let db = &db;
                 async move { self.aws.connect_admin(db, &db_name).await }
             };
-            reaper::reap(&connection, admin_db_name, &self.config, &db, now, connect_to).await
+            reaper::reap(&connection, admin_db_name, &self.config, &db, now, stop_at, connect_to).await
         })
     }
 
-    /// Logs what needs a person, and audits what changed a user.
-    async fn report(&self, report: &ReapReport) {
+    /// Logs what needs a person, and audits what changed a user, for one database.
+    async fn report(&self, database: &str, result: &DatabaseRun) {
+        let report = match result {
+            DatabaseRun::Reaped(report) => report,
+            DatabaseRun::NotReaped(error) if is_failure(error) => {
+                tracing::error!(
+                    database = %database,
+                    kind = error.kind(),
+                    error = %error,
+                    "the reaper could not reap this database; its expired sessions stay open until a run does"
+                );
+                return;
+            }
+            DatabaseRun::NotReaped(error) => {
+                tracing::info!(database = %database, error = %error, "the reaper skipped this database");
+                return;
+            }
+            DatabaseRun::Deferred => {
+                tracing::warn!(
+                    database = %database,
+                    "the run's time was up before this database; the next run reaps it. If this \
+                     repeats, give the function a longer timeout or raise AUTOUSER_REAPER_CONCURRENCY"
+                );
+                return;
+            }
+        };
         for open in &report.left_open {
             tracing::warn!(
                 database = %report.database,
@@ -194,19 +251,46 @@ impl Reaper {
                 "the reaper could not close or lock this user; the next run tries again"
             );
         }
+        if report.deferred > 0 {
+            tracing::warn!(
+                database = %report.database,
+                deferred = report.deferred,
+                "the run's time was up before these closes and locks; the next run does them. If \
+                 this repeats, give the function a longer timeout"
+            );
+        }
         let closed = report.closed.iter().filter_map(|closed| audit::of_reaped_session(&report.database, closed));
         let locked = report.locked.iter().map(|user| audit::of_locked_user(&report.database, user));
         self.auditor.record_all(FUNCTION_NAME, closed.chain(locked).collect()).await;
     }
 }
 
-/// The run's answer: the totals, and per database its report or why it was not reached.
-fn summary(results: &[(String, Result<ReapReport, Error>)], totals: &Totals) -> Value {
+/// When a run stops starting work: before the invocation's `deadline` (Unix milliseconds, as
+/// the Lambda runtime gives it) by a quarter of the time left, at most [`STOP_MARGIN`], which
+/// leaves the actions under way and the report time to finish. `None` without a deadline, or
+/// with one that is no Unix time: `cargo lambda watch` sends its timeout there (600000).
+pub fn stop_time(deadline: u64, now: SystemTime, now_instant: Instant) -> Option<Instant> {
+    /// 2020-01-01 in Unix milliseconds: no real deadline comes before it.
+    const EARLIEST_DEADLINE: u64 = 1_577_836_800_000;
+    if deadline < EARLIEST_DEADLINE {
+        return None;
+    }
+    let now_ms = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let left = Duration::from_millis(deadline.saturating_sub(now_ms));
+    Some(now_instant + left - (left / 4).min(STOP_MARGIN))
+}
+
+/// The run's answer: the totals, and per database its report, why it was not reached, or
+/// that it was deferred.
+fn summary(results: &[(String, DatabaseRun)], totals: &Totals) -> Value {
     let databases: Vec<Value> = results
         .iter()
         .map(|(database, result)| match result {
-            Ok(report) => serde_json::to_value(report).expect("reports serialise"),
-            Err(error) => json!({"database": database, "kind": error.kind(), "error": error.to_string()}),
+            DatabaseRun::Reaped(report) => serde_json::to_value(report).expect("reports serialise"),
+            DatabaseRun::NotReaped(error) => {
+                json!({"database": database, "kind": error.kind(), "error": error.to_string()})
+            }
+            DatabaseRun::Deferred => json!({"database": database, "deferred": true}),
         })
         .collect();
     json!({
@@ -214,6 +298,8 @@ fn summary(results: &[(String, Result<ReapReport, Error>)], totals: &Totals) -> 
         "locked": totals.locked,
         "left_open": totals.left_open,
         "failed": totals.failed,
+        "deferred_actions": totals.deferred_actions,
+        "deferred_databases": totals.deferred_databases,
         "databases": databases,
     })
 }
@@ -266,24 +352,44 @@ mod tests {
             locked: vec!["idle".into()],
             left_open: vec![],
             failed: vec![],
+            deferred: 3,
         };
         let results = vec![
-            ("orders".to_string(), Ok(report(2))),
-            ("down".to_string(), Err(Error::UnknownDatabase { database: "down".into() })),
+            ("orders".to_string(), DatabaseRun::Reaped(report(2))),
+            ("down".to_string(), DatabaseRun::NotReaped(Error::UnknownDatabase { database: "down".into() })),
             (
                 "untagged".to_string(),
-                Err(Error::NotManaged {
+                DatabaseRun::NotReaped(Error::NotManaged {
                     database: "untagged".into(),
                     resource: "db:untagged".into(),
                     tag: "teleport.dev/db-admin".into(),
                 }),
             ),
+            ("late".to_string(), DatabaseRun::Deferred),
         ];
         let totals = Totals::of(&results);
-        assert_eq!(totals, Totals { closed: 2, locked: 1, left_open: 0, failed: 1 });
+        let expected =
+            Totals { closed: 2, locked: 1, left_open: 0, failed: 1, deferred_actions: 3, deferred_databases: 1 };
+        assert_eq!(totals, expected);
         let summary = summary(&results, &totals);
         assert_eq!(summary["databases"][1]["kind"], "UnknownDatabase");
         assert_eq!(summary["databases"][0]["closed"][1]["db_user"], "u1");
+        assert_eq!(summary["databases"][0]["deferred"], 3);
         assert_eq!(summary["databases"][2]["kind"], "NotManaged", "a database with provisioning off is skipped");
+        assert_eq!(summary["databases"][3], json!({"database": "late", "deferred": true}));
+        assert_eq!((&summary["deferred_actions"], &summary["deferred_databases"]), (&json!(3), &json!(1)));
+    }
+
+    #[test]
+    fn a_run_stops_starting_work_a_quarter_of_its_time_before_the_deadline_at_most_thirty_seconds() {
+        let now_secs = 1_795_970_000; // 2026-11-29
+        let now = UNIX_EPOCH + Duration::from_secs(now_secs);
+        let instant = Instant::now();
+        let deadline_in = |secs: u64| (now_secs + secs) * 1000;
+        assert_eq!(stop_time(deadline_in(300), now, instant), Some(instant + Duration::from_secs(270)));
+        assert_eq!(stop_time(deadline_in(60), now, instant), Some(instant + Duration::from_secs(45)));
+        assert_eq!(stop_time(deadline_in(0), now, instant), Some(instant), "a deadline passed stops at once");
+        assert_eq!(stop_time(0, now, instant), None, "no deadline, no stop time");
+        assert_eq!(stop_time(600_000, now, instant), None, "cargo lambda's timeout is no deadline");
     }
 }

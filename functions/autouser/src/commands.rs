@@ -158,7 +158,7 @@ async fn reap_database(
         let (aws, db) = (aws.as_ref(), &db);
         async move { connect(aws, db, &db_name).await }
     };
-    autouser_core::reaper::reap(&connection, admin_db_name, config, &db, now, connect_to).await
+    autouser_core::reaper::reap(&connection, admin_db_name, config, &db, now, None, connect_to).await
 }
 
 /// The event's database, resolved; and the AWS context when the database needs AWS.

@@ -218,11 +218,16 @@ roles:{roles}
 
     /// One reaper run on this test's database, as of `now` (Unix seconds).
     pub async fn reap(&self, now: u64) -> autouser_core::reaper::ReapReport {
+        self.reap_until(now, None).await
+    }
+
+    /// One reaper run that starts no action after `stop_at`.
+    pub async fn reap_until(&self, now: u64, stop_at: Option<std::time::Instant>) -> autouser_core::reaper::ReapReport {
         let config = self.config();
         let db = config.databases[0].resolve_static().expect("a static database");
         let connection = self.admin_client(&config, &self.db).await.unwrap();
         let connect_to = |db_name: String| async move { self.admin_client(&self.config(), &db_name).await };
-        autouser_core::reaper::reap(&connection, &self.db, &config, &db, now, connect_to).await.unwrap()
+        autouser_core::reaper::reap(&connection, &self.db, &config, &db, now, stop_at, connect_to).await.unwrap()
     }
 
     pub async fn admin_client(&self, config: &Config, dbname: &str) -> Result<AdminConnection, Error> {

@@ -141,3 +141,31 @@ async fn two_reapers_at_once_do_each_thing_once() {
     assert_eq!(locked, idle, "each idle user locked once:\n{first:?}\n{second:?}");
     assert!(fx.users_able_to_log_in().await.is_empty());
 }
+
+/// A run whose stop time has come starts nothing: its closes and locks are counted as
+/// deferred and the users are as they were; the next run does them.
+#[tokio::test]
+async fn a_run_past_its_stop_time_defers_its_actions_to_the_next() {
+    let fx = Fixture::new("rp_stop").await;
+    let (alice, carol) = (fx.user("alice"), fx.user("carol"));
+    fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    fx.sql(&format!(
+        "SET ROLE {admin}; CREATE ROLE {carol} LOGIN IN ROLE {group}; RESET ROLE",
+        admin = q(&fx.admin),
+        carol = q(&carol),
+        group = q(&fx.group)
+    ))
+    .await;
+
+    let later = now() + THIRTEEN_HOURS;
+    let report = fx.reap_until(later, Some(std::time::Instant::now())).await;
+    assert_eq!((report.closed.len(), report.locked.len(), report.deferred), (0, 0, 2), "{report:?}");
+    assert_eq!(report.managed_users, 2);
+    assert!(fx.state(&alice).await.unwrap().login, "alice's session is still open");
+    assert!(fx.state(&carol).await.unwrap().login, "carol is not locked yet");
+
+    let in_an_hour = std::time::Instant::now() + Duration::from_secs(3600);
+    let report = fx.reap_until(later, Some(in_an_hour)).await;
+    assert_eq!((report.closed.len(), report.locked.len(), report.deferred), (1, 1, 0), "{report:?}");
+    assert!(fx.users_able_to_log_in().await.is_empty());
+}

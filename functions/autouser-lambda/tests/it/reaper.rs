@@ -151,3 +151,22 @@ async fn a_hanging_database_does_not_hold_up_the_others() {
         assert!(reached["managed_users"].is_number(), "{reached}");
     }
 }
+
+/// A run whose stop time has come starts no database: each is deferred to the next run, which
+/// is no failure of this one.
+#[tokio::test]
+async fn a_run_out_of_time_defers_its_databases_without_failing() {
+    let yaml = config_yaml("lz").await;
+    let state = state_of(&yaml);
+    invoke(&state, Function::SessionStart, session("lz", "s1", "alice")).await.unwrap();
+    let reaper = Reaper::new(parse_config(&yaml), no_aws(), Auditor::log_only());
+
+    let summary = reaper.run_until(now() + THIRTEEN_HOURS, Some(std::time::Instant::now())).await.unwrap();
+    assert_eq!((&summary["closed"], &summary["deferred_databases"]), (&json!(0), &json!(2)), "{summary:#}");
+    assert_eq!(summary["databases"][0], json!({"database": "main", "deferred": true}));
+    assert_eq!(can_login("lz_alice").await, Some(true), "nothing was done");
+
+    let summary = reaper.run_at(now() + THIRTEEN_HOURS).await.unwrap();
+    assert_eq!((&summary["closed"], &summary["deferred_databases"]), (&json!(1), &json!(0)), "{summary:#}");
+    assert_eq!(can_login("lz_alice").await, Some(false));
+}

@@ -154,7 +154,7 @@ async fn functions_run_under_the_lambda_runtime_api() {
                            "account": "123456789012", "time": "2026-11-29T10:00:00Z", "region": "us-east-1",
                            "resources": ["arn:aws:events:us-east-1:123456789012:rule/reaper"], "detail": {}});
     let reaped = invoke("reaper", scheduled).unwrap_or_else(|e| panic!("{e}\n{}", watch.log()));
-    assert_eq!(reaped["databases"][0]["locked"], json!(["lt_idle"]), "{reaped}");
+    assert_eq!(reaped["databases"][0]["locked"], json!(["lt_idle"]), "{reaped}\n{}", watch.log());
     assert_eq!((&reaped["closed"], &reaped["failed"]), (&json!(0), &json!(1)), "{reaped}");
     assert_eq!(can_login("lt_idle").await, Some(false));
     assert_eq!(can_login("lt_kim").await, Some(true));
