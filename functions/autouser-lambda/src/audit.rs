@@ -156,7 +156,9 @@ impl Auditor {
     /// Records `event` of the function named `function`. Never fails: see the module's
     /// documentation.
     pub async fn record(&self, function: &str, event: AuditEvent) {
-        self.record_all(function, vec![event]).await;
+        // Boxed: the handlers' futures are deep already (see `process_event`); one more level
+        // inline overflows the compiler's query depth in a build without incremental cache.
+        Box::pin(self.record_all(function, vec![event])).await;
     }
 
     /// Records `events` of the function named `function`, put on the bus ten per call.

@@ -152,8 +152,8 @@ async fn a_hanging_database_does_not_hold_up_the_others() {
     }
 }
 
-/// A run whose stop time has come starts no database: each is deferred to the next run, which
-/// is no failure of this one.
+/// An invocation whose deadline has come starts no database: each is deferred to the next
+/// run, which is no failure of this one.
 #[tokio::test]
 async fn a_run_out_of_time_defers_its_databases_without_failing() {
     let yaml = config_yaml("lz").await;
@@ -161,7 +161,9 @@ async fn a_run_out_of_time_defers_its_databases_without_failing() {
     invoke(&state, Function::SessionStart, session("lz", "s1", "alice")).await.unwrap();
     let reaper = Reaper::new(parse_config(&yaml), no_aws(), Auditor::log_only());
 
-    let summary = reaper.run_until(now() + THIRTEEN_HOURS, Some(std::time::Instant::now())).await.unwrap();
+    let mut context = lambda_runtime::Context::default();
+    context.deadline = now() * 1000;
+    let summary = reaper.handle(lambda_runtime::LambdaEvent::new(json!({}), context)).await.unwrap();
     assert_eq!((&summary["closed"], &summary["deferred_databases"]), (&json!(0), &json!(2)), "{summary:#}");
     assert_eq!(summary["databases"][0], json!({"database": "main", "deferred": true}));
     assert_eq!(can_login("lz_alice").await, Some(true), "nothing was done");
