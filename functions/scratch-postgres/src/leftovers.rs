@@ -115,13 +115,47 @@ pub fn untrack(dir: &Path) {
 extern "C" fn remove_at_exit() {
     for entry in tracked().drain(..) {
         if let Some(pid) = entry.server {
-            // SAFETY: signals the server's own process group, then reaps the server, a child
-            // of this process that nothing has waited for (so the pid is still ours).
+            kill_server(pid);
+            // SAFETY: reaps the server, a child of this process that nothing has waited for
+            // (so the pid is still ours).
             unsafe {
-                libc::kill(-(pid as libc::pid_t), libc::SIGKILL);
                 libc::waitpid(pid as libc::pid_t, std::ptr::null_mut(), 0);
             }
         }
         let _ = std::fs::remove_dir_all(&entry.dir);
     }
+}
+
+/// Kills the server `pid` (the postmaster, a child of this process not yet waited for) and
+/// every process it started, as a crash would: at once, so that no backend runs on after
+/// another died. PostgreSQL puts each backend in a session of its own (`setsid`), so
+/// signalling the postmaster's process group reaches the postmaster alone, and its backends
+/// would run until they noticed its death: long enough to commit. The postmaster is stopped
+/// first, so that it starts no process while its children are listed and killed.
+pub fn kill_server(pid: u32) {
+    let postmaster = pid as libc::pid_t;
+    // SAFETY: signals to a process of ours (the postmaster) and to its children.
+    unsafe {
+        libc::kill(postmaster, libc::SIGSTOP);
+        for child in children_of(pid) {
+            libc::kill(child as libc::pid_t, libc::SIGKILL);
+        }
+        libc::kill(-postmaster, libc::SIGKILL);
+    }
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|candidate| parent_of(*candidate) == Some(pid))
+        .collect()
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields 3 (state) and 4 (parent), after the command name, which may hold ')'.
+    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
 }

@@ -16,12 +16,6 @@ mod round_trips;
 
 pub use round_trips::{Cut, RoundTripCounter};
 
-/// Removes the cluster directories in the temp directory that processes killed by a signal
-/// left behind, and returns them. The first cluster of every process does this itself.
-pub fn remove_stale_directories() -> Vec<PathBuf> {
-    leftovers::remove_stale(&std::env::temp_dir())
-}
-
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -34,6 +28,12 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+
+/// Removes the cluster directories in the temp directory that processes killed by a signal
+/// left behind, and returns them. The first cluster of every process does this itself.
+pub fn remove_stale_directories() -> Vec<PathBuf> {
+    leftovers::remove_stale(&std::env::temp_dir())
+}
 
 /// Members of this role log in with a password (SCRAM) instead of a certificate.
 pub const PASSWORD_LOGIN_GROUP: &str = "password_login";
@@ -372,14 +372,11 @@ impl Cluster {
         Ok(cert)
     }
 
-    /// Kills the server at once, postmaster and backends (SIGKILL to its process group), as a
-    /// crash would; keeps the data. Open connections break.
+    /// Kills the server at once, postmaster and every backend (SIGKILL to each), as a crash
+    /// would; keeps the data. Open connections break.
     pub fn kill(&mut self) -> Result<(), Error> {
         if let Some(mut child) = self.child.take() {
-            // SAFETY: kill has no memory-safety preconditions; the group is the server's own.
-            unsafe {
-                libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL);
-            }
+            leftovers::kill_server(child.id());
             let _ = child.wait();
             leftovers::server_stopped(self.dir.path());
         }

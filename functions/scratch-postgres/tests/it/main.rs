@@ -65,6 +65,39 @@ async fn two_clusters_run_side_by_side() {
     assert!(rows.is_empty());
 }
 
+/// `kill` is a crash of the whole server, not of the postmaster alone. PostgreSQL puts each
+/// backend in a session of its own, and a backend notices its postmaster's death only when it
+/// next waits: one busy in a loop would run on (and could commit) after the "crash".
+#[tokio::test]
+async fn kill_takes_down_a_busy_backend_with_the_postmaster() {
+    let mut cluster = Cluster::start(&install()).unwrap();
+    let busy = connect(&cluster, "postgres", cert_of(&cluster, "postgres")).await.unwrap();
+    let pid: i32 = busy.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let looping = tokio::spawn(async move { busy.batch_execute("DO $$ BEGIN LOOP END LOOP; END $$").await });
+    let observer = connect(&cluster, "postgres", cert_of(&cluster, "postgres")).await.unwrap();
+    let query = "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE 'DO%'";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while observer.query(query, &[&pid]).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "the loop never started");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    cluster.kill().unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut outlived = false;
+    while running(pid as u32) {
+        if std::time::Instant::now() > deadline {
+            outlived = true;
+            // SAFETY: ends the orphaned backend that this failure leaves spinning.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!outlived, "backend {pid} was still running 10 s after the server was killed");
+    assert!(looping.await.unwrap().is_err(), "the loop's connection broke");
+}
+
 #[tokio::test]
 async fn killed_cluster_restarts_with_its_data() {
     let mut cluster = Cluster::start(&install()).unwrap();
