@@ -177,7 +177,8 @@ fn options_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<DiscoveryOp
 pub async fn run() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let discovery = built_or_exit("discovery", Discovery::from_env().await);
-    lambda_runtime::run(lambda_runtime::service_fn(|event| discovery.handle(event))).await
+    // Boxed: see `crate::run`.
+    lambda_runtime::run(lambda_runtime::service_fn(|event| Box::pin(discovery.handle(event)))).await
 }
 
 #[cfg(test)]

@@ -277,7 +277,10 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
 pub async fn run(function: Function) -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let state = built_or_exit(function.name(), State::from_env().await);
-    lambda_runtime::run(lambda_runtime::service_fn(|event| handle(&state, function, event))).await
+    // Boxed: the binary's `main` future would otherwise hold the handler's whole future
+    // inline, down to the AWS SDK's, and computing its layout came within a few levels of the
+    // compiler's query depth limit (128), which only a build without incremental cache hits.
+    lambda_runtime::run(lambda_runtime::service_fn(|event| Box::pin(handle(&state, function, event)))).await
 }
 
 /// What a function's `main` built from the environment; or the error logged and the process

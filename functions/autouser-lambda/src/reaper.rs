@@ -317,7 +317,8 @@ fn concurrency_from_vars(var: impl Fn(&str) -> Option<String>) -> Result<usize, 
 pub async fn run() -> Result<(), lambda_runtime::Error> {
     init_tracing();
     let reaper = built_or_exit(FUNCTION_NAME, Reaper::from_env().await);
-    lambda_runtime::run(lambda_runtime::service_fn(|event| reaper.handle(event))).await
+    // Boxed: see `crate::run`.
+    lambda_runtime::run(lambda_runtime::service_fn(|event| Box::pin(reaper.handle(event)))).await
 }
 
 #[cfg(test)]
