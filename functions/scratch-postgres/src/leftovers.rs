@@ -74,25 +74,34 @@ pub fn remove_stale(root: &Path) -> Vec<PathBuf> {
     removed
 }
 
+/// The fields of `/proc/<pid>/stat` from field 3 (the state) on; `None` when there is no such
+/// process. The command name (field 2) may hold spaces and parentheses: they come after it.
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(stat[stat.rfind(')')? + 1..].split_whitespace().map(str::to_string).collect())
+}
+
 /// A running process as `pid start-time`: its start time (clock ticks since boot) tells it
 /// apart from a later process given the same pid. `None` when there is no such process, or
 /// only its zombie.
 fn process_identity(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
-    let state = fields.next()?; // field 3
-    if state == "Z" || state == "X" {
+    let fields = stat_fields(pid)?;
+    if matches!(fields.first()?.as_str(), "Z" | "X") {
         return None;
     }
-    let start_time = fields.nth(18)?; // field 22
+    let start_time = fields.get(19)?; // field 22
     Some(format!("{pid} {start_time}"))
+}
+
+/// Whether process `pid` exists and is not a zombie.
+pub fn process_running(pid: u32) -> bool {
+    process_identity(pid).is_some()
 }
 
 /// Whether the server of the cluster in `dir` runs (its `postmaster.pid` names a live process).
 fn server_running(dir: &Path) -> bool {
     let Ok(text) = std::fs::read_to_string(dir.join("data").join("postmaster.pid")) else { return false };
-    text.lines().next().and_then(|line| line.trim().parse().ok()).is_some_and(|pid| process_identity(pid).is_some())
+    text.lines().next().and_then(|line| line.trim().parse().ok()).is_some_and(process_running)
 }
 
 pub fn server_started(dir: &Path, pid: u32) {
@@ -155,7 +164,5 @@ fn children_of(pid: u32) -> Vec<u32> {
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields 3 (state) and 4 (parent), after the command name, which may hold ')'.
-    stat[stat.rfind(')')? + 1..].split_whitespace().nth(1)?.parse().ok()
+    stat_fields(pid)?.get(1)?.parse().ok() // field 4
 }

@@ -14,6 +14,7 @@
 mod leftovers;
 mod round_trips;
 
+pub use leftovers::process_running;
 pub use round_trips::{Cut, RoundTripCounter};
 
 use std::collections::HashMap;

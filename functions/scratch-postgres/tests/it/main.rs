@@ -3,7 +3,7 @@
 use autouser_core::config::TlsMode;
 use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_core::tokio_postgres::Client;
-use scratch_postgres::{Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
+use scratch_postgres::{process_running, Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
 
 fn install() -> PgInstall {
     PgInstall::from_env().expect("a PostgreSQL installation (see scripts/install-deps)")
@@ -85,7 +85,7 @@ async fn kill_takes_down_a_busy_backend_with_the_postmaster() {
     cluster.kill().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let mut outlived = false;
-    while running(pid as u32) {
+    while process_running(pid as u32) {
         if std::time::Instant::now() > deadline {
             outlived = true;
             // SAFETY: ends the orphaned backend that this failure leaves spinning.
@@ -155,7 +155,7 @@ fn a_cluster_never_dropped_is_removed_when_the_process_exits() {
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     let (dir, pid) = probe_fields(&stdout).unwrap_or_else(|| panic!("no probe fields in:\n{stdout}"));
     assert!(!dir.exists(), "{} is left behind", dir.display());
-    assert!(!running(pid), "the server (pid {pid}) outlived the process");
+    assert!(!process_running(pid), "the server (pid {pid}) outlived the process");
 }
 
 /// A process killed by a signal runs no exit handler: its server dies with it, its directory
@@ -192,7 +192,7 @@ fn a_directory_left_by_a_killed_process_is_removed_by_the_next_sweep() {
     probe.kill().unwrap();
     probe.wait().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while running(pid) {
+    while process_running(pid) {
         assert!(std::time::Instant::now() < deadline, "the server (pid {pid}) outlived its killed owner");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
@@ -217,12 +217,4 @@ fn print_probe(cluster: &Cluster) {
 fn probe_fields(stdout: &str) -> Option<(std::path::PathBuf, u32)> {
     let field = |name: &str| stdout.lines().find_map(|line| line.strip_prefix(name)).map(str::trim);
     Some((field("probe-dir=")?.into(), field("probe-pid=")?.parse().ok()?))
-}
-
-/// Whether process `pid` exists and is not a zombie.
-fn running(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().next() != Some("Z")))
-        .unwrap_or(false)
 }
