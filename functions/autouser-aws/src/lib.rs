@@ -138,7 +138,11 @@ impl AwsContext {
                 let text = self.secret_text(secret_arn).await?;
                 let secret =
                     secret::parse_cert_secret(secret_arn, &text).map_err(|e| Error::Credentials(e.to_string()))?;
-                Ok(AdminCredentials::ClientCert { cert_pem: secret.cert_pem, key_pem: secret.key_pem })
+                Ok(AdminCredentials::ClientCert {
+                    cert_pem: secret.cert_pem,
+                    key_pem: secret.key_pem,
+                    key_password: secret.key_password,
+                })
             }
             local => AdminCredentials::from_local_config(local),
         }

@@ -20,11 +20,12 @@ impl std::fmt::Debug for PasswordSecret {
     }
 }
 
-/// A client certificate and its key, PEM.
+/// A client certificate (and chain) and its key, PEM, and the key's passphrase if encrypted.
 #[derive(Clone, PartialEq, Eq)]
 pub struct CertSecret {
     pub cert_pem: String,
     pub key_pem: String,
+    pub key_password: Option<String>,
 }
 
 impl std::fmt::Debug for CertSecret {
@@ -60,18 +61,25 @@ pub fn parse_password_secret(arn: &str, text: &str) -> Result<PasswordSecret, Se
     serde_json::from_value(value).map_err(|e| shape(format!("has a field of the wrong type ({})", classify(&e))))
 }
 
-/// Accepts `{"certificate": PEM, "private_key": PEM}`, or one PEM text holding both.
+/// Accepts `{"certificate": PEM, "private_key": PEM}` with an optional
+/// `"private_key_password"` for an encrypted key (libpq's `sslpassword`), or one PEM text
+/// holding both.
 pub fn parse_cert_secret(arn: &str, text: &str) -> Result<CertSecret, SecretShapeError> {
     let shape = |problem: &str| SecretShapeError { arn: arn.to_string(), problem: problem.to_string() };
-    let (cert_pem, key_pem) = match serde_json::from_str::<serde_json::Value>(text) {
+    let (cert_pem, key_pem, key_password) = match serde_json::from_str::<serde_json::Value>(text) {
         Ok(value) => {
             let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_string);
+            let key_password = match value.get("private_key_password") {
+                None => None,
+                Some(serde_json::Value::String(password)) if !password.is_empty() => Some(password.clone()),
+                Some(_) => return Err(shape("has a `private_key_password` that is not a non-empty string")),
+            };
             match (field("certificate"), field("private_key")) {
-                (Some(cert), Some(key)) => (cert, key),
+                (Some(cert), Some(key)) => (cert, key, key_password),
                 _ => return Err(shape("needs string fields `certificate` and `private_key` (PEM)")),
             }
         }
-        Err(_) => (text.to_string(), text.to_string()),
+        Err(_) => (text.to_string(), text.to_string(), None),
     };
     if !cert_pem.contains("-----BEGIN CERTIFICATE-----") {
         return Err(shape("holds no PEM certificate (-----BEGIN CERTIFICATE-----)"));
@@ -79,7 +87,7 @@ pub fn parse_cert_secret(arn: &str, text: &str) -> Result<CertSecret, SecretShap
     if !key_pem.contains("PRIVATE KEY-----") {
         return Err(shape("holds no PEM private key (-----BEGIN … PRIVATE KEY-----)"));
     }
-    Ok(CertSecret { cert_pem, key_pem })
+    Ok(CertSecret { cert_pem, key_pem, key_password })
 }
 
 /// The kind of a JSON error, without the input text it may quote.
@@ -131,7 +139,15 @@ mod tests {
         let cert = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
         let key = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
         let json = serde_json::json!({"certificate": cert, "private_key": key}).to_string();
-        assert_eq!(parse_cert_secret(ARN, &json).unwrap(), CertSecret { cert_pem: cert.into(), key_pem: key.into() });
+        assert_eq!(
+            parse_cert_secret(ARN, &json).unwrap(),
+            CertSecret { cert_pem: cert.into(), key_pem: key.into(), key_password: None }
+        );
+        let encrypted = serde_json::json!({"certificate": cert, "private_key": key, "private_key_password": "pw"});
+        assert_eq!(parse_cert_secret(ARN, &encrypted.to_string()).unwrap().key_password.as_deref(), Some("pw"));
+        let wrong = serde_json::json!({"certificate": cert, "private_key": key, "private_key_password": 7});
+        let err = parse_cert_secret(ARN, &wrong.to_string()).unwrap_err().to_string();
+        assert!(err.contains("private_key_password") && !err.contains('7'), "{err}");
         let bundle = format!("{cert}{key}");
         assert!(parse_cert_secret(ARN, &bundle).is_ok());
         assert!(parse_cert_secret(ARN, cert).unwrap_err().to_string().contains("private key"));

@@ -162,8 +162,9 @@ pub struct AdminUser {
 /// variables; AWS sources (IAM tokens, Secrets Manager) are resolved by the AWS adapter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AuthConfig {
-    /// X.509 client certificate and key, PEM files.
-    CertFiles { cert_file: PathBuf, key_file: PathBuf },
+    /// X.509 client certificate (and chain) and key, PEM files; an encrypted key's passphrase
+    /// in the environment variable `key_password_env` (libpq's `sslpassword`).
+    CertFiles { cert_file: PathBuf, key_file: PathBuf, key_password_env: Option<String> },
     /// X.509 client certificate and key, PEM, in a Secrets Manager secret.
     CertSecret { secret_arn: String },
     /// Password from an environment variable.
@@ -351,6 +352,7 @@ struct RawAuth {
     method: String,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
+    key_password_env: Option<String>,
     password_env: Option<String>,
     secret_arn: Option<String>,
     region: Option<String>,
@@ -515,7 +517,7 @@ impl RawRds {
 
 impl RawAuth {
     fn validate(self, at: &str, base_dir: &Path) -> Result<AuthConfig, ConfigError> {
-        let RawAuth { method, cert_file, key_file, password_env, secret_arn, region } = self;
+        let RawAuth { method, cert_file, key_file, key_password_env, password_env, secret_arn, region } = self;
         let unexpected = |field: &str, present: bool| -> Result<(), ConfigError> {
             if present {
                 Err(invalid(format!("{at}.{field}"), format!("does not apply to method {method:?}")))
@@ -527,15 +529,25 @@ impl RawAuth {
             "cert" => {
                 unexpected("password_env", password_env.is_some())?;
                 unexpected("region", region.is_some())?;
+                if key_password_env.as_deref() == Some("") {
+                    return Err(invalid(format!("{at}.key_password_env"), "must name an environment variable"));
+                }
                 match (cert_file, key_file, secret_arn) {
-                    (Some(cert), Some(key), None) => {
-                        Ok(AuthConfig::CertFiles { cert_file: base_dir.join(cert), key_file: base_dir.join(key) })
-                    }
+                    (Some(cert), Some(key), None) => Ok(AuthConfig::CertFiles {
+                        cert_file: base_dir.join(cert),
+                        key_file: base_dir.join(key),
+                        key_password_env,
+                    }),
+                    (None, None, Some(_)) if key_password_env.is_some() => Err(invalid(
+                        format!("{at}.key_password_env"),
+                        "does not apply to a secret: put the passphrase in the secret's private_key_password",
+                    )),
                     (None, None, Some(arn)) => Ok(AuthConfig::CertSecret { secret_arn: arn }),
                     _ => Err(invalid(at, "method cert needs either cert_file and key_file, or secret_arn")),
                 }
             }
             "password" => {
+                unexpected("key_password_env", key_password_env.is_some())?;
                 unexpected("cert_file", cert_file.is_some())?;
                 unexpected("key_file", key_file.is_some())?;
                 unexpected("region", region.is_some())?;
@@ -546,6 +558,7 @@ impl RawAuth {
                 }
             }
             "iam" => {
+                unexpected("key_password_env", key_password_env.is_some())?;
                 unexpected("cert_file", cert_file.is_some())?;
                 unexpected("key_file", key_file.is_some())?;
                 unexpected("password_env", password_env.is_some())?;
@@ -660,7 +673,8 @@ roles:
             db.auth,
             AuthConfig::CertFiles {
                 cert_file: "/etc/autouser/admin.crt".into(),
-                key_file: "/etc/autouser/admin.key".into()
+                key_file: "/etc/autouser/admin.key".into(),
+                key_password_env: None
             }
         );
         assert_eq!(config.cluster_name.as_deref(), Some("leaf"));

@@ -22,6 +22,7 @@ mod properties;
 pub mod reaper;
 pub mod request;
 pub mod sql;
+mod tls;
 
 pub use error::Error;
 /// The driver, re-exported so adapters name the same `Client` type.

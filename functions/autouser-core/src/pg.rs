@@ -1,25 +1,18 @@
 //! The PostgreSQL edge: admin connections over TLS, and what a driver error means.
 //!
-//! TLS is rustls (no OpenSSL to link, which keeps Lambda zips small). The modes follow libpq's
-//! `sslmode`: `verify-full` checks the chain and the host name, `verify-ca` only the chain,
-//! `require` encrypts but trusts any certificate, `disable` sends plain text.
+//! TLS is OpenSSL, as in libpq, and `tls.mode` means what libpq's `sslmode` means with the
+//! same files: see [`crate::tls`].
 
 use std::fmt;
-use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::Client;
 
 use crate::config::{AuthConfig, TlsConfig, TlsMode};
+use crate::tls::{self, ClientIdentity, FailureSlot};
 use crate::{sql, Error};
 
 /// How long to wait for the server to accept a connection and finish the TLS handshake.
@@ -33,7 +26,13 @@ pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, PartialEq, Eq)]
 pub enum AdminCredentials {
     Password(String),
-    ClientCert { cert_pem: String, key_pem: String },
+    /// The certificate file's PEM (the admin's certificate, then any intermediates), the key's
+    /// PEM, and the key's passphrase if it is encrypted (libpq's `sslpassword`).
+    ClientCert {
+        cert_pem: String,
+        key_pem: String,
+        key_password: Option<String>,
+    },
 }
 
 impl fmt::Debug for AdminCredentials {
@@ -50,15 +49,28 @@ impl AdminCredentials {
     /// resolved by the AWS adapter.
     pub fn from_local_config(auth: &AuthConfig) -> Result<AdminCredentials, Error> {
         match auth {
-            AuthConfig::CertFiles { cert_file, key_file } => {
+            AuthConfig::CertFiles { cert_file, key_file, key_password_env } => {
                 let read = |path: &std::path::Path, what: &str| {
                     std::fs::read_to_string(path).map_err(|e| {
                         Error::Credentials(format!("cannot read the admin's {what} {}: {e}", path.display()))
                     })
                 };
+                let key_password = match key_password_env {
+                    None => None,
+                    Some(var) => match std::env::var(var) {
+                        Ok(password) if !password.is_empty() => Some(password),
+                        _ => {
+                            return Err(Error::Credentials(format!(
+                                "environment variable {var} (auth.key_password_env) is not set: export the \
+                                 passphrase of the admin's private key in it"
+                            )))
+                        }
+                    },
+                };
                 Ok(AdminCredentials::ClientCert {
                     cert_pem: read(cert_file, "certificate")?,
                     key_pem: read(key_file, "private key")?,
+                    key_password,
                 })
             }
             AuthConfig::PasswordEnv { password_env } => match std::env::var(password_env) {
@@ -290,8 +302,16 @@ async fn open(params: &ConnectParams<'_>) -> Result<(Client, Option<bool>), Erro
             Ok::<_, ConnectFailure>((client, admin_is_superuser))
         } else {
             config.ssl_mode(SslMode::Require);
-            let tls = tokio_postgres_rustls::MakeRustlsConnect::new(rustls_config(params)?);
-            let (client, connection) = config.connect(tls).await?;
+            let client_identity = match params.credentials {
+                AdminCredentials::ClientCert { cert_pem, key_pem, key_password } => {
+                    Some(ClientIdentity { cert_pem, key_pem, key_password: key_password.as_deref() })
+                }
+                AdminCredentials::Password(_) => None,
+            };
+            let (tls, failure) =
+                tls::connector(params.tls.mode, params.tls.ca_pem.as_deref(), client_identity, params.host)?;
+            let (client, connection) =
+                config.connect(tls).await.map_err(|error| ConnectFailure::Tls { error, failure })?;
             let admin_is_superuser = connection.parameter("is_superuser").map(|value| value == "on");
             tokio::spawn(drive(connection));
             Ok((client, admin_is_superuser))
@@ -306,7 +326,11 @@ async fn open(params: &ConnectParams<'_>) -> Result<(Client, Option<bool>), Erro
         };
     result.map_err(|failure| match failure {
         ConnectFailure::Setup(error) => error,
-        ConnectFailure::Postgres(error) => classify_connect_error(error, params, endpoint),
+        ConnectFailure::Postgres(error) => classify_connect_error(error, params, endpoint, None),
+        ConnectFailure::Tls { error, failure } => {
+            let verify_failure = failure.lock().ok().and_then(|slot| slot.clone());
+            classify_connect_error(error, params, endpoint, verify_failure)
+        }
     })
 }
 
@@ -323,6 +347,11 @@ where
 enum ConnectFailure {
     Setup(Error),
     Postgres(tokio_postgres::Error),
+    /// A failure over TLS, with what the server certificate's verification recorded.
+    Tls {
+        error: tokio_postgres::Error,
+        failure: FailureSlot,
+    },
 }
 
 impl From<tokio_postgres::Error> for ConnectFailure {
@@ -337,8 +366,20 @@ impl From<Error> for ConnectFailure {
     }
 }
 
-fn classify_connect_error(error: tokio_postgres::Error, params: &ConnectParams<'_>, endpoint: String) -> Error {
+fn classify_connect_error(
+    error: tokio_postgres::Error,
+    params: &ConnectParams<'_>,
+    endpoint: String,
+    verify_failure: Option<tls::VerifyFailure>,
+) -> Error {
     let admin = params.user.to_string();
+    if let Some(failure) = verify_failure {
+        return Error::AdminAuthFailed {
+            admin,
+            endpoint,
+            detail: format!("TLS handshake failed: {}", failure.explain(params.host)),
+        };
+    }
     if let Some(db) = error.as_db_error() {
         let code = db.code();
         if *code == SqlState::INSUFFICIENT_PRIVILEGE {
@@ -359,13 +400,17 @@ fn classify_connect_error(error: tokio_postgres::Error, params: &ConnectParams<'
         }
         return Error::Unreachable { endpoint, detail: db.message().to_string() };
     }
-    if let Some(tls) = find_source::<rustls::Error>(&error) {
+    if let Some(tls) = find_source::<openssl::ssl::Error>(&error) {
+        let hint = if matches!(params.credentials, AdminCredentials::ClientCert { .. }) {
+            "check that the server's ssl_ca_file holds the CA of the admin's certificate, and that \
+             auth.cert_file holds the chain up to that CA"
+        } else {
+            "check the server's TLS settings (ssl, ssl_min_protocol_version)"
+        };
         return Error::AdminAuthFailed {
             admin,
             endpoint,
-            detail: format!(
-                "TLS handshake failed ({tls}): check tls.ca_file and that the server certificate names the host"
-            ),
+            detail: format!("TLS handshake failed ({}): {hint}", error_chain(tls)),
         };
     }
     Error::Unreachable { endpoint, detail: error_chain(&error) }
@@ -414,143 +459,4 @@ pub fn is_transient(error: &tokio_postgres::Error) -> bool {
         || code.starts_with("57")
         || [SqlState::T_R_SERIALIZATION_FAILURE, SqlState::T_R_DEADLOCK_DETECTED, SqlState::LOCK_NOT_AVAILABLE]
             .contains(db.code())
-}
-
-fn rustls_config(params: &ConnectParams<'_>) -> Result<rustls::ClientConfig, Error> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls_error = |detail: String| Error::Credentials(detail);
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_error(format!("TLS setup failed: {e}")))?;
-    let roots = || -> Result<Arc<RootCertStore>, Error> {
-        let pem = params
-            .tls
-            .ca_pem
-            .as_deref()
-            .ok_or_else(|| tls_error("tls.ca_file is required to verify the server certificate".into()))?;
-        let mut store = RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
-            let cert = cert.map_err(|e| tls_error(format!("tls.ca_file is not a PEM certificate bundle: {e}")))?;
-            store.add(cert).map_err(|e| tls_error(format!("tls.ca_file holds an unusable certificate: {e}")))?;
-        }
-        if store.is_empty() {
-            return Err(tls_error("tls.ca_file holds no certificate".into()));
-        }
-        Ok(Arc::new(store))
-    };
-    let builder = match params.tls.mode {
-        TlsMode::VerifyFull => builder.with_root_certificates(roots()?),
-        TlsMode::VerifyCa => {
-            let inner = WebPkiServerVerifier::builder_with_provider(roots()?, provider.clone())
-                .build()
-                .map_err(|e| tls_error(format!("TLS setup failed: {e}")))?;
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(ChainOnly { inner }))
-        }
-        TlsMode::Require | TlsMode::Disable => {
-            builder.dangerous().with_custom_certificate_verifier(Arc::new(AnyCertificate { provider }))
-        }
-    };
-    match params.credentials {
-        AdminCredentials::ClientCert { cert_pem, key_pem } => {
-            let chain = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| tls_error(format!("the admin's client certificate is not PEM: {e}")))?;
-            if chain.is_empty() {
-                return Err(tls_error("the admin's client certificate file holds no certificate".into()));
-            }
-            let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-                .map_err(|e| tls_error(format!("the admin's private key is not a PEM key: {e}")))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| tls_error(format!("the admin's certificate and key do not fit together: {e}")))
-        }
-        AdminCredentials::Password(_) => Ok(builder.with_no_client_auth()),
-    }
-}
-
-/// `verify-ca`: the chain must lead to the CA, the host name is not checked.
-#[derive(Debug)]
-struct ChainOnly {
-    inner: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for ChainOnly {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
-    }
-}
-
-/// `require`: any certificate, but the handshake signatures are still checked against it.
-#[derive(Debug)]
-struct AnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider.signature_verification_algorithms.supported_schemes()
-    }
 }

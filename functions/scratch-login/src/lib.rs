@@ -27,7 +27,7 @@ fn certificate_login(cluster: &Cluster, user: &str) -> Result<(TlsSettings, Admi
         detail: format!("no client certificate for {user}: {e}"),
     })?;
     let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
-    Ok((tls, AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem }))
+    Ok((tls, AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem, key_password: None }))
 }
 
 fn params<'a>(

@@ -11,3 +11,4 @@ mod object_permissions;
 mod preflight;
 mod reaper;
 mod round_trips;
+mod tls_interop;

@@ -25,7 +25,7 @@ async fn connect(cluster: &Cluster, user: &str, credentials: AdminCredentials) -
 
 fn cert_of(cluster: &Cluster, user: &str) -> AdminCredentials {
     let cert = cluster.client_cert(user).unwrap();
-    AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem }
+    AdminCredentials::ClientCert { cert_pem: cert.cert_pem, key_pem: cert.key_pem, key_password: None }
 }
 
 #[tokio::test]
