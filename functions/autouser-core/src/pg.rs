@@ -21,6 +21,20 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// Bound on waiting for a lock (the per-user advisory lock, a role row).
 pub const LOCK_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long data sent to the server may stay unacknowledged before the connection is given
+/// up (`TCP_USER_TIMEOUT`): a pooled connection to a host that vanished in a failover fails in
+/// this time instead of hanging until Lambda ends the invocation. A slow statement is not
+/// affected: the server's kernel acknowledges the request while the statement runs.
+pub const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
+/// TCP keepalives on an idle connection (waiting for an answer counts as idle): the first
+/// probe after this long without traffic…
+pub const KEEPALIVES_IDLE: Duration = Duration::from_secs(5);
+/// …then one every this long, and the connection is given up after this many unanswered,
+/// so a host that vanished while we waited for its answer is noticed in about 11 s. Together
+/// with [`TCP_USER_TIMEOUT`], [`CONNECT_TIMEOUT`] for the reconnection and the work, a dead
+/// pooled connection costs well under the session functions' 30 s timeout (template.yaml).
+pub const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(2);
+pub const KEEPALIVES_RETRIES: u32 = 3;
 
 /// The admin's secret. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -280,6 +294,11 @@ async fn open(params: &ConnectParams<'_>) -> Result<(Client, Option<bool>), Erro
         .user(params.user)
         .application_name("pg-autouser")
         .connect_timeout(CONNECT_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVES_IDLE)
+        .keepalives_interval(KEEPALIVES_INTERVAL)
+        .keepalives_retries(KEEPALIVES_RETRIES)
+        .tcp_user_timeout(TCP_USER_TIMEOUT)
         .options(format!(
             "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={} \
              -c plan_cache_mode=force_generic_plan",

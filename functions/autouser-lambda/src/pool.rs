@@ -1,6 +1,7 @@
 //! Admin connections kept open across warm invocations: one per database, admin database and
-//! admin identity. A Lambda container runs one invocation at a time, so one connection each
-//! is enough; a dead or old connection is replaced (with a fresh IAM token, if IAM).
+//! admin identity, at most [`MAX_POOLED_CONNECTIONS`] (the least recently used goes first). A
+//! Lambda container runs one invocation at a time, so one connection each is enough; a dead
+//! or old connection is replaced (with a fresh IAM token, if IAM).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +19,11 @@ use tokio::sync::Mutex;
 /// moved endpoint goes unnoticed.
 pub const MAX_CONNECTION_AGE: Duration = Duration::from_secs(10 * 60);
 
+/// Connections a container keeps. Sessions with object permissions log in to the session's
+/// own database, so a cluster of many databases would otherwise leave one admin connection
+/// per database name in every warm container, against the server's `max_connections`.
+pub const MAX_POOLED_CONNECTIONS: usize = 8;
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct Key {
     database: String,
@@ -30,6 +36,13 @@ struct Key {
 struct Pooled {
     connection: Arc<AdminConnection>,
     opened: Instant,
+    last_used: Instant,
+}
+
+impl Pooled {
+    fn usable(&self) -> bool {
+        !self.connection.is_closed() && self.opened.elapsed() < MAX_CONNECTION_AGE
+    }
 }
 
 #[derive(Default)]
@@ -79,14 +92,25 @@ impl Pool {
             admin: db.admin_user.name.clone(),
         };
         let mut connections = self.connections.lock().await;
-        if let Some(pooled) = connections.get(&key) {
-            if !pooled.connection.is_closed() && pooled.opened.elapsed() < MAX_CONNECTION_AGE {
+        if let Some(pooled) = connections.get_mut(&key) {
+            if pooled.usable() {
+                pooled.last_used = Instant::now();
                 return Ok((pooled.connection.clone(), true));
             }
         }
+        // Dropping the last reference to a connection closes it.
+        connections.retain(|_, pooled| pooled.usable());
+        while connections.len() >= MAX_POOLED_CONNECTIONS {
+            let Some(oldest) = connections.iter().min_by_key(|(_, pooled)| pooled.last_used).map(|(k, _)| k.clone())
+            else {
+                break;
+            };
+            connections.remove(&oldest);
+        }
         let connection = Arc::new(aws.connect_admin(db, dbname).await?);
         self.opened.fetch_add(1, Ordering::Relaxed);
-        connections.insert(key, Pooled { connection: connection.clone(), opened: Instant::now() });
+        let now = Instant::now();
+        connections.insert(key, Pooled { connection: connection.clone(), opened: now, last_used: now });
         Ok((connection, false))
     }
 

@@ -2,6 +2,7 @@
 //! `scripts/test` runs this binary once per supported version.
 
 mod concurrency;
+mod connection;
 mod errors;
 mod faults;
 mod fixture;

@@ -222,3 +222,37 @@ async fn dead_pooled_connection_is_replaced() {
     assert_eq!(ended["status"], "deactivated");
     assert_eq!(state.connections_opened(), 2);
 }
+
+/// A container serving sessions in many databases (the admin logs in to each session's own
+/// database) keeps at most `MAX_POOLED_CONNECTIONS` admin connections open, not one per
+/// database name.
+#[tokio::test]
+async fn the_pool_keeps_a_bounded_number_of_connections() {
+    use autouser_lambda::pool::MAX_POOLED_CONNECTIONS;
+    let databases = MAX_POOLED_CONNECTIONS + 4;
+    let yaml = config_yaml("lb").await.replace("default_database: postgres", "");
+    let state = state_of(&yaml);
+    let superuser = superuser().await;
+    for i in 0..databases {
+        superuser.batch_execute(&format!("CREATE DATABASE lb_db{i}")).await.unwrap();
+    }
+    for i in 0..databases {
+        let mut event = session("lb", &format!("s{i}"), &format!("u{i}"));
+        event["db_name"] = json!(format!("lb_db{i}"));
+        invoke(&state, Function::SessionStart, event).await.unwrap();
+    }
+    assert_eq!(state.connections_opened(), databases);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let open: i64 = superuser
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = 'lb_admin'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if open as usize <= MAX_POOLED_CONNECTIONS {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{open} admin connections stay open");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
