@@ -148,9 +148,7 @@ fn deserialize_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
         Flag(bool),
     }
     let invalid = |what: String| {
-        serde::de::Error::custom(format!(
-            "create_db_user_mode {what} is not a mode: use off, keep or best_effort_drop"
-        ))
+        serde::de::Error::custom(format!("create_db_user_mode {what} is not a mode: use off, keep or best_effort_drop"))
     };
     match Option::<Written>::deserialize(deserializer)? {
         None => Ok(None),
@@ -327,10 +325,9 @@ impl CompiledRole {
 fn names_match(entry: &Selecting, db_name: &str, traits: &Traits) -> bool {
     match entry {
         Selecting::Pattern(matcher) => matcher.matches(db_name),
-        Selecting::Template(template) => template
-            .expand(&traits.internal, &traits.external)
-            .iter()
-            .any(|value| value == "*" || value == db_name),
+        Selecting::Template(template) => {
+            template.expand(&traits.internal, &traits.external).iter().any(|value| value == "*" || value == db_name)
+        }
     }
 }
 
@@ -435,8 +432,7 @@ impl Policy {
             });
         }
         // As in Teleport, only roles that provision contribute roles and permissions.
-        let matched: Vec<&CompiledRole> =
-            matching.into_iter().filter(|c| c.mode != CreateDbUserMode::Off).collect();
+        let matched: Vec<&CompiledRole> = matching.into_iter().filter(|c| c.mode != CreateDbUserMode::Off).collect();
         let Some(mode) = matched.iter().map(|c| c.mode).max() else {
             return Err(PolicyError::ProvisioningOff {
                 database: req.database.to_string(),
@@ -703,16 +699,14 @@ fn compile_selector(
         if key == "*" && values.globs() != ["*"] {
             return Err(PolicyError::WildcardLabelKey { role: role.to_string() });
         }
-        let matchers = values
-            .globs()
-            .iter()
-            .map(|value| Matcher::parse(value))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|source| PolicyError::InvalidPattern {
-                role: role.to_string(),
-                field: format!("{field}.{key}"),
-                source,
-            })?;
+        let matchers =
+            values.globs().iter().map(|value| Matcher::parse(value)).collect::<Result<Vec<_>, _>>().map_err(
+                |source| PolicyError::InvalidPattern {
+                    role: role.to_string(),
+                    field: format!("{field}.{key}"),
+                    source,
+                },
+            )?;
         keys.push((key.clone(), matchers));
     }
     let everything = selector.get("*").is_some_and(|values| values.globs() == ["*"]);
@@ -974,7 +968,10 @@ mod tests {
             (role("{allow: {db_roles: [\"{{user.email}}\"]}}"), "invalid template"),
             (role("{allow: {db_roles: [\"{{internal.a}}{{internal.b}}\"]}}"), "invalid template"),
             (role("{allow: {db_roles: [\"{{internal.a\"]}}"), "invalid template"),
-            (role("{allow: {db_names: [\"^app(.*$\"]}}"), "allow.db_names: \"^app(.*$\" is not a valid regular expression"),
+            (
+                role("{allow: {db_names: [\"^app(.*$\"]}}"),
+                "allow.db_names: \"^app(.*$\" is not a valid regular expression",
+            ),
             (role("{allow: {db_labels: {env: \"^(dev$\"}}}"), "allow.db_labels.env"),
             (role("{deny: {db_roles: [\"^(x$\"]}}"), "deny.db_roles"),
             (role("{allow: {db_labels: {env: \"{{external.env}}\"}}}"), "template"),
@@ -994,4 +991,161 @@ mod tests {
         }
     }
 
+    fn one_role(spec: &str) -> Result<Policy, PolicyError> {
+        policy(&format!("[{{kind: role, version: v7, metadata: {{name: r}}, spec: {spec}}}]"))
+    }
+
+    const KEEP_ALL: &str = r#"options: {create_db_user_mode: keep}, allow: {db_labels: {"*": "*"}, db_names: ["*"]"#;
+
+    #[test]
+    fn fields_that_would_narrow_access_and_cannot_be_evaluated_refuse_the_role() {
+        for (block, field) in [
+            (r#"allow: {db_service_labels: {env: prod}}"#, "allow.db_service_labels"),
+            (r#"allow: {db_service_labels: {"*": "*", env: prod}}"#, "allow.db_service_labels"),
+            (r#"deny: {db_service_labels: {"*": "*"}}"#, "deny.db_service_labels"),
+            (r#"allow: {db_labels_expression: 'labels["env"] == "staging"'}"#, "allow.db_labels_expression"),
+            (r#"deny: {db_labels_expression: 'labels["env"] == "prod"'}"#, "deny.db_labels_expression"),
+            (r#"deny: {db_service_labels_expression: 'labels["env"] == "prod"'}"#, "deny.db_service_labels_expression"),
+            (r#"deny: {db_future_selector: [x]}"#, "deny.db_future_selector"),
+        ] {
+            let err = one_role(&format!("{{{block}}}")).unwrap_err().to_string();
+            assert!(err.contains(field) && err.contains("role \"r\""), "{block}: {err}");
+        }
+        for (rule, what) in [
+            ("{match: {schema: '^(a|b)$'}, permissions: [SELECT]}", "regular expression"),
+            ("{match: {schema: '{{external.schema}}'}, permissions: [SELECT]}", "template"),
+        ] {
+            for block in ["allow", "deny"] {
+                let err = one_role(&format!("{{{block}: {{db_permissions: [{rule}]}}}}")).unwrap_err().to_string();
+                assert!(err.contains(&format!("{block}.db_permissions entry 0")) && err.contains(what), "{err}");
+            }
+        }
+    }
+
+    #[test]
+    fn fields_that_do_not_bear_on_database_users_load_and_are_ignored() {
+        let p = one_role(&format!(
+            r#"{{{KEEP_ALL}, db_roles: [reader],
+                db_users: ["{{{{internal.db_users}}}}", "*"], db_service_labels: {{"*": "*"}},
+                logins: [root], node_labels: {{"*": "*"}}, node_labels_expression: 'labels["a"] == "b"',
+                kubernetes_resources: [{{kind: pod, name: "*", namespace: "*", verbs: ["*"]}}],
+                rules: [{{resources: [session], verbs: [read], where: 'contains(session.participants, user.metadata.name)'}}],
+                impersonate: {{users: ["*"], roles: [jenkins], where: 'true'}},
+                request: {{roles: [dba], thresholds: [{{approve: 2, deny: 1}}]}},
+                review_requests: {{roles: [dba]}}, join_sessions: [{{name: n, roles: [x], kinds: [ssh], modes: [observer]}}]}},
+              deny: {{logins: [admin], node_labels: {{env: prod}}, rules: [{{resources: [role], verbs: [delete]}}]}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(roles(&Ask::new(&["r"]).run(&p).unwrap()), ["reader"]);
+    }
+
+    #[test]
+    fn label_values_written_caret_dollar_are_regular_expressions() {
+        let p = one_role(
+            r#"{options: {create_db_user_mode: keep}, allow: {db_labels: {env: '^(dev|staging)$'}, db_names: ["*"], db_roles: [r1]}}"#,
+        )
+        .unwrap();
+        assert!(Ask::new(&["r"]).run(&p).is_ok());
+        assert!(Ask::new(&["r"]).label("env", "staging").run(&p).is_ok());
+        for env in ["prod", "development"] {
+            let err = Ask::new(&["r"]).label("env", env).run(&p).unwrap_err();
+            assert!(matches!(err, PolicyError::NoMatchingRole { .. }), "{env}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_wildcard_selector_matches_every_database_whatever_its_other_keys() {
+        // Teleport: `'*': '*'` short-circuits the selector.
+        let p = one_role(r#"{deny: {db_labels: {"*": "*", env: prod}}}"#).unwrap();
+        assert!(matches!(Ask::new(&["r"]).run(&p), Err(PolicyError::DatabaseDenied { .. })));
+    }
+
+    #[test]
+    fn db_names_and_deny_db_roles_take_regular_expressions() {
+        let p = one_role(&format!(
+            r#"{{{KEEP_ALL}, db_roles: [admin_x, reader]}}, deny: {{db_names: ['^secret_[0-9]+$'], db_roles: ['^admin_.*$']}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(roles(&Ask::new(&["r"]).run(&p).unwrap()), ["reader"]);
+        let mut ask = Ask::new(&["r"]);
+        ask.db_name = "secret_42".into();
+        assert!(matches!(ask.run(&p), Err(PolicyError::DbNameDenied { .. })));
+        ask.db_name = "secret_x".into();
+        assert!(ask.run(&p).is_ok());
+    }
+
+    #[test]
+    fn legacy_create_db_user_counts_only_when_create_db_user_mode_is_unset() {
+        let mode = |options: &str| {
+            let p =
+                one_role(&format!(r#"{{options: {options}, allow: {{db_labels: {{"*": "*"}}, db_names: ["*"]}}}}"#))
+                    .unwrap();
+            Ask::new(&["r"]).run(&p).map(|g| g.mode)
+        };
+        assert_eq!(mode("{create_db_user: true}"), Ok(CreateDbUserMode::Keep));
+        assert_eq!(mode("{create_db_user: true, create_db_user_mode: ''}"), Ok(CreateDbUserMode::Keep));
+        assert_eq!(mode("{create_db_user: true, create_db_user_mode: 0}"), Ok(CreateDbUserMode::Keep));
+        assert_eq!(
+            mode("{create_db_user: false, create_db_user_mode: best_effort_drop}"),
+            Ok(CreateDbUserMode::BestEffortDrop)
+        );
+        assert_eq!(mode("{create_db_user_mode: 3}"), Ok(CreateDbUserMode::BestEffortDrop));
+        for off in ["{create_db_user: true, create_db_user_mode: 'off'}", "{create_db_user: false}", "{}"] {
+            assert!(matches!(mode(off), Err(PolicyError::ProvisioningOff { .. })), "{off}");
+        }
+        let err = serde_yaml_ng::from_str::<Vec<Role>>(
+            "[{kind: role, version: v7, metadata: {name: r}, spec: {options: {create_db_user_mode: always}}}]",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("keep or best_effort_drop"), "{err}");
+    }
+
+    #[test]
+    fn templated_db_names_name_databases_exactly_or_all_with_star() {
+        let p = one_role(
+            r#"{options: {create_db_user_mode: keep}, allow: {db_labels: {"*": "*"}, db_names: ["{{internal.db_names}}"], db_roles: [r1]}}"#,
+        )
+        .unwrap();
+        let ask = |names: &[&str], db_name: &str| {
+            let mut ask = Ask::new(&["r"]).internal("db_names", names);
+            ask.db_name = db_name.into();
+            ask.run(&p)
+        };
+        assert!(ask(&["app", "metrics"], "app").is_ok());
+        assert!(ask(&["*"], "anything").is_ok());
+        // A trait value is a name, not a glob.
+        assert!(ask(&["app*"], "app_1").is_err());
+        assert!(ask(&[], "app").is_err());
+    }
+
+    #[test]
+    fn email_local_and_regexp_replace_templates_grant_what_teleport_would() {
+        let p = one_role(&format!(
+            r#"{{{KEEP_ALL}, db_roles: ['{{{{email.local(external.email)}}}}_ro', '{{{{regexp.replace(external.groups, "^db-(.*)$", "$1")}}}}', '{{{{external["db-team"]}}}}']}}}}"#
+        ))
+        .unwrap();
+        let grant = Ask::new(&["r"])
+            .external("email", &["alice@example.com"])
+            .external("groups", &["db-reader", "devs", "db-writer"])
+            .external("db-team", &["pay"])
+            .run(&p)
+            .unwrap();
+        assert_eq!(roles(&grant), ["alice_ro", "pay", "reader", "writer"]);
+        // An expanded value that is no valid role name refuses the session.
+        let err = Ask::new(&["r"]).external("groups", &[&format!("db-{}", "x".repeat(64))]).run(&p).unwrap_err();
+        assert!(
+            matches!(&err, PolicyError::InvalidTraitValue { trait_name, .. } if trait_name == "external.groups"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn roles_of_any_version_tctl_prints_load() {
+        for version in SUPPORTED_VERSIONS {
+            let yaml = format!(
+                r#"[{{kind: role, version: {version}, metadata: {{name: r}}, spec: {{{KEEP_ALL}, db_roles: [x]}}}}}}]"#
+            );
+            assert_eq!(roles(&Ask::new(&["r"]).run(&policy(&yaml).unwrap()).unwrap()), ["x"], "{version}");
+        }
+    }
 }

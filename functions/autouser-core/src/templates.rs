@@ -308,10 +308,9 @@ impl<'a> Parser<'a> {
         }
         self.expect(')')?;
         match (namespace.as_str(), name.as_str(), arguments.as_mut_slice()) {
-            ("email", "local", [email]) => Ok(Expression::EmailLocal(Box::new(std::mem::replace(
-                email,
-                Expression::Literal(String::new()),
-            )))),
+            ("email", "local", [email]) => {
+                Ok(Expression::EmailLocal(Box::new(std::mem::replace(email, Expression::Literal(String::new())))))
+            }
             ("regexp", "replace", [source, Expression::Literal(pattern), Expression::Literal(replacement)]) => {
                 let pattern = compile_regex(pattern).map_err(|e| TemplateError {
                     reason: match e {
@@ -335,9 +334,7 @@ impl<'a> Parser<'a> {
             ("regexp", "match" | "not_match", _) => {
                 error(format!("regexp.{name} is a matcher, not a value: it cannot name roles or databases"))
             }
-            _ => error(format!(
-                "unknown function {namespace}.{name}: use email.local or regexp.replace"
-            )),
+            _ => error(format!("unknown function {namespace}.{name}: use email.local or regexp.replace")),
         }
     }
 }
