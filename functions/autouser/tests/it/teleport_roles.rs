@@ -79,6 +79,10 @@ async fn a_template_that_expands_to_a_superuser_role_refuses_the_session() {
         "traits": {"external": {"groups": ["db-postgres"]}}, "database": "main", "db_name": "app"}"#;
     let refused = autouser(&["session-start", "--config", &config, "--event", "-"], Some(event));
     assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
-    assert!(stderr(&refused).contains("\"postgres\"") && stderr(&refused).contains("superuser role"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("\"postgres\"") && stderr(&refused).contains("superuser role"),
+        "{}",
+        stderr(&refused)
+    );
     assert!(member_roles("cli_tctl_su_mallory").await.is_empty());
 }
