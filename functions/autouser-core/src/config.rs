@@ -1,5 +1,5 @@
 //! The configuration file: which databases pg-autouser manages, how it logs in as their admin,
-//! and the access policy (Teleport role v7 documents).
+//! and the access policy (Teleport role documents, inline under `roles` or from `roles_file`).
 //!
 //! YAML, so JSON loads too. Unknown keys in our own sections are errors: a typo must not turn
 //! into a silently ignored setting. Relative file paths are resolved against the directory of
