@@ -1,7 +1,7 @@
 //! pg-autouser core: everything that decides and performs just-in-time PostgreSQL user
 //! provisioning, independent of how it is triggered (CLI, Lambda) and of AWS.
 //!
-//! The pure part (`config`, `event`, `policy`, `naming`, `ledger`, `plan`, `sql`) does no I/O
+//! The pure part (`config`, `event`, `policy`, `label_match`, `templates`, `naming`, `ledger`, `plan`, `sql`) does no I/O
 //! and is unit tested. The PostgreSQL edge (`pg`, `engine`) executes plans over a
 //! `tokio_postgres::Client` that the caller connects with [`pg::connect`].
 
@@ -9,6 +9,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod event;
+pub mod label_match;
 pub mod ledger;
 pub mod naming;
 pub mod outcome;
@@ -22,6 +23,7 @@ mod properties;
 pub mod reaper;
 pub mod request;
 pub mod sql;
+pub mod templates;
 mod tls;
 
 pub use error::Error;

@@ -10,6 +10,7 @@ use scratch_postgres::{Cluster, PgInstall};
 use serde_json::Value;
 
 mod rds;
+mod teleport_roles;
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 
