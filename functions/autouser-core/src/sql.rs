@@ -185,25 +185,51 @@ macro_rules! has_relation_privilege {
     };
 }
 
-/// The user's own privileges on an object (`$acl`, owned by `$owner`) that the admin's
-/// `REVOKE` leaves in place, as two parallel arrays (`kept_privileges`, `kept_grantors`).
-macro_rules! kept_privileges {
+/// The privileges the user holds directly on an object (`$acl`, owned by `$owner`), and those
+/// of them the admin's `REVOKE` leaves in place, as two parallel arrays (`kept_privileges`,
+/// `kept_grantors`). Read only for the objects the user holds something on
+/// (`listed.user_holds`): a start lists thousands, the user holds a few.
+macro_rules! held_and_kept {
     ($acl:literal, $owner:literal) => {
         concat!(
-            "ARRAY(SELECT a.privilege_type::text FROM pg_catalog.aclexplode(",
+            "CASE WHEN listed.user_holds THEN ARRAY(SELECT a.privilege_type::text FROM pg_catalog.aclexplode(",
+            $acl,
+            ") a
+         WHERE a.grantee = (SELECT oid FROM u) ORDER BY 1) ELSE '{}' END AS held,
+  CASE WHEN listed.user_holds THEN ARRAY(SELECT a.privilege_type::text FROM pg_catalog.aclexplode(",
             $acl,
             ") a
          WHERE a.grantee = (SELECT oid FROM u) AND NOT ",
             removed_by_admin!("a", $owner, "may.revoke_runs"),
             "
-         ORDER BY a.privilege_type, a.grantor) AS kept_privileges,
-  ARRAY(SELECT pg_catalog.pg_get_userbyid(a.grantor)::text FROM pg_catalog.aclexplode(",
+         ORDER BY a.privilege_type, a.grantor) ELSE '{}' END AS kept_privileges,
+  CASE WHEN listed.user_holds THEN ARRAY(SELECT pg_catalog.pg_get_userbyid(a.grantor)::text
+         FROM pg_catalog.aclexplode(",
             $acl,
             ") a
          WHERE a.grantee = (SELECT oid FROM u) AND NOT ",
             removed_by_admin!("a", $owner, "may.revoke_runs"),
             "
-         ORDER BY a.privilege_type, a.grantor) AS kept_grantors"
+         ORDER BY a.privilege_type, a.grantor) ELSE '{}' END AS kept_grantors"
+        )
+    };
+}
+
+/// The CTEs `held_objects` (`$held`: the OIDs the user holds a privilege on) and `listed`:
+/// those and the OIDs of `$by_kind`, each with whether the user holds a privilege on it.
+macro_rules! listed {
+    ($by_kind:expr, $held:expr) => {
+        concat!(
+            "held_objects AS (",
+            $held,
+            "),
+listed AS (
+  SELECT l.oid, l.oid IN (SELECT h.objid FROM held_objects h) AS user_holds
+    FROM (",
+            $by_kind,
+            "
+          UNION
+          SELECT h.objid FROM held_objects h) AS l)"
         )
     };
 }
@@ -222,18 +248,20 @@ pub const LIST_RELATIONS: &str = concat!(
 admin AS (SELECT a.oid, a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolname = current_user),
 session_roles AS (SELECT 'public'::name AS name
                   UNION ALL SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($5::text[])),
-listed AS (
-  SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-   WHERE pg_catalog.cardinality($4::text[]) > 0 AND c.relkind::text = ANY ($4::text[]) AND ",
-    user_schemas!("n"),
+",
+    listed!(
+        concat!(
+            "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE pg_catalog.cardinality($4::text[]) > 0 AND c.relkind::text = ANY ($4::text[]) AND ",
+            user_schemas!("n")
+        ),
+        held_by_user!("pg_catalog.pg_class")
+    ),
     "
-  UNION
-  ",
-    held_by_user!("pg_catalog.pg_class"),
-    ")
 SELECT c.relkind::text AS relkind, n.nspname::text AS schema, c.relname::text AS name,
-  ARRAY(SELECT a.privilege_type::text FROM pg_catalog.aclexplode(c.relacl) a
-         WHERE a.grantee = (SELECT oid FROM u) ORDER BY 1) AS held,
+  ",
+    held_and_kept!("c.relacl", "c.relowner"),
+    ",
   ARRAY(SELECT p.privilege
           FROM pg_catalog.unnest(CASE WHEN c.relkind = 'S' THEN $3::text[] ELSE $2::text[] END) AS p(privilege)
          WHERE ",
@@ -249,21 +277,15 @@ SELECT c.relkind::text AS relkind, n.nspname::text AS schema, c.relname::text AS
     has_relation_privilege!("r.name, ", "p.privilege"),
     ")
          ORDER BY 1) AS held_otherwise,
-  may.revoke_runs AS admin_may_revoke,
-  ",
-    kept_privileges!("c.relacl", "c.relowner"),
-    "
+  may.revoke_runs AS admin_may_revoke
 FROM listed
 JOIN pg_catalog.pg_class c ON c.oid = listed.oid
 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN admin
-CROSS JOIN LATERAL (SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE') AND ",
-    has_relation_privilege!(
-        "",
-        "CASE WHEN c.relkind = 'S' THEN 'USAGE, SELECT, UPDATE' \
-         ELSE 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER' END"
-    ),
-    " AS revoke_runs) AS may
+CROSS JOIN LATERAL (SELECT NOT listed.user_holds OR pg_catalog.has_schema_privilege(n.oid, 'USAGE') AND CASE
+    WHEN c.relkind = 'S' THEN pg_catalog.has_sequence_privilege(c.oid, 'USAGE, SELECT, UPDATE')
+    ELSE pg_catalog.has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') END
+    AS revoke_runs) AS may
 WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S') AND ",
     user_schemas!("n"),
     "
@@ -282,32 +304,31 @@ pub const LIST_ROUTINES: &str = concat!(
 admin AS (SELECT a.oid, a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolname = current_user),
 session_roles AS (SELECT 'public'::name AS name
                   UNION ALL SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($3::text[])),
-listed AS (
-  SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-   WHERE $2::bool AND ",
-    user_schemas!("n"),
+",
+    listed!(
+        concat!(
+            "SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+           WHERE $2::bool AND ",
+            user_schemas!("n")
+        ),
+        held_by_user!("pg_catalog.pg_proc")
+    ),
     "
-  UNION
-  ",
-    held_by_user!("pg_catalog.pg_proc"),
-    ")
 SELECT p.prokind::text AS prokind, n.nspname::text AS schema, p.proname::text AS name,
   pg_catalog.pg_get_function_identity_arguments(p.oid) AS arguments,
-  ARRAY(SELECT a.privilege_type::text FROM pg_catalog.aclexplode(p.proacl) a
-         WHERE a.grantee = (SELECT oid FROM u) ORDER BY 1) AS held,
+  ",
+    held_and_kept!("p.proacl", "p.proowner"),
+    ",
   pg_catalog.has_function_privilege(p.oid, 'EXECUTE WITH GRANT OPTION') AS admin_can_grant,
   NOT pg_catalog.has_function_privilege(p.oid, 'EXECUTE WITH GRANT OPTION')
     AND EXISTS (SELECT 1 FROM session_roles r WHERE pg_catalog.has_function_privilege(r.name, p.oid, 'EXECUTE'))
     AS executable_otherwise,
-  may.revoke_runs AS admin_may_revoke,
-  ",
-    kept_privileges!("p.proacl", "p.proowner"),
-    "
+  may.revoke_runs AS admin_may_revoke
 FROM listed
 JOIN pg_catalog.pg_proc p ON p.oid = listed.oid
 JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
 CROSS JOIN admin
-CROSS JOIN LATERAL (SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+CROSS JOIN LATERAL (SELECT NOT listed.user_holds OR pg_catalog.has_schema_privilege(n.oid, 'USAGE')
                        AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE') AS revoke_runs) AS may
 WHERE p.prokind IN ('f', 'p') AND ",
     user_schemas!("n"),

@@ -586,6 +586,7 @@ async fn an_operators_direct_grant_never_blocks_the_end() {
     ] {
         assert!(reason.contains(&part), "{part} in {reason}");
     }
+    let fix = reason.rsplit_once("run `").unwrap().1.trim_end_matches('`').to_string();
 
     // A new session starts beside the grant, and the reaper closes it as an end would.
     fx.start(fx.event("s2", &alice, &["objects"])).await.expect("the grant does not block a start");
@@ -595,6 +596,10 @@ async fn an_operators_direct_grant_never_blocks_the_end() {
     assert_eq!(report.closed.len(), 1, "{report:?}");
     assert!(!fx.state(&alice).await.unwrap().login);
     assert_eq!(held(&fx.db, &alice).await, expected(&[("private.notes", &["SELECT"]), ("schema private", &["USAGE"])]));
+
+    // The statements the reason gives work, run as the grantor.
+    superuser_in(&fx.db).await.batch_execute(&format!("SET ROLE {}; {fix}", q(&owner))).await.unwrap();
+    assert_eq!(held(&fx.db, &alice).await, BTreeMap::new());
 }
 
 /// The same with `best_effort_drop`: the user cannot be dropped while it holds privileges,
