@@ -189,8 +189,22 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
         let mut held = record.db_roles.union(&req.platform_roles).cloned().collect::<BTreeSet<_>>();
         held.insert(t.managed_group.clone());
         if state.user_can_login && state.member_of == held {
-            let db_permissions = objects.map_or_else(Vec::new, |(_, o)| {
-                permissions::summarize(o, &o.objects.iter().map(|o| o.held.clone()).collect::<Vec<_>>())
+            // What the session's rules give that the user has, directly or through PUBLIC or
+            // its roles: what the start that opened the session reported.
+            let db_permissions = objects.map_or_else(Vec::new, |(rules, o)| {
+                let wanted = rules.evaluate(&o.database, &o.objects);
+                let has: Vec<BTreeSet<String>> = o
+                    .objects
+                    .iter()
+                    .zip(wanted)
+                    .map(|(object, wanted)| {
+                        wanted
+                            .into_iter()
+                            .filter(|p| object.held.contains(p) || object.held_otherwise.contains(p))
+                            .collect()
+                    })
+                    .collect();
+                permissions::summarize(o, &has)
             });
             return Ok(StartDecision::AlreadyActive { ledger, db_permissions });
         }

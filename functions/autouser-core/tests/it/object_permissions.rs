@@ -451,6 +451,9 @@ async fn on_a_stock_database_public_needs_only_the_readme_table_grant() {
     let row = client.query_one("SELECT (SELECT id FROM public.orders), public.answer()", &[]).await.unwrap();
     assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (7, 42));
     drop(client);
+    let again = fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    assert!(again.already_active);
+    assert_eq!(again.db_permissions, out.db_permissions, "a redelivered start reports the same");
 
     let out = fx.end(fx.event("s1", &alice, &["objects"])).await.unwrap();
     assert_eq!(out.status, EndStatus::Deactivated);
