@@ -367,8 +367,9 @@ fn objects_left(user: &str, objects: &ObjectCleanup) -> Option<String> {
     (!objects.left_in.is_empty()).then(|| {
         format!(
             "object privileges granted in database(s) {:?} may remain, because this end ran in another \
-             database (admin_user.default_database, while the policy has no db_permissions): the next \
-             start or end of this user connected to such a database revokes them; or there, run \
+             database (with no db_permissions left in the policy, starts and ends run in \
+             admin_user.default_database when it is set): the next start or end of this user that \
+             runs in such a database revokes them; or there, run \
              `REVOKE ALL ON ALL TABLES IN SCHEMA <schema> FROM {user}` (and the same for SEQUENCES, \
              ROUTINES, and `REVOKE USAGE ON SCHEMA`)",
             objects.left_in,
