@@ -122,8 +122,14 @@ fn start_outcome(
 }
 
 /// Closes a session: see [`plan::plan_end`] for what changes.
+///
+/// The end always locks: when its object revokes fail for a reason the listing could not
+/// foresee (anything but a lost race), the next attempt locks the user without them, and the
+/// outcome's reason says what failed.
 pub async fn session_end(connection: &AdminConnection, req: &EndRequest) -> Result<EndOutcome, Error> {
-    retrying(&req.target, || end_once(connection, req)).await
+    let revokes_failed = std::sync::Mutex::new(None);
+    let revokes_failed = &revokes_failed;
+    retrying(&req.target, || end_once(connection, req, revokes_failed)).await
 }
 
 /// Locks a managed user that has no open session (see [`plan::plan_lock`]), and with
@@ -226,11 +232,21 @@ async fn start_once(connection: &AdminConnection, req: &StartRequest) -> Result<
     }
 }
 
-async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndOutcome, Failure> {
+async fn end_once(
+    connection: &AdminConnection,
+    req: &EndRequest,
+    revokes_failed: &std::sync::Mutex<Option<String>>,
+) -> Result<EndOutcome, Failure> {
     let t = &req.target;
     // Only what the user holds matters at an end: no grant option to check.
     let listing = req.revokes_db_permissions.then(ObjectListing::default);
-    let state = begin_and_read(connection, t, &[], listing.as_ref()).await?;
+    let mut state = begin_and_read(connection, t, &[], listing.as_ref()).await?;
+    let revokes_failed_note = revokes_failed.lock().map(|note| note.clone()).unwrap_or_default();
+    if revokes_failed_note.is_some() {
+        // An earlier attempt's revokes failed: lock without them. The ledger keeps the
+        // database, so a later start or end there revokes what is left.
+        state.objects = None;
+    }
     let client = connection.client();
     let decision = match plan::plan_end(req, &state) {
         Ok(decision) => decision,
@@ -239,24 +255,35 @@ async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndO
             return Err(Failure::Fatal(error));
         }
     };
-    let outcome = |status, mode, open_sessions, reasons: &[Option<String>], objects: ObjectCleanup| EndOutcome {
-        status,
-        db_user: t.db_user.clone(),
-        database: t.database.clone(),
-        db_name: t.db_name.clone(),
-        session_id: t.session_id.clone(),
-        mode,
-        open_sessions,
-        reason: {
-            let left = objects_left(&t.db_user, &objects);
-            let kept = objects_kept(&t.db_user, &objects.kept);
-            let reasons: Vec<&str> =
-                reasons.iter().flatten().chain(kept.iter()).chain(left.iter()).map(String::as_str).collect();
-            (!reasons.is_empty()).then(|| reasons.join("; "))
-        },
-        revoked_db_permissions: objects.revoked,
-        unrevoked_db_permissions: objects.kept.summary,
-        terminated_connections: None,
+    let outcome = |status, mode, open_sessions, reasons: &[Option<String>], mut objects: ObjectCleanup| {
+        if revokes_failed_note.is_some() {
+            objects.left_in.retain(|db| *db != t.admin_db_name);
+        }
+        EndOutcome {
+            status,
+            db_user: t.db_user.clone(),
+            database: t.database.clone(),
+            db_name: t.db_name.clone(),
+            session_id: t.session_id.clone(),
+            mode,
+            open_sessions,
+            reason: {
+                let left = objects_left(&t.db_user, &objects);
+                let kept = objects_kept(&t.db_user, &objects.kept);
+                let reasons: Vec<&str> = reasons
+                    .iter()
+                    .flatten()
+                    .chain(revokes_failed_note.iter())
+                    .chain(kept.iter())
+                    .chain(left.iter())
+                    .map(String::as_str)
+                    .collect();
+                (!reasons.is_empty()).then(|| reasons.join("; "))
+            },
+            revoked_db_permissions: objects.revoked,
+            unrevoked_db_permissions: objects.kept.summary,
+            terminated_connections: None,
+        }
     };
     match decision {
         EndDecision::Noop { reason } => {
@@ -264,11 +291,11 @@ async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndO
             Ok(outcome(EndStatus::Noop, None, 0, &[Some(reason.to_string())], ObjectCleanup::default()))
         }
         EndDecision::InUse { steps, ledger, mode, objects } => {
-            run_and_commit(client, t, &state, &steps).await?;
+            run_end_and_commit(client, t, &state, &steps, revokes_failed).await?;
             Ok(outcome(EndStatus::InUse, Some(mode), ledger.sessions.len(), &[], objects))
         }
         EndDecision::Deactivate { steps, mode, objects } => {
-            run_and_commit(client, t, &state, &steps).await?;
+            run_end_and_commit(client, t, &state, &steps, revokes_failed).await?;
             let outcome = outcome(EndStatus::Deactivated, Some(mode), 0, &[unrevocable_roles(t, &state)], objects);
             Ok(end_connections(client, req, &state, outcome).await)
         }
@@ -301,7 +328,9 @@ async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndO
                         outcome(EndStatus::Deactivated, mode, 0, &[reason, unrevocable_roles(t, &state)], objects);
                     Ok(end_connections(client, req, &state, outcome).await)
                 }
-                Err((statement, error)) => Err(step_failure(client, t, &state, statement, error).await),
+                Err((statement, error)) => {
+                    Err(end_step_failure(client, t, &state, statement, error, revokes_failed).await)
+                }
             }
         }
     }
@@ -461,6 +490,54 @@ async fn run_and_commit(client: &Client, t: &Target, state: &ObservedState, step
     match run_pipelined(client, &statements).await {
         Ok(()) => Ok(()),
         Err((statement, error)) => Err(step_failure(client, t, state, statement, error).await),
+    }
+}
+
+/// [`run_and_commit`] for an end's steps: see [`end_step_failure`].
+async fn run_end_and_commit(
+    client: &Client,
+    t: &Target,
+    state: &ObservedState,
+    steps: &[Step],
+    revokes_failed: &std::sync::Mutex<Option<String>>,
+) -> Result<(), Failure> {
+    let mut statements: Vec<Statement> = steps.iter().map(Statement::Step).collect();
+    statements.push(Statement::Raw(sql::COMMIT));
+    match run_pipelined(client, &statements).await {
+        Ok(()) => Ok(()),
+        Err((statement, error)) => Err(end_step_failure(client, t, state, statement, error, revokes_failed).await),
+    }
+}
+
+/// [`step_failure`] for an end: an object revoke that failed for a reason the listing did not
+/// foresee (not a lost race) is recorded in `revokes_failed` and retried, and the retry locks
+/// the user without the revokes, so that no privilege can keep a user able to log in.
+async fn end_step_failure(
+    client: &Client,
+    t: &Target,
+    state: &ObservedState,
+    statement: Statement<'_>,
+    error: tokio_postgres::Error,
+    revokes_failed: &std::sync::Mutex<Option<String>>,
+) -> Failure {
+    match statement {
+        Statement::Step(step @ (Step::RevokeObjects { .. } | Step::RevokeSchemaUsage { .. }))
+            if !is_conflict(&error, Some(step)) =>
+        {
+            rollback(client).await;
+            let note = format!(
+                "{} failed in database {:?} ({}), so the user was locked without its object revokes: \
+                 the privileges there remain, and the next start or end of this user there revokes them",
+                describe(&statement),
+                t.admin_db_name,
+                crate::pg::error_chain(&error)
+            );
+            if let Ok(mut failed) = revokes_failed.lock() {
+                *failed = Some(note.clone());
+            }
+            Failure::Retry(note)
+        }
+        _ => step_failure(client, t, state, statement, error).await,
     }
 }
 

@@ -697,3 +697,40 @@ async fn the_reaper_revokes_where_the_ledger_says_after_the_policy_dropped_db_pe
     assert_eq!(held(&fx.db, &alice).await, BTreeMap::new());
     assert!(!fx.state(&alice).await.unwrap().login);
 }
+
+/// A `REVOKE` that fails for a reason the listing cannot foresee (here an event trigger
+/// refusing every object `REVOKE`) does not undo the end: the user is locked without the
+/// revokes, the reason says why, and a later end revokes what is left.
+#[tokio::test]
+async fn a_revoke_failing_for_any_reason_still_locks_the_user() {
+    let fx = objects_fixture("op_revokefails", &policy("keep", READ_PUBLIC_TABLES, "[]")).await;
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    let granted = held(&fx.db, &alice).await;
+    let owner = superuser_in(&fx.db).await;
+    owner
+        .batch_execute(
+            "CREATE FUNCTION public.refuse_revokes() RETURNS event_trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'revokes are frozen for the audit' USING ERRCODE = 'object_not_in_prerequisite_state'; END $$;
+             CREATE EVENT TRIGGER refuse_revokes ON ddl_command_start WHEN TAG IN ('REVOKE')
+               EXECUTE FUNCTION public.refuse_revokes()",
+        )
+        .await
+        .unwrap();
+
+    let out = fx.end(fx.event("s1", &alice, &["objects"])).await.expect("the end succeeds");
+    assert_eq!(out.status, EndStatus::Deactivated);
+    let state = fx.state(&alice).await.unwrap();
+    assert!(!state.login, "the user is locked");
+    assert_eq!(state.member_of, set(&[&fx.group]));
+    let reason = out.reason.expect("the reason says what failed");
+    assert!(reason.contains("revokes are frozen for the audit"), "{reason}");
+    assert!(!reason.contains("ran in another database"), "{reason}");
+    assert!(out.revoked_db_permissions.is_empty());
+    assert_eq!(held(&fx.db, &alice).await, granted);
+
+    owner.batch_execute("DROP EVENT TRIGGER refuse_revokes").await.unwrap();
+    fx.start(fx.event("s2", &alice, &["objects"])).await.unwrap();
+    fx.end(fx.event("s2", &alice, &["objects"])).await.unwrap();
+    assert_eq!(held(&fx.db, &alice).await, BTreeMap::new());
+}
