@@ -24,7 +24,9 @@ use tokio_postgres::{Client, SimpleQueryMessage};
 use crate::config::RDS_IAM_ROLE;
 use crate::ledger::Ledger;
 use crate::outcome::{EndOutcome, EndStatus, StartOutcome};
-use crate::permissions::{DbObject, ObjectKind, ObjectRules, ObjectState, PermissionSummary, SchemaState};
+use crate::permissions::{
+    DbObject, KeptPrivileges, ObjectBatch, ObjectKind, ObjectRules, ObjectState, PermissionSummary, SchemaState,
+};
 use crate::pg::{AdminConnection, ObjectListingStatements};
 use crate::plan::{self, EndDecision, ObjectCleanup, ObservedState, StartDecision, Step};
 use crate::policy::CreateDbUserMode;
@@ -120,8 +122,14 @@ fn start_outcome(
 }
 
 /// Closes a session: see [`plan::plan_end`] for what changes.
+///
+/// The end always locks: when its object revokes fail for a reason the listing could not
+/// foresee (anything but a lost race), the next attempt locks the user without them, and the
+/// outcome's reason says what failed.
 pub async fn session_end(connection: &AdminConnection, req: &EndRequest) -> Result<EndOutcome, Error> {
-    retrying(&req.target, || end_once(connection, req)).await
+    let revokes_failed = std::sync::Mutex::new(None);
+    let revokes_failed = &revokes_failed;
+    retrying(&req.target, || end_once(connection, req, revokes_failed)).await
 }
 
 /// Locks a managed user that has no open session (see [`plan::plan_lock`]), and with
@@ -201,7 +209,8 @@ fn unix_now() -> u64 {
 async fn start_once(connection: &AdminConnection, req: &StartRequest) -> Result<StartOutcome, Failure> {
     let t = &req.target;
     let candidates: Vec<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
-    let listing = req.db_permissions.as_ref().map(ObjectListing::for_rules);
+    let session_roles: Vec<String> = candidates.iter().chain([&t.managed_group]).cloned().collect();
+    let listing = req.db_permissions.as_ref().map(|rules| ObjectListing::for_rules(rules, session_roles));
     let state = begin_and_read(connection, t, &candidates, listing.as_ref()).await?;
     let client = connection.client();
     let decision = match plan::plan_start(req, &state, unix_now()) {
@@ -223,11 +232,21 @@ async fn start_once(connection: &AdminConnection, req: &StartRequest) -> Result<
     }
 }
 
-async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndOutcome, Failure> {
+async fn end_once(
+    connection: &AdminConnection,
+    req: &EndRequest,
+    revokes_failed: &std::sync::Mutex<Option<String>>,
+) -> Result<EndOutcome, Failure> {
     let t = &req.target;
     // Only what the user holds matters at an end: no grant option to check.
     let listing = req.revokes_db_permissions.then(ObjectListing::default);
-    let state = begin_and_read(connection, t, &[], listing.as_ref()).await?;
+    let mut state = begin_and_read(connection, t, &[], listing.as_ref()).await?;
+    let revokes_failed_note = revokes_failed.lock().map(|note| note.clone()).unwrap_or_default();
+    if revokes_failed_note.is_some() {
+        // An earlier attempt's revokes failed: lock without them. The ledger keeps the
+        // database, so a later start or end there revokes what is left.
+        state.objects = None;
+    }
     let client = connection.client();
     let decision = match plan::plan_end(req, &state) {
         Ok(decision) => decision,
@@ -236,21 +255,35 @@ async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndO
             return Err(Failure::Fatal(error));
         }
     };
-    let outcome = |status, mode, open_sessions, reasons: &[Option<String>], objects: ObjectCleanup| EndOutcome {
-        status,
-        db_user: t.db_user.clone(),
-        database: t.database.clone(),
-        db_name: t.db_name.clone(),
-        session_id: t.session_id.clone(),
-        mode,
-        open_sessions,
-        reason: {
-            let left = objects_left(&t.db_user, &objects);
-            let reasons: Vec<&str> = reasons.iter().flatten().chain(left.iter()).map(String::as_str).collect();
-            (!reasons.is_empty()).then(|| reasons.join("; "))
-        },
-        revoked_db_permissions: objects.revoked,
-        terminated_connections: None,
+    let outcome = |status, mode, open_sessions, reasons: &[Option<String>], mut objects: ObjectCleanup| {
+        if revokes_failed_note.is_some() {
+            objects.left_in.retain(|db| *db != t.admin_db_name);
+        }
+        EndOutcome {
+            status,
+            db_user: t.db_user.clone(),
+            database: t.database.clone(),
+            db_name: t.db_name.clone(),
+            session_id: t.session_id.clone(),
+            mode,
+            open_sessions,
+            reason: {
+                let left = objects_left(&t.db_user, &objects);
+                let kept = objects_kept(&t.db_user, &objects.kept);
+                let reasons: Vec<&str> = reasons
+                    .iter()
+                    .flatten()
+                    .chain(revokes_failed_note.iter())
+                    .chain(kept.iter())
+                    .chain(left.iter())
+                    .map(String::as_str)
+                    .collect();
+                (!reasons.is_empty()).then(|| reasons.join("; "))
+            },
+            revoked_db_permissions: objects.revoked,
+            unrevoked_db_permissions: objects.kept.summary,
+            terminated_connections: None,
+        }
     };
     match decision {
         EndDecision::Noop { reason } => {
@@ -258,11 +291,11 @@ async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndO
             Ok(outcome(EndStatus::Noop, None, 0, &[Some(reason.to_string())], ObjectCleanup::default()))
         }
         EndDecision::InUse { steps, ledger, mode, objects } => {
-            run_and_commit(client, t, &state, &steps).await?;
+            run_end_and_commit(client, t, &state, &steps, revokes_failed).await?;
             Ok(outcome(EndStatus::InUse, Some(mode), ledger.sessions.len(), &[], objects))
         }
         EndDecision::Deactivate { steps, mode, objects } => {
-            run_and_commit(client, t, &state, &steps).await?;
+            run_end_and_commit(client, t, &state, &steps, revokes_failed).await?;
             let outcome = outcome(EndStatus::Deactivated, Some(mode), 0, &[unrevocable_roles(t, &state)], objects);
             Ok(end_connections(client, req, &state, outcome).await)
         }
@@ -295,7 +328,9 @@ async fn end_once(connection: &AdminConnection, req: &EndRequest) -> Result<EndO
                         outcome(EndStatus::Deactivated, mode, 0, &[reason, unrevocable_roles(t, &state)], objects);
                     Ok(end_connections(client, req, &state, outcome).await)
                 }
-                Err((statement, error)) => Err(step_failure(client, t, &state, statement, error).await),
+                Err((statement, error)) => {
+                    Err(end_step_failure(client, t, &state, statement, error, revokes_failed).await)
+                }
             }
         }
     }
@@ -361,13 +396,59 @@ fn objects_left(user: &str, objects: &ObjectCleanup) -> Option<String> {
     (!objects.left_in.is_empty()).then(|| {
         format!(
             "object privileges granted in database(s) {:?} may remain, because this end ran in another \
-             database (ends run in the session's database only while the policy has db_permissions): \
-             in each, run `REVOKE ALL ON ALL TABLES IN SCHEMA <schema> FROM {user}` (and the same for \
-             SEQUENCES, ROUTINES, and `REVOKE USAGE ON SCHEMA`)",
+             database (with no db_permissions left in the policy, starts and ends run in \
+             admin_user.default_database when it is set): the next start or end of this user that \
+             runs in such a database revokes them; or there, run \
+             `REVOKE ALL ON ALL TABLES IN SCHEMA <schema> FROM {user}` (and the same for SEQUENCES, \
+             ROUTINES, and `REVOKE USAGE ON SCHEMA`)",
             objects.left_in,
             user = sql::quote_ident(user)
         )
     })
+}
+
+/// How many kept objects the reason names one by one.
+const KEPT_NAMED: usize = 10;
+
+/// What the user keeps in the connected database because the admin cannot revoke it, with the
+/// statements its grantors can run.
+fn objects_kept(user: &str, kept: &KeptPrivileges) -> Option<String> {
+    if kept.is_empty() {
+        return None;
+    }
+    let mut described = Vec::new();
+    let mut statements = Vec::new();
+    for object in &kept.objects {
+        let batch = ObjectBatch { kind: object.kind, privilege: "ALL".into(), objects: vec![object.object.clone()] };
+        described.push(format!(
+            "{} on {} {} granted by {}",
+            object.privileges.iter().cloned().collect::<Vec<_>>().join(", "),
+            object.kind.label(),
+            sql::object_name(object.kind, &object.object),
+            quoted_list(&object.grantors)
+        ));
+        statements.push(sql::render(&Step::RevokeObjects { batch, user: user.to_string() }));
+    }
+    for (schema, grantors) in &kept.schema_usage {
+        described.push(format!("USAGE on schema {} granted by {}", sql::quote_ident(schema), quoted_list(grantors)));
+        statements
+            .push(sql::render(&Step::RevokeSchemaUsage { schemas: vec![schema.clone()], user: user.to_string() }));
+    }
+    let more = described.len().saturating_sub(KEPT_NAMED);
+    let and_more = if more > 0 { format!(" (and {more} more)") } else { String::new() };
+    described.truncate(KEPT_NAMED);
+    statements.truncate(KEPT_NAMED);
+    Some(format!(
+        "the user keeps privileges the admin cannot revoke (granted by other roles, or on objects or schemas \
+         the admin holds nothing on): {}{and_more}; as their grantor (a superuser can SET ROLE to it first), \
+         run `{}`",
+        described.join(", "),
+        statements.join("; ")
+    ))
+}
+
+fn quoted_list(names: &BTreeSet<String>) -> String {
+    names.iter().map(|name| sql::quote_ident(name)).collect::<Vec<_>>().join(", ")
 }
 
 /// A statement of a pipelined batch: a plan step, or transaction control.
@@ -412,6 +493,54 @@ async fn run_and_commit(client: &Client, t: &Target, state: &ObservedState, step
     }
 }
 
+/// [`run_and_commit`] for an end's steps: see [`end_step_failure`].
+async fn run_end_and_commit(
+    client: &Client,
+    t: &Target,
+    state: &ObservedState,
+    steps: &[Step],
+    revokes_failed: &std::sync::Mutex<Option<String>>,
+) -> Result<(), Failure> {
+    let mut statements: Vec<Statement> = steps.iter().map(Statement::Step).collect();
+    statements.push(Statement::Raw(sql::COMMIT));
+    match run_pipelined(client, &statements).await {
+        Ok(()) => Ok(()),
+        Err((statement, error)) => Err(end_step_failure(client, t, state, statement, error, revokes_failed).await),
+    }
+}
+
+/// [`step_failure`] for an end: an object revoke that failed for a reason the listing did not
+/// foresee (not a lost race) is recorded in `revokes_failed` and retried, and the retry locks
+/// the user without the revokes, so that no privilege can keep a user able to log in.
+async fn end_step_failure(
+    client: &Client,
+    t: &Target,
+    state: &ObservedState,
+    statement: Statement<'_>,
+    error: tokio_postgres::Error,
+    revokes_failed: &std::sync::Mutex<Option<String>>,
+) -> Failure {
+    match statement {
+        Statement::Step(step @ (Step::RevokeObjects { .. } | Step::RevokeSchemaUsage { .. }))
+            if !is_conflict(&error, Some(step)) =>
+        {
+            rollback(client).await;
+            let note = format!(
+                "{} failed in database {:?} ({}), so the user was locked without its object revokes: \
+                 the privileges there remain, and the next start or end of this user there revokes them",
+                describe(&statement),
+                t.admin_db_name,
+                crate::pg::error_chain(&error)
+            );
+            if let Ok(mut failed) = revokes_failed.lock() {
+                *failed = Some(note.clone());
+            }
+            Failure::Retry(note)
+        }
+        _ => step_failure(client, t, state, statement, error).await,
+    }
+}
+
 async fn commit(client: &Client, t: &Target) -> Result<(), Failure> {
     client.simple_query(sql::COMMIT).await.map(drop).map_err(|error| {
         if is_conflict(&error, None) {
@@ -439,10 +568,12 @@ struct ObjectListing {
     relkinds: Vec<String>,
     /// Whether the rules can match functions or procedures.
     routines: bool,
+    /// The roles the session gives the user: privileges they carry need no grant.
+    session_roles: Vec<String>,
 }
 
 impl ObjectListing {
-    fn for_rules(rules: &ObjectRules) -> ObjectListing {
+    fn for_rules(rules: &ObjectRules, session_roles: Vec<String>) -> ObjectListing {
         let privileges = |kinds: &[ObjectKind]| -> Vec<String> {
             let set: BTreeSet<&String> = rules
                 .allow
@@ -468,6 +599,7 @@ impl ObjectListing {
             sequence_privileges: privileges(&[ObjectKind::Sequence]),
             relkinds,
             routines: kinds.contains(&ObjectKind::Function) || kinds.contains(&ObjectKind::Procedure),
+            session_roles,
         }
     }
 }
@@ -478,26 +610,37 @@ async fn list_objects(
     user: &str,
     listing: &ObjectListing,
 ) -> Result<(Vec<SchemaState>, Vec<DbObject>), tokio_postgres::Error> {
-    let user_param: [&(dyn ToSql + Sync); 1] = [&user];
-    let relation_params: [&(dyn ToSql + Sync); 4] =
-        [&user, &listing.table_privileges, &listing.sequence_privileges, &listing.relkinds];
-    let routine_params: [&(dyn ToSql + Sync); 2] = [&user, &listing.routines];
+    let roles = &listing.session_roles;
+    let schema_params: [&(dyn ToSql + Sync); 2] = [&user, roles];
+    let relation_params: [&(dyn ToSql + Sync); 5] =
+        [&user, &listing.table_privileges, &listing.sequence_privileges, &listing.relkinds, roles];
+    let routine_params: [&(dyn ToSql + Sync); 3] = [&user, &listing.routines, roles];
     let (schemas, relations, routines) = tokio::try_join!(
-        client.query(&statements.schemas, &user_param),
+        client.query(&statements.schemas, &schema_params),
         client.query(&statements.relations, &relation_params),
         client.query(&statements.routines, &routine_params),
     )?;
+    let set = |row: &tokio_postgres::Row, column| -> BTreeSet<String> {
+        row.get::<_, Vec<String>>(column).into_iter().collect()
+    };
+    let kept = |row: &tokio_postgres::Row| -> BTreeSet<(String, String)> {
+        row.get::<_, Vec<String>>("kept_privileges")
+            .into_iter()
+            .zip(row.get::<_, Vec<String>>("kept_grantors"))
+            .collect()
+    };
     let schemas = schemas
         .iter()
         .map(|row| SchemaState {
             name: row.get("name"),
             user_has_usage: row.get("user_has_usage"),
+            user_has_usage_otherwise: row.get("user_has_usage_otherwise"),
+            admin_has_usage: row.get("admin_has_usage"),
             admin_can_grant_usage: row.get("admin_can_grant_usage"),
+            admin_may_revoke: row.get("admin_may_revoke"),
+            usage_kept_by: set(row, "usage_kept_by"),
         })
         .collect();
-    let set = |row: &tokio_postgres::Row, column| -> BTreeSet<String> {
-        row.get::<_, Vec<String>>(column).into_iter().collect()
-    };
     let mut objects: Vec<DbObject> = relations
         .iter()
         .map(|row| DbObject {
@@ -511,6 +654,9 @@ async fn list_objects(
             arguments: None,
             held: set(row, "held"),
             admin_grantable: set(row, "admin_grantable"),
+            held_otherwise: set(row, "held_otherwise"),
+            admin_may_revoke: row.get("admin_may_revoke"),
+            kept: kept(row),
         })
         .collect();
     objects.extend(routines.iter().map(|row| DbObject {
@@ -524,6 +670,13 @@ async fn list_objects(
         } else {
             BTreeSet::new()
         },
+        held_otherwise: if row.get("executable_otherwise") {
+            BTreeSet::from(["EXECUTE".to_string()])
+        } else {
+            BTreeSet::new()
+        },
+        admin_may_revoke: row.get("admin_may_revoke"),
+        kept: kept(row),
     }));
     Ok((schemas, objects))
 }
@@ -569,6 +722,26 @@ async fn begin_and_read(
         }
     };
     let row = row.expect("READ_STATE returns exactly one row");
+    let current_database: String = row.get("current_database");
+    // The ledger says privileges were granted in this database, whatever the policy says now
+    // (it may have lost its db_permissions): list what the user holds there, in a second round
+    // trip under the same lock, so that the plan revokes it.
+    let objects = match objects {
+        None if ledger_names_database(&t.db_user, row.get("ledger"), &current_database) => {
+            let listed = async {
+                let statements = connection.object_listing().await?;
+                list_objects(client, statements, &t.db_user, &ObjectListing::default()).await
+            };
+            match listed.await {
+                Ok(objects) => Some(objects),
+                Err(error) => {
+                    rollback(client).await;
+                    return Err(failure(error));
+                }
+            }
+        }
+        objects => objects,
+    };
     let get = |name| -> Vec<String> { row.get(name) };
     let state = ObservedState {
         user_exists: row.get("user_exists"),
@@ -582,14 +755,16 @@ async fn begin_and_read(
         superuser_roles: get("superuser_roles").into_iter().collect(),
         server_version_num: row.get("server_version_num"),
         read_only: row.get("read_only"),
-        objects: objects.map(|(schemas, objects)| ObjectState {
-            database: row.get("current_database"),
-            schemas,
-            objects,
-        }),
+        objects: objects.map(|(schemas, objects)| ObjectState { database: current_database, schemas, objects }),
     };
     connection.saw_user(&t.db_user, state.user_exists);
     Ok(state)
+}
+
+/// Whether the user's ledger records object privileges granted in `database`. An unreadable
+/// ledger says no here; the planner reports it.
+fn ledger_names_database(user: &str, comment: Option<&str>, database: &str) -> bool {
+    Ledger::from_comment(user, comment).is_ok_and(|ledger| ledger.object_databases.contains(database))
 }
 
 /// Whether an error means another call changed the same user first, so that a fresh attempt

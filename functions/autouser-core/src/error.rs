@@ -77,12 +77,21 @@ pub enum Error {
     MissingObjectGrantOption { admin: String, db_name: String, missing: Box<UngrantableObject> },
 
     #[error(
-        "admin {admin:?} cannot grant USAGE on schema {schema:?} in database {db_name:?}: as the \
-         schema's owner (or a superuser), run \
+        "admin {admin:?} cannot grant USAGE on schema {schema:?} in database {db_name:?}, and the \
+         user has no USAGE there through PUBLIC or the session's roles, so it could not use the \
+         objects it would be granted: as the schema's owner (or a superuser), run \
          `GRANT USAGE ON SCHEMA {schema_sql} TO {admin_sql} WITH GRANT OPTION` in database {db_name:?}",
         schema_sql = quote_ident(schema), admin_sql = quote_ident(admin)
     )]
     MissingSchemaGrantOption { admin: String, db_name: String, schema: String },
+
+    #[error(
+        "admin {admin:?} has no USAGE on schema {schema:?} in database {db_name:?}, which it needs \
+         to name the objects there it grants on: as the schema's owner (or a superuser), run \
+         `GRANT USAGE ON SCHEMA {schema_sql} TO {admin_sql}` in database {db_name:?}",
+        schema_sql = quote_ident(schema), admin_sql = quote_ident(admin)
+    )]
+    MissingSchemaUsage { admin: String, db_name: String, schema: String },
 
     #[error(
         "session {session_id:?} of database user {user:?} has already ended; a start delivered \
@@ -203,6 +212,7 @@ impl Error {
             Error::PermissionsMismatch { .. } => "PermissionsMismatch",
             Error::MissingObjectGrantOption { .. } => "MissingObjectGrantOption",
             Error::MissingSchemaGrantOption { .. } => "MissingSchemaGrantOption",
+            Error::MissingSchemaUsage { .. } => "MissingSchemaUsage",
             Error::SessionAlreadyEnded { .. } => "SessionAlreadyEnded",
             Error::ForeignGrant { .. } => "ForeignGrant",
             Error::UnknownDbRole { .. } => "UnknownDbRole",

@@ -60,6 +60,11 @@ pub struct EndOutcome {
     /// Object privileges revoked in `db_name`, by object kind and schema, with counts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub revoked_db_permissions: Vec<PermissionSummary>,
+    /// Object privileges the user still holds directly in `db_name` after the end, because the
+    /// admin cannot revoke them (an operator granted them as another role, or on objects the
+    /// admin holds nothing on); `reason` names each and the `REVOKE` to run.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unrevoked_db_permissions: Vec<PermissionSummary>,
     /// Connections of the user ended because its last session ended
     /// (`terminate_connections`); absent when the option is off or nothing was locked.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -16,9 +16,14 @@
 //! - The session gets the union of the allow rules of the roles whose allow block matched,
 //!   minus every permission of every applying deny rule. Deny never adds.
 //! - `USAGE` on a schema comes with any permission on an object in it.
+//! - A privilege the admin cannot grant, but that the user has anyway through PUBLIC or a
+//!   role the session gives it (USAGE on `public` and EXECUTE on functions, by PostgreSQL's
+//!   defaults), needs no grant. What the user cannot get is refused, naming the fix.
 //! - pg-autouser revokes only privileges granted directly to the managed user. PostgreSQL
 //!   records who granted each privilege and lets the admin revoke only its own grants, so an
-//!   operator's direct grant survives (managed users should have none).
+//!   operator's direct grant survives (managed users should have none). On an object the
+//!   admin holds nothing on, PostgreSQL refuses the `REVOKE` outright: such objects are left
+//!   out of it, and what the user keeps is reported ([`KeptPrivileges`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -290,6 +295,15 @@ pub struct DbObject {
     pub held: BTreeSet<String>,
     /// Privileges the admin may grant on it (held WITH GRANT OPTION, or as owner or superuser).
     pub admin_grantable: BTreeSet<String>,
+    /// Of the privileges in question that the admin may not grant, those the user has anyway:
+    /// through PUBLIC, or through a role the session gives it.
+    pub held_otherwise: BTreeSet<String>,
+    /// Whether the admin's `REVOKE` on it can run: PostgreSQL refuses it when the admin holds
+    /// no privilege on the object, or no USAGE on its schema.
+    pub admin_may_revoke: bool,
+    /// The user's own privileges on it that the admin's `REVOKE` leaves in place, with their
+    /// grantors: `(privilege, grantor)`.
+    pub kept: BTreeSet<(String, String)>,
 }
 
 impl DbObject {
@@ -307,8 +321,16 @@ pub struct SchemaState {
     pub name: String,
     /// The user holds `USAGE` directly.
     pub user_has_usage: bool,
+    /// The user has `USAGE` anyway, through PUBLIC or a role the session gives it.
+    pub user_has_usage_otherwise: bool,
+    /// The admin has `USAGE`, which it needs to name the objects in the schema.
+    pub admin_has_usage: bool,
     /// The admin may grant `USAGE` on it.
     pub admin_can_grant_usage: bool,
+    /// The admin's `REVOKE USAGE` can run (it holds some privilege on the schema).
+    pub admin_may_revoke: bool,
+    /// Grantors of the user's own `USAGE` that the admin's `REVOKE` leaves in place.
+    pub usage_kept_by: BTreeSet<String>,
 }
 
 /// The objects of the database the admin is connected to.
@@ -354,13 +376,46 @@ pub struct ObjectChanges {
     pub grant_usage: Vec<String>,
     pub grant: Vec<ObjectBatch>,
     pub summary: Vec<PermissionSummary>,
+    /// What the user keeps after the revokes ([`revoke_all`] only).
+    pub kept: KeptPrivileges,
+}
+
+/// Privileges the user holds directly and keeps after the admin's revokes: granted by another
+/// role (an operator), or on objects or schemas the admin holds nothing on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeptPrivileges {
+    pub objects: Vec<KeptOnObject>,
+    /// Schemas where the user keeps `USAGE`, with its grantors.
+    pub schema_usage: Vec<(String, BTreeSet<String>)>,
+    /// The kept object privileges by kind and schema, for the outcome JSON.
+    pub summary: Vec<PermissionSummary>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeptOnObject {
+    pub kind: ObjectKind,
+    pub object: ObjectRef,
+    pub privileges: BTreeSet<String>,
+    pub grantors: BTreeSet<String>,
+}
+
+impl KeptPrivileges {
+    pub fn is_empty(&self) -> bool {
+        self.objects.is_empty() && self.schema_usage.is_empty()
+    }
 }
 
 /// The admin cannot grant something the session should get.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ungrantable {
     Object(UngrantableObject),
-    SchemaUsage { schema: String },
+    SchemaUsage {
+        schema: String,
+    },
+    /// The admin has no `USAGE` on the schema, so it cannot name the objects to grant on.
+    SchemaLookup {
+        schema: String,
+    },
 }
 
 /// The first object privilege the admin cannot grant, and how many more there are.
@@ -387,33 +442,46 @@ pub fn changes(state: &ObjectState, wanted: &[BTreeSet<String>]) -> Result<Objec
     let mut grant: BTreeMap<(ObjectKind, String), Vec<ObjectRef>> = BTreeMap::new();
     let mut ungrantable: Option<(ObjectKind, String, String, String)> = None;
     let mut more_ungrantable = 0;
+    let mut unnamable_schema: Option<&str> = None;
     let mut wanted_schemas: BTreeSet<&str> = BTreeSet::new();
+    let admin_has_usage: BTreeMap<&str, bool> =
+        state.schemas.iter().map(|schema| (schema.name.as_str(), schema.admin_has_usage)).collect();
     for (object, wanted) in state.objects.iter().zip(wanted) {
         let reference =
             ObjectRef { schema: object.schema.clone(), name: object.name.clone(), arguments: object.arguments.clone() };
         if !wanted.is_empty() {
             wanted_schemas.insert(&object.schema);
         }
-        // A privilege this build has no keyword for (PostgreSQL 17's MAINTAIN, or a later
-        // one) is never written into SQL: `REVOKE ALL` takes it, and the wanted ones are
-        // granted again.
-        let unknown = object.held.iter().any(|p| !object.kind.accepts(p));
-        let held = if unknown {
+        let held = if !object.admin_may_revoke {
+            // PostgreSQL would refuse the admin's REVOKE here: what the user holds on it is an
+            // operator's grant, left alone.
+            object.held.clone()
+        } else if object.held.iter().any(|p| !object.kind.accepts(p)) {
+            // A privilege this build has no keyword for (PostgreSQL 17's MAINTAIN, or a later
+            // one) is never written into SQL: `REVOKE ALL` takes it, and the wanted ones are
+            // granted again.
             revoke.entry((object.kind, "ALL".to_string())).or_default().push(reference.clone());
             BTreeSet::new()
         } else {
+            for privilege in object.held.difference(wanted) {
+                revoke.entry((object.kind, privilege.clone())).or_default().push(reference.clone());
+            }
             object.held.clone()
         };
-        for privilege in held.difference(wanted) {
-            revoke.entry((object.kind, privilege.clone())).or_default().push(reference.clone());
-        }
         for privilege in wanted.difference(&held) {
             if !object.admin_grantable.contains(privilege) {
+                if object.held_otherwise.contains(privilege) {
+                    continue;
+                }
                 if ungrantable.is_none() {
                     ungrantable = Some((object.kind, object.schema.clone(), object.display(), privilege.clone()));
                 } else {
                     more_ungrantable += 1;
                 }
+                continue;
+            }
+            if !admin_has_usage.get(object.schema.as_str()).copied().unwrap_or(false) {
+                unnamable_schema.get_or_insert(&object.schema);
                 continue;
             }
             grant.entry((object.kind, privilege.clone())).or_default().push(reference.clone());
@@ -427,13 +495,18 @@ pub fn changes(state: &ObjectState, wanted: &[BTreeSet<String>]) -> Result<Objec
     for schema in &state.schemas {
         let wanted = wanted_schemas.contains(schema.name.as_str());
         if wanted && !schema.user_has_usage {
-            if !schema.admin_can_grant_usage {
+            if schema.admin_can_grant_usage {
+                grant_usage.push(schema.name.clone());
+            } else if !schema.user_has_usage_otherwise {
                 return Err(Ungrantable::SchemaUsage { schema: schema.name.clone() });
             }
-            grant_usage.push(schema.name.clone());
-        } else if !wanted && schema.user_has_usage {
+        } else if !wanted && schema.user_has_usage && schema.admin_may_revoke {
             revoke_usage.push(schema.name.clone());
         }
+    }
+    // After the schemas: USAGE WITH GRANT OPTION, when that is what is missing, fixes both.
+    if let Some(schema) = unnamable_schema {
+        return Err(Ungrantable::SchemaLookup { schema: schema.to_string() });
     }
     let batches = |map: BTreeMap<(ObjectKind, String), Vec<ObjectRef>>| {
         map.into_iter().map(|((kind, privilege), objects)| ObjectBatch { kind, privilege, objects }).collect()
@@ -444,26 +517,69 @@ pub fn changes(state: &ObjectState, wanted: &[BTreeSet<String>]) -> Result<Objec
         grant_usage,
         grant: batches(grant),
         summary: summarize(state, wanted),
+        kept: KeptPrivileges::default(),
     })
 }
 
-/// Revokes everything the user holds on the objects and schemas of `state`.
+/// Revokes everything the user holds on the objects and schemas of `state` that the admin can
+/// revoke, and says what the user keeps. `summary` is what goes.
 pub fn revoke_all(state: &ObjectState) -> ObjectChanges {
+    let reference = |object: &DbObject| ObjectRef {
+        schema: object.schema.clone(),
+        name: object.name.clone(),
+        arguments: object.arguments.clone(),
+    };
+    let kept_privileges =
+        |object: &DbObject| -> BTreeSet<String> { object.kept.iter().map(|(p, _)| p.clone()).collect() };
     let mut by_kind: BTreeMap<ObjectKind, Vec<ObjectRef>> = BTreeMap::new();
-    for object in state.objects.iter().filter(|o| !o.held.is_empty()) {
-        by_kind.entry(object.kind).or_default().push(ObjectRef {
-            schema: object.schema.clone(),
-            name: object.name.clone(),
-            arguments: object.arguments.clone(),
-        });
+    for object in state.objects.iter().filter(|o| !o.held.is_empty() && o.admin_may_revoke) {
+        by_kind.entry(object.kind).or_default().push(reference(object));
     }
+    let revoked: Vec<BTreeSet<String>> = state
+        .objects
+        .iter()
+        .map(|o| {
+            if o.admin_may_revoke {
+                o.held.difference(&kept_privileges(o)).cloned().collect()
+            } else {
+                BTreeSet::new()
+            }
+        })
+        .collect();
+    let kept_objects: Vec<KeptOnObject> = state
+        .objects
+        .iter()
+        .filter(|o| !o.kept.is_empty())
+        .map(|o| KeptOnObject {
+            kind: o.kind,
+            object: reference(o),
+            privileges: kept_privileges(o),
+            grantors: o.kept.iter().map(|(_, g)| g.clone()).collect(),
+        })
+        .collect();
+    let kept_summary = summarize(state, &state.objects.iter().map(kept_privileges).collect::<Vec<_>>());
     ObjectChanges {
         revoke: by_kind
             .into_iter()
             .map(|(kind, objects)| ObjectBatch { kind, privilege: "ALL".into(), objects })
             .collect(),
-        revoke_usage: state.schemas.iter().filter(|s| s.user_has_usage).map(|s| s.name.clone()).collect(),
-        summary: summarize(state, &state.objects.iter().map(|o| o.held.clone()).collect::<Vec<_>>()),
+        revoke_usage: state
+            .schemas
+            .iter()
+            .filter(|s| s.user_has_usage && s.admin_may_revoke)
+            .map(|s| s.name.clone())
+            .collect(),
+        summary: summarize(state, &revoked),
+        kept: KeptPrivileges {
+            objects: kept_objects,
+            schema_usage: state
+                .schemas
+                .iter()
+                .filter(|s| s.user_has_usage && !s.usage_kept_by.is_empty())
+                .map(|s| (s.name.clone(), s.usage_kept_by.clone()))
+                .collect(),
+            summary: kept_summary,
+        },
         ..ObjectChanges::default()
     }
 }
@@ -506,6 +622,22 @@ mod tests {
             arguments: (kind == ObjectKind::Function).then(|| "integer".to_string()),
             held: held.iter().map(|s| s.to_string()).collect(),
             admin_grantable: kind.privileges().iter().map(|s| s.to_string()).collect(),
+            held_otherwise: BTreeSet::new(),
+            admin_may_revoke: true,
+            kept: BTreeSet::new(),
+        }
+    }
+
+    /// A schema the admin can use and revoke on.
+    fn schema(name: &str, user_has_usage: bool, admin_can_grant_usage: bool) -> SchemaState {
+        SchemaState {
+            name: name.into(),
+            user_has_usage,
+            user_has_usage_otherwise: false,
+            admin_has_usage: true,
+            admin_can_grant_usage,
+            admin_may_revoke: true,
+            usage_kept_by: BTreeSet::new(),
         }
     }
 
@@ -593,10 +725,7 @@ mod tests {
     fn changes_revoke_the_stale_grant_the_new_and_batch_by_privilege() {
         let state = ObjectState {
             database: "app".into(),
-            schemas: vec![
-                SchemaState { name: "public".into(), user_has_usage: false, admin_can_grant_usage: true },
-                SchemaState { name: "old".into(), user_has_usage: true, admin_can_grant_usage: true },
-            ],
+            schemas: vec![schema("public", false, true), schema("old", true, true)],
             objects: vec![
                 object(ObjectKind::Table, "public", "a", &["SELECT"]),
                 object(ObjectKind::Table, "public", "b", &[]),
@@ -620,7 +749,7 @@ mod tests {
     fn privileges_without_a_keyword_are_revoked_with_all_and_the_wanted_ones_granted_again() {
         let state = ObjectState {
             database: "app".into(),
-            schemas: vec![SchemaState { name: "public".into(), user_has_usage: true, admin_can_grant_usage: true }],
+            schemas: vec![schema("public", true, true)],
             objects: vec![object(ObjectKind::Table, "public", "a", &["MAINTAIN", "SELECT"])],
         };
         let changes = changes(&state, &[set(&["SELECT"])]).unwrap();
@@ -636,7 +765,7 @@ mod tests {
         table.admin_grantable.clear();
         let state = ObjectState {
             database: "app".into(),
-            schemas: vec![SchemaState { name: "public".into(), user_has_usage: false, admin_can_grant_usage: false }],
+            schemas: vec![schema("public", false, false)],
             objects: vec![table.clone(), table],
         };
         let err = changes(&state, &[set(&["SELECT"]), set(&["SELECT"])]).unwrap_err();
@@ -648,6 +777,91 @@ mod tests {
             changes(&state, &[set(&["SELECT"])]).unwrap_err(),
             Ungrantable::SchemaUsage { schema: "public".into() }
         );
+    }
+
+    #[test]
+    fn what_the_user_has_through_public_or_its_roles_needs_no_grant() {
+        let mut function = object(ObjectKind::Function, "public", "f", &[]);
+        function.admin_grantable.clear();
+        function.held_otherwise = set(&["EXECUTE"]);
+        let state = ObjectState {
+            database: "app".into(),
+            schemas: vec![SchemaState { user_has_usage_otherwise: true, ..schema("public", false, false) }],
+            objects: vec![object(ObjectKind::Table, "public", "a", &[]), function],
+        };
+        let changes = changes(&state, &[set(&["SELECT"]), set(&["EXECUTE"])]).unwrap();
+        assert!(changes.grant_usage.is_empty());
+        assert_eq!(changes.grant.len(), 1, "{changes:?}");
+        assert_eq!(changes.grant[0].kind, ObjectKind::Table);
+        assert_eq!(changes.summary.len(), 2, "the summary counts what the session has: {changes:?}");
+
+        // Without it, the same session is refused.
+        let mut state = state;
+        state.schemas[0].user_has_usage_otherwise = false;
+        assert_eq!(
+            super::changes(&state, &[set(&["SELECT"]), set(&[])]).unwrap_err(),
+            Ungrantable::SchemaUsage { schema: "public".into() }
+        );
+        state.objects[1].held_otherwise.clear();
+        assert!(matches!(
+            super::changes(&state, &[set(&[]), set(&["EXECUTE"])]).unwrap_err(),
+            Ungrantable::Object(UngrantableObject { privilege, .. }) if privilege == "EXECUTE"
+        ));
+    }
+
+    #[test]
+    fn an_admin_without_usage_on_the_schema_cannot_name_its_objects() {
+        let state = ObjectState {
+            database: "app".into(),
+            schemas: vec![SchemaState {
+                user_has_usage_otherwise: true,
+                admin_has_usage: false,
+                ..schema("sales", false, false)
+            }],
+            objects: vec![object(ObjectKind::Table, "sales", "t", &[])],
+        };
+        assert_eq!(
+            changes(&state, &[set(&["SELECT"])]).unwrap_err(),
+            Ungrantable::SchemaLookup { schema: "sales".into() }
+        );
+    }
+
+    #[test]
+    fn what_the_admin_cannot_revoke_is_left_out_of_the_revokes_and_reported() {
+        let mut foreign = object(ObjectKind::Table, "private", "notes", &["SELECT"]);
+        foreign.admin_may_revoke = false;
+        foreign.kept = BTreeSet::from([("SELECT".to_string(), "owner".to_string())]);
+        let mut mixed = object(ObjectKind::Table, "public", "orders", &["SELECT", "UPDATE"]);
+        mixed.kept = BTreeSet::from([("UPDATE".to_string(), "owner".to_string())]);
+        let state = ObjectState {
+            database: "app".into(),
+            schemas: vec![
+                SchemaState {
+                    admin_may_revoke: false,
+                    usage_kept_by: set(&["owner"]),
+                    ..schema("private", true, false)
+                },
+                schema("public", true, true),
+            ],
+            objects: vec![foreign, mixed],
+        };
+        let end = revoke_all(&state);
+        assert_eq!(end.revoke.len(), 1);
+        assert_eq!(end.revoke[0].objects.iter().map(|o| o.name.as_str()).collect::<Vec<_>>(), ["orders"]);
+        assert_eq!(end.revoke_usage, ["public"]);
+        assert_eq!(end.summary.len(), 1);
+        assert_eq!(end.summary[0].privileges, BTreeMap::from([("SELECT".to_string(), 1)]));
+        assert_eq!(end.kept.objects.len(), 2);
+        assert_eq!(end.kept.schema_usage, [("private".to_string(), set(&["owner"]))]);
+        assert_eq!(end.kept.summary.len(), 2);
+
+        // A start that no longer wants them revokes only what it can, too.
+        let start = changes(&state, &[set(&[]), set(&[])]).unwrap();
+        assert_eq!(
+            start.revoke.iter().flat_map(|b| &b.objects).map(|o| o.name.as_str()).collect::<Vec<_>>(),
+            ["orders", "orders"]
+        );
+        assert_eq!(start.revoke_usage, ["public"]);
     }
 
     #[test]

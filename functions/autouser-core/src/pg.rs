@@ -232,12 +232,12 @@ impl AdminConnection {
         self.object_listing
             .get_or_try_init(|| async {
                 let (schemas, relations, routines) = tokio::try_join!(
-                    self.client.prepare_typed(sql::LIST_SCHEMAS, &[Type::TEXT]),
+                    self.client.prepare_typed(sql::LIST_SCHEMAS, &[Type::TEXT, Type::TEXT_ARRAY]),
                     self.client.prepare_typed(
                         sql::LIST_RELATIONS,
-                        &[Type::TEXT, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY]
+                        &[Type::TEXT, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY, Type::TEXT_ARRAY]
                     ),
-                    self.client.prepare_typed(sql::LIST_ROUTINES, &[Type::TEXT, Type::BOOL]),
+                    self.client.prepare_typed(sql::LIST_ROUTINES, &[Type::TEXT, Type::BOOL, Type::TEXT_ARRAY]),
                 )?;
                 Ok(ObjectListingStatements { schemas, relations, routines })
             })

@@ -11,7 +11,9 @@
 use std::collections::BTreeSet;
 
 use crate::ledger::{Ledger, SessionRecord};
-use crate::permissions::{self, ObjectBatch, ObjectChanges, ObjectState, PermissionSummary, Ungrantable};
+use crate::permissions::{
+    self, KeptPrivileges, ObjectBatch, ObjectChanges, ObjectState, PermissionSummary, Ungrantable,
+};
 use crate::policy::CreateDbUserMode;
 use crate::request::{EndRequest, StartRequest, Target};
 use crate::Error;
@@ -37,7 +39,8 @@ pub struct ObservedState {
     pub superuser_roles: BTreeSet<String>,
     pub server_version_num: i32,
     pub read_only: bool,
-    /// The objects of the connected database, listed when object permissions are in play.
+    /// The objects of the connected database, listed when object permissions are in play:
+    /// the session has rules, or the ledger says privileges were granted in this database.
     pub objects: Option<ObjectState>,
 }
 
@@ -130,6 +133,8 @@ pub struct ObjectCleanup {
     /// Other databases where the ledger says privileges may remain with no session left to
     /// need them (the end ran elsewhere): the outcome's reason says how to revoke them.
     pub left_in: Vec<String>,
+    /// What the user keeps in the connected database because the admin cannot revoke it.
+    pub kept: KeptPrivileges,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -173,13 +178,33 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
         (Some(_), None) => unreachable!("the engine lists the objects of a session with db_permissions"),
         (None, _) => None,
     };
+    // Privileges an earlier session was granted here that no end revoked (the policy lost its
+    // db_permissions, say): this session has no rules, so they all go before it unlocks.
+    let granted_before = match (&req.db_permissions, &state.objects) {
+        (None, Some(objects)) if ledger.object_databases.contains(&objects.database) => Some(objects),
+        _ => None,
+    };
     let fingerprint = objects.map(|(rules, _)| rules.fingerprint());
     if let Some(record) = ledger.sessions.get(&t.session_id) {
         let mut held = record.db_roles.union(&req.platform_roles).cloned().collect::<BTreeSet<_>>();
         held.insert(t.managed_group.clone());
         if state.user_can_login && state.member_of == held {
-            let db_permissions = objects.map_or_else(Vec::new, |(_, o)| {
-                permissions::summarize(o, &o.objects.iter().map(|o| o.held.clone()).collect::<Vec<_>>())
+            // What the session's rules give that the user has, directly or through PUBLIC or
+            // its roles: what the start that opened the session reported.
+            let db_permissions = objects.map_or_else(Vec::new, |(rules, o)| {
+                let wanted = rules.evaluate(&o.database, &o.objects);
+                let has: Vec<BTreeSet<String>> = o
+                    .objects
+                    .iter()
+                    .zip(wanted)
+                    .map(|(object, wanted)| {
+                        wanted
+                            .into_iter()
+                            .filter(|p| object.held.contains(p) || object.held_otherwise.contains(p))
+                            .collect()
+                    })
+                    .collect();
+                permissions::summarize(o, &has)
             });
             return Ok(StartDecision::AlreadyActive { ledger, db_permissions });
         }
@@ -242,6 +267,13 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
     if let Some((_, objects)) = objects {
         ledger.object_databases.insert(objects.database.clone());
     }
+    let revoke_granted_before = granted_before.map(|objects| {
+        let changes = permissions::revoke_all(objects);
+        if changes.kept.is_empty() {
+            ledger.object_databases.remove(&objects.database);
+        }
+        changes
+    });
     ledger.revision += 1;
     let mut steps = Vec::new();
     if !state.group_exists {
@@ -281,6 +313,9 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
         }
         None => Vec::new(),
     };
+    if let Some(changes) = revoke_granted_before {
+        steps.extend(object_steps(user, changes));
+    }
     Ok(StartDecision::Apply { steps, ledger, created_user: !state.user_exists, db_permissions })
 }
 
@@ -293,6 +328,9 @@ fn ungrantable(t: &Target, missing: Ungrantable) -> Error {
         },
         Ungrantable::SchemaUsage { schema } => {
             Error::MissingSchemaGrantOption { admin: t.admin.clone(), db_name: t.db_name.clone(), schema }
+        }
+        Ungrantable::SchemaLookup { schema } => {
+            Error::MissingSchemaUsage { admin: t.admin.clone(), db_name: t.db_name.clone(), schema }
         }
     }
 }
@@ -314,21 +352,31 @@ fn object_steps(user: &str, changes: ObjectChanges) -> Vec<Step> {
 
 /// At an end (after the ledger records it): revoke the object privileges of the connected
 /// database if no open session there needs them any more, and name the other databases that
-/// may still hold some.
+/// may still hold some. The database stays in the ledger while the user keeps privileges
+/// there that the admin cannot revoke, so later starts and ends there report them again.
 fn object_cleanup(user: &str, ledger: &mut Ledger, state: &ObservedState) -> (Vec<Step>, ObjectCleanup) {
     let needed =
         |ledger: &Ledger, db: &str| ledger.sessions.values().any(|s| s.db_name == db && s.db_permissions.is_some());
     let mut cleanup = ObjectCleanup::default();
     let mut steps = Vec::new();
+    let connected = state.objects.as_ref().map(|objects| objects.database.as_str());
     if let Some(objects) = &state.objects {
         if ledger.object_databases.contains(&objects.database) && !needed(ledger, &objects.database) {
-            let changes = permissions::revoke_all(objects);
+            let mut changes = permissions::revoke_all(objects);
             cleanup.revoked = changes.summary.clone();
+            cleanup.kept = std::mem::take(&mut changes.kept);
             steps = object_steps(user, changes);
-            ledger.object_databases.remove(&objects.database);
+            if cleanup.kept.is_empty() {
+                ledger.object_databases.remove(&objects.database);
+            }
         }
     }
-    cleanup.left_in = ledger.object_databases.iter().filter(|db| !needed(ledger, db)).cloned().collect();
+    cleanup.left_in = ledger
+        .object_databases
+        .iter()
+        .filter(|db| !needed(ledger, db) && Some(db.as_str()) != connected)
+        .cloned()
+        .collect();
     (steps, cleanup)
 }
 
@@ -646,6 +694,9 @@ mod tests {
             arguments: None,
             held: BTreeSet::new(),
             admin_grantable: set(&["SELECT", "INSERT"]),
+            held_otherwise: BTreeSet::new(),
+            admin_may_revoke: true,
+            kept: BTreeSet::new(),
         };
         ObservedState {
             objects: Some(ObjectState {
@@ -653,7 +704,11 @@ mod tests {
                 schemas: vec![SchemaState {
                     name: "public".into(),
                     user_has_usage: false,
+                    user_has_usage_otherwise: false,
+                    admin_has_usage: true,
                     admin_can_grant_usage: true,
+                    admin_may_revoke: true,
+                    usage_kept_by: BTreeSet::new(),
                 }],
                 objects: vec![table("orders"), table("secret")],
             }),
@@ -737,6 +792,59 @@ mod tests {
         let EndDecision::Drop { before_drop, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
         assert!(matches!(before_drop.last(), Some(Step::RevokeSchemaUsage { .. })), "{before_drop:?}");
         assert!(before_drop.iter().any(|s| matches!(s, Step::RevokeObjects { batch, .. } if batch.privilege == "ALL")));
+    }
+
+    #[test]
+    fn object_privileges_are_revoked_where_the_ledger_says_whatever_the_policy_says() {
+        let mut s1 = start("s1", &[], CreateDbUserMode::Keep);
+        s1.db_permissions = Some(object_rules("SELECT"));
+        let granted = started(with_objects("app"), &s1);
+        assert!(held(&granted).iter().any(|(_, held)| !held.is_empty()));
+
+        // The end of a session whose rules have left the policy.
+        let EndDecision::Deactivate { steps, objects, .. } = plan_end(&end("s1"), &granted).unwrap() else { panic!() };
+        assert_eq!(objects.revoked.len(), 1, "{objects:?}");
+        let ended = apply(granted.clone(), &steps);
+        assert!(held(&ended).iter().all(|(_, held)| held.is_empty()));
+        let ledger = Ledger::from_comment("alice", ended.ledger_comment.as_deref()).unwrap();
+        assert!(ledger.object_databases.is_empty());
+
+        // A start without rules, after an end that could not revoke: it revokes first.
+        let mut unrevoked = granted.clone();
+        let mut ledger = Ledger::from_comment("alice", granted.ledger_comment.as_deref()).unwrap();
+        ledger.record_end("s1");
+        unrevoked.ledger_comment = Some(ledger.to_comment());
+        unrevoked.user_can_login = false;
+        let StartDecision::Apply { steps, ledger, db_permissions, .. } =
+            plan_start(&start("s2", &[], CreateDbUserMode::Keep), &unrevoked, 0).unwrap()
+        else {
+            panic!()
+        };
+        assert!(db_permissions.is_empty());
+        assert!(ledger.object_databases.is_empty());
+        let restarted = apply(unrevoked, &steps);
+        assert!(restarted.user_can_login);
+        assert!(held(&restarted).iter().all(|(_, held)| held.is_empty()));
+        assert!(!restarted.objects.as_ref().unwrap().schemas[0].user_has_usage);
+    }
+
+    #[test]
+    fn an_end_keeps_the_database_in_the_ledger_while_privileges_it_cannot_revoke_remain() {
+        let mut s1 = start("s1", &[], CreateDbUserMode::Keep);
+        s1.db_permissions = Some(object_rules("SELECT"));
+        let mut state = started(with_objects("app"), &s1);
+        let secret = &mut state.objects.as_mut().unwrap().objects[1];
+        secret.held.insert("UPDATE".into());
+        secret.admin_may_revoke = false;
+        secret.kept.insert(("UPDATE".into(), "owner".into()));
+        let EndDecision::Deactivate { steps, objects, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
+        assert!(steps.iter().any(|s| matches!(s, Step::SetLogin { login: false, .. })));
+        assert_eq!(objects.kept.objects.len(), 1);
+        assert!(objects.left_in.is_empty(), "the connected database is reported as kept, not left: {objects:?}");
+        let ended = apply(state, &steps);
+        assert_eq!(held(&ended), [("orders".into(), set(&[])), ("secret".into(), set(&["UPDATE"]))]);
+        let ledger = Ledger::from_comment("alice", ended.ledger_comment.as_deref()).unwrap();
+        assert_eq!(ledger.object_databases, set(&["app"]));
     }
 
     #[test]

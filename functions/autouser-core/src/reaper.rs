@@ -209,7 +209,9 @@ where
         match action {
             Action::Close { user, session_id, record } => {
                 let mut target = target(&user, &session_id, &record.database, &record.db_name);
-                // Object privileges are revoked by an end in the session's own database.
+                // Object privileges are revoked by an end in the session's own database: where
+                // the session was granted some, whatever the policy says now.
+                let revokes_db_permissions = revokes_db_permissions || record.db_permissions.is_some();
                 let connection = if revokes_db_permissions && record.db_name != admin_db_name {
                     target.admin_db_name = record.db_name.clone();
                     connection_to(&mut other_databases, &record.db_name, &connect_to).await

@@ -223,11 +223,26 @@ roles:{roles}
 
     /// One reaper run that starts no action after `stop_at`.
     pub async fn reap_until(&self, now: u64, stop_at: Option<std::time::Instant>) -> autouser_core::reaper::ReapReport {
+        self.reap_in(&self.db, now, stop_at).await
+    }
+
+    /// One reaper run logged in to `admin_db_name`, as the reaper function does to the admin's
+    /// default database (`postgres` when none is set).
+    pub async fn reap_from(&self, admin_db_name: &str, now: u64) -> autouser_core::reaper::ReapReport {
+        self.reap_in(admin_db_name, now, None).await
+    }
+
+    async fn reap_in(
+        &self,
+        admin_db_name: &str,
+        now: u64,
+        stop_at: Option<std::time::Instant>,
+    ) -> autouser_core::reaper::ReapReport {
         let config = self.config();
         let db = config.databases[0].resolve_static().expect("a static database");
-        let connection = self.admin_client(&config, &self.db).await.unwrap();
+        let connection = self.admin_client(&config, admin_db_name).await.unwrap();
         let connect_to = |db_name: String| async move { self.admin_client(&self.config(), &db_name).await };
-        autouser_core::reaper::reap(&connection, &self.db, &config, &db, now, stop_at, connect_to).await.unwrap()
+        autouser_core::reaper::reap(&connection, admin_db_name, &config, &db, now, stop_at, connect_to).await.unwrap()
     }
 
     pub async fn admin_client(&self, config: &Config, dbname: &str) -> Result<AdminConnection, Error> {

@@ -398,3 +398,339 @@ async fn ten_thousand_tables_are_granted_and_revoked() {
     assert_eq!(held(&fx.db, &alice).await, BTreeMap::new());
     eprintln!("10,000 tables: session-start {start_time:?}, session-end {end_time:?} (including connecting)");
 }
+
+/// The README's grant for a non-superuser admin ("What the admin needs"), run by the owner of
+/// the tables: nothing on the schema, nothing on routines.
+fn readme_table_grant(schema: &str, admin: &str) -> String {
+    format!("GRANT SELECT ON ALL TABLES IN SCHEMA {} TO {} WITH GRANT OPTION;", q(schema), q(admin))
+}
+
+/// [`readme_table_grant`] and USAGE on the schema WITH GRANT OPTION.
+fn with_schema_grant_option(schema: &str, admin: &str) -> String {
+    format!(
+        "GRANT USAGE ON SCHEMA {} TO {} WITH GRANT OPTION; {}",
+        q(schema),
+        q(admin),
+        readme_table_grant(schema, admin)
+    )
+}
+
+/// A database fresh from `initdb`'s template, tables and a function made by their owner (here
+/// the superuser), and the admin set up as the README says: `CREATE USER … LOGIN CREATEROLE`
+/// (the fixture) and the one table grant. PUBLIC keeps its defaults: USAGE on `public` (and,
+/// from PostgreSQL 15 on, no CREATE there), EXECUTE on functions.
+#[tokio::test]
+async fn on_a_stock_database_public_needs_only_the_readme_table_grant() {
+    let fx = Fixture::new("op_stock").await.with_roles(&policy(
+        "keep",
+        r#"[{match: {object_kind: table, schema: public}, permissions: [SELECT]},
+            {match: {object_kind: function, schema: public}, permissions: [EXECUTE]}]"#,
+        "[]",
+    ));
+    superuser_in(&fx.db)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE public.orders (id int); INSERT INTO public.orders VALUES (7);
+             CREATE FUNCTION public.answer() RETURNS int LANGUAGE sql AS 'SELECT 42';
+             {}",
+            readme_table_grant("public", &fx.admin)
+        ))
+        .await
+        .unwrap();
+    let alice = fx.user("alice");
+    let out = fx.start(fx.event("s1", &alice, &["objects"])).await.expect("the session starts");
+    // USAGE on public and EXECUTE come through PUBLIC: nothing to grant for them.
+    assert_eq!(held(&fx.db, &alice).await, expected(&[("public.orders", &["SELECT"])]));
+    let summary = serde_json::to_value(&out.db_permissions).unwrap();
+    assert_eq!(
+        summary,
+        json!([{"object_kind": "table", "schema": "public", "objects": 1, "privileges": {"SELECT": 1}},
+               {"object_kind": "function", "schema": "public", "objects": 1, "privileges": {"EXECUTE": 1}}])
+    );
+    let client = connect(&alice, &fx.db).await.unwrap();
+    let row = client.query_one("SELECT (SELECT id FROM public.orders), public.answer()", &[]).await.unwrap();
+    assert_eq!((row.get::<_, i32>(0), row.get::<_, i32>(1)), (7, 42));
+    drop(client);
+    let again = fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    assert!(again.already_active);
+    assert_eq!(again.db_permissions, out.db_permissions, "a redelivered start reports the same");
+
+    let out = fx.end(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Deactivated);
+    assert_eq!(out.reason, None);
+    assert_eq!(held(&fx.db, &alice).await, BTreeMap::new());
+    assert!(connect(&alice, &fx.db).await.is_err(), "the user is locked");
+}
+
+/// A schema PUBLIC cannot use: the session would be useless without USAGE, so it is refused
+/// with the statement that fixes it, and that statement is enough.
+#[tokio::test]
+async fn a_schema_the_user_could_not_use_is_refused_with_the_exact_fix() {
+    let fx = Fixture::new("op_nousage").await.with_roles(&policy(
+        "keep",
+        r#"[{match: {object_kind: table, schema: sales}, permissions: [SELECT]}]"#,
+        "[]",
+    ));
+    let owner = superuser_in(&fx.db).await;
+    owner
+        .batch_execute(&format!(
+            "CREATE SCHEMA sales; CREATE TABLE sales.t (x int); {}",
+            readme_table_grant("sales", &fx.admin)
+        ))
+        .await
+        .unwrap();
+    let alice = fx.user("alice");
+    let err = fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap_err();
+    assert_eq!(err.kind(), "MissingSchemaGrantOption", "{err}");
+    let fix = format!("GRANT USAGE ON SCHEMA \"sales\" TO {} WITH GRANT OPTION", q(&fx.admin));
+    assert!(err.to_string().contains(&fix), "{err}");
+    assert!(fx.state(&alice).await.is_none(), "the refused start created nothing");
+
+    owner.batch_execute(&fix).await.unwrap();
+    fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    assert_eq!(held(&fx.db, &alice).await, expected(&[("sales.t", &["SELECT"]), ("schema sales", &["USAGE"])]));
+    connect(&alice, &fx.db).await.unwrap().batch_execute("SELECT * FROM sales.t").await.unwrap();
+}
+
+/// USAGE a role of the session carries needs no grant; the admin still has to be able to
+/// name the objects in the schema, and is told so when it cannot.
+#[tokio::test]
+async fn usage_through_a_role_of_the_session_needs_no_grant() {
+    let fx = Fixture::new("op_roleusage").await;
+    let reader = fx.reader();
+    let fx = fx.with_roles(&format!(
+        r#"
+  - kind: role
+    version: v7
+    metadata: {{name: objects}}
+    spec:
+      options: {{create_db_user_mode: keep}}
+      allow:
+        db_labels: {{"*": "*"}}
+        db_names: ["*"]
+        db_roles: ["{reader}"]
+        db_permissions: [{{match: {{object_kind: table, schema: sales}}, permissions: [SELECT]}}]
+"#
+    ));
+    let owner = superuser_in(&fx.db).await;
+    owner
+        .batch_execute(&format!(
+            "CREATE SCHEMA sales; CREATE TABLE sales.t (x int); GRANT USAGE ON SCHEMA sales TO {reader}; {}",
+            readme_table_grant("sales", &fx.admin),
+            reader = q(&reader)
+        ))
+        .await
+        .unwrap();
+    if crate::fixture::major() >= 16 {
+        // The admin holds the role WITH ADMIN OPTION (the fixture), which by default lets it use
+        // the role's privileges, USAGE on sales among them; kept from using them, as a careful
+        // operator sets it up, it cannot name the tables.
+        fx.sql(&format!("GRANT {} TO {} WITH INHERIT FALSE", q(&reader), q(&fx.admin))).await;
+    }
+    let alice = fx.user("alice");
+    let err = fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap_err();
+    assert_eq!(err.kind(), "MissingSchemaUsage", "{err}");
+    let fix = format!("GRANT USAGE ON SCHEMA \"sales\" TO {}", q(&fx.admin));
+    assert!(err.to_string().contains(&format!("`{fix}`")), "{err}");
+    assert!(fx.state(&alice).await.is_none(), "the refused start created nothing");
+
+    owner.batch_execute(&fix).await.unwrap();
+    fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    assert_eq!(held(&fx.db, &alice).await, expected(&[("sales.t", &["SELECT"])]));
+    connect(&alice, &fx.db).await.unwrap().batch_execute("SELECT * FROM sales.t").await.unwrap();
+}
+
+/// The owner of a schema grants the managed user something directly, on objects the admin
+/// holds nothing on. The admin cannot revoke it (PostgreSQL refuses the REVOKE outright): the
+/// end still locks the user, revokes what it granted, and says what is left and how to remove
+/// it. A later start leaves the grant alone, and the reaper's end locks as well.
+#[tokio::test]
+async fn an_operators_direct_grant_never_blocks_the_end() {
+    let fx = Fixture::new("op_foreign").await.with_roles(&policy(
+        "keep",
+        r#"[{match: {object_kind: table, schema: public}, permissions: [SELECT]}]"#,
+        "[]",
+    ));
+    let owner = fx.user("owner");
+    superuser_in(&fx.db)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE public.orders (id int); {grant}
+             CREATE ROLE {owner}; CREATE SCHEMA private AUTHORIZATION {owner};
+             SET ROLE {owner}; CREATE TABLE private.notes (x int); RESET ROLE",
+            grant = with_schema_grant_option("public", &fx.admin),
+            owner = q(&owner)
+        ))
+        .await
+        .unwrap();
+    let alice = fx.user("alice");
+    let operator_grants = format!(
+        "SET ROLE {owner}; GRANT USAGE ON SCHEMA private TO {alice}; GRANT SELECT ON private.notes TO {alice}",
+        owner = q(&owner),
+        alice = q(&alice)
+    );
+    fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    superuser_in(&fx.db).await.batch_execute(&operator_grants).await.unwrap();
+
+    let out = fx.end(fx.event("s1", &alice, &["objects"])).await.expect("the end succeeds");
+    assert_eq!(out.status, EndStatus::Deactivated);
+    let state = fx.state(&alice).await.unwrap();
+    assert!(!state.login, "the user is locked");
+    assert_eq!(state.member_of, set(&[&fx.group]));
+    assert_eq!(out.revoked_db_permissions.len(), 1, "{out:?}");
+    assert_eq!(held(&fx.db, &alice).await, expected(&[("private.notes", &["SELECT"]), ("schema private", &["USAGE"])]));
+    let kept = serde_json::to_value(&out.unrevoked_db_permissions).unwrap();
+    assert_eq!(kept, json!([{"object_kind": "table", "schema": "private", "objects": 1, "privileges": {"SELECT": 1}}]));
+    let reason = out.reason.expect("the outcome says what is left");
+    for part in [
+        format!("REVOKE ALL ON TABLE \"private\".\"notes\" FROM {}", q(&alice)),
+        format!("REVOKE USAGE ON SCHEMA \"private\" FROM {}", q(&alice)),
+        q(&owner),
+    ] {
+        assert!(reason.contains(&part), "{part} in {reason}");
+    }
+    let fix = reason.rsplit_once("run `").unwrap().1.trim_end_matches('`').to_string();
+
+    // A new session starts beside the grant, and the reaper closes it as an end would.
+    fx.start(fx.event("s2", &alice, &["objects"])).await.expect("the grant does not block a start");
+    assert!(fx.state(&alice).await.unwrap().login);
+    let report = fx.reap(u64::MAX / 2).await;
+    assert_eq!(report.failed, vec![], "{report:?}");
+    assert_eq!(report.closed.len(), 1, "{report:?}");
+    assert!(!fx.state(&alice).await.unwrap().login);
+    assert_eq!(held(&fx.db, &alice).await, expected(&[("private.notes", &["SELECT"]), ("schema private", &["USAGE"])]));
+
+    // The statements the reason gives work, run as the grantor.
+    superuser_in(&fx.db).await.batch_execute(&format!("SET ROLE {}; {fix}", q(&owner))).await.unwrap();
+    assert_eq!(held(&fx.db, &alice).await, BTreeMap::new());
+}
+
+/// The same with `best_effort_drop`: the user cannot be dropped while it holds privileges,
+/// so it is locked instead, and the end succeeds.
+#[tokio::test]
+async fn an_operators_direct_grant_turns_a_drop_into_a_lock() {
+    let fx = Fixture::new("op_foreigndrop").await.with_roles(&policy(
+        "best_effort_drop",
+        r#"[{match: {object_kind: table, name: orders}, permissions: [SELECT]}]"#,
+        "[]",
+    ));
+    let owner = fx.user("owner");
+    let alice = fx.user("alice");
+    superuser_in(&fx.db)
+        .await
+        .batch_execute(&format!(
+            "CREATE TABLE public.orders (id int); {grant} CREATE ROLE {owner};
+             CREATE TABLE public.notes (x int); ALTER TABLE public.notes OWNER TO {owner}",
+            grant = with_schema_grant_option("public", &fx.admin),
+            owner = q(&owner)
+        ))
+        .await
+        .unwrap();
+    fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    superuser_in(&fx.db)
+        .await
+        .batch_execute(&format!("SET ROLE {}; GRANT SELECT ON public.notes TO {}", q(&owner), q(&alice)))
+        .await
+        .unwrap();
+    let out = fx.end(fx.event("s1", &alice, &["objects"])).await.expect("the end succeeds");
+    assert_eq!(out.status, EndStatus::Deactivated, "{out:?}");
+    assert!(!fx.state(&alice).await.unwrap().login);
+    assert_eq!(held(&fx.db, &alice).await, expected(&[("public.notes", &["SELECT"])]));
+    assert!(out.reason.unwrap().contains("REVOKE ALL ON TABLE \"public\".\"notes\""));
+}
+
+/// `db_permissions` leaves the policy while a session holds its grants: the end revokes them
+/// anyway, because the ledger says where they were made.
+#[tokio::test]
+async fn an_end_revokes_what_its_session_was_granted_after_the_policy_dropped_db_permissions() {
+    let mut fx = objects_fixture("op_policyend", &policy("keep", READ_PUBLIC_TABLES, "[]")).await;
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    assert!(!held(&fx.db, &alice).await.is_empty());
+    fx.roles_yaml = policy("keep", "[]", "[]");
+
+    let out = fx.end(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Deactivated);
+    assert!(!out.revoked_db_permissions.is_empty(), "{out:?}");
+    assert_eq!(out.reason, None);
+    assert_eq!(held(&fx.db, &alice).await, BTreeMap::new());
+    let ledger = fx.state(&alice).await.unwrap().comment.unwrap();
+    assert!(!ledger.contains("object_databases"), "{ledger}");
+}
+
+/// The end ran where it could not revoke (the admin's default database); the next start in
+/// the session's database, under a policy without `db_permissions`, revokes before it unlocks.
+#[tokio::test]
+async fn a_start_revokes_grants_the_ledger_records_whatever_the_policy_says() {
+    let mut fx = objects_fixture("op_policystart", &policy("keep", READ_PUBLIC_TABLES, "[]")).await;
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    let granted = held(&fx.db, &alice).await;
+    assert!(!granted.is_empty());
+    fx.roles_yaml = policy("keep", "[]", "[]");
+    fx.default_database = Some("postgres".into());
+    let out = fx.end(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Deactivated);
+    assert!(out.reason.unwrap().contains(&fx.db), "the end names the database where privileges remain");
+    assert_eq!(held(&fx.db, &alice).await, granted);
+
+    fx.default_database = None;
+    let out = fx.start(fx.event("s2", &alice, &["objects"])).await.unwrap();
+    assert!(out.db_permissions.is_empty());
+    assert_eq!(held(&fx.db, &alice).await, BTreeMap::new(), "revoked before the user is unlocked");
+    let ledger = fx.state(&alice).await.unwrap().comment.unwrap();
+    assert!(!ledger.contains("object_databases"), "{ledger}");
+}
+
+/// The reaper closes an expired session in the database its grants were made in, even once
+/// the policy has no `db_permissions` and the reaper runs from another database.
+#[tokio::test]
+async fn the_reaper_revokes_where_the_ledger_says_after_the_policy_dropped_db_permissions() {
+    let mut fx = objects_fixture("op_policyreap", &policy("keep", READ_PUBLIC_TABLES, "[]")).await;
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    fx.roles_yaml = policy("keep", "[]", "[]");
+    let report = fx.reap_from("postgres", u64::MAX / 2).await;
+    assert_eq!(report.failed, vec![]);
+    assert_eq!(report.closed.len(), 1, "{report:?}");
+    assert_eq!(report.closed[0].reason, None, "{report:?}");
+    assert_eq!(held(&fx.db, &alice).await, BTreeMap::new());
+    assert!(!fx.state(&alice).await.unwrap().login);
+}
+
+/// A `REVOKE` that fails for a reason the listing cannot foresee (here an event trigger
+/// refusing every object `REVOKE`) does not undo the end: the user is locked without the
+/// revokes, the reason says why, and a later end revokes what is left.
+#[tokio::test]
+async fn a_revoke_failing_for_any_reason_still_locks_the_user() {
+    let fx = objects_fixture("op_revokefails", &policy("keep", READ_PUBLIC_TABLES, "[]")).await;
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["objects"])).await.unwrap();
+    let granted = held(&fx.db, &alice).await;
+    let owner = superuser_in(&fx.db).await;
+    owner
+        .batch_execute(
+            "CREATE FUNCTION public.refuse_revokes() RETURNS event_trigger LANGUAGE plpgsql AS $$
+             BEGIN RAISE EXCEPTION 'revokes are frozen for the audit' USING ERRCODE = 'object_not_in_prerequisite_state'; END $$;
+             CREATE EVENT TRIGGER refuse_revokes ON ddl_command_start WHEN TAG IN ('REVOKE')
+               EXECUTE FUNCTION public.refuse_revokes()",
+        )
+        .await
+        .unwrap();
+
+    let out = fx.end(fx.event("s1", &alice, &["objects"])).await.expect("the end succeeds");
+    assert_eq!(out.status, EndStatus::Deactivated);
+    let state = fx.state(&alice).await.unwrap();
+    assert!(!state.login, "the user is locked");
+    assert_eq!(state.member_of, set(&[&fx.group]));
+    let reason = out.reason.expect("the reason says what failed");
+    assert!(reason.contains("revokes are frozen for the audit"), "{reason}");
+    assert!(!reason.contains("ran in another database"), "{reason}");
+    assert!(out.revoked_db_permissions.is_empty());
+    assert_eq!(held(&fx.db, &alice).await, granted);
+
+    owner.batch_execute("DROP EVENT TRIGGER refuse_revokes").await.unwrap();
+    fx.start(fx.event("s2", &alice, &["objects"])).await.unwrap();
+    fx.end(fx.event("s2", &alice, &["objects"])).await.unwrap();
+    assert_eq!(held(&fx.db, &alice).await, BTreeMap::new());
+}
