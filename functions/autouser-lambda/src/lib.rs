@@ -17,7 +17,8 @@ pub mod metrics;
 pub mod pool;
 pub mod reaper;
 
-use std::time::Instant;
+use std::collections::HashSet;
+use std::time::{Instant, SystemTime};
 
 use audit::Auditor;
 use autouser_aws::AwsContext;
@@ -33,6 +34,13 @@ use input::Invocation;
 
 /// Default `source` of the EventBridge events the functions accept.
 pub const DEFAULT_EVENT_SOURCE: &str = "autouser";
+
+/// The longest one session event can take: the admin's connect (its timeout, and a second for
+/// the TLS handshake) and the wait for the user's lock. An SQS record is started only while
+/// this much of the invocation remains, so that a record never dies with the invocation.
+pub const RECORD_TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(
+    autouser_core::pg::CONNECT_TIMEOUT.as_secs() + 1 + autouser_core::pg::LOCK_TIMEOUT.as_secs(),
+);
 
 /// Built once per container, outside the handler: config, AWS clients, cached secrets and RDS
 /// lookups, and the admin connections kept open across warm invocations.
@@ -151,6 +159,7 @@ impl From<&Error> for FunctionError {
 /// Handles one invocation of `function`, whatever its input form.
 pub async fn handle(state: &State, function: Function, event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
     let span = tracing::info_span!("invocation", request_id = %event.context.request_id);
+    let deadline = invocation_deadline(&event.context);
     async move {
         let invocation = match input::classify(event.payload, function, &state.event_source) {
             Ok(invocation) => invocation,
@@ -167,26 +176,74 @@ pub async fn handle(state: &State, function: Function, event: LambdaEvent<Value>
                 // Retrying cannot help; the refusal is logged and counted.
                 Err(e) => Ok(json!({"status": "refused", "kind": e.kind(), "reason": e.to_string()})),
             },
-            Invocation::Sqs(records) => {
-                let mut failures = Vec::new();
-                for record in records {
-                    let retry = match record.event {
-                        Err(e) => {
-                            refuse_unreadable(state, function, Some(&record.message_id), &e.to_string()).await;
-                            false
-                        }
-                        Ok(event) => matches!(process(state, function, event).await, Err(e) if e.is_transient()),
-                    };
-                    if retry {
-                        failures.push(json!({"itemIdentifier": record.message_id}));
-                    }
-                }
-                Ok(json!({"batchItemFailures": failures}))
-            }
+            Invocation::Sqs(records) => Ok(process_batch(state, function, records, deadline).await),
         }
     }
     .instrument(span)
     .await
+}
+
+/// When Lambda ends the invocation; `None` for a context that names no deadline
+/// (`Context::default()`, as the tests build it).
+fn invocation_deadline(context: &lambda_runtime::Context) -> Option<SystemTime> {
+    (context.deadline != 0).then(|| context.deadline())
+}
+
+/// An SQS batch, in order. Returns the records to redeliver (`batchItemFailures`): those that
+/// failed transiently; every later record of a user whose earlier record failed so, so that
+/// a user's events are never applied out of the order of the queue (a FIFO queue's order,
+/// kept across redeliveries); and every record left when less than [`RECORD_TIME_BUDGET`]
+/// remains of the invocation, so that no record is cut off by its timeout (which would
+/// redeliver the whole batch). Unreadable records and permanent refusals are not redelivered.
+async fn process_batch(
+    state: &State,
+    function: Function,
+    records: Vec<input::SqsRecord>,
+    deadline: Option<SystemTime>,
+) -> Value {
+    let mut failures = Vec::new();
+    let mut held_users = HashSet::new();
+    for record in records {
+        let remaining = deadline.map(|deadline| deadline.duration_since(SystemTime::now()).unwrap_or_default());
+        if remaining.is_some_and(|remaining| remaining < RECORD_TIME_BUDGET) {
+            tracing::warn!(
+                message_id = record.message_id,
+                ?remaining,
+                "too close to the invocation's deadline to start; left for redelivery"
+            );
+            failures.push(json!({"itemIdentifier": record.message_id}));
+            continue;
+        }
+        let event = match record.event {
+            Ok(event) => event,
+            Err(e) => {
+                refuse_unreadable(state, function, Some(&record.message_id), &e.to_string()).await;
+                continue;
+            }
+        };
+        let user = user_of(&event);
+        if user.as_ref().is_some_and(|user| held_users.contains(user)) {
+            tracing::info!(
+                message_id = record.message_id,
+                "held behind an earlier record of the same user that will be retried"
+            );
+            failures.push(json!({"itemIdentifier": record.message_id}));
+            continue;
+        }
+        if matches!(process(state, function, event).await, Err(e) if e.is_transient()) {
+            failures.push(json!({"itemIdentifier": record.message_id}));
+            held_users.extend(user);
+        }
+    }
+    json!({"batchItemFailures": failures})
+}
+
+/// The person an event is for (name and origin cluster), as far as the raw event says; an
+/// event without a name is refused when processed, so it holds nothing back.
+fn user_of(event: &Value) -> Option<(String, Option<String>)> {
+    let user = event.get("user")?.as_str()?.to_string();
+    let origin_cluster = event.get("origin_cluster").and_then(Value::as_str).map(str::to_string);
+    Some((user, origin_cluster))
 }
 
 /// A payload or SQS record that is not a session event: logged, counted, audited, not retried.
