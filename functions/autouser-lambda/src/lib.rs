@@ -6,7 +6,8 @@
 //!   privilege): a direct invoke gets a typed error whose `errorType` is [`Error::kind`]; an
 //!   EventBridge event or SQS record is logged, counted and *not* retried;
 //! - **transient** ([`Error::is_transient`]: database unreachable, contention, AWS throttling or
-//!   outage, a timeout): the invocation fails (EventBridge) or the record is reported in
+//!   outage, a timeout), and for an end every cause that is not the event's own
+//!   ([`is_retried`]): the invocation fails (EventBridge) or the record is reported in
 //!   `batchItemFailures` (SQS), so that Lambda or SQS retries it.
 
 pub mod audit;
@@ -172,7 +173,7 @@ pub async fn handle(state: &State, function: Function, event: LambdaEvent<Value>
             Invocation::Direct(event) => process(state, function, event).await.map_err(|e| FunctionError::from(&e)),
             Invocation::EventBridge(event) => match process(state, function, event).await {
                 Ok(outcome) => Ok(outcome),
-                Err(e) if e.is_transient() => Err(FunctionError::from(&e)),
+                Err(e) if is_retried(function, &e) => Err(FunctionError::from(&e)),
                 // Retrying cannot help; the refusal is logged and counted.
                 Err(e) => Ok(json!({"status": "refused", "kind": e.kind(), "reason": e.to_string()})),
             },
@@ -230,7 +231,7 @@ async fn process_batch(
             failures.push(json!({"itemIdentifier": record.message_id}));
             continue;
         }
-        if matches!(process(state, function, event).await, Err(e) if e.is_transient()) {
+        if matches!(process(state, function, event).await, Err(e) if is_retried(function, &e)) {
             failures.push(json!({"itemIdentifier": record.message_id}));
             held_users.extend(user);
         }
@@ -244,6 +245,18 @@ fn user_of(event: &Value) -> Option<(String, Option<String>)> {
     let user = event.get("user")?.as_str()?.to_string();
     let origin_cluster = event.get("origin_cluster").and_then(Value::as_str).map(str::to_string);
     Some((user, origin_cluster))
+}
+
+/// Whether an EventBridge event or SQS record that failed with `error` is retried. A transient
+/// error always is. An end is what locks a user, so it is also retried for every cause that is
+/// not the event's own: a database whose admin tag was removed (turning provisioning off stops
+/// starts, not ends), a writer demoted by a failover, an admin login refused (RDS IAM
+/// throttling looks like that), a config or privilege being fixed. It is retried until its
+/// queue gives it to the dead-letter queue, which alarms, rather than dropped. Only a
+/// malformed event or a person's name that can never be a user is the event's own.
+pub fn is_retried(function: Function, error: &Error) -> bool {
+    let events_own = matches!(error, Error::Event(_) | Error::InvalidUserName { .. });
+    error.is_transient() || (function == Function::SessionEnd && !events_own)
 }
 
 /// A payload or SQS record that is not a session event: logged, counted, audited, not retried.
@@ -267,8 +280,8 @@ async fn process(state: &State, function: Function, event: Value) -> Result<Valu
                 state.auditor.record(function.name(), audit).await;
             }
         }
-        Err(e) if e.is_transient() => {
-            tracing::warn!(kind = e.kind(), error = %e, "transient failure; will be retried");
+        Err(e) if is_retried(function, e) => {
+            tracing::warn!(kind = e.kind(), error = %e, "failed; will be retried");
             metrics::transient_failure(function, e.kind());
         }
         Err(e) => {

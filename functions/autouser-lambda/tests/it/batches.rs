@@ -7,7 +7,7 @@ use autouser_lambda::{handle, Function, RECORD_TIME_BUDGET};
 use lambda_runtime::{Context, LambdaEvent};
 use serde_json::{json, Value};
 
-use crate::{can_login, eventbridge, session, sqs, state};
+use crate::{can_login, config_yaml, eventbridge, invoke, session, sqs, state, state_of, superuser};
 
 /// A context whose deadline is `remaining` from now, as Lambda's runtime API sets it.
 fn context_with(remaining: Duration) -> Context {
@@ -59,4 +59,38 @@ async fn records_that_could_not_finish_before_the_deadline_are_not_started() {
     assert_eq!(failures(&response), Vec::<&str>::new());
     assert_eq!(can_login("lk_mo").await, Some(true));
     assert_eq!(can_login("lk_ned").await, Some(true));
+}
+
+/// An end is what locks a user: a cause that is not the event's own (here the admin cannot log
+/// in, as when RDS IAM authentication is throttled) is retried, not dropped, until it passes.
+/// A start refused so is not retried: the proxy gave up on it.
+#[tokio::test]
+async fn an_end_is_retried_for_any_cause_that_is_not_its_own() {
+    let yaml = config_yaml("lg").await;
+    let ended = |session_id: &str| eventbridge("Database Session Ended", session("lg", session_id, "pat")).to_string();
+    let started = |session_id: &str, user: &str| {
+        eventbridge("Database Session Started", session("lg", session_id, user)).to_string()
+    };
+    let first = state_of(&yaml);
+    let response = invoke(&first, Function::SessionStart, sqs(&[("m-start", started("s1", "pat"))])).await.unwrap();
+    assert_eq!(failures(&response), Vec::<&str>::new());
+    superuser().await.batch_execute("ALTER ROLE lg_admin NOLOGIN").await.unwrap();
+    // A new container: its admin login is refused (AdminAuthFailed).
+    let refused = state_of(&yaml);
+    let response = invoke(&refused, Function::SessionEnd, sqs(&[("m-end", ended("s1"))])).await.unwrap();
+    assert_eq!(failures(&response), ["m-end"], "the end comes back");
+    let direct =
+        invoke(&refused, Function::SessionEnd, eventbridge("Database Session Ended", session("lg", "s1", "pat")))
+            .await
+            .unwrap_err();
+    assert_eq!(direct.kind, "AdminAuthFailed", "an EventBridge invoke fails, so that it is retried");
+    let response =
+        invoke(&refused, Function::SessionStart, sqs(&[("m-start-2", started("s2", "quin"))])).await.unwrap();
+    assert_eq!(failures(&response), Vec::<&str>::new(), "a refused start is not retried");
+    assert_eq!(can_login("lg_pat").await, Some(true));
+    // The admin can log in again: the retried end locks the user.
+    superuser().await.batch_execute("ALTER ROLE lg_admin LOGIN").await.unwrap();
+    let response = invoke(&refused, Function::SessionEnd, sqs(&[("m-end", ended("s1"))])).await.unwrap();
+    assert_eq!(failures(&response), Vec::<&str>::new());
+    assert_eq!(can_login("lg_pat").await, Some(false));
 }
