@@ -5,6 +5,17 @@
   queue as its target, each sample is put on the bus, and the queues tell which rules matched
   (moto's own event matching, which handles `$or`);
 - every rule target retries and has a dead-letter queue;
+- the session rules deliver to an SQS queue that a function consumes with partial batch
+  responses; the queue's visibility timeout is at least six times the function's timeout, it
+  retries each event for hours (maxReceiveCount x visibility timeout) before its dead-letter
+  queue, which alarms; only the rule (and the function's own failed async invokes) may send
+  to it. In moto: an event put on the bus reaches the queue, and once received maxReceiveCount
+  times it lands in the dead-letter queue;
+- every function's asynchronous invokes have an EventInvokeConfig with an on-failure
+  destination: the session queue for session functions, the dead-letter queue for the others;
+- the bus lets only the proxies' principals put the session detail-types;
+- each function has its own role; every RDS, Secrets Manager and EventBridge action granted
+  is an SDK call the Rust code makes (rds:ListTagsForResource is none);
 - every function has an Errors alarm, every dead-letter queue an alarm, and every alarm on a
   pg-autouser metric names a metric and dimension that the functions emit (metrics.rs);
 - no IAM statement has a wildcard action or a bare "*" resource.
@@ -13,6 +24,7 @@ Run with the project's virtualenv: .deps/venv/bin/python tests/test_template.py
 Exits non-zero, naming each problem, when a check fails.
 """
 
+import contextlib
 import json
 import socket
 import sys
@@ -25,6 +37,16 @@ from moto.server import ThreadedMotoServer
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
 METRICS_SOURCE = ROOT / "functions" / "autouser-lambda" / "src" / "metrics.rs"
+RUST_SOURCES = ROOT / "functions"
+
+# Session rule -> (its function, how long its events must be retried before the dead-letter
+# queue, in seconds). Ends lock users: they outlast the longest regional outages on record
+# (about 15 hours). A start older than 6 hours is for a connection the proxy gave up long ago.
+SESSION_RULES = {
+    "SessionStartedRule": ("SessionStartFunction", 6 * 3600),
+    "SessionEndedRule": ("SessionEndFunction", 24 * 3600),
+}
+SESSION_DETAIL_TYPES = {"Database Session Started", "Database Session Ended"}
 
 
 def session_event(source, detail_type):
@@ -86,6 +108,21 @@ def free_port():
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def moto():
+    """A moto server for the duration; yields a client factory for it."""
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield lambda service: boto3.client(
+            service, region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        )
+    finally:
+        server.stop()
+
+
 def check_patterns(template, problems):
     parameters = template.get("Parameters", {})
     rules = {
@@ -95,14 +132,7 @@ def check_patterns(template, problems):
     }
     if not rules:
         problems.append("no rule with an event pattern")
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    try:
-        client = lambda service: boto3.client(  # noqa: E731
-            service, region_name="us-east-1", endpoint_url=f"http://127.0.0.1:{port}",
-            aws_access_key_id="testing", aws_secret_access_key="testing",
-        )
+    with moto() as client:
         events, sqs = client("events"), client("sqs")
         events.create_event_bus(Name="patterns")
         queues = {}
@@ -128,8 +158,6 @@ def check_patterns(template, problems):
                 problems.append(f"{description}: matched {sorted(matched)}, expected {sorted(expected)}")
             else:
                 print(f"ok: {description} -> {sorted(matched) or 'no rule'}")
-    finally:
-        server.stop()
 
 
 def check_targets(template, problems):
@@ -172,10 +200,13 @@ def check_alarms(template, problems):
 
 def statements(template):
     for name, resource in template["Resources"].items():
-        document = resource.get("Properties", {}).get("PolicyDocument")
-        if not document or resource["Type"] == "AWS::SQS::QueuePolicy":
+        properties = resource.get("Properties", {})
+        documents = [properties["PolicyDocument"]] if "PolicyDocument" in properties else []
+        if resource["Type"] == "AWS::IAM::Role":
+            documents = [policy["PolicyDocument"] for policy in properties.get("Policies", [])]
+        if resource["Type"] == "AWS::SQS::QueuePolicy":
             continue
-        for statement in document["Statement"]:
+        for statement in (s for document in documents for s in document["Statement"]):
             # Statements under a condition: {"Fn::If": [cond, statement, NoValue]}.
             if "Fn::If" in statement:
                 statement = statement["Fn::If"][1]
@@ -197,11 +228,234 @@ def check_iam(template, problems):
         problems.append("no IAM statement found")
 
 
+def getatt_name(value, attribute="Arn"):
+    """The resource a {"Fn::GetAtt": [name, attribute]} names, or None."""
+    if isinstance(value, dict) and "Fn::GetAtt" in value and value["Fn::GetAtt"][1] == attribute:
+        return value["Fn::GetAtt"][0]
+    return None
+
+
+def of_type(template, kind):
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def role_statements(template, role_name):
+    """Every statement a role holds: its inline policies and the template's managed policies it attaches."""
+    role = template["Resources"][role_name]["Properties"]
+    found = []
+    for policy in role.get("Policies", []):
+        found.extend(policy["PolicyDocument"]["Statement"])
+    for arn in role.get("ManagedPolicyArns", []):
+        if isinstance(arn, dict) and "Ref" in arn and arn["Ref"] in template["Resources"]:
+            found.extend(template["Resources"][arn["Ref"]]["Properties"]["PolicyDocument"]["Statement"])
+    return [s["Fn::If"][1] if "Fn::If" in s else s for s in found]
+
+
+def as_list(value):
+    return value if isinstance(value, list) else [value]
+
+
+def check_delivery(template, all_problems):
+    problems = []
+    resources = template["Resources"]
+    mappings = of_type(template, "AWS::Lambda::EventSourceMapping")
+    invoke_configs = {c["Properties"]["FunctionName"]["Ref"]: c["Properties"]
+                      for c in of_type(template, "AWS::Lambda::EventInvokeConfig").values()}
+    queue_policies = [p["Properties"] for p in of_type(template, "AWS::SQS::QueuePolicy").values()]
+    for rule_name, (function_name, window) in SESSION_RULES.items():
+        rule = resources[rule_name]["Properties"]
+        function = resources[function_name]["Properties"]
+        [target] = rule["Targets"]
+        queue_name = getatt_name(target["Arn"])
+        if queue_name is None or resources[queue_name]["Type"] != "AWS::SQS::Queue":
+            problems.append(f"{rule_name}: delivers to {target['Arn']}, not to an SQS queue")
+            continue
+        queue = resources[queue_name]["Properties"]
+        if queue_name.endswith(".fifo") or queue.get("FifoQueue"):
+            problems.append(f"{queue_name}: FIFO (one message group per rule would serialise every user)")
+        visibility = queue.get("VisibilityTimeout", 30)
+        if visibility < 6 * function["Timeout"]:
+            problems.append(f"{queue_name}: visibility timeout {visibility} s < 6 x {function_name}'s timeout")
+        redrive = queue.get("RedrivePolicy", {})
+        dlq_name = getatt_name(redrive.get("deadLetterTargetArn"))
+        if dlq_name is None:
+            problems.append(f"{queue_name}: no redrive policy to a dead-letter queue")
+            continue
+        retried_for = redrive["maxReceiveCount"] * visibility
+        if retried_for < window:
+            problems.append(f"{queue_name}: retried for {retried_for} s (maxReceiveCount x visibility), expected {window} s")
+        retention = queue.get("MessageRetentionPeriod", 345600)
+        if retention <= retried_for:
+            problems.append(f"{queue_name}: retention {retention} s ends before its retries ({retried_for} s)")
+        if resources[dlq_name]["Properties"].get("MessageRetentionPeriod", 345600) <= retention:
+            problems.append(f"{dlq_name}: keeps messages no longer than {queue_name} (standard queues keep the enqueue time)")
+        if getatt_name(target.get("DeadLetterConfig", {}).get("Arn")) != dlq_name:
+            problems.append(f"{rule_name}: events it cannot deliver to {queue_name} do not go to {dlq_name}")
+        consumed = [m["Properties"] for m in mappings.values()
+                    if getatt_name(m["Properties"]["EventSourceArn"]) == queue_name]
+        if [m["FunctionName"] for m in consumed] != [{"Ref": function_name}]:
+            problems.append(f"{queue_name}: not consumed by {function_name} alone")
+        elif consumed[0].get("FunctionResponseTypes") != ["ReportBatchItemFailures"]:
+            problems.append(f"{queue_name}: its event source mapping does not report batch item failures")
+        config = invoke_configs.get(function_name)
+        if config is None:
+            problems.append(f"{function_name}: no EventInvokeConfig for direct asynchronous invokes")
+        elif getatt_name(config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination")) != queue_name:
+            problems.append(f"{function_name}: failed asynchronous invokes do not go to {queue_name}")
+        # Who may send: the rule (its Allow), nobody else but the function's role (its Deny).
+        statements = [s for p in queue_policies for s in p["PolicyDocument"]["Statement"]
+                      if getatt_name(s["Resource"]) == queue_name]
+        allows = [s for s in statements if s["Effect"] == "Allow"]
+        if [(s["Principal"], s["Condition"]) for s in allows] != [
+                ({"Service": "events.amazonaws.com"}, {"ArnEquals": {"aws:SourceArn": {"Fn::GetAtt": [rule_name, "Arn"]}}})]:
+            problems.append(f"{queue_name}: its policy allows more than {rule_name}: {allows}")
+        denies = [s for s in statements if s["Effect"] == "Deny" and "sqs:SendMessage" in as_list(s["Action"])]
+        if not any(s["Condition"].get("ArnNotEquals", {}).get("aws:SourceArn") == {"Fn::GetAtt": [rule_name, "Arn"]}
+                   for s in denies):
+            problems.append(f"{queue_name}: no Deny of sqs:SendMessage to everyone but {rule_name}")
+        role_name = getatt_name(function.get("Role"))
+        granted = {(action, getatt_name(resource)) for s in role_statements(template, role_name)
+                   for action in as_list(s["Action"]) for resource in as_list(s["Resource"])}
+        for action in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes", "sqs:SendMessage"):
+            if (action, queue_name) not in granted:
+                problems.append(f"{role_name}: lacks {action} on {queue_name}")
+    for name in ("DiscoveryFunction", "ReaperFunction"):
+        config = invoke_configs.get(name)
+        destination = config and getatt_name(config.get("DestinationConfig", {}).get("OnFailure", {}).get("Destination"))
+        if destination is None or not destination.endswith("DeadLetterQueue"):
+            problems.append(f"{name}: failed asynchronous invokes go to no dead-letter queue")
+    all_problems.extend(problems)
+    if not problems:
+        print("ok: session rules -> queues -> functions, with redrive, partial batch responses and async fallbacks")
+
+
+def check_delivery_in_moto(template, problems):
+    """The session queues as the template makes them, in moto: the rule's events reach the
+    queue, and a message received maxReceiveCount times (the function failed each time) moves
+    to the dead-letter queue on the next receive."""
+    resources = template["Resources"]
+    parameters = template.get("Parameters", {})
+    with moto() as client:
+        events, sqs = client("events"), client("sqs")
+        events.create_event_bus(Name="delivery")
+        for rule_name in SESSION_RULES:
+            rule = resources[rule_name]["Properties"]
+            queue_name = getatt_name(rule["Targets"][0]["Arn"])
+            if queue_name is None or "RedrivePolicy" not in resources[queue_name].get("Properties", {}):
+                continue  # check_delivery names the problem
+            queue = resources[queue_name]["Properties"]
+            dlq_name = getatt_name(queue["RedrivePolicy"]["deadLetterTargetArn"])
+            dlq_url = sqs.create_queue(QueueName=dlq_name)["QueueUrl"]
+            dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            max_receives = queue["RedrivePolicy"]["maxReceiveCount"]
+            url = sqs.create_queue(QueueName=queue_name, Attributes={
+                "VisibilityTimeout": str(queue["VisibilityTimeout"]),
+                "MessageRetentionPeriod": str(queue["MessageRetentionPeriod"]),
+                "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives}),
+            })["QueueUrl"]
+            arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+            events.put_rule(Name=rule_name, EventBusName="delivery",
+                            EventPattern=json.dumps(resolve(rule["EventPattern"], parameters)))
+            events.put_targets(Rule=rule_name, EventBusName="delivery", Targets=[{"Id": "queue", "Arn": arn}])
+            detail_type = rule["EventPattern"]["detail-type"][0]
+            event = session_event("autouser", detail_type)
+            events.put_events(Entries=[{"EventBusName": "delivery", "Source": "autouser", "DetailType": detail_type,
+                                        "Detail": json.dumps(event["detail"])}])
+            receives = 0
+            while True:
+                # VisibilityTimeout=0 stands for the visibility timeout running out after a failure.
+                messages = sqs.receive_message(QueueUrl=url, VisibilityTimeout=0,
+                                               AttributeNames=["ApproximateReceiveCount"]).get("Messages", [])
+                if not messages:
+                    break
+                receives += 1
+                body = json.loads(messages[0]["Body"])
+                if body.get("detail") != event["detail"] or body.get("detail-type") != detail_type:
+                    problems.append(f"{queue_name}: the message is not the EventBridge event: {body}")
+                    break
+                if receives > max_receives:
+                    break
+            if receives != max_receives:
+                problems.append(f"{queue_name}: delivered {receives} times, expected maxReceiveCount = {max_receives}")
+            dead = sqs.receive_message(QueueUrl=dlq_url).get("Messages", [])
+            if len(dead) != 1 or json.loads(dead[0]["Body"]).get("detail") != event["detail"]:
+                problems.append(f"{queue_name}: after {max_receives} receives the event is not in {dlq_name}")
+            else:
+                print(f"ok: {rule_name} -> {queue_name}, received {receives} times, then in {dlq_name}")
+
+
+def check_bus_policy(template, problems):
+    policies = [p["Properties"] for p in of_type(template, "AWS::Events::EventBusPolicy").values()]
+    bus = {"Fn::If": ["CreateBus", {"Ref": "EventBus"}, {"Ref": "EventBusName"}]}
+    denies = []
+    for policy in policies:
+        statement = policy["Statement"]
+        if policy.get("EventBusName") != bus:
+            problems.append(f"bus policy {policy.get('StatementId')} is not on the session events' bus")
+        if statement["Effect"] == "Deny" and statement["Principal"] == "*" and statement["Action"] == "events:PutEvents":
+            denies.append(statement)
+    ok = False
+    for statement in denies:
+        condition = statement["Condition"]
+        if "Fn::If" not in condition:
+            continue
+        name, with_proxies, without = condition["Fn::If"]
+        types = with_proxies.get("ForAnyValue:StringEquals", {}).get("events:detail-type", [])
+        exempt = with_proxies.get("ArnNotEquals", {}).get("aws:PrincipalArn")
+        ok = (set(types) == SESSION_DETAIL_TYPES and exempt == {"Ref": "ProxyPrincipalArns"}
+              and set(without.get("ForAnyValue:StringEquals", {}).get("events:detail-type", [])) == SESSION_DETAIL_TYPES
+              and "ArnNotEquals" not in without and name == "HasProxyPrincipals")
+    if not ok:
+        problems.append("no bus policy denies the session detail-types to every principal but ProxyPrincipalArns")
+    else:
+        print("ok: only ProxyPrincipalArns may put session events on the bus")
+
+
+# The SDK call each granted action stands for, as it is spelled in the Rust code.
+SDK_CALLS = {
+    "rds:DescribeDBInstances": ".describe_db_instances()",
+    "rds:DescribeDBClusters": ".describe_db_clusters()",
+    "rds:ListTagsForResource": ".list_tags_for_resource()",
+    "events:PutEvents": ".put_events()",
+    "secretsmanager:GetSecretValue": ".get_secret_value()",
+}
+
+
+def check_roles(template, all_problems):
+    problems = []
+    functions = of_type(template, "AWS::Serverless::Function")
+    roles = {name: getatt_name(f["Properties"].get("Role")) for name, f in functions.items()}
+    for name, role in roles.items():
+        if role is None or template["Resources"][role]["Type"] != "AWS::IAM::Role":
+            problems.append(f"{name}: no role of its own")
+    if len(set(roles.values())) != len(roles):
+        problems.append(f"functions share roles: {roles}")
+    code = "".join(p.read_text() for p in RUST_SOURCES.glob("*/src/**/*.rs"))
+    for name, role in roles.items():
+        if role is None:
+            continue
+        for statement in role_statements(template, role):
+            for action in as_list(statement["Action"]):
+                call = SDK_CALLS.get(action)
+                if action.split(":")[0] in ("rds", "events", "secretsmanager") and (call is None or call not in code):
+                    problems.append(f"{role}: grants {action}, which no Rust code calls ({call})")
+            if name in ("DiscoveryFunction", "ReaperFunction") and any(
+                    a.startswith("sqs:") and a != "sqs:SendMessage" for a in as_list(statement["Action"])):
+                problems.append(f"{role}: {name} reads no queue")
+    all_problems.extend(problems)
+    if not problems:
+        print("ok: one role per function, each action an SDK call the code makes")
+
+
 def main():
     template = cfn_yaml.load(str(TEMPLATE))
     problems = []
     check_patterns(template, problems)
     check_targets(template, problems)
+    check_delivery(template, problems)
+    check_delivery_in_moto(template, problems)
+    check_bus_policy(template, problems)
+    check_roles(template, problems)
     check_alarms(template, problems)
     check_iam(template, problems)
     for problem in problems:

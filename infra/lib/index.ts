@@ -1,6 +1,8 @@
 // AutoUserProvisioner: pg-autouser's four Lambda functions, the EventBridge rules that feed
-// them (with retries and a dead-letter queue each), the discovery triggers, the reaper's
-// schedule, alarms, and least-privilege IAM. It mirrors template.yaml; see the README's Deployment section.
+// them (session events through an SQS queue each, with hours of retries and a dead-letter
+// queue), the discovery triggers, the reaper's schedule, the bus policy that lets only the
+// proxies put session events, alarms, and a least-privilege role per function. It mirrors
+// template.yaml (whose comments give the arithmetic); see the README's Deployment section.
 
 import * as path from 'path';
 import { Duration, Stack, ArnFormat } from 'aws-cdk-lib';
@@ -11,6 +13,8 @@ import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
+import * as destinations from 'aws-cdk-lib/aws-lambda-destinations';
+import * as eventSources from 'aws-cdk-lib/aws-lambda-event-sources';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
 import { RustFunction } from 'cargo-lambda-cdk';
@@ -37,6 +41,14 @@ export interface AutoUserProvisionerProps {
   readonly adminSecretArns?: string[];
   /** The bus for session events, audit events and discovery reports; default: a new bus. */
   readonly eventBus?: events.IEventBus;
+  /**
+   * ARNs of the IAM roles (or users) of the proxies that put session events on the bus. The
+   * bus policy denies the session detail-types to every other principal; default: nobody may
+   * put them (direct invokes only).
+   */
+  readonly proxyPrincipalArns?: string[];
+  /** ARNs allowed to send to the session queues besides the rules (to redrive a dead-letter queue). */
+  readonly redrivePrincipalArns?: string[];
   /** The `source` of the session events the rules route; default `autouser`. */
   readonly eventSource?: string;
   /** The `source` of audit events and discovery reports; default `autouser.audit`. */
@@ -67,6 +79,18 @@ const FUNCTIONS = {
   reaper: { binary: 'reaper', memorySize: 256, timeout: Duration.minutes(5) },
 } as const;
 
+const SESSION_DETAIL_TYPES = ['Database Session Started', 'Database Session Ended'];
+
+// A session queue's visibility timeout: 6 x the function's timeout (AWS's advice for SQS event
+// sources) = 180 s, the pause between two attempts at a record. maxReceiveCount attempts make
+// the retry window: ends 480 x 180 s = 24 h (beyond the longest regional outages on record),
+// starts 120 x 180 s = 6 h (a start older than that is for a connection given up long ago).
+const SESSION_VISIBILITY = Duration.seconds(6 * 30);
+const SESSION_QUEUES = {
+  SessionStarted: { detailType: 'Database Session Started', maxReceiveCount: 120 },
+  SessionEnded: { detailType: 'Database Session Ended', maxReceiveCount: 480 },
+} as const;
+
 export class AutoUserProvisioner extends Construct {
   public readonly sessionStart: lambda.IFunction;
   public readonly sessionEnd: lambda.IFunction;
@@ -74,6 +98,8 @@ export class AutoUserProvisioner extends Construct {
   public readonly reaper: lambda.IFunction;
   public readonly eventBus: events.IEventBus;
   public readonly deadLetterQueues: sqs.IQueue[] = [];
+  /** The queues between the session rules and their functions. */
+  public readonly sessionQueues: sqs.IQueue[] = [];
 
   constructor(scope: Construct, id: string, props: AutoUserProvisionerProps) {
     super(scope, id);
@@ -82,11 +108,8 @@ export class AutoUserProvisioner extends Construct {
     const eventSource = props.eventSource ?? 'autouser';
     this.eventBus = props.eventBus ?? new events.EventBus(this, 'EventBus');
 
-    const role = new iam.Role(this, 'FunctionsRole', {
-      assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
-      description: 'pg-autouser functions, least privilege',
-    });
-    this.grantLeastPrivilege(role, stack, adminUserName, props.adminSecretArns ?? []);
+    const functionsPolicy = this.functionsPolicy(stack, adminUserName, props.adminSecretArns ?? []);
+    this.busPolicy(props.proxyPrincipalArns ?? [], eventSource);
 
     const environment = {
       AUTOUSER_CONFIG: props.config,
@@ -101,6 +124,14 @@ export class AutoUserProvisioner extends Construct {
     const manifestPath = props.manifestPath ?? path.join(__dirname, '..', '..', '..', 'Cargo.toml');
     const make = (name: keyof typeof FUNCTIONS, extra: Record<string, string> = {}) => {
       const spec = FUNCTIONS[name];
+      const role = new iam.Role(this, `${name}Role`, {
+        assumedBy: new iam.ServicePrincipal('lambda.amazonaws.com'),
+        description: `pg-autouser ${spec.binary}`,
+        managedPolicies: [
+          functionsPolicy,
+          iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole'),
+        ],
+      });
       const fn = new RustFunction(this, name, {
         manifestPath,
         binaryName: spec.binary,
@@ -117,24 +148,21 @@ export class AutoUserProvisioner extends Construct {
       this.alarm(`${name}Errors`, `${spec.binary} failed`, fn.metricErrors({ period: Duration.minutes(5) }), props);
       return fn;
     };
-    this.sessionStart = make('sessionStart');
-    this.sessionEnd = make('sessionEnd');
-    this.discovery = make('discovery', {
+    const sessionStart = make('sessionStart');
+    const sessionEnd = make('sessionEnd');
+    const discovery = make('discovery', {
       AUTOUSER_DISCOVERY_REGIONS: (props.discoveryRegions ?? [stack.region]).join(','),
     });
+    const reaper = make('reaper');
+    this.sessionStart = sessionStart;
+    this.sessionEnd = sessionEnd;
+    this.discovery = discovery;
+    this.reaper = reaper;
 
-    this.reaper = make('reaper');
+    this.sessionRoute('SessionStarted', sessionStart, props);
+    this.sessionRoute('SessionEnded', sessionEnd, props);
 
-    this.route('SessionStarted', this.sessionStart, props, {
-      eventBus: this.eventBus,
-      eventPattern: { source: [eventSource], detailType: ['Database Session Started'] },
-    }, { retryAttempts: 8, maxEventAge: Duration.minutes(15) });
-    this.route('SessionEnded', this.sessionEnd, props, {
-      eventBus: this.eventBus,
-      eventPattern: { source: [eventSource], detailType: ['Database Session Ended'] },
-    }, { retryAttempts: 185, maxEventAge: Duration.hours(24) });
-
-    const discoveryDlq = this.deadLetterQueue('Discovery', 'Discovery triggers could not be delivered', props);
+    const discoveryDlq = this.deadLetterQueue('Discovery', 'Discovery triggers could not be delivered, or discovery failed them three times', props);
     const discoveryTarget = new targets.LambdaFunction(this.discovery, {
       retryAttempts: 2,
       maxEventAge: Duration.minutes(10),
@@ -152,12 +180,14 @@ export class AutoUserProvisioner extends Construct {
     });
     // `$or` is not in the typed EventPattern: the whole pattern replaces it on the resource.
     (rdsChanges.node.defaultChild as events.CfnRule).addPropertyOverride('EventPattern', RDS_CHANGE_PATTERN);
+    this.failedRunsTo(discovery, discoveryDlq);
 
     // The reaper, on a schedule; a failed run is retried twice, and the next run repeats it.
-    this.route('Reaper', this.reaper, props, {
+    const reaperDlq = this.route('Reaper', this.reaper, props, {
       description: 'pg-autouser reaper run',
       schedule: props.reaperSchedule ?? events.Schedule.rate(Duration.minutes(15)),
     }, { retryAttempts: 2, maxEventAge: Duration.minutes(10) });
+    this.failedRunsTo(reaper, reaperDlq);
     // A database it could not reach, or a user it could not close or lock (its log says which).
     this.alarm('ReaperFailures', 'the reaper could not reach a database, or close or lock a user (see its log)',
       new cloudwatch.Metric({
@@ -169,35 +199,121 @@ export class AutoUserProvisioner extends Construct {
       }), props);
   }
 
-  private grantLeastPrivilege(role: iam.Role, stack: Stack, adminUserName: string, secretArns: string[]) {
-    role.addManagedPolicy(
-      iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole'),
-    );
-    role.addToPolicy(new iam.PolicyStatement({
+  /** What all four functions use: resolve RDS databases, log in as the admin, put events on the bus. */
+  private functionsPolicy(stack: Stack, adminUserName: string, secretArns: string[]): iam.ManagedPolicy {
+    const policy = new iam.ManagedPolicy(this, 'FunctionsPolicy', { description: 'pg-autouser functions, least privilege' });
+    policy.addStatements(new iam.PolicyStatement({
       sid: 'ConnectAsTheAdminOnly',
       actions: ['rds-db:connect'],
       resources: [`arn:${stack.partition}:rds-db:*:${stack.account}:dbuser:*/${adminUserName}`],
     }));
-    role.addToPolicy(new iam.PolicyStatement({
-      sid: 'ReadRdsDatabasesAndTags',
-      actions: ['rds:DescribeDBInstances', 'rds:DescribeDBClusters', 'rds:ListTagsForResource'],
+    // DescribeDBInstances/Clusters answer with the tags: nothing calls ListTagsForResource.
+    policy.addStatements(new iam.PolicyStatement({
+      sid: 'DescribeRdsDatabases',
+      actions: ['rds:DescribeDBInstances', 'rds:DescribeDBClusters'],
       resources: [
         stack.formatArn({ service: 'rds', region: '*', resource: 'db', resourceName: '*', arnFormat: ArnFormat.COLON_RESOURCE_NAME }),
         stack.formatArn({ service: 'rds', region: '*', resource: 'cluster', resourceName: '*', arnFormat: ArnFormat.COLON_RESOURCE_NAME }),
       ],
     }));
-    role.addToPolicy(new iam.PolicyStatement({
+    policy.addStatements(new iam.PolicyStatement({
       sid: 'PutAuditEventsAndReports',
       actions: ['events:PutEvents'],
       resources: [this.eventBus.eventBusArn],
     }));
     if (secretArns.length > 0) {
-      role.addToPolicy(new iam.PolicyStatement({
+      policy.addStatements(new iam.PolicyStatement({
         sid: 'ReadTheAdminSecrets',
         actions: ['secretsmanager:GetSecretValue'],
         resources: secretArns,
       }));
     }
+    return policy;
+  }
+
+  /**
+   * Only the proxies may put session events: the Deny binds every principal, of this account
+   * too; the Allow lets proxies of other accounts in.
+   */
+  private busPolicy(proxyPrincipalArns: string[], eventSource: string) {
+    const sessionTypes = { 'events:detail-type': SESSION_DETAIL_TYPES };
+    // CfnEventBusPolicy: EventBusPolicy passes its PolicyStatement on unrendered.
+    new events.CfnEventBusPolicy(this, 'SessionEventsOnlyFromProxies', {
+      eventBusName: this.eventBus.eventBusName,
+      statementId: 'SessionEventsOnlyFromProxies',
+      statement: new iam.PolicyStatement({
+        sid: 'SessionEventsOnlyFromProxies',
+        effect: iam.Effect.DENY,
+        principals: [new iam.AnyPrincipal()],
+        actions: ['events:PutEvents'],
+        resources: [this.eventBus.eventBusArn],
+        conditions: proxyPrincipalArns.length > 0
+          ? { 'ForAnyValue:StringEquals': sessionTypes, 'ArnNotEquals': { 'aws:PrincipalArn': proxyPrincipalArns } }
+          : { 'ForAnyValue:StringEquals': sessionTypes },
+      }).toStatementJson(),
+    });
+    if (proxyPrincipalArns.length > 0) {
+      new events.CfnEventBusPolicy(this, 'ProxiesMayPutSessionEvents', {
+        eventBusName: this.eventBus.eventBusName,
+        statementId: 'ProxiesMayPutSessionEvents',
+        statement: new iam.PolicyStatement({
+          sid: 'ProxiesMayPutSessionEvents',
+          principals: proxyPrincipalArns.map((arn) => new iam.ArnPrincipal(arn)),
+          actions: ['events:PutEvents'],
+          resources: [this.eventBus.eventBusArn],
+          conditions: { 'ForAllValues:StringEquals': { ...sessionTypes, 'events:source': [eventSource] } },
+        }).toStatementJson(),
+      });
+    }
+  }
+
+  /**
+   * A session rule -> a standard queue -> its function, with partial batch responses. Standard,
+   * not FIFO: a rule's FIFO target has one static message group, so one failing record would
+   * hold up every user, and no queue orders a start against its end (two rules, two
+   * functions); the engine converges in any order. Failed async invokes of the function go to
+   * the queue too, without Lambda's own retries (the queue's are longer).
+   */
+  private sessionRoute(name: keyof typeof SESSION_QUEUES, fn: lambda.Function, props: AutoUserProvisionerProps) {
+    const spec = SESSION_QUEUES[name];
+    const dlq = this.deadLetterQueue(name,
+      `${spec.detailType} events could not be delivered to ${fn.node.id}'s queue, or failed there for ${spec.maxReceiveCount * SESSION_VISIBILITY.toSeconds() / 3600} hours`, props);
+    const queue = new sqs.Queue(this, `${name}Queue`, {
+      visibilityTimeout: SESSION_VISIBILITY,
+      retentionPeriod: Duration.days(4),
+      encryption: sqs.QueueEncryption.SQS_MANAGED,
+      enforceSSL: true,
+      deadLetterQueue: { queue: dlq, maxReceiveCount: spec.maxReceiveCount },
+    });
+    this.sessionQueues.push(queue);
+    const rule = new events.Rule(this, `${name}Rule`, {
+      eventBus: this.eventBus,
+      eventPattern: { source: [props.eventSource ?? 'autouser'], detailType: [spec.detailType] },
+      // EventBridge's own retries cover SQS being unreachable.
+      targets: [new targets.SqsQueue(queue, { retryAttempts: 185, maxEventAge: Duration.hours(24), deadLetterQueue: dlq })],
+    });
+    fn.addEventSource(new eventSources.SqsEventSource(queue, { batchSize: 10, reportBatchItemFailures: true }));
+    fn.configureAsyncInvoke({ retryAttempts: 0, maxEventAge: Duration.hours(6), onFailure: new destinations.SqsDestination(queue) });
+    queue.addToResourcePolicy(new iam.PolicyStatement({
+      sid: 'NoOtherSenders',
+      effect: iam.Effect.DENY,
+      principals: [new iam.AnyPrincipal()],
+      actions: ['sqs:SendMessage'],
+      resources: [queue.queueArn],
+      conditions: {
+        ArnNotEquals: {
+          'aws:SourceArn': rule.ruleArn,
+          'aws:PrincipalArn': [fn.role!.roleArn, ...(props.redrivePrincipalArns ?? [])],
+        },
+      },
+    }));
+    this.alarm(`${name}Backlog`, `${spec.detailType} events have waited over 15 minutes in ${fn.node.id}'s queue (see its log)`,
+      queue.metricApproximateAgeOfOldestMessage({ period: Duration.minutes(5), statistic: 'Maximum' }), props, 900);
+  }
+
+  /** Discovery and the reaper: a run that failed Lambda's two retries lands in the dead-letter queue. */
+  private failedRunsTo(fn: lambda.Function, dlq: sqs.IQueue) {
+    fn.configureAsyncInvoke({ retryAttempts: 2, maxEventAge: Duration.hours(1), onFailure: new destinations.SqsDestination(dlq) });
   }
 
   private route(
@@ -206,12 +322,13 @@ export class AutoUserProvisioner extends Construct {
     props: AutoUserProvisionerProps,
     rule: events.RuleProps,
     retry: { retryAttempts: number; maxEventAge: Duration },
-  ) {
-    const dlq = this.deadLetterQueue(name, `${name} events could not be delivered to ${fn.node.id}`, props);
+  ): sqs.Queue {
+    const dlq = this.deadLetterQueue(name, `${name} events could not be delivered to ${fn.node.id}, or failed three times`, props);
     new events.Rule(this, `${name}Rule`, {
       ...rule,
       targets: [new targets.LambdaFunction(fn, { ...retry, deadLetterQueue: dlq })],
     });
+    return dlq;
   }
 
   private deadLetterQueue(name: string, description: string, props: AutoUserProvisionerProps): sqs.Queue {
@@ -228,11 +345,11 @@ export class AutoUserProvisioner extends Construct {
     return queue;
   }
 
-  private alarm(name: string, description: string, metric: cloudwatch.IMetric, props: AutoUserProvisionerProps) {
+  private alarm(name: string, description: string, metric: cloudwatch.IMetric, props: AutoUserProvisionerProps, threshold = 0) {
     const alarm = new cloudwatch.Alarm(this, `${name}Alarm`, {
       alarmDescription: description,
       metric,
-      threshold: 0,
+      threshold,
       evaluationPeriods: 1,
       comparisonOperator: cloudwatch.ComparisonOperator.GREATER_THAN_THRESHOLD,
       treatMissingData: cloudwatch.TreatMissingData.NOT_BREACHING,

@@ -1,7 +1,9 @@
-// AutoUserProvisioner, synthesised: resources, least-privilege IAM, rule patterns, DLQs,
-// cdk-nag's AwsSolutions checks, and a snapshot. Synthesis builds the Rust functions with
-// cargo-lambda (on PATH), so run after `cargo lambda build --release --arm64`, which it reuses.
-// UPDATE_SNAPSHOT=1 rewrites the snapshot.
+// AutoUserProvisioner, synthesised: resources, least-privilege IAM, rule patterns, the session
+// queues and their retries, DLQs, the bus policy, cdk-nag's AwsSolutions checks, and a
+// snapshot. Synthesis builds the Rust functions with cargo-lambda (on PATH), so run after
+// `cargo lambda build --release --arm64`, which it reuses; AUTOUSER_CDK_SKIP_BUNDLING=1 skips
+// the build (CDK's bundling-stacks context: each asset gets a hash of its construct path), for
+// checking the template without the functions. UPDATE_SNAPSHOT=1 rewrites the snapshot.
 
 import * as assert from 'node:assert/strict';
 import * as fs from 'node:fs';
@@ -38,8 +40,12 @@ const ACKNOWLEDGED: { id: string; reason: string }[] = [
   { id: 'AwsSolutions-VPC7', reason: 'The test VPC stands in for the operator\'s VPC; flow logs are theirs to set.' },
 ];
 
+const PROXY = 'arn:aws:iam::123456789012:role/teleport-db-agent';
+const SESSION_DETAIL_TYPES = ['Database Session Started', 'Database Session Ended'];
+
 function synth(): { stack: Stack; template: Template } {
-  const app = new App();
+  const skipBundling = process.env.AUTOUSER_CDK_SKIP_BUNDLING === '1';
+  const app = new App(skipBundling ? { context: { 'aws:cdk:bundling-stacks': [] } } : {});
   Validations.of(app).addPlugins(new AwsSolutionsChecks(app));
   const stack = new Stack(app, 'Test', { env: { account: '123456789012', region: 'us-east-1' } });
   const vpc = new ec2.Vpc(stack, 'Vpc', { maxAzs: 2, natGateways: 1 });
@@ -50,6 +56,7 @@ function synth(): { stack: Stack; template: Template } {
     config: 'databases: []',
     adminUserName: 'teleport-admin',
     adminSecretArns: ['arn:aws:secretsmanager:us-east-1:123456789012:secret:orders-admin-AbCdEf'],
+    proxyPrincipalArns: [PROXY],
   });
   for (const acknowledgement of ACKNOWLEDGED) {
     Validations.of(stack).acknowledge(acknowledgement);
@@ -68,16 +75,48 @@ test('four functions on provided.al2023, arm64, in the VPC', () => {
     Architectures: ['arm64'],
     VpcConfig: Match.objectLike({ SecurityGroupIds: Match.anyValue() }),
   }, 4);
-  template.resourceCountIs('AWS::SQS::Queue', 4);
+  // Two session queues, four dead-letter queues.
+  template.resourceCountIs('AWS::SQS::Queue', 6);
   template.resourceCountIs('AWS::Events::Rule', 5);
   template.resourceCountIs('AWS::Events::EventBus', 1);
-  // An Errors alarm per function, one per dead-letter queue, and ReaperFailures.
-  template.resourceCountIs('AWS::CloudWatch::Alarm', 9);
+  // An Errors alarm per function, one per dead-letter queue, one per session queue's backlog,
+  // and ReaperFailures.
+  template.resourceCountIs('AWS::CloudWatch::Alarm', 11);
 });
 
+/** Every IAM statement of the template, with the resource that holds it. */
+function iamStatements(): { holder: string; statement: any }[] {
+  const found: { holder: string; statement: any }[] = [];
+  for (const kind of ['AWS::IAM::Policy', 'AWS::IAM::ManagedPolicy']) {
+    for (const [holder, policy] of Object.entries(template.findResources(kind)) as [string, any][]) {
+      for (const statement of policy.Properties.PolicyDocument.Statement) {
+        found.push({ holder, statement });
+      }
+    }
+  }
+  return found;
+}
+
+/** The logical ids of the policies a role holds: inline (AWS::IAM::Policy) and managed. */
+function statementsOfRole(role: string): any[] {
+  const resources = template.toJSON().Resources;
+  const managed = (resources[role].Properties.ManagedPolicyArns ?? [])
+    .filter((arn: any) => arn.Ref)
+    .map((arn: any) => arn.Ref);
+  return iamStatements()
+    .filter(({ holder }) => managed.includes(holder)
+      || (resources[holder].Type === 'AWS::IAM::Policy' && resources[holder].Properties.Roles.some((r: any) => r.Ref === role)))
+    .map(({ statement }) => statement);
+}
+
+function functionNamed(description: string): [string, any] {
+  const found = Object.entries(template.findResources('AWS::Lambda::Function', { Properties: { Description: description } }));
+  assert.equal(found.length, 1, `one function ${description}`);
+  return found[0] as [string, any];
+}
+
 test('IAM statements: no wildcard action, rds-db:connect only as the admin', () => {
-  const policies = template.findResources('AWS::IAM::Policy');
-  const statements = Object.values(policies).flatMap((p: any) => p.Properties.PolicyDocument.Statement);
+  const statements = iamStatements().map(({ statement }) => statement);
   assert.ok(statements.length >= 4, 'the functions have their statements');
   for (const statement of statements) {
     const actions = [statement.Action].flat();
@@ -90,6 +129,97 @@ test('IAM statements: no wildcard action, rds-db:connect only as the admin', () 
   assert.match(JSON.stringify(connect.Resource), /dbuser:\*\/teleport-admin/);
   const secrets = statements.find((s: any) => s.Action === 'secretsmanager:GetSecretValue');
   assert.equal(secrets.Resource, 'arn:aws:secretsmanager:us-east-1:123456789012:secret:orders-admin-AbCdEf');
+});
+
+test('each function has its own role, and no role grants an action the code never calls', () => {
+  const functions = Object.values(template.findResources('AWS::Lambda::Function')) as any[];
+  const roles = functions.map((f) => f.Properties.Role['Fn::GetAtt'][0]);
+  assert.equal(new Set(roles).size, 4, `one role per function: ${roles}`);
+  const actions = iamStatements().flatMap(({ statement }) => [statement.Action].flat());
+  assert.ok(!actions.includes('rds:ListTagsForResource'), 'rds:ListTagsForResource is unused: tags come with DescribeDB*');
+  for (const description of ['pg-autouser discovery', 'pg-autouser reaper']) {
+    const [, fn] = functionNamed(description);
+    const reads = statementsOfRole(fn.Properties.Role['Fn::GetAtt'][0])
+      .flatMap((s) => [s.Action].flat())
+      .filter((a: string) => a === 'sqs:ReceiveMessage');
+    assert.deepEqual(reads, [], `${description} reads no queue`);
+  }
+});
+
+// Each session rule -> its function, and how long its events are retried before the
+// dead-letter queue (as in template.yaml: ends 24 h, starts 6 h).
+const SESSION_ROUTES = [
+  { detailType: 'Database Session Started', fn: 'pg-autouser session-start', window: 6 * 3600 },
+  { detailType: 'Database Session Ended', fn: 'pg-autouser session-end', window: 24 * 3600 },
+];
+
+test('session events go through a queue with hours of retries, partial batch responses and a dead-letter queue', () => {
+  const resources = template.toJSON().Resources;
+  for (const { detailType, fn: description, window } of SESSION_ROUTES) {
+    const [ruleId, rule] = Object.entries(template.findResources('AWS::Events::Rule', {
+      Properties: { EventPattern: { 'detail-type': [detailType] } },
+    }))[0] as [string, any];
+    const [target] = rule.Properties.Targets;
+    const queueId = target.Arn['Fn::GetAtt'][0];
+    const queue = resources[queueId];
+    assert.equal(queue.Type, 'AWS::SQS::Queue', `${detailType} goes to a queue`);
+    const [fnId, fn] = functionNamed(description);
+    const visibility = queue.Properties.VisibilityTimeout;
+    assert.ok(visibility >= 6 * fn.Properties.Timeout, `${queueId}: visibility ${visibility} >= 6 x the timeout`);
+    const redrive = queue.Properties.RedrivePolicy;
+    assert.ok(redrive.maxReceiveCount * visibility >= window, `${queueId}: retried ${redrive.maxReceiveCount * visibility} s`);
+    assert.ok(queue.Properties.MessageRetentionPeriod > redrive.maxReceiveCount * visibility, `${queueId} keeps messages past its retries`);
+    const dlqId = redrive.deadLetterTargetArn['Fn::GetAtt'][0];
+    assert.equal(target.DeadLetterConfig.Arn['Fn::GetAtt'][0], dlqId, 'undeliverable events go to the same dead-letter queue');
+    template.hasResourceProperties('AWS::CloudWatch::Alarm', {
+      MetricName: 'ApproximateNumberOfMessagesVisible',
+      Dimensions: [{ Name: 'QueueName', Value: { 'Fn::GetAtt': [dlqId, 'QueueName'] } }],
+    });
+    template.hasResourceProperties('AWS::Lambda::EventSourceMapping', {
+      EventSourceArn: { 'Fn::GetAtt': [queueId, 'Arn'] },
+      FunctionName: { Ref: fnId },
+      FunctionResponseTypes: ['ReportBatchItemFailures'],
+    });
+    template.hasResourceProperties('AWS::Lambda::EventInvokeConfig', {
+      FunctionName: { Ref: fnId },
+      MaximumRetryAttempts: 0,
+      DestinationConfig: { OnFailure: { Destination: { 'Fn::GetAtt': [queueId, 'Arn'] } } },
+    });
+    // Nobody but the rule and the function's own role may send to the queue.
+    const policy = Object.values(template.findResources('AWS::SQS::QueuePolicy'))
+      .find((p: any) => p.Properties.Queues.some((q: any) => q.Ref === queueId)) as any;
+    const deny = policy.Properties.PolicyDocument.Statement.find((s: any) => s.Effect === 'Deny' && s.Action === 'sqs:SendMessage');
+    assert.deepEqual(deny.Condition.ArnNotEquals['aws:SourceArn'], { 'Fn::GetAtt': [ruleId, 'Arn'] });
+    assert.deepEqual(deny.Condition.ArnNotEquals['aws:PrincipalArn'], [{ 'Fn::GetAtt': [fn.Properties.Role['Fn::GetAtt'][0], 'Arn'] }]);
+  }
+});
+
+test('discovery and the reaper send runs that failed their retries to their dead-letter queue', () => {
+  for (const description of ['pg-autouser discovery', 'pg-autouser reaper']) {
+    const [fnId] = functionNamed(description);
+    template.hasResourceProperties('AWS::Lambda::EventInvokeConfig', {
+      FunctionName: { Ref: fnId },
+      MaximumRetryAttempts: 2,
+      DestinationConfig: { OnFailure: { Destination: Match.objectLike({ 'Fn::GetAtt': Match.anyValue() }) } },
+    });
+  }
+});
+
+test('the bus lets only the proxies put session events', () => {
+  template.hasResourceProperties('AWS::Events::EventBusPolicy', {
+    Statement: Match.objectLike({
+      Effect: 'Deny',
+      Principal: { AWS: '*' },
+      Action: 'events:PutEvents',
+      Condition: {
+        'ForAnyValue:StringEquals': { 'events:detail-type': SESSION_DETAIL_TYPES },
+        'ArnNotEquals': { 'aws:PrincipalArn': [PROXY] },
+      },
+    }),
+  });
+  template.hasResourceProperties('AWS::Events::EventBusPolicy', {
+    Statement: Match.objectLike({ Effect: 'Allow', Principal: { AWS: PROXY }, Action: 'events:PutEvents' }),
+  });
 });
 
 test('rule patterns route session events and RDS changes', () => {

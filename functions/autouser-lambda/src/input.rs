@@ -1,7 +1,9 @@
 //! The three shapes a function is invoked with, told apart without I/O:
 //! 1. a direct invoke: the session event itself (as `autouser --event`);
 //! 2. an EventBridge event whose `detail` is the session event;
-//! 3. an SQS batch whose records' bodies are either of the above (EventBridge → SQS → Lambda).
+//! 3. an SQS batch whose records' bodies are either of the above (EventBridge → SQS → Lambda),
+//!    or the invocation record of a failed asynchronous invoke of either, which Lambda's
+//!    on-failure destination put in the queue (its `requestPayload` is what was invoked).
 
 use serde_json::Value;
 
@@ -99,6 +101,14 @@ fn sqs_record(record: &Value, function: Function, source: &str) -> SqsRecord {
     let body = record.get("body").and_then(Value::as_str).unwrap_or_default();
     let event = serde_json::from_str::<Value>(body)
         .map_err(|e| InputError::SqsBodyNotJson { message_id: message_id.clone(), reason: e.to_string() })
+        .map(|body| match body {
+            Value::Object(mut record)
+                if record.contains_key("requestContext") && record.contains_key("requestPayload") =>
+            {
+                record.remove("requestPayload").expect("checked above")
+            }
+            body => body,
+        })
         .and_then(|body| {
             if body.get("detail-type").is_some() && body.get("source").is_some() {
                 eventbridge_detail(&body, function, source)
@@ -157,6 +167,35 @@ mod tests {
         assert_eq!(records[1].event, Ok(event()));
         assert!(matches!(records[2].event, Err(InputError::SqsBodyNotJson { .. })));
         assert_eq!(records[2].message_id, "m3");
+    }
+
+    /// What Lambda's on-failure destination puts in the queue for a failed asynchronous
+    /// invoke: the invocation record, whose `requestPayload` is what the function was sent.
+    fn invocation_record(payload: Value) -> String {
+        json!({"version": "1.0", "timestamp": "2026-11-24T10:00:00.000Z",
+               "requestContext": {"requestId": "r1", "condition": "RetriesExhausted", "approximateInvokeCount": 1,
+                                  "functionArn": "arn:aws:lambda:us-east-1:123456789012:function:session-end:$LATEST"},
+               "requestPayload": payload,
+               "responseContext": {"statusCode": 200, "executedVersion": "$LATEST", "functionError": "Unhandled"},
+               "responsePayload": {"errorType": "DatabaseUnreachable", "errorMessage": "x"}})
+        .to_string()
+    }
+
+    #[test]
+    fn sqs_records_of_failed_asynchronous_invokes_carry_what_was_invoked() {
+        let batch = json!({"Records": [
+            {"messageId": "m1", "eventSource": "aws:sqs", "body": invocation_record(event())},
+            {"messageId": "m2", "eventSource": "aws:sqs",
+             "body": invocation_record(envelope("autouser", "Database Session Ended"))},
+            {"messageId": "m3", "eventSource": "aws:sqs",
+             "body": invocation_record(envelope("autouser", "Database Session Started"))},
+        ]});
+        let Invocation::Sqs(records) = classify(batch, Function::SessionEnd, "autouser").unwrap() else {
+            panic!("an SQS batch")
+        };
+        assert_eq!(records[0].event, Ok(event()));
+        assert_eq!(records[1].event, Ok(event()));
+        assert!(matches!(records[2].event, Err(InputError::WrongDetailType { .. })));
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //!   privilege): a direct invoke gets a typed error whose `errorType` is [`Error::kind`]; an
 //!   EventBridge event or SQS record is logged, counted and *not* retried;
 //! - **transient** ([`Error::is_transient`]: database unreachable, contention, AWS throttling or
-//!   outage, a timeout): the invocation fails (EventBridge) or the record is reported in
+//!   outage, a timeout), and for an end every cause that is not the event's own
+//!   ([`is_retried`]): the invocation fails (EventBridge) or the record is reported in
 //!   `batchItemFailures` (SQS), so that Lambda or SQS retries it.
 
 pub mod audit;
@@ -17,7 +18,8 @@ pub mod metrics;
 pub mod pool;
 pub mod reaper;
 
-use std::time::Instant;
+use std::collections::HashSet;
+use std::time::{Instant, SystemTime};
 
 use audit::Auditor;
 use autouser_aws::AwsContext;
@@ -33,6 +35,13 @@ use input::Invocation;
 
 /// Default `source` of the EventBridge events the functions accept.
 pub const DEFAULT_EVENT_SOURCE: &str = "autouser";
+
+/// The longest one session event can take: the admin's connect (its timeout, and a second for
+/// the TLS handshake) and the wait for the user's lock. An SQS record is started only while
+/// this much of the invocation remains, so that a record never dies with the invocation.
+pub const RECORD_TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(
+    autouser_core::pg::CONNECT_TIMEOUT.as_secs() + 1 + autouser_core::pg::LOCK_TIMEOUT.as_secs(),
+);
 
 /// Built once per container, outside the handler: config, AWS clients, cached secrets and RDS
 /// lookups, and the admin connections kept open across warm invocations.
@@ -151,6 +160,7 @@ impl From<&Error> for FunctionError {
 /// Handles one invocation of `function`, whatever its input form.
 pub async fn handle(state: &State, function: Function, event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
     let span = tracing::info_span!("invocation", request_id = %event.context.request_id);
+    let deadline = invocation_deadline(&event.context);
     async move {
         let invocation = match input::classify(event.payload, function, &state.event_source) {
             Ok(invocation) => invocation,
@@ -163,30 +173,90 @@ pub async fn handle(state: &State, function: Function, event: LambdaEvent<Value>
             Invocation::Direct(event) => process(state, function, event).await.map_err(|e| FunctionError::from(&e)),
             Invocation::EventBridge(event) => match process(state, function, event).await {
                 Ok(outcome) => Ok(outcome),
-                Err(e) if e.is_transient() => Err(FunctionError::from(&e)),
+                Err(e) if is_retried(function, &e) => Err(FunctionError::from(&e)),
                 // Retrying cannot help; the refusal is logged and counted.
                 Err(e) => Ok(json!({"status": "refused", "kind": e.kind(), "reason": e.to_string()})),
             },
-            Invocation::Sqs(records) => {
-                let mut failures = Vec::new();
-                for record in records {
-                    let retry = match record.event {
-                        Err(e) => {
-                            refuse_unreadable(state, function, Some(&record.message_id), &e.to_string()).await;
-                            false
-                        }
-                        Ok(event) => matches!(process(state, function, event).await, Err(e) if e.is_transient()),
-                    };
-                    if retry {
-                        failures.push(json!({"itemIdentifier": record.message_id}));
-                    }
-                }
-                Ok(json!({"batchItemFailures": failures}))
-            }
+            Invocation::Sqs(records) => Ok(process_batch(state, function, records, deadline).await),
         }
     }
     .instrument(span)
     .await
+}
+
+/// When Lambda ends the invocation; `None` for a context that names no deadline
+/// (`Context::default()`, as the tests build it).
+fn invocation_deadline(context: &lambda_runtime::Context) -> Option<SystemTime> {
+    (context.deadline != 0).then(|| context.deadline())
+}
+
+/// An SQS batch, in order. Returns the records to redeliver (`batchItemFailures`): those that
+/// failed transiently; every later record of a user whose earlier record failed so, so that
+/// a user's events are never applied out of the order of the queue (a FIFO queue's order,
+/// kept across redeliveries); and every record left when less than [`RECORD_TIME_BUDGET`]
+/// remains of the invocation, so that no record is cut off by its timeout (which would
+/// redeliver the whole batch). Unreadable records and permanent refusals are not redelivered.
+async fn process_batch(
+    state: &State,
+    function: Function,
+    records: Vec<input::SqsRecord>,
+    deadline: Option<SystemTime>,
+) -> Value {
+    let mut failures = Vec::new();
+    let mut held_users = HashSet::new();
+    for record in records {
+        let remaining = deadline.map(|deadline| deadline.duration_since(SystemTime::now()).unwrap_or_default());
+        if remaining.is_some_and(|remaining| remaining < RECORD_TIME_BUDGET) {
+            tracing::warn!(
+                message_id = record.message_id,
+                ?remaining,
+                "too close to the invocation's deadline to start; left for redelivery"
+            );
+            failures.push(json!({"itemIdentifier": record.message_id}));
+            continue;
+        }
+        let event = match record.event {
+            Ok(event) => event,
+            Err(e) => {
+                refuse_unreadable(state, function, Some(&record.message_id), &e.to_string()).await;
+                continue;
+            }
+        };
+        let user = user_of(&event);
+        if user.as_ref().is_some_and(|user| held_users.contains(user)) {
+            tracing::info!(
+                message_id = record.message_id,
+                "held behind an earlier record of the same user that will be retried"
+            );
+            failures.push(json!({"itemIdentifier": record.message_id}));
+            continue;
+        }
+        if matches!(process(state, function, event).await, Err(e) if is_retried(function, &e)) {
+            failures.push(json!({"itemIdentifier": record.message_id}));
+            held_users.extend(user);
+        }
+    }
+    json!({"batchItemFailures": failures})
+}
+
+/// The person an event is for (name and origin cluster), as far as the raw event says; an
+/// event without a name is refused when processed, so it holds nothing back.
+fn user_of(event: &Value) -> Option<(String, Option<String>)> {
+    let user = event.get("user")?.as_str()?.to_string();
+    let origin_cluster = event.get("origin_cluster").and_then(Value::as_str).map(str::to_string);
+    Some((user, origin_cluster))
+}
+
+/// Whether an EventBridge event or SQS record that failed with `error` is retried. A transient
+/// error always is. An end is what locks a user, so it is also retried for every cause that is
+/// not the event's own: a database whose admin tag was removed (turning provisioning off stops
+/// starts, not ends), a writer demoted by a failover, an admin login refused (RDS IAM
+/// throttling looks like that), a config or privilege being fixed. It is retried until its
+/// queue gives it to the dead-letter queue, which alarms, rather than dropped. Only a
+/// malformed event or a person's name that can never be a user is the event's own.
+pub fn is_retried(function: Function, error: &Error) -> bool {
+    let events_own = matches!(error, Error::Event(_) | Error::InvalidUserName { .. });
+    error.is_transient() || (function == Function::SessionEnd && !events_own)
 }
 
 /// A payload or SQS record that is not a session event: logged, counted, audited, not retried.
@@ -210,8 +280,8 @@ async fn process(state: &State, function: Function, event: Value) -> Result<Valu
                 state.auditor.record(function.name(), audit).await;
             }
         }
-        Err(e) if e.is_transient() => {
-            tracing::warn!(kind = e.kind(), error = %e, "transient failure; will be retried");
+        Err(e) if is_retried(function, e) => {
+            tracing::warn!(kind = e.kind(), error = %e, "failed; will be retried");
             metrics::transient_failure(function, e.kind());
         }
         Err(e) => {

@@ -1,6 +1,7 @@
 //! The handler, called directly with real payloads, against a throwaway PostgreSQL.
 
 mod audit;
+mod batches;
 mod discovery;
 mod reaper;
 mod runtime;
