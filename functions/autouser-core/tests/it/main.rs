@@ -2,6 +2,7 @@
 //! `scripts/test` runs this binary once per supported version.
 
 mod concurrency;
+mod delivery;
 mod errors;
 mod faults;
 mod fixture;
