@@ -198,14 +198,19 @@ async fn a_ledger_written_by_the_previous_release_is_adopted_by_the_next_start()
         reader = fx.reader(),
         now = server_now(&fx).await,
     );
-    fx.sql(&format!(
-        "CREATE ROLE {user} LOGIN; GRANT {group} TO {user}; GRANT {reader} TO {user}; COMMENT ON ROLE {user} IS {ledger}",
-        user = crate::fixture::q(&role),
-        group = crate::fixture::q(&fx.group),
-        reader = crate::fixture::q(&fx.reader()),
-        ledger = sql::quote_literal(&previous),
-    ))
-    .await;
+    // Written by the admin, as the previous release did (on PostgreSQL 16+ the admin manages
+    // only roles it created).
+    let admin = crate::fixture::connect(&fx.admin, &fx.db).await.unwrap();
+    admin
+        .batch_execute(&format!(
+            "CREATE ROLE {user} LOGIN; GRANT {group}, {reader} TO {user}; COMMENT ON ROLE {user} IS {ledger}",
+            user = crate::fixture::q(&role),
+            group = crate::fixture::q(&fx.group),
+            reader = crate::fixture::q(&fx.reader()),
+            ledger = sql::quote_literal(&previous),
+        ))
+        .await
+        .unwrap();
     let out = fx.start(remote(&fx, "s2", &first, "c")).await.unwrap();
     assert_eq!(out.db_user, role);
     assert_eq!(out.open_sessions, 2);
