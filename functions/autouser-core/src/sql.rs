@@ -621,6 +621,38 @@ mod tests {
     }
 
     #[test]
+    fn a_ledger_planned_without_the_servers_clock_gets_it_from_the_statement() {
+        let plain = render(&Step::WriteLedger { user: "u".into(), ledger: r#"{"started_at":5}"#.into() });
+        assert_eq!(plain, r#"COMMENT ON ROLE "u" IS '{"started_at":5}'"#);
+        let ledger = format!(r#"{{"sessions":{{"s1":{{"started_at":{STARTED_AT_SERVER_CLOCK}}}}}}}"#);
+        let stamped = render(&Step::WriteLedger { user: "o'neil".into(), ledger });
+        assert!(stamped.starts_with("DO '"), "{stamped}");
+        assert!(stamped.contains("pg_catalog.now()"), "{stamped}");
+        assert!(stamped.contains("o''''neil"), "the name is a literal inside the block's literal: {stamped}");
+    }
+
+    #[test]
+    fn the_ended_sessions_statements_quote_every_name_and_search_what_read_state_searches() {
+        let record = render(&Step::RecordEnded {
+            group: "g'rp".into(),
+            user: "al'ice".into(),
+            sessions: vec!["s'1".into(), "s2".into()],
+            window_secs: 60,
+        });
+        assert!(record.starts_with("DO '"), "{record}");
+        assert!(record.contains("s''''1"), "{record}");
+        assert!(record.contains(ENDED_SESSIONS_LOCK_ROLE), "{record}");
+        let refuse = render(&Step::RefuseIfEnded { group: "g".into(), user: "u".into(), session: "s".into() });
+        assert!(refuse.contains("serialization_failure"), "{refuse}");
+        // READ_STATE spells the header out; it must be the one the writer writes.
+        assert!(READ_STATE.contains(&format!("'{ENDED_SESSIONS_HEADER}'")));
+        assert_eq!(
+            render(&Step::ReserveName { user: "a\"b".into() }),
+            r#"CREATE ROLE "a""b" NOLOGIN; DROP ROLE "a""b""#
+        );
+    }
+
+    #[test]
     fn guard_survives_dollar_quotes_in_names() {
         let sql = render(&Step::Guard { user: "$$x$$'".into(), expected_ledger: None });
         assert!(sql.starts_with("DO '"));
