@@ -67,8 +67,9 @@ pub async fn session_start(connection: &AdminConnection, req: &StartRequest) -> 
 }
 
 /// The one-round-trip start of a new user: the user's lock, `CREATE ROLE … LOGIN`, the ledger
-/// and `GRANT <group>, <roles> TO …`, in one message and so in one implicit transaction
-/// ([`sql::locked_transaction`]). `None` when the admin is (or may be) a
+/// (dated by the server's clock), `GRANT <group>, <roles> TO …` and the check that the group's
+/// comment does not list the session as ended, in one message and so in one implicit
+/// transaction ([`sql::locked_transaction`]). `None` when the admin is (or may be) a
 /// superuser: it could grant a superuser role, which the read path refuses, while PostgreSQL
 /// refuses that to any other admin.
 async fn create_in_one_round_trip(
