@@ -64,6 +64,11 @@ pub struct Config {
     pub policy: Policy,
     /// Sessions older than this, whose user has no live connection, are closed by the reaper.
     pub max_session_duration: std::time::Duration,
+    /// How long the managed group's comment remembers a session ended without a ledger to
+    /// record it (its user dropped, or its end delivered before its start), so that a start
+    /// delivered that late is still refused. At least the longest time the delivery path can
+    /// hold an event.
+    pub redelivery_window: std::time::Duration,
     /// When a user's last session ends (or the reaper locks it), end its open connections
     /// too: `NOLOGIN` and `DROP ROLE` only stop new logins. Off by default.
     pub terminate_connections: bool,
@@ -71,6 +76,10 @@ pub struct Config {
 
 /// The default `max_session_duration`: Teleport's default maximum session TTL.
 pub const DEFAULT_MAX_SESSION_DURATION: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
+
+/// The default `redelivery_window`: EventBridge's longest retry (maximum event age 24 hours),
+/// which is also longer than Lambda's asynchronous retries (at most 6 hours).
+pub const DEFAULT_REDELIVERY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -329,6 +338,7 @@ struct RawConfig {
     #[serde(default)]
     import_rules: Vec<ImportRule>,
     max_session_duration: Option<String>,
+    redelivery_window: Option<String>,
     #[serde(default)]
     terminate_connections: bool,
 }
@@ -414,8 +424,13 @@ impl RawConfig {
             None => DEFAULT_MAX_SESSION_DURATION,
             Some(text) => parse_duration(text).map_err(|m| invalid("max_session_duration", m))?,
         };
+        let redelivery_window = match &self.redelivery_window {
+            None => DEFAULT_REDELIVERY_WINDOW,
+            Some(text) => parse_duration(text).map_err(|m| invalid("redelivery_window", m))?,
+        };
         Ok(Config {
             max_session_duration,
+            redelivery_window,
             terminate_connections: self.terminate_connections,
             cluster_name: self.cluster_name,
             managed_group,
@@ -863,6 +878,14 @@ databases:
         }
         let writer = EXAMPLE.replace("localhost:5432", "orders.cluster-abc123.us-east-1.rds.amazonaws.com");
         assert!(parse(&writer).is_ok());
+    }
+
+    #[test]
+    fn redelivery_window_defaults_to_a_day_and_parses_units() {
+        assert_eq!(parse(EXAMPLE).unwrap().redelivery_window.as_secs(), 24 * 3600);
+        assert_eq!(parse(&format!("redelivery_window: 4d\n{EXAMPLE}")).unwrap().redelivery_window.as_secs(), 4 * 86400);
+        let err = parse(&format!("redelivery_window: soon\n{EXAMPLE}")).unwrap_err().to_string();
+        assert!(err.contains("redelivery_window"), "{err}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::config::RDS_IAM_ROLE;
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, STARTED_AT_SERVER_CLOCK};
 use crate::outcome::{EndOutcome, EndStatus, StartOutcome};
 use crate::permissions::{
     DbObject, KeptPrivileges, ObjectBatch, ObjectKind, ObjectRules, ObjectState, PermissionSummary, SchemaState,
@@ -69,8 +69,9 @@ pub async fn session_start(connection: &AdminConnection, req: &StartRequest) -> 
 }
 
 /// The one-round-trip start of a new user: the user's lock, `CREATE ROLE … LOGIN`, the ledger
-/// and `GRANT <group>, <roles> TO …`, in one message and so in one implicit transaction
-/// ([`sql::locked_transaction`]). `None` when the admin is (or may be) a
+/// (dated by the server's clock), `GRANT <group>, <roles> TO …` and the check that the group's
+/// comment does not list the session as ended, in one message and so in one implicit
+/// transaction ([`sql::locked_transaction`]). `None` when the admin is (or may be) a
 /// superuser: it could grant a superuser role, which the read path refuses, while PostgreSQL
 /// refuses that to any other admin.
 async fn create_in_one_round_trip(
@@ -82,8 +83,9 @@ async fn create_in_one_round_trip(
         return Ok(None);
     }
     let expected = ObservedState::expected_for_new_user(req);
+    // Nothing was read, so the server's clock is not known yet: the ledger's statement puts it in.
     let Ok(StartDecision::Apply { steps, ledger, created_user: true, .. }) =
-        plan::plan_start(req, &expected, unix_now())
+        plan::plan_start(req, &expected, STARTED_AT_SERVER_CLOCK)
     else {
         return Ok(None);
     };
@@ -202,10 +204,6 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(base + u64::from(nanos) % (base + 1))
 }
 
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
-}
-
 async fn start_once(connection: &AdminConnection, req: &StartRequest) -> Result<StartOutcome, Failure> {
     let t = &req.target;
     let candidates: Vec<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
@@ -213,7 +211,7 @@ async fn start_once(connection: &AdminConnection, req: &StartRequest) -> Result<
     let listing = req.db_permissions.as_ref().map(|rules| ObjectListing::for_rules(rules, session_roles));
     let state = begin_and_read(connection, t, &candidates, listing.as_ref()).await?;
     let client = connection.client();
-    let decision = match plan::plan_start(req, &state, unix_now()) {
+    let decision = match plan::plan_start(req, &state, state.server_now) {
         Ok(decision) => decision,
         Err(error) => {
             rollback(client).await;
@@ -290,6 +288,10 @@ async fn end_once(
             rollback(client).await;
             Ok(outcome(EndStatus::Noop, None, 0, &[Some(reason.to_string())], ObjectCleanup::default()))
         }
+        EndDecision::RecordEarly { steps, reason, open_sessions } => {
+            run_and_commit(client, t, &state, &steps).await?;
+            Ok(outcome(EndStatus::Noop, None, open_sessions, &[Some(reason.to_string())], ObjectCleanup::default()))
+        }
         EndDecision::InUse { steps, ledger, mode, objects } => {
             run_end_and_commit(client, t, &state, &steps, revokes_failed).await?;
             Ok(outcome(EndStatus::InUse, Some(mode), ledger.sessions.len(), &[], objects))
@@ -299,31 +301,51 @@ async fn end_once(
             let outcome = outcome(EndStatus::Deactivated, Some(mode), 0, &[unrevocable_roles(t, &state)], objects);
             Ok(end_connections(client, req, &state, outcome).await)
         }
-        EndDecision::Drop { before_drop, fallback, objects } => {
+        EndDecision::Drop { before_drop, after_drop, fallback, objects } => {
             let mode = Some(CreateDbUserMode::BestEffortDrop);
             let drop = Step::DropUser { user: t.db_user.clone() };
             let mut statements: Vec<Statement> = before_drop.iter().map(Statement::Step).collect();
             statements.push(Statement::Raw(sql::SAVEPOINT_DROP));
             statements.push(Statement::Step(&drop));
+            statements.extend(after_drop.iter().map(Statement::Step));
+            let keep_instead = |error: &tokio_postgres::Error, statement: &Statement| match statement {
+                Statement::Step(Step::DropUser { .. })
+                    if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) =>
+                {
+                    Some(error.as_db_error().map(|db| {
+                        let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
+                        format!("objects depend on the user, so it was locked instead: {}{detail}", db.message())
+                    }))
+                }
+                // Without a record of its ended sessions, a dropped user could be re-created by
+                // a late start: lock it instead, and its own ledger records them.
+                Statement::Step(Step::RecordEnded { group, .. })
+                    if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) =>
+                {
+                    Some(Some(format!(
+                        "the admin cannot write the comment of the managed group {group:?}, where the ended \
+                         sessions of dropped users are remembered, so the user was locked instead: run \
+                         `GRANT {} TO {} WITH ADMIN OPTION` as a superuser",
+                        sql::quote_ident(group),
+                        sql::quote_ident(&t.admin)
+                    )))
+                }
+                _ => None,
+            };
             match run_pipelined(client, &statements).await {
                 Ok(()) => {
                     commit(client, t).await?;
                     connection.saw_user(&t.db_user, false);
                     Ok(end_connections(client, req, &state, outcome(EndStatus::Dropped, mode, 0, &[], objects)).await)
                 }
-                Err((Statement::Step(Step::DropUser { .. }), error))
-                    if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) =>
-                {
+                Err((statement, error)) if keep_instead(&error, &statement).is_some() => {
+                    let reason = keep_instead(&error, &statement).flatten();
                     let mut statements = vec![Statement::Raw(sql::ROLLBACK_TO_DROP)];
                     statements.extend(fallback.iter().map(Statement::Step));
                     statements.push(Statement::Raw(sql::COMMIT));
                     if let Err((statement, error)) = run_pipelined(client, &statements).await {
                         return Err(step_failure(client, t, &state, statement, error).await);
                     }
-                    let reason = error.as_db_error().map(|db| {
-                        let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
-                        format!("objects depend on the user, so it was locked instead: {}{detail}", db.message())
-                    });
                     let outcome =
                         outcome(EndStatus::Deactivated, mode, 0, &[reason, unrevocable_roles(t, &state)], objects);
                     Ok(end_connections(client, req, &state, outcome).await)
@@ -702,7 +724,7 @@ async fn begin_and_read(
     };
     let lock_key = sql::user_lock_key(&t.db_user);
     let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&lock_key, Type::INT8)];
-    let read_params: [&(dyn ToSql + Sync); 3] = [&t.db_user, &t.managed_group, &candidates];
+    let read_params: [&(dyn ToSql + Sync); 4] = [&t.db_user, &t.managed_group, &candidates, &t.session_id];
     let begin = client.simple_query(sql::BEGIN);
     let lock = client.query_typed(sql::LOCK_USER, &lock_params);
     let read = client.query(read_state, &read_params);
@@ -755,6 +777,8 @@ async fn begin_and_read(
         superuser_roles: get("superuser_roles").into_iter().collect(),
         server_version_num: row.get("server_version_num"),
         read_only: row.get("read_only"),
+        session_ended_in_group: row.get("session_ended_in_group"),
+        server_now: u64::try_from(row.get::<_, i64>("server_now")).unwrap_or(0),
         objects: objects.map(|(schemas, objects)| ObjectState { database: current_database, schemas, objects }),
     };
     connection.saw_user(&t.db_user, state.user_exists);
@@ -779,7 +803,9 @@ fn is_conflict(error: &tokio_postgres::Error, step: Option<&Step>) -> bool {
         return true;
     }
     // A role we saw missing was created meanwhile, or one we saw was dropped meanwhile.
-    if matches!(step, Some(Step::CreateUser { .. } | Step::CreateGroup { .. })) && *code == SqlState::DUPLICATE_OBJECT {
+    if matches!(step, Some(Step::CreateUser { .. } | Step::CreateGroup { .. } | Step::ReserveName { .. }))
+        && *code == SqlState::DUPLICATE_OBJECT
+    {
         return true;
     }
     if matches!(
@@ -863,6 +889,10 @@ async fn step_failure(
             {
                 Error::MissingAdminOption { admin, role: user.clone() }
             }
+            Some(Step::RecordEnded { group, .. }) if state.server_version_num >= 160000 => {
+                Error::MissingAdminOption { admin, role: group.clone() }
+            }
+            Some(Step::ReserveName { .. }) => Error::MissingCreateRole { admin },
             _ => Error::PermissionDenied { admin, action: describe(&statement), detail },
         });
     }
@@ -886,6 +916,13 @@ fn describe(statement: &Statement<'_>) -> String {
         Statement::Step(Step::Guard { user, .. }) => format!("checking the ledger of {user:?}"),
         Statement::Step(Step::WriteLedger { user, .. }) => format!("writing the session ledger of {user:?}"),
         Statement::Step(Step::DropUser { user }) => format!("dropping database user {user:?}"),
+        Statement::Step(Step::ReserveName { user }) => format!("reserving the role name {user:?}"),
+        Statement::Step(Step::RecordEnded { group, user, .. }) => {
+            format!("recording ended sessions of {user:?} in the comment of the managed group {group:?}")
+        }
+        Statement::Step(Step::RefuseIfEnded { user, session, .. }) => {
+            format!("checking that session {session:?} of {user:?} has not ended")
+        }
         Statement::Step(Step::GrantObjects { batch, user }) => {
             format!("granting {} on {} {}s to {user:?}", batch.privilege, batch.objects.len(), batch.kind.label())
         }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 
 use crate::config::ConfigError;
 use crate::event::EventError;
-use crate::ledger::LedgerError;
+use crate::ledger::{Identity, LedgerError};
 use crate::naming::NameError;
 use crate::permissions::UngrantableObject;
 use crate::policy::PolicyError;
@@ -38,6 +38,15 @@ pub enum Error {
         group_sql = quote_ident(group), user_sql = quote_ident(user)
     )]
     UserConflict { user: String, group: String },
+
+    #[error(
+        "database role {user:?} belongs to {owner}, and this session is of {requested}, whose name \
+         maps to the same role: pg-autouser never gives one role to two people; rename one of \
+         the users or clusters (or set `cluster_name`), or, once the role has no open session, \
+         drop it (`DROP ROLE {user_sql}`) to let the other person have it",
+        user_sql = quote_ident(user)
+    )]
+    IdentityConflict { user: String, owner: Box<Identity>, requested: Box<Identity> },
 
     #[error(
         "database user {user:?} already has an open session with roles {active:?}; this session \
@@ -208,6 +217,7 @@ impl Error {
             Error::InvalidUserName { .. } => "InvalidUserName",
             Error::UnknownDatabase { .. } => "UnknownDatabase",
             Error::UserConflict { .. } => "UserConflict",
+            Error::IdentityConflict { .. } => "IdentityConflict",
             Error::RolesMismatch { .. } => "RolesMismatch",
             Error::PermissionsMismatch { .. } => "PermissionsMismatch",
             Error::MissingObjectGrantOption { .. } => "MissingObjectGrantOption",

@@ -10,6 +10,10 @@
 //! A managed role whose comment is missing or is not a pg-autouser ledger (a user created by
 //! Teleport itself, say) is adopted with an empty ledger. The comment of a managed user belongs
 //! to pg-autouser; an operator's comment on such a user is overwritten.
+//!
+//! A ledger goes with its role, so what must outlive the role (a session ended by a drop) or
+//! precede it (an end delivered before its start) is kept in the managed group's comment
+//! instead: see [`ENDED_SESSIONS_HEADER`].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -25,8 +29,29 @@ pub const FORMAT: u32 = 1;
 /// Written only when it has them, so releases that predate them refuse those ledgers (and say
 /// to upgrade) instead of dropping what they do not know, and read all others.
 pub const FORMAT_WITH_OBJECTS: u32 = 2;
+/// The format of a ledger that records its owner's [`Identity`] (with or without object
+/// permissions): every ledger this release writes for a start. Earlier releases refuse it and
+/// say to upgrade, rather than failing on a field they do not know.
+pub const FORMAT_WITH_IDENTITY: u32 = 3;
 /// How many ended session ids are remembered, so a start redelivered after its end is refused.
 pub const ENDED_SESSIONS_KEPT: usize = 32;
+
+/// The first line of the managed group's comment when it records ended sessions that have no
+/// ledger to live in: those of users a `best_effort_drop` end dropped, and ends delivered
+/// before their start. Each further line is one session, `<user>\t<session id>\t<ended at>`,
+/// the names as JSON strings (so no tab or newline is ever raw inside one) and the time in
+/// Unix seconds of the server's clock. The lines are written, pruned and searched by the
+/// statements in [`crate::sql`] ([`crate::plan::Step::RecordEnded`],
+/// [`crate::plan::Step::RefuseIfEnded`]): entries older than the redelivery window go, and
+/// at most [`GROUP_ENDED_SESSIONS_KEPT`] stay.
+pub const ENDED_SESSIONS_HEADER: &str = "pg-autouser ended sessions v1";
+/// The most ended sessions the managed group's comment keeps (newest first), so that every
+/// start's check of it stays cheap: about 100 KB at most.
+pub const GROUP_ENDED_SESSIONS_KEPT: u32 = 2000;
+/// A `started_at` that the statement writing the ledger replaces with the server's clock
+/// (the transaction's start), for ledgers planned without reading it (the one-round-trip
+/// start).
+pub const STARTED_AT_SERVER_CLOCK: u64 = u64::MAX;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -43,6 +68,30 @@ pub struct Ledger {
     /// each is removed when the privileges there are revoked.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub object_databases: BTreeSet<String>,
+    /// The person this role belongs to. Two identities can map to one role name
+    /// (`remote-<user>-<cluster>`); a start of another identity is refused. Ledgers written
+    /// before this was recorded have none, and the next start records its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<Identity>,
+}
+
+/// Who a database user is: the person's name and, for people from another cluster, that
+/// cluster (`None` for local people).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Identity {
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin_cluster: Option<String>,
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.origin_cluster {
+            Some(cluster) => write!(f, "user {:?} of cluster {cluster:?}", self.user),
+            None => write!(f, "local user {:?}", self.user),
+        }
+    }
 }
 
 /// What a session was given when it started: the end applies this, never a new evaluation.
@@ -77,6 +126,7 @@ impl Default for Ledger {
             sessions: BTreeMap::new(),
             ended: Vec::new(),
             object_databases: BTreeSet::new(),
+            identity: None,
         }
     }
 }
@@ -96,10 +146,13 @@ impl Ledger {
         }
         let error = |detail: String, hint| LedgerError { user: user.to_string(), detail, hint };
         match value.get("format").and_then(|v| v.as_u64()) {
-            Some(f) if f == u64::from(FORMAT) || f == u64::from(FORMAT_WITH_OBJECTS) => {}
+            Some(f) if [FORMAT, FORMAT_WITH_OBJECTS, FORMAT_WITH_IDENTITY].map(u64::from).contains(&f) => {}
             other => {
                 return Err(error(
-                    format!("format {other:?}, this build reads formats {FORMAT} and {FORMAT_WITH_OBJECTS}"),
+                    format!(
+                        "format {other:?}, this build reads formats {FORMAT}, {FORMAT_WITH_OBJECTS} and \
+                         {FORMAT_WITH_IDENTITY}"
+                    ),
                     "upgrade pg-autouser everywhere that manages this server",
                 ))
             }
@@ -115,7 +168,12 @@ impl Ledger {
     pub fn to_comment(&self) -> String {
         let with_objects =
             !self.object_databases.is_empty() || self.sessions.values().any(|s| s.db_permissions.is_some());
-        let ledger = Ledger { format: if with_objects { FORMAT_WITH_OBJECTS } else { FORMAT }, ..self.clone() };
+        let format = match (&self.identity, with_objects) {
+            (Some(_), _) => FORMAT_WITH_IDENTITY,
+            (None, true) => FORMAT_WITH_OBJECTS,
+            (None, false) => FORMAT,
+        };
+        let ledger = Ledger { format, ..self.clone() };
         serde_json::to_string(&ledger).expect("a ledger always serialises")
     }
 
@@ -181,9 +239,24 @@ mod tests {
 
     #[test]
     fn future_format_is_an_error_not_a_reset() {
-        let text = r#"{"managed_by":"pg-autouser","format":3,"revision":1,"sessions":{}}"#;
+        let text = r#"{"managed_by":"pg-autouser","format":4,"revision":1,"sessions":{}}"#;
         let err = Ledger::from_comment("alice", Some(text)).unwrap_err();
         assert!(err.to_string().contains("alice"));
+    }
+
+    #[test]
+    fn an_identity_raises_the_format_and_a_ledger_without_one_still_reads() {
+        let mut ledger = Ledger::default();
+        ledger.sessions.insert("s1".into(), record());
+        let previous_release = ledger.to_comment();
+        assert!(previous_release.contains(r#""format":1"#), "{previous_release}");
+        assert_eq!(Ledger::from_comment("u", Some(&previous_release)).unwrap().identity, None);
+        ledger.identity = Some(Identity { user: "alice".into(), origin_cluster: Some("root".into()) });
+        let comment = ledger.to_comment();
+        assert!(comment.contains(r#""format":3"#), "{comment}");
+        assert!(comment.contains(r#""identity":{"user":"alice","origin_cluster":"root"}"#), "{comment}");
+        let back = Ledger::from_comment("u", Some(&comment)).unwrap();
+        assert_eq!(Ledger { format: FORMAT, ..back }, ledger);
     }
 
     #[test]

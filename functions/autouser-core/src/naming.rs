@@ -14,6 +14,10 @@ const POSTGRES_RESERVED: &[&str] = &["public", "none", "current_user", "session_
 /// Roles owned by the server or by RDS that a person's name must never collide with.
 const SERVER_ROLES: &[&str] = &["postgres", "rdsadmin", "rdsrepladmin"];
 
+/// The role name pg-autouser takes (creates and drops within one transaction) to serialise
+/// the writers of the managed group's comment: see [`crate::sql::ENDED_SESSIONS_LOCK_ROLE`].
+pub const ENDED_SESSIONS_LOCK_ROLE: &str = "pg-autouser-ended-sessions-lock";
+
 /// Prefixes PostgreSQL (`pg_`) and RDS (`rds_`) reserve for their own roles.
 const RESERVED_PREFIXES: &[&str] = &["pg_", "rds_"];
 
@@ -66,6 +70,9 @@ pub fn validate_db_user(name: &str, admin_user: &str, managed_group: &str) -> Re
     }
     if name == managed_group {
         return reserved("it is the managed group");
+    }
+    if name == ENDED_SESSIONS_LOCK_ROLE {
+        return reserved("pg-autouser takes this name as a lock");
     }
     if SERVER_ROLES.contains(&name) {
         return reserved("it is a server or RDS role");
@@ -123,6 +130,7 @@ mod tests {
             "rds_superuser",
             "public",
             "none",
+            ENDED_SESSIONS_LOCK_ROLE,
         ] {
             assert!(
                 matches!(

@@ -222,7 +222,9 @@ impl AdminConnection {
     /// [`sql::READ_STATE`], prepared on its first use (one round trip).
     pub(crate) async fn read_state(&self) -> Result<&tokio_postgres::Statement, tokio_postgres::Error> {
         self.read_state
-            .get_or_try_init(|| self.client.prepare_typed(sql::READ_STATE, &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY]))
+            .get_or_try_init(|| {
+                self.client.prepare_typed(sql::READ_STATE, &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY, Type::TEXT])
+            })
             .await
     }
 

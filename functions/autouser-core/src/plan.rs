@@ -39,6 +39,11 @@ pub struct ObservedState {
     pub superuser_roles: BTreeSet<String>,
     pub server_version_num: i32,
     pub read_only: bool,
+    /// The managed group's comment records this session as ended (its user was dropped, or
+    /// its end came before its start): see [`crate::ledger::ENDED_SESSIONS_HEADER`].
+    pub session_ended_in_group: bool,
+    /// The server's clock at the transaction's start, Unix seconds: a session's `started_at`.
+    pub server_now: u64,
     /// The objects of the connected database, listed when object permissions are in play:
     /// the session has rules, or the ledger says privileges were granted in this database.
     pub objects: Option<ObjectState>,
@@ -94,6 +99,29 @@ pub enum Step {
     DropUser {
         user: String,
     },
+    /// Takes the role name `user` for this transaction without creating it (`CREATE ROLE`,
+    /// then `DROP ROLE`): a concurrent `CREATE ROLE` of the name waits for us, and a role
+    /// created meanwhile makes this fail.
+    ReserveName {
+        user: String,
+    },
+    /// Records `sessions` of `user` as ended in the managed group's comment, and forgets the
+    /// entries older than `window_secs`. Writers of that comment are serialised cluster-wide
+    /// (see [`crate::sql::render`]), so none loses another's entries.
+    RecordEnded {
+        group: String,
+        user: String,
+        sessions: Vec<String>,
+        window_secs: u64,
+    },
+    /// Fails (as a lost race, so that the start reads the state and refuses) when the managed
+    /// group's comment records `session` of `user` as ended. Follows the creation of the user,
+    /// which waits for a concurrent [`Step::ReserveName`].
+    RefuseIfEnded {
+        group: String,
+        user: String,
+        session: String,
+    },
     GrantObjects {
         batch: ObjectBatch,
         user: String,
@@ -142,6 +170,14 @@ pub enum EndDecision {
     Noop {
         reason: &'static str,
     },
+    /// The session is unknown: its end is recorded (in the user's ledger, or in the managed
+    /// group's comment when the user does not exist), so that its start, delivered later, is
+    /// refused. Nothing else changes.
+    RecordEarly {
+        steps: Vec<Step>,
+        reason: &'static str,
+        open_sessions: usize,
+    },
     /// Other sessions remain: only the ledger changes.
     InUse {
         steps: Vec<Step>,
@@ -155,10 +191,13 @@ pub enum EndDecision {
         mode: CreateDbUserMode,
         objects: ObjectCleanup,
     },
-    /// Last session, `best_effort_drop`: run `before_drop`, then drop the user; if objects
-    /// depend on it, roll back to before the drop and run `fallback` (the `keep` changes).
+    /// Last session, `best_effort_drop`: run `before_drop`, then drop the user, then
+    /// `after_drop` (which records its ended sessions in the managed group's comment); if
+    /// objects depend on it, roll back to before the drop and run `fallback` (the `keep`
+    /// changes).
     Drop {
         before_drop: Vec<Step>,
+        after_drop: Vec<Step>,
         fallback: Vec<Step>,
         objects: ObjectCleanup,
     },
@@ -170,6 +209,18 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
         return Err(Error::UserConflict { user: t.db_user.clone(), group: t.managed_group.clone() });
     }
     let mut ledger = Ledger::from_comment(&t.db_user, state.ledger_comment.as_deref())?;
+    match &ledger.identity {
+        Some(owner) if *owner != req.identity => {
+            return Err(Error::IdentityConflict {
+                user: t.db_user.clone(),
+                owner: Box::new(owner.clone()),
+                requested: Box::new(req.identity.clone()),
+            });
+        }
+        Some(_) => {}
+        // A new user, or a ledger an earlier release wrote: the identity starting it owns it.
+        None => ledger.identity = Some(req.identity.clone()),
+    }
     let wanted: BTreeSet<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
 
     // The session's object rules, and the objects of its database to apply them to.
@@ -208,7 +259,7 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
             });
             return Ok(StartDecision::AlreadyActive { ledger, db_permissions });
         }
-    } else if ledger.was_ended(&t.session_id) {
+    } else if ledger.was_ended(&t.session_id) || state.session_ended_in_group {
         return Err(Error::SessionAlreadyEnded { session_id: t.session_id.clone(), user: t.db_user.clone() });
     }
     if let Some(other) = ledger.sessions.iter().find(|(id, s)| **id != t.session_id && s.db_roles != req.db_roles) {
@@ -304,6 +355,12 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
         steps.push(write_ledger(user, &ledger));
         let roles = std::iter::once(t.managed_group.clone()).chain(wanted.iter().cloned()).collect();
         steps.push(Step::GrantRoles { roles, user: user.clone() });
+        // After the creation, which waits for an end recording this session concurrently.
+        steps.push(Step::RefuseIfEnded {
+            group: t.managed_group.clone(),
+            user: user.clone(),
+            session: t.session_id.clone(),
+        });
     }
     let db_permissions = match object_changes {
         Some(changes) => {
@@ -382,8 +439,30 @@ fn object_cleanup(user: &str, ledger: &mut Ledger, state: &ObservedState) -> (Ve
 
 pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, Error> {
     let t: &Target = &req.target;
+    let user = &t.db_user;
+    let already_ended = EndDecision::Noop { reason: "the session has already ended" };
+    let read_only = || Err(Error::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
     if !state.user_exists {
-        return Ok(EndDecision::Noop { reason: "the database user does not exist" });
+        if state.session_ended_in_group {
+            return Ok(already_ended);
+        }
+        if state.read_only {
+            return read_only();
+        }
+        // An end before its start (delivery has no order): remember it where the start will
+        // look, holding the name so that a start creating the user meanwhile waits for us.
+        let mut steps = Vec::new();
+        if !state.group_exists {
+            steps.push(Step::CreateGroup { group: t.managed_group.clone() });
+        }
+        steps.push(Step::ReserveName { user: user.clone() });
+        steps.push(record_ended(req, vec![t.session_id.clone()]));
+        return Ok(EndDecision::RecordEarly {
+            steps,
+            reason: "the database user does not exist: the end is recorded, so that a start of this session \
+                     delivered later is refused",
+            open_sessions: 0,
+        });
     }
     if !state.member_of.contains(&t.managed_group) {
         return Ok(EndDecision::Noop {
@@ -392,18 +471,25 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
     }
     let mut ledger = Ledger::from_comment(&t.db_user, state.ledger_comment.as_deref())?;
     let Some(record) = ledger.sessions.get(&t.session_id).cloned() else {
-        return Ok(EndDecision::Noop {
-            reason: if ledger.was_ended(&t.session_id) {
-                "the session has already ended"
-            } else {
-                "the session is unknown"
-            },
+        if ledger.was_ended(&t.session_id) || state.session_ended_in_group {
+            return Ok(already_ended);
+        }
+        if state.read_only {
+            return read_only();
+        }
+        ledger.record_end(&t.session_id);
+        ledger.revision += 1;
+        let mut steps = lock_and_guard(user, state.user_can_login, state);
+        steps.push(write_ledger(user, &ledger));
+        return Ok(EndDecision::RecordEarly {
+            steps,
+            reason: "the session is unknown: its end is recorded, so that a start of it delivered later is refused",
+            open_sessions: ledger.sessions.len(),
         });
     };
     if state.read_only {
-        return Err(Error::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
+        return read_only();
     }
-    let user = &t.db_user;
     ledger.record_end(&t.session_id);
     ledger.revision += 1;
     let (revoke_objects, objects) = object_cleanup(user, &mut ledger, state);
@@ -424,7 +510,13 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
         keep.push(Step::RevokeRoles { roles: held, user: user.clone() });
     }
     Ok(match record.mode {
-        CreateDbUserMode::BestEffortDrop => EndDecision::Drop { before_drop: before, fallback: keep, objects },
+        CreateDbUserMode::BestEffortDrop => EndDecision::Drop {
+            before_drop: before,
+            // The user's ledger goes with it: its ended sessions move to the group's comment.
+            after_drop: vec![record_ended(req, ledger.ended.clone())],
+            fallback: keep,
+            objects,
+        },
         mode => EndDecision::Deactivate { steps: before.into_iter().chain(keep).collect(), mode, objects },
     })
 }
@@ -458,6 +550,15 @@ fn lock_and_guard(user: &str, login: bool, state: &ObservedState) -> Vec<Step> {
     ]
 }
 
+fn record_ended(req: &EndRequest, sessions: Vec<String>) -> Step {
+    Step::RecordEnded {
+        group: req.target.managed_group.clone(),
+        user: req.target.db_user.clone(),
+        sessions,
+        window_secs: req.redelivery_window_secs,
+    }
+}
+
 fn write_ledger(user: &str, ledger: &Ledger) -> Step {
     Step::WriteLedger { user: user.to_string(), ledger: ledger.to_comment() }
 }
@@ -483,6 +584,7 @@ mod tests {
     fn start(session: &str, roles: &[&str], mode: CreateDbUserMode) -> StartRequest {
         StartRequest {
             target: target(session),
+            identity: crate::ledger::Identity { user: "alice".into(), origin_cluster: None },
             mode,
             db_roles: roles.iter().map(|r| r.to_string()).collect(),
             platform_roles: BTreeSet::new(),
@@ -491,7 +593,12 @@ mod tests {
     }
 
     fn end(session: &str) -> EndRequest {
-        EndRequest { target: target(session), revokes_db_permissions: false, terminate_connections: false }
+        EndRequest {
+            target: target(session),
+            revokes_db_permissions: false,
+            terminate_connections: false,
+            redelivery_window_secs: 86400,
+        }
     }
 
     fn set(items: &[&str]) -> BTreeSet<String> {
@@ -527,6 +634,11 @@ mod tests {
                 Step::WriteLedger { ledger, .. } => state.ledger_comment = Some(ledger.clone()),
                 Step::Guard { expected_ledger, .. } => assert_eq!(expected_ledger, &state.ledger_comment),
                 Step::DropUser { .. } => state = ObservedState { user_exists: false, ..state },
+                Step::ReserveName { .. } => assert!(!state.user_exists),
+                // The group's comment is the server's business; the tests of crate::sql and
+                // the integration tests check it.
+                Step::RecordEnded { .. } => state.session_ended_in_group = true,
+                Step::RefuseIfEnded { .. } => assert!(!state.session_ended_in_group),
                 Step::GrantObjects { batch, .. } | Step::RevokeObjects { batch, .. } => {
                     let objects = state.objects.as_mut().expect("objects listed");
                     for object in objects.objects.iter_mut() {
@@ -576,7 +688,8 @@ mod tests {
         assert_eq!(steps[1], Step::CreateUser { user: "alice".into() });
         assert!(matches!(steps[2], Step::WriteLedger { .. }), "{steps:?}");
         assert_eq!(steps[3], Step::GrantRoles { roles: vec!["grp".into(), "reader".into()], user: "alice".into() });
-        assert_eq!(steps.len(), 4, "{steps:?}");
+        assert_eq!(steps[4], Step::RefuseIfEnded { group: "grp".into(), user: "alice".into(), session: "s1".into() });
+        assert_eq!(steps.len(), 5, "{steps:?}");
         let state = apply(fresh_server(), &steps);
         assert_eq!(state.member_of, set(&["grp", "reader"]));
         assert!(state.user_can_login);
@@ -651,9 +764,95 @@ mod tests {
         let EndDecision::Deactivate { steps, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
         let state = apply(state, &steps);
         assert!(matches!(plan_end(&end("s1"), &state).unwrap(), EndDecision::Noop { .. }));
-        assert!(matches!(plan_end(&end("nope"), &state).unwrap(), EndDecision::Noop { .. }));
         let err = plan_start(&start("s1", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
         assert!(matches!(err, Error::SessionAlreadyEnded { .. }));
+    }
+
+    #[test]
+    fn an_end_before_its_start_is_recorded_in_the_ledger_and_the_start_refused() {
+        let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        let EndDecision::RecordEarly { steps, open_sessions, .. } = plan_end(&end("s2"), &state).unwrap() else {
+            panic!("expected the early end to be recorded")
+        };
+        assert_eq!(open_sessions, 1);
+        assert!(matches!(steps[0], Step::SetLogin { login: true, .. }), "{steps:?}");
+        assert!(matches!(steps[1], Step::Guard { .. }), "{steps:?}");
+        let state = apply(state, &steps);
+        assert!(state.user_can_login, "s1 is still open");
+        assert!(matches!(plan_end(&end("s2"), &state).unwrap(), EndDecision::Noop { .. }), "a duplicate end");
+        let err = plan_start(&start("s2", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
+        assert!(matches!(err, Error::SessionAlreadyEnded { .. }), "{err}");
+    }
+
+    #[test]
+    fn an_end_before_its_users_first_start_is_recorded_in_the_group_and_the_start_refused() {
+        let EndDecision::RecordEarly { steps, .. } = plan_end(&end("s1"), &fresh_server()).unwrap() else {
+            panic!("expected the early end to be recorded")
+        };
+        assert_eq!(steps[0], Step::CreateGroup { group: "grp".into() });
+        assert_eq!(steps[1], Step::ReserveName { user: "alice".into() });
+        assert_eq!(
+            steps[2],
+            Step::RecordEnded {
+                group: "grp".into(),
+                user: "alice".into(),
+                sessions: vec!["s1".into()],
+                window_secs: 86400
+            }
+        );
+        let state = apply(fresh_server(), &steps);
+        assert!(matches!(plan_end(&end("s1"), &state).unwrap(), EndDecision::Noop { .. }), "a duplicate end");
+        let err = plan_start(&start("s1", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
+        assert!(matches!(err, Error::SessionAlreadyEnded { .. }), "{err}");
+        let read_only = ObservedState { read_only: true, ..fresh_server() };
+        assert!(matches!(plan_end(&end("s1"), &read_only), Err(Error::ReadOnlyEndpoint { .. })));
+    }
+
+    #[test]
+    fn a_drop_moves_the_users_ended_sessions_to_the_group() {
+        let state = started(fresh_server(), &start("s0", &["reader"], CreateDbUserMode::Keep));
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s0"), &state).unwrap() else { panic!() };
+        let state = started(apply(state, &steps), &start("s1", &["reader"], CreateDbUserMode::BestEffortDrop));
+        let EndDecision::Drop { after_drop, fallback, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
+        assert_eq!(
+            after_drop,
+            [Step::RecordEnded {
+                group: "grp".into(),
+                user: "alice".into(),
+                sessions: vec!["s0".into(), "s1".into()],
+                window_secs: 86400
+            }]
+        );
+        let kept = apply(state, &fallback);
+        let ledger = Ledger::from_comment("alice", kept.ledger_comment.as_deref()).unwrap();
+        assert!(ledger.was_ended("s1"), "the fallback's own ledger records the end: {ledger:?}");
+    }
+
+    #[test]
+    fn a_start_of_another_identity_mapping_to_the_same_role_is_refused() {
+        let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        let mut other = start("s2", &["reader"], CreateDbUserMode::Keep);
+        other.identity = crate::ledger::Identity { user: "alice".into(), origin_cluster: Some("root".into()) };
+        let err = plan_start(&other, &state, 0).unwrap_err();
+        let Error::IdentityConflict { owner, requested, .. } = &err else { panic!("{err}") };
+        assert_eq!(owner.user, "alice");
+        assert_eq!(owner.origin_cluster, None);
+        assert_eq!(requested.origin_cluster.as_deref(), Some("root"));
+        assert!(err.to_string().contains("local user \"alice\""), "{err}");
+        assert!(err.to_string().contains("user \"alice\" of cluster \"root\""), "{err}");
+    }
+
+    #[test]
+    fn a_ledger_without_an_identity_is_adopted_by_the_next_start() {
+        let mut state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        let mut ledger = Ledger::from_comment("alice", state.ledger_comment.as_deref()).unwrap();
+        ledger.identity = None;
+        state.ledger_comment = Some(ledger.to_comment());
+        let mut next = start("s2", &["reader"], CreateDbUserMode::Keep);
+        next.identity = crate::ledger::Identity { user: "bob".into(), origin_cluster: None };
+        let StartDecision::Apply { ledger, .. } = plan_start(&next, &state, 0).unwrap() else { panic!() };
+        assert_eq!(ledger.identity, Some(next.identity.clone()));
+        assert_eq!(ledger.sessions.len(), 2);
     }
 
     #[test]

@@ -218,7 +218,12 @@ where
                 } else {
                     Ok(connection)
                 };
-                let request = EndRequest { target, revokes_db_permissions, terminate_connections };
+                let request = EndRequest {
+                    target,
+                    revokes_db_permissions,
+                    terminate_connections,
+                    redelivery_window_secs: config.redelivery_window.as_secs(),
+                };
                 let result = match connection {
                     Ok(connection) => engine::session_end(connection, &request).await,
                     Err(error) => Err(error),

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 
 use crate::config::{Config, DatabaseType, ResolvedDatabase, RDS_IAM_ROLE};
 use crate::event::SessionEvent;
+use crate::ledger::Identity;
 use crate::naming;
 use crate::permissions::ObjectRules;
 use crate::policy::{AccessRequest, CreateDbUserMode};
@@ -32,6 +33,9 @@ pub struct Target {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StartRequest {
     pub target: Target,
+    /// The person the session is for; recorded in the ledger of the role, and compared with
+    /// the identity recorded there.
+    pub identity: Identity,
     pub mode: CreateDbUserMode,
     /// Roles granted on top of the managed group (and `rds_iam`): exactly these.
     pub db_roles: BTreeSet<String>,
@@ -49,6 +53,10 @@ pub struct EndRequest {
     pub revokes_db_permissions: bool,
     /// End the user's open connections once its last session ends (`terminate_connections`).
     pub terminate_connections: bool,
+    /// How long an ended session that has no ledger left to live in (its user was dropped, or
+    /// its end came before its start) is remembered in the managed group's comment
+    /// (`redelivery_window`).
+    pub redelivery_window_secs: u64,
 }
 
 /// The configured database an event names; the caller resolves it (statically, or through
@@ -114,8 +122,10 @@ pub fn prepare_start(config: &Config, db: &ResolvedDatabase, event: &SessionEven
         DatabaseType::Rds => BTreeSet::from([RDS_IAM_ROLE.to_string()]),
         DatabaseType::SelfHosted => BTreeSet::new(),
     };
+    let origin_cluster = event.origin_cluster.clone().filter(|origin| Some(origin) != config.cluster_name.as_ref());
     Ok(StartRequest {
         target,
+        identity: Identity { user: event.user.clone(), origin_cluster },
         mode: grant.mode,
         db_roles: grant.db_roles,
         platform_roles,
@@ -128,5 +138,6 @@ pub fn prepare_end(config: &Config, db: &ResolvedDatabase, event: &SessionEvent)
         target: target(config, db, event)?,
         revokes_db_permissions: config.policy.has_db_permissions(),
         terminate_connections: config.terminate_connections,
+        redelivery_window_secs: config.redelivery_window.as_secs(),
     })
 }

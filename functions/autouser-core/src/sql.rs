@@ -9,6 +9,7 @@
 //! Both wrap `postgres_protocol::escape`, which doubles quotes and uses the `E''` form when a
 //! value holds a backslash, so the result is correct whatever `standard_conforming_strings` is.
 
+use crate::ledger::{ENDED_SESSIONS_HEADER, GROUP_ENDED_SESSIONS_KEPT, STARTED_AT_SERVER_CLOCK};
 use crate::permissions::{
     ObjectBatch, ObjectKind, ObjectRef, ROUTINE_PRIVILEGES, SEQUENCE_PRIVILEGES, TABLE_PRIVILEGES,
 };
@@ -31,7 +32,7 @@ pub fn quote_literal(value: &str) -> String {
 pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock($1::bigint)";
 
 /// Everything the planner needs to know, in one round trip.
-/// `$1` user name, `$2` managed group, `$3` names of roles the plan may grant.
+/// `$1` user name, `$2` managed group, `$3` names of roles the plan may grant, `$4` session id.
 ///
 /// Prepared once per connection and run with a generic plan ([`crate::pg::AdminConnection`]),
 /// so every lookup is by an indexed key: names through `pg_roles.rolname`, memberships through
@@ -67,6 +68,18 @@ SELECT
           JOIN pg_catalog.pg_roles r ON r.rolname = wanted.name
          WHERE r.rolsuper
          ORDER BY 1) AS superuser_roles,
+  -- The managed group's comment records this session as ended (see ENDED_SESSIONS_HEADER):
+  -- a line `<user>\t<session>\t<time>`, the names as JSON strings, after a newline.
+  EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
+            JOIN pg_catalog.pg_shdescription d
+              ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+           WHERE g.rolname = $2::text
+             AND d.description LIKE 'pg-autouser ended sessions v1' || pg_catalog.chr(10) || '%'
+             AND pg_catalog.strpos(d.description, pg_catalog.chr(10) || pg_catalog.to_json($1::text)::text
+                   || pg_catalog.chr(9) || pg_catalog.to_json($4::text)::text || pg_catalog.chr(9)) > 0)
+    AS session_ended_in_group,
+  -- The transaction's start on the server's clock: a session's `started_at`.
+  pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now()))::bigint AS server_now,
   pg_catalog.current_setting('server_version_num')::int AS server_version_num,
   pg_catalog.current_database()::text AS current_database,
   current_user::text AS admin,
@@ -420,10 +433,11 @@ pub fn render(step: &Step) -> String {
             format!("ALTER ROLE {} WITH {}", quote_ident(user), if *login { "LOGIN" } else { "NOLOGIN" })
         }
         Step::Guard { user, expected_ledger } => guard(user, expected_ledger.as_deref()),
-        Step::WriteLedger { user, ledger } => {
-            format!("COMMENT ON ROLE {} IS {}", quote_ident(user), quote_literal(ledger))
-        }
+        Step::WriteLedger { user, ledger } => write_ledger(user, ledger),
         Step::DropUser { user } => format!("DROP ROLE {}", quote_ident(user)),
+        Step::ReserveName { user } => reserve_name(user),
+        Step::RecordEnded { group, user, sessions, window_secs } => record_ended(group, user, sessions, *window_secs),
+        Step::RefuseIfEnded { group, user, session } => refuse_if_ended(group, user, session),
         Step::GrantObjects { batch, user } => {
             format!("GRANT {} TO {}", privilege_on_objects(batch), quote_ident(user))
         }
@@ -463,6 +477,137 @@ pub fn object_name(kind: ObjectKind, object: &ObjectRef) -> String {
         (ObjectKind::Function | ObjectKind::Procedure, Some(arguments)) => format!("{name}({arguments})"),
         _ => name,
     }
+}
+
+/// `COMMENT ON ROLE` with the ledger. A ledger planned without the server's clock (its new
+/// session's `started_at` is [`STARTED_AT_SERVER_CLOCK`]) gets the transaction's start time
+/// from the server instead, so that a caller's clock never dates a session.
+fn write_ledger(user: &str, ledger: &str) -> String {
+    let placeholder = format!("\"started_at\":{STARTED_AT_SERVER_CLOCK}");
+    if !ledger.contains(&placeholder) {
+        return format!("COMMENT ON ROLE {} IS {}", quote_ident(user), quote_literal(ledger));
+    }
+    let body = format!(
+        "BEGIN \
+           EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', {name}, \
+             pg_catalog.replace({ledger}, {placeholder}, \
+               '\"started_at\":' || {SERVER_NOW})); \
+         END",
+        name = quote_literal(user),
+        ledger = quote_literal(ledger),
+        placeholder = quote_literal(&placeholder),
+    );
+    format!("DO {}", quote_literal(&body))
+}
+
+/// The transaction's start on the server's clock, in Unix seconds.
+const SERVER_NOW: &str = "pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now()))::bigint";
+
+/// The role whose name serialises the writers of the managed group's comment. It is created
+/// and dropped in the writer's transaction, so it never exists for anyone else: a second
+/// writer's `CREATE ROLE` waits on the name's unique index until the first commits (then goes
+/// on, the name being free again). Unlike the comment's own lock (taken by `COMMENT ON`, too
+/// late to read what it protects), this lock comes before the read, on every version and
+/// across databases (advisory locks are per database). The name is reserved
+/// ([`crate::naming::validate_db_user`]).
+pub const ENDED_SESSIONS_LOCK_ROLE: &str = crate::naming::ENDED_SESSIONS_LOCK_ROLE;
+
+fn reserve_name(user: &str) -> String {
+    format!("CREATE ROLE {user} NOLOGIN; DROP ROLE {user}", user = quote_ident(user))
+}
+
+/// The line of the managed group's comment that records `session` of `user` as ended, up to
+/// its time; `user` and `session` are SQL expressions of type text.
+fn ended_line_prefix(user: &str, session: &str) -> String {
+    format!(
+        "pg_catalog.to_json(({user})::text)::text || pg_catalog.chr(9) || pg_catalog.to_json(({session})::text)::text \
+         || pg_catalog.chr(9)"
+    )
+}
+
+/// See [`Step::RecordEnded`] and [`ENDED_SESSIONS_HEADER`]. In one `DO` block: take the lock
+/// ([`ENDED_SESSIONS_LOCK_ROLE`]), read the comment as committed now (each statement of the
+/// block sees what committed before it started), keep its lines younger than the window and
+/// not about these sessions, add these sessions at the server's time, keep the newest
+/// [`GROUP_ENDED_SESSIONS_KEPT`], write it. A comment that is not ours is replaced.
+fn record_ended(group: &str, user: &str, sessions: &[String], window_secs: u64) -> String {
+    let sessions: Vec<String> = sessions.iter().map(|session| quote_literal(session)).collect();
+    let lock = quote_ident(ENDED_SESSIONS_LOCK_ROLE);
+    let body = format!(
+        "DECLARE \
+           header constant text := {header}; \
+           current_comment text; \
+           kept text; \
+         BEGIN \
+           EXECUTE {create_lock}; \
+           EXECUTE {drop_lock}; \
+           SELECT d.description INTO current_comment \
+             FROM pg_catalog.pg_roles g \
+             JOIN pg_catalog.pg_shdescription d \
+               ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+            WHERE g.rolname = {group_name}; \
+           IF current_comment IS NULL OR current_comment NOT LIKE header || pg_catalog.chr(10) || '%' THEN \
+             current_comment := header; \
+           END IF; \
+           WITH added AS ( \
+             SELECT {new_prefix} || {SERVER_NOW} AS line, {SERVER_NOW} AS ended_at \
+               FROM pg_catalog.unnest(ARRAY[{sessions}]::text[]) AS s(session) \
+           ), earlier AS ( \
+             SELECT l.line, pg_catalog.split_part(l.line, pg_catalog.chr(9), 3)::bigint AS ended_at \
+               FROM pg_catalog.unnest(pg_catalog.string_to_array(current_comment, pg_catalog.chr(10))) \
+                    WITH ORDINALITY AS l(line, n) \
+              WHERE l.n > 1 \
+                AND pg_catalog.cardinality(pg_catalog.string_to_array(l.line, pg_catalog.chr(9))) = 3 \
+                AND pg_catalog.split_part(l.line, pg_catalog.chr(9), 3) ~ '^[0-9]{{1,18}}$' \
+           ), merged AS ( \
+             SELECT line, ended_at FROM added \
+             UNION ALL \
+             SELECT e.line, e.ended_at FROM earlier e \
+              WHERE e.ended_at > {SERVER_NOW} - {window_secs} \
+                AND NOT EXISTS (SELECT 1 FROM added a \
+                                 WHERE pg_catalog.split_part(a.line, pg_catalog.chr(9), 1) \
+                                         = pg_catalog.split_part(e.line, pg_catalog.chr(9), 1) \
+                                   AND pg_catalog.split_part(a.line, pg_catalog.chr(9), 2) \
+                                         = pg_catalog.split_part(e.line, pg_catalog.chr(9), 2)) \
+           ) \
+           SELECT pg_catalog.string_agg(m.line, pg_catalog.chr(10) ORDER BY m.ended_at DESC, m.line) INTO kept \
+             FROM (SELECT line, ended_at FROM merged ORDER BY ended_at DESC, line LIMIT {kept_max}) AS m; \
+           EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', {group_name}, \
+             header || pg_catalog.chr(10) || kept || pg_catalog.chr(10)); \
+         END",
+        header = quote_literal(ENDED_SESSIONS_HEADER),
+        create_lock = quote_literal(&format!("CREATE ROLE {lock} NOLOGIN")),
+        drop_lock = quote_literal(&format!("DROP ROLE {lock}")),
+        group_name = quote_literal(group),
+        new_prefix = ended_line_prefix(&quote_literal(user), "s.session"),
+        sessions = sessions.join(", "),
+        kept_max = GROUP_ENDED_SESSIONS_KEPT,
+    );
+    format!("DO {}", quote_literal(&body))
+}
+
+/// See [`Step::RefuseIfEnded`]: the check of `READ_STATE`'s `session_ended_in_group`, failing
+/// with SQLSTATE 40001.
+fn refuse_if_ended(group: &str, user: &str, session: &str) -> String {
+    let body = format!(
+        "BEGIN \
+           IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles g \
+                        JOIN pg_catalog.pg_shdescription d \
+                          ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                       WHERE g.rolname = {group_name} \
+                         AND d.description LIKE {header} || pg_catalog.chr(10) || '%' \
+                         AND pg_catalog.strpos(d.description, pg_catalog.chr(10) || {prefix}) > 0) THEN \
+             RAISE EXCEPTION 'pg-autouser: session % of role % has already ended', {session_name}, {user_name} \
+               USING ERRCODE = 'serialization_failure'; \
+           END IF; \
+         END",
+        group_name = quote_literal(group),
+        header = quote_literal(ENDED_SESSIONS_HEADER),
+        prefix = ended_line_prefix(&quote_literal(user), &quote_literal(session)),
+        session_name = quote_literal(session),
+        user_name = quote_literal(user),
+    );
+    format!("DO {}", quote_literal(&body))
 }
 
 /// Fails with SQLSTATE 40001 (retried) when the user's ledger is no longer what the plan was
@@ -622,6 +767,38 @@ mod tests {
     fn unknown_privileges_never_reach_sql() {
         let batch = ObjectBatch { kind: ObjectKind::Table, privilege: "SELECT; DROP".into(), objects: vec![] };
         render(&Step::GrantObjects { batch, user: "u".into() });
+    }
+
+    #[test]
+    fn a_ledger_planned_without_the_servers_clock_gets_it_from_the_statement() {
+        let plain = render(&Step::WriteLedger { user: "u".into(), ledger: r#"{"started_at":5}"#.into() });
+        assert_eq!(plain, r#"COMMENT ON ROLE "u" IS '{"started_at":5}'"#);
+        let ledger = format!(r#"{{"sessions":{{"s1":{{"started_at":{STARTED_AT_SERVER_CLOCK}}}}}}}"#);
+        let stamped = render(&Step::WriteLedger { user: "o'neil".into(), ledger });
+        assert!(stamped.starts_with("DO '"), "{stamped}");
+        assert!(stamped.contains("pg_catalog.now()"), "{stamped}");
+        assert!(stamped.contains("o''''neil"), "the name is a literal inside the block's literal: {stamped}");
+    }
+
+    #[test]
+    fn the_ended_sessions_statements_quote_every_name_and_search_what_read_state_searches() {
+        let record = render(&Step::RecordEnded {
+            group: "g'rp".into(),
+            user: "al'ice".into(),
+            sessions: vec!["s'1".into(), "s2".into()],
+            window_secs: 60,
+        });
+        assert!(record.starts_with("DO '"), "{record}");
+        assert!(record.contains("s''''1"), "{record}");
+        assert!(record.contains(ENDED_SESSIONS_LOCK_ROLE), "{record}");
+        let refuse = render(&Step::RefuseIfEnded { group: "g".into(), user: "u".into(), session: "s".into() });
+        assert!(refuse.contains("serialization_failure"), "{refuse}");
+        // READ_STATE spells the header out; it must be the one the writer writes.
+        assert!(READ_STATE.contains(&format!("'{ENDED_SESSIONS_HEADER}'")));
+        assert_eq!(
+            render(&Step::ReserveName { user: "a\"b".into() }),
+            r#"CREATE ROLE "a""b" NOLOGIN; DROP ROLE "a""b""#
+        );
     }
 
     #[test]

@@ -204,15 +204,30 @@ async fn duplicate_start_and_end_are_noops() {
     assert_eq!(fx.state(&alice).await.unwrap(), after_end, "a duplicate end writes nothing");
 }
 
+/// The end creates no user: it is recorded in the managed group's comment (the group is
+/// created for it on a fresh server), so that a later start of the session is refused.
 #[tokio::test]
-async fn end_for_unknown_session_creates_nothing() {
+async fn end_for_unknown_session_creates_no_user_and_is_recorded_in_the_group() {
     let fx = Fixture::new("lc_unknown").await;
     let ghost = fx.user("ghost");
     let out = fx.end(fx.event("s9", &ghost, &["keep"])).await.unwrap();
     assert_eq!(out.status, EndStatus::Noop);
     assert!(fx.state(&ghost).await.is_none());
-    let rows = fx.superuser.query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&fx.group]).await.unwrap();
-    assert!(rows.is_empty(), "not even the group is created");
+    let row = fx
+        .superuser
+        .query_one(
+            "SELECT shobj_description(oid, 'pg_authid'), rolcanlogin FROM pg_roles WHERE rolname = $1",
+            &[&fx.group],
+        )
+        .await
+        .unwrap();
+    let comment: String = row.get(0);
+    let mut lines = comment.lines();
+    assert_eq!(lines.next(), Some(autouser_core::ledger::ENDED_SESSIONS_HEADER), "{comment}");
+    let line = lines.next().expect("one ended session");
+    assert!(line.starts_with(&format!("{}\t\"s9\"\t", serde_json::to_string(&ghost).unwrap())), "{comment}");
+    assert_eq!(lines.next(), None, "{comment}");
+    assert!(!row.get::<_, bool>(1), "the group cannot log in");
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod connection;
+mod delivery;
 mod errors;
 mod faults;
 mod fixture;

@@ -141,6 +141,51 @@ async fn reap_closes_a_session_whose_end_was_lost() {
     assert!(stderr(&unknown).contains("UnknownDatabase"), "{}", stderr(&unknown));
 }
 
+/// No delivery order re-opens an ended session: a start redelivered after its end dropped
+/// the user, and a start whose end came first, are refused and create nothing.
+#[tokio::test]
+async fn a_start_after_its_end_is_refused_whatever_the_order_of_delivery() {
+    let (_dir, config) = setup("cli_order").await;
+    let config = config.display().to_string();
+    let run = |command: &str, event: &str| autouser(&[command, "--config", &config, "--event", "-"], Some(event));
+    let exists = |user: &'static str| async move {
+        let client = scratch_login::connect(cluster(), "postgres", "postgres").await.unwrap();
+        !client.query("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&user]).await.unwrap().is_empty()
+    };
+    let alice = r#"{"session_id": "s1", "user": "cli_order_alice", "roles": ["devs"], "database": "main", "db_name": "postgres"}"#;
+    stdout_json(&run("session-start", alice));
+    assert_eq!(stdout_json(&run("session-end", alice))["status"], "dropped");
+    let redelivered = run("session-start", alice);
+    assert_eq!(redelivered.status.code(), Some(1));
+    assert!(stderr(&redelivered).contains("[SessionAlreadyEnded]"), "{}", stderr(&redelivered));
+    assert!(redelivered.stdout.is_empty());
+    assert!(!exists("cli_order_alice").await, "the dropped user is not re-created");
+
+    let bob = r#"{"session_id": "s2", "user": "cli_order_bob", "roles": ["devs"], "database": "main", "db_name": "postgres"}"#;
+    assert_eq!(stdout_json(&run("session-end", bob))["status"], "noop");
+    let late = run("session-start", bob);
+    assert_eq!(late.status.code(), Some(1));
+    assert!(stderr(&late).contains("[SessionAlreadyEnded]"), "{}", stderr(&late));
+    assert!(!exists("cli_order_bob").await, "no user with an orphan session");
+}
+
+/// `remote-<user>-<cluster>` can name two people; the second is refused, and told who owns it.
+#[tokio::test]
+async fn a_second_identity_on_one_role_is_refused_naming_both() {
+    let (_dir, config) = setup("cli_ident").await;
+    let config = config.display().to_string();
+    let run = |event: &str| autouser(&["session-start", "--config", &config, "--event", "-"], Some(event));
+    let remote = r#"{"session_id": "s1", "user": "cli_ident_alice", "origin_cluster": "root", "roles": ["devs"], "database": "main", "db_name": "postgres"}"#;
+    assert_eq!(stdout_json(&run(remote))["db_user"], "remote-cli_ident_alice-root");
+    let local = r#"{"session_id": "s2", "user": "remote-cli_ident_alice-root", "roles": ["devs"], "database": "main", "db_name": "postgres"}"#;
+    let output = run(local);
+    assert_eq!(output.status.code(), Some(1));
+    let message = stderr(&output);
+    assert!(message.contains("[IdentityConflict]"), "{message}");
+    assert!(message.contains(r#"user "cli_ident_alice" of cluster "root""#), "{message}");
+    assert!(message.contains(r#"local user "remote-cli_ident_alice-root""#), "{message}");
+}
+
 #[tokio::test]
 async fn malformed_event_names_the_field() {
     let (_dir, config) = setup("cli_bad").await;
