@@ -73,7 +73,9 @@ pub async fn session_start(connection: &AdminConnection, req: &StartRequest) -> 
 /// comment does not list the session as ended, in one message and so in one implicit
 /// transaction ([`sql::locked_transaction`]). `None` when the admin is (or may be) a
 /// superuser: it could grant a superuser role, which the read path refuses, while PostgreSQL
-/// refuses that to any other admin.
+/// refuses that to any other admin. The login's report can be stale (the admin promoted on a
+/// live, pooled connection), so the transaction also checks the catalog and fails if the admin
+/// is a superuser now; the read path follows.
 async fn create_in_one_round_trip(
     connection: &AdminConnection,
     req: &StartRequest,

@@ -409,13 +409,28 @@ pub fn fnv1a_64(bytes: impl IntoIterator<Item = u8>) -> u64 {
 /// entirely at the first error (the rest do not run). The key is an integer, so the lock
 /// needs no bind parameter.
 pub fn locked_transaction(lock_key: i64, steps: &[Step]) -> String {
-    let mut text = format!("SELECT pg_catalog.pg_advisory_xact_lock({lock_key})");
+    let mut text = format!(
+        "SELECT pg_catalog.pg_advisory_xact_lock({lock_key});\nDO {}",
+        quote_literal(REFUSE_IF_ADMIN_IS_SUPERUSER)
+    );
     for step in steps {
         text.push_str(";\n");
         text.push_str(&render(step));
     }
     text
 }
+
+/// The body of a `DO` that fails (SQLSTATE 42501) when the admin is a superuser now. The one-round-trip start plans
+/// without reading which roles are superusers, which is safe only because PostgreSQL refuses a
+/// superuser role to any other admin; the server's `is_superuser` report at login can be stale
+/// on a pooled connection (the admin promoted since), so the transaction checks the catalog.
+/// On failure the start takes the read path, whose plan refuses superuser roles.
+const REFUSE_IF_ADMIN_IS_SUPERUSER: &str = "BEGIN \
+     IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN \
+       RAISE EXCEPTION 'pg-autouser: the admin is a superuser: a start reads the superuser roles first' \
+         USING ERRCODE = 'insufficient_privilege'; \
+     END IF; \
+   END";
 
 /// The SQL of one plan step.
 pub fn render(step: &Step) -> String {
@@ -641,14 +656,17 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn locked_transaction_is_the_lock_then_the_steps_in_one_message() {
+    fn locked_transaction_is_the_lock_the_superuser_check_then_the_steps_in_one_message() {
         let steps = [
             Step::CreateUser { user: "al;ice".into() },
             Step::WriteLedger { user: "al;ice".into(), ledger: "{'x'}".into() },
             Step::GrantRoles { roles: vec!["grp".into(), "re\"ader".into()], user: "al;ice".into() },
         ];
+        let text = locked_transaction(-42, &steps);
+        let check = format!("DO {};\n", quote_literal(REFUSE_IF_ADMIN_IS_SUPERUSER));
+        assert!(text.contains("rolsuper") && text.contains(&check), "{text}");
         assert_eq!(
-            locked_transaction(-42, &steps),
+            text.replacen(&check, "", 1),
             "SELECT pg_catalog.pg_advisory_xact_lock(-42);\n\
              CREATE ROLE \"al;ice\" LOGIN;\n\
              COMMENT ON ROLE \"al;ice\" IS '{''x''}';\n\

@@ -80,3 +80,40 @@ async fn wrong_secrets_are_refused_naming_the_arn_but_not_the_content() {
     assert!(err.to_string().contains("does-not-exist"), "{err}");
     assert!(!err.is_transient(), "a missing secret needs a person: {err}");
 }
+
+/// The admin's key encrypted (PKCS#8, as `openssl pkcs8 -topk8 -v2 aes-256-cbc` writes it), its
+/// passphrase in the secret's `private_key_password` (libpq's `sslpassword`).
+#[tokio::test]
+async fn cert_admin_with_an_encrypted_key_from_a_secret_logs_in() {
+    create_admin("sm_enc_admin", None).await;
+    let cert = cluster().client_cert("sm_enc_admin").unwrap();
+    let encrypted = encrypt_key(&cert.key_pem, "s3cret phrase");
+    assert!(encrypted.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----"), "{encrypted}");
+    let with_password = serde_json::json!({
+        "certificate": cert.cert_pem, "private_key": encrypted, "private_key_password": "s3cret phrase"
+    });
+    let arn = put_secret("sm-enc-admin", &with_password.to_string()).await;
+    let who = connect("sm_enc_admin", &format!("{{method: cert, secret_arn: {arn:?}}}")).await.unwrap();
+    assert_eq!(who, "sm_enc_admin");
+
+    let without_password = serde_json::json!({"certificate": cert.cert_pem, "private_key": encrypted});
+    let arn = put_secret("sm-enc-admin-nopw", &without_password.to_string()).await;
+    let err = connect("sm_enc_admin", &format!("{{method: cert, secret_arn: {arn:?}}}")).await.unwrap_err();
+    assert_eq!(err.kind(), "CredentialsInvalid", "{err}");
+    assert!(err.to_string().contains("private_key_password"), "{err}");
+}
+
+/// `key_pem` encrypted with `passphrase` by the openssl command line.
+fn encrypt_key(key_pem: &str, passphrase: &str) -> String {
+    use std::io::Write;
+    let mut child = std::process::Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-passout", &format!("pass:{passphrase}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("the openssl command line (scripts/install-deps)");
+    child.stdin.take().unwrap().write_all(key_pem.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}

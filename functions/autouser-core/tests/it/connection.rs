@@ -36,3 +36,39 @@ async fn admin_connections_probe_an_idle_server_with_keepalives() {
         .unwrap_or_else(|| panic!("unexpected timer {timer}"));
     assert!(seconds <= 5.0, "the first keepalive probe comes after more than 5 s of silence: {timer}");
 }
+
+/// An encrypted key file (libpq's `sslkey` with `sslpassword`) is read with the passphrase in
+/// the environment variable `auth.key_password_env` names; without it, the error says so.
+#[tokio::test]
+async fn an_encrypted_key_file_is_read_with_the_passphrase_key_password_env_names() {
+    use autouser_core::config::AuthConfig;
+    let fx = Fixture::new("cn_enc").await;
+    let cert = crate::fixture::cluster().client_cert(&fx.admin).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("admin.key");
+    let output = Command::new("openssl")
+        .args(["pkcs8", "-topk8", "-v2", "aes-256-cbc", "-passout", "pass:cn enc phrase", "-in"])
+        .arg(&cert.key_path)
+        .arg("-out")
+        .arg(&key_file)
+        .output()
+        .expect("the openssl command line (scripts/install-deps)");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    // Set once, read by this test only: no other test names this variable.
+    std::env::set_var("CN_ENC_KEY_PASSWORD", "cn enc phrase");
+    let mut config = fx.config();
+    config.databases[0].auth = AuthConfig::CertFiles {
+        cert_file: cert.cert_path.clone(),
+        key_file: key_file.clone(),
+        key_password_env: Some("CN_ENC_KEY_PASSWORD".into()),
+    };
+    let connection = fx.admin_client(&config, &fx.db).await.expect("the encrypted key logs in");
+    let who: String = connection.query_one("SELECT current_user::text", &[]).await.unwrap().get(0);
+    assert_eq!(who, fx.admin);
+
+    config.databases[0].auth =
+        AuthConfig::CertFiles { cert_file: cert.cert_path.clone(), key_file, key_password_env: None };
+    let err = fx.admin_client(&config, &fx.db).await.expect_err("no passphrase");
+    assert_eq!(err.kind(), "CredentialsInvalid", "{err}");
+    assert!(err.to_string().contains("auth.key_password_env"), "{err}");
+}

@@ -182,6 +182,33 @@ async fn a_superuser_admin_still_never_grants_superuser_roles() {
     assert_superuser_role_refused(&fx).await;
 }
 
+/// An admin made a superuser after its connection logged in (a pooled connection) still never
+/// grants a superuser role: the check does not trust what the server reported at login.
+#[tokio::test]
+async fn an_admin_promoted_to_superuser_on_a_live_connection_never_grants_superuser_roles() {
+    use autouser_core::event::SessionEvent;
+    use autouser_core::{engine, request};
+    let fx = Fixture::new("er_promoted").await;
+    let config = fx.config();
+    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
+    assert_eq!(connection.admin_is_superuser(), Some(false), "not a superuser at login");
+    // A first session on the connection: the group exists from now on.
+    let bob_event = SessionEvent::from_value(fx.event("s0", &fx.user("bob"), &["keep"])).unwrap();
+    let db = request::database(&config, &bob_event).unwrap().resolve_static().unwrap();
+    engine::session_start(&connection, &request::prepare_start(&config, &db, &bob_event).unwrap()).await.unwrap();
+    let powerful = format!("{}_powerful", fx.ns);
+    fx.sql(&format!("CREATE ROLE {} SUPERUSER NOLOGIN; ALTER ROLE {} SUPERUSER", q(&powerful), q(&fx.admin))).await;
+    let alice = fx.user("alice");
+    let mut event = fx.event("s1", &alice, &["keep"]);
+    event["traits"] = json!({"internal": {"db_roles": [powerful]}});
+    let event = SessionEvent::from_value(event).unwrap();
+    let req = request::prepare_start(&config, &db, &event).unwrap();
+    let result = engine::session_start(&connection, &req).await;
+    let state = fx.state(&alice).await;
+    assert!(matches!(result, Err(Error::RefusedDbRole { .. })), "{result:?}, then {state:?}");
+    assert!(state.is_none(), "{state:?}");
+}
+
 /// A start whose policy names the superuser `postgres` is refused and creates nothing.
 async fn assert_superuser_role_refused(fx: &Fixture) {
     let alice = fx.user("alice");
