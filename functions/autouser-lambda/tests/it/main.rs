@@ -180,6 +180,16 @@ async fn duplicated_and_reordered_deliveries_converge() {
     let end = || eventbridge("Database Session Ended", session("lo", "s1", "hal"));
     assert_eq!(invoke(&state, Function::SessionEnd, end()).await.unwrap()["status"], "noop");
     assert_eq!(can_login("lo_hal").await, None, "an early end creates nothing");
+    // The end was recorded: its start, arriving after it, opens no session (no orphan).
+    for _ in 0..2 {
+        let early = invoke(&state, Function::SessionStart, start()).await.unwrap();
+        assert_eq!(early["kind"], "SessionAlreadyEnded", "{early}");
+        assert_eq!(can_login("lo_hal").await, None, "the start after its end creates nothing");
+    }
+    assert_eq!(invoke(&state, Function::SessionEnd, end()).await.unwrap()["status"], "noop");
+    // The next session, in order, with duplicates.
+    let start = || eventbridge("Database Session Started", session("lo", "s2", "hal"));
+    let end = || eventbridge("Database Session Ended", session("lo", "s2", "hal"));
     assert_eq!(invoke(&state, Function::SessionStart, start()).await.unwrap()["status"], "active");
     assert_eq!(invoke(&state, Function::SessionStart, start()).await.unwrap()["already_active"], true);
     assert_eq!(invoke(&state, Function::SessionEnd, end()).await.unwrap()["status"], "deactivated");
@@ -231,22 +241,22 @@ async fn dead_pooled_connection_is_replaced() {
 async fn the_pool_keeps_a_bounded_number_of_connections() {
     use autouser_lambda::pool::MAX_POOLED_CONNECTIONS;
     let databases = MAX_POOLED_CONNECTIONS + 4;
-    let yaml = config_yaml("lb").await.replace("default_database: postgres", "");
+    let yaml = config_yaml("lpool").await.replace("default_database: postgres", "");
     let state = state_of(&yaml);
     let superuser = superuser().await;
     for i in 0..databases {
-        superuser.batch_execute(&format!("CREATE DATABASE lb_db{i}")).await.unwrap();
+        superuser.batch_execute(&format!("CREATE DATABASE lpool_db{i}")).await.unwrap();
     }
     for i in 0..databases {
-        let mut event = session("lb", &format!("s{i}"), &format!("u{i}"));
-        event["db_name"] = json!(format!("lb_db{i}"));
+        let mut event = session("lpool", &format!("s{i}"), &format!("u{i}"));
+        event["db_name"] = json!(format!("lpool_db{i}"));
         invoke(&state, Function::SessionStart, event).await.unwrap();
     }
     assert_eq!(state.connections_opened(), databases);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
         let open: i64 = superuser
-            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = 'lb_admin'", &[])
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE usename = 'lpool_admin'", &[])
             .await
             .unwrap()
             .get(0);
