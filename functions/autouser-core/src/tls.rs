@@ -31,7 +31,7 @@ use crate::config::TlsMode;
 use crate::Error;
 
 /// The admin's client certificate chain (leaf first) and private key, PEM, and the key's
-/// passphrase if it is encrypted. `Debug` never shows the key or the passphrase.
+/// passphrase if it is encrypted. No `Debug`: it holds the key and the passphrase.
 #[derive(Clone, Copy)]
 pub(crate) struct ClientIdentity<'a> {
     pub cert_pem: &'a str,
