@@ -164,6 +164,23 @@ WHERE ",
 ORDER BY 1"
 );
 
+/// The start of an object listing's `WITH`: `u` the user (`$1`), `admin` the admin, and
+/// `session_roles` PUBLIC and the roles named in the text array `$roles` (those the session
+/// gives the user), each followed by a comma.
+macro_rules! user_admin_and_session_roles {
+    ($roles:literal) => {
+        concat!(
+            "WITH u AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1::text),
+admin AS (SELECT a.oid, a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolname = current_user),
+session_roles AS (SELECT 'public'::name AS name
+                  UNION ALL SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname = ANY (",
+            $roles,
+            "::text[])),
+"
+        )
+    };
+}
+
 /// The objects of class `$class` (a `regclass` literal) in the current database that the user
 /// (`u.oid`) holds a privilege on, from the shared dependencies PostgreSQL records for every
 /// role named in an object's ACL (`deptype 'a'`), found through their index on the role.
@@ -257,11 +274,7 @@ listed AS (
 /// `kept_privileges`/`kept_grantors`: what that `REVOKE` leaves. `$1` user name, `$2` the
 /// table and view privileges the rules use, `$3` the sequence privileges, `$4` relkinds.
 pub const LIST_RELATIONS: &str = concat!(
-    "WITH u AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1::text),
-admin AS (SELECT a.oid, a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolname = current_user),
-session_roles AS (SELECT 'public'::name AS name
-                  UNION ALL SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($5::text[])),
-",
+    user_admin_and_session_roles!("$5"),
     listed!(
         concat!(
             "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
@@ -313,11 +326,7 @@ ORDER BY 2, 3"
 /// session gives it); `admin_may_revoke` and the kept privileges as for [`LIST_RELATIONS`].
 /// `$1` user name.
 pub const LIST_ROUTINES: &str = concat!(
-    "WITH u AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1::text),
-admin AS (SELECT a.oid, a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolname = current_user),
-session_roles AS (SELECT 'public'::name AS name
-                  UNION ALL SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname = ANY ($3::text[])),
-",
+    user_admin_and_session_roles!("$3"),
     listed!(
         concat!(
             "SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace

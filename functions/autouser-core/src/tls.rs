@@ -94,7 +94,7 @@ pub(crate) fn connector(
     let failure: FailureSlot = Arc::new(Mutex::new(None));
     let mut make = MakeTlsConnector::new(builder.build());
     let verify_host = mode == TlsMode::VerifyFull;
-    let host_ip: Option<IpAddr> = host.parse().ok();
+    let host_is_ip = host.parse::<IpAddr>().is_ok();
     let host = host.to_string();
     let slot = failure.clone();
     make.set_callback(move |config, _domain| {
@@ -106,7 +106,7 @@ pub(crate) fn connector(
                 if preverified {
                     return true;
                 }
-                if host_ip.is_some() && ip_host_matches_common_name(context, &host) {
+                if host_is_ip && ip_host_matches_common_name(context, &host) {
                     return true;
                 }
                 record_failure(&slot, context);

@@ -36,25 +36,17 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
+/// `name`.key and `name`.csr for `cn`, as the manual makes them (`req -new -nodes`).
+fn make_key_and_request(dir: &Path, name: &str, cn: &str) {
+    let subject = format!("/CN={cn}");
+    let (csr, key) = (format!("{name}.csr"), format!("{name}.key"));
+    openssl(dir, &["req", "-new", "-nodes", "-text", "-out", &csr, "-keyout", &key, "-subj", &subject]);
+}
+
 /// A CA made as the manual makes its root: a request, then `x509 -req -signkey` with the
 /// `v3_ca` extensions of the system's openssl.cnf.
 fn make_root(dir: &Path, name: &str, cn: &str) {
-    let subject = format!("/CN={cn}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-nodes",
-            "-text",
-            "-out",
-            &format!("{name}.csr"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-subj",
-            &subject,
-        ],
-    );
+    make_key_and_request(dir, name, cn);
     openssl(
         dir,
         &[
@@ -80,22 +72,7 @@ fn make_root(dir: &Path, name: &str, cn: &str) {
 /// A key and request for `cn`, signed by `ca` for `days` days, with the extensions in
 /// `extensions` (none: an X.509 v1 certificate, as `x509 -req` makes under OpenSSL 3).
 fn make_signed(dir: &Path, name: &str, cn: &str, ca: &str, days: &str, extensions: Option<&str>) {
-    let subject = format!("/CN={cn}");
-    openssl(
-        dir,
-        &[
-            "req",
-            "-new",
-            "-nodes",
-            "-text",
-            "-out",
-            &format!("{name}.csr"),
-            "-keyout",
-            &format!("{name}.key"),
-            "-subj",
-            &subject,
-        ],
-    );
+    make_key_and_request(dir, name, cn);
     let mut args = vec![
         "x509".to_string(),
         "-req".into(),
