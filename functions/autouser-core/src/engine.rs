@@ -295,13 +295,18 @@ async fn end_once(
             Ok(outcome(EndStatus::Noop, None, open_sessions, &[Some(reason.to_string())], ObjectCleanup::default()))
         }
         EndDecision::InUse { steps, ledger, mode, objects } => {
-            run_end_and_commit(client, t, &state, &steps, revokes_failed).await?;
-            Ok(outcome(EndStatus::InUse, Some(mode), ledger.sessions.len(), &[], objects))
+            let planned = outcome(EndStatus::InUse, Some(mode), ledger.sessions.len(), &[], objects);
+            run_end_and_commit(client, t, &state, &steps, revokes_failed)
+                .await
+                .map_err(|failure| in_doubt(connection, t, failure, &planned))?;
+            Ok(planned)
         }
         EndDecision::Deactivate { steps, mode, objects } => {
-            run_end_and_commit(client, t, &state, &steps, revokes_failed).await?;
-            let outcome = outcome(EndStatus::Deactivated, Some(mode), 0, &[unrevocable_roles(t, &state)], objects);
-            Ok(end_connections(client, req, &state, outcome).await)
+            let planned = outcome(EndStatus::Deactivated, Some(mode), 0, &[unrevocable_roles(t, &state)], objects);
+            run_end_and_commit(client, t, &state, &steps, revokes_failed)
+                .await
+                .map_err(|failure| in_doubt(connection, t, failure, &planned))?;
+            Ok(end_connections(client, req, &state, planned).await)
         }
         EndDecision::Drop { before_drop, after_drop, fallback, objects } => {
             let mode = Some(CreateDbUserMode::BestEffortDrop);
@@ -336,21 +341,23 @@ async fn end_once(
             };
             match run_pipelined(client, &statements).await {
                 Ok(()) => {
-                    commit(client, t).await?;
+                    let planned = outcome(EndStatus::Dropped, mode, 0, &[], objects);
+                    commit(client, t).await.map_err(|failure| in_doubt(connection, t, failure, &planned))?;
                     connection.saw_user(&t.db_user, false);
-                    Ok(end_connections(client, req, &state, outcome(EndStatus::Dropped, mode, 0, &[], objects)).await)
+                    Ok(end_connections(client, req, &state, planned).await)
                 }
                 Err((statement, error)) if keep_instead(&error, &statement).is_some() => {
                     let reason = keep_instead(&error, &statement).flatten();
                     let mut statements = vec![Statement::Raw(sql::ROLLBACK_TO_DROP)];
                     statements.extend(fallback.iter().map(Statement::Step));
                     statements.push(Statement::Raw(sql::COMMIT));
-                    if let Err((statement, error)) = run_pipelined(client, &statements).await {
-                        return Err(step_failure(client, t, &state, statement, error).await);
-                    }
-                    let outcome =
+                    let planned =
                         outcome(EndStatus::Deactivated, mode, 0, &[reason, unrevocable_roles(t, &state)], objects);
-                    Ok(end_connections(client, req, &state, outcome).await)
+                    if let Err((statement, error)) = run_pipelined(client, &statements).await {
+                        let failure = step_failure(client, t, &state, statement, error).await;
+                        return Err(in_doubt(connection, t, failure, &planned));
+                    }
+                    Ok(end_connections(client, req, &state, planned).await)
                 }
                 Err((statement, error)) => {
                     Err(end_step_failure(client, t, &state, statement, error, revokes_failed).await)
@@ -358,6 +365,45 @@ async fn end_once(
             }
         }
     }
+}
+
+/// An end's attempt that failed with its connection closed while its COMMIT was in flight:
+/// the server may have applied it, and `planned` is what it did if so
+/// ([`Error::EndUnconfirmed`]). Any other failure is returned as it is.
+fn in_doubt(connection: &AdminConnection, t: &Target, failure: Failure, planned: &EndOutcome) -> Failure {
+    match failure {
+        Failure::Fatal(error) if connection.client().is_closed() => Failure::Fatal(Error::EndUnconfirmed {
+            user: t.db_user.clone(),
+            endpoint: t.endpoint.clone(),
+            detail: error.to_string(),
+            planned: Box::new(planned.clone()),
+        }),
+        other => other,
+    }
+}
+
+/// Runs the end of `req` again, on a new `connection`, after [`Error::EndUnconfirmed`]: when
+/// it finds the session ended, the first run's COMMIT was applied and `planned` is the
+/// outcome (so the caller audits what was done, not a `noop`); otherwise the rerun did the
+/// end itself, and its outcome is the answer. A concurrent duplicate of the end that applied
+/// it first is indistinguishable, so its change may be audited twice, never not at all.
+pub async fn confirm_end(
+    connection: &AdminConnection,
+    req: &EndRequest,
+    planned: EndOutcome,
+) -> Result<EndOutcome, Error> {
+    let rerun = session_end(connection, req).await?;
+    if rerun.status != EndStatus::Noop || rerun.reason.as_deref() != Some(plan::ALREADY_ENDED) {
+        return Ok(rerun);
+    }
+    tracing::info!(db_user = %req.target.db_user, session_id = %req.target.session_id, status = ?planned.status,
+        "the reply to the session-end's COMMIT was lost; the rerun found it applied");
+    let confirmed = "applied by a first attempt whose COMMIT reply was lost, as a rerun found";
+    let reason = match planned.reason {
+        Some(reason) => format!("{reason}; {confirmed}"),
+        None => confirmed.to_string(),
+    };
+    Ok(EndOutcome { reason: Some(reason), ..planned })
 }
 
 /// Roles a locked user still holds because someone other than the admin granted them

@@ -10,6 +10,7 @@ use crate::config::ConfigError;
 use crate::event::EventError;
 use crate::ledger::{Identity, LedgerError};
 use crate::naming::NameError;
+use crate::outcome::EndOutcome;
 use crate::permissions::UngrantableObject;
 use crate::policy::PolicyError;
 use crate::sql::quote_ident;
@@ -183,6 +184,15 @@ pub enum Error {
     #[error("cannot reach {endpoint}: {detail}")]
     Unreachable { endpoint: String, detail: String },
 
+    /// The connection closed while a session-end's COMMIT was in flight: it may have been
+    /// applied. `planned` is the outcome it had if it was; [`crate::engine::confirm_end`] runs
+    /// the end again on a new connection and finds out.
+    #[error(
+        "the connection to {endpoint} closed during the COMMIT of the session-end of database user \
+         {user:?}, so whether it was applied is unknown ({detail}): run the same end again, which finds out"
+    )]
+    EndUnconfirmed { user: String, endpoint: String, detail: String, planned: Box<EndOutcome> },
+
     #[error("gave up on database user {user:?} after {attempts} attempts under contention: {last}")]
     Contention { user: String, attempts: u32, last: String },
 
@@ -238,7 +248,7 @@ impl Error {
             Error::DatabaseNotFound { .. } => "DatabaseNotFound",
             Error::Credentials(_) => "CredentialsInvalid",
             Error::DependencyUnavailable { .. } => "DependencyUnavailable",
-            Error::Unreachable { .. } => "DatabaseUnreachable",
+            Error::Unreachable { .. } | Error::EndUnconfirmed { .. } => "DatabaseUnreachable",
             Error::Contention { .. } => "Contention",
             Error::Ledger(_) => "LedgerUnreadable",
             Error::PermissionDenied { .. } => "PermissionDenied",
@@ -251,7 +261,10 @@ impl Error {
     /// person to change the config, the policy, the event or the database.
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Unreachable { .. } | Error::Contention { .. } | Error::DependencyUnavailable { .. } => true,
+            Error::Unreachable { .. }
+            | Error::EndUnconfirmed { .. }
+            | Error::Contention { .. }
+            | Error::DependencyUnavailable { .. } => true,
             Error::Postgres { source, .. } => crate::pg::is_transient(source),
             _ => false,
         }

@@ -165,6 +165,10 @@ pub struct ObjectCleanup {
     pub kept: KeptPrivileges,
 }
 
+/// The reason of an end that finds its session ended already (a duplicate, or a rerun of an
+/// end whose COMMIT was applied).
+pub const ALREADY_ENDED: &str = "the session has already ended";
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndDecision {
     Noop {
@@ -440,7 +444,7 @@ fn object_cleanup(user: &str, ledger: &mut Ledger, state: &ObservedState) -> (Ve
 pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, Error> {
     let t: &Target = &req.target;
     let user = &t.db_user;
-    let already_ended = EndDecision::Noop { reason: "the session has already ended" };
+    let already_ended = EndDecision::Noop { reason: ALREADY_ENDED };
     let read_only = || Err(Error::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
     if !state.user_exists {
         if state.session_ended_in_group {

@@ -244,6 +244,17 @@ where
                     Ok(connection) => engine::session_end(connection, &request).await,
                     Err(error) => Err(error),
                 };
+                // The close may have been applied: a new connection finds out, so that what it
+                // did is reported (and audited).
+                let result = match result {
+                    Err(Error::EndUnconfirmed { planned, .. }) => {
+                        match connect_to(request.target.admin_db_name.clone()).await {
+                            Ok(fresh) => engine::confirm_end(&fresh, &request, *planned).await,
+                            Err(error) => Err(error),
+                        }
+                    }
+                    result => result,
+                };
                 match result {
                     // Closed meanwhile, by its late session-end or by another reaper.
                     Ok(outcome) if outcome.status == EndStatus::Noop => {}

@@ -326,13 +326,28 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
             Function::SessionEnd => {
                 let req = request::prepare_end(&state.config, &db, &event)?;
                 tracing::Span::current().record("db_user", req.target.db_user.as_str());
-                let outcome = state
+                let ended = state
                     .pool
                     .with_admin(&state.aws, &db, &req.target.admin_db_name, |connection| {
                         let req = &req;
                         async move { engine::session_end(&connection, req).await }
                     })
-                    .await?;
+                    .await;
+                let outcome = match ended {
+                    // The first run may have been applied: the rerun finds out, so that what
+                    // it did is answered and audited.
+                    Err(Error::EndUnconfirmed { planned, detail, .. }) => {
+                        tracing::warn!(%detail, "the connection closed during the session-end's COMMIT; running it again");
+                        state
+                            .pool
+                            .with_admin(&state.aws, &db, &req.target.admin_db_name, |connection| {
+                                let (req, planned) = (&req, planned.clone());
+                                async move { engine::confirm_end(&connection, req, *planned).await }
+                            })
+                            .await?
+                    }
+                    ended => ended?,
+                };
                 serde_json::to_value(outcome)
             }
         };

@@ -54,7 +54,10 @@ pub struct Pool {
 impl Pool {
     /// Runs `work` on the admin connection for `db`/`dbname`, reusing a live one. If the
     /// connection turns out dead during `work` (the server restarted while the container was
-    /// idle), `work` runs once more on a new connection: the engine is idempotent.
+    /// idle), `work` runs once more on a new connection: the engine is idempotent. A
+    /// session-end whose COMMIT was in flight when the connection died
+    /// ([`Error::EndUnconfirmed`]) is returned as it is: its caller reruns it with
+    /// `engine::confirm_end`, which reports what the first run did.
     pub async fn with_admin<T, F, Fut>(
         &self,
         aws: &AwsContext,
@@ -68,7 +71,7 @@ impl Pool {
     {
         let (connection, reused) = self.connection(aws, db, dbname).await?;
         match work(connection.clone()).await {
-            Err(_) if reused && connection.is_closed() => {
+            Err(error) if reused && connection.is_closed() && !matches!(error, Error::EndUnconfirmed { .. }) => {
                 tracing::info!(database = %db.name, "pooled admin connection was dead; reconnecting");
                 let (connection, _) = self.connection(aws, db, dbname).await?;
                 work(connection).await

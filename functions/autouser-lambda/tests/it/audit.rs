@@ -6,7 +6,7 @@ use autouser_lambda::{Function, State};
 use scratch_aws::Moto;
 use serde_json::{json, Value};
 
-use crate::{eventbridge, invoke, session, state, superuser};
+use crate::{can_login, cluster, config_yaml_on_port, eventbridge, invoke, parse_config, session, state, superuser};
 
 /// A bus `<name>` whose events with source `<name>.audit` land in the queue `<name>`; the queue's URL.
 pub async fn bus_into_queue(name: &str) -> String {
@@ -97,6 +97,38 @@ async fn every_outcome_puts_its_audit_event_on_the_bus() {
     assert_eq!(malformed["kind"], "EventInvalid");
     assert_eq!(malformed["user"], "la_nobody");
     assert_eq!(malformed["session_id"], "s3");
+}
+
+/// A session-end whose COMMIT lands but whose reply is lost (the network fails at that
+/// moment): the connection is dead, so the end runs again on a new one, finds the session
+/// ended, and answers and audits what the first run did, not a `noop`.
+#[tokio::test]
+async fn an_end_whose_commit_reply_is_lost_is_still_audited() {
+    let queue = bus_into_queue("audit-lost-reply").await;
+    let proxy = scratch_postgres::RoundTripCounter::start(([127, 0, 0, 1], cluster().port()).into()).unwrap();
+    let sdk = Moto::global().sdk_config(None).await;
+    let state =
+        State::new(parse_config(&config_yaml_on_port("lr", proxy.port()).await), crate::no_aws(), "autouser".into())
+            .with_auditor(Auditor::to_bus(&sdk, "audit-lost-reply".into(), "audit-lost-reply.audit".into()));
+    let alice = session("lr", "s1", "alice");
+    let started = invoke(&state, Function::SessionStart, alice.clone()).await.unwrap();
+    assert_eq!(started["status"], "active");
+
+    // A warm end takes two round trips: the read, then the changes with their COMMIT.
+    proxy.lose_the_reply_to_burst(2);
+    let ended = invoke(&state, Function::SessionEnd, eventbridge("Database Session Ended", alice)).await.unwrap();
+    assert_eq!(proxy.replies_lost(), 1, "the COMMIT's reply was lost");
+    assert_eq!(state.connections_opened(), 2, "the end ran again on a new connection");
+    assert_eq!(ended["status"], "deactivated", "{ended}");
+    assert_eq!(can_login("lr_alice").await, Some(false));
+
+    let events = drain(&queue).await;
+    let types: Vec<&str> = events.iter().map(|e| e["detail-type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["Database User Activated", "Database User Deactivated"], "{events:#?}");
+    assert_eq!(events[1]["detail"]["session_id"], "s1");
+    assert_eq!(events[1]["detail"]["mode"], "keep");
+    let reason = events[1]["detail"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("COMMIT reply was lost"), "{events:#?}");
 }
 
 /// A bus that cannot be reached loses no session: the change is made and the audit event is

@@ -52,13 +52,18 @@ fn no_aws() -> AwsContext {
 /// The config of a test, whose objects it creates: admin `<ns>_admin` (cert), group
 /// `<ns>_grp`, role `<ns>_reader`, database `main`; and `down`, a database nobody listens for.
 async fn config_yaml(ns: &str) -> String {
+    config_yaml_on_port(ns, cluster().port()).await
+}
+
+/// [`config_yaml`] with the `main` database reached on `port` (a proxy in front of the cluster).
+async fn config_yaml_on_port(ns: &str, port: u16) -> String {
     let admin = format!("{ns}_admin");
     let mut sql = format!("CREATE ROLE {admin} LOGIN CREATEROLE; CREATE ROLE {ns}_reader;");
     if cluster().major() >= 16 {
         sql.push_str(&format!("GRANT {ns}_reader TO {admin} WITH ADMIN OPTION;"));
     }
     superuser().await.batch_execute(&sql).await.unwrap();
-    let main = scratch_login::database_yaml(cluster(), cluster().port(), "main", &admin).unwrap();
+    let main = scratch_login::database_yaml(cluster(), port, "main", &admin).unwrap();
     let closed_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let down = scratch_login::database_yaml(cluster(), closed_port, "down", &admin).unwrap();
     format!(
