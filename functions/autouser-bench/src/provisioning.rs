@@ -5,12 +5,13 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use autouser_core::config::{Config, ResolvedDatabase};
-use autouser_core::event::SessionEvent;
-use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
-use autouser_core::sql::quote_ident;
-use autouser_core::tokio_postgres::Client;
-use autouser_core::{engine, request, Error};
+use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_engine::sql::quote_ident;
+use autouser_engine::tokio_postgres::Client;
+use autouser_engine::{engine, Error};
+use autouser_policy::config::{Config, ResolvedDatabase};
+use autouser_policy::event::SessionEvent;
+use autouser_policy::request;
 use futures_util::future::join_all;
 use scratch_postgres::Cluster;
 
@@ -304,7 +305,7 @@ pub async fn throughput(
 /// the same catalog as the previous one.
 pub async fn drop_users(cluster: &Cluster, prefix: &str) -> Result<(), Error> {
     let superuser = connect_as(cluster, cluster.superuser()).await?;
-    let failed = |e: autouser_core::tokio_postgres::Error| Error::Unreachable {
+    let failed = |e: autouser_engine::tokio_postgres::Error| Error::Unreachable {
         endpoint: "benchmark server".into(),
         detail: format!("dropping benchmark users: {e}"),
     };

@@ -3,10 +3,10 @@
 //! connector. For tests, the demo and the benchmarks. (`scratch-postgres` itself depends on
 //! no crate of ours, so this lives apart.)
 
-use autouser_core::config::TlsMode;
-use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
-use autouser_core::tokio_postgres::Client;
-use autouser_core::Error;
+use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_engine::tokio_postgres::Client;
+use autouser_engine::Error;
+use autouser_policy::config::TlsMode;
 use scratch_postgres::Cluster;
 
 /// `user` logged in to `dbname` on `cluster`.

@@ -2,9 +2,9 @@
 
 use std::sync::OnceLock;
 
-use autouser_core::config::Config;
-use autouser_core::sql::{quote_ident, quote_literal};
-use autouser_core::tokio_postgres::Client;
+use autouser_engine::sql::{quote_ident, quote_literal};
+use autouser_engine::tokio_postgres::Client;
+use autouser_policy::config::Config;
 use scratch_postgres::{Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
 
 static CLUSTER: OnceLock<Cluster> = OnceLock::new();

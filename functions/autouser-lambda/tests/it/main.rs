@@ -9,9 +9,9 @@ mod runtime;
 use std::sync::OnceLock;
 
 use autouser_aws::{AwsContext, SdkConfig};
-use autouser_core::config::Config;
-use autouser_core::tokio_postgres::Client;
+use autouser_engine::tokio_postgres::Client;
 use autouser_lambda::{handle, Function, State};
+use autouser_policy::config::Config;
 use lambda_runtime::{Context, LambdaEvent};
 use scratch_postgres::{Cluster, PgInstall};
 use serde_json::{json, Value};
@@ -27,7 +27,7 @@ async fn superuser() -> Client {
 }
 
 /// A connection as `user`, with its client certificate.
-async fn connect_as(user: &str) -> Result<Client, autouser_core::Error> {
+async fn connect_as(user: &str) -> Result<Client, autouser_engine::Error> {
     scratch_login::connect(cluster(), user, "postgres").await
 }
 
