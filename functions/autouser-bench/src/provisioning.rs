@@ -87,22 +87,7 @@ pub fn config_text(cluster: &Cluster, port: u16) -> Result<String, Error> {
 /// `grants` says (YAML under `allow`: `db_roles: [...]`, `db_permissions: [...]`).
 pub fn config_with_grants(cluster: &Cluster, port: u16, grants: &str) -> Result<String, Error> {
     let main = scratch_login::database_yaml(cluster, port, "main", ADMIN)?;
-    Ok(format!(
-        r#"
-managed_group: {GROUP:?}
-databases:
-{main}roles:
-  - kind: role
-    version: v7
-    metadata: {{name: bench}}
-    spec:
-      options: {{create_db_user_mode: keep}}
-      allow:
-        db_labels: {{"*": "*"}}
-        db_names: ["*"]
-        {grants}
-"#
-    ))
+    Ok(scratch_login::one_role_config_yaml(GROUP, &main, "bench", "keep", grants))
 }
 
 impl Target {

@@ -1,6 +1,6 @@
 //! The crate boundaries that ARCHITECTURE.md promises, checked:
 //! - the policy crate is pure: its normal dependencies, transitively (`cargo tree`), hold no
-//!   tokio, PostgreSQL, OpenSSL, rustls or AWS crate;
+//!   tokio, PostgreSQL, OpenSSL, rustls, hyper or AWS crate; the engine's hold no AWS crate;
 //! - inside the policy crate and inside the engine crate, no module imports one that imports
 //!   it back (`crate::<module>` references in the library code of `src/*.rs`, tests left out).
 //!
@@ -32,22 +32,39 @@ fn functions_dir() -> PathBuf {
 
 #[test]
 fn the_policy_crate_depends_on_no_io_tls_or_aws_crate() {
+    let crates = normal_dependencies("autouser-policy");
+    assert!(crates.contains("serde"), "read the tree: {crates:?}");
+    let forbidden: Vec<&String> = crates.iter().filter(|name| is_one_of(name, FORBIDDEN)).collect();
+    assert!(forbidden.is_empty(), "autouser-policy must stay pure, but depends on {forbidden:?}");
+}
+
+#[test]
+fn the_engine_crate_depends_on_no_aws_crate() {
+    let crates = normal_dependencies("autouser-engine");
+    assert!(crates.contains("tokio-postgres") && crates.contains("autouser-policy"), "read the tree: {crates:?}");
+    let aws: Vec<&String> = crates.iter().filter(|name| is_one_of(name, &["aws-"])).collect();
+    assert!(aws.is_empty(), "autouser-engine never calls AWS, but depends on {aws:?}");
+}
+
+/// The crates `package` depends on when built as a library, transitively (`cargo tree`).
+fn normal_dependencies(package: &str) -> BTreeSet<String> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let output = Command::new(cargo)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["tree", "--offline", "--locked", "-p", "autouser-policy", "-e", "normal", "--prefix", "none"])
+        .args(["tree", "--offline", "--locked", "-p", package, "-e", "normal", "--prefix", "none"])
         .output()
         .expect("cargo tree runs");
     assert!(output.status.success(), "cargo tree failed: {}", String::from_utf8_lossy(&output.stderr));
     let tree = String::from_utf8(output.stdout).unwrap();
-    let crates: BTreeSet<&str> = tree.lines().filter_map(|line| line.split_whitespace().next()).collect();
-    assert!(crates.contains("autouser-policy") && crates.contains("serde"), "read the tree: {crates:?}");
-    let forbidden: Vec<&str> = crates
-        .iter()
-        .copied()
-        .filter(|name| FORBIDDEN.iter().any(|f| if f.ends_with('-') { name.starts_with(f) } else { name == f }))
-        .collect();
-    assert!(forbidden.is_empty(), "autouser-policy must stay pure, but depends on {forbidden:?}");
+    let crates: BTreeSet<String> =
+        tree.lines().filter_map(|line| line.split_whitespace().next()).map(str::to_string).collect();
+    assert!(crates.contains(package), "read the tree of {package}: {crates:?}");
+    crates
+}
+
+/// Whether `name` is one of `names`, or starts with one of them that ends in `-`.
+fn is_one_of(name: &str, names: &[&str]) -> bool {
+    names.iter().any(|n| if n.ends_with('-') { name.starts_with(n) } else { name == *n })
 }
 
 #[test]

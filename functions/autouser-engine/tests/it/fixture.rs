@@ -3,7 +3,6 @@
 //! tests run in parallel without seeing each other.
 
 use std::collections::BTreeSet;
-use std::sync::OnceLock;
 
 use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_engine::tokio_postgres::Client;
@@ -12,16 +11,8 @@ use autouser_policy::config::Config;
 use autouser_policy::event::SessionEvent;
 use autouser_policy::outcome::{EndOutcome, StartOutcome};
 use autouser_policy::request;
-use scratch_postgres::{Cluster, PgInstall};
 
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-
-pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(|| {
-        let install = PgInstall::from_env().expect("a PostgreSQL installation (see scripts/install-deps)");
-        Cluster::start(&install).expect("the test cluster starts")
-    })
-}
+pub use scratch_login::test_cluster as cluster;
 
 pub fn major() -> u32 {
     cluster().major()

@@ -70,7 +70,7 @@ async fn objects_fixture(ns: &str, roles: &str) -> Fixture {
 }
 
 async fn superuser_in(db: &str) -> Client {
-    connect(cluster().superuser(), db).await.expect("superuser connects")
+    scratch_login::superuser(cluster(), db).await
 }
 
 /// What `user` holds directly, per object (`schema.name`, functions with their arguments,

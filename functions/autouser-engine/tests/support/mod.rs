@@ -14,17 +14,6 @@ pub async fn connect_as(cluster: &Cluster, user: &str) -> AdminConnection {
 /// `group`, and one role `devs` (mode `keep`) granting `db_roles` (a YAML list).
 pub fn config(cluster: &Cluster, admin: &str, group: &str, db_roles: &str) -> Config {
     let main = scratch_login::database_yaml(cluster, cluster.port(), "main", admin).unwrap();
-    let text = format!(
-        r#"managed_group: {group}
-databases:
-{main}roles:
-  - kind: role
-    version: v7
-    metadata: {{name: devs}}
-    spec:
-      options: {{create_db_user_mode: keep}}
-      allow: {{db_labels: {{"*": "*"}}, db_names: ["*"], db_roles: {db_roles}}}
-"#
-    );
+    let text = scratch_login::one_role_config_yaml(group, &main, "devs", "keep", &format!("db_roles: {db_roles}"));
     Config::parse(&text, std::path::Path::new("/")).unwrap()
 }
