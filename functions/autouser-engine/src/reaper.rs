@@ -6,13 +6,16 @@
 //!   server is closed as its session-end would have (the mode recorded at its start);
 //! - a session that old whose user is still connected is left open and reported;
 //! - a managed user that can log in with no open session is locked (`NOLOGIN`, roles
-//!   stripped, as `keep` does).
+//!   stripped, as `keep` does);
+//! - a member of the managed group whose comment holds no pg-autouser ledger is someone
+//!   else's (Teleport itself provisioned it, or a second admin): it is reported when it can
+//!   log in, and never acted on.
 //!
 //! Every action then runs through the engine, under the user's lock and ledger guard, and is
 //! planned again from what it reads there: a session that opened since the list was read
 //! makes the lock a no-op, and an end already applied makes the close one. So the reaper is
 //! safe alongside session-start, session-end and other reapers. It only ever lists members of
-//! the managed group.
+//! the managed group, and acts only on those whose ledger it wrote.
 //!
 //! A run given a stop time starts no action after it: what is left is counted as deferred,
 //! and the next run decides it again.
@@ -27,7 +30,7 @@ use crate::pg::AdminConnection;
 use crate::sql;
 use crate::Error;
 use autouser_policy::config::{Config, ResolvedDatabase};
-use autouser_policy::ledger::{Ledger, SessionRecord};
+use autouser_policy::ledger::{is_pg_autouser_ledger, Ledger, SessionRecord};
 use autouser_policy::outcome::EndStatus;
 use autouser_policy::policy::CreateDbUserMode;
 use autouser_policy::request::{EndRequest, Target};
@@ -54,6 +57,8 @@ pub struct Decisions {
     pub actions: Vec<Action>,
     pub left_open: Vec<LeftOpen>,
     pub failed: Vec<Failed>,
+    /// Members of the managed group able to log in whose ledger pg-autouser did not write.
+    pub unowned_logins: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -97,6 +102,10 @@ pub struct ReapReport {
     /// Expired sessions kept because their user is still connected.
     pub left_open: Vec<LeftOpen>,
     pub failed: Vec<Failed>,
+    /// Members of the managed group able to log in whose comment holds no pg-autouser ledger:
+    /// provisioned by someone else (Teleport itself during a migration, a second admin). They
+    /// are reported, never locked or closed.
+    pub unowned_logins: Vec<String>,
     /// Closes and locks not started because the run's stop time had come; the next run
     /// decides them again.
     pub deferred: usize,
@@ -106,6 +115,12 @@ pub struct ReapReport {
 pub fn decide(users: &[ManagedUser], now: u64, max_session_duration: Duration) -> Decisions {
     let mut decisions = Decisions::default();
     for user in users {
+        if !is_pg_autouser_ledger(user.ledger.as_deref()) {
+            if user.can_login {
+                decisions.unowned_logins.push(user.name.clone());
+            }
+            continue;
+        }
         let ledger = match Ledger::from_comment(&user.name, user.ledger.as_deref()) {
             Ok(ledger) => ledger,
             Err(error) => {
@@ -179,6 +194,7 @@ where
         locked: Vec::new(),
         left_open: decisions.left_open,
         failed: decisions.failed,
+        unowned_logins: decisions.unowned_logins,
         deferred: 0,
     };
     let target = |user: &str, session_id: &str, database: &str, db_name: &str| Target {
@@ -319,10 +335,12 @@ mod tests {
         let users = [
             user("expired", true, ledger(&[("old", now - 13 * HOUR), ("new", now - HOUR)]), 0),
             user("connected", true, ledger(&[("old", now - 13 * HOUR)]), 2),
-            user("idle", true, None, 0),
+            user("idle", true, ledger(&[]), 0),
             user("locked", false, None, 0),
             user("fresh", true, ledger(&[("s", now - 12 * HOUR + 1)]), 0),
             user("broken", true, Some(r#"{"managed_by":"pg-autouser","format":9}"#.into()), 0),
+            user("teleports", true, Some("provisioned by Teleport".into()), 0),
+            user("teleports-locked", false, None, 0),
         ];
         let decisions = decide(&users, now, max);
         assert_eq!(decisions.actions.len(), 2, "{decisions:?}");
@@ -334,6 +352,7 @@ mod tests {
         assert_eq!(decisions.left_open[0].db_user, "connected");
         assert_eq!(decisions.failed.len(), 1);
         assert_eq!(decisions.failed[0].db_user, "broken");
+        assert_eq!(decisions.unowned_logins, vec!["teleports".to_string()]);
     }
 
     #[test]

@@ -97,13 +97,15 @@ pub fn discovery(report: &DiscoveryReport) {
 }
 
 /// The EMF line of a reaper run: sessions closed, users locked, expired sessions left open
-/// (their user is connected), and failures (databases not reached and actions that failed).
+/// (their user is connected), members of the group able to log in that are not ours, and
+/// failures (databases not reached and actions that failed).
 /// Pure.
 pub fn reaper_line(totals: &crate::reaper::Totals, now: SystemTime) -> Value {
     let counts = [
         ("SessionsReaped", totals.closed),
         ("UsersLocked", totals.locked),
         ("ExpiredSessionsLeftOpen", totals.left_open),
+        ("UnownedLogins", totals.unowned_logins),
         ("ReaperFailures", totals.failed),
         ("ActionsDeferred", totals.deferred_actions),
         ("DatabasesDeferred", totals.deferred_databases),
@@ -172,6 +174,7 @@ mod tests {
             closed: 2,
             locked: 1,
             left_open: 3,
+            unowned_logins: 7,
             failed: 4,
             deferred_actions: 5,
             deferred_databases: 6,
@@ -187,12 +190,14 @@ mod tests {
             .map(|m| m["Name"].as_str().unwrap())
             .collect();
         assert_eq!((&line["ActionsDeferred"], &line["DatabasesDeferred"]), (&json!(5), &json!(6)));
+        assert_eq!(line["UnownedLogins"], json!(7));
         assert_eq!(
             declared,
             [
                 "SessionsReaped",
                 "UsersLocked",
                 "ExpiredSessionsLeftOpen",
+                "UnownedLogins",
                 "ReaperFailures",
                 "ActionsDeferred",
                 "DatabasesDeferred"

@@ -59,6 +59,8 @@ pub struct Totals {
     pub closed: usize,
     pub locked: usize,
     pub left_open: usize,
+    /// Members of the managed group able to log in with no ledger of ours: reported, untouched.
+    pub unowned_logins: usize,
     /// Databases not reached, and actions that failed.
     pub failed: usize,
     /// Closes and locks not started because the run's time was up.
@@ -76,6 +78,7 @@ impl Totals {
                     totals.closed += report.closed.len();
                     totals.locked += report.locked.len();
                     totals.left_open += report.left_open.len();
+                    totals.unowned_logins += report.unowned_logins.len();
                     totals.failed += report.failed.len();
                     totals.deferred_actions += report.deferred;
                 }
@@ -242,6 +245,15 @@ impl Reaper {
                  terminate_connections or end the session to close it"
             );
         }
+        if !report.unowned_logins.is_empty() {
+            tracing::warn!(
+                database = %report.database,
+                db_users = ?report.unowned_logins,
+                "these members of the managed group can log in but carry no pg-autouser ledger \
+                 (Teleport itself or another admin provisioned them); the reaper leaves them alone. \
+                 Move them out of the managed group, or lock them yourself if they should not log in"
+            );
+        }
         for failed in &report.failed {
             tracing::error!(
                 database = %report.database,
@@ -297,6 +309,7 @@ fn summary(results: &[(String, DatabaseRun)], totals: &Totals) -> Value {
         "closed": totals.closed,
         "locked": totals.locked,
         "left_open": totals.left_open,
+        "unowned_logins": totals.unowned_logins,
         "failed": totals.failed,
         "deferred_actions": totals.deferred_actions,
         "deferred_databases": totals.deferred_databases,
@@ -353,6 +366,7 @@ mod tests {
             locked: vec!["idle".into()],
             left_open: vec![],
             failed: vec![],
+            unowned_logins: vec!["teleports".into()],
             deferred: 3,
         };
         let results = vec![
@@ -369,13 +383,22 @@ mod tests {
             ("late".to_string(), DatabaseRun::Deferred),
         ];
         let totals = Totals::of(&results);
-        let expected =
-            Totals { closed: 2, locked: 1, left_open: 0, failed: 1, deferred_actions: 3, deferred_databases: 1 };
+        let expected = Totals {
+            closed: 2,
+            locked: 1,
+            left_open: 0,
+            unowned_logins: 1,
+            failed: 1,
+            deferred_actions: 3,
+            deferred_databases: 1,
+        };
         assert_eq!(totals, expected);
         let summary = summary(&results, &totals);
         assert_eq!(summary["databases"][1]["kind"], "UnknownDatabase");
         assert_eq!(summary["databases"][0]["closed"][1]["db_user"], "u1");
         assert_eq!(summary["databases"][0]["deferred"], 3);
+        assert_eq!(summary["databases"][0]["unowned_logins"], json!(["teleports"]));
+        assert_eq!(summary["unowned_logins"], 1);
         assert_eq!(summary["databases"][2]["kind"], "NotManaged", "a database with provisioning off is skipped");
         assert_eq!(summary["databases"][3], json!({"database": "late", "deferred": true}));
         assert_eq!((&summary["deferred_actions"], &summary["deferred_databases"]), (&json!(3), &json!(1)));

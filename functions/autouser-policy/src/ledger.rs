@@ -131,19 +131,26 @@ impl Default for Ledger {
     }
 }
 
+/// Whether `comment` is a ledger that pg-autouser wrote, readable by this build or not. A
+/// member of the managed group without one was provisioned by someone else (Teleport itself,
+/// a second admin): the reaper reports it and never acts on it.
+pub fn is_pg_autouser_ledger(comment: Option<&str>) -> bool {
+    ledger_json(comment).is_some()
+}
+
+/// The comment as JSON, when it is a pg-autouser ledger.
+fn ledger_json(comment: Option<&str>) -> Option<serde_json::Value> {
+    let value: serde_json::Value = serde_json::from_str(comment?).ok()?;
+    (value.get("managed_by").and_then(|v| v.as_str()) == Some(MANAGED_BY)).then_some(value)
+}
+
 impl Ledger {
     /// Reads the ledger from a role comment. A missing or foreign comment is an empty ledger;
     /// a pg-autouser ledger that this build cannot read is an error, so it is never clobbered.
     pub fn from_comment(user: &str, comment: Option<&str>) -> Result<Ledger, LedgerError> {
-        let Some(text) = comment else {
+        let Some(value) = ledger_json(comment) else {
             return Ok(Ledger::default());
         };
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
-            return Ok(Ledger::default());
-        };
-        if value.get("managed_by").and_then(|v| v.as_str()) != Some(MANAGED_BY) {
-            return Ok(Ledger::default());
-        }
         let error = |detail: String, hint| LedgerError { user: user.to_string(), detail, hint };
         match value.get("format").and_then(|v| v.as_u64()) {
             Some(f) if [FORMAT, FORMAT_WITH_OBJECTS, FORMAT_WITH_IDENTITY].map(u64::from).contains(&f) => {}
@@ -208,6 +215,11 @@ mod tests {
 
     #[test]
     fn missing_or_foreign_comments_are_empty_ledgers() {
+        for comment in [None, Some("temp user"), Some(r#"{"a":1}"#), Some(r#"{"managed_by":"teleport"}"#)] {
+            assert!(!is_pg_autouser_ledger(comment), "{comment:?}");
+        }
+        assert!(is_pg_autouser_ledger(Some(&Ledger::default().to_comment())));
+        assert!(is_pg_autouser_ledger(Some(r#"{"managed_by":"pg-autouser","format":9}"#)));
         assert_eq!(Ledger::from_comment("u", None).unwrap(), Ledger::default());
         assert_eq!(Ledger::from_comment("u", Some("temp user")).unwrap(), Ledger::default());
         assert_eq!(Ledger::from_comment("u", Some(r#"{"a":1}"#)).unwrap(), Ledger::default());

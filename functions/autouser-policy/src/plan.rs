@@ -10,7 +10,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::ledger::{Ledger, SessionRecord};
+use crate::ledger::{is_pg_autouser_ledger, Ledger, SessionRecord};
 use crate::permissions::{
     self, KeptPrivileges, ObjectBatch, ObjectChanges, ObjectState, PermissionSummary, Ungrantable,
 };
@@ -525,7 +525,10 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
 /// group. `None` when there is nothing to do: the user is gone, not managed, locked already,
 /// or a session opened since the reaper looked.
 pub fn plan_lock(t: &Target, state: &ObservedState) -> Result<Option<Vec<Step>>, Refusal> {
-    if !state.user_exists || !state.member_of.contains(&t.managed_group) {
+    if !state.user_exists
+        || !state.member_of.contains(&t.managed_group)
+        || !is_pg_autouser_ledger(state.ledger_comment.as_deref())
+    {
         return Ok(None);
     }
     let ledger = Ledger::from_comment(&t.db_user, state.ledger_comment.as_deref())?;
@@ -1047,14 +1050,18 @@ mod tests {
     }
 
     #[test]
-    fn the_reaper_locks_only_managed_users_without_sessions() {
+    fn the_reaper_locks_only_managed_users_of_ours_without_sessions() {
         let t = target("s1");
         let stray = ObservedState {
             user_exists: true,
             user_can_login: true,
             member_of: set(&["grp", "reader"]),
+            ledger_comment: Some(Ledger::default().to_comment()),
             ..fresh_server()
         };
+        let not_ours = ObservedState { ledger_comment: Some("provisioned by Teleport".into()), ..stray.clone() };
+        assert_eq!(plan_lock(&t, &not_ours).unwrap(), None, "no ledger of ours");
+        assert_eq!(plan_lock(&t, &ObservedState { ledger_comment: None, ..stray.clone() }).unwrap(), None);
         let steps = plan_lock(&t, &stray).unwrap().expect("a lock");
         let locked = apply(stray.clone(), &steps);
         assert!(!locked.user_can_login);

@@ -26,6 +26,14 @@ async fn wait_until_disconnected(fx: &Fixture, user: &str) {
     panic!("{user} is still connected 5 s after closing its connection");
 }
 
+/// A user of ours with no open session that can log in all the same: one session started and
+/// ended (`keep`), then `ALTER ROLE … LOGIN`, as an operator (or a lost write) leaves it.
+async fn idle_user_of_ours(fx: &Fixture, user: &str) {
+    fx.start(fx.event("s0", user, &["keep"])).await.unwrap();
+    fx.end(fx.event("s0", user, &["keep"])).await.unwrap();
+    fx.sql(&format!("ALTER ROLE {} LOGIN", q(user))).await;
+}
+
 #[tokio::test]
 async fn expired_sessions_close_idle_users_lock_and_live_ones_stay() {
     let fx = Fixture::new("rp_main").await;
@@ -34,14 +42,26 @@ async fn expired_sessions_close_idle_users_lock_and_live_ones_stay() {
     fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
     fx.start(fx.event("s1", &bob, &["keep"])).await.unwrap();
     fx.start(fx.event("s1", &frank, &["drop"])).await.unwrap();
-    // carol: managed, able to log in, no session in its ledger (made by the admin, as by an
-    // older release or by hand); dave: not managed at all.
+    // carol: ours, with no open session in its ledger, yet able to log in with a role (an
+    // operator's ALTER ROLE and GRANT after its end); dave: not managed at all; erin: a member
+    // of the managed group able to log in whose comment holds no ledger of ours (provisioned
+    // by Teleport itself during a migration, or by a second admin).
+    let erin = fx.user("erin");
+    idle_user_of_ours(&fx, &carol).await;
     fx.sql(&format!(
-        "SET ROLE {admin}; CREATE ROLE {carol} LOGIN IN ROLE {group}, {reader}; RESET ROLE;
-         CREATE ROLE {dave} LOGIN IN ROLE {reader}",
+        "SET ROLE {admin}; GRANT {reader} TO {carol}; RESET ROLE",
         admin = q(&fx.admin),
-        carol = q(&carol),
+        reader = q(&fx.reader()),
+        carol = q(&carol)
+    ))
+    .await;
+    fx.sql(&format!(
+        "CREATE ROLE {dave} LOGIN IN ROLE {reader};
+         SET ROLE {admin}; CREATE ROLE {erin} LOGIN IN ROLE {group}, {reader}; RESET ROLE;
+         COMMENT ON ROLE {erin} IS 'provisioned by Teleport'",
+        admin = q(&fx.admin),
         dave = q(&dave),
+        erin = q(&erin),
         group = q(&fx.group),
         reader = q(&fx.reader())
     ))
@@ -53,11 +73,16 @@ async fn expired_sessions_close_idle_users_lock_and_live_ones_stay() {
     assert_eq!(report.closed, vec![]);
     assert_eq!(report.locked, vec![carol.clone()]);
     assert_eq!(report.failed, vec![]);
-    assert_eq!(report.managed_users, 4, "alice, bob, carol, frank: {report:?}");
+    assert_eq!(report.managed_users, 5, "alice, bob, carol, erin, frank: {report:?}");
     let carol_state = fx.state(&carol).await.unwrap();
     assert!(!carol_state.login);
     assert_eq!(carol_state.member_of, set(&[&fx.group]));
     assert!(fx.state(&alice).await.unwrap().login);
+    // erin is reported, never touched.
+    assert_eq!(report.unowned_logins, vec![erin.clone()]);
+    let erin_state = fx.state(&erin).await.unwrap();
+    assert!(erin_state.login, "the reaper locked a user whose ledger it did not write");
+    assert_eq!(erin_state.member_of, set(&[&fx.group, &fx.reader()]));
 
     // Thirteen hours later: alice's and frank's sessions close as their ends would have;
     // bob's stays, because bob is connected.
@@ -81,10 +106,11 @@ async fn expired_sessions_close_idle_users_lock_and_live_ones_stay() {
     let report = fx.reap(now() + THIRTEEN_HOURS).await;
     assert_eq!(report.closed.len(), 1, "{report:?}");
     assert_eq!(report.closed[0].db_user, bob);
-    assert!(fx.users_able_to_log_in().await.is_empty());
-    // A second run finds nothing to do.
+    assert_eq!(fx.users_able_to_log_in().await, vec![erin.clone()], "only the user that is not ours");
+    // A second run finds nothing to do, and reports erin again.
     let again = fx.reap(now() + THIRTEEN_HOURS).await;
     assert!(again.closed.is_empty() && again.locked.is_empty() && again.failed.is_empty(), "{again:?}");
+    assert_eq!(again.unowned_logins, vec![erin.clone()]);
 }
 
 /// A user that the reaper sees able to log in with no session, while a session-start for it
@@ -120,13 +146,7 @@ async fn two_reapers_at_once_do_each_thing_once() {
     }
     let mut idle: Vec<String> = (0..4).map(|i| fx.user(&format!("idle{i}"))).collect();
     for user in &idle {
-        fx.sql(&format!(
-            "SET ROLE {admin}; CREATE ROLE {user} LOGIN IN ROLE {group}; RESET ROLE",
-            admin = q(&fx.admin),
-            user = q(user),
-            group = q(&fx.group)
-        ))
-        .await;
+        idle_user_of_ours(&fx, user).await;
     }
     let later = now() + THIRTEEN_HOURS;
     let (first, second) = tokio::join!(fx.reap(later), fx.reap(later));
@@ -149,13 +169,7 @@ async fn a_run_past_its_stop_time_defers_its_actions_to_the_next() {
     let fx = Fixture::new("rp_stop").await;
     let (alice, carol) = (fx.user("alice"), fx.user("carol"));
     fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
-    fx.sql(&format!(
-        "SET ROLE {admin}; CREATE ROLE {carol} LOGIN IN ROLE {group}; RESET ROLE",
-        admin = q(&fx.admin),
-        carol = q(&carol),
-        group = q(&fx.group)
-    ))
-    .await;
+    idle_user_of_ours(&fx, &carol).await;
 
     let later = now() + THIRTEEN_HOURS;
     let report = fx.reap_until(later, Some(std::time::Instant::now())).await;

@@ -34,13 +34,19 @@ async fn the_reaper_closes_lost_sessions_locks_idle_users_and_audits_both() {
         assert_eq!(started["status"], "active");
     }
     let bob = connect_as("lp_bob").await.expect("bob logs in");
-    // carol: in the managed group and able to log in, with no session (made by the admin, as
-    // a crash of an older release could leave it); mallory: not ours.
+    // carol: ours and able to log in with no open session (ended, then `ALTER ROLE … LOGIN`);
+    // mallory: not in the group; erin: in the group and able to log in, but with no ledger of
+    // ours (Teleport itself provisioned it).
+    assert_eq!(invoke(&state, Function::SessionStart, session("lp", "s0", "carol")).await.unwrap()["status"], "active");
+    assert_eq!(
+        invoke(&state, Function::SessionEnd, session("lp", "s0", "carol")).await.unwrap()["status"],
+        "deactivated"
+    );
     superuser()
         .await
         .batch_execute(
-            "SET ROLE lp_admin; CREATE ROLE lp_carol LOGIN IN ROLE lp_grp; RESET ROLE;
-             CREATE ROLE lp_mallory LOGIN",
+            "ALTER ROLE lp_carol LOGIN; CREATE ROLE lp_mallory LOGIN;
+             SET ROLE lp_admin; CREATE ROLE lp_erin LOGIN IN ROLE lp_grp; RESET ROLE",
         )
         .await
         .unwrap();
@@ -57,6 +63,7 @@ async fn the_reaper_closes_lost_sessions_locks_idle_users_and_audits_both() {
     assert_eq!(main["closed"][0]["status"], "deactivated");
     assert_eq!(main["locked"], json!(["lp_carol"]));
     assert_eq!(main["left_open"][0]["db_user"], "lp_bob");
+    assert_eq!((&main["unowned_logins"], &summary["unowned_logins"]), (&json!(["lp_erin"]), &json!(1)));
     let down = &summary["databases"][1];
     assert_eq!((&down["database"], &down["kind"]), (&json!("down"), &json!("DatabaseUnreachable")), "{down}");
 
@@ -64,6 +71,7 @@ async fn the_reaper_closes_lost_sessions_locks_idle_users_and_audits_both() {
     assert_eq!(can_login("lp_carol").await, Some(false));
     assert_eq!(can_login("lp_bob").await, Some(true), "a connected user's session stays open");
     assert_eq!(can_login("lp_mallory").await, Some(true), "a role that is not ours is untouched");
+    assert_eq!(can_login("lp_erin").await, Some(true), "a group member whose ledger is not ours is untouched");
 
     let events = drain(&queue).await;
     let audited: Vec<(&str, &str)> =

@@ -144,12 +144,11 @@ async fn functions_run_under_the_lambda_runtime_api() {
     assert_eq!(admin_connections, 2, "{}", watch.log());
 
     // The reaper, as its schedule invokes it, locks a managed user left able to log in with no
-    // session, and leaves kim (five open sessions) alone; `down` cannot be reached.
-    superuser()
-        .await
-        .batch_execute("SET ROLE lt_admin; CREATE ROLE lt_idle LOGIN IN ROLE lt_grp; RESET ROLE")
-        .await
-        .unwrap();
+    // session (ended, then `ALTER ROLE … LOGIN`), and leaves kim (five open sessions) alone;
+    // `down` cannot be reached.
+    assert_eq!(invoke("session-start", session("lt", "i1", "idle")).unwrap()["status"], "active");
+    assert_eq!(invoke("session-end", session("lt", "i1", "idle")).unwrap()["status"], "deactivated");
+    superuser().await.batch_execute("ALTER ROLE lt_idle LOGIN").await.unwrap();
     let scheduled = json!({"version": "0", "id": "5e1f", "detail-type": "Scheduled Event", "source": "aws.events",
                            "account": "123456789012", "time": "2026-11-29T10:00:00Z", "region": "us-east-1",
                            "resources": ["arn:aws:events:us-east-1:123456789012:rule/reaper"], "detail": {}});
