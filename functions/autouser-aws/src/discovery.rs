@@ -7,8 +7,8 @@
 //! and region), otherwise as [`DatabaseConfig::discovered`]: IAM authentication and TLS
 //! verified against the RDS CA bundle. One failing database or region never stops the others.
 
-use autouser_core::config::{Config, DatabaseConfig, Location, RdsLocator};
-use autouser_core::preflight::{self, Report};
+use autouser_engine::preflight::{self, Report};
+use autouser_policy::config::{Config, DatabaseConfig, Location, RdsLocator};
 use futures_util::stream::{self, StreamExt};
 use serde::Serialize;
 

@@ -14,9 +14,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Instant, SystemTime};
 
-use autouser_core::config::{AuthConfig, DatabaseType, ResolvedDatabase};
-use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
-use autouser_core::Error;
+use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_engine::Error;
+use autouser_policy::config::{AuthConfig, DatabaseType, ResolvedDatabase};
 pub use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
@@ -204,14 +204,14 @@ pub(crate) fn describe_sdk_error<
             let err = service.err();
             format!("{}: {}", err.code().unwrap_or("error"), err.message().unwrap_or("no message"))
         }
-        other => autouser_core::pg::error_chain(other),
+        other => autouser_engine::pg::error_chain(other),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use autouser_core::config::{AdminUser, TlsConfig, TlsMode};
+    use autouser_policy::config::{AdminUser, TlsConfig, TlsMode};
 
     fn rds_db(ca_file: Option<&str>) -> ResolvedDatabase {
         ResolvedDatabase {

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use autouser_core::config::{
+use autouser_engine::Error;
+use autouser_policy::config::{
     AdminUser, AuthConfig, Config, DatabaseConfig, Location, RdsLocator, RdsResource, ResolvedDatabase, TagKeys,
 };
-use autouser_core::Error;
 use aws_sdk_rds::error::SdkError;
 use aws_sdk_rds::types::Tag;
 
@@ -205,7 +205,7 @@ pub fn apply_facts(db: &DatabaseConfig, tag_keys: &TagKeys, facts: RdsFacts) -> 
     if matches!(db.auth, AuthConfig::Iam { .. }) && !facts.iam_auth_enabled {
         return Err(Error::IamAuthDisabled { database: db.name.clone(), resource: facts.description });
     }
-    autouser_core::naming::validate_identifier(admin)
+    autouser_policy::naming::validate_identifier(admin)
         .map_err(|e| Error::Credentials(format!("tag {} of {}: {e}", tag_keys.admin_user, facts.description)))?;
     let admin_user = AdminUser {
         name: admin.clone(),

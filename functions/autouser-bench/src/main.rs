@@ -129,7 +129,7 @@ fn machine() -> String {
     )
 }
 
-async fn provisioning_tables(cluster: &Cluster, args: &Args, run: &str) -> Result<(), autouser_core::Error> {
+async fn provisioning_tables(cluster: &Cluster, args: &Args, run: &str) -> Result<(), autouser_engine::Error> {
     let target = Target::new(cluster, cluster.port())?;
     let n = args.iterations;
     let [ours, baseline] = provisioning::warm(&target, n, run).await?;
@@ -190,7 +190,7 @@ async fn provisioning_tables(cluster: &Cluster, args: &Args, run: &str) -> Resul
 }
 
 /// `SELECT` on every table of one schema, granted at start and revoked at end.
-async fn object_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_core::Error> {
+async fn object_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_engine::Error> {
     let began = std::time::Instant::now();
     objects::prepare(cluster, args.tables).await?;
     let setup = began.elapsed();
@@ -223,7 +223,7 @@ async fn object_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_cor
 }
 
 /// The reaper on one database: the steady-state run, and runs that change users.
-async fn reaper_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_core::Error> {
+async fn reaper_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_engine::Error> {
     let changed = (args.reaper_users / 10).max(1);
     let runs = args.reaper_runs.max(1);
     let times = reaper::measure(cluster, args.reaper_users, changed, runs).await?;
@@ -261,9 +261,9 @@ fn latency_row(name: &str, ours: &Samples, baseline: &Samples) {
 }
 
 /// Round trips per operation, counted by a proxy ([`scratch_postgres::RoundTripCounter`]).
-async fn round_trip_table(cluster: &Cluster) -> Result<(), autouser_core::Error> {
+async fn round_trip_table(cluster: &Cluster) -> Result<(), autouser_engine::Error> {
     let counter = scratch_postgres::RoundTripCounter::start(([127, 0, 0, 1], cluster.port()).into()).map_err(|e| {
-        autouser_core::Error::Unreachable { endpoint: "round-trip counter".into(), detail: e.to_string() }
+        autouser_engine::Error::Unreachable { endpoint: "round-trip counter".into(), detail: e.to_string() }
     })?;
     let target = Target::new(cluster, counter.port())?;
     println!("Round trips per operation (counted by a TCP proxy between client and server):\n");

@@ -4,10 +4,11 @@
 
 use std::time::Instant;
 
-use autouser_core::event::SessionEvent;
-use autouser_core::pg::AdminConnection;
-use autouser_core::sql::quote_ident;
-use autouser_core::{engine, request, Error};
+use autouser_engine::pg::AdminConnection;
+use autouser_engine::sql::quote_ident;
+use autouser_engine::{engine, Error};
+use autouser_policy::event::SessionEvent;
+use autouser_policy::request;
 use scratch_postgres::Cluster;
 
 use crate::provisioning::{self, Side, Target, ADMIN, GROUP};
@@ -19,7 +20,7 @@ const SCHEMA: &str = "wide";
 /// Creates database [`DATABASE`] with `tables` empty tables in schema `wide`, which the admin
 /// may grant `SELECT` on, as an application owner would set it up.
 pub async fn prepare(cluster: &Cluster, tables: usize) -> Result<(), Error> {
-    let failed = |e: autouser_core::tokio_postgres::Error| Error::Unreachable {
+    let failed = |e: autouser_engine::tokio_postgres::Error| Error::Unreachable {
         endpoint: "benchmark server".into(),
         detail: format!("creating the object benchmark's tables: {e}"),
     };

@@ -5,12 +5,13 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use autouser_core::config::{Config, ResolvedDatabase};
-use autouser_core::event::SessionEvent;
-use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
-use autouser_core::sql::quote_ident;
-use autouser_core::tokio_postgres::Client;
-use autouser_core::{engine, request, Error};
+use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_engine::sql::quote_ident;
+use autouser_engine::tokio_postgres::Client;
+use autouser_engine::{engine, Error};
+use autouser_policy::config::{Config, ResolvedDatabase};
+use autouser_policy::event::SessionEvent;
+use autouser_policy::request;
 use futures_util::future::join_all;
 use scratch_postgres::Cluster;
 
@@ -86,22 +87,7 @@ pub fn config_text(cluster: &Cluster, port: u16) -> Result<String, Error> {
 /// `grants` says (YAML under `allow`: `db_roles: [...]`, `db_permissions: [...]`).
 pub fn config_with_grants(cluster: &Cluster, port: u16, grants: &str) -> Result<String, Error> {
     let main = scratch_login::database_yaml(cluster, port, "main", ADMIN)?;
-    Ok(format!(
-        r#"
-managed_group: {GROUP:?}
-databases:
-{main}roles:
-  - kind: role
-    version: v7
-    metadata: {{name: bench}}
-    spec:
-      options: {{create_db_user_mode: keep}}
-      allow:
-        db_labels: {{"*": "*"}}
-        db_names: ["*"]
-        {grants}
-"#
-    ))
+    Ok(scratch_login::one_role_config_yaml(GROUP, &main, "bench", "keep", grants))
 }
 
 impl Target {
@@ -304,7 +290,7 @@ pub async fn throughput(
 /// the same catalog as the previous one.
 pub async fn drop_users(cluster: &Cluster, prefix: &str) -> Result<(), Error> {
     let superuser = connect_as(cluster, cluster.superuser()).await?;
-    let failed = |e: autouser_core::tokio_postgres::Error| Error::Unreachable {
+    let failed = |e: autouser_engine::tokio_postgres::Error| Error::Unreachable {
         endpoint: "benchmark server".into(),
         detail: format!("dropping benchmark users: {e}"),
     };

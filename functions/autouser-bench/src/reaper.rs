@@ -4,10 +4,10 @@
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use autouser_core::pg::AdminConnection;
-use autouser_core::reaper::{self, ReapReport};
-use autouser_core::sql::quote_ident;
-use autouser_core::Error;
+use autouser_engine::pg::AdminConnection;
+use autouser_engine::reaper::{self, ReapReport};
+use autouser_engine::sql::quote_ident;
+use autouser_engine::Error;
 use scratch_postgres::Cluster;
 
 use crate::provisioning::{Side, Target};

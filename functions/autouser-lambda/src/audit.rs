@@ -20,8 +20,8 @@
 //! database change is already made, and the log line and the `AuditFailures` metric say so.
 
 use autouser_aws::SdkConfig;
-use autouser_core::outcome::EndStatus;
-use autouser_core::reaper::Closed;
+use autouser_engine::reaper::Closed;
+use autouser_policy::outcome::EndStatus;
 use serde_json::{json, Value};
 
 use crate::bus::EventBus;
@@ -246,7 +246,7 @@ mod tests {
             db_user: "alice".into(),
             session_id: "s1".into(),
             db_name: "app".into(),
-            mode: autouser_core::policy::CreateDbUserMode::BestEffortDrop,
+            mode: autouser_policy::policy::CreateDbUserMode::BestEffortDrop,
             started_at: 1_700_000_000,
             status,
             reason: None,

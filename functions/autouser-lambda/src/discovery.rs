@@ -5,7 +5,7 @@
 
 use autouser_aws::discovery::{DiscoveredDatabase, DiscoveryOptions, DiscoveryReport, DiscoveryStatus};
 use autouser_aws::AwsContext;
-use autouser_core::config::{Config, RdsLocator, RdsResource};
+use autouser_policy::config::{Config, RdsLocator, RdsResource};
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
 

@@ -23,9 +23,10 @@ use std::time::{Instant, SystemTime};
 
 use audit::Auditor;
 use autouser_aws::AwsContext;
-use autouser_core::config::{Config, Overrides};
-use autouser_core::event::SessionEvent;
-use autouser_core::{engine, request, Error};
+use autouser_engine::{engine, Error};
+use autouser_policy::config::{Config, Overrides};
+use autouser_policy::event::SessionEvent;
+use autouser_policy::request;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::{json, Value};
 use tracing::Instrument;
@@ -40,7 +41,7 @@ pub const DEFAULT_EVENT_SOURCE: &str = "autouser";
 /// the TLS handshake) and the wait for the user's lock. An SQS record is started only while
 /// this much of the invocation remains, so that a record never dies with the invocation.
 pub const RECORD_TIME_BUDGET: std::time::Duration = std::time::Duration::from_secs(
-    autouser_core::pg::CONNECT_TIMEOUT.as_secs() + 1 + autouser_core::pg::LOCK_TIMEOUT.as_secs(),
+    autouser_engine::pg::CONNECT_TIMEOUT.as_secs() + 1 + autouser_engine::pg::LOCK_TIMEOUT.as_secs(),
 );
 
 /// Built once per container, outside the handler: config, AWS clients, cached secrets and RDS
@@ -61,7 +62,7 @@ pub enum InitError {
     #[error("set AUTOUSER_CONFIG (the YAML itself) or AUTOUSER_CONFIG_FILE (a bundled file)")]
     NoConfigSource,
     #[error(transparent)]
-    Config(#[from] autouser_core::config::ConfigError),
+    Config(#[from] autouser_policy::config::ConfigError),
     #[error("{0}")]
     Discovery(String),
     #[error("{0}")]

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use autouser_aws::AwsContext;
-use autouser_core::config::ResolvedDatabase;
-use autouser_core::pg::AdminConnection;
-use autouser_core::Error;
+use autouser_engine::pg::AdminConnection;
+use autouser_engine::Error;
+use autouser_policy::config::ResolvedDatabase;
 use tokio::sync::Mutex;
 
 /// Connections older than this are replaced: it bounds how long a rotated credential or a

@@ -1,4 +1,4 @@
-//! The reaper function: on a schedule, runs the core's reaper ([`autouser_core::reaper`]) on
+//! The reaper function: on a schedule, runs the core's reaper ([`autouser_engine::reaper`]) on
 //! every database of the config, a few at a time. Expired sessions of users with no live
 //! connection are closed as their lost session-ends would have, and managed users able to log
 //! in with no open session are locked.
@@ -23,9 +23,9 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use autouser_aws::AwsContext;
-use autouser_core::config::{Config, DatabaseConfig};
-use autouser_core::reaper::{self, ReapReport};
-use autouser_core::{preflight, Error};
+use autouser_engine::reaper::{self, ReapReport};
+use autouser_engine::{preflight, Error};
+use autouser_policy::config::{Config, DatabaseConfig};
 use futures_util::StreamExt;
 use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
@@ -357,9 +357,9 @@ mod tests {
                     db_user: format!("u{i}"),
                     session_id: "s".into(),
                     db_name: "app".into(),
-                    mode: autouser_core::policy::CreateDbUserMode::Keep,
+                    mode: autouser_policy::policy::CreateDbUserMode::Keep,
                     started_at: 0,
-                    status: autouser_core::outcome::EndStatus::Deactivated,
+                    status: autouser_policy::outcome::EndStatus::Deactivated,
                     reason: None,
                 })
                 .collect(),

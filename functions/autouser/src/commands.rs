@@ -4,11 +4,11 @@ use std::io::Read;
 use std::path::Path;
 
 use autouser_aws::AwsContext;
-use autouser_core::config::{AuthConfig, Config, DatabaseConfig, Location, ResolvedDatabase};
-use autouser_core::event::SessionEvent;
-use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
-use autouser_core::request;
-use autouser_core::{engine, preflight, Error};
+use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_engine::{engine, preflight, Error};
+use autouser_policy::config::{AuthConfig, Config, DatabaseConfig, Location, ResolvedDatabase};
+use autouser_policy::event::SessionEvent;
+use autouser_policy::{request, Refusal};
 
 /// Where AWS configuration comes from: the environment (the CLI), or given (the demo, which
 /// points it at a local emulator).
@@ -42,6 +42,12 @@ impl From<Error> for Failure {
             _ => 1,
         };
         Failure { message: format!("{} [{}]", error, error.kind()), exit_code }
+    }
+}
+
+impl From<Refusal> for Failure {
+    fn from(refusal: Refusal) -> Self {
+        Error::from(refusal).into()
     }
 }
 
@@ -150,7 +156,7 @@ async fn reap_database(
     db_config: &DatabaseConfig,
     setup: &AwsSetup,
     now: u64,
-) -> Result<autouser_core::reaper::ReapReport, Error> {
+) -> Result<autouser_engine::reaper::ReapReport, Error> {
     let (db, aws) = resolve_database(config, db_config, setup).await?;
     let admin_db_name = preflight::admin_database(&db);
     let connection = connect(aws.as_ref(), &db, admin_db_name).await?;
@@ -158,7 +164,7 @@ async fn reap_database(
         let (aws, db) = (aws.as_ref(), &db);
         async move { connect(aws, db, &db_name).await }
     };
-    autouser_core::reaper::reap(&connection, admin_db_name, config, &db, now, None, connect_to).await
+    autouser_engine::reaper::reap(&connection, admin_db_name, config, &db, now, None, connect_to).await
 }
 
 /// The event's database, resolved; and the AWS context when the database needs AWS.

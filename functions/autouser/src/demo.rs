@@ -10,8 +10,8 @@
 
 use std::path::{Path, PathBuf};
 
-use autouser_core::sql::{quote_ident, quote_literal};
-use autouser_core::tokio_postgres::Client;
+use autouser_engine::sql::{quote_ident, quote_literal};
+use autouser_engine::tokio_postgres::Client;
 use scratch_postgres::{Cluster, PgInstall};
 
 use crate::commands::{self, AwsSetup, Failure};

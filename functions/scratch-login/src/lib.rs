@@ -1,13 +1,41 @@
 //! Logins to a [`scratch_postgres::Cluster`] as any role: over TLS, verified against the
-//! cluster's CA (`verify-full`), with the role's client certificate, through autouser-core's
+//! cluster's CA (`verify-full`), with the role's client certificate, through the engine's
 //! connector. For tests, the demo and the benchmarks. (`scratch-postgres` itself depends on
 //! no crate of ours, so this lives apart.)
+//!
+//! Also the one place for what the test crates share on top of a login: the test process's
+//! cluster ([`test_cluster`]), the superuser's login ([`superuser`], [`superuser_sql`]), and
+//! configs ([`database_yaml`], [`one_role_config_yaml`]).
 
-use autouser_core::config::TlsMode;
-use autouser_core::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
-use autouser_core::tokio_postgres::Client;
-use autouser_core::Error;
-use scratch_postgres::Cluster;
+use std::sync::OnceLock;
+
+use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_engine::tokio_postgres::Client;
+use autouser_engine::Error;
+use autouser_policy::config::TlsMode;
+use scratch_postgres::{Cluster, PgInstall};
+
+/// The one cluster of a test process, of the installation `AUTOUSER_PG_BIN` names, started at
+/// the first call. Panics when it cannot start: for tests.
+pub fn test_cluster() -> &'static Cluster {
+    static CLUSTER: OnceLock<Cluster> = OnceLock::new();
+    CLUSTER.get_or_init(|| {
+        let install = PgInstall::from_env().expect("a PostgreSQL installation (see scripts/install-deps)");
+        Cluster::start(&install).expect("the test cluster starts")
+    })
+}
+
+/// The cluster's superuser logged in to `dbname`. Panics when it cannot log in: for tests.
+pub async fn superuser(cluster: &Cluster, dbname: &str) -> Client {
+    connect(cluster, cluster.superuser(), dbname).await.expect("superuser connects")
+}
+
+/// Runs `sql` (one or more statements) as the superuser in `postgres`. Panics with the
+/// statements when they fail: for tests.
+pub async fn superuser_sql(cluster: &Cluster, sql: &str) {
+    let client = superuser(cluster, "postgres").await;
+    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+}
 
 /// `user` logged in to `dbname` on `cluster`.
 pub async fn connect(cluster: &Cluster, user: &str, dbname: &str) -> Result<Client, Error> {
@@ -68,5 +96,27 @@ pub fn database_yaml_with_auth(cluster: &Cluster, port: u16, name: &str, admin: 
     tls: {{mode: verify-full, ca_file: {ca:?}}}
 "#,
         ca = cluster.ca_cert_path().display().to_string(),
+    )
+}
+
+/// A config: managed group `group`, the entries `databases` (from [`database_yaml`]), and one
+/// role `role` of mode `mode` for every database, allowing what `allow` adds to `db_labels`
+/// and `db_names` (YAML lines of the `allow` block, the lines after the first indented by
+/// eight spaces: `db_roles: [reader]`, `db_permissions: [...]`).
+pub fn one_role_config_yaml(group: &str, databases: &str, role: &str, mode: &str, allow: &str) -> String {
+    format!(
+        r#"managed_group: {group:?}
+databases:
+{databases}roles:
+  - kind: role
+    version: v7
+    metadata: {{name: {role:?}}}
+    spec:
+      options: {{create_db_user_mode: {mode}}}
+      allow:
+        db_labels: {{"*": "*"}}
+        db_names: ["*"]
+        {allow}
+"#
     )
 }

@@ -1,20 +1,14 @@
 //! One throwaway PostgreSQL per test process, and helpers to set up admins on it.
 
-use std::sync::OnceLock;
+use autouser_engine::sql::{quote_ident, quote_literal};
+use autouser_engine::tokio_postgres::Client;
+use autouser_policy::config::Config;
+use scratch_postgres::PASSWORD_LOGIN_GROUP;
 
-use autouser_core::config::Config;
-use autouser_core::sql::{quote_ident, quote_literal};
-use autouser_core::tokio_postgres::Client;
-use scratch_postgres::{Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
-
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-
-pub fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(|| Cluster::start(&PgInstall::from_env().expect("a PostgreSQL installation")).unwrap())
-}
+pub use scratch_login::test_cluster as cluster;
 
 pub async fn superuser() -> Client {
-    scratch_login::connect(cluster(), "postgres", "postgres").await.unwrap()
+    scratch_login::superuser(cluster(), "postgres").await
 }
 
 /// Creates `admin` (LOGIN CREATEROLE); with a password, as a password-login user.

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use autouser_aws::discovery::{DiscoveryOptions, DiscoveryStatus};
 use autouser_aws::AwsContext;
-use autouser_core::config::{Config, RdsLocator, RdsResource};
+use autouser_policy::config::{Config, RdsLocator, RdsResource};
 use aws_sdk_rds::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_rds::types::Tag;
 use aws_smithy_runtime_api::client::interceptors::context::BeforeTransmitInterceptorContextRef;

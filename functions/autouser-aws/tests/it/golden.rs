@@ -5,8 +5,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use autouser_aws::rds_token::{generate, TokenRequest};
 use autouser_aws::AwsContext;
-use autouser_core::config::{AdminUser, AuthConfig, DatabaseType, ResolvedDatabase, TlsConfig, TlsMode};
-use autouser_core::pg::AdminCredentials;
+use autouser_engine::pg::AdminCredentials;
+use autouser_policy::config::{AdminUser, AuthConfig, DatabaseType, ResolvedDatabase, TlsConfig, TlsMode};
 use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_credential_types::Credentials;

@@ -2,9 +2,9 @@
 //! clock) as the admin's password, and the admin logs in with a freshly generated one.
 
 use autouser_aws::rds_token::{generate, TokenRequest};
-use autouser_core::config::TlsMode;
-use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
-use autouser_core::sql::{quote_ident, quote_literal};
+use autouser_engine::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_engine::sql::{quote_ident, quote_literal};
+use autouser_policy::config::TlsMode;
 use aws_credential_types::Credentials;
 use scratch_postgres::{Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
 
@@ -46,7 +46,7 @@ async fn login(
     tls: &TlsSettings,
     user: &str,
     password: &str,
-) -> Result<autouser_core::tokio_postgres::Client, autouser_core::Error> {
+) -> Result<autouser_engine::tokio_postgres::Client, autouser_engine::Error> {
     let credentials = AdminCredentials::Password(password.to_string());
     pg::connect(&ConnectParams {
         host: cluster.host(),

@@ -1,7 +1,7 @@
 //! `rds:` databases resolved through the RDS API of the emulator.
 
 use autouser_aws::AwsContext;
-use autouser_core::config::{AdminUser, Config, DatabaseType};
+use autouser_policy::config::{AdminUser, Config, DatabaseType};
 use aws_sdk_rds::types::Tag;
 
 use scratch_aws::Moto;
@@ -31,7 +31,7 @@ fn config(rds_yaml: &str) -> Config {
     Config::parse(&text, std::path::Path::new("/")).unwrap()
 }
 
-async fn resolve(rds_yaml: &str) -> Result<autouser_core::config::ResolvedDatabase, autouser_core::Error> {
+async fn resolve(rds_yaml: &str) -> Result<autouser_policy::config::ResolvedDatabase, autouser_engine::Error> {
     let aws = AwsContext::new(Moto::global().sdk_config(None).await);
     let config = config(rds_yaml);
     aws.resolve_database(&config, &config.databases[0]).await

@@ -10,7 +10,7 @@ async fn put_secret(name: &str, text: &str) -> String {
     client.create_secret().name(name).secret_string(text).send().await.unwrap().arn().unwrap().to_string()
 }
 
-async fn connect(admin: &str, auth_yaml: &str) -> Result<String, autouser_core::Error> {
+async fn connect(admin: &str, auth_yaml: &str) -> Result<String, autouser_engine::Error> {
     let aws = AwsContext::new(Moto::global().sdk_config(None).await);
     let config = config(admin, auth_yaml);
     let db = aws.resolve_database(&config, &config.databases[0]).await?;

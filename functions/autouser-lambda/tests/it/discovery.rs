@@ -3,9 +3,9 @@
 
 use autouser_aws::discovery::DiscoveryOptions;
 use autouser_aws::AwsContext;
-use autouser_core::config::Config;
 use autouser_lambda::bus::EventBus;
 use autouser_lambda::discovery::Discovery;
+use autouser_policy::config::Config;
 use lambda_runtime::{Context, LambdaEvent};
 use scratch_aws::Moto;
 use serde_json::{json, Value};

@@ -6,28 +6,22 @@ mod discovery;
 mod reaper;
 mod runtime;
 
-use std::sync::OnceLock;
-
 use autouser_aws::{AwsContext, SdkConfig};
-use autouser_core::config::Config;
-use autouser_core::tokio_postgres::Client;
+use autouser_engine::tokio_postgres::Client;
 use autouser_lambda::{handle, Function, State};
+use autouser_policy::config::Config;
 use lambda_runtime::{Context, LambdaEvent};
-use scratch_postgres::{Cluster, PgInstall};
+
 use serde_json::{json, Value};
 
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-
-fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(|| Cluster::start(&PgInstall::from_env().expect("a PostgreSQL installation")).unwrap())
-}
+use scratch_login::test_cluster as cluster;
 
 async fn superuser() -> Client {
-    connect_as("postgres").await.unwrap()
+    scratch_login::superuser(cluster(), "postgres").await
 }
 
 /// A connection as `user`, with its client certificate.
-async fn connect_as(user: &str) -> Result<Client, autouser_core::Error> {
+async fn connect_as(user: &str) -> Result<Client, autouser_engine::Error> {
     scratch_login::connect(cluster(), user, "postgres").await
 }
 

@@ -4,27 +4,17 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
-use scratch_postgres::{Cluster, PgInstall};
 use serde_json::Value;
 
 mod rds;
 mod teleport_roles;
 
-static CLUSTER: OnceLock<Cluster> = OnceLock::new();
-
-pub(crate) fn cluster() -> &'static Cluster {
-    CLUSTER.get_or_init(|| {
-        let install = PgInstall::from_env().expect("a PostgreSQL installation (see scripts/install-deps)");
-        Cluster::start(&install).expect("the test cluster starts")
-    })
-}
+pub(crate) use scratch_login::test_cluster as cluster;
 
 /// Runs SQL as the superuser.
 pub(crate) async fn superuser_sql(sql: &str) {
-    let client = scratch_login::connect(cluster(), "postgres", "postgres").await.expect("superuser connects");
-    client.batch_execute(sql).await.unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    scratch_login::superuser_sql(cluster(), sql).await;
 }
 
 /// A config file for admin `admin` (created with CREATEROLE and ADMIN OPTION on `reader`),
@@ -40,17 +30,12 @@ async fn setup(ns: &str) -> (tempfile::TempDir, PathBuf) {
     superuser_sql(&sql).await;
     let main = scratch_login::database_yaml(cluster, cluster.port(), "main", &admin).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        r#"managed_group: {ns}_grp
-databases:
-{main}roles:
-  - kind: role
-    version: v7
-    metadata: {{name: devs}}
-    spec:
-      options: {{create_db_user_mode: best_effort_drop}}
-      allow: {{db_labels: {{"*": "*"}}, db_names: ["*"], db_roles: [{reader}]}}
-"#
+    let config = scratch_login::one_role_config_yaml(
+        &format!("{ns}_grp"),
+        &main,
+        "devs",
+        "best_effort_drop",
+        &format!("db_roles: [{reader}]"),
     );
     let path = dir.path().join("config.yaml");
     std::fs::write(&path, config).unwrap();

@@ -1,15 +1,19 @@
 //! The harness itself: TLS, certificate authentication, parallel clusters, crash and restart.
 
-use autouser_core::config::TlsMode;
-use autouser_core::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
-use autouser_core::tokio_postgres::Client;
+use autouser_engine::pg::{self, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_engine::tokio_postgres::Client;
+use autouser_policy::config::TlsMode;
 use scratch_postgres::{process_running, Cluster, PgInstall, PASSWORD_LOGIN_GROUP};
 
 fn install() -> PgInstall {
     PgInstall::from_env().expect("a PostgreSQL installation (see scripts/install-deps)")
 }
 
-async fn connect(cluster: &Cluster, user: &str, credentials: AdminCredentials) -> Result<Client, autouser_core::Error> {
+async fn connect(
+    cluster: &Cluster,
+    user: &str,
+    credentials: AdminCredentials,
+) -> Result<Client, autouser_engine::Error> {
     let tls = TlsSettings { mode: TlsMode::VerifyFull, ca_pem: Some(cluster.ca_cert_pem().to_string()) };
     let params = ConnectParams {
         host: cluster.host(),

@@ -1,0 +1,505 @@
+//! Preflight: checks, as the admin, what the first session-start would otherwise find out
+//! the hard way, each with the exact SQL (or AWS step) that fixes it.
+//!
+//! [`read_facts`] asks the server in two queries; [`evaluate`] turns the facts into findings
+//! without I/O; [`connection_failure`] turns a failed login into a finding; [`bootstrap`]
+//! creates the managed group when it is missing.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::sql::{self, quote_ident};
+use crate::Error;
+use autouser_policy::config::{Config, DatabaseType, ResolvedDatabase, RDS_IAM_ROLE};
+use autouser_policy::plan::Step;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Pass,
+    /// Something a session would need is missing: sessions will fail until it is fixed.
+    Fail,
+    /// Worth a look, but sessions can work.
+    Warn,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    /// Stable name of the check, e.g. `createrole`, `admin_option:reader`.
+    pub check: String,
+    pub status: Status,
+    pub detail: String,
+    /// What to run (SQL as a superuser, the RDS master user, or an AWS step).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn pass(check: impl Into<String>, detail: impl Into<String>) -> Finding {
+        Finding { check: check.into(), status: Status::Pass, detail: detail.into(), fix: None }
+    }
+    fn fail(check: impl Into<String>, detail: impl Into<String>, fix: impl Into<String>) -> Finding {
+        Finding { check: check.into(), status: Status::Fail, detail: detail.into(), fix: Some(fix.into()) }
+    }
+    fn warn(check: impl Into<String>, detail: impl Into<String>, fix: Option<String>) -> Finding {
+        Finding { check: check.into(), status: Status::Warn, detail: detail.into(), fix }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Report {
+    pub database: String,
+    pub endpoint: String,
+    pub admin: String,
+    /// Whether every check passed (warnings allowed).
+    pub ready: bool,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn new(db: &ResolvedDatabase, findings: Vec<Finding>) -> Report {
+        Report {
+            database: db.name.clone(),
+            endpoint: db.endpoint(),
+            admin: db.admin_user.name.clone(),
+            ready: findings.iter().all(|f| f.status != Status::Fail),
+            findings,
+        }
+    }
+
+    /// The report of an admin that could not log in.
+    pub fn login_failed(db: &ResolvedDatabase, error: &Error) -> Report {
+        Report::new(db, vec![connection_failure(error)])
+    }
+
+    /// For people: one line per check, fixes indented below failures and warnings.
+    pub fn to_text(&self) -> String {
+        let mut text = format!(
+            "database {} ({}) as admin {}: {}\n",
+            self.database,
+            self.endpoint,
+            self.admin,
+            if self.ready { "ready" } else { "NEEDS ATTENTION" }
+        );
+        for finding in &self.findings {
+            let mark = match finding.status {
+                Status::Pass => "ok  ",
+                Status::Fail => "FAIL",
+                Status::Warn => "warn",
+            };
+            text.push_str(&format!("  {mark} {}: {}\n", finding.check, finding.detail));
+            if let Some(fix) = &finding.fix {
+                text.push_str(&format!("       fix: {fix}\n"));
+            }
+        }
+        text
+    }
+}
+
+/// The database the admin logs in to for checks: its default database, or `postgres`.
+pub fn admin_database(db: &ResolvedDatabase) -> &str {
+    db.admin_user.default_database.as_deref().unwrap_or("postgres")
+}
+
+/// Reads the facts and evaluates them; the facts are returned for [`bootstrap`].
+pub async fn check(client: &Client, config: &Config, db: &ResolvedDatabase) -> Result<(Report, ServerFacts), Error> {
+    let facts = read_facts(client, config, &roles_to_check(config, db)).await?;
+    Ok((Report::new(db, evaluate(config, db, &facts)), facts))
+}
+
+/// What the server says about the admin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminFacts {
+    pub admin: String,
+    pub server_version_num: i32,
+    pub superuser: bool,
+    pub createrole: bool,
+    pub read_only: bool,
+    pub in_recovery: bool,
+}
+
+/// What the server says about one role the admin must manage or grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleFacts {
+    pub name: String,
+    pub exists: bool,
+    pub superuser: bool,
+    /// The admin is a member of it (directly or not).
+    pub admin_is_member: bool,
+    /// The admin holds it WITH ADMIN OPTION (or is a superuser).
+    pub admin_option: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerFacts {
+    pub admin: AdminFacts,
+    pub roles: Vec<RoleFacts>,
+    /// Login roles outside the managed group (not superusers, not the admin, not built-in),
+    /// the first few by name, and how many there are.
+    pub unmanaged_logins: Vec<String>,
+    pub unmanaged_login_count: i64,
+}
+
+impl ServerFacts {
+    fn role(&self, name: &str) -> Option<&RoleFacts> {
+        self.roles.iter().find(|r| r.name == name)
+    }
+}
+
+const ADMIN_FACTS: &str = "\
+SELECT current_user::text,
+       pg_catalog.current_setting('server_version_num')::int,
+       r.rolsuper, r.rolcreaterole,
+       pg_catalog.current_setting('transaction_read_only') = 'on',
+       pg_catalog.pg_is_in_recovery()
+  FROM pg_catalog.pg_roles r WHERE r.rolname = current_user";
+
+/// `$1`: role names. One row per name, whether the role exists or not.
+const ROLE_FACTS: &str = "\
+SELECT n.name, r.oid IS NOT NULL, COALESCE(r.rolsuper, false),
+       r.oid IS NOT NULL AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER'),
+       r.oid IS NOT NULL AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION')
+  FROM pg_catalog.unnest($1::text[]) AS n(name)
+  LEFT JOIN pg_catalog.pg_roles r ON r.rolname = n.name
+ ORDER BY n.name";
+
+/// `$1`: the managed group. Login roles a person's session would collide with: not in the
+/// group, not superusers, not the admin, not built-in (`pg_*`, `rds*`).
+const UNMANAGED_LOGINS: &str = "\
+WITH unmanaged AS (
+  SELECT r.rolname FROM pg_catalog.pg_roles r
+   WHERE r.rolcanlogin AND NOT r.rolsuper AND r.rolname <> current_user
+     AND r.rolname !~ '^(pg_|rds)'
+     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                       JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+                      WHERE m.member = r.oid AND g.rolname = $1::text))
+SELECT ARRAY(SELECT rolname::text FROM unmanaged ORDER BY 1 LIMIT 10), (SELECT count(*) FROM unmanaged)";
+
+/// The roles preflight asks about on `db`: the managed group, `rds_iam` on RDS,
+/// `rds_superuser` when the policy grants it, and every literal role the policy could grant.
+pub fn roles_to_check(config: &Config, db: &ResolvedDatabase) -> BTreeSet<String> {
+    let mut roles = config.policy.grantable_roles(&db.labels).literal;
+    roles.insert(config.managed_group.clone());
+    if db.db_type == DatabaseType::Rds {
+        roles.insert(RDS_IAM_ROLE.to_string());
+    }
+    roles
+}
+
+pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<String>) -> Result<ServerFacts, Error> {
+    let failed = |source| Error::Postgres { action: "preflight".into(), endpoint: String::new(), source };
+    let row = client.query_one(ADMIN_FACTS, &[]).await.map_err(failed)?;
+    let admin = AdminFacts {
+        admin: row.get(0),
+        server_version_num: row.get(1),
+        superuser: row.get(2),
+        createrole: row.get(3),
+        read_only: row.get(4),
+        in_recovery: row.get(5),
+    };
+    let names: Vec<&str> = roles.iter().map(String::as_str).collect();
+    let roles = client
+        .query(ROLE_FACTS, &[&names])
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|row| RoleFacts {
+            name: row.get(0),
+            exists: row.get(1),
+            superuser: row.get(2),
+            admin_is_member: row.get(3),
+            admin_option: row.get(4),
+        })
+        .collect();
+    let row = client.query_one(UNMANAGED_LOGINS, &[&config.managed_group]).await.map_err(failed)?;
+    Ok(ServerFacts { admin, roles, unmanaged_logins: row.get(0), unmanaged_login_count: row.get(1) })
+}
+
+/// The findings for `db` given what the server said. Pure.
+pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> Vec<Finding> {
+    let admin = &facts.admin.admin;
+    let admin_sql = quote_ident(admin);
+    let needs_admin_option = facts.admin.server_version_num >= 160000 && !facts.admin.superuser;
+    let grant_with_admin = |role: &str| format!("GRANT {} TO {admin_sql} WITH ADMIN OPTION;", quote_ident(role));
+    let mut findings = vec![Finding::pass("login", format!("admin {admin:?} logged in"))];
+
+    if facts.admin.read_only || facts.admin.in_recovery {
+        let what = if facts.admin.in_recovery { "a standby (in recovery)" } else { "read-only" };
+        findings.push(Finding::fail(
+            "writable",
+            format!("{} is {what}: sessions cannot create or change users there", db.endpoint()),
+            "point the config at the primary (for Aurora, the cluster's writer endpoint)",
+        ));
+    } else {
+        findings.push(Finding::pass("writable", "the endpoint takes writes"));
+    }
+
+    if facts.admin.superuser || facts.admin.createrole {
+        findings.push(Finding::pass("createrole", "the admin can create roles"));
+    } else {
+        findings.push(Finding::fail(
+            "createrole",
+            format!("admin {admin:?} cannot create roles"),
+            format!("ALTER ROLE {admin_sql} CREATEROLE;"),
+        ));
+    }
+
+    if db.db_type == DatabaseType::Rds {
+        match facts.role(RDS_IAM_ROLE) {
+            Some(rds_iam) if !rds_iam.exists => findings.push(Finding::fail(
+                "rds_iam",
+                "role rds_iam does not exist: this is not an RDS or Aurora PostgreSQL server",
+                "set `type: self-hosted` for this database",
+            )),
+            Some(rds_iam) if !rds_iam.admin_option && needs_admin_option => findings.push(Finding::fail(
+                "rds_iam",
+                format!("admin {admin:?} does not hold rds_iam WITH ADMIN OPTION, so it cannot grant it to users"),
+                grant_with_admin(RDS_IAM_ROLE),
+            )),
+            Some(rds_iam) if !rds_iam.admin_option => findings.push(Finding::warn(
+                "rds_iam",
+                format!(
+                    "admin {admin:?} does not hold rds_iam WITH ADMIN OPTION: CREATEROLE suffices before \
+                     PostgreSQL 16, but sessions will fail after an upgrade to 16 or later"
+                ),
+                Some(grant_with_admin(RDS_IAM_ROLE)),
+            )),
+            _ => findings.push(Finding::pass("rds_iam", "the admin holds rds_iam WITH ADMIN OPTION")),
+        }
+    }
+
+    let group = &config.managed_group;
+    match facts.role(group) {
+        Some(facts_of) if facts_of.exists && needs_admin_option && !facts_of.admin_option => {
+            findings.push(Finding::fail(
+                "managed_group",
+                format!("admin {admin:?} lacks ADMIN OPTION on the managed group {group:?} (PostgreSQL 16+)"),
+                grant_with_admin(group),
+            ))
+        }
+        Some(facts_of) if facts_of.exists => {
+            findings.push(Finding::pass("managed_group", format!("{group:?} exists and the admin can grant it")))
+        }
+        _ if facts.admin.superuser || facts.admin.createrole => findings.push(Finding::pass(
+            "managed_group",
+            format!("{group:?} does not exist yet; the admin will create it (discovery or the first session)"),
+        )),
+        _ => findings.push(Finding::fail(
+            "managed_group",
+            format!("{group:?} does not exist and the admin cannot create it"),
+            format!("CREATE ROLE {} NOLOGIN; {}", quote_ident(group), grant_with_admin(group)),
+        )),
+    }
+
+    let grantable = config.policy.grantable_roles(&db.labels);
+    for role in &grantable.literal {
+        let check = format!("db_role:{role}");
+        let Some(role_facts) = facts.role(role).filter(|r| r.exists) else {
+            findings.push(Finding::fail(
+                check,
+                format!("the policy can grant {role:?}, which does not exist: create it, or remove it from the policy"),
+                format!("CREATE ROLE {} NOLOGIN;", quote_ident(role)),
+            ));
+            continue;
+        };
+        if role == "rds_superuser" {
+            let ok = facts.admin.superuser || role_facts.admin_is_member;
+            findings.push(Finding::warn(
+                check,
+                format!(
+                    "the policy can grant rds_superuser; the admin {} a member of rds_superuser, which granting it \
+                     requires",
+                    if ok { "is" } else { "is NOT" }
+                ),
+                (!ok).then(|| grant_with_admin("rds_superuser")),
+            ));
+            continue;
+        }
+        if role_facts.superuser {
+            findings.push(Finding::warn(
+                check,
+                format!("{role:?} is a superuser role; pg-autouser never grants it, so sessions asking for it fail"),
+                Some("remove it from the policy".into()),
+            ));
+        } else if needs_admin_option && !role_facts.admin_option {
+            findings.push(Finding::fail(
+                check,
+                format!("admin {admin:?} lacks ADMIN OPTION on {role:?}, so it cannot grant it (PostgreSQL 16+)"),
+                grant_with_admin(role),
+            ));
+        } else {
+            findings.push(Finding::pass(check, format!("the admin can grant {role:?}")));
+        }
+    }
+    if facts.unmanaged_login_count > 0 {
+        findings.push(Finding::warn(
+            "unmanaged_users",
+            format!(
+                "{} login role(s) are not in {group:?} (for example {}): pg-autouser never touches them, and \
+                 refuses the session of a person whose database user name is one of them (UserConflict)",
+                facts.unmanaged_login_count,
+                facts.unmanaged_logins.join(", ")
+            ),
+            Some(format!("to hand one over to pg-autouser: GRANT {} TO <role>;", quote_ident(group))),
+        ));
+    }
+    for entry in &grantable.templated {
+        findings.push(Finding::warn(
+            format!("db_role:{entry}"),
+            "depends on each person's traits, so it cannot be checked ahead of a session",
+            None,
+        ));
+    }
+    findings
+}
+
+/// The finding for an admin that could not log in (or whose database could not be resolved).
+pub fn connection_failure(error: &Error) -> Finding {
+    let fix = match error {
+        Error::MissingConnect { admin, db_name } => {
+            Some(format!("GRANT CONNECT ON DATABASE {} TO {};", quote_ident(db_name), quote_ident(admin)))
+        }
+        Error::IamAuthDisabled { resource, .. } => Some(format!(
+            "enable IAM database authentication on {resource}: aws rds modify-db-instance (or modify-db-cluster) \
+             --enable-iam-database-authentication --apply-immediately"
+        )),
+        Error::NotManaged { tag, .. } => Some(format!("tag the resource {tag}=<admin user>")),
+        Error::AdminAuthFailed { .. } => Some(
+            "check the admin's credentials; on RDS, that the admin holds rds_iam and the function may \
+             rds-db:connect as it; self-hosted, pg_hba.conf (hostssl … cert) and the certificate's CN"
+                .into(),
+        ),
+        Error::Unreachable { .. } => Some("check the endpoint, security groups and routes from the function".into()),
+        _ => None,
+    };
+    Finding { check: "login".into(), status: Status::Fail, detail: error.to_string(), fix }
+}
+
+/// Creates what can be created safely ahead of the first session: the managed group.
+/// Returns the statements it ran.
+pub async fn bootstrap(client: &Client, config: &Config, facts: &ServerFacts) -> Result<Vec<String>, Error> {
+    let group = &config.managed_group;
+    let exists = facts.role(group).is_some_and(|r| r.exists);
+    if exists || !(facts.admin.superuser || facts.admin.createrole) || facts.admin.read_only {
+        return Ok(Vec::new());
+    }
+    let statement = sql::render(&Step::CreateGroup { group: group.clone() });
+    match client.batch_execute(&statement).await {
+        Ok(()) => Ok(vec![statement]),
+        // Created meanwhile by a session: what we wanted.
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(Vec::new()),
+        Err(source) => {
+            Err(Error::Postgres { action: "creating the managed group".into(), endpoint: String::new(), source })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(db_roles: &str) -> Config {
+        let text = format!(
+            r#"
+databases:
+  - {{name: main, type: rds, uri: "db:5432", labels: {{env: prod}}, admin_user: {{name: admin}},
+     auth: {{method: password, password_env: PW}}, tls: {{mode: verify-full, ca_file: /ca.pem}}}}
+roles:
+  - kind: role
+    version: v7
+    metadata: {{name: devs}}
+    spec:
+      options: {{create_db_user_mode: keep}}
+      allow: {{db_labels: {{env: prod}}, db_names: ["*"], db_roles: {db_roles}}}
+"#
+        );
+        Config::parse(&text, std::path::Path::new("/")).unwrap()
+    }
+
+    fn facts(version: i32, roles: &[(&str, bool, bool, bool)]) -> ServerFacts {
+        ServerFacts {
+            admin: AdminFacts {
+                admin: "admin".into(),
+                server_version_num: version,
+                superuser: false,
+                createrole: true,
+                read_only: false,
+                in_recovery: false,
+            },
+            roles: roles
+                .iter()
+                .map(|(name, superuser, admin_is_member, admin_option)| RoleFacts {
+                    name: name.to_string(),
+                    exists: true,
+                    superuser: *superuser,
+                    admin_is_member: *admin_is_member,
+                    admin_option: *admin_option,
+                })
+                .collect(),
+            unmanaged_logins: Vec::new(),
+            unmanaged_login_count: 0,
+        }
+    }
+
+    fn status_of(findings: &[Finding], check: &str) -> Status {
+        findings.iter().find(|f| f.check == check).unwrap_or_else(|| panic!("no {check}")).status
+    }
+
+    #[test]
+    fn rds_superuser_in_the_policy_needs_an_rds_superuser_admin() {
+        let config = config("[rds_superuser]");
+        let db = config.databases[0].resolve_static().unwrap();
+        let without = facts(160000, &[("rds_iam", false, true, true), ("rds_superuser", false, false, false)]);
+        let findings = evaluate(&config, &db, &without);
+        let finding = findings.iter().find(|f| f.check == "db_role:rds_superuser").unwrap();
+        assert_eq!(finding.status, Status::Warn);
+        assert!(finding.detail.contains("is NOT a member"), "{finding:?}");
+        assert_eq!(finding.fix.as_deref(), Some("GRANT \"rds_superuser\" TO \"admin\" WITH ADMIN OPTION;"));
+        let with = facts(160000, &[("rds_iam", false, true, true), ("rds_superuser", false, true, true)]);
+        assert_eq!(
+            evaluate(&config, &db, &with).iter().find(|f| f.check == "db_role:rds_superuser").unwrap().fix,
+            None
+        );
+    }
+
+    #[test]
+    fn superuser_roles_in_the_policy_are_a_warning() {
+        let config = config("[boss]");
+        let db = config.databases[0].resolve_static().unwrap();
+        let findings =
+            evaluate(&config, &db, &facts(150000, &[("rds_iam", false, true, true), ("boss", true, false, false)]));
+        assert_eq!(status_of(&findings, "db_role:boss"), Status::Warn);
+        assert_eq!(status_of(&findings, "rds_iam"), Status::Pass);
+    }
+
+    #[test]
+    fn unmanaged_login_roles_are_a_warning_naming_them() {
+        let config = config("[]");
+        let db = config.databases[0].resolve_static().unwrap();
+        let mut with_bob = facts(170000, &[("rds_iam", false, true, true)]);
+        with_bob.unmanaged_logins = vec!["bob".into(), "carol".into()];
+        with_bob.unmanaged_login_count = 12;
+        let findings = evaluate(&config, &db, &with_bob);
+        let warning = findings.iter().find(|f| f.check == "unmanaged_users").unwrap();
+        assert_eq!(warning.status, Status::Warn);
+        assert!(warning.detail.starts_with("12 login role(s)") && warning.detail.contains("bob, carol"), "{warning:?}");
+        assert!(Report::new(&db, findings).ready, "a warning does not block");
+        let findings = evaluate(&config, &db, &facts(170000, &[("rds_iam", false, true, true)]));
+        assert!(findings.iter().all(|f| f.check != "unmanaged_users"));
+    }
+
+    #[test]
+    fn a_standby_fails_the_writable_check_and_needs_the_writer() {
+        let config = config("[]");
+        let db = config.databases[0].resolve_static().unwrap();
+        let mut standby = facts(170000, &[("rds_iam", false, true, true)]);
+        standby.admin.in_recovery = true;
+        let findings = evaluate(&config, &db, &standby);
+        let writable = findings.iter().find(|f| f.check == "writable").unwrap();
+        assert_eq!(writable.status, Status::Fail);
+        assert!(writable.detail.contains("standby"), "{writable:?}");
+        assert!(!Report::new(&db, findings).ready);
+    }
+}

@@ -1,0 +1,375 @@
+//! The reaper: closes what lost session-ends leave behind.
+//!
+//! For one managed database it lists the managed users in one query and decides, without I/O
+//! ([`decide`]):
+//! - a session older than `max_session_duration` whose user has no live connection on the
+//!   server is closed as its session-end would have (the mode recorded at its start);
+//! - a session that old whose user is still connected is left open and reported;
+//! - a managed user that can log in with no open session is locked (`NOLOGIN`, roles
+//!   stripped, as `keep` does);
+//! - a member of the managed group whose comment holds no pg-autouser ledger is someone
+//!   else's (Teleport itself provisioned it, or a second admin): it is reported when it can
+//!   log in, and never acted on.
+//!
+//! Every action then runs through the engine, under the user's lock and ledger guard, and is
+//! planned again from what it reads there: a session that opened since the list was read
+//! makes the lock a no-op, and an end already applied makes the close one. So the reaper is
+//! safe alongside session-start, session-end and other reapers. It only ever lists members of
+//! the managed group, and acts only on those whose ledger it wrote.
+//!
+//! A run given a stop time starts no action after it: what is left is counted as deferred,
+//! and the next run decides it again.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::engine;
+use crate::pg::AdminConnection;
+use crate::sql;
+use crate::Error;
+use autouser_policy::config::{Config, ResolvedDatabase};
+use autouser_policy::ledger::{is_pg_autouser_ledger, Ledger, SessionRecord};
+use autouser_policy::outcome::EndStatus;
+use autouser_policy::policy::CreateDbUserMode;
+use autouser_policy::request::{EndRequest, Target};
+
+/// A member of the managed group, as listed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedUser {
+    pub name: String,
+    pub can_login: bool,
+    pub ledger: Option<String>,
+    /// Live connections of the user on the whole server.
+    pub connections: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Close { user: String, session_id: String, record: SessionRecord },
+    Lock { user: String },
+}
+
+/// What [`decide`] found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Decisions {
+    pub actions: Vec<Action>,
+    pub left_open: Vec<LeftOpen>,
+    pub failed: Vec<Failed>,
+    /// Members of the managed group able to log in whose ledger pg-autouser did not write.
+    pub unowned_logins: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LeftOpen {
+    pub db_user: String,
+    pub session_id: String,
+    pub started_at: u64,
+    pub connections: i32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Closed {
+    pub db_user: String,
+    pub session_id: String,
+    pub db_name: String,
+    pub mode: CreateDbUserMode,
+    pub started_at: u64,
+    /// `deactivated` or `dropped` when it was the user's last session, `in_use` otherwise.
+    pub status: EndStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failed {
+    pub db_user: String,
+    pub kind: String,
+    pub error: String,
+}
+
+/// What one run did on one database.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReapReport {
+    pub database: String,
+    pub managed_users: usize,
+    /// Sessions closed as their session-end would have. A session that a session-end or
+    /// another reaper closed first is not listed.
+    pub closed: Vec<Closed>,
+    /// Users locked because they could log in with no open session.
+    pub locked: Vec<String>,
+    /// Expired sessions kept because their user is still connected.
+    pub left_open: Vec<LeftOpen>,
+    pub failed: Vec<Failed>,
+    /// Members of the managed group able to log in whose comment holds no pg-autouser ledger:
+    /// provisioned by someone else (Teleport itself during a migration, a second admin). They
+    /// are reported, never locked or closed.
+    pub unowned_logins: Vec<String>,
+    /// Closes and locks not started because the run's stop time had come; the next run
+    /// decides them again.
+    pub deferred: usize,
+}
+
+/// The actions for `users` at `now` (Unix seconds).
+pub fn decide(users: &[ManagedUser], now: u64, max_session_duration: Duration) -> Decisions {
+    let mut decisions = Decisions::default();
+    for user in users {
+        if !is_pg_autouser_ledger(user.ledger.as_deref()) {
+            if user.can_login {
+                decisions.unowned_logins.push(user.name.clone());
+            }
+            continue;
+        }
+        let ledger = match Ledger::from_comment(&user.name, user.ledger.as_deref()) {
+            Ok(ledger) => ledger,
+            Err(error) => {
+                decisions.failed.push(Failed {
+                    db_user: user.name.clone(),
+                    kind: "LedgerUnreadable".into(),
+                    error: error.to_string(),
+                });
+                continue;
+            }
+        };
+        let expired = |record: &SessionRecord| record.started_at.saturating_add(max_session_duration.as_secs()) <= now;
+        for (session_id, record) in ledger.sessions.iter().filter(|(_, record)| expired(record)) {
+            if user.connections > 0 {
+                decisions.left_open.push(LeftOpen {
+                    db_user: user.name.clone(),
+                    session_id: session_id.clone(),
+                    started_at: record.started_at,
+                    connections: user.connections,
+                });
+            } else {
+                decisions.actions.push(Action::Close {
+                    user: user.name.clone(),
+                    session_id: session_id.clone(),
+                    record: record.clone(),
+                });
+            }
+        }
+        // The lock also strips its roles; the engine decides that under the user's lock.
+        if ledger.sessions.is_empty() && user.can_login {
+            decisions.actions.push(Action::Lock { user: user.name.clone() });
+        }
+    }
+    decisions
+}
+
+/// One run on `db`, over `connection` (logged in to `admin_db_name`), as of `now` (Unix
+/// seconds). When the policy grants object permissions, a session is closed in its own
+/// database, through `connect_to`. No action starts after `stop_at`.
+pub async fn reap<C, Fut>(
+    connection: &AdminConnection,
+    admin_db_name: &str,
+    config: &Config,
+    db: &ResolvedDatabase,
+    now: u64,
+    stop_at: Option<Instant>,
+    connect_to: C,
+) -> Result<ReapReport, Error>
+where
+    C: Fn(String) -> Fut,
+    Fut: Future<Output = Result<AdminConnection, Error>>,
+{
+    let rows =
+        connection.client().query(sql::LIST_MANAGED_USERS, &[&config.managed_group]).await.map_err(|source| {
+            Error::Postgres { action: "listing the managed users".into(), endpoint: db.endpoint(), source }
+        })?;
+    let users: Vec<ManagedUser> = rows
+        .iter()
+        .map(|row| ManagedUser {
+            name: row.get("name"),
+            can_login: row.get("can_login"),
+            ledger: row.get("ledger"),
+            connections: row.get("connections"),
+        })
+        .collect();
+    let decisions = decide(&users, now, config.max_session_duration);
+    let mut report = ReapReport {
+        database: db.name.clone(),
+        managed_users: users.len(),
+        closed: Vec::new(),
+        locked: Vec::new(),
+        left_open: decisions.left_open,
+        failed: decisions.failed,
+        unowned_logins: decisions.unowned_logins,
+        deferred: 0,
+    };
+    let target = |user: &str, session_id: &str, database: &str, db_name: &str| Target {
+        session_id: session_id.to_string(),
+        person: user.to_string(),
+        db_user: user.to_string(),
+        database: database.to_string(),
+        db_name: db_name.to_string(),
+        admin_db_name: admin_db_name.to_string(),
+        admin: db.admin_user.name.clone(),
+        managed_group: config.managed_group.clone(),
+        endpoint: db.endpoint(),
+    };
+    let failed = |user: &str, error: Error| Failed {
+        db_user: user.to_string(),
+        kind: error.kind().into(),
+        error: error.to_string(),
+    };
+    let revokes_db_permissions = config.policy.has_db_permissions();
+    let terminate_connections = config.terminate_connections;
+    let mut other_databases: Vec<(String, AdminConnection)> = Vec::new();
+    let mut actions = decisions.actions.into_iter();
+    while let Some(action) = actions.next() {
+        if stop_at.is_some_and(|stop_at| Instant::now() >= stop_at) {
+            report.deferred = 1 + actions.len();
+            break;
+        }
+        match action {
+            Action::Close { user, session_id, record } => {
+                let mut target = target(&user, &session_id, &record.database, &record.db_name);
+                // Object privileges are revoked by an end in the session's own database: where
+                // the session was granted some, whatever the policy says now.
+                let revokes_db_permissions = revokes_db_permissions || record.db_permissions.is_some();
+                let connection = if revokes_db_permissions && record.db_name != admin_db_name {
+                    target.admin_db_name = record.db_name.clone();
+                    connection_to(&mut other_databases, &record.db_name, &connect_to).await
+                } else {
+                    Ok(connection)
+                };
+                let request = EndRequest {
+                    target,
+                    revokes_db_permissions,
+                    terminate_connections,
+                    redelivery_window_secs: config.redelivery_window.as_secs(),
+                };
+                let result = match connection {
+                    Ok(connection) => engine::session_end(connection, &request).await,
+                    Err(error) => Err(error),
+                };
+                // The close may have been applied: a new connection finds out, so that what it
+                // did is reported (and audited).
+                let result = match result {
+                    Err(Error::EndUnconfirmed { planned, .. }) => {
+                        match connect_to(request.target.admin_db_name.clone()).await {
+                            Ok(fresh) => engine::confirm_end(&fresh, &request, *planned).await,
+                            Err(error) => Err(error),
+                        }
+                    }
+                    result => result,
+                };
+                match result {
+                    // Closed meanwhile, by its late session-end or by another reaper.
+                    Ok(outcome) if outcome.status == EndStatus::Noop => {}
+                    Ok(outcome) => {
+                        tracing::info!(db_user = %user, session_id = %session_id, status = ?outcome.status,
+                            started_at = record.started_at, "reaper closed an expired session");
+                        report.closed.push(Closed {
+                            db_user: user,
+                            session_id,
+                            db_name: record.db_name,
+                            mode: record.mode,
+                            started_at: record.started_at,
+                            status: outcome.status,
+                            reason: outcome.reason,
+                        });
+                    }
+                    Err(error) => report.failed.push(failed(&user, error)),
+                }
+            }
+            Action::Lock { user } => match engine::lock_idle_user(
+                connection,
+                &target(&user, "", &db.name, admin_db_name),
+                config.terminate_connections,
+            )
+            .await
+            {
+                Ok(true) => {
+                    tracing::info!(db_user = %user, "reaper locked a managed user with no open session");
+                    report.locked.push(user);
+                }
+                Ok(false) => {}
+                Err(error) => report.failed.push(failed(&user, error)),
+            },
+        }
+    }
+    Ok(report)
+}
+
+/// A connection to `db_name`, opened once per run.
+async fn connection_to<'a, C, Fut>(
+    open: &'a mut Vec<(String, AdminConnection)>,
+    db_name: &str,
+    connect_to: &C,
+) -> Result<&'a AdminConnection, Error>
+where
+    C: Fn(String) -> Fut,
+    Fut: Future<Output = Result<AdminConnection, Error>>,
+{
+    if let Some(index) = open.iter().position(|(name, _)| name == db_name) {
+        return Ok(&open[index].1);
+    }
+    let connection = connect_to(db_name.to_string()).await?;
+    open.push((db_name.to_string(), connection));
+    Ok(&open.last().expect("just pushed").1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ledger(sessions: &[(&str, u64)]) -> Option<String> {
+        let mut ledger = Ledger::default();
+        for (id, started_at) in sessions {
+            ledger.sessions.insert(
+                id.to_string(),
+                SessionRecord {
+                    mode: CreateDbUserMode::Keep,
+                    database: "orders".into(),
+                    db_name: "app".into(),
+                    db_roles: Default::default(),
+                    started_at: *started_at,
+                    db_permissions: None,
+                },
+            );
+        }
+        Some(ledger.to_comment())
+    }
+
+    fn user(name: &str, can_login: bool, ledger: Option<String>, connections: i32) -> ManagedUser {
+        ManagedUser { name: name.into(), can_login, ledger, connections }
+    }
+
+    const HOUR: u64 = 3600;
+
+    #[test]
+    fn expired_sessions_of_disconnected_users_are_closed_and_idle_users_locked() {
+        let now = 100 * HOUR;
+        let max = Duration::from_secs(12 * HOUR);
+        let users = [
+            user("expired", true, ledger(&[("old", now - 13 * HOUR), ("new", now - HOUR)]), 0),
+            user("connected", true, ledger(&[("old", now - 13 * HOUR)]), 2),
+            user("idle", true, ledger(&[]), 0),
+            user("locked", false, None, 0),
+            user("fresh", true, ledger(&[("s", now - 12 * HOUR + 1)]), 0),
+            user("broken", true, Some(r#"{"managed_by":"pg-autouser","format":9}"#.into()), 0),
+            user("teleports", true, Some("provisioned by Teleport".into()), 0),
+            user("teleports-locked", false, None, 0),
+        ];
+        let decisions = decide(&users, now, max);
+        assert_eq!(decisions.actions.len(), 2, "{decisions:?}");
+        assert!(
+            matches!(&decisions.actions[0], Action::Close { user, session_id, .. } if user == "expired" && session_id == "old")
+        );
+        assert_eq!(decisions.actions[1], Action::Lock { user: "idle".into() });
+        assert_eq!(decisions.left_open.len(), 1);
+        assert_eq!(decisions.left_open[0].db_user, "connected");
+        assert_eq!(decisions.failed.len(), 1);
+        assert_eq!(decisions.failed[0].db_user, "broken");
+        assert_eq!(decisions.unowned_logins, vec!["teleports".to_string()]);
+    }
+
+    #[test]
+    fn exactly_max_session_duration_is_expired() {
+        let users = [user("u", true, ledger(&[("s", 0)]), 0)];
+        assert_eq!(decide(&users, 11, Duration::from_secs(12)).actions, vec![]);
+        assert_eq!(decide(&users, 12, Duration::from_secs(12)).actions.len(), 1);
+    }
+}

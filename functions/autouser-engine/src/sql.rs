@@ -1,0 +1,899 @@
+//! All SQL text of pg-autouser, in one place for reviewers.
+//!
+//! Invariants:
+//! - identifiers go through [`quote_ident`] and nothing else;
+//! - values go through bind parameters where PostgreSQL allows them; utility statements
+//!   (`CREATE ROLE`, `GRANT`, `COMMENT ON`, `DO`) accept no parameters, so their values go
+//!   through [`quote_literal`] and nothing else.
+//!
+//! Both wrap `postgres_protocol::escape`, which doubles quotes and uses the `E''` form when a
+//! value holds a backslash, so the result is correct whatever `standard_conforming_strings` is.
+
+use autouser_policy::ledger::{ENDED_SESSIONS_HEADER, GROUP_ENDED_SESSIONS_KEPT, STARTED_AT_SERVER_CLOCK};
+use autouser_policy::permissions::{
+    ObjectBatch, ObjectKind, ObjectRef, ROUTINE_PRIVILEGES, SEQUENCE_PRIVILEGES, TABLE_PRIVILEGES,
+};
+use autouser_policy::plan::Step;
+use autouser_policy::stable_hash;
+
+/// Quotes a role or object name as a PostgreSQL identifier. The caller must have refused
+/// names with NUL bytes ([`autouser_policy::naming::validate_identifier`]).
+pub fn quote_ident(name: &str) -> String {
+    postgres_protocol::escape::escape_identifier(name)
+}
+
+/// Quotes a value as a PostgreSQL string literal.
+pub fn quote_literal(value: &str) -> String {
+    postgres_protocol::escape::escape_literal(value)
+}
+
+/// Serialises provisioning of one database user across concurrent calls on one database.
+/// Advisory locks are per database; [`Step::Guard`] covers calls through other databases.
+/// `$1` is [`user_lock_key`].
+pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock($1::bigint)";
+
+/// Everything the planner needs to know, in one round trip.
+/// `$1` user name, `$2` managed group, `$3` names of roles the plan may grant, `$4` session id.
+///
+/// Prepared once per connection and run with a generic plan ([`crate::pg::AdminConnection`]),
+/// so every lookup is by an indexed key: names through `pg_roles.rolname`, memberships through
+/// `pg_auth_members.member`, and role names of OIDs through `pg_get_userbyid`.
+pub const READ_STATE: &str = "\
+SELECT
+  u.oid IS NOT NULL AS user_exists,
+  u.oid AS user_oid,
+  COALESCE(u.rolcanlogin, false) AS user_can_login,
+  ARRAY(SELECT DISTINCT pg_catalog.pg_get_userbyid(m.roleid)::text
+          FROM pg_catalog.pg_auth_members m
+         WHERE m.member = u.oid
+         ORDER BY 1) AS member_of,
+  (SELECT d.description FROM pg_catalog.pg_shdescription d
+    WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass) AS ledger,
+  -- PostgreSQL 16+ lets a non-superuser revoke only the grants it made itself: the user's
+  -- memberships granted by someone else, as two parallel arrays (role, grantor).
+  ARRAY(SELECT pg_catalog.pg_get_userbyid(m.roleid)::text
+          FROM pg_catalog.pg_auth_members m
+         WHERE m.member = u.oid AND m.grantor <> admin.oid AND admin.revokes_own_grants_only
+         ORDER BY m.roleid, m.grantor) AS foreign_grant_roles,
+  ARRAY(SELECT pg_catalog.pg_get_userbyid(m.grantor)::text
+          FROM pg_catalog.pg_auth_members m
+         WHERE m.member = u.oid AND m.grantor <> admin.oid AND admin.revokes_own_grants_only
+         ORDER BY m.roleid, m.grantor) AS foreign_grant_grantors,
+  EXISTS (SELECT 1 FROM pg_catalog.pg_roles g WHERE g.rolname = $2::text) AS group_exists,
+  ARRAY(SELECT r.rolname::text
+          FROM pg_catalog.unnest($3::text[]) AS wanted(name)
+          JOIN pg_catalog.pg_roles r ON r.rolname = wanted.name
+         ORDER BY 1) AS existing_roles,
+  ARRAY(SELECT r.rolname::text
+          FROM pg_catalog.unnest($3::text[]) AS wanted(name)
+          JOIN pg_catalog.pg_roles r ON r.rolname = wanted.name
+         WHERE r.rolsuper
+         ORDER BY 1) AS superuser_roles,
+  -- The managed group's comment records this session as ended (see ENDED_SESSIONS_HEADER):
+  -- a line `<user>\t<session>\t<time>`, the names as JSON strings, after a newline.
+  EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
+            JOIN pg_catalog.pg_shdescription d
+              ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+           WHERE g.rolname = $2::text
+             AND d.description LIKE 'pg-autouser ended sessions v1' || pg_catalog.chr(10) || '%'
+             AND pg_catalog.strpos(d.description, pg_catalog.chr(10) || pg_catalog.to_json($1::text)::text
+                   || pg_catalog.chr(9) || pg_catalog.to_json($4::text)::text || pg_catalog.chr(9)) > 0)
+    AS session_ended_in_group,
+  -- The transaction's start on the server's clock: a session's `started_at`.
+  pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now()))::bigint AS server_now,
+  pg_catalog.current_setting('server_version_num')::int AS server_version_num,
+  pg_catalog.current_database()::text AS current_database,
+  current_user::text AS admin,
+  pg_catalog.current_setting('transaction_read_only') = 'on' AS read_only
+FROM (SELECT a.oid,
+             pg_catalog.current_setting('server_version_num')::int >= 160000 AND NOT a.rolsuper
+               AS revokes_own_grants_only
+        FROM pg_catalog.pg_roles a
+       WHERE a.rolname = current_user) AS admin
+LEFT JOIN pg_catalog.pg_roles u ON u.rolname = $1::text";
+
+/// Schemas that are not PostgreSQL's own: objects there can carry `db_permissions`.
+macro_rules! user_schemas {
+    ($alias:literal) => {
+        concat!(
+            $alias,
+            ".nspname NOT IN ('pg_catalog', 'information_schema') AND ",
+            $alias,
+            ".nspname !~ '^pg_(toast|temp_|toast_temp_)'"
+        )
+    };
+}
+
+/// The roles whose grants to the user an admin's `REVOKE` on an object owned by `$owner`
+/// removes: PostgreSQL revokes as the admin itself, or as the owner when the admin is a
+/// superuser or has the owner's privileges (it then holds every grant option). `$may_revoke`
+/// is whether the `REVOKE` can run at all; `$acl_entry` the `aclexplode` row. Grants from any
+/// other grantor stay, with at most a warning.
+macro_rules! removed_by_admin {
+    ($acl_entry:literal, $owner:literal, $may_revoke:literal) => {
+        concat!(
+            "(",
+            $may_revoke,
+            " AND (",
+            $acl_entry,
+            ".grantor = admin.oid OR (",
+            $acl_entry,
+            ".grantor = ",
+            $owner,
+            " AND (admin.rolsuper OR pg_catalog.pg_has_role(",
+            $owner,
+            ", 'USAGE')))))"
+        )
+    };
+}
+
+/// The schemas of the connected database. `$1` user name, `$2` the roles the session gives
+/// the user (the managed group and its database roles).
+///
+/// `user_has_usage` is USAGE granted to the user itself (pg-autouser's to revoke);
+/// `user_has_usage_otherwise` is USAGE it has anyway, through PUBLIC (PostgreSQL gives PUBLIC
+/// USAGE on `public`) or through one of those roles. The admin needs USAGE itself to name
+/// objects in a schema, and any privilege on it for its `REVOKE USAGE` to run (PostgreSQL
+/// refuses it outright otherwise). `usage_kept_by` lists the grantors of the user's own USAGE
+/// that the admin's `REVOKE` leaves in place.
+pub const LIST_SCHEMAS: &str = concat!(
+    "WITH u AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1::text),
+admin AS (SELECT a.oid, a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolname = current_user)
+SELECT n.nspname::text AS name,
+  EXISTS (SELECT 1 FROM pg_catalog.aclexplode(n.nspacl) a
+           WHERE a.grantee = (SELECT oid FROM u) AND a.privilege_type = 'USAGE') AS user_has_usage,
+  pg_catalog.has_schema_privilege('public'::name, n.oid, 'USAGE')
+    OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                WHERE r.rolname = ANY ($2::text[]) AND pg_catalog.has_schema_privilege(r.oid, n.oid, 'USAGE'))
+    AS user_has_usage_otherwise,
+  pg_catalog.has_schema_privilege(n.oid, 'USAGE') AS admin_has_usage,
+  pg_catalog.has_schema_privilege(n.oid, 'USAGE WITH GRANT OPTION') AS admin_can_grant_usage,
+  may.revoke_runs AS admin_may_revoke,
+  ARRAY(SELECT DISTINCT pg_catalog.pg_get_userbyid(a.grantor)::text
+          FROM pg_catalog.aclexplode(n.nspacl) a
+         WHERE a.grantee = (SELECT oid FROM u) AND a.privilege_type = 'USAGE'
+           AND NOT ",
+    removed_by_admin!("a", "n.nspowner", "may.revoke_runs"),
+    "
+         ORDER BY 1) AS usage_kept_by
+FROM pg_catalog.pg_namespace n
+CROSS JOIN admin
+CROSS JOIN LATERAL (SELECT pg_catalog.has_schema_privilege(n.oid, 'USAGE, CREATE') AS revoke_runs) AS may
+WHERE ",
+    user_schemas!("n"),
+    "
+ORDER BY 1"
+);
+
+/// The start of an object listing's `WITH`: `u` the user (`$1`), `admin` the admin, and
+/// `session_roles` PUBLIC and the roles named in the text array `$roles` (those the session
+/// gives the user), each followed by a comma.
+macro_rules! user_admin_and_session_roles {
+    ($roles:literal) => {
+        concat!(
+            "WITH u AS (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1::text),
+admin AS (SELECT a.oid, a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolname = current_user),
+session_roles AS (SELECT 'public'::name AS name
+                  UNION ALL SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.rolname = ANY (",
+            $roles,
+            "::text[])),
+"
+        )
+    };
+}
+
+/// The objects of class `$class` (a `regclass` literal) in the current database that the user
+/// (`u.oid`) holds a privilege on, from the shared dependencies PostgreSQL records for every
+/// role named in an object's ACL (`deptype 'a'`), found through their index on the role.
+macro_rules! held_by_user {
+    ($class:literal) => {
+        concat!(
+            "SELECT d.objid FROM pg_catalog.pg_shdepend d
+   WHERE d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND d.refobjid = (SELECT oid FROM u)
+     AND d.deptype = 'a' AND d.classid = '",
+            $class,
+            "'::pg_catalog.regclass
+     AND d.dbid = (SELECT db.oid FROM pg_catalog.pg_database db WHERE db.datname = pg_catalog.current_database())"
+        )
+    };
+}
+
+/// `has_table_privilege`, or `has_sequence_privilege` for a sequence (`c`), of `$role`
+/// (empty: the admin) for `$privilege`.
+macro_rules! has_relation_privilege {
+    ($role:literal, $privilege:literal) => {
+        concat!(
+            "CASE WHEN c.relkind = 'S' THEN pg_catalog.has_sequence_privilege(",
+            $role,
+            "c.oid, ",
+            $privilege,
+            ") ELSE pg_catalog.has_table_privilege(",
+            $role,
+            "c.oid, ",
+            $privilege,
+            ") END"
+        )
+    };
+}
+
+/// The privileges the user holds directly on an object (`$acl`, owned by `$owner`), and those
+/// of them the admin's `REVOKE` leaves in place, as two parallel arrays (`kept_privileges`,
+/// `kept_grantors`). Read only for the objects the user holds something on
+/// (`listed.user_holds`): a start lists thousands, the user holds a few.
+macro_rules! held_and_kept {
+    ($acl:literal, $owner:literal) => {
+        concat!(
+            "CASE WHEN listed.user_holds THEN ARRAY(SELECT a.privilege_type::text FROM pg_catalog.aclexplode(",
+            $acl,
+            ") a
+         WHERE a.grantee = (SELECT oid FROM u) ORDER BY 1) ELSE '{}' END AS held,
+  CASE WHEN listed.user_holds THEN ARRAY(SELECT a.privilege_type::text FROM pg_catalog.aclexplode(",
+            $acl,
+            ") a
+         WHERE a.grantee = (SELECT oid FROM u) AND NOT ",
+            removed_by_admin!("a", $owner, "may.revoke_runs"),
+            "
+         ORDER BY a.privilege_type, a.grantor) ELSE '{}' END AS kept_privileges,
+  CASE WHEN listed.user_holds THEN ARRAY(SELECT pg_catalog.pg_get_userbyid(a.grantor)::text
+         FROM pg_catalog.aclexplode(",
+            $acl,
+            ") a
+         WHERE a.grantee = (SELECT oid FROM u) AND NOT ",
+            removed_by_admin!("a", $owner, "may.revoke_runs"),
+            "
+         ORDER BY a.privilege_type, a.grantor) ELSE '{}' END AS kept_grantors"
+        )
+    };
+}
+
+/// The CTEs `held_objects` (`$held`: the OIDs the user holds a privilege on) and `listed`:
+/// those and the OIDs of `$by_kind`, each with whether the user holds a privilege on it.
+macro_rules! listed {
+    ($by_kind:expr, $held:expr) => {
+        concat!(
+            "held_objects AS (",
+            $held,
+            "),
+listed AS (
+  SELECT l.oid, l.oid IN (SELECT h.objid FROM held_objects h) AS user_holds
+    FROM (",
+            $by_kind,
+            "
+          UNION
+          SELECT h.objid FROM held_objects h) AS l)"
+        )
+    };
+}
+
+/// Tables (`r` ordinary, `p` partitioned, `f` foreign), views (`v`, `m` materialized) and
+/// sequences (`S`) of the connected database: all those of the kinds in `$4` (what the rules
+/// can match), and those the user holds a privilege on. For each, the privileges the user
+/// holds directly, which of the privileges in question the admin may grant, and of those it
+/// may not, the ones the user has anyway (through PUBLIC or one of the roles in `$5`, those
+/// the session gives it). `admin_may_revoke`: the admin's `REVOKE` can run (PostgreSQL refuses
+/// it to a role with no privilege on the object, or without USAGE on its schema);
+/// `kept_privileges`/`kept_grantors`: what that `REVOKE` leaves. `$1` user name, `$2` the
+/// table and view privileges the rules use, `$3` the sequence privileges, `$4` relkinds.
+pub const LIST_RELATIONS: &str = concat!(
+    user_admin_and_session_roles!("$5"),
+    listed!(
+        concat!(
+            "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+           WHERE pg_catalog.cardinality($4::text[]) > 0 AND c.relkind::text = ANY ($4::text[]) AND ",
+            user_schemas!("n")
+        ),
+        held_by_user!("pg_catalog.pg_class")
+    ),
+    "
+SELECT c.relkind::text AS relkind, n.nspname::text AS schema, c.relname::text AS name,
+  ",
+    held_and_kept!("c.relacl", "c.relowner"),
+    ",
+  ARRAY(SELECT p.privilege
+          FROM pg_catalog.unnest(CASE WHEN c.relkind = 'S' THEN $3::text[] ELSE $2::text[] END) AS p(privilege)
+         WHERE ",
+    has_relation_privilege!("", "p.privilege || ' WITH GRANT OPTION'"),
+    "
+         ORDER BY 1) AS admin_grantable,
+  ARRAY(SELECT p.privilege
+          FROM pg_catalog.unnest(CASE WHEN c.relkind = 'S' THEN $3::text[] ELSE $2::text[] END) AS p(privilege)
+         WHERE NOT ",
+    has_relation_privilege!("", "p.privilege || ' WITH GRANT OPTION'"),
+    "
+           AND EXISTS (SELECT 1 FROM session_roles r WHERE ",
+    has_relation_privilege!("r.name, ", "p.privilege"),
+    ")
+         ORDER BY 1) AS held_otherwise,
+  may.revoke_runs AS admin_may_revoke
+FROM listed
+JOIN pg_catalog.pg_class c ON c.oid = listed.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+CROSS JOIN admin
+CROSS JOIN LATERAL (SELECT NOT listed.user_holds OR pg_catalog.has_schema_privilege(n.oid, 'USAGE') AND CASE
+    WHEN c.relkind = 'S' THEN pg_catalog.has_sequence_privilege(c.oid, 'USAGE, SELECT, UPDATE')
+    ELSE pg_catalog.has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') END
+    AS revoke_runs) AS may
+WHERE c.relkind IN ('r', 'p', 'f', 'v', 'm', 'S') AND ",
+    user_schemas!("n"),
+    "
+ORDER BY 2, 3"
+);
+
+/// Functions and procedures of the connected database: all of them when `$2` (the rules can
+/// match routines), else those the user holds a privilege on; with their identity arguments
+/// (which tell overloads apart), the user's privileges, whether the admin may grant
+/// `EXECUTE`, and if not, whether the user can execute it anyway (through PUBLIC, which
+/// PostgreSQL gives `EXECUTE` on new functions, or one of the roles in `$3`, those the
+/// session gives it); `admin_may_revoke` and the kept privileges as for [`LIST_RELATIONS`].
+/// `$1` user name.
+pub const LIST_ROUTINES: &str = concat!(
+    user_admin_and_session_roles!("$3"),
+    listed!(
+        concat!(
+            "SELECT p.oid FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+           WHERE $2::bool AND ",
+            user_schemas!("n")
+        ),
+        held_by_user!("pg_catalog.pg_proc")
+    ),
+    "
+SELECT p.prokind::text AS prokind, n.nspname::text AS schema, p.proname::text AS name,
+  pg_catalog.pg_get_function_identity_arguments(p.oid) AS arguments,
+  ",
+    held_and_kept!("p.proacl", "p.proowner"),
+    ",
+  pg_catalog.has_function_privilege(p.oid, 'EXECUTE WITH GRANT OPTION') AS admin_can_grant,
+  NOT pg_catalog.has_function_privilege(p.oid, 'EXECUTE WITH GRANT OPTION')
+    AND EXISTS (SELECT 1 FROM session_roles r WHERE pg_catalog.has_function_privilege(r.name, p.oid, 'EXECUTE'))
+    AS executable_otherwise,
+  may.revoke_runs AS admin_may_revoke
+FROM listed
+JOIN pg_catalog.pg_proc p ON p.oid = listed.oid
+JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+CROSS JOIN admin
+CROSS JOIN LATERAL (SELECT NOT listed.user_holds OR pg_catalog.has_schema_privilege(n.oid, 'USAGE')
+                       AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE') AS revoke_runs) AS may
+WHERE p.prokind IN ('f', 'p') AND ",
+    user_schemas!("n"),
+    "
+ORDER BY 2, 3, 4"
+);
+
+/// The managed users (direct members of the group `$1`, but not the admin, which on
+/// PostgreSQL 16+ is a member of the group it created): whether each can log in, its ledger,
+/// and its live connections on the whole server.
+pub const LIST_MANAGED_USERS: &str = "\
+SELECT u.rolname::text AS name, u.rolcanlogin AS can_login,
+  (SELECT d.description FROM pg_catalog.pg_shdescription d
+    WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass) AS ledger,
+  (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = u.oid)::int AS connections
+FROM pg_catalog.pg_roles u
+WHERE u.oid IN (SELECT m.member FROM pg_catalog.pg_auth_members m
+                  JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+                 WHERE g.rolname = $1::text)
+  AND u.rolname <> current_user
+ORDER BY 1";
+
+/// Ends every connection of the role with OID `$1` but our own, and counts them. Needs the
+/// admin to hold `pg_signal_backend` (or the role's privileges).
+pub const TERMINATE_CONNECTIONS: &str = "\
+SELECT pg_catalog.count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(a.pid))::int
+  FROM pg_catalog.pg_stat_activity a
+ WHERE a.usesysid = $1::oid AND a.pid <> pg_catalog.pg_backend_pid()";
+
+/// Which of `$1` (role names) the current user holds WITH ADMIN OPTION. Used to explain a
+/// "permission denied to grant role" error.
+pub const ROLES_WITHOUT_ADMIN_OPTION: &str = "\
+SELECT r.rolname::text
+  FROM pg_catalog.pg_roles r
+ WHERE r.rolname = ANY($1::text[])
+   AND NOT pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION')
+ ORDER BY 1";
+
+/// Whether the current user may create roles at all.
+pub const ADMIN_MAY_CREATE_ROLES: &str =
+    "SELECT rolcreaterole OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user";
+
+pub const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
+pub const COMMIT: &str = "COMMIT";
+pub const ROLLBACK: &str = "ROLLBACK";
+pub const SAVEPOINT_DROP: &str = "SAVEPOINT autouser_drop";
+pub const ROLLBACK_TO_DROP: &str = "ROLLBACK TO SAVEPOINT autouser_drop";
+
+/// The advisory lock key of a database user: FNV-1a over a fixed namespace and the name.
+/// Stable across releases, so the CLI, the Lambda functions and the reaper agree on it.
+pub fn user_lock_key(db_user: &str) -> i64 {
+    stable_hash::fnv1a_64(b"pg-autouser\0".iter().chain(db_user.as_bytes()).copied()) as i64
+}
+
+/// The user's lock and `steps` as one simple-query message. PostgreSQL runs the statements
+/// of one such message as one implicit transaction: committed after the last, rolled back
+/// entirely at the first error (the rest do not run). The key is an integer, so the lock
+/// needs no bind parameter.
+pub fn locked_transaction(lock_key: i64, steps: &[Step]) -> String {
+    let mut text = format!(
+        "SELECT pg_catalog.pg_advisory_xact_lock({lock_key});\nDO {}",
+        quote_literal(REFUSE_IF_ADMIN_IS_SUPERUSER)
+    );
+    for step in steps {
+        text.push_str(";\n");
+        text.push_str(&render(step));
+    }
+    text
+}
+
+/// The body of a `DO` that fails (SQLSTATE 42501) when the admin is a superuser now. The one-round-trip start plans
+/// without reading which roles are superusers, which is safe only because PostgreSQL refuses a
+/// superuser role to any other admin; the server's `is_superuser` report at login can be stale
+/// on a pooled connection (the admin promoted since), so the transaction checks the catalog.
+/// On failure the start takes the read path, whose plan refuses superuser roles.
+const REFUSE_IF_ADMIN_IS_SUPERUSER: &str = "BEGIN \
+     IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN \
+       RAISE EXCEPTION 'pg-autouser: the admin is a superuser: a start reads the superuser roles first' \
+         USING ERRCODE = 'insufficient_privilege'; \
+     END IF; \
+   END";
+
+/// The SQL of one plan step.
+pub fn render(step: &Step) -> String {
+    match step {
+        Step::CreateGroup { group } => format!("CREATE ROLE {} NOLOGIN", quote_ident(group)),
+        Step::CreateUser { user } => format!("CREATE ROLE {} LOGIN", quote_ident(user)),
+        // `roles` is never empty.
+        Step::GrantRoles { roles, user } => format!("GRANT {} TO {}", quote_idents(roles), quote_ident(user)),
+        // `roles` is never empty.
+        Step::RevokeRoles { roles, user } => {
+            let roles: Vec<String> = roles.iter().map(|role| quote_ident(role)).collect();
+            format!("REVOKE {} FROM {}", roles.join(", "), quote_ident(user))
+        }
+        Step::SetLogin { user, login } => {
+            format!("ALTER ROLE {} WITH {}", quote_ident(user), if *login { "LOGIN" } else { "NOLOGIN" })
+        }
+        Step::Guard { user, expected_ledger } => guard(user, expected_ledger.as_deref()),
+        Step::WriteLedger { user, ledger } => write_ledger(user, ledger),
+        Step::DropUser { user } => format!("DROP ROLE {}", quote_ident(user)),
+        Step::ReserveName { user } => reserve_name(user),
+        Step::RecordEnded { group, user, sessions, window_secs } => record_ended(group, user, sessions, *window_secs),
+        Step::RefuseIfEnded { group, user, session } => refuse_if_ended(group, user, session),
+        Step::GrantObjects { batch, user } => {
+            format!("GRANT {} TO {}", privilege_on_objects(batch), quote_ident(user))
+        }
+        Step::RevokeObjects { batch, user } => {
+            format!("REVOKE {} FROM {}", privilege_on_objects(batch), quote_ident(user))
+        }
+        Step::GrantSchemaUsage { schemas, user } => {
+            format!("GRANT USAGE ON SCHEMA {} TO {}", quote_idents(schemas), quote_ident(user))
+        }
+        Step::RevokeSchemaUsage { schemas, user } => {
+            format!("REVOKE USAGE ON SCHEMA {} FROM {}", quote_idents(schemas), quote_ident(user))
+        }
+    }
+}
+
+fn quote_idents(names: &[String]) -> String {
+    names.iter().map(|name| quote_ident(name)).collect::<Vec<_>>().join(", ")
+}
+
+/// `SELECT ON TABLE "s"."a", "s"."b"`: one statement for a whole batch. The privilege is one
+/// of the known keywords (checked here, so no other text reaches the statement).
+fn privilege_on_objects(batch: &ObjectBatch) -> String {
+    let privilege = [TABLE_PRIVILEGES, SEQUENCE_PRIVILEGES, ROUTINE_PRIVILEGES, &["ALL"]]
+        .concat()
+        .into_iter()
+        .find(|known| *known == batch.privilege)
+        .unwrap_or_else(|| panic!("privilege {:?} was not validated", batch.privilege));
+    let objects: Vec<String> = batch.objects.iter().map(|object| object_name(batch.kind, object)).collect();
+    format!("{privilege} ON {} {}", batch.kind.sql_keyword(), objects.join(", "))
+}
+
+/// `"schema"."name"`, and for routines the identity arguments as the server printed them
+/// (`pg_get_function_identity_arguments` quotes names and types itself).
+pub fn object_name(kind: ObjectKind, object: &ObjectRef) -> String {
+    let name = format!("{}.{}", quote_ident(&object.schema), quote_ident(&object.name));
+    match (kind, &object.arguments) {
+        (ObjectKind::Function | ObjectKind::Procedure, Some(arguments)) => format!("{name}({arguments})"),
+        _ => name,
+    }
+}
+
+/// `COMMENT ON ROLE` with the ledger. A ledger planned without the server's clock (its new
+/// session's `started_at` is [`STARTED_AT_SERVER_CLOCK`]) gets the transaction's start time
+/// from the server instead, so that a caller's clock never dates a session.
+fn write_ledger(user: &str, ledger: &str) -> String {
+    let placeholder = format!("\"started_at\":{STARTED_AT_SERVER_CLOCK}");
+    if !ledger.contains(&placeholder) {
+        return format!("COMMENT ON ROLE {} IS {}", quote_ident(user), quote_literal(ledger));
+    }
+    let body = format!(
+        "BEGIN \
+           EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', {name}, \
+             pg_catalog.replace({ledger}, {placeholder}, \
+               '\"started_at\":' || {SERVER_NOW})); \
+         END",
+        name = quote_literal(user),
+        ledger = quote_literal(ledger),
+        placeholder = quote_literal(&placeholder),
+    );
+    format!("DO {}", quote_literal(&body))
+}
+
+/// The transaction's start on the server's clock, in Unix seconds.
+const SERVER_NOW: &str = "pg_catalog.floor(pg_catalog.date_part('epoch', pg_catalog.now()))::bigint";
+
+/// The role whose name serialises the writers of the managed group's comment. It is created
+/// and dropped in the writer's transaction, so it never exists for anyone else: a second
+/// writer's `CREATE ROLE` waits on the name's unique index until the first commits (then goes
+/// on, the name being free again). Unlike the comment's own lock (taken by `COMMENT ON`, too
+/// late to read what it protects), this lock comes before the read, on every version and
+/// across databases (advisory locks are per database). The name is reserved
+/// ([`autouser_policy::naming::validate_db_user`]).
+pub const ENDED_SESSIONS_LOCK_ROLE: &str = autouser_policy::naming::ENDED_SESSIONS_LOCK_ROLE;
+
+fn reserve_name(user: &str) -> String {
+    format!("CREATE ROLE {user} NOLOGIN; DROP ROLE {user}", user = quote_ident(user))
+}
+
+/// The line of the managed group's comment that records `session` of `user` as ended, up to
+/// its time; `user` and `session` are SQL expressions of type text.
+fn ended_line_prefix(user: &str, session: &str) -> String {
+    format!(
+        "pg_catalog.to_json(({user})::text)::text || pg_catalog.chr(9) || pg_catalog.to_json(({session})::text)::text \
+         || pg_catalog.chr(9)"
+    )
+}
+
+/// See [`Step::RecordEnded`] and [`ENDED_SESSIONS_HEADER`]. In one `DO` block: take the lock
+/// ([`ENDED_SESSIONS_LOCK_ROLE`]), read the comment as committed now (each statement of the
+/// block sees what committed before it started), keep its lines younger than the window and
+/// not about these sessions, add these sessions at the server's time, keep the newest
+/// [`GROUP_ENDED_SESSIONS_KEPT`], write it. A comment that is not ours is replaced.
+fn record_ended(group: &str, user: &str, sessions: &[String], window_secs: u64) -> String {
+    let sessions: Vec<String> = sessions.iter().map(|session| quote_literal(session)).collect();
+    let lock = quote_ident(ENDED_SESSIONS_LOCK_ROLE);
+    let body = format!(
+        "DECLARE \
+           header constant text := {header}; \
+           current_comment text; \
+           kept text; \
+         BEGIN \
+           EXECUTE {create_lock}; \
+           EXECUTE {drop_lock}; \
+           SELECT d.description INTO current_comment \
+             FROM pg_catalog.pg_roles g \
+             JOIN pg_catalog.pg_shdescription d \
+               ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+            WHERE g.rolname = {group_name}; \
+           IF current_comment IS NULL OR current_comment NOT LIKE header || pg_catalog.chr(10) || '%' THEN \
+             current_comment := header; \
+           END IF; \
+           WITH added AS ( \
+             SELECT {new_prefix} || {SERVER_NOW} AS line, {SERVER_NOW} AS ended_at \
+               FROM pg_catalog.unnest(ARRAY[{sessions}]::text[]) AS s(session) \
+           ), earlier AS ( \
+             SELECT l.line, pg_catalog.split_part(l.line, pg_catalog.chr(9), 3)::bigint AS ended_at \
+               FROM pg_catalog.unnest(pg_catalog.string_to_array(current_comment, pg_catalog.chr(10))) \
+                    WITH ORDINALITY AS l(line, n) \
+              WHERE l.n > 1 \
+                AND pg_catalog.cardinality(pg_catalog.string_to_array(l.line, pg_catalog.chr(9))) = 3 \
+                AND pg_catalog.split_part(l.line, pg_catalog.chr(9), 3) ~ '^[0-9]{{1,18}}$' \
+           ), merged AS ( \
+             SELECT line, ended_at FROM added \
+             UNION ALL \
+             SELECT e.line, e.ended_at FROM earlier e \
+              WHERE e.ended_at > {SERVER_NOW} - {window_secs} \
+                AND NOT EXISTS (SELECT 1 FROM added a \
+                                 WHERE pg_catalog.split_part(a.line, pg_catalog.chr(9), 1) \
+                                         = pg_catalog.split_part(e.line, pg_catalog.chr(9), 1) \
+                                   AND pg_catalog.split_part(a.line, pg_catalog.chr(9), 2) \
+                                         = pg_catalog.split_part(e.line, pg_catalog.chr(9), 2)) \
+           ) \
+           SELECT pg_catalog.string_agg(m.line, pg_catalog.chr(10) ORDER BY m.ended_at DESC, m.line) INTO kept \
+             FROM (SELECT line, ended_at FROM merged ORDER BY ended_at DESC, line LIMIT {kept_max}) AS m; \
+           EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', {group_name}, \
+             header || pg_catalog.chr(10) || kept || pg_catalog.chr(10)); \
+         END",
+        header = quote_literal(ENDED_SESSIONS_HEADER),
+        create_lock = quote_literal(&format!("CREATE ROLE {lock} NOLOGIN")),
+        drop_lock = quote_literal(&format!("DROP ROLE {lock}")),
+        group_name = quote_literal(group),
+        new_prefix = ended_line_prefix(&quote_literal(user), "s.session"),
+        sessions = sessions.join(", "),
+        kept_max = GROUP_ENDED_SESSIONS_KEPT,
+    );
+    format!("DO {}", quote_literal(&body))
+}
+
+/// See [`Step::RefuseIfEnded`]: the check of `READ_STATE`'s `session_ended_in_group`, failing
+/// with SQLSTATE 40001.
+fn refuse_if_ended(group: &str, user: &str, session: &str) -> String {
+    let body = format!(
+        "BEGIN \
+           IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles g \
+                        JOIN pg_catalog.pg_shdescription d \
+                          ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                       WHERE g.rolname = {group_name} \
+                         AND d.description LIKE {header} || pg_catalog.chr(10) || '%' \
+                         AND pg_catalog.strpos(d.description, pg_catalog.chr(10) || {prefix}) > 0) THEN \
+             RAISE EXCEPTION 'pg-autouser: session % of role % has already ended', {session_name}, {user_name} \
+               USING ERRCODE = 'serialization_failure'; \
+           END IF; \
+         END",
+        group_name = quote_literal(group),
+        header = quote_literal(ENDED_SESSIONS_HEADER),
+        prefix = ended_line_prefix(&quote_literal(user), &quote_literal(session)),
+        session_name = quote_literal(session),
+        user_name = quote_literal(user),
+    );
+    format!("DO {}", quote_literal(&body))
+}
+
+/// Fails with SQLSTATE 40001 (retried) when the user's ledger is no longer what the plan was
+/// computed from. Runs after the plan's first write to the user's `pg_authid` row, which
+/// blocks every other writer of that user until commit, so it detects changes committed
+/// through another database, where our advisory lock does not reach.
+///
+/// The body is passed as an ordinary string literal rather than dollar-quoted, because a
+/// dollar-quote tag could appear inside a user name.
+fn guard(user: &str, expected_ledger: Option<&str>) -> String {
+    let expected = expected_ledger.map_or_else(|| "NULL".to_string(), quote_literal);
+    let body = format!(
+        "BEGIN \
+           IF (SELECT d.description \
+                 FROM pg_catalog.pg_roles r \
+                 JOIN pg_catalog.pg_shdescription d \
+                   ON d.objoid = r.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                WHERE r.rolname = {name}) IS DISTINCT FROM {expected} THEN \
+             RAISE EXCEPTION 'pg-autouser: the ledger of role % changed concurrently', {name} \
+               USING ERRCODE = 'serialization_failure'; \
+           END IF; \
+         END",
+        name = quote_literal(user),
+    );
+    format!("DO {}", quote_literal(&body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn locked_transaction_is_the_lock_the_superuser_check_then_the_steps_in_one_message() {
+        let steps = [
+            Step::CreateUser { user: "al;ice".into() },
+            Step::WriteLedger { user: "al;ice".into(), ledger: "{'x'}".into() },
+            Step::GrantRoles { roles: vec!["grp".into(), "re\"ader".into()], user: "al;ice".into() },
+        ];
+        let text = locked_transaction(-42, &steps);
+        let check = format!("DO {};\n", quote_literal(REFUSE_IF_ADMIN_IS_SUPERUSER));
+        assert!(text.contains("rolsuper") && text.contains(&check), "{text}");
+        assert_eq!(
+            text.replacen(&check, "", 1),
+            "SELECT pg_catalog.pg_advisory_xact_lock(-42);\n\
+             CREATE ROLE \"al;ice\" LOGIN;\n\
+             COMMENT ON ROLE \"al;ice\" IS '{''x''}';\n\
+             GRANT \"grp\", \"re\"\"ader\" TO \"al;ice\""
+        );
+    }
+
+    /// No code outside this module puts a name or a value into SQL by hand: no call of the
+    /// escape functions, and no format string that wraps an interpolation in double quotes (an
+    /// identifier) or single quotes (a literal). Covers every crate that runs in production.
+    #[test]
+    fn no_other_code_quotes_names_or_values() {
+        fn rust_files(dir: &std::path::Path, files: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    rust_files(&path, files);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        /// `"{x}"` or `'{x}'` inside a string: an opening quote right before an interpolation
+        /// (`{{` is a literal brace, not an interpolation).
+        fn wraps_an_interpolation(line: &str) -> bool {
+            ["\\\"{", "'{"]
+                .iter()
+                .any(|quote| line.match_indices(quote).any(|(at, q)| !line[at + q.len()..].starts_with('{')))
+        }
+        let functions = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the functions directory");
+        let mut files = Vec::new();
+        for krate in [
+            "autouser-policy",
+            "autouser-engine",
+            "autouser-aws",
+            "autouser-lambda",
+            "autouser",
+            "session-start",
+            "session-end",
+            "discovery",
+        ] {
+            rust_files(&functions.join(krate).join("src"), &mut files);
+        }
+        assert!(files.len() > 20, "found the sources: {files:?}");
+        let this_file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/sql.rs");
+        let mut offences = Vec::new();
+        for file in files.iter().filter(|f| **f != this_file) {
+            let text = std::fs::read_to_string(file).unwrap();
+            for (n, line) in text.lines().enumerate() {
+                if line.contains("escape_identifier") || line.contains("escape_literal") || wraps_an_interpolation(line)
+                {
+                    offences.push(format!("{}:{}: {}", file.display(), n + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            offences.is_empty(),
+            "quote names with sql::quote_ident and values with sql::quote_literal:\n{}",
+            offences.join("\n")
+        );
+        // The check itself catches both forms.
+        assert!(wraps_an_interpolation(r#"format!("GRANT x TO \"{user}\"")"#));
+        assert!(wraps_an_interpolation("format!(\"PASSWORD '{password}'\")"));
+        assert!(!wraps_an_interpolation(r#"role("{allow: {db_roles: [\"{{internal.a}}\"]}}")"#));
+    }
+
+    #[test]
+    fn identifiers_double_their_quotes() {
+        assert_eq!(quote_ident(r#"a"b"#), r#""a""b""#);
+        assert_eq!(quote_ident("Robert'); DROP TABLE x;--"), r#""Robert'); DROP TABLE x;--""#);
+    }
+
+    #[test]
+    fn literals_with_backslashes_use_the_escape_form() {
+        assert_eq!(quote_literal("it's"), "'it''s'");
+        assert_eq!(quote_literal(r"a\b"), r" E'a\\b'");
+    }
+
+    #[test]
+    fn grant_quotes_both_names() {
+        let sql = render(&Step::GrantRoles { roles: vec!["re\"ader".into()], user: "al;ice".into() });
+        assert_eq!(sql, r#"GRANT "re""ader" TO "al;ice""#);
+    }
+
+    #[test]
+    fn object_batches_are_one_statement_with_every_name_quoted() {
+        let batch = ObjectBatch {
+            kind: ObjectKind::Table,
+            privilege: "SELECT".into(),
+            objects: vec![
+                ObjectRef { schema: "public".into(), name: "Weird Table".into(), arguments: None },
+                ObjectRef { schema: "a\"b".into(), name: "t".into(), arguments: None },
+            ],
+        };
+        assert_eq!(
+            render(&Step::GrantObjects { batch, user: "al\"ice".into() }),
+            r#"GRANT SELECT ON TABLE "public"."Weird Table", "a""b"."t" TO "al""ice""#
+        );
+        let batch = ObjectBatch {
+            kind: ObjectKind::Procedure,
+            privilege: "ALL".into(),
+            objects: vec![ObjectRef { schema: "s".into(), name: "p".into(), arguments: Some("x integer".into()) }],
+        };
+        assert_eq!(
+            render(&Step::RevokeObjects { batch, user: "u".into() }),
+            r#"REVOKE ALL ON PROCEDURE "s"."p"(x integer) FROM "u""#
+        );
+        let schemas = vec!["public".to_string(), "x y".to_string()];
+        assert_eq!(
+            render(&Step::GrantSchemaUsage { schemas, user: "u".into() }),
+            r#"GRANT USAGE ON SCHEMA "public", "x y" TO "u""#
+        );
+    }
+
+    #[test]
+    #[should_panic(expected = "was not validated")]
+    fn unknown_privileges_never_reach_sql() {
+        let batch = ObjectBatch { kind: ObjectKind::Table, privilege: "SELECT; DROP".into(), objects: vec![] };
+        render(&Step::GrantObjects { batch, user: "u".into() });
+    }
+
+    #[test]
+    fn a_ledger_planned_without_the_servers_clock_gets_it_from_the_statement() {
+        let plain = render(&Step::WriteLedger { user: "u".into(), ledger: r#"{"started_at":5}"#.into() });
+        assert_eq!(plain, r#"COMMENT ON ROLE "u" IS '{"started_at":5}'"#);
+        let ledger = format!(r#"{{"sessions":{{"s1":{{"started_at":{STARTED_AT_SERVER_CLOCK}}}}}}}"#);
+        let stamped = render(&Step::WriteLedger { user: "o'neil".into(), ledger });
+        assert!(stamped.starts_with("DO '"), "{stamped}");
+        assert!(stamped.contains("pg_catalog.now()"), "{stamped}");
+        assert!(stamped.contains("o''''neil"), "the name is a literal inside the block's literal: {stamped}");
+    }
+
+    #[test]
+    fn the_ended_sessions_statements_quote_every_name_and_search_what_read_state_searches() {
+        let record = render(&Step::RecordEnded {
+            group: "g'rp".into(),
+            user: "al'ice".into(),
+            sessions: vec!["s'1".into(), "s2".into()],
+            window_secs: 60,
+        });
+        assert!(record.starts_with("DO '"), "{record}");
+        assert!(record.contains("s''''1"), "{record}");
+        assert!(record.contains(ENDED_SESSIONS_LOCK_ROLE), "{record}");
+        let refuse = render(&Step::RefuseIfEnded { group: "g".into(), user: "u".into(), session: "s".into() });
+        assert!(refuse.contains("serialization_failure"), "{refuse}");
+        // READ_STATE spells the header out; it must be the one the writer writes.
+        assert!(READ_STATE.contains(&format!("'{ENDED_SESSIONS_HEADER}'")));
+        assert_eq!(
+            render(&Step::ReserveName { user: "a\"b".into() }),
+            r#"CREATE ROLE "a""b" NOLOGIN; DROP ROLE "a""b""#
+        );
+    }
+
+    #[test]
+    fn guard_survives_dollar_quotes_in_names() {
+        let sql = render(&Step::Guard { user: "$$x$$'".into(), expected_ledger: None });
+        assert!(sql.starts_with("DO '"));
+        assert!(sql.contains("IS DISTINCT FROM NULL"));
+    }
+
+    #[test]
+    fn lock_keys_are_stable_and_distinct() {
+        assert_eq!(user_lock_key("alice"), 4_826_995_200_119_770_623);
+        assert_ne!(user_lock_key("alice"), user_lock_key("bob"));
+    }
+
+    /// Reads a quoted identifier back the way PostgreSQL's scanner does.
+    fn unquote_ident(quoted: &str) -> Option<String> {
+        let inner = quoted.strip_prefix('"')?.strip_suffix('"')?;
+        let mut out = String::new();
+        let mut chars = inner.chars().peekable();
+        while let Some(c) = chars.next() {
+            if c == '"' {
+                // A lone quote would end the identifier early: that would be an injection.
+                if chars.next() != Some('"') {
+                    return None;
+                }
+            }
+            out.push(c);
+        }
+        Some(out)
+    }
+
+    /// Reads a string literal back the way PostgreSQL's scanner does (both forms).
+    fn unquote_literal(quoted: &str) -> Option<String> {
+        let (escape_form, inner) = match quoted.strip_prefix(" E'") {
+            Some(rest) => (true, rest.strip_suffix('\'')?),
+            None => (false, quoted.strip_prefix('\'')?.strip_suffix('\'')?),
+        };
+        let mut out = String::new();
+        let mut chars = inner.chars();
+        while let Some(c) = chars.next() {
+            match c {
+                '\'' if chars.next() != Some('\'') => return None,
+                '\\' if escape_form => out.push(chars.next()?),
+                _ => out.push(c),
+            }
+        }
+        Some(out)
+    }
+
+    proptest! {
+        #![proptest_config(crate::properties::cases())]
+
+        #[test]
+        fn quoted_identifiers_read_back_to_the_name(name in "[^\\x00]{0,64}") {
+            prop_assert_eq!(unquote_ident(&quote_ident(&name)), Some(name));
+        }
+
+        #[test]
+        fn quoted_literals_read_back_to_the_value(value in "[^\\x00]{0,64}") {
+            prop_assert_eq!(unquote_literal(&quote_literal(&value)), Some(value));
+        }
+
+        #[test]
+        fn hostile_names_stay_inside_one_identifier(
+            name in proptest::collection::vec(prop_oneof![
+                Just("\"".to_string()), Just("'".to_string()), Just(";".to_string()),
+                Just("\\".to_string()), Just("$$".to_string()), Just("--".to_string()),
+                "\\PC{1,3}",
+            ], 0..12).prop_map(|parts| parts.concat())
+        ) {
+            let sql = render(&Step::RevokeRoles { roles: vec![name.clone()], user: "u".into() });
+            let quoted = sql.strip_prefix("REVOKE ").unwrap().strip_suffix(" FROM \"u\"").unwrap();
+            prop_assert_eq!(unquote_ident(quoted), Some(name));
+        }
+    }
+}

@@ -1,0 +1,182 @@
+//! Preflight against a real server: each failing condition in turn, each then fixed by
+//! running the SQL that preflight printed.
+
+use autouser_engine::preflight::{self, Report, Status};
+
+use crate::fixture::{major, q, Fixture};
+
+async fn preflight(fx: &Fixture) -> Report {
+    let config = fx.config();
+    let db = config.databases[0].resolve_static().expect("a static database");
+    match fx.admin_client(&config, preflight::admin_database(&db)).await {
+        Ok(client) => preflight::check(&client, &config, &db).await.expect("preflight runs").0,
+        Err(error) => Report::login_failed(&db, &error),
+    }
+}
+
+fn finding<'r>(report: &'r Report, check: &str) -> &'r preflight::Finding {
+    report.findings.iter().find(|f| f.check == check).unwrap_or_else(|| panic!("no {check} in {report:#?}"))
+}
+
+/// Runs the fix of every failing check as a superuser, until preflight passes; returns the
+/// fixes it ran. Panics if a failure has no fix or the fixes do not converge.
+async fn apply_fixes_until_ready(fx: &Fixture) -> Vec<String> {
+    let mut applied = Vec::new();
+    for _ in 0..4 {
+        let report = preflight(fx).await;
+        if report.ready {
+            return applied;
+        }
+        for failure in report.findings.iter().filter(|f| f.status == Status::Fail) {
+            let fix = failure.fix.clone().unwrap_or_else(|| panic!("no fix for {failure:?}"));
+            fx.sql(&fix).await;
+            applied.push(fix);
+        }
+    }
+    panic!("preflight still fails after running {applied:?}:\n{}", preflight(fx).await.to_text());
+}
+
+/// A session works after preflight passed.
+async fn a_session_starts(fx: &Fixture) {
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["keep"])).await.expect("a session starts after preflight passed");
+}
+
+#[tokio::test]
+async fn a_ready_database_passes_and_bootstrap_creates_the_group() {
+    let fx = Fixture::new("pf_ready").await;
+    let report = preflight(&fx).await;
+    assert!(report.ready, "{}", report.to_text());
+    assert_eq!(finding(&report, "managed_group").status, Status::Pass);
+    assert!(finding(&report, "managed_group").detail.contains("will create it"), "{}", report.to_text());
+    // The policy's templated entry cannot be checked ahead of a person.
+    assert_eq!(finding(&report, "db_role:{{internal.db_roles}}").status, Status::Warn);
+
+    let config = fx.config();
+    let db = config.databases[0].resolve_static().unwrap();
+    let client = fx.admin_client(&config, "postgres").await.unwrap();
+    let (_, facts) = preflight::check(&client, &config, &db).await.unwrap();
+    let ran = preflight::bootstrap(&client, &config, &facts).await.unwrap();
+    assert_eq!(ran, [format!("CREATE ROLE {} NOLOGIN", q(&fx.group))]);
+    let (after, facts) = preflight::check(&client, &config, &db).await.unwrap();
+    assert!(after.ready && finding(&after, "managed_group").detail.contains("exists"), "{}", after.to_text());
+    assert!(preflight::bootstrap(&client, &config, &facts).await.unwrap().is_empty(), "bootstrap is idempotent");
+    a_session_starts(&fx).await;
+}
+
+#[tokio::test]
+async fn missing_createrole_is_fixed_by_the_printed_sql() {
+    let fx = Fixture::new("pf_createrole").await;
+    fx.sql(&format!("ALTER ROLE {} NOCREATEROLE", q(&fx.admin))).await;
+    let report = preflight(&fx).await;
+    assert_eq!(finding(&report, "createrole").status, Status::Fail);
+    assert_eq!(finding(&report, "managed_group").status, Status::Fail, "nobody could create the group");
+    let fixes = apply_fixes_until_ready(&fx).await;
+    assert!(fixes.contains(&format!("ALTER ROLE {} CREATEROLE;", q(&fx.admin))), "{fixes:?}");
+    a_session_starts(&fx).await;
+}
+
+#[tokio::test]
+async fn missing_admin_option_on_a_policy_role_is_fixed_by_the_printed_sql() {
+    let fx = Fixture::new("pf_adminopt").await;
+    if major() >= 16 {
+        fx.sql(&format!("REVOKE ADMIN OPTION FOR {} FROM {}", q(&fx.reader()), q(&fx.admin))).await;
+    }
+    let report = preflight(&fx).await;
+    let check = format!("db_role:{}", fx.reader());
+    if major() < 16 {
+        // Before PostgreSQL 16, CREATEROLE alone may grant any non-superuser role.
+        assert_eq!(finding(&report, &check).status, Status::Pass);
+        return;
+    }
+    assert_eq!(finding(&report, &check).status, Status::Fail, "{}", report.to_text());
+    let fixes = apply_fixes_until_ready(&fx).await;
+    assert_eq!(fixes, [format!("GRANT {} TO {} WITH ADMIN OPTION;", q(&fx.reader()), q(&fx.admin))]);
+    a_session_starts(&fx).await;
+}
+
+#[tokio::test]
+async fn a_policy_role_that_does_not_exist_is_created_by_the_printed_sql() {
+    let fx = Fixture::new("pf_norole").await;
+    let ghost = fx.user("ghost");
+    let fx = fx.with_roles(&format!(
+        r#"
+  - kind: role
+    version: v7
+    metadata: {{name: keep}}
+    spec:
+      options: {{create_db_user_mode: keep}}
+      allow: {{db_labels: {{env: test}}, db_names: ["*"], db_roles: ["{ghost}"]}}
+"#
+    ));
+    let report = preflight(&fx).await;
+    assert_eq!(finding(&report, &format!("db_role:{ghost}")).status, Status::Fail);
+    let fixes = apply_fixes_until_ready(&fx).await;
+    assert_eq!(fixes[0], format!("CREATE ROLE {} NOLOGIN;", q(&ghost)));
+    // On 16+ the superuser created it, so the admin then needs ADMIN OPTION on it too.
+    assert_eq!(fixes.len(), if major() >= 16 { 2 } else { 1 }, "{fixes:?}");
+    a_session_starts(&fx).await;
+}
+
+#[tokio::test]
+async fn a_group_created_by_someone_else_needs_admin_option_on_16_and_later() {
+    let fx = Fixture::new("pf_group").await;
+    fx.sql(&format!("CREATE ROLE {} NOLOGIN", q(&fx.group))).await;
+    let report = preflight(&fx).await;
+    if major() < 16 {
+        assert_eq!(finding(&report, "managed_group").status, Status::Pass);
+        return;
+    }
+    assert_eq!(finding(&report, "managed_group").status, Status::Fail, "{}", report.to_text());
+    let fixes = apply_fixes_until_ready(&fx).await;
+    assert_eq!(fixes, [format!("GRANT {} TO {} WITH ADMIN OPTION;", q(&fx.group), q(&fx.admin))]);
+    a_session_starts(&fx).await;
+}
+
+#[tokio::test]
+async fn rds_iam_without_admin_option_is_fixed_by_the_printed_sql() {
+    let mut fx = Fixture::new("pf_rdsiam").await;
+    fx.db_type = "rds";
+    fx.sql("DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$").await;
+    let report = preflight(&fx).await;
+    let rds_iam = finding(&report, "rds_iam");
+    let fix = format!("GRANT {} TO {} WITH ADMIN OPTION;", q("rds_iam"), q(&fx.admin));
+    if major() < 16 {
+        // CREATEROLE suffices before 16: a warning that an upgrade would break sessions.
+        assert_eq!(rds_iam.status, Status::Warn, "{}", report.to_text());
+        assert_eq!(rds_iam.fix.as_deref(), Some(fix.as_str()));
+        assert!(report.ready);
+        fx.sql(&fix).await;
+        assert_eq!(finding(&preflight(&fx).await, "rds_iam").status, Status::Pass);
+    } else {
+        assert_eq!(rds_iam.status, Status::Fail, "{}", report.to_text());
+        assert_eq!(apply_fixes_until_ready(&fx).await, [fix]);
+    }
+    a_session_starts(&fx).await;
+}
+
+#[tokio::test]
+async fn missing_connect_is_a_login_failure_fixed_by_the_printed_grant() {
+    let mut fx = Fixture::new("pf_connect").await;
+    fx.default_database = Some(fx.db.clone());
+    fx.sql(&format!("REVOKE CONNECT ON DATABASE {} FROM PUBLIC", q(&fx.db))).await;
+    let report = preflight(&fx).await;
+    assert!(!report.ready);
+    assert_eq!(finding(&report, "login").status, Status::Fail, "{}", report.to_text());
+    let fixes = apply_fixes_until_ready(&fx).await;
+    assert_eq!(fixes, [format!("GRANT CONNECT ON DATABASE {} TO {};", q(&fx.db), q(&fx.admin))]);
+    a_session_starts(&fx).await;
+}
+
+#[tokio::test]
+async fn a_read_only_endpoint_fails_the_writable_check() {
+    let mut fx = Fixture::new("pf_readonly").await;
+    fx.default_database = Some(fx.db.clone());
+    fx.sql(&format!("ALTER DATABASE {} SET default_transaction_read_only = on", q(&fx.db))).await;
+    let report = preflight(&fx).await;
+    let writable = finding(&report, "writable");
+    assert_eq!(writable.status, Status::Fail, "{}", report.to_text());
+    assert!(writable.fix.as_deref().unwrap().contains("writer"), "{writable:?}");
+    fx.sql(&format!("ALTER DATABASE {} RESET default_transaction_read_only", q(&fx.db))).await;
+    assert!(preflight(&fx).await.ready);
+}

@@ -1,0 +1,99 @@
+//! Round trips per call, counted by a proxy between the admin connection and the server
+//! (`scratch_postgres::RoundTripCounter`). The proxy sees only TCP, so these tests pin what
+//! the network sees: a warm start of a new user costs one round trip.
+
+use autouser_engine::engine;
+use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
+use autouser_policy::event::SessionEvent;
+use autouser_policy::request;
+use scratch_postgres::RoundTripCounter;
+
+use crate::fixture::{cluster, set, Fixture};
+
+struct Counted {
+    fx: Fixture,
+    counter: RoundTripCounter,
+    config: autouser_policy::config::Config,
+}
+
+impl Counted {
+    async fn new(ns: &str) -> Counted {
+        let fx = Fixture::new(ns).await;
+        let counter = RoundTripCounter::start(([127, 0, 0, 1], cluster().port()).into()).unwrap();
+        let config = fx.config_on_port(counter.port());
+        Counted { fx, counter, config }
+    }
+
+    async fn connect(&self) -> AdminConnection {
+        let db = self.config.databases[0].resolve_static().unwrap();
+        let credentials = AdminCredentials::from_local_config(&db.auth).unwrap();
+        let tls = TlsSettings::from_config(&db.tls).unwrap();
+        pg::connect_admin(&ConnectParams::admin_of(&db, &self.fx.db, &tls, &credentials)).await.unwrap()
+    }
+
+    /// Starts `user`'s session `session` on `connection`; returns the round trips it took.
+    async fn start(&self, connection: &AdminConnection, session: &str, user: &str) -> u64 {
+        let event = SessionEvent::from_value(self.fx.event(session, user, &["keep"])).unwrap();
+        let db = request::database(&self.config, &event).unwrap().resolve_static().unwrap();
+        let req = request::prepare_start(&self.config, &db, &event).unwrap();
+        let before = self.counter.round_trips();
+        engine::session_start(connection, &req).await.unwrap();
+        self.counter.round_trips() - before
+    }
+
+    async fn end(&self, connection: &AdminConnection, session: &str, user: &str) -> u64 {
+        let event = SessionEvent::from_value(self.fx.event(session, user, &["keep"])).unwrap();
+        let db = request::database(&self.config, &event).unwrap().resolve_static().unwrap();
+        let req = request::prepare_end(&self.config, &db, &event).unwrap();
+        let before = self.counter.round_trips();
+        engine::session_end(connection, &req).await.unwrap();
+        self.counter.round_trips() - before
+    }
+}
+
+#[tokio::test]
+async fn a_new_user_starts_in_one_round_trip() {
+    let c = Counted::new("rt_new").await;
+    c.fx.start(c.fx.event("s0", &c.fx.user("first"), &["keep"])).await.unwrap(); // creates the group
+    let connection = c.connect().await;
+    let alice = c.fx.user("alice");
+    assert_eq!(c.start(&connection, "s1", &alice).await, 1);
+    let state = c.fx.state(&alice).await.expect("alice exists");
+    assert!(state.login);
+    assert_eq!(state.member_of, set(&[&c.fx.group, &c.fx.reader()]));
+    assert!(state.comment.unwrap().contains("\"s1\""), "the ledger records the session");
+}
+
+#[tokio::test]
+async fn known_users_take_two_round_trips_once_the_catalog_query_is_prepared() {
+    let c = Counted::new("rt_known").await;
+    let connection = c.connect().await;
+    let alice = c.fx.user("alice");
+    // The group is missing: the one-round-trip attempt fails and the read path creates it.
+    // 1 (attempt) + 1 (prepare the catalog query) + 2 (read, then write).
+    assert_eq!(c.start(&connection, "s1", &alice).await, 4);
+    assert_eq!(c.end(&connection, "s1", &alice).await, 2);
+    // Alice is known to exist on this connection now: no attempt to create her.
+    assert_eq!(c.start(&connection, "s2", &alice).await, 2);
+    assert_eq!(c.end(&connection, "s2", &alice).await, 2);
+    let state = c.fx.state(&alice).await.expect("alice is kept");
+    assert!(!state.login);
+    assert_eq!(state.member_of, set(&[&c.fx.group]));
+}
+
+#[tokio::test]
+async fn a_returning_user_on_a_new_connection_is_started_correctly() {
+    let c = Counted::new("rt_returning").await;
+    let alice = c.fx.user("alice");
+    c.fx.start(c.fx.event("s1", &alice, &["keep"])).await.unwrap();
+    c.fx.end(c.fx.event("s1", &alice, &["keep"])).await.unwrap();
+    let connection = c.connect().await;
+    // The attempt to create her fails (she exists); nothing of it stays, the read path
+    // re-enables her: 1 + 1 (prepare) + 2.
+    assert_eq!(c.start(&connection, "s2", &alice).await, 4);
+    let state = c.fx.state(&alice).await.unwrap();
+    assert!(state.login);
+    assert_eq!(state.member_of, set(&[&c.fx.group, &c.fx.reader()]));
+    let comment = state.comment.unwrap();
+    assert!(comment.contains("\"s2\"") && comment.contains("\"revision\":3"), "{comment}");
+}

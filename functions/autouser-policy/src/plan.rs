@@ -1,0 +1,1091 @@
+//! The planner: from a request and what the database holds now, decide what to change.
+//!
+//! Pure: no I/O, no clock (the caller passes `now`). The executor in [`crate::engine`] runs the
+//! steps in one transaction, in order, and maps a failing step to a typed error.
+//!
+//! Ordering matters for concurrency: when the user exists, the first write is always
+//! [`Step::SetLogin`] (a write to the user's `pg_authid` row, which blocks other writers of the
+//! same user until we commit) followed by [`Step::Guard`] (which checks that the ledger we
+//! planned from is still current).
+
+use std::collections::BTreeSet;
+
+use crate::ledger::{is_pg_autouser_ledger, Ledger, SessionRecord};
+use crate::permissions::{
+    self, KeptPrivileges, ObjectBatch, ObjectChanges, ObjectState, PermissionSummary, Ungrantable,
+};
+use crate::policy::CreateDbUserMode;
+use crate::refusal::Refusal;
+use crate::request::{EndRequest, StartRequest, Target};
+
+/// What the database holds now, read in the same transaction, under the user's lock.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObservedState {
+    pub user_exists: bool,
+    /// The user's OID, to find its connections after it is locked or dropped.
+    pub user_oid: Option<u32>,
+    pub user_can_login: bool,
+    /// Roles the user is a direct member of.
+    pub member_of: BTreeSet<String>,
+    /// The user's role comment, where the ledger lives.
+    pub ledger_comment: Option<String>,
+    /// Memberships of the user that the admin cannot revoke (PostgreSQL 16+: granted by
+    /// another role), as `(role, grantor)`.
+    pub foreign_grants: BTreeSet<(String, String)>,
+    pub group_exists: bool,
+    /// Which of the roles the plan may grant exist.
+    pub existing_roles: BTreeSet<String>,
+    /// Which of the roles the plan may grant are superusers.
+    pub superuser_roles: BTreeSet<String>,
+    pub server_version_num: i32,
+    pub read_only: bool,
+    /// The managed group's comment records this session as ended (its user was dropped, or
+    /// its end came before its start): see [`crate::ledger::ENDED_SESSIONS_HEADER`].
+    pub session_ended_in_group: bool,
+    /// The server's clock at the transaction's start, Unix seconds: a session's `started_at`.
+    pub server_now: u64,
+    /// The objects of the connected database, listed when object permissions are in play:
+    /// the session has rules, or the ledger says privileges were granted in this database.
+    pub objects: Option<ObjectState>,
+}
+
+impl ObservedState {
+    /// What a session-start for a user that does not exist yet expects to find: the group
+    /// and every wanted role present, none of them a superuser, a writable server. The
+    /// one-round-trip start ([`crate::engine`]) plans from this instead of reading; any
+    /// difference makes one of its statements fail, and it falls back to reading.
+    pub fn expected_for_new_user(req: &StartRequest) -> ObservedState {
+        ObservedState {
+            group_exists: true,
+            existing_roles: req.db_roles.union(&req.platform_roles).cloned().collect(),
+            ..ObservedState::default()
+        }
+    }
+}
+
+/// One change, rendered to SQL by [`crate::sql::render`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    CreateGroup {
+        group: String,
+    },
+    /// A new user, able to log in; [`Step::GrantRoles`] follows, after the ledger.
+    CreateUser {
+        user: String,
+    },
+    /// One statement for all of them, for the reason given at [`Step::RevokeRoles`].
+    GrantRoles {
+        roles: Vec<String>,
+        user: String,
+    },
+    /// One statement for all of them: PostgreSQL 16+ recomputes the admin's memberships after
+    /// every statement that changes some, at a cost that grows with the users it created.
+    RevokeRoles {
+        roles: Vec<String>,
+        user: String,
+    },
+    SetLogin {
+        user: String,
+        login: bool,
+    },
+    Guard {
+        user: String,
+        expected_ledger: Option<String>,
+    },
+    WriteLedger {
+        user: String,
+        ledger: String,
+    },
+    DropUser {
+        user: String,
+    },
+    /// Takes the role name `user` for this transaction without creating it (`CREATE ROLE`,
+    /// then `DROP ROLE`): a concurrent `CREATE ROLE` of the name waits for us, and a role
+    /// created meanwhile makes this fail.
+    ReserveName {
+        user: String,
+    },
+    /// Records `sessions` of `user` as ended in the managed group's comment, and forgets the
+    /// entries older than `window_secs`. Writers of that comment are serialised cluster-wide
+    /// (see [`crate::sql::render`]), so none loses another's entries.
+    RecordEnded {
+        group: String,
+        user: String,
+        sessions: Vec<String>,
+        window_secs: u64,
+    },
+    /// Fails (as a lost race, so that the start reads the state and refuses) when the managed
+    /// group's comment records `session` of `user` as ended. Follows the creation of the user,
+    /// which waits for a concurrent [`Step::ReserveName`].
+    RefuseIfEnded {
+        group: String,
+        user: String,
+        session: String,
+    },
+    GrantObjects {
+        batch: ObjectBatch,
+        user: String,
+    },
+    RevokeObjects {
+        batch: ObjectBatch,
+        user: String,
+    },
+    GrantSchemaUsage {
+        schemas: Vec<String>,
+        user: String,
+    },
+    RevokeSchemaUsage {
+        schemas: Vec<String>,
+        user: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartDecision {
+    /// The session is already open and the user is as it should be: change nothing.
+    AlreadyActive { ledger: Ledger, db_permissions: Vec<PermissionSummary> },
+    Apply {
+        steps: Vec<Step>,
+        ledger: Ledger,
+        created_user: bool,
+        /// The object permissions the session holds once the steps ran.
+        db_permissions: Vec<PermissionSummary>,
+    },
+}
+
+/// What an end does about object privileges.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ObjectCleanup {
+    /// Revoked in the connected database: its last session that had them ended.
+    pub revoked: Vec<PermissionSummary>,
+    /// Other databases where the ledger says privileges may remain with no session left to
+    /// need them (the end ran elsewhere): the outcome's reason says how to revoke them.
+    pub left_in: Vec<String>,
+    /// What the user keeps in the connected database because the admin cannot revoke it.
+    pub kept: KeptPrivileges,
+}
+
+/// The reason of an end that finds its session ended already (a duplicate, or a rerun of an
+/// end whose COMMIT was applied).
+pub const ALREADY_ENDED: &str = "the session has already ended";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndDecision {
+    Noop {
+        reason: &'static str,
+    },
+    /// The session is unknown: its end is recorded (in the user's ledger, or in the managed
+    /// group's comment when the user does not exist), so that its start, delivered later, is
+    /// refused. Nothing else changes.
+    RecordEarly {
+        steps: Vec<Step>,
+        reason: &'static str,
+        open_sessions: usize,
+    },
+    /// Other sessions remain: only the ledger changes.
+    InUse {
+        steps: Vec<Step>,
+        ledger: Ledger,
+        mode: CreateDbUserMode,
+        objects: ObjectCleanup,
+    },
+    /// Last session, `keep`: strip roles, NOLOGIN.
+    Deactivate {
+        steps: Vec<Step>,
+        mode: CreateDbUserMode,
+        objects: ObjectCleanup,
+    },
+    /// Last session, `best_effort_drop`: run `before_drop`, then drop the user, then
+    /// `after_drop` (which records its ended sessions in the managed group's comment); if
+    /// objects depend on it, roll back to before the drop and run `fallback` (the `keep`
+    /// changes).
+    Drop {
+        before_drop: Vec<Step>,
+        after_drop: Vec<Step>,
+        fallback: Vec<Step>,
+        objects: ObjectCleanup,
+    },
+}
+
+pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result<StartDecision, Refusal> {
+    let t = &req.target;
+    if state.user_exists && !state.member_of.contains(&t.managed_group) {
+        return Err(Refusal::UserConflict { user: t.db_user.clone(), group: t.managed_group.clone() });
+    }
+    let mut ledger = Ledger::from_comment(&t.db_user, state.ledger_comment.as_deref())?;
+    match &ledger.identity {
+        Some(owner) if *owner != req.identity => {
+            return Err(Refusal::IdentityConflict {
+                user: t.db_user.clone(),
+                owner: Box::new(owner.clone()),
+                requested: Box::new(req.identity.clone()),
+            });
+        }
+        Some(_) => {}
+        // A new user, or a ledger an earlier release wrote: the identity starting it owns it.
+        None => ledger.identity = Some(req.identity.clone()),
+    }
+    let wanted: BTreeSet<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
+
+    // The session's object rules, and the objects of its database to apply them to.
+    let objects = match (&req.db_permissions, &state.objects) {
+        (Some(rules), Some(objects)) => Some((rules, objects)),
+        (Some(_), None) => unreachable!("the engine lists the objects of a session with db_permissions"),
+        (None, _) => None,
+    };
+    // Privileges an earlier session was granted here that no end revoked (the policy lost its
+    // db_permissions, say): this session has no rules, so they all go before it unlocks.
+    let granted_before = match (&req.db_permissions, &state.objects) {
+        (None, Some(objects)) if ledger.object_databases.contains(&objects.database) => Some(objects),
+        _ => None,
+    };
+    let fingerprint = objects.map(|(rules, _)| rules.fingerprint());
+    if let Some(record) = ledger.sessions.get(&t.session_id) {
+        let mut held = record.db_roles.union(&req.platform_roles).cloned().collect::<BTreeSet<_>>();
+        held.insert(t.managed_group.clone());
+        if state.user_can_login && state.member_of == held {
+            // What the session's rules give that the user has, directly or through PUBLIC or
+            // its roles: what the start that opened the session reported.
+            let db_permissions = objects.map_or_else(Vec::new, |(rules, o)| {
+                let wanted = rules.evaluate(&o.database, &o.objects);
+                let has: Vec<BTreeSet<String>> = o
+                    .objects
+                    .iter()
+                    .zip(wanted)
+                    .map(|(object, wanted)| {
+                        wanted
+                            .into_iter()
+                            .filter(|p| object.held.contains(p) || object.held_otherwise.contains(p))
+                            .collect()
+                    })
+                    .collect();
+                permissions::summarize(o, &has)
+            });
+            return Ok(StartDecision::AlreadyActive { ledger, db_permissions });
+        }
+    } else if ledger.was_ended(&t.session_id) || state.session_ended_in_group {
+        return Err(Refusal::SessionAlreadyEnded { session_id: t.session_id.clone(), user: t.db_user.clone() });
+    }
+    if let Some(other) = ledger.sessions.iter().find(|(id, s)| **id != t.session_id && s.db_roles != req.db_roles) {
+        return Err(Refusal::RolesMismatch {
+            user: t.db_user.clone(),
+            active: other.1.db_roles.clone(),
+            requested: req.db_roles.clone(),
+        });
+    }
+    if let Some((_, other)) = ledger
+        .sessions
+        .iter()
+        .find(|(id, s)| **id != t.session_id && s.db_name == t.db_name && s.db_permissions != fingerprint)
+    {
+        return Err(Refusal::PermissionsMismatch {
+            user: t.db_user.clone(),
+            db_name: t.db_name.clone(),
+            other_session_has_rules: other.db_permissions.is_some(),
+        });
+    }
+    let object_changes = match objects {
+        Some((rules, objects)) => {
+            let wanted = rules.evaluate(&objects.database, &objects.objects);
+            Some(permissions::changes(objects, &wanted).map_err(|missing| ungrantable(t, missing))?)
+        }
+        None => None,
+    };
+    for role in &wanted {
+        if !state.existing_roles.contains(role) {
+            return Err(Refusal::UnknownDbRole { role: role.clone(), database: t.database.clone() });
+        }
+        if state.superuser_roles.contains(role) {
+            return Err(Refusal::RefusedDbRole {
+                role: role.clone(),
+                reason: "it is a superuser role, and a member could SET ROLE to it",
+            });
+        }
+    }
+    let stray = |role: &String| !wanted.contains(role) && *role != t.managed_group;
+    if let Some((role, grantor)) = state.foreign_grants.iter().find(|(role, _)| stray(role)) {
+        return Err(Refusal::ForeignGrant { user: t.db_user.clone(), role: role.clone(), grantor: grantor.clone() });
+    }
+    if state.read_only {
+        return Err(Refusal::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
+    }
+
+    let user = &t.db_user;
+    ledger.sessions.entry(t.session_id.clone()).or_insert_with(|| SessionRecord {
+        mode: req.mode,
+        database: t.database.clone(),
+        db_name: t.db_name.clone(),
+        db_roles: req.db_roles.clone(),
+        started_at: now,
+        db_permissions: fingerprint.clone(),
+    });
+    if let Some((_, objects)) = objects {
+        ledger.object_databases.insert(objects.database.clone());
+    }
+    let revoke_granted_before = granted_before.map(|objects| {
+        let changes = permissions::revoke_all(objects);
+        if changes.kept.is_empty() {
+            ledger.object_databases.remove(&objects.database);
+        }
+        changes
+    });
+    ledger.revision += 1;
+    let mut steps = Vec::new();
+    if !state.group_exists {
+        steps.push(Step::CreateGroup { group: t.managed_group.clone() });
+    }
+    if state.user_exists {
+        // The ledger right after the guard, before any membership change: PostgreSQL 16+
+        // recomputes the admin's memberships (one per user it created) for the first privilege
+        // check after each membership change, so writes that check privileges go first.
+        steps.extend(lock_and_guard(user, true, state));
+        steps.push(write_ledger(user, &ledger));
+        let strays: Vec<String> = state.member_of.iter().filter(|r| stray(r)).cloned().collect();
+        if !strays.is_empty() {
+            steps.push(Step::RevokeRoles { roles: strays, user: user.clone() });
+        }
+        let missing: Vec<String> = std::iter::once(&t.managed_group)
+            .chain(&wanted)
+            .filter(|role| !state.member_of.contains(*role))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            steps.push(Step::GrantRoles { roles: missing, user: user.clone() });
+        }
+    } else {
+        // The same order for a new user: creating it is a membership change of the admin
+        // (PostgreSQL 16+), so the ledger goes right after it, and every grant in one statement.
+        steps.push(Step::CreateUser { user: user.clone() });
+        steps.push(write_ledger(user, &ledger));
+        let roles = std::iter::once(t.managed_group.clone()).chain(wanted.iter().cloned()).collect();
+        steps.push(Step::GrantRoles { roles, user: user.clone() });
+        // After the creation, which waits for an end recording this session concurrently.
+        steps.push(Step::RefuseIfEnded {
+            group: t.managed_group.clone(),
+            user: user.clone(),
+            session: t.session_id.clone(),
+        });
+    }
+    let db_permissions = match object_changes {
+        Some(changes) => {
+            let summary = changes.summary.clone();
+            steps.extend(object_steps(user, changes));
+            summary
+        }
+        None => Vec::new(),
+    };
+    if let Some(changes) = revoke_granted_before {
+        steps.extend(object_steps(user, changes));
+    }
+    Ok(StartDecision::Apply { steps, ledger, created_user: !state.user_exists, db_permissions })
+}
+
+fn ungrantable(t: &Target, missing: Ungrantable) -> Refusal {
+    match missing {
+        Ungrantable::Object(missing) => Refusal::MissingObjectGrantOption {
+            admin: t.admin.clone(),
+            db_name: t.db_name.clone(),
+            missing: Box::new(missing),
+        },
+        Ungrantable::SchemaUsage { schema } => {
+            Refusal::MissingSchemaGrantOption { admin: t.admin.clone(), db_name: t.db_name.clone(), schema }
+        }
+        Ungrantable::SchemaLookup { schema } => {
+            Refusal::MissingSchemaUsage { admin: t.admin.clone(), db_name: t.db_name.clone(), schema }
+        }
+    }
+}
+
+/// Revokes first, so that a privilege moving between batches is never revoked after its grant.
+fn object_steps(user: &str, changes: ObjectChanges) -> Vec<Step> {
+    let user = user.to_string();
+    let mut steps: Vec<Step> =
+        changes.revoke.into_iter().map(|batch| Step::RevokeObjects { batch, user: user.clone() }).collect();
+    if !changes.revoke_usage.is_empty() {
+        steps.push(Step::RevokeSchemaUsage { schemas: changes.revoke_usage, user: user.clone() });
+    }
+    if !changes.grant_usage.is_empty() {
+        steps.push(Step::GrantSchemaUsage { schemas: changes.grant_usage, user: user.clone() });
+    }
+    steps.extend(changes.grant.into_iter().map(|batch| Step::GrantObjects { batch, user: user.clone() }));
+    steps
+}
+
+/// At an end (after the ledger records it): revoke the object privileges of the connected
+/// database if no open session there needs them any more, and name the other databases that
+/// may still hold some. The database stays in the ledger while the user keeps privileges
+/// there that the admin cannot revoke, so later starts and ends there report them again.
+fn object_cleanup(user: &str, ledger: &mut Ledger, state: &ObservedState) -> (Vec<Step>, ObjectCleanup) {
+    let needed =
+        |ledger: &Ledger, db: &str| ledger.sessions.values().any(|s| s.db_name == db && s.db_permissions.is_some());
+    let mut cleanup = ObjectCleanup::default();
+    let mut steps = Vec::new();
+    let connected = state.objects.as_ref().map(|objects| objects.database.as_str());
+    if let Some(objects) = &state.objects {
+        if ledger.object_databases.contains(&objects.database) && !needed(ledger, &objects.database) {
+            let mut changes = permissions::revoke_all(objects);
+            cleanup.revoked = changes.summary.clone();
+            cleanup.kept = std::mem::take(&mut changes.kept);
+            steps = object_steps(user, changes);
+            if cleanup.kept.is_empty() {
+                ledger.object_databases.remove(&objects.database);
+            }
+        }
+    }
+    cleanup.left_in = ledger
+        .object_databases
+        .iter()
+        .filter(|db| !needed(ledger, db) && Some(db.as_str()) != connected)
+        .cloned()
+        .collect();
+    (steps, cleanup)
+}
+
+pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, Refusal> {
+    let t: &Target = &req.target;
+    let user = &t.db_user;
+    let already_ended = EndDecision::Noop { reason: ALREADY_ENDED };
+    let read_only = || Err(Refusal::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
+    if !state.user_exists {
+        if state.session_ended_in_group {
+            return Ok(already_ended);
+        }
+        if state.read_only {
+            return read_only();
+        }
+        // An end before its start (delivery has no order): remember it where the start will
+        // look, holding the name so that a start creating the user meanwhile waits for us.
+        let mut steps = Vec::new();
+        if !state.group_exists {
+            steps.push(Step::CreateGroup { group: t.managed_group.clone() });
+        }
+        steps.push(Step::ReserveName { user: user.clone() });
+        steps.push(record_ended(req, vec![t.session_id.clone()]));
+        return Ok(EndDecision::RecordEarly {
+            steps,
+            reason: "the database user does not exist: the end is recorded, so that a start of this session \
+                     delivered later is refused",
+            open_sessions: 0,
+        });
+    }
+    if !state.member_of.contains(&t.managed_group) {
+        return Ok(EndDecision::Noop {
+            reason: "the database user is not in the managed group, so it is not ours to touch",
+        });
+    }
+    let mut ledger = Ledger::from_comment(&t.db_user, state.ledger_comment.as_deref())?;
+    let Some(record) = ledger.sessions.get(&t.session_id).cloned() else {
+        if ledger.was_ended(&t.session_id) || state.session_ended_in_group {
+            return Ok(already_ended);
+        }
+        if state.read_only {
+            return read_only();
+        }
+        ledger.record_end(&t.session_id);
+        ledger.revision += 1;
+        let mut steps = lock_and_guard(user, state.user_can_login, state);
+        steps.push(write_ledger(user, &ledger));
+        return Ok(EndDecision::RecordEarly {
+            steps,
+            reason: "the session is unknown: its end is recorded, so that a start of it delivered later is refused",
+            open_sessions: ledger.sessions.len(),
+        });
+    };
+    if state.read_only {
+        return read_only();
+    }
+    ledger.record_end(&t.session_id);
+    ledger.revision += 1;
+    let (revoke_objects, objects) = object_cleanup(user, &mut ledger, state);
+
+    if !ledger.sessions.is_empty() {
+        let mut steps = lock_and_guard(user, true, state);
+        steps.push(write_ledger(user, &ledger));
+        steps.extend(revoke_objects);
+        return Ok(EndDecision::InUse { steps, ledger, mode: record.mode, objects });
+    }
+    // Object privileges go before the drop: they are dependencies that would block it.
+    let mut before = lock_and_guard(user, false, state);
+    before.extend(revoke_objects);
+    // The ledger before the revokes: see plan_start.
+    let mut keep = vec![write_ledger(user, &ledger)];
+    let held: Vec<String> = state.member_of.iter().filter(|r| **r != t.managed_group).cloned().collect();
+    if !held.is_empty() {
+        keep.push(Step::RevokeRoles { roles: held, user: user.clone() });
+    }
+    Ok(match record.mode {
+        CreateDbUserMode::BestEffortDrop => EndDecision::Drop {
+            before_drop: before,
+            // The user's ledger goes with it: its ended sessions move to the group's comment.
+            after_drop: vec![record_ended(req, ledger.ended.clone())],
+            fallback: keep,
+            objects,
+        },
+        mode => EndDecision::Deactivate { steps: before.into_iter().chain(keep).collect(), mode, objects },
+    })
+}
+
+/// The reaper's lock of a managed user with no open session: `NOLOGIN` and no role but the
+/// group. `None` when there is nothing to do: the user is gone, not managed, locked already,
+/// or a session opened since the reaper looked.
+pub fn plan_lock(t: &Target, state: &ObservedState) -> Result<Option<Vec<Step>>, Refusal> {
+    if !state.user_exists
+        || !state.member_of.contains(&t.managed_group)
+        || !is_pg_autouser_ledger(state.ledger_comment.as_deref())
+    {
+        return Ok(None);
+    }
+    let ledger = Ledger::from_comment(&t.db_user, state.ledger_comment.as_deref())?;
+    let held: Vec<String> = state.member_of.iter().filter(|r| **r != t.managed_group).cloned().collect();
+    if !ledger.sessions.is_empty() || (!state.user_can_login && held.is_empty()) {
+        return Ok(None);
+    }
+    if state.read_only {
+        return Err(Refusal::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
+    }
+    let mut steps = lock_and_guard(&t.db_user, false, state);
+    if !held.is_empty() {
+        steps.push(Step::RevokeRoles { roles: held, user: t.db_user.clone() });
+    }
+    Ok(Some(steps))
+}
+
+fn lock_and_guard(user: &str, login: bool, state: &ObservedState) -> Vec<Step> {
+    vec![
+        Step::SetLogin { user: user.to_string(), login },
+        Step::Guard { user: user.to_string(), expected_ledger: state.ledger_comment.clone() },
+    ]
+}
+
+fn record_ended(req: &EndRequest, sessions: Vec<String>) -> Step {
+    Step::RecordEnded {
+        group: req.target.managed_group.clone(),
+        user: req.target.db_user.clone(),
+        sessions,
+        window_secs: req.redelivery_window_secs,
+    }
+}
+
+fn write_ledger(user: &str, ledger: &Ledger) -> Step {
+    Step::WriteLedger { user: user.to_string(), ledger: ledger.to_comment() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(session: &str) -> Target {
+        Target {
+            session_id: session.into(),
+            person: "alice".into(),
+            db_user: "alice".into(),
+            database: "orders".into(),
+            db_name: "app".into(),
+            admin_db_name: "app".into(),
+            admin: "teleport-admin".into(),
+            managed_group: "grp".into(),
+            endpoint: "localhost:5432".into(),
+        }
+    }
+
+    fn start(session: &str, roles: &[&str], mode: CreateDbUserMode) -> StartRequest {
+        StartRequest {
+            target: target(session),
+            identity: crate::ledger::Identity { user: "alice".into(), origin_cluster: None },
+            mode,
+            db_roles: roles.iter().map(|r| r.to_string()).collect(),
+            platform_roles: BTreeSet::new(),
+            db_permissions: None,
+        }
+    }
+
+    fn end(session: &str) -> EndRequest {
+        EndRequest {
+            target: target(session),
+            revokes_db_permissions: false,
+            terminate_connections: false,
+            redelivery_window_secs: 86400,
+        }
+    }
+
+    fn set(items: &[&str]) -> BTreeSet<String> {
+        items.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn fresh_server() -> ObservedState {
+        ObservedState {
+            existing_roles: set(&["reader", "writer", "rds_iam"]),
+            server_version_num: 160000,
+            ..Default::default()
+        }
+    }
+
+    /// The state after `steps` ran, as far as the planner cares.
+    fn apply(mut state: ObservedState, steps: &[Step]) -> ObservedState {
+        for step in steps {
+            match step {
+                Step::CreateGroup { .. } => state.group_exists = true,
+                Step::CreateUser { .. } => {
+                    state.user_exists = true;
+                    state.user_can_login = true;
+                }
+                Step::GrantRoles { roles, .. } => {
+                    state.member_of.extend(roles.iter().cloned());
+                }
+                Step::RevokeRoles { roles, .. } => {
+                    for role in roles {
+                        state.member_of.remove(role);
+                    }
+                }
+                Step::SetLogin { login, .. } => state.user_can_login = *login,
+                Step::WriteLedger { ledger, .. } => state.ledger_comment = Some(ledger.clone()),
+                Step::Guard { expected_ledger, .. } => assert_eq!(expected_ledger, &state.ledger_comment),
+                Step::DropUser { .. } => state = ObservedState { user_exists: false, ..state },
+                Step::ReserveName { .. } => assert!(!state.user_exists),
+                // The group's comment is the server's business; the tests of crate::sql and
+                // the integration tests check it.
+                Step::RecordEnded { .. } => state.session_ended_in_group = true,
+                Step::RefuseIfEnded { .. } => assert!(!state.session_ended_in_group),
+                Step::GrantObjects { batch, .. } | Step::RevokeObjects { batch, .. } => {
+                    let objects = state.objects.as_mut().expect("objects listed");
+                    for object in objects.objects.iter_mut() {
+                        let reference = (&object.schema, &object.name);
+                        if !batch.objects.iter().any(|o| (&o.schema, &o.name) == reference) {
+                            continue;
+                        }
+                        match step {
+                            Step::GrantObjects { .. } => {
+                                object.held.insert(batch.privilege.clone());
+                            }
+                            _ if batch.privilege == "ALL" => object.held.clear(),
+                            _ => {
+                                object.held.remove(&batch.privilege);
+                            }
+                        }
+                    }
+                }
+                Step::GrantSchemaUsage { schemas, .. } | Step::RevokeSchemaUsage { schemas, .. } => {
+                    let grant = matches!(step, Step::GrantSchemaUsage { .. });
+                    for schema in &mut state.objects.as_mut().expect("objects listed").schemas {
+                        if schemas.contains(&schema.name) {
+                            schema.user_has_usage = grant;
+                        }
+                    }
+                }
+            }
+        }
+        state
+    }
+
+    fn started(state: ObservedState, req: &StartRequest) -> ObservedState {
+        match plan_start(req, &state, 10).unwrap() {
+            StartDecision::Apply { steps, .. } => apply(state, &steps),
+            StartDecision::AlreadyActive { .. } => state,
+        }
+    }
+
+    #[test]
+    fn first_start_creates_the_group_then_the_user_then_writes_the_ledger_then_grants() {
+        let req = start("s1", &["reader"], CreateDbUserMode::Keep);
+        let StartDecision::Apply { steps, created_user, .. } = plan_start(&req, &fresh_server(), 10).unwrap() else {
+            panic!("expected a plan")
+        };
+        assert!(created_user);
+        assert_eq!(steps[0], Step::CreateGroup { group: "grp".into() });
+        assert_eq!(steps[1], Step::CreateUser { user: "alice".into() });
+        assert!(matches!(steps[2], Step::WriteLedger { .. }), "{steps:?}");
+        assert_eq!(steps[3], Step::GrantRoles { roles: vec!["grp".into(), "reader".into()], user: "alice".into() });
+        assert_eq!(steps[4], Step::RefuseIfEnded { group: "grp".into(), user: "alice".into(), session: "s1".into() });
+        assert_eq!(steps.len(), 5, "{steps:?}");
+        let state = apply(fresh_server(), &steps);
+        assert_eq!(state.member_of, set(&["grp", "reader"]));
+        assert!(state.user_can_login);
+    }
+
+    #[test]
+    fn existing_unmanaged_role_is_a_conflict() {
+        let state = ObservedState { user_exists: true, member_of: set(&["reader"]), ..fresh_server() };
+        let err = plan_start(&start("s1", &[], CreateDbUserMode::Keep), &state, 10).unwrap_err();
+        assert!(matches!(err, Refusal::UserConflict { .. }));
+        let end = plan_end(&end("s1"), &state).unwrap();
+        assert!(matches!(end, EndDecision::Noop { .. }));
+    }
+
+    #[test]
+    fn duplicate_start_changes_nothing() {
+        let req = start("s1", &["reader"], CreateDbUserMode::Keep);
+        let state = started(ObservedState { group_exists: true, ..fresh_server() }, &req);
+        assert!(matches!(plan_start(&req, &state, 11).unwrap(), StartDecision::AlreadyActive { .. }));
+    }
+
+    #[test]
+    fn restart_revokes_leftover_roles() {
+        let mut state = started(fresh_server(), &start("s1", &["reader", "writer"], CreateDbUserMode::Keep));
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s1"), &state).unwrap() else {
+            panic!("expected keep")
+        };
+        state = apply(state, &steps);
+        // Someone granted an extra role while the user was locked.
+        state.member_of.insert("writer".into());
+        let state = started(state, &start("s2", &["reader"], CreateDbUserMode::Keep));
+        assert_eq!(state.member_of, set(&["grp", "reader"]));
+        assert!(state.user_can_login);
+    }
+
+    #[test]
+    fn overlapping_session_with_other_roles_is_refused() {
+        let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        let err = plan_start(&start("s2", &["reader", "writer"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
+        assert!(matches!(err, Refusal::RolesMismatch { .. }), "{err:?}");
+        assert!(plan_start(&start("s2", &["reader"], CreateDbUserMode::Keep), &state, 0).is_ok());
+    }
+
+    #[test]
+    fn end_of_one_of_two_sessions_keeps_the_user_usable() {
+        let req1 = start("s1", &["reader"], CreateDbUserMode::Keep);
+        let state = started(started(fresh_server(), &req1), &start("s2", &["reader"], CreateDbUserMode::Keep));
+        let EndDecision::InUse { steps, ledger, .. } = plan_end(&end("s1"), &state).unwrap() else {
+            panic!("expected in use")
+        };
+        assert_eq!(ledger.sessions.len(), 1);
+        let state = apply(state, &steps);
+        assert!(state.user_can_login);
+        assert_eq!(state.member_of, set(&["grp", "reader"]));
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s2"), &state).unwrap() else {
+            panic!("expected keep")
+        };
+        let state = apply(state, &steps);
+        assert!(!state.user_can_login);
+        assert_eq!(state.member_of, set(&["grp"]));
+    }
+
+    #[test]
+    fn end_applies_the_mode_recorded_at_start() {
+        let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::BestEffortDrop));
+        assert!(matches!(plan_end(&end("s1"), &state).unwrap(), EndDecision::Drop { .. }));
+    }
+
+    #[test]
+    fn duplicate_or_unknown_end_is_a_noop_and_late_start_is_refused() {
+        let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
+        let state = apply(state, &steps);
+        assert!(matches!(plan_end(&end("s1"), &state).unwrap(), EndDecision::Noop { .. }));
+        let err = plan_start(&start("s1", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
+        assert!(matches!(err, Refusal::SessionAlreadyEnded { .. }));
+    }
+
+    #[test]
+    fn an_end_before_its_start_is_recorded_in_the_ledger_and_the_start_refused() {
+        let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        let EndDecision::RecordEarly { steps, open_sessions, .. } = plan_end(&end("s2"), &state).unwrap() else {
+            panic!("expected the early end to be recorded")
+        };
+        assert_eq!(open_sessions, 1);
+        assert!(matches!(steps[0], Step::SetLogin { login: true, .. }), "{steps:?}");
+        assert!(matches!(steps[1], Step::Guard { .. }), "{steps:?}");
+        let state = apply(state, &steps);
+        assert!(state.user_can_login, "s1 is still open");
+        assert!(matches!(plan_end(&end("s2"), &state).unwrap(), EndDecision::Noop { .. }), "a duplicate end");
+        let err = plan_start(&start("s2", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
+        assert!(matches!(err, Refusal::SessionAlreadyEnded { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn an_end_before_its_users_first_start_is_recorded_in_the_group_and_the_start_refused() {
+        let EndDecision::RecordEarly { steps, .. } = plan_end(&end("s1"), &fresh_server()).unwrap() else {
+            panic!("expected the early end to be recorded")
+        };
+        assert_eq!(steps[0], Step::CreateGroup { group: "grp".into() });
+        assert_eq!(steps[1], Step::ReserveName { user: "alice".into() });
+        assert_eq!(
+            steps[2],
+            Step::RecordEnded {
+                group: "grp".into(),
+                user: "alice".into(),
+                sessions: vec!["s1".into()],
+                window_secs: 86400
+            }
+        );
+        let state = apply(fresh_server(), &steps);
+        assert!(matches!(plan_end(&end("s1"), &state).unwrap(), EndDecision::Noop { .. }), "a duplicate end");
+        let err = plan_start(&start("s1", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
+        assert!(matches!(err, Refusal::SessionAlreadyEnded { .. }), "{err:?}");
+        let read_only = ObservedState { read_only: true, ..fresh_server() };
+        assert!(matches!(plan_end(&end("s1"), &read_only), Err(Refusal::ReadOnlyEndpoint { .. })));
+    }
+
+    #[test]
+    fn a_drop_moves_the_users_ended_sessions_to_the_group() {
+        let state = started(fresh_server(), &start("s0", &["reader"], CreateDbUserMode::Keep));
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s0"), &state).unwrap() else { panic!() };
+        let state = started(apply(state, &steps), &start("s1", &["reader"], CreateDbUserMode::BestEffortDrop));
+        let EndDecision::Drop { after_drop, fallback, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
+        assert_eq!(
+            after_drop,
+            [Step::RecordEnded {
+                group: "grp".into(),
+                user: "alice".into(),
+                sessions: vec!["s0".into(), "s1".into()],
+                window_secs: 86400
+            }]
+        );
+        let kept = apply(state, &fallback);
+        let ledger = Ledger::from_comment("alice", kept.ledger_comment.as_deref()).unwrap();
+        assert!(ledger.was_ended("s1"), "the fallback's own ledger records the end: {ledger:?}");
+    }
+
+    #[test]
+    fn a_start_of_another_identity_mapping_to_the_same_role_is_refused() {
+        let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        let mut other = start("s2", &["reader"], CreateDbUserMode::Keep);
+        other.identity = crate::ledger::Identity { user: "alice".into(), origin_cluster: Some("root".into()) };
+        let err = plan_start(&other, &state, 0).unwrap_err();
+        let Refusal::IdentityConflict { owner, requested, .. } = &err else { panic!("{err:?}") };
+        assert_eq!(owner.user, "alice");
+        assert_eq!(owner.origin_cluster, None);
+        assert_eq!(requested.origin_cluster.as_deref(), Some("root"));
+        assert_eq!(owner.to_string(), "local user \"alice\"");
+        assert_eq!(requested.to_string(), "user \"alice\" of cluster \"root\"");
+    }
+
+    #[test]
+    fn a_ledger_without_an_identity_is_adopted_by_the_next_start() {
+        let mut state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        let mut ledger = Ledger::from_comment("alice", state.ledger_comment.as_deref()).unwrap();
+        ledger.identity = None;
+        state.ledger_comment = Some(ledger.to_comment());
+        let mut next = start("s2", &["reader"], CreateDbUserMode::Keep);
+        next.identity = crate::ledger::Identity { user: "bob".into(), origin_cluster: None };
+        let StartDecision::Apply { ledger, .. } = plan_start(&next, &state, 0).unwrap() else { panic!() };
+        assert_eq!(ledger.identity, Some(next.identity.clone()));
+        assert_eq!(ledger.sessions.len(), 2);
+    }
+
+    #[test]
+    fn missing_and_superuser_roles_are_refused() {
+        let err = plan_start(&start("s1", &["ghost"], CreateDbUserMode::Keep), &fresh_server(), 0).unwrap_err();
+        assert!(matches!(err, Refusal::UnknownDbRole { .. }));
+        let state = ObservedState { superuser_roles: set(&["reader"]), ..fresh_server() };
+        let err = plan_start(&start("s1", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
+        assert!(matches!(err, Refusal::RefusedDbRole { .. }));
+    }
+
+    #[test]
+    fn stray_role_granted_by_someone_else_refuses_the_start() {
+        let mut state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        state.member_of.insert("writer".into());
+        state.foreign_grants.insert(("writer".into(), "postgres".into()));
+        let err = plan_start(&start("s2", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
+        assert!(matches!(err, Refusal::ForeignGrant { .. }), "{err:?}");
+        // A foreign grant of a role the session gets anyway is harmless.
+        let req = start("s2", &["reader", "writer"], CreateDbUserMode::Keep);
+        state.ledger_comment = None;
+        assert!(plan_start(&req, &state, 0).is_ok());
+    }
+
+    #[test]
+    fn read_only_endpoint_is_refused_before_any_write() {
+        let state = ObservedState { read_only: true, ..fresh_server() };
+        let err = plan_start(&start("s1", &[], CreateDbUserMode::Keep), &state, 0).unwrap_err();
+        assert!(matches!(err, Refusal::ReadOnlyEndpoint { .. }));
+    }
+
+    fn with_objects(database: &str) -> ObservedState {
+        use crate::permissions::{DbObject, ObjectKind, SchemaState};
+        let table = |name: &str| DbObject {
+            kind: ObjectKind::Table,
+            schema: "public".into(),
+            name: name.into(),
+            arguments: None,
+            held: BTreeSet::new(),
+            admin_grantable: set(&["SELECT", "INSERT"]),
+            held_otherwise: BTreeSet::new(),
+            admin_may_revoke: true,
+            kept: BTreeSet::new(),
+        };
+        ObservedState {
+            objects: Some(ObjectState {
+                database: database.into(),
+                schemas: vec![SchemaState {
+                    name: "public".into(),
+                    user_has_usage: false,
+                    user_has_usage_otherwise: false,
+                    admin_has_usage: true,
+                    admin_can_grant_usage: true,
+                    admin_may_revoke: true,
+                    usage_kept_by: BTreeSet::new(),
+                }],
+                objects: vec![table("orders"), table("secret")],
+            }),
+            ..fresh_server()
+        }
+    }
+
+    fn object_rules(permission: &str) -> crate::permissions::ObjectRules {
+        let rule: crate::permissions::PermissionRule = serde_yaml_ng::from_str(&format!(
+            "{{match: {{object_kind: table, name: orders}}, permissions: [{permission}]}}"
+        ))
+        .unwrap();
+        crate::permissions::ObjectRules { allow: vec![rule.compile(0).unwrap()], deny: vec![], import_rules: vec![] }
+    }
+
+    fn held(state: &ObservedState) -> Vec<(String, BTreeSet<String>)> {
+        let objects = state.objects.as_ref().unwrap();
+        objects.objects.iter().map(|o| (o.name.clone(), o.held.clone())).collect()
+    }
+
+    #[test]
+    fn object_permissions_are_granted_with_schema_usage_and_recorded_per_database() {
+        let mut req = start("s1", &[], CreateDbUserMode::Keep);
+        req.db_permissions = Some(object_rules("SELECT"));
+        let StartDecision::Apply { steps, ledger, db_permissions, .. } =
+            plan_start(&req, &with_objects("app"), 0).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(ledger.object_databases, set(&["app"]));
+        assert!(ledger.sessions["s1"].db_permissions.is_some());
+        assert_eq!(db_permissions.len(), 1);
+        assert_eq!(db_permissions[0].privileges["SELECT"], 1);
+        let state = apply(with_objects("app"), &steps);
+        assert_eq!(held(&state), [("orders".into(), set(&["SELECT"])), ("secret".into(), set(&[]))]);
+        assert!(state.objects.as_ref().unwrap().schemas[0].user_has_usage);
+
+        // Another session on the same database with other rules would change what s1 holds.
+        let mut other = start("s2", &[], CreateDbUserMode::Keep);
+        other.db_permissions = Some(object_rules("INSERT"));
+        let err = plan_start(&other, &state, 0).unwrap_err();
+        assert!(matches!(err, Refusal::PermissionsMismatch { .. }), "{err:?}");
+        let mut without = start("s2", &[], CreateDbUserMode::Keep);
+        without.db_permissions = None;
+        assert!(matches!(plan_start(&without, &state, 0), Err(Refusal::PermissionsMismatch { .. })));
+    }
+
+    #[test]
+    fn the_last_end_on_a_database_revokes_there_even_when_other_sessions_remain() {
+        let mut s1 = start("s1", &[], CreateDbUserMode::Keep);
+        s1.db_permissions = Some(object_rules("SELECT"));
+        let state = started(with_objects("app"), &s1);
+        // s2 runs on another database, through another connection: only the ledger is shared.
+        let mut s2 = start("s2", &[], CreateDbUserMode::Keep);
+        s2.target.db_name = "analytics".into();
+        s2.db_permissions = Some(object_rules("SELECT"));
+        let in_analytics = ObservedState {
+            objects: Some(ObjectState { database: "analytics".into(), ..ObjectState::default() }),
+            ..state.clone()
+        };
+        let state = ObservedState { ledger_comment: started(in_analytics, &s2).ledger_comment, ..state };
+        let EndDecision::InUse { steps, ledger, objects, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
+        assert_eq!(ledger.object_databases, set(&["analytics"]));
+        assert_eq!(objects.revoked[0].objects, 1);
+        assert!(objects.left_in.is_empty(), "analytics still has a session: {objects:?}");
+        let state = apply(state, &steps);
+        assert!(held(&state).iter().all(|(_, held)| held.is_empty()));
+        assert!(!state.objects.as_ref().unwrap().schemas[0].user_has_usage);
+        assert!(state.user_can_login);
+
+        // The last session ends connected to `app`: analytics is named as left behind.
+        let EndDecision::Deactivate { objects, .. } = plan_end(&end("s2"), &state).unwrap() else { panic!() };
+        assert_eq!(objects.left_in, ["analytics"]);
+    }
+
+    #[test]
+    fn a_drop_revokes_object_privileges_before_dropping() {
+        let mut s1 = start("s1", &[], CreateDbUserMode::BestEffortDrop);
+        s1.db_permissions = Some(object_rules("SELECT"));
+        let state = started(with_objects("app"), &s1);
+        let EndDecision::Drop { before_drop, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
+        assert!(matches!(before_drop.last(), Some(Step::RevokeSchemaUsage { .. })), "{before_drop:?}");
+        assert!(before_drop.iter().any(|s| matches!(s, Step::RevokeObjects { batch, .. } if batch.privilege == "ALL")));
+    }
+
+    #[test]
+    fn object_privileges_are_revoked_where_the_ledger_says_whatever_the_policy_says() {
+        let mut s1 = start("s1", &[], CreateDbUserMode::Keep);
+        s1.db_permissions = Some(object_rules("SELECT"));
+        let granted = started(with_objects("app"), &s1);
+        assert!(held(&granted).iter().any(|(_, held)| !held.is_empty()));
+
+        // The end of a session whose rules have left the policy.
+        let EndDecision::Deactivate { steps, objects, .. } = plan_end(&end("s1"), &granted).unwrap() else { panic!() };
+        assert_eq!(objects.revoked.len(), 1, "{objects:?}");
+        let ended = apply(granted.clone(), &steps);
+        assert!(held(&ended).iter().all(|(_, held)| held.is_empty()));
+        let ledger = Ledger::from_comment("alice", ended.ledger_comment.as_deref()).unwrap();
+        assert!(ledger.object_databases.is_empty());
+
+        // A start without rules, after an end that could not revoke: it revokes first.
+        let mut unrevoked = granted.clone();
+        let mut ledger = Ledger::from_comment("alice", granted.ledger_comment.as_deref()).unwrap();
+        ledger.record_end("s1");
+        unrevoked.ledger_comment = Some(ledger.to_comment());
+        unrevoked.user_can_login = false;
+        let StartDecision::Apply { steps, ledger, db_permissions, .. } =
+            plan_start(&start("s2", &[], CreateDbUserMode::Keep), &unrevoked, 0).unwrap()
+        else {
+            panic!()
+        };
+        assert!(db_permissions.is_empty());
+        assert!(ledger.object_databases.is_empty());
+        let restarted = apply(unrevoked, &steps);
+        assert!(restarted.user_can_login);
+        assert!(held(&restarted).iter().all(|(_, held)| held.is_empty()));
+        assert!(!restarted.objects.as_ref().unwrap().schemas[0].user_has_usage);
+    }
+
+    #[test]
+    fn an_end_keeps_the_database_in_the_ledger_while_privileges_it_cannot_revoke_remain() {
+        let mut s1 = start("s1", &[], CreateDbUserMode::Keep);
+        s1.db_permissions = Some(object_rules("SELECT"));
+        let mut state = started(with_objects("app"), &s1);
+        let secret = &mut state.objects.as_mut().unwrap().objects[1];
+        secret.held.insert("UPDATE".into());
+        secret.admin_may_revoke = false;
+        secret.kept.insert(("UPDATE".into(), "owner".into()));
+        let EndDecision::Deactivate { steps, objects, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
+        assert!(steps.iter().any(|s| matches!(s, Step::SetLogin { login: false, .. })));
+        assert_eq!(objects.kept.objects.len(), 1);
+        assert!(objects.left_in.is_empty(), "the connected database is reported as kept, not left: {objects:?}");
+        let ended = apply(state, &steps);
+        assert_eq!(held(&ended), [("orders".into(), set(&[])), ("secret".into(), set(&["UPDATE"]))]);
+        let ledger = Ledger::from_comment("alice", ended.ledger_comment.as_deref()).unwrap();
+        assert_eq!(ledger.object_databases, set(&["app"]));
+    }
+
+    #[test]
+    fn the_reaper_locks_only_managed_users_of_ours_without_sessions() {
+        let t = target("s1");
+        let stray = ObservedState {
+            user_exists: true,
+            user_can_login: true,
+            member_of: set(&["grp", "reader"]),
+            ledger_comment: Some(Ledger::default().to_comment()),
+            ..fresh_server()
+        };
+        let not_ours = ObservedState { ledger_comment: Some("provisioned by Teleport".into()), ..stray.clone() };
+        assert_eq!(plan_lock(&t, &not_ours).unwrap(), None, "no ledger of ours");
+        assert_eq!(plan_lock(&t, &ObservedState { ledger_comment: None, ..stray.clone() }).unwrap(), None);
+        let steps = plan_lock(&t, &stray).unwrap().expect("a lock");
+        let locked = apply(stray.clone(), &steps);
+        assert!(!locked.user_can_login);
+        assert_eq!(locked.member_of, set(&["grp"]));
+        assert_eq!(plan_lock(&t, &locked).unwrap(), None, "already locked");
+        let unmanaged = ObservedState { member_of: set(&["reader"]), ..stray.clone() };
+        assert_eq!(plan_lock(&t, &unmanaged).unwrap(), None);
+        let in_use = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        assert_eq!(plan_lock(&t, &in_use).unwrap(), None, "a session is open");
+    }
+
+    #[test]
+    fn existing_user_is_locked_and_guarded_before_other_writes() {
+        let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        let StartDecision::Apply { steps, .. } =
+            plan_start(&start("s2", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap()
+        else {
+            panic!()
+        };
+        assert!(matches!(steps[0], Step::SetLogin { login: true, .. }));
+        assert!(matches!(steps[1], Step::Guard { .. }));
+    }
+}
