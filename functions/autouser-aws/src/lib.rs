@@ -16,7 +16,7 @@ use std::time::{Instant, SystemTime};
 
 use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
 use autouser_engine::Error;
-use autouser_policy::config::{AuthConfig, DatabaseType, ResolvedDatabase};
+use autouser_policy::config::{AdminUser, AuthConfig, DatabaseType, ResolvedDatabase};
 pub use aws_config::{BehaviorVersion, SdkConfig};
 use aws_credential_types::provider::ProvideCredentials;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
@@ -48,6 +48,9 @@ pub struct AwsContext {
     secrets: aws_sdk_secretsmanager::Client,
     secret_cache: Mutex<HashMap<String, String>>,
     rds_cache: Mutex<HashMap<String, (Instant, rds::RdsFacts)>>,
+    /// The admin each RDS resource's tag last named, kept while the process lives: a
+    /// session-end logs in as it once the tag is removed (see `resolve_database_for_end`).
+    rds_admins_seen: Mutex<HashMap<String, AdminUser>>,
     rds_interceptors: Vec<aws_sdk_rds::config::SharedInterceptor>,
 }
 
@@ -64,6 +67,7 @@ impl AwsContext {
             sdk,
             secret_cache: Mutex::new(HashMap::new()),
             rds_cache: Mutex::new(HashMap::new()),
+            rds_admins_seen: Mutex::new(HashMap::new()),
             rds_interceptors: Vec::new(),
         }
     }

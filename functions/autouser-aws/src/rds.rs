@@ -34,6 +34,23 @@ pub struct RdsFacts {
 impl AwsContext {
     /// The resolved form of `db`: as configured for a static database, looked up for an RDS one.
     pub async fn resolve_database(&self, config: &Config, db: &DatabaseConfig) -> Result<ResolvedDatabase, Error> {
+        self.resolve(config, db, false).await
+    }
+
+    /// [`AwsContext::resolve_database`] for a session-end or the reaper, which lock users:
+    /// turning provisioning off (removing the admin tag) stops starts, not ends. An RDS
+    /// resource without the tag is reached as the admin its tag last named in this process,
+    /// else as the database's `fallback_admin_user`; without either it is `NotManaged`, which
+    /// a session-end is retried for.
+    pub async fn resolve_database_for_end(
+        &self,
+        config: &Config,
+        db: &DatabaseConfig,
+    ) -> Result<ResolvedDatabase, Error> {
+        self.resolve(config, db, true).await
+    }
+
+    async fn resolve(&self, config: &Config, db: &DatabaseConfig, for_end: bool) -> Result<ResolvedDatabase, Error> {
         let locator = match &db.location {
             Location::Static { .. } => {
                 return db
@@ -48,12 +65,21 @@ impl AwsContext {
             Some((at, facts)) if at.elapsed() < RESOLUTION_TTL => facts,
             _ => {
                 let facts = self.describe(locator).await?;
-                self.rds_cache.lock().expect("rds cache lock").insert(key, (Instant::now(), facts.clone()));
+                self.rds_cache.lock().expect("rds cache lock").insert(key.clone(), (Instant::now(), facts.clone()));
                 facts
             }
         };
-        let mut resolved = apply_facts(db, &config.tag_keys, facts)?;
+        let seen = self.rds_admins_seen.lock().expect("rds admins lock").get(&key).cloned();
+        let untagged_admin = if for_end { seen.or_else(|| db.fallback_admin_user.clone()) } else { None };
+        let mut resolved = apply_facts_with(db, &config.tag_keys, facts, untagged_admin.as_ref())?;
         resolved.hostaddr = locator.hostaddr;
+        if resolved.labels.get(&config.tag_keys.admin_user).is_some_and(|admin| !admin.is_empty()) {
+            self.rds_admins_seen.lock().expect("rds admins lock").insert(key, resolved.admin_user.clone());
+        } else {
+            tracing::warn!(database = %db.name, admin = %resolved.admin_user.name, tag = %config.tag_keys.admin_user,
+                "the admin tag is gone (provisioning is off): ending sessions as the admin the tag last named, or \
+                 fallback_admin_user, so that what is still open is locked");
+        }
         Ok(resolved)
     }
 
@@ -192,7 +218,21 @@ fn cluster_facts(id: &str, region: &str, cluster: &aws_sdk_rds::types::DbCluster
 
 /// Applies what RDS said to the configured database. Pure.
 pub fn apply_facts(db: &DatabaseConfig, tag_keys: &TagKeys, facts: RdsFacts) -> Result<ResolvedDatabase, Error> {
-    let Some(admin) = facts.tags.get(&tag_keys.admin_user).filter(|a| !a.is_empty()) else {
+    apply_facts_with(db, tag_keys, facts, None)
+}
+
+/// [`apply_facts`], with the admin to use when the resource has no admin tag (for ends).
+fn apply_facts_with(
+    db: &DatabaseConfig,
+    tag_keys: &TagKeys,
+    facts: RdsFacts,
+    untagged_admin: Option<&AdminUser>,
+) -> Result<ResolvedDatabase, Error> {
+    let tagged = facts.tags.get(&tag_keys.admin_user).filter(|a| !a.is_empty()).map(|name| AdminUser {
+        name: name.clone(),
+        default_database: facts.tags.get(&tag_keys.default_database).filter(|d| !d.is_empty()).cloned(),
+    });
+    let Some(admin_user) = tagged.or_else(|| untagged_admin.cloned()) else {
         return Err(Error::NotManaged {
             database: db.name.clone(),
             resource: facts.description,
@@ -205,12 +245,8 @@ pub fn apply_facts(db: &DatabaseConfig, tag_keys: &TagKeys, facts: RdsFacts) -> 
     if matches!(db.auth, AuthConfig::Iam { .. }) && !facts.iam_auth_enabled {
         return Err(Error::IamAuthDisabled { database: db.name.clone(), resource: facts.description });
     }
-    autouser_policy::naming::validate_identifier(admin)
+    autouser_policy::naming::validate_identifier(&admin_user.name)
         .map_err(|e| Error::Credentials(format!("tag {} of {}: {e}", tag_keys.admin_user, facts.description)))?;
-    let admin_user = AdminUser {
-        name: admin.clone(),
-        default_database: facts.tags.get(&tag_keys.default_database).filter(|d| !d.is_empty()).cloned(),
-    };
     Ok(ResolvedDatabase {
         name: db.name.clone(),
         db_type: db.db_type.clone(),

@@ -310,7 +310,11 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
     let span = tracing::info_span!("session", session_id = %event.session_id, database = %event.database, db_user = tracing::field::Empty);
     async {
         let db = request::database(&state.config, &event)?;
-        let db = state.aws.resolve_database(&state.config, db).await?;
+        // Turning provisioning off (removing the admin tag) stops starts, not ends.
+        let db = match function {
+            Function::SessionStart => state.aws.resolve_database(&state.config, db).await?,
+            Function::SessionEnd => state.aws.resolve_database_for_end(&state.config, db).await?,
+        };
         let outcome = match function {
             Function::SessionStart => {
                 let req = request::prepare_start(&state.config, &db, &event)?;

@@ -197,7 +197,7 @@ impl Reaper {
         stop_at: Option<Instant>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ReapReport, Error>> + Send + 'a>> {
         Box::pin(async move {
-            let db = self.aws.resolve_database(&self.config, db_config).await?;
+            let db = self.aws.resolve_database_for_end(&self.config, db_config).await?;
             let admin_db_name = preflight::admin_database(&db);
             let connection = self.aws.connect_admin(&db, admin_db_name).await?;
             let connect_to = |db_name: String| {

@@ -99,6 +99,10 @@ pub struct DatabaseConfig {
     pub labels: BTreeMap<String, String>,
     /// Static databases: the admin. RDS databases take it from the admin tag.
     pub admin_user: Option<AdminUser>,
+    /// RDS databases: the admin that session-ends and the reaper log in as once the admin tag
+    /// is removed (provisioning turned off), so that open sessions are still closed. Starts
+    /// always need the tag.
+    pub fallback_admin_user: Option<AdminUser>,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
 }
@@ -283,6 +287,7 @@ impl DatabaseConfig {
             db_type: DatabaseType::Rds,
             labels: BTreeMap::new(),
             admin_user: None,
+            fallback_admin_user: None,
             tls: TlsConfig { mode: TlsMode::VerifyFull, ca_file: None },
         }
     }
@@ -353,6 +358,7 @@ struct RawDatabase {
     rds: Option<RawRds>,
     labels: Option<BTreeMap<String, String>>,
     admin_user: Option<AdminUser>,
+    fallback_admin_user: Option<AdminUser>,
     auth: Option<RawAuth>,
     tls: Option<RawTls>,
 }
@@ -535,18 +541,26 @@ impl RawDatabase {
             }
             _ => return Err(invalid(at, "needs exactly one of `uri` or `rds`")),
         };
-        if let Some(admin) = &self.admin_user {
+        for (field, admin) in [("admin_user", &self.admin_user), ("fallback_admin_user", &self.fallback_admin_user)] {
+            let Some(admin) = admin else { continue };
             naming::validate_identifier(&admin.name)
-                .map_err(|e| invalid(format!("{at}.admin_user.name"), e.to_string()))?;
+                .map_err(|e| invalid(format!("{at}.{field}.name"), e.to_string()))?;
             if admin.name == managed_group {
-                return Err(invalid(format!("{at}.admin_user.name"), "the admin cannot be the managed group"));
+                return Err(invalid(format!("{at}.{field}.name"), "the admin cannot be the managed group"));
             }
             if let Some(db) = &admin.default_database {
                 naming::validate_identifier(db)
-                    .map_err(|e| invalid(format!("{at}.admin_user.default_database"), e.to_string()))?;
+                    .map_err(|e| invalid(format!("{at}.{field}.default_database"), e.to_string()))?;
             }
-        } else if matches!(location, Location::Static { .. }) {
+        }
+        if self.admin_user.is_none() && matches!(location, Location::Static { .. }) {
             return Err(invalid(format!("{at}.admin_user"), "is required: name the admin pg-autouser logs in as"));
+        }
+        if self.fallback_admin_user.is_some() && matches!(location, Location::Static { .. }) {
+            return Err(invalid(
+                format!("{at}.fallback_admin_user"),
+                "is for rds: databases, whose admin tag can be removed; a uri: database has admin_user",
+            ));
         }
         let auth = match (self.auth, &location) {
             (Some(auth), _) => auth.validate(&format!("{at}.auth"), base_dir)?,
@@ -579,6 +593,7 @@ impl RawDatabase {
             db_type,
             labels: self.labels.unwrap_or_default(),
             admin_user: self.admin_user,
+            fallback_admin_user: self.fallback_admin_user,
             auth,
             tls,
         })
@@ -864,6 +879,19 @@ databases:
         }
         let err = parse("databases:\n  - name: o\n    rds: {instance_id: i, cluster_id: c, region: r}\n").unwrap_err();
         assert!(err.to_string().contains("exactly one of instance_id or cluster_id"), "{err}");
+    }
+
+    #[test]
+    fn fallback_admin_user_is_for_rds_databases_only() {
+        let rds = "databases:\n  - name: o\n    rds: {instance_id: i, region: us-east-1}\n    fallback_admin_user: {name: break-glass}\n";
+        let db = parse(rds).unwrap().databases.remove(0);
+        assert_eq!(db.fallback_admin_user.map(|a| a.name), Some("break-glass".to_string()));
+        assert_eq!(db.admin_user, None);
+        let bad_name = rds.replace("break-glass", &"x".repeat(70));
+        assert!(parse(&bad_name).unwrap_err().to_string().contains("databases[0].fallback_admin_user.name"));
+        let on_uri = EXAMPLE.replace("    admin_user:", "    fallback_admin_user: {name: x}\n    admin_user:");
+        let err = parse(&on_uri).unwrap_err().to_string();
+        assert!(err.contains("databases[0].fallback_admin_user") && err.contains("rds:"), "{err}");
     }
 
     #[test]

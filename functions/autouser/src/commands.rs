@@ -53,7 +53,7 @@ impl From<Refusal> for Failure {
 
 pub async fn session_start(config: &Path, event: &Path, aws: &AwsSetup) -> Result<Option<String>, Failure> {
     let (config, event) = load(config, event)?;
-    let (db, aws) = resolve(&config, &event, aws).await?;
+    let (db, aws) = resolve(&config, &event, aws, Purpose::Start).await?;
     let req = request::prepare_start(&config, &db, &event)?;
     let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
     let outcome = engine::session_start(&connection, &req).await?;
@@ -62,7 +62,7 @@ pub async fn session_start(config: &Path, event: &Path, aws: &AwsSetup) -> Resul
 
 pub async fn session_end(config: &Path, event: &Path, aws: &AwsSetup) -> Result<Option<String>, Failure> {
     let (config, event) = load(config, event)?;
-    let (db, aws) = resolve(&config, &event, aws).await?;
+    let (db, aws) = resolve(&config, &event, aws, Purpose::End).await?;
     let req = request::prepare_end(&config, &db, &event)?;
     let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
     let outcome = engine::session_end(&connection, &req).await?;
@@ -74,7 +74,7 @@ pub async fn preflight(config: &Path, database: &str, json: bool, aws: &AwsSetup
     let config = Config::load(config).map_err(Error::from)?;
     let db_config =
         config.database(database).ok_or_else(|| Error::UnknownDatabase { database: database.to_string() })?;
-    let (db, aws) = resolve_database(&config, db_config, aws).await?;
+    let (db, aws) = resolve_database(&config, db_config, aws, Purpose::Start).await?;
     let report = match connect(aws.as_ref(), &db, preflight::admin_database(&db)).await {
         Ok(client) => preflight::check(&client, &config, &db).await?.0,
         Err(error) => preflight::Report::login_failed(&db, &error),
@@ -157,7 +157,7 @@ async fn reap_database(
     setup: &AwsSetup,
     now: u64,
 ) -> Result<autouser_engine::reaper::ReapReport, Error> {
-    let (db, aws) = resolve_database(config, db_config, setup).await?;
+    let (db, aws) = resolve_database(config, db_config, setup, Purpose::End).await?;
     let admin_db_name = preflight::admin_database(&db);
     let connection = connect(aws.as_ref(), &db, admin_db_name).await?;
     let connect_to = |db_name: String| {
@@ -172,8 +172,17 @@ async fn resolve(
     config: &Config,
     event: &SessionEvent,
     setup: &AwsSetup,
+    purpose: Purpose,
 ) -> Result<(ResolvedDatabase, Option<AwsContext>), Error> {
-    resolve_database(config, request::database(config, event)?, setup).await
+    resolve_database(config, request::database(config, event)?, setup, purpose).await
+}
+
+/// What a database is resolved for: ends (and the reaper) still reach an RDS database whose
+/// admin tag was removed, through its `fallback_admin_user`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Purpose {
+    Start,
+    End,
 }
 
 /// `db`, resolved; and the AWS context when the database needs AWS (an RDS lookup, an IAM
@@ -182,6 +191,7 @@ async fn resolve_database(
     config: &Config,
     db: &DatabaseConfig,
     setup: &AwsSetup,
+    purpose: Purpose,
 ) -> Result<(ResolvedDatabase, Option<AwsContext>), Error> {
     let needs_aws = matches!(db.location, Location::Rds(_))
         || !matches!(db.auth, AuthConfig::CertFiles { .. } | AuthConfig::PasswordEnv { .. });
@@ -190,7 +200,10 @@ async fn resolve_database(
         return Ok((resolved, None));
     }
     let aws = setup.context().await;
-    let resolved = aws.resolve_database(config, db).await?;
+    let resolved = match purpose {
+        Purpose::Start => aws.resolve_database(config, db).await?,
+        Purpose::End => aws.resolve_database_for_end(config, db).await?,
+    };
     Ok((resolved, Some(aws)))
 }
 

@@ -148,3 +148,43 @@ async fn listing_pages_past_one_hundred_resources() {
     assert!(names.contains(&"Cluster(\"aurora-tagged\")".to_string()));
     assert!(!names.iter().any(|n| n.contains("untagged")), "untagged resources are not listed");
 }
+
+/// Turning provisioning off (removing the admin tag, as before a Blue/Green switchover) stops
+/// starts, not ends: a session-end or the reaper still reaches the database, as the admin the
+/// tag last named in this process, or, in a process that never saw the tag, as the
+/// database's `fallback_admin_user`. Without either it stays `NotManaged`, which an end is
+/// retried for.
+#[tokio::test]
+async fn ends_still_reach_a_database_whose_admin_tag_was_removed() {
+    let sdk = Moto::global().sdk_config(None).await;
+    create_instance("rs-offboarded", true, vec![tag("teleport.dev/db-admin", "teleport-admin")]).await;
+    let rds_yaml = "{instance_id: rs-offboarded, region: us-east-1}";
+    let config = config(rds_yaml);
+    let db = &config.databases[0];
+    let warm = AwsContext::new(sdk.clone());
+    assert_eq!(warm.resolve_database(&config, db).await.unwrap().admin_user.name, "teleport-admin");
+
+    aws_sdk_rds::Client::new(&sdk)
+        .remove_tags_from_resource()
+        .resource_name("arn:aws:rds:us-east-1:123456789012:db:rs-offboarded")
+        .tag_keys("teleport.dev/db-admin")
+        .send()
+        .await
+        .unwrap();
+    warm.forget_resolutions();
+    assert_eq!(warm.resolve_database(&config, db).await.unwrap_err().kind(), "NotManaged", "starts stop");
+    let for_end = warm.resolve_database_for_end(&config, db).await.unwrap();
+    assert_eq!(for_end.admin_user.name, "teleport-admin", "the admin the tag last named");
+    assert!(for_end.host.starts_with("rs-offboarded."), "{}", for_end.host);
+
+    let cold = AwsContext::new(sdk.clone());
+    assert_eq!(cold.resolve_database_for_end(&config, db).await.unwrap_err().kind(), "NotManaged");
+    let with_fallback = Config::parse(
+        &format!("databases:\n  - name: orders\n    rds: {rds_yaml}\n    fallback_admin_user: {{name: break-glass}}\n"),
+        std::path::Path::new("/"),
+    )
+    .unwrap();
+    let db = &with_fallback.databases[0];
+    assert_eq!(cold.resolve_database_for_end(&with_fallback, db).await.unwrap().admin_user.name, "break-glass");
+    assert_eq!(cold.resolve_database(&with_fallback, db).await.unwrap_err().kind(), "NotManaged", "starts stop");
+}
