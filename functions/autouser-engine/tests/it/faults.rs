@@ -134,3 +134,50 @@ async fn a_hung_server_does_not_hang_the_call() {
     assert!(err.is_transient(), "{err}");
     assert!(began.elapsed() < autouser_engine::pg::CONNECT_TIMEOUT + Duration::from_secs(5), "{:?}", began.elapsed());
 }
+
+/// An end whose COMMIT is applied but whose reply is lost: the engine cannot tell, so it
+/// answers `EndUnconfirmed` with the outcome the end had if applied, and `confirm_end` on a
+/// new connection finds the session ended and answers that outcome, not a `noop`. Without the
+/// loss, `confirm_end` is the end itself.
+#[tokio::test]
+async fn an_end_whose_commit_reply_is_lost_is_confirmed_by_a_rerun() {
+    let fx = Fixture::new("ft_lost").await;
+    let proxy = RoundTripCounter::start(([127, 0, 0, 1], cluster().port()).into()).unwrap();
+    let through_proxy = fx.config_on_port(proxy.port());
+    let alice = fx.user("alice");
+    let event = fx.event("s1", &alice, &["keep"]);
+    fx.start(event.clone()).await.unwrap();
+
+    let parsed = autouser_policy::event::SessionEvent::from_value(event.clone()).unwrap();
+    let db = through_proxy.databases[0].resolve_static().unwrap();
+    let req = autouser_policy::request::prepare_end(&through_proxy, &db, &parsed).unwrap();
+    let connection = fx.admin_client(&through_proxy, &req.target.admin_db_name).await.unwrap();
+    // A warm connection (its statements prepared by an end of another user) ends a session in
+    // two round trips: the read, then the changes and COMMIT.
+    let warm = fx.user("warm");
+    fx.start(fx.event("s1", &warm, &["keep"])).await.unwrap();
+    let warm_event = autouser_policy::event::SessionEvent::from_value(fx.event("s1", &warm, &["keep"])).unwrap();
+    let warm_req = autouser_policy::request::prepare_end(&through_proxy, &db, &warm_event).unwrap();
+    autouser_engine::engine::session_end(&connection, &warm_req).await.unwrap();
+    proxy.lose_the_reply_to_burst(2);
+    let err = autouser_engine::engine::session_end(&connection, &req).await.unwrap_err();
+    assert_eq!(proxy.replies_lost(), 1);
+    assert!(err.is_transient() && err.kind() == "DatabaseUnreachable", "{err}");
+    let Error::EndUnconfirmed { planned, .. } = err else { panic!("{err:?}") };
+    assert_eq!(planned.status, EndStatus::Deactivated);
+    assert_eq!(assert_consistent(&fx, &alice, "after the lost reply").await, Some((false, 0)), "it was applied");
+
+    let fresh = fx.admin_client(&fx.config(), &req.target.admin_db_name).await.unwrap();
+    let confirmed = autouser_engine::engine::confirm_end(&fresh, &req, *planned.clone()).await.unwrap();
+    assert_eq!(confirmed.status, EndStatus::Deactivated, "{confirmed:?}");
+    assert!(confirmed.reason.as_deref().unwrap_or_default().contains("COMMIT reply was lost"), "{confirmed:?}");
+
+    // Had the first run not been applied, the rerun does the end itself.
+    let bob = fx.user("bob");
+    let bob_event = fx.event("s1", &bob, &["keep"]);
+    fx.start(bob_event.clone()).await.unwrap();
+    let parsed = autouser_policy::event::SessionEvent::from_value(bob_event).unwrap();
+    let bob_req = autouser_policy::request::prepare_end(&fx.config(), &db, &parsed).unwrap();
+    let rerun = autouser_engine::engine::confirm_end(&fresh, &bob_req, *planned).await.unwrap();
+    assert_eq!((rerun.status, rerun.db_user.as_str(), rerun.reason), (EndStatus::Deactivated, bob.as_str(), None));
+}
