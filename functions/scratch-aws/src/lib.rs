@@ -55,6 +55,56 @@ impl Moto {
         loader.load().await
     }
 
+    /// An RDS PostgreSQL instance `id` in `region`, with IAM authentication on or off, the
+    /// `port` RDS reports (the local cluster's, for tests that log in through `hostaddr`) and
+    /// `tags`. A create that the SDK retried after the emulator had made the instance fails
+    /// on its second attempt (the automated snapshot exists): that counts as made.
+    pub async fn create_postgres_instance(
+        &self,
+        region: &str,
+        id: &str,
+        iam: bool,
+        port: Option<u16>,
+        tags: &[(&str, &str)],
+    ) {
+        let sdk = self.sdk_config(None).await;
+        let client = aws_sdk_rds::Client::from_conf(
+            aws_sdk_rds::config::Builder::from(&sdk).region(Region::new(region.to_string())).build(),
+        );
+        let tags = tags.iter().map(|(key, value)| aws_sdk_rds::types::Tag::builder().key(*key).value(*value).build());
+        let created = client
+            .create_db_instance()
+            .db_instance_identifier(id)
+            .db_instance_class("db.t4g.micro")
+            .engine("postgres")
+            .allocated_storage(20)
+            .master_username("master")
+            .master_user_password("master-password")
+            .enable_iam_database_authentication(iam)
+            .set_port(port.map(i32::from))
+            .set_tags(Some(tags.collect()))
+            .send()
+            .await;
+        if let Err(error) = created {
+            client.describe_db_instances().db_instance_identifier(id).send().await.map_err(|_| error).unwrap();
+        }
+    }
+
+    /// A Secrets Manager secret `name` in [`REGION`] holding an admin's login as RDS writes
+    /// it (`{"username": …, "password": …}`); its ARN.
+    pub async fn create_password_secret(&self, name: &str, username: &str, password: &str) -> String {
+        let secret = serde_json::json!({"username": username, "password": password}).to_string();
+        aws_sdk_secretsmanager::Client::new(&self.sdk_config(None).await)
+            .create_secret()
+            .name(name)
+            .secret_string(secret)
+            .send()
+            .await
+            .unwrap()
+            .arn
+            .expect("a created secret has an ARN")
+    }
+
     /// Environment variables that point an AWS SDK (in a child process) at the emulator.
     pub fn env(&self) -> Vec<(&'static str, String)> {
         vec![

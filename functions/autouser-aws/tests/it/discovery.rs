@@ -192,16 +192,7 @@ async fn discovery_finds_every_tagged_postgres_resource_in_o_pages_calls() {
         )
         .await
         .unwrap();
-    let secret = serde_json::json!({"username": admin, "password": "discovery-admin-password"}).to_string();
-    let arn = aws_sdk_secretsmanager::Client::new(&Moto::global().sdk_config(None).await)
-        .create_secret()
-        .name("discovery-admin")
-        .secret_string(secret)
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
+    let arn = Moto::global().create_password_secret("discovery-admin", admin, "discovery-admin-password").await;
     expected.extend(["pg-noiam".to_string(), "pg-replica".to_string(), "pg-local".to_string()]);
 
     let config = Config::parse(

@@ -10,20 +10,8 @@ fn tag(key: &str, value: &str) -> Tag {
     Tag::builder().key(key).value(value).build()
 }
 
-async fn create_instance(id: &str, iam: bool, tags: Vec<Tag>) {
-    aws_sdk_rds::Client::new(&Moto::global().sdk_config(None).await)
-        .create_db_instance()
-        .db_instance_identifier(id)
-        .db_instance_class("db.t4g.micro")
-        .engine("postgres")
-        .allocated_storage(20)
-        .master_username("master")
-        .master_user_password("master-password")
-        .enable_iam_database_authentication(iam)
-        .set_tags(Some(tags))
-        .send()
-        .await
-        .unwrap();
+async fn create_instance(id: &str, iam: bool, tags: &[(&str, &str)]) {
+    Moto::global().create_postgres_instance(scratch_aws::REGION, id, iam, None, tags).await;
 }
 
 fn config(rds_yaml: &str) -> Config {
@@ -42,10 +30,10 @@ async fn tagged_instance_resolves_to_its_endpoint_admin_and_labels() {
     create_instance(
         "rs-tagged",
         true,
-        vec![
-            tag("teleport.dev/db-admin", "teleport-admin"),
-            tag("teleport.dev/db-admin-default-database", "postgres"),
-            tag("env", "prod"),
+        &[
+            ("teleport.dev/db-admin", "teleport-admin"),
+            ("teleport.dev/db-admin-default-database", "postgres"),
+            ("env", "prod"),
         ],
     )
     .await;
@@ -59,7 +47,7 @@ async fn tagged_instance_resolves_to_its_endpoint_admin_and_labels() {
 
 #[tokio::test]
 async fn untagged_instance_is_not_managed() {
-    create_instance("rs-untagged", true, vec![tag("env", "prod")]).await;
+    create_instance("rs-untagged", true, &[("env", "prod")]).await;
     let err = resolve("{instance_id: rs-untagged, region: us-east-1}").await.unwrap_err();
     assert_eq!(err.kind(), "NotManaged", "{err}");
     assert!(err.to_string().contains("rs-untagged"), "{err}");
@@ -67,7 +55,7 @@ async fn untagged_instance_is_not_managed() {
 
 #[tokio::test]
 async fn instance_without_iam_auth_is_refused_for_iam_admins() {
-    create_instance("rs-noiam", false, vec![tag("teleport.dev/db-admin", "teleport-admin")]).await;
+    create_instance("rs-noiam", false, &[("teleport.dev/db-admin", "teleport-admin")]).await;
     let err = resolve("{instance_id: rs-noiam, region: us-east-1}").await.unwrap_err();
     assert_eq!(err.kind(), "IamAuthDisabled", "{err}");
     assert!(err.to_string().contains("--enable-iam-database-authentication"), "{err}");
@@ -108,27 +96,14 @@ async fn listing_pages_past_one_hundred_resources() {
         .region(aws_sdk_rds::config::Region::new(REGION))
         .build();
     let client = aws_sdk_rds::Client::from_conf(sdk);
-    let create = |id: String, tagged: bool| {
-        let client = client.clone();
-        async move {
-            let mut request = client
-                .create_db_instance()
-                .db_instance_identifier(id)
-                .db_instance_class("db.t4g.micro")
-                .engine("postgres")
-                .allocated_storage(20)
-                .master_username("master")
-                .master_user_password("master-password");
-            if tagged {
-                request = request.tags(tag("teleport.dev/db-admin", "teleport-admin"));
-            }
-            request.send().await.unwrap();
-        }
-    };
-    for chunk in (0..105).collect::<Vec<_>>().chunks(15) {
-        futures_util::future::join_all(chunk.iter().map(|i| create(format!("pg-{i:03}"), true))).await;
+    let moto = Moto::global();
+    let admin_tag = [("teleport.dev/db-admin", "teleport-admin")];
+    let ids: Vec<String> = (0..105).map(|i| format!("pg-{i:03}")).collect();
+    for chunk in ids.chunks(15) {
+        let creates = chunk.iter().map(|id| moto.create_postgres_instance(REGION, id, false, None, &admin_tag));
+        futures_util::future::join_all(creates).await;
     }
-    create("untagged-1".into(), false).await;
+    moto.create_postgres_instance(REGION, "untagged-1", false, None, &[]).await;
     client
         .create_db_cluster()
         .db_cluster_identifier("aurora-tagged")
@@ -157,7 +132,7 @@ async fn listing_pages_past_one_hundred_resources() {
 #[tokio::test]
 async fn ends_still_reach_a_database_whose_admin_tag_was_removed() {
     let sdk = Moto::global().sdk_config(None).await;
-    create_instance("rs-offboarded", true, vec![tag("teleport.dev/db-admin", "teleport-admin")]).await;
+    create_instance("rs-offboarded", true, &[("teleport.dev/db-admin", "teleport-admin")]).await;
     let rds_yaml = "{instance_id: rs-offboarded, region: us-east-1}";
     let config = config(rds_yaml);
     let db = &config.databases[0];

@@ -64,17 +64,7 @@ async fn context_through(url: &str) -> AwsContext {
 
 async fn secret_for(admin: &str, password: &str) -> String {
     create_admin(admin, Some(password)).await;
-    let secret = serde_json::json!({"username": admin, "password": password}).to_string();
-    aws_sdk_secretsmanager::Client::new(&Moto::global().sdk_config(None).await)
-        .create_secret()
-        .name(format!("{admin}-secret"))
-        .secret_string(secret)
-        .send()
-        .await
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_string()
+    Moto::global().create_password_secret(&format!("{admin}-secret"), admin, password).await
 }
 
 #[tokio::test]

@@ -108,9 +108,9 @@ async fn an_end_whose_commit_reply_is_lost_is_still_audited() {
     let proxy = scratch_postgres::RoundTripCounter::start(([127, 0, 0, 1], cluster().port()).into()).unwrap();
     let sdk = Moto::global().sdk_config(None).await;
     let state =
-        State::new(parse_config(&config_yaml_on_port("lr", proxy.port()).await), crate::no_aws(), "autouser".into())
+        State::new(parse_config(&config_yaml_on_port("lc", proxy.port()).await), crate::no_aws(), "autouser".into())
             .with_auditor(Auditor::to_bus(&sdk, "audit-lost-reply".into(), "audit-lost-reply.audit".into()));
-    let alice = session("lr", "s1", "alice");
+    let alice = session("lc", "s1", "alice");
     let started = invoke(&state, Function::SessionStart, alice.clone()).await.unwrap();
     assert_eq!(started["status"], "active");
 
@@ -120,7 +120,7 @@ async fn an_end_whose_commit_reply_is_lost_is_still_audited() {
     assert_eq!(proxy.replies_lost(), 1, "the COMMIT's reply was lost");
     assert_eq!(state.connections_opened(), 2, "the end ran again on a new connection");
     assert_eq!(ended["status"], "deactivated", "{ended}");
-    assert_eq!(can_login("lr_alice").await, Some(false));
+    assert_eq!(can_login("lc_alice").await, Some(false));
 
     let events = drain(&queue).await;
     let types: Vec<&str> = events.iter().map(|e| e["detail-type"].as_str().unwrap()).collect();

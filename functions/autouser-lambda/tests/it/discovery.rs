@@ -24,22 +24,8 @@ async fn rds() -> aws_sdk_rds::Client {
 }
 
 async fn create_instance(id: &str, iam: bool, admin: &str) {
-    let tag = |k: &str, v: &str| aws_sdk_rds::types::Tag::builder().key(k).value(v).build();
-    rds()
-        .await
-        .create_db_instance()
-        .db_instance_identifier(id)
-        .db_instance_class("db.t4g.micro")
-        .engine("postgres")
-        .allocated_storage(20)
-        .port(i32::from(cluster().port()))
-        .master_username("master")
-        .master_user_password("master-password")
-        .enable_iam_database_authentication(iam)
-        .tags(tag("teleport.dev/db-admin", admin))
-        .send()
-        .await
-        .unwrap();
+    let tags = [("teleport.dev/db-admin", admin)];
+    Moto::global().create_postgres_instance(REGION, id, iam, Some(cluster().port()), &tags).await;
 }
 
 async fn invoke(discovery: &Discovery, payload: Value) -> Value {
@@ -62,15 +48,7 @@ async fn discovery_reports_each_database_on_the_bus() {
     create_instance("disc-ready", false, admin).await;
     create_instance("disc-noiam", false, admin).await;
     let sdk = Moto::global().sdk_config(None).await;
-    let arn = aws_sdk_secretsmanager::Client::new(&sdk)
-        .create_secret()
-        .name("ld-disc-admin")
-        .secret_string(json!({"username": admin, "password": PASSWORD}).to_string())
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
+    let arn = Moto::global().create_password_secret("ld-disc-admin", admin, PASSWORD).await;
     let config = Config::parse(
         &format!(
             r#"managed_group: ld_disc_group

@@ -9,35 +9,11 @@ use crate::{autouser_with_env, cluster, stderr, stdout_json, superuser_sql, writ
 const PASSWORD: &str = "Rds-Admin-Secret-9f1c";
 
 async fn seed_emulator(instance: &str, admin: &str, iam: bool) -> String {
-    let sdk = Moto::global().sdk_config(None).await;
-    let tag = |k: &str, v: &str| aws_sdk_rds::types::Tag::builder().key(k).value(v).build();
-    aws_sdk_rds::Client::new(&sdk)
-        .create_db_instance()
-        .db_instance_identifier(instance)
-        .db_instance_class("db.t4g.micro")
-        .engine("postgres")
-        .allocated_storage(20)
-        .port(i32::from(cluster().port()))
-        .master_username("master")
-        .master_user_password("master-password")
-        .enable_iam_database_authentication(iam)
-        .tags(tag("teleport.dev/db-admin", admin))
-        .tags(tag("teleport.dev/db-admin-default-database", "postgres"))
-        .tags(tag("env", "staging"))
-        .send()
-        .await
-        .unwrap();
-    let secret = serde_json::json!({"username": admin, "password": PASSWORD}).to_string();
-    aws_sdk_secretsmanager::Client::new(&sdk)
-        .create_secret()
-        .name(format!("{instance}-admin"))
-        .secret_string(secret)
-        .send()
-        .await
-        .unwrap()
-        .arn()
-        .unwrap()
-        .to_string()
+    let moto = Moto::global();
+    let tags =
+        [("teleport.dev/db-admin", admin), ("teleport.dev/db-admin-default-database", "postgres"), ("env", "staging")];
+    moto.create_postgres_instance(scratch_aws::REGION, instance, iam, Some(cluster().port()), &tags).await;
+    moto.create_password_secret(&format!("{instance}-admin"), admin, PASSWORD).await
 }
 
 fn config(instance: &str, auth: &str, group: &str) -> String {
@@ -155,46 +131,13 @@ async fn discover_reports_each_tagged_database() {
          GRANT rds_iam TO {admin} WITH ADMIN OPTION; GRANT {group}_reader TO {admin} WITH ADMIN OPTION;"
     ))
     .await;
-    let sdk = Moto::global().sdk_config(None).await;
-    let tag = |k: &str, v: &str| aws_sdk_rds::types::Tag::builder().key(k).value(v).build();
-    let create = |region: &'static str, id: &'static str, iam: bool, tagged: bool| {
-        let sdk = sdk.clone();
-        let mut tags = vec![tag("env", "staging")];
-        if tagged {
-            tags.push(tag("teleport.dev/db-admin", admin));
-        }
-        async move {
-            let config =
-                aws_sdk_rds::config::Builder::from(&sdk).region(aws_sdk_rds::config::Region::new(region)).build();
-            aws_sdk_rds::Client::from_conf(config)
-                .create_db_instance()
-                .db_instance_identifier(id)
-                .db_instance_class("db.t4g.micro")
-                .engine("postgres")
-                .allocated_storage(20)
-                .port(i32::from(cluster().port()))
-                .master_username("master")
-                .master_user_password("master-password")
-                .enable_iam_database_authentication(iam)
-                .set_tags(Some(tags))
-                .send()
-                .await
-                .unwrap();
-        }
-    };
-    create("eu-north-1", "disc-local", false, true).await;
-    create("eu-north-1", "disc-untagged", true, false).await;
-    create("eu-south-1", "disc-noiam", false, true).await;
-    let secret = serde_json::json!({"username": admin, "password": PASSWORD}).to_string();
-    let arn = aws_sdk_secretsmanager::Client::new(&sdk)
-        .create_secret()
-        .name("disc-local-admin")
-        .secret_string(secret)
-        .send()
-        .await
-        .unwrap()
-        .arn
-        .unwrap();
+    let moto = Moto::global();
+    let (port, tagged, untagged) =
+        (Some(cluster().port()), [("env", "staging"), ("teleport.dev/db-admin", admin)], [("env", "staging")]);
+    moto.create_postgres_instance("eu-north-1", "disc-local", false, port, &tagged).await;
+    moto.create_postgres_instance("eu-north-1", "disc-untagged", true, port, &untagged).await;
+    moto.create_postgres_instance("eu-south-1", "disc-noiam", false, port, &tagged).await;
+    let arn = moto.create_password_secret("disc-local-admin", admin, PASSWORD).await;
     let dir = tempfile::tempdir().unwrap();
     let text = config("disc-local", &format!("{{method: password, secret_arn: {arn:?}}}"), group)
         .replace("region: us-east-1", "region: eu-north-1");
