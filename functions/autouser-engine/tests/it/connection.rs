@@ -72,3 +72,123 @@ async fn an_encrypted_key_file_is_read_with_the_passphrase_key_password_env_name
     assert_eq!(err.kind(), "CredentialsInvalid", "{err}");
     assert!(err.to_string().contains("auth.key_password_env"), "{err}");
 }
+
+/// A TCP relay, run by `python3` (from the machine) on each side of the vanishing link.
+const RELAY: &str = r#"
+import socket, sys, threading
+listen_host, listen_port, target_host, target_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+def pump(a, b):
+    try:
+        while (data := a.recv(65536)):
+            b.sendall(data)
+    except OSError:
+        pass
+server = socket.create_server((listen_host, listen_port))
+print("listening", flush=True)
+while True:
+    client, _ = server.accept()
+    upstream = socket.create_connection((target_host, target_port))
+    threading.Thread(target=pump, args=(client, upstream), daemon=True).start()
+    threading.Thread(target=pump, args=(upstream, client), daemon=True).start()
+"#;
+
+/// A host behind a veth link into a network namespace of its own, relaying to the test
+/// cluster: `10.213.<n>.2:15432` in the namespace, through `10.213.<n>.1:15433` on this side,
+/// to the cluster on loopback. [`VanishingHost::vanish`] takes the link down, so that nothing
+/// sent to the host is ever answered or acknowledged, as when a failover takes the old
+/// writer's address away. Needs root (`ip netns`, from iproute2).
+struct VanishingHost {
+    name: String,
+    address: std::net::Ipv4Addr,
+    relays: Vec<std::process::Child>,
+}
+
+impl VanishingHost {
+    const PORT: u16 = 15432;
+
+    fn start(upstream_port: u16) -> VanishingHost {
+        let n = (std::process::id() % 200 + 20) as u8;
+        let name = format!("pgau-vanish-{n}");
+        let (outside, inside) = (format!("10.213.{n}.1"), format!("10.213.{n}.2"));
+        let (veth_out, veth_in) = (format!("pgau-vo{n}"), format!("pgau-vi{n}"));
+        let _ = Command::new("ip").args(["netns", "del", &name]).status();
+        let _ = Command::new("ip").args(["link", "del", &veth_out]).status();
+        let ip = |args: &[&str]| {
+            let output = Command::new("ip").args(args).output().expect("ip (iproute2, scripts/install-deps) runs");
+            assert!(output.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        };
+        ip(&["netns", "add", &name]);
+        ip(&["link", "add", &veth_out, "type", "veth", "peer", "name", &veth_in]);
+        ip(&["link", "set", &veth_in, "netns", &name]);
+        ip(&["addr", "add", &format!("{outside}/30"), "dev", &veth_out]);
+        ip(&["link", "set", &veth_out, "up"]);
+        ip(&["netns", "exec", &name, "ip", "addr", "add", &format!("{inside}/30"), "dev", &veth_in]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", &veth_in, "up"]);
+        ip(&["netns", "exec", &name, "ip", "link", "set", "lo", "up"]);
+        let relay = |prefix: &[&str], listen: &str, listen_port: u16, target: &str, target_port: u16| {
+            let mut child = Command::new(prefix[0])
+                .args(&prefix[1..])
+                .args(["python3", "-c", RELAY, listen, &listen_port.to_string(), target, &target_port.to_string()])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("python3 runs");
+            let mut ready = String::new();
+            std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut ready)
+                .unwrap();
+            assert_eq!(ready.trim(), "listening", "the relay on {listen}:{listen_port} did not start");
+            child
+        };
+        let host_side = relay(&["env"], &outside, Self::PORT + 1, "127.0.0.1", upstream_port);
+        let namespace_side = relay(&["ip", "netns", "exec", &name], &inside, Self::PORT, &outside, Self::PORT + 1);
+        VanishingHost { name, address: inside.parse().unwrap(), relays: vec![host_side, namespace_side] }
+    }
+
+    fn vanish(&self) {
+        let veth_out = self.name.replace("pgau-vanish-", "pgau-vo");
+        let status = Command::new("ip").args(["link", "set", &veth_out, "down"]).status().unwrap();
+        assert!(status.success(), "ip link set {veth_out} down");
+    }
+}
+
+impl Drop for VanishingHost {
+    fn drop(&mut self) {
+        for relay in &mut self.relays {
+            let _ = relay.kill();
+            let _ = relay.wait();
+        }
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = Command::new("ip").args(["link", "del", &self.name.replace("pgau-vanish-", "pgau-vo")]).status();
+    }
+}
+
+/// A query on a connection to a host that vanished (no answer, no acknowledgement, no reset)
+/// fails once the request has gone unacknowledged for `pg::TCP_USER_TIMEOUT` (10 s), instead
+/// of waiting for TCP's retransmissions to give up (about 15 minutes) while Lambda ends the
+/// invocation at its timeout.
+#[tokio::test]
+async fn a_query_to_a_host_that_vanished_fails_within_the_tcp_user_timeout() {
+    let fx = Fixture::new("cn_vanish").await;
+    let host = VanishingHost::start(crate::fixture::cluster().port());
+    let mut db = fx.config().databases[0].resolve_static().unwrap();
+    db.port = VanishingHost::PORT;
+    db.hostaddr = Some(host.address.into());
+    let credentials = autouser_engine::pg::AdminCredentials::from_local_config(&db.auth).unwrap();
+    let tls = autouser_engine::pg::TlsSettings::from_config(&db.tls).unwrap();
+    let params = autouser_engine::pg::ConnectParams::admin_of(&db, &fx.db, &tls, &credentials);
+    let connection = autouser_engine::pg::connect_admin(&params).await.expect("the admin logs in through the link");
+    connection.client().simple_query("SELECT 1").await.expect("the host answers");
+
+    host.vanish();
+    let began = std::time::Instant::now();
+    let query = connection.client().simple_query("SELECT 1");
+    let result = tokio::time::timeout(std::time::Duration::from_secs(60), query)
+        .await
+        .expect("the query hung for a minute after the host vanished: no TCP user timeout");
+    let waited = began.elapsed();
+    assert!(result.is_err(), "a host that vanished answered");
+    assert!(connection.client().is_closed(), "the connection is given up");
+    assert!(
+        waited >= autouser_engine::pg::TCP_USER_TIMEOUT - std::time::Duration::from_secs(1),
+        "it failed after {waited:?}, before the user timeout: something else ended it"
+    );
+}
