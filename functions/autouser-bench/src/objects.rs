@@ -101,7 +101,7 @@ async fn end(target: &Target, side: Side, connection: &AdminConnection, user: &s
     match side {
         Side::Ours => {
             let req = request::prepare_end(&target.config, &target.database, &event(user)?)?;
-            engine::session_end(connection, &req).await.map(drop)
+            engine::session_end(connection, &req, &engine::NoOtherDatabases).await.map(drop)
         }
         Side::Baseline => {
             let user = quote_ident(user);

@@ -130,7 +130,7 @@ impl Target {
             Side::Ours => {
                 let event = SessionEvent::from_value(session_event(user))?;
                 let req = request::prepare_end(&self.config, &self.database, &event)?;
-                engine::session_end(connection, &req).await.map(drop)
+                engine::session_end(connection, &req, &engine::NoOtherDatabases).await.map(drop)
             }
             Side::Baseline => batch(connection.client(), &baseline_end_sql(user)).await,
         }

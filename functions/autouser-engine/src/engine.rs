@@ -26,12 +26,11 @@ use crate::sql;
 use crate::Error;
 use autouser_policy::config::RDS_IAM_ROLE;
 use autouser_policy::ledger::{Ledger, STARTED_AT_SERVER_CLOCK};
-use autouser_policy::outcome::{EndOutcome, EndStatus, StartOutcome};
+use autouser_policy::outcome::{DropBlocked, DropBlockedKind, EndOutcome, EndStatus, StartOutcome};
 use autouser_policy::permissions::{
     DbObject, KeptPrivileges, ObjectBatch, ObjectKind, ObjectRules, ObjectState, PermissionSummary, SchemaState,
 };
 use autouser_policy::plan::{self, EndDecision, ObjectCleanup, ObservedState, StartDecision, Step};
-use autouser_policy::policy::CreateDbUserMode;
 use autouser_policy::request::{EndRequest, StartRequest, Target};
 
 /// Attempts per call before giving up with [`Error::Contention`].
@@ -130,10 +129,17 @@ fn start_outcome(
 /// The end always locks: when its object revokes fail for a reason the listing could not
 /// foresee (anything but a lost race), the next attempt locks the user without them, and the
 /// outcome's reason says what failed.
-pub async fn session_end(connection: &AdminConnection, req: &EndRequest) -> Result<EndOutcome, Error> {
+///
+/// `others` reaches the server's other databases, where a `best_effort_reassign_and_drop`
+/// end hands over the user's objects.
+pub async fn session_end(
+    connection: &AdminConnection,
+    req: &EndRequest,
+    others: &dyn OtherDatabases,
+) -> Result<EndOutcome, Error> {
     let revokes_failed = std::sync::Mutex::new(None);
     let revokes_failed = &revokes_failed;
-    retrying(&req.target, || end_once(connection, req, revokes_failed)).await
+    retrying(&req.target, || end_once(connection, req, others, revokes_failed)).await
 }
 
 /// Locks a managed user that has no open session (see [`plan::plan_lock`]), and with
@@ -235,6 +241,7 @@ async fn start_once(connection: &AdminConnection, req: &StartRequest) -> Result<
 async fn end_once(
     connection: &AdminConnection,
     req: &EndRequest,
+    others: &dyn OtherDatabases,
     revokes_failed: &std::sync::Mutex<Option<String>>,
 ) -> Result<EndOutcome, Failure> {
     let t = &req.target;
@@ -283,6 +290,7 @@ async fn end_once(
             revoked_db_permissions: objects.revoked,
             unrevoked_db_permissions: objects.kept.summary,
             terminated_connections: None,
+            drop_blocked: None,
         }
     };
     match decision {
@@ -308,62 +316,383 @@ async fn end_once(
                 .map_err(|failure| in_doubt(connection, t, failure, &planned))?;
             Ok(end_connections(client, req, &state, planned).await)
         }
-        EndDecision::Drop { before_drop, after_drop, fallback, objects } => {
-            let mode = Some(CreateDbUserMode::BestEffortDrop);
+        EndDecision::Drop { mode, reassign_to, before_drop, after_drop, fallback, objects } => {
             let drop = Step::DropUser { user: t.db_user.clone() };
             let mut statements: Vec<Statement> = before_drop.iter().map(Statement::Step).collect();
             statements.push(Statement::Raw(sql::SAVEPOINT_DROP));
+            let hand_over_here = match &reassign_to {
+                None => Vec::new(),
+                Some(inheritor) => {
+                    // The user is NOLOGIN from here to the COMMIT, and this transaction holds its
+                    // row: a start anywhere waits for the outcome, and sees it dropped or kept.
+                    if let Err((statement, error)) = run_pipelined(client, &statements).await {
+                        return Err(end_step_failure(client, t, &state, statement, error, revokes_failed).await);
+                    }
+                    statements.clear();
+                    let user_oid = state.user_oid.expect("a user to drop exists");
+                    let row = client
+                        .query_typed(sql::HAND_OVER_STATE, &[(&user_oid, Type::OID), (inheritor, Type::TEXT)])
+                        .await
+                        .map_err(|error| {
+                            Failure::Fatal(postgres_error("reading where the user has objects", t, error))
+                        });
+                    let row = match row {
+                        Ok(rows) => rows.into_iter().next().expect("one row"),
+                        Err(failure) => {
+                            rollback(client).await;
+                            return Err(failure);
+                        }
+                    };
+                    if !row.get::<_, bool>("inheritor_exists") {
+                        rollback(client).await;
+                        create_object_inheritor(client, t, &state, inheritor).await?;
+                        return Err(Failure::Retry(format!("created the object inheritor {inheritor:?}")));
+                    }
+                    let elsewhere: Vec<String> = row.get("other_databases");
+                    let mut blocked = None;
+                    for db_name in &elsewhere {
+                        if let Err(why) = hand_over_in(others, db_name, t, &state, inheritor).await {
+                            blocked = Some(why);
+                            break;
+                        }
+                    }
+                    if let Some(blocked) = blocked {
+                        let planned = |reason| {
+                            let mut planned = outcome(
+                                EndStatus::Deactivated,
+                                Some(mode),
+                                0,
+                                &[Some(reason), unrevocable_roles(t, &state)],
+                                objects.clone(),
+                            );
+                            planned.drop_blocked = Some(blocked.clone());
+                            planned
+                        };
+                        let planned = planned(locked_instead(&blocked));
+                        return keep_instead_of_drop(connection, req, &state, &fallback, planned).await;
+                    }
+                    plan::hand_over_objects(t, inheritor, false)
+                }
+            };
+            statements.extend(hand_over_here.iter().map(Statement::Step));
             statements.push(Statement::Step(&drop));
             statements.extend(after_drop.iter().map(Statement::Step));
-            let keep_instead = |error: &tokio_postgres::Error, statement: &Statement| match statement {
-                Statement::Step(Step::DropUser { .. })
-                    if error.code() == Some(&SqlState::DEPENDENT_OBJECTS_STILL_EXIST) =>
-                {
-                    Some(error.as_db_error().map(|db| {
-                        let detail = db.detail().map(|d| format!(" ({d})")).unwrap_or_default();
-                        format!("objects depend on the user, so it was locked instead: {}{detail}", db.message())
-                    }))
-                }
-                // Without a record of its ended sessions, a dropped user could be re-created by
-                // a late start: lock it instead, and its own ledger records them.
-                Statement::Step(Step::RecordEnded { group, .. })
-                    if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) =>
-                {
-                    Some(Some(format!(
-                        "the admin cannot write the comment of the managed group {group:?}, where the ended \
-                         sessions of dropped users are remembered, so the user was locked instead: run \
-                         `GRANT {} TO {} WITH ADMIN OPTION` as a superuser",
-                        sql::quote_ident(group),
-                        sql::quote_ident(&t.admin)
-                    )))
-                }
-                _ => None,
-            };
             match run_pipelined(client, &statements).await {
                 Ok(()) => {
-                    let planned = outcome(EndStatus::Dropped, mode, 0, &[], objects);
+                    let planned = outcome(EndStatus::Dropped, Some(mode), 0, &[], objects);
                     commit(client, t).await.map_err(|failure| in_doubt(connection, t, failure, &planned))?;
                     connection.saw_user(&t.db_user, false);
                     Ok(end_connections(client, req, &state, planned).await)
                 }
-                Err((statement, error)) if keep_instead(&error, &statement).is_some() => {
-                    let reason = keep_instead(&error, &statement).flatten();
-                    let mut statements = vec![Statement::Raw(sql::ROLLBACK_TO_DROP)];
-                    statements.extend(fallback.iter().map(Statement::Step));
-                    statements.push(Statement::Raw(sql::COMMIT));
-                    let planned =
-                        outcome(EndStatus::Deactivated, mode, 0, &[reason, unrevocable_roles(t, &state)], objects);
-                    if let Err((statement, error)) = run_pipelined(client, &statements).await {
-                        let failure = step_failure(client, t, &state, statement, error).await;
-                        return Err(in_doubt(connection, t, failure, &planned));
-                    }
-                    Ok(end_connections(client, req, &state, planned).await)
-                }
                 Err((statement, error)) => {
-                    Err(end_step_failure(client, t, &state, statement, error, revokes_failed).await)
+                    let blocked = match drop_blocked_by(&statement, &error) {
+                        None => return Err(end_step_failure(client, t, &state, statement, error, revokes_failed).await),
+                        Some(kind) => {
+                            if let Err(error) = client.simple_query(sql::ROLLBACK_TO_DROP).await {
+                                return Err(step_failure(
+                                    client,
+                                    t,
+                                    &state,
+                                    Statement::Raw(sql::ROLLBACK_TO_DROP),
+                                    error,
+                                )
+                                .await);
+                            }
+                            explain_blocked_drop(client, t, &state, reassign_to.as_deref(), kind, &statement, &error)
+                                .await
+                        }
+                    };
+                    let mut planned = outcome(
+                        EndStatus::Deactivated,
+                        Some(mode),
+                        0,
+                        &[Some(locked_instead(&blocked)), unrevocable_roles(t, &state)],
+                        objects,
+                    );
+                    planned.drop_blocked = Some(blocked);
+                    keep_instead_of_drop(connection, req, &state, &fallback, planned).await
                 }
             }
         }
+    }
+}
+
+/// The drop of `req`'s user was rolled back (to its savepoint): runs the `keep` changes in
+/// its place and commits; `planned` says why.
+async fn keep_instead_of_drop(
+    connection: &AdminConnection,
+    req: &EndRequest,
+    state: &ObservedState,
+    fallback: &[Step],
+    planned: EndOutcome,
+) -> Result<EndOutcome, Failure> {
+    let (client, t) = (connection.client(), &req.target);
+    tracing::warn!(db_user = %t.db_user, reason = planned.reason.as_deref().unwrap_or_default(),
+        "the user's drop was blocked; it was locked instead");
+    let mut statements = vec![Statement::Raw(sql::ROLLBACK_TO_DROP)];
+    statements.extend(fallback.iter().map(Statement::Step));
+    statements.push(Statement::Raw(sql::COMMIT));
+    if let Err((statement, error)) = run_pipelined(client, &statements).await {
+        let failure = step_failure(client, t, state, statement, error).await;
+        return Err(in_doubt(connection, t, failure, &planned));
+    }
+    Ok(end_connections(client, req, state, planned).await)
+}
+
+/// The outcome's reason for a drop that `blocked` turned into a lock.
+fn locked_instead(blocked: &DropBlocked) -> String {
+    let fix =
+        blocked.fix.as_deref().map(|fix| format!("; so that the next end drops it, run `{fix}`")).unwrap_or_default();
+    match blocked.kind {
+        DropBlockedKind::DependentObjects => {
+            format!("objects depend on the user, so it was locked instead: it {}{fix}", blocked.detail)
+        }
+        _ => format!(
+            "the user's objects could not be handed over in database {:?}, so it was locked instead, with its \
+             objects there untouched: {}{fix}",
+            blocked.db_name, blocked.detail
+        ),
+    }
+}
+
+/// Whether the failure of `statement` means the drop cannot happen now, so that the user is
+/// locked instead (and which kind of block it is); `None` for failures to retry or report.
+fn drop_blocked_by(statement: &Statement, error: &tokio_postgres::Error) -> Option<DropBlockedKind> {
+    let code = error.code()?;
+    match statement {
+        Statement::Step(Step::DropUser { .. }) if *code == SqlState::DEPENDENT_OBJECTS_STILL_EXIST => {
+            Some(DropBlockedKind::DependentObjects)
+        }
+        // Without a record of its ended sessions, a dropped user could be re-created by a
+        // late start: lock it instead, and its own ledger records them.
+        Statement::Step(Step::RecordEnded { .. }) if *code == SqlState::INSUFFICIENT_PRIVILEGE => {
+            Some(DropBlockedKind::AdminLacksPrivilege)
+        }
+        Statement::Step(Step::GrantRoles { .. } | Step::ReassignOwned { .. } | Step::DropOwned { .. }) => {
+            if is_conflict(error, None) {
+                None
+            } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
+                Some(DropBlockedKind::AdminLacksPrivilege)
+            } else {
+                Some(DropBlockedKind::StepFailed)
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Says what blocked the drop, and the statement that fixes it when that is the admin's
+/// privileges. Runs inside the end's transaction, rolled back to before the drop (or, in
+/// another database, after its rollback).
+async fn explain_blocked_drop(
+    client: &Client,
+    t: &Target,
+    state: &ObservedState,
+    inheritor: Option<&str>,
+    kind: DropBlockedKind,
+    statement: &Statement<'_>,
+    error: &tokio_postgres::Error,
+) -> DropBlocked {
+    let db_name = t.admin_db_name.clone();
+    let failed = || format!("{} failed: {}", describe(statement), crate::pg::error_chain(error));
+    let admin = sql::quote_ident(&t.admin);
+    match (kind, statement) {
+        (DropBlockedKind::DependentObjects, _) => {
+            let detail = match state.user_oid {
+                Some(oid) => match client.query_typed(sql::USER_DEPENDENCIES, &[(&oid, Type::OID)]).await {
+                    Ok(rows) => describe_dependencies(&rows),
+                    Err(error) => {
+                        format!("has dependencies that could not be listed ({})", crate::pg::error_chain(&error))
+                    }
+                },
+                None => failed(),
+            };
+            DropBlocked { kind, db_name, detail, fix: None }
+        }
+        (_, Statement::Step(Step::RecordEnded { group, .. })) => DropBlocked {
+            kind,
+            db_name,
+            detail: format!(
+                "the admin cannot write the comment of the managed group {group:?}, where the ended sessions of \
+                 dropped users are remembered"
+            ),
+            fix: Some(format!("GRANT {} TO {admin} WITH ADMIN OPTION", sql::quote_ident(group))),
+        },
+        (DropBlockedKind::AdminLacksPrivilege, Statement::Step(Step::GrantRoles { .. })) => DropBlocked {
+            kind,
+            db_name,
+            detail: format!(
+                "the admin cannot take the privileges of the user, which REASSIGN OWNED needs: {}",
+                failed()
+            ),
+            fix: Some(if state.server_version_num >= 160000 {
+                format!("GRANT {} TO {admin} WITH ADMIN OPTION", sql::quote_ident(&t.db_user))
+            } else {
+                format!("ALTER ROLE {admin} CREATEROLE")
+            }),
+        },
+        (DropBlockedKind::AdminLacksPrivilege, _) => {
+            let inheritor = inheritor.unwrap_or_default();
+            let fix = match client.query_typed(sql::ADMIN_HAND_OVER_PRIVILEGES, &[(&inheritor, Type::TEXT)]).await {
+                Ok(rows) => match rows.first().map(|row| (row.get::<_, bool>(0), row.get::<_, bool>(1))) {
+                    Some((false, _)) => Some(format!("ALTER ROLE {admin} INHERIT")),
+                    Some((true, false)) => Some(format!("GRANT {} TO {admin}", sql::quote_ident(inheritor))),
+                    _ => None,
+                },
+                Err(_) => None,
+            };
+            DropBlocked { kind, db_name, detail: failed(), fix }
+        }
+        _ => DropBlocked { kind, db_name, detail: failed(), fix: None },
+    }
+}
+
+/// `owns table public.t, sequence public.s; holds privileges on schema public; and 3 more;
+/// and 2 objects in database "reports"`: the first [`DEPENDENCIES_NAMED`] of the connected
+/// database and the shared objects, then counts.
+fn describe_dependencies(rows: &[tokio_postgres::Row]) -> String {
+    const VERBS: [(&str, &str); 4] =
+        [("o", "owns"), ("a", "holds privileges on"), ("r", "is named by"), ("i", "has initial privileges on")];
+    let mut here: Vec<(usize, String)> = Vec::new();
+    let mut elsewhere: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for row in rows {
+        match (row.get::<_, Option<String>>("object"), row.get::<_, Option<String>>("other_database")) {
+            (Some(object), _) => {
+                let deptype: String = row.get("deptype");
+                let kind = VERBS.iter().position(|(d, _)| *d == deptype).unwrap_or(VERBS.len());
+                here.push((kind, object));
+            }
+            (None, Some(database)) => *elsewhere.entry(database).or_default() += 1,
+            (None, None) => {}
+        }
+    }
+    here.sort();
+    let mut parts: Vec<String> = Vec::new();
+    for (kind, (_, verb)) in VERBS.iter().enumerate() {
+        let named: Vec<&str> = here
+            .iter()
+            .take(DEPENDENCIES_NAMED)
+            .filter(|(k, _)| *k == kind)
+            .map(|(_, object)| object.as_str())
+            .collect();
+        if !named.is_empty() {
+            parts.push(format!("{verb} {}", named.join(", ")));
+        }
+    }
+    if here.len() > DEPENDENCIES_NAMED {
+        parts.push(format!("and {} more here", here.len() - DEPENDENCIES_NAMED));
+    }
+    for (database, count) in elsewhere {
+        parts.push(format!("has {count} object(s) or privilege(s) in database {database:?}"));
+    }
+    parts.join("; ")
+}
+
+/// How many dependencies a blocked drop's reason names before it counts the rest.
+const DEPENDENCIES_NAMED: usize = 5;
+
+/// Creates the object inheritor in a transaction of its own (see
+/// [`plan::create_object_inheritor`]); a concurrent creation is a lost race, retried.
+async fn create_object_inheritor(
+    client: &Client,
+    t: &Target,
+    state: &ObservedState,
+    inheritor: &str,
+) -> Result<(), Failure> {
+    if let Err(error) = client.simple_query(sql::BEGIN).await {
+        return Err(Failure::Fatal(postgres_error("BEGIN", t, error)));
+    }
+    tracing::info!(%inheritor, "creating the object inheritor");
+    run_and_commit(client, t, state, &plan::create_object_inheritor(t, inheritor)).await
+}
+
+/// Hands the user's objects in `db_name`, another database of the server, to the inheritor,
+/// in one transaction there, on a connection from `others`.
+async fn hand_over_in(
+    others: &dyn OtherDatabases,
+    db_name: &str,
+    t: &Target,
+    state: &ObservedState,
+    inheritor: &str,
+) -> Result<(), DropBlocked> {
+    let connection = match others.connect(db_name).await {
+        Ok(connection) => connection,
+        Err(error) => {
+            let fix = match &error {
+                Error::MissingConnect { admin, db_name } => Some(format!(
+                    "GRANT CONNECT ON DATABASE {} TO {}",
+                    sql::quote_ident(db_name),
+                    sql::quote_ident(admin)
+                )),
+                _ => None,
+            };
+            return Err(DropBlocked {
+                kind: DropBlockedKind::CannotConnect,
+                db_name: db_name.to_string(),
+                detail: format!("the admin could not connect there: {error}"),
+                fix,
+            });
+        }
+    };
+    let client = connection.client();
+    let steps = plan::hand_over_objects(t, inheritor, true);
+    let mut statements = vec![Statement::Raw(sql::BEGIN)];
+    statements.extend(steps.iter().map(Statement::Step));
+    statements.push(Statement::Raw(sql::COMMIT));
+    let Err((statement, error)) = run_pipelined(client, &statements).await else {
+        tracing::info!(db_user = %t.db_user, %db_name, %inheritor, "handed the user's objects over");
+        return Ok(());
+    };
+    rollback(client).await;
+    let kind = drop_blocked_by(&statement, &error).unwrap_or(DropBlockedKind::StepFailed);
+    let here = Target { admin_db_name: db_name.to_string(), ..t.clone() };
+    Err(explain_blocked_drop(client, &here, state, Some(inheritor), kind, &statement, &error).await)
+}
+
+/// Admin connections to the other databases of the server an end runs on, logged in as the
+/// same admin: a `best_effort_reassign_and_drop` end hands over the user's objects in each
+/// database that holds some.
+pub trait OtherDatabases: Sync {
+    fn connect<'a>(
+        &'a self,
+        db_name: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<std::sync::Arc<AdminConnection>, Error>> + Send + 'a>>;
+}
+
+/// [`OtherDatabases`] for a caller that connects to one database only (the benchmarks): an
+/// end that needs another database locks the user instead of dropping it, and says so.
+pub struct NoOtherDatabases;
+
+impl OtherDatabases for NoOtherDatabases {
+    fn connect<'a>(
+        &'a self,
+        db_name: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<std::sync::Arc<AdminConnection>, Error>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            Err(Error::DependencyUnavailable {
+                what: format!("database {db_name:?}"),
+                detail: "this caller connects to one database only".into(),
+            })
+        })
+    }
+}
+
+/// [`OtherDatabases`] through a function that opens an admin connection to a database name
+/// of the same server: for callers without a pool (the CLI, the reaper, tests).
+pub struct ConnectWith<C>(pub C);
+
+impl<C, Fut> OtherDatabases for ConnectWith<C>
+where
+    C: Fn(String) -> Fut + Sync,
+    Fut: std::future::Future<Output = Result<AdminConnection, Error>> + Send,
+{
+    fn connect<'a>(
+        &'a self,
+        db_name: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<std::sync::Arc<AdminConnection>, Error>> + Send + 'a>>
+    {
+        Box::pin(async move { (self.0)(db_name.to_string()).await.map(std::sync::Arc::new) })
     }
 }
 
@@ -390,9 +719,10 @@ fn in_doubt(connection: &AdminConnection, t: &Target, failure: Failure, planned:
 pub async fn confirm_end(
     connection: &AdminConnection,
     req: &EndRequest,
+    others: &dyn OtherDatabases,
     planned: EndOutcome,
 ) -> Result<EndOutcome, Error> {
-    let rerun = session_end(connection, req).await?;
+    let rerun = session_end(connection, req, others).await?;
     if rerun.status != EndStatus::Noop || rerun.reason.as_deref() != Some(plan::ALREADY_ENDED) {
         return Ok(rerun);
     }
@@ -964,6 +1294,10 @@ fn describe(statement: &Statement<'_>) -> String {
         Statement::Step(Step::Guard { user, .. }) => format!("checking the ledger of {user:?}"),
         Statement::Step(Step::WriteLedger { user, .. }) => format!("writing the session ledger of {user:?}"),
         Statement::Step(Step::DropUser { user }) => format!("dropping database user {user:?}"),
+        Statement::Step(Step::ReassignOwned { user, inheritor }) => {
+            format!("reassigning what {user:?} owns to {inheritor:?}")
+        }
+        Statement::Step(Step::DropOwned { user }) => format!("revoking the privileges {user:?} holds (DROP OWNED)"),
         Statement::Step(Step::ReserveName { user }) => format!("reserving the role name {user:?}"),
         Statement::Step(Step::RecordEnded { group, user, .. }) => {
             format!("recording ended sessions of {user:?} in the comment of the managed group {group:?}")

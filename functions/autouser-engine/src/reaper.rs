@@ -170,9 +170,10 @@ pub async fn reap<C, Fut>(
     connect_to: C,
 ) -> Result<ReapReport, Error>
 where
-    C: Fn(String) -> Fut,
-    Fut: Future<Output = Result<AdminConnection, Error>>,
+    C: Fn(String) -> Fut + Sync,
+    Fut: Future<Output = Result<AdminConnection, Error>> + Send,
 {
+    let others = engine::ConnectWith(&connect_to);
     let rows =
         connection.client().query(sql::LIST_MANAGED_USERS, &[&config.managed_group]).await.map_err(|source| {
             Error::Postgres { action: "listing the managed users".into(), endpoint: db.endpoint(), source }
@@ -239,9 +240,10 @@ where
                     revokes_db_permissions,
                     terminate_connections,
                     redelivery_window_secs: config.redelivery_window.as_secs(),
+                    object_inheritor: config.object_inheritor.clone(),
                 };
                 let result = match connection {
-                    Ok(connection) => engine::session_end(connection, &request).await,
+                    Ok(connection) => engine::session_end(connection, &request, &others).await,
                     Err(error) => Err(error),
                 };
                 // The close may have been applied: a new connection finds out, so that what it
@@ -249,7 +251,7 @@ where
                 let result = match result {
                     Err(Error::EndUnconfirmed { planned, .. }) => {
                         match connect_to(request.target.admin_db_name.clone()).await {
-                            Ok(fresh) => engine::confirm_end(&fresh, &request, *planned).await,
+                            Ok(fresh) => engine::confirm_end(&fresh, &request, &others, *planned).await,
                             Err(error) => Err(error),
                         }
                     }

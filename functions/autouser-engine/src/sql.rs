@@ -390,6 +390,45 @@ SELECT r.rolname::text
    AND NOT pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION')
  ORDER BY 1";
 
+/// For an end that hands a user's objects to the object inheritor: whether the inheritor
+/// (`$2`) exists, and the other databases of the server where the user (OID `$1`) owns objects
+/// or holds privileges, from the shared dependencies (`pg_shdepend`).
+pub const HAND_OVER_STATE: &str = "\
+SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = $2::text) AS inheritor_exists,
+       ARRAY(SELECT d.datname::text
+               FROM pg_catalog.pg_database d
+              WHERE d.datname <> pg_catalog.current_database()
+                AND d.oid IN (SELECT s.dbid FROM pg_catalog.pg_shdepend s
+                               WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+                                 AND s.refobjid = $1::oid)
+              ORDER BY 1) AS other_databases";
+
+/// What depends on the user (OID `$1`), from the shared dependencies: in the connected
+/// database and on shared objects, each object by its kind and schema-qualified name
+/// (`table public.orders`, from `pg_identify_object`); in other databases, only the database's name, which is all this
+/// database's catalog can say. `deptype`: `o` owner, `a` privileges, `r` policy, `i` initial
+/// privileges.
+pub const USER_DEPENDENCIES: &str = "\
+SELECT CASE WHEN s.dbid IN (0, here.oid)
+            THEN (SELECT o.type || ' ' || o.identity
+                    FROM pg_catalog.pg_identify_object(s.classid, s.objid, s.objsubid) AS o) END AS object,
+       CASE WHEN s.dbid NOT IN (0, here.oid) THEN d.datname::text END AS other_database,
+       s.deptype::text AS deptype
+  FROM pg_catalog.pg_shdepend s
+ CROSS JOIN (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) AS here
+  LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid
+ WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND s.refobjid = $1::oid
+ ORDER BY 2 NULLS FIRST, 3 DESC, 1";
+
+/// Why `REASSIGN OWNED` or `DROP OWNED` was refused: whether the current user inherits
+/// privileges at all, and whether it has those of the inheritor (`$1`).
+pub const ADMIN_HAND_OVER_PRIVILEGES: &str = "\
+SELECT a.rolinherit,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                WHERE r.rolname = $1::text AND pg_catalog.pg_has_role(current_user, r.oid, 'USAGE'))
+  FROM pg_catalog.pg_roles a
+ WHERE a.rolname = current_user";
+
 /// Whether the current user may create roles at all.
 pub const ADMIN_MAY_CREATE_ROLES: &str =
     "SELECT rolcreaterole OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user";
@@ -452,6 +491,10 @@ pub fn render(step: &Step) -> String {
         Step::Guard { user, expected_ledger } => guard(user, expected_ledger.as_deref()),
         Step::WriteLedger { user, ledger } => write_ledger(user, ledger),
         Step::DropUser { user } => format!("DROP ROLE {}", quote_ident(user)),
+        Step::ReassignOwned { user, inheritor } => {
+            format!("REASSIGN OWNED BY {} TO {}", quote_ident(user), quote_ident(inheritor))
+        }
+        Step::DropOwned { user } => format!("DROP OWNED BY {}", quote_ident(user)),
         Step::ReserveName { user } => reserve_name(user),
         Step::RecordEnded { group, user, sessions, window_secs } => record_ended(group, user, sessions, *window_secs),
         Step::RefuseIfEnded { group, user, session } => refuse_if_ended(group, user, session),

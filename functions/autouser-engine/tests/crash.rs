@@ -37,7 +37,8 @@ async fn run(config: &Config, user: &str, session: &str, start: bool) -> Result<
     if start {
         engine::session_start(&connection, &request::prepare_start(config, &db, &event)?).await.map(drop)
     } else {
-        engine::session_end(&connection, &request::prepare_end(config, &db, &event)?).await.map(drop)
+        let others = engine::NoOtherDatabases;
+        engine::session_end(&connection, &request::prepare_end(config, &db, &event)?, &others).await.map(drop)
     }
 }
 

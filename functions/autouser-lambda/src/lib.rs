@@ -331,11 +331,12 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
             Function::SessionEnd => {
                 let req = request::prepare_end(&state.config, &db, &event)?;
                 tracing::Span::current().record("db_user", req.target.db_user.as_str());
+                let others = state.pool.other_databases(&state.aws, &db);
                 let ended = state
                     .pool
                     .with_admin(&state.aws, &db, &req.target.admin_db_name, |connection| {
-                        let req = &req;
-                        async move { engine::session_end(&connection, req).await }
+                        let (req, others) = (&req, &others);
+                        async move { engine::session_end(&connection, req, others).await }
                     })
                     .await;
                 let outcome = match ended {
@@ -346,8 +347,8 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
                         state
                             .pool
                             .with_admin(&state.aws, &db, &req.target.admin_db_name, |connection| {
-                                let (req, planned) = (&req, planned.clone());
-                                async move { engine::confirm_end(&connection, req, *planned).await }
+                                let (req, others, planned) = (&req, &others, planned.clone());
+                                async move { engine::confirm_end(&connection, req, others, *planned).await }
                             })
                             .await?
                     }

@@ -80,6 +80,12 @@ impl Pool {
         }
     }
 
+    /// The other databases of `db`'s server, through this pool's connections (so that they
+    /// too are kept across invocations): see [`autouser_engine::engine::OtherDatabases`].
+    pub fn other_databases<'a>(&'a self, aws: &'a AwsContext, db: &'a ResolvedDatabase) -> PooledDatabases<'a> {
+        PooledDatabases { pool: self, aws, db }
+    }
+
     /// A live connection, and whether it was reused.
     async fn connection(
         &self,
@@ -120,5 +126,23 @@ impl Pool {
     /// Connections opened since the container started.
     pub fn opened(&self) -> usize {
         self.opened.load(Ordering::Relaxed)
+    }
+}
+
+/// See [`Pool::other_databases`].
+pub struct PooledDatabases<'a> {
+    pool: &'a Pool,
+    aws: &'a AwsContext,
+    db: &'a ResolvedDatabase,
+}
+
+impl autouser_engine::engine::OtherDatabases for PooledDatabases<'_> {
+    fn connect<'a>(
+        &'a self,
+        db_name: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Arc<AdminConnection>, Error>> + Send + 'a>> {
+        Box::pin(
+            async move { self.pool.connection(self.aws, self.db, db_name).await.map(|(connection, _)| connection) },
+        )
     }
 }

@@ -16,6 +16,8 @@ use crate::permissions::ImportRule;
 use crate::policy::{Policy, PolicyError, Role};
 
 pub const DEFAULT_MANAGED_GROUP: &str = "teleport-auto-user";
+/// The default `object_inheritor`.
+pub const DEFAULT_OBJECT_INHERITOR: &str = "teleport-object-inheritor";
 pub const DEFAULT_PORT: u16 = 5432;
 /// Role PostgreSQL on RDS requires for IAM authentication.
 pub const RDS_IAM_ROLE: &str = "rds_iam";
@@ -59,6 +61,9 @@ pub struct Config {
     pub cluster_name: Option<String>,
     /// Group every provisioned user belongs to; membership is what makes a user "managed".
     pub managed_group: String,
+    /// The `NOLOGIN` role that `best_effort_reassign_and_drop` hands a dropped user's objects
+    /// to (`REASSIGN OWNED`); created where missing, as the managed group is.
+    pub object_inheritor: String,
     pub databases: Vec<DatabaseConfig>,
     pub tag_keys: TagKeys,
     pub policy: Policy,
@@ -333,6 +338,7 @@ impl ResolvedDatabase {
 struct RawConfig {
     cluster_name: Option<String>,
     managed_group: Option<String>,
+    object_inheritor: Option<String>,
     databases: Vec<RawDatabase>,
     #[serde(default)]
     tag_keys: TagKeys,
@@ -398,6 +404,17 @@ impl RawConfig {
         if managed_group.starts_with("pg_") || managed_group.starts_with("rds_") {
             return Err(invalid("managed_group", "the pg_ and rds_ prefixes belong to PostgreSQL and RDS"));
         }
+        let object_inheritor = self.object_inheritor.unwrap_or_else(|| DEFAULT_OBJECT_INHERITOR.to_string());
+        naming::validate_identifier(&object_inheritor).map_err(|e| invalid("object_inheritor", e.to_string()))?;
+        if object_inheritor.starts_with("pg_") || object_inheritor.starts_with("rds_") {
+            return Err(invalid("object_inheritor", "the pg_ and rds_ prefixes belong to PostgreSQL and RDS"));
+        }
+        if object_inheritor == managed_group {
+            return Err(invalid(
+                "object_inheritor",
+                "must differ from managed_group: every managed user is a member of the group, and would own what the inheritor owns",
+            ));
+        }
         if let Some(name) = &self.cluster_name {
             if name.is_empty() {
                 return Err(invalid("cluster_name", "must not be empty; remove it instead"));
@@ -440,6 +457,7 @@ impl RawConfig {
             terminate_connections: self.terminate_connections,
             cluster_name: self.cluster_name,
             managed_group,
+            object_inheritor,
             databases,
             tag_keys: self.tag_keys,
             policy: Policy::with_import_rules(roles, self.import_rules)?,

@@ -62,7 +62,12 @@ pub fn validate_identifier(name: &str) -> Result<(), NameError> {
 }
 
 /// Checks that `name` may be created and managed as a person's database user.
-pub fn validate_db_user(name: &str, admin_user: &str, managed_group: &str) -> Result<(), NameError> {
+pub fn validate_db_user(
+    name: &str,
+    admin_user: &str,
+    managed_group: &str,
+    object_inheritor: &str,
+) -> Result<(), NameError> {
     validate_identifier(name)?;
     let reserved = |reason| Err(NameError::Reserved { name: name.to_string(), reason });
     if name == admin_user {
@@ -70,6 +75,9 @@ pub fn validate_db_user(name: &str, admin_user: &str, managed_group: &str) -> Re
     }
     if name == managed_group {
         return reserved("it is the managed group");
+    }
+    if name == object_inheritor {
+        return reserved("it is the object inheritor, which owns the objects of dropped users");
     }
     if name == ENDED_SESSIONS_LOCK_ROLE {
         return reserved("pg-autouser takes this name as a lock");
@@ -123,6 +131,7 @@ mod tests {
         for name in [
             "teleport-admin",
             "teleport-auto-user",
+            "teleport-object-inheritor",
             "postgres",
             "rdsadmin",
             "rdsrepladmin",
@@ -134,14 +143,16 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    validate_db_user(name, "teleport-admin", "teleport-auto-user"),
+                    validate_db_user(name, "teleport-admin", "teleport-auto-user", "teleport-object-inheritor"),
                     Err(NameError::Reserved { .. })
                 ),
                 "{name} must be reserved"
             );
         }
-        assert!(validate_db_user("Postgres", "teleport-admin", "teleport-auto-user").is_ok());
-        assert!(validate_db_user("rdsx", "teleport-admin", "teleport-auto-user").is_ok());
+        assert!(
+            validate_db_user("Postgres", "teleport-admin", "teleport-auto-user", "teleport-object-inheritor").is_ok()
+        );
+        assert!(validate_db_user("rdsx", "teleport-admin", "teleport-auto-user", "teleport-object-inheritor").is_ok());
     }
 
     proptest! {
@@ -170,7 +181,7 @@ mod tests {
         fn remote_names_never_collide_with_reserved_prefixes(user in "[a-z]{1,10}", origin in "[a-z]{1,10}") {
             let name = db_user_name(&user, Some(&origin), Some("local"));
             prop_assume!(origin != "local");
-            prop_assert!(validate_db_user(&name, "teleport-admin", "teleport-auto-user").is_ok());
+            prop_assert!(validate_db_user(&name, "teleport-admin", "teleport-auto-user", "teleport-object-inheritor").is_ok());
         }
     }
 }

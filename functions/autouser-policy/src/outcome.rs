@@ -35,7 +35,8 @@ pub struct StartOutcome {
 pub enum EndStatus {
     /// Last session ended, `keep`: roles stripped, `NOLOGIN`.
     Deactivated,
-    /// Last session ended, `best_effort_drop`: the user is gone.
+    /// Last session ended, `best_effort_drop` or `best_effort_reassign_and_drop`: the user is
+    /// gone.
     Dropped,
     /// Other sessions of the user remain open; the user is untouched.
     InUse,
@@ -69,4 +70,34 @@ pub struct EndOutcome {
     /// (`terminate_connections`); absent when the option is off or nothing was locked.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub terminated_connections: Option<usize>,
+    /// Why a `best_effort_drop` or `best_effort_reassign_and_drop` end locked the user instead
+    /// of dropping it; `reason` says the same in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drop_blocked: Option<DropBlocked>,
+}
+
+/// What stopped a drop. The user is locked as in `keep` either way.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DropBlocked {
+    pub kind: DropBlockedKind,
+    /// The database (inside the server) where it happened.
+    pub db_name: String,
+    /// What PostgreSQL or pg-autouser found, in words.
+    pub detail: String,
+    /// What the operator runs so that the next end drops the user, when that is SQL.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DropBlockedKind {
+    /// `best_effort_drop`: the user owns objects or holds privileges (`detail` names them).
+    DependentObjects,
+    /// The admin lacks a privilege that `REASSIGN OWNED`, `DROP OWNED` or the drop needs.
+    AdminLacksPrivilege,
+    /// The admin could not connect to a database that holds the user's objects.
+    CannotConnect,
+    /// A statement failed for another reason (`detail` says which and why).
+    StepFailed,
 }

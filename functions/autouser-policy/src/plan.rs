@@ -99,6 +99,17 @@ pub enum Step {
     DropUser {
         user: String,
     },
+    /// `REASSIGN OWNED`: what `user` owns in the connected database (and the databases and
+    /// tablespaces it owns) becomes `inheritor`'s.
+    ReassignOwned {
+        user: String,
+        inheritor: String,
+    },
+    /// `DROP OWNED`, after [`Step::ReassignOwned`]: revokes the privileges `user` holds in the
+    /// connected database and on shared objects (it owns nothing there any more).
+    DropOwned {
+        user: String,
+    },
     /// Takes the role name `user` for this transaction without creating it (`CREATE ROLE`,
     /// then `DROP ROLE`): a concurrent `CREATE ROLE` of the name waits for us, and a role
     /// created meanwhile makes this fail.
@@ -199,7 +210,13 @@ pub enum EndDecision {
     /// `after_drop` (which records its ended sessions in the managed group's comment); if
     /// objects depend on it, roll back to before the drop and run `fallback` (the `keep`
     /// changes).
+    ///
+    /// `best_effort_reassign_and_drop` (`reassign_to` is the object inheritor): before the
+    /// drop, the user's objects are handed to the inheritor in every database that holds any
+    /// (`REASSIGN OWNED`, `DROP OWNED`); a step that cannot run leads to `fallback` too.
     Drop {
+        mode: CreateDbUserMode,
+        reassign_to: Option<String>,
         before_drop: Vec<Step>,
         after_drop: Vec<Step>,
         fallback: Vec<Step>,
@@ -514,7 +531,9 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
         keep.push(Step::RevokeRoles { roles: held, user: user.clone() });
     }
     Ok(match record.mode {
-        CreateDbUserMode::BestEffortDrop => EndDecision::Drop {
+        mode @ (CreateDbUserMode::BestEffortDrop | CreateDbUserMode::BestEffortReassignAndDrop) => EndDecision::Drop {
+            mode,
+            reassign_to: (mode == CreateDbUserMode::BestEffortReassignAndDrop).then(|| req.object_inheritor.clone()),
             before_drop: before,
             // The user's ledger goes with it: its ended sessions move to the group's comment.
             after_drop: vec![record_ended(req, ledger.ended.clone())],
@@ -548,6 +567,33 @@ pub fn plan_lock(t: &Target, state: &ObservedState) -> Result<Option<Vec<Step>>,
         steps.push(Step::RevokeRoles { roles: held, user: t.db_user.clone() });
     }
     Ok(Some(steps))
+}
+
+/// The steps that hand the objects of a user whose drop is planned to `inheritor`, in one
+/// database: the admin takes the user's privileges (`REASSIGN OWNED` and `DROP OWNED` need
+/// them; PostgreSQL 16+ gives a role's creator only ADMIN OPTION on it), reassigns, and
+/// revokes what is left. In a database other than the end's own (`elsewhere`), the admin gives
+/// the membership back before that transaction commits; in the end's own, the drop removes it.
+pub fn hand_over_objects(t: &Target, inheritor: &str, elsewhere: bool) -> Vec<Step> {
+    let user = &t.db_user;
+    let mut steps = vec![
+        Step::GrantRoles { roles: vec![user.clone()], user: t.admin.clone() },
+        Step::ReassignOwned { user: user.clone(), inheritor: inheritor.to_string() },
+        Step::DropOwned { user: user.clone() },
+    ];
+    if elsewhere {
+        steps.push(Step::RevokeRoles { roles: vec![user.clone()], user: t.admin.clone() });
+    }
+    steps
+}
+
+/// Creates the object inheritor, `NOLOGIN`, and gives the admin its privileges, which
+/// `REASSIGN OWNED` needs: run in a transaction of its own, so that every database sees it.
+pub fn create_object_inheritor(t: &Target, inheritor: &str) -> Vec<Step> {
+    vec![
+        Step::CreateGroup { group: inheritor.to_string() },
+        Step::GrantRoles { roles: vec![inheritor.to_string()], user: t.admin.clone() },
+    ]
 }
 
 fn lock_and_guard(user: &str, login: bool, state: &ObservedState) -> Vec<Step> {
@@ -605,6 +651,7 @@ mod tests {
             revokes_db_permissions: false,
             terminate_connections: false,
             redelivery_window_secs: 86400,
+            object_inheritor: "inheritor".into(),
         }
     }
 
@@ -642,6 +689,8 @@ mod tests {
                 Step::Guard { expected_ledger, .. } => assert_eq!(expected_ledger, &state.ledger_comment),
                 Step::DropUser { .. } => state = ObservedState { user_exists: false, ..state },
                 Step::ReserveName { .. } => assert!(!state.user_exists),
+                // Ownership is not part of the observed state.
+                Step::ReassignOwned { .. } | Step::DropOwned { .. } => {}
                 // The group's comment is the server's business; the tests of crate::sql and
                 // the integration tests check it.
                 Step::RecordEnded { .. } => state.session_ended_in_group = true,
@@ -762,7 +811,12 @@ mod tests {
     #[test]
     fn end_applies_the_mode_recorded_at_start() {
         let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::BestEffortDrop));
-        assert!(matches!(plan_end(&end("s1"), &state).unwrap(), EndDecision::Drop { .. }));
+        assert!(matches!(plan_end(&end("s1"), &state).unwrap(), EndDecision::Drop { reassign_to: None, .. }));
+        let state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::BestEffortReassignAndDrop));
+        let EndDecision::Drop { mode, reassign_to, .. } = plan_end(&end("s1"), &state).unwrap() else {
+            panic!("expected a drop")
+        };
+        assert_eq!((mode, reassign_to.as_deref()), (CreateDbUserMode::BestEffortReassignAndDrop, Some("inheritor")));
     }
 
     #[test]

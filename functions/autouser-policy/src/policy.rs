@@ -4,7 +4,8 @@
 //! loads; the fields that bear on database users are read as Teleport reads them, the others
 //! are ignored. The semantics, which are the contract:
 //! - A person's roles (`AccessRequest::role_names`) must all exist in the policy.
-//! - A role provisions when its mode is `keep` or `best_effort_drop`: `create_db_user_mode`,
+//! - A role provisions when its mode is `keep`, `best_effort_drop` or
+//!   `best_effort_reassign_and_drop`: `create_db_user_mode`,
 //!   or, when that is unset, the legacy `create_db_user: true` (`keep`), as Teleport reads it.
 //! - A role's **allow** block matches a session when its `db_labels` match the database's
 //!   labels and its `db_names` match the session's `db_name`. Every label key of the selector
@@ -19,7 +20,7 @@
 //!   match denies the session; its `db_roles` remove roles from the grant. Deny blocks of all
 //!   the person's roles apply, whether or not their allow matched. Deny wins.
 //! - Only provisioning roles whose allow matched count. The mode is the strongest of theirs
-//!   (`best_effort_drop` > `keep`); a session that only non-provisioning roles match is
+//!   (`best_effort_reassign_and_drop` > `best_effort_drop` > `keep`); a session that only non-provisioning roles match is
 //!   refused as `off`, one that no role matches as unmatched.
 //! - The database roles are the union of the counted roles' `db_roles`, with templates
 //!   ([`crate::templates`]) expanded from the person's traits, minus denied ones. A requested
@@ -65,6 +66,9 @@ pub enum CreateDbUserMode {
     Keep,
     /// Drop the user at session end, or lock it when objects depend on it.
     BestEffortDrop,
+    /// Hand the user's objects to the object inheritor (`REASSIGN OWNED`, then `DROP OWNED`)
+    /// in every database where it has any, then drop it; lock it when a step cannot run.
+    BestEffortReassignAndDrop,
 }
 
 impl fmt::Display for CreateDbUserMode {
@@ -73,6 +77,7 @@ impl fmt::Display for CreateDbUserMode {
             CreateDbUserMode::Off => "off",
             CreateDbUserMode::Keep => "keep",
             CreateDbUserMode::BestEffortDrop => "best_effort_drop",
+            CreateDbUserMode::BestEffortReassignAndDrop => "best_effort_reassign_and_drop",
         })
     }
 }
@@ -148,7 +153,7 @@ fn deserialize_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
         Flag(bool),
     }
     let invalid = |what: String| {
-        serde::de::Error::custom(format!("create_db_user_mode {what} is not a mode: use off, keep or best_effort_drop"))
+        serde::de::Error::custom(format!("create_db_user_mode {what} is not a mode: use off, keep, best_effort_drop or best_effort_reassign_and_drop"))
     };
     match Option::<Written>::deserialize(deserializer)? {
         None => Ok(None),
@@ -157,6 +162,7 @@ fn deserialize_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
             "off" => Ok(Some(CreateDbUserMode::Off)),
             "keep" => Ok(Some(CreateDbUserMode::Keep)),
             "best_effort_drop" => Ok(Some(CreateDbUserMode::BestEffortDrop)),
+            "best_effort_reassign_and_drop" => Ok(Some(CreateDbUserMode::BestEffortReassignAndDrop)),
             _ => Err(invalid(format!("{name:?}"))),
         },
         Some(Written::Number(number)) => match number {
@@ -868,6 +874,27 @@ mod tests {
     }
 
     #[test]
+    fn reassign_and_drop_is_the_strongest_mode() {
+        let roles = |mode: &str| {
+            policy(&format!(
+                "- kind: role\n  version: v7\n  metadata: {{name: inheriting}}\n  spec:\n    \
+                 options: {{create_db_user_mode: {mode}}}\n    allow:\n      db_labels: {{'*': '*'}}\n      \
+                 db_names: ['*']\n      db_roles: [reader]\n\
+                 - kind: role\n  version: v7\n  metadata: {{name: dropping}}\n  spec:\n    \
+                 options: {{create_db_user_mode: best_effort_drop}}\n    allow:\n      db_labels: {{'*': '*'}}\n      \
+                 db_names: ['*']\n"
+            ))
+            .unwrap()
+        };
+        let p = roles("best_effort_reassign_and_drop");
+        let g = Ask::new(&["inheriting", "dropping"]).run(&p).unwrap();
+        assert_eq!(g.mode, CreateDbUserMode::BestEffortReassignAndDrop);
+        assert_eq!(g.mode.to_string(), "best_effort_reassign_and_drop");
+        assert!(CreateDbUserMode::Keep < CreateDbUserMode::BestEffortDrop);
+        assert!(CreateDbUserMode::BestEffortDrop < CreateDbUserMode::BestEffortReassignAndDrop);
+    }
+
+    #[test]
     fn label_globs_and_lists_match() {
         let p = policy(YAML).unwrap();
         assert!(Ask::new(&["droppers"]).label("team", "green").run(&p).is_ok());
@@ -1069,7 +1096,7 @@ mod tests {
             "[{kind: role, version: v7, metadata: {name: r}, spec: {options: {create_db_user_mode: always}}}]",
         )
         .unwrap_err();
-        assert!(err.to_string().contains("keep or best_effort_drop"), "{err}");
+        assert!(err.to_string().contains("keep, best_effort_drop or best_effort_reassign_and_drop"), "{err}");
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct EndRequest {
     /// its end came before its start) is remembered in the managed group's comment
     /// (`redelivery_window`).
     pub redelivery_window_secs: u64,
+    /// Who receives the objects of a user dropped in `best_effort_reassign_and_drop`
+    /// (`object_inheritor`).
+    pub object_inheritor: String,
 }
 
 /// The configured database an event names; the caller resolves it (statically, or through
@@ -70,7 +73,7 @@ fn target(config: &Config, db: &ResolvedDatabase, event: &SessionEvent) -> Resul
         return Err(Refusal::UnknownDatabase { database: event.database.clone() });
     }
     let db_user = naming::db_user_name(&event.user, event.origin_cluster.as_deref(), config.cluster_name.as_deref());
-    naming::validate_db_user(&db_user, &db.admin_user.name, &config.managed_group)
+    naming::validate_db_user(&db_user, &db.admin_user.name, &config.managed_group, &config.object_inheritor)
         .map_err(|source| Refusal::InvalidUserName { person: event.user.clone(), source })?;
     // Object privileges are granted, and revoked, in the session's own database.
     let admin_db_name =
@@ -117,6 +120,9 @@ pub fn prepare_start(config: &Config, db: &ResolvedDatabase, event: &SessionEven
         if *role == target.db_user {
             return refused("it is the user itself");
         }
+        if *role == config.object_inheritor {
+            return refused("it is the object inheritor, which owns the objects of dropped users");
+        }
     }
     let platform_roles = match db.db_type {
         DatabaseType::Rds => BTreeSet::from([RDS_IAM_ROLE.to_string()]),
@@ -139,5 +145,6 @@ pub fn prepare_end(config: &Config, db: &ResolvedDatabase, event: &SessionEvent)
         revokes_db_permissions: config.policy.has_db_permissions(),
         terminate_connections: config.terminate_connections,
         redelivery_window_secs: config.redelivery_window.as_secs(),
+        object_inheritor: config.object_inheritor.clone(),
     })
 }

@@ -65,7 +65,9 @@ pub async fn session_end(config: &Path, event: &Path, aws: &AwsSetup) -> Result<
     let (db, aws) = resolve(&config, &event, aws, Purpose::End).await?;
     let req = request::prepare_end(&config, &db, &event)?;
     let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
-    let outcome = engine::session_end(&connection, &req).await?;
+    let (aws, db) = (aws.as_ref(), &db);
+    let others = engine::ConnectWith(|db_name: String| async move { connect(aws, db, &db_name).await });
+    let outcome = engine::session_end(&connection, &req, &others).await?;
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
 }
 

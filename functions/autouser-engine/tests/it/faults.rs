@@ -158,9 +158,13 @@ async fn an_end_whose_commit_reply_is_lost_is_confirmed_by_a_rerun() {
     fx.start(fx.event("s1", &warm, &["keep"])).await.unwrap();
     let warm_event = autouser_policy::event::SessionEvent::from_value(fx.event("s1", &warm, &["keep"])).unwrap();
     let warm_req = autouser_policy::request::prepare_end(&through_proxy, &db, &warm_event).unwrap();
-    autouser_engine::engine::session_end(&connection, &warm_req).await.unwrap();
+    autouser_engine::engine::session_end(&connection, &warm_req, &autouser_engine::engine::NoOtherDatabases)
+        .await
+        .unwrap();
     proxy.lose_the_reply_to_burst(2);
-    let err = autouser_engine::engine::session_end(&connection, &req).await.unwrap_err();
+    let err = autouser_engine::engine::session_end(&connection, &req, &autouser_engine::engine::NoOtherDatabases)
+        .await
+        .unwrap_err();
     assert_eq!(proxy.replies_lost(), 1);
     assert!(err.is_transient() && err.kind() == "DatabaseUnreachable", "{err}");
     let Error::EndUnconfirmed { planned, .. } = err else { panic!("{err:?}") };
@@ -168,7 +172,14 @@ async fn an_end_whose_commit_reply_is_lost_is_confirmed_by_a_rerun() {
     assert_eq!(assert_consistent(&fx, &alice, "after the lost reply").await, Some((false, 0)), "it was applied");
 
     let fresh = fx.admin_client(&fx.config(), &req.target.admin_db_name).await.unwrap();
-    let confirmed = autouser_engine::engine::confirm_end(&fresh, &req, *planned.clone()).await.unwrap();
+    let confirmed = autouser_engine::engine::confirm_end(
+        &fresh,
+        &req,
+        &autouser_engine::engine::NoOtherDatabases,
+        *planned.clone(),
+    )
+    .await
+    .unwrap();
     assert_eq!(confirmed.status, EndStatus::Deactivated, "{confirmed:?}");
     assert!(confirmed.reason.as_deref().unwrap_or_default().contains("COMMIT reply was lost"), "{confirmed:?}");
 
@@ -178,6 +189,9 @@ async fn an_end_whose_commit_reply_is_lost_is_confirmed_by_a_rerun() {
     fx.start(bob_event.clone()).await.unwrap();
     let parsed = autouser_policy::event::SessionEvent::from_value(bob_event).unwrap();
     let bob_req = autouser_policy::request::prepare_end(&fx.config(), &db, &parsed).unwrap();
-    let rerun = autouser_engine::engine::confirm_end(&fresh, &bob_req, *planned).await.unwrap();
+    let rerun =
+        autouser_engine::engine::confirm_end(&fresh, &bob_req, &autouser_engine::engine::NoOtherDatabases, *planned)
+            .await
+            .unwrap();
     assert_eq!((rerun.status, rerun.db_user.as_str(), rerun.reason), (EndStatus::Deactivated, bob.as_str(), None));
 }

@@ -205,7 +205,8 @@ roles:{roles}
         let db = request::database(config, &event)?.resolve_static().expect("a static database");
         let req = request::prepare_end(config, &db, &event)?;
         let client = self.admin_client(config, &req.target.admin_db_name).await?;
-        engine::session_end(&client, &req).await
+        let others = engine::ConnectWith(|db_name: String| async move { self.admin_client(config, &db_name).await });
+        engine::session_end(&client, &req, &others).await
     }
 
     /// One reaper run on this test's database, as of `now` (Unix seconds).

@@ -7,6 +7,7 @@ mod delivery;
 mod errors;
 mod faults;
 mod fixture;
+mod handing_over;
 mod injection;
 mod lifecycle;
 mod object_permissions;

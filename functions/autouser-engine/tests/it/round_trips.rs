@@ -46,7 +46,7 @@ impl Counted {
         let db = request::database(&self.config, &event).unwrap().resolve_static().unwrap();
         let req = request::prepare_end(&self.config, &db, &event).unwrap();
         let before = self.counter.round_trips();
-        engine::session_end(connection, &req).await.unwrap();
+        engine::session_end(connection, &req, &engine::NoOtherDatabases).await.unwrap();
         self.counter.round_trips() - before
     }
 }

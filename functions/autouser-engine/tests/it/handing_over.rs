@@ -1,0 +1,280 @@
+//! Users who created objects: `best_effort_reassign_and_drop` hands them to the object
+//! inheritor in every database that holds some, then drops the user; `best_effort_drop` and a
+//! hand-over that cannot run lock the user instead, and say what blocked the drop. The
+//! objects are made as a person would make them, logged in as the user with `psql`-style SQL.
+
+use autouser_policy::outcome::{DropBlockedKind, EndStatus};
+
+use crate::fixture::{cluster, connect, major, q, Fixture};
+
+/// A fixture whose `writers` role (mode `mode`) gives `<ns>_writer`, which may create in the
+/// `public` schema of the test's database and of a second database `<ns>_b`; the inheritor is
+/// `<ns>_heir`, so that parallel tests do not share one.
+async fn writers_fixture(ns: &str, mode: &str) -> Fixture {
+    let mut fx = Fixture::new(ns).await;
+    let writer = fx.writer();
+    fx.give_admin_option(&writer).await;
+    fx = fx.with_roles(&format!(
+        r#"
+  - kind: role
+    version: v7
+    metadata: {{name: writers}}
+    spec:
+      options: {{create_db_user_mode: {mode}}}
+      allow:
+        db_labels: {{"*": "*"}}
+        db_names: ["*"]
+        db_roles: ["{writer}"]
+"#
+    ));
+    fx.extra_yaml = format!("object_inheritor: {:?}\n", heir(&fx));
+    fx.sql(&format!("CREATE DATABASE {}", q(&other_db(&fx)))).await;
+    for db in [fx.db.clone(), other_db(&fx)] {
+        as_superuser(&db, &format!("GRANT USAGE, CREATE ON SCHEMA public TO {}", q(&writer))).await;
+    }
+    fx
+}
+
+fn heir(fx: &Fixture) -> String {
+    format!("{}_heir", fx.ns)
+}
+
+fn other_db(fx: &Fixture) -> String {
+    format!("{}_b", fx.ns)
+}
+
+async fn as_superuser(db: &str, statements: &str) {
+    let client = connect(cluster().superuser(), db).await.expect("superuser connects");
+    client.batch_execute(statements).await.unwrap_or_else(|e| panic!("{statements}: {e:?}"));
+}
+
+/// Logs in as `user` and creates, in the test's database, a table with rows, a sequence that
+/// has been used and a view, and lets the reader role read the table; in the second database,
+/// a table with rows.
+async fn create_objects(fx: &Fixture, user: &str) {
+    let here = connect(user, &fx.db).await.expect("the user logs in");
+    here.batch_execute(&format!(
+        "CREATE TABLE public.orders (id int PRIMARY KEY, total numeric);
+         INSERT INTO public.orders SELECT i, i * 1.5 FROM generate_series(1, 100) AS i;
+         CREATE SEQUENCE public.order_ids START 1000;
+         SELECT nextval('public.order_ids'), nextval('public.order_ids');
+         CREATE VIEW public.big_orders AS SELECT * FROM public.orders WHERE total > 100;
+         GRANT SELECT ON public.orders TO {reader};",
+        reader = q(&fx.reader())
+    ))
+    .await
+    .expect("the user creates objects");
+    let there = connect(user, &other_db(fx)).await.expect("the user logs in to the second database");
+    there
+        .batch_execute("CREATE TABLE public.notes (body text); INSERT INTO public.notes VALUES ('a'), ('b'), ('c');")
+        .await
+        .expect("the user creates a table in the second database");
+}
+
+/// The owners of the test's objects, by name, in `db`.
+async fn owners(db: &str, names: &[&str]) -> Vec<(String, String)> {
+    let client = connect(cluster().superuser(), db).await.expect("superuser connects");
+    let rows = client
+        .query(
+            "SELECT c.relname::text, pg_catalog.pg_get_userbyid(c.relowner)::text
+               FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = 'public'::regnamespace AND c.relname = ANY($1::text[])
+              ORDER BY 1",
+            &[&names],
+        )
+        .await
+        .expect("owners");
+    rows.iter().map(|row| (row.get(0), row.get(1))).collect()
+}
+
+fn owned_by(owner: &str, names: &[&str]) -> Vec<(String, String)> {
+    let mut owned: Vec<(String, String)> = names.iter().map(|name| (name.to_string(), owner.to_string())).collect();
+    owned.sort();
+    owned
+}
+
+#[tokio::test]
+async fn a_user_with_objects_in_two_databases_is_dropped_and_the_inheritor_owns_them_with_their_data() {
+    let fx = writers_fixture("ho_two", "best_effort_reassign_and_drop").await;
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    create_objects(&fx, &alice).await;
+
+    let out = fx.end(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Dropped, "{out:?}");
+    assert_eq!(out.drop_blocked, None);
+    assert!(fx.state(&alice).await.is_none(), "the user is gone");
+
+    let heir = heir(&fx);
+    assert_eq!(
+        owners(&fx.db, &["orders", "order_ids", "big_orders"]).await,
+        owned_by(&heir, &["orders", "order_ids", "big_orders"])
+    );
+    assert_eq!(owners(&other_db(&fx), &["notes"]).await, owned_by(&heir, &["notes"]));
+    let here = connect(cluster().superuser(), &fx.db).await.unwrap();
+    let row = here
+        .query_one(
+            "SELECT (SELECT count(*) FROM public.orders)::int, (SELECT sum(total) FROM public.orders)::text,
+                    (SELECT last_value FROM public.order_ids)::bigint, (SELECT count(*) FROM public.big_orders)::int,
+                    pg_catalog.has_table_privilege($1::text, 'public.orders', 'SELECT'),
+                    (SELECT rolcanlogin FROM pg_catalog.pg_roles WHERE rolname = $2::text)",
+            &[&fx.reader(), &heir],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, i32>(0), 100, "the rows are intact");
+    assert_eq!(row.get::<_, String>(1), "7575.0");
+    assert_eq!(row.get::<_, i64>(2), 1001, "the sequence kept its position");
+    assert_eq!(row.get::<_, i32>(3), 34, "the view still reads the table");
+    assert!(row.get::<_, bool>(4), "who could read the table before still can");
+    assert!(!row.get::<_, bool>(5), "the inheritor cannot log in");
+    let there = connect(cluster().superuser(), &other_db(&fx)).await.unwrap();
+    let notes: i64 = there.query_one("SELECT count(*) FROM public.notes", &[]).await.unwrap().get(0);
+    assert_eq!(notes, 3);
+
+    // The name is free again: a new session of the same person starts afresh.
+    let again = fx.start(fx.event("s2", &alice, &["writers"])).await.unwrap();
+    assert!(again.created_user, "{again:?}");
+}
+
+#[tokio::test]
+async fn best_effort_drop_names_the_objects_and_databases_that_blocked_the_drop() {
+    let fx = writers_fixture("ho_named", "best_effort_drop").await;
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    create_objects(&fx, &alice).await;
+
+    let out = fx.end(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Deactivated, "{out:?}");
+    let blocked = out.drop_blocked.clone().expect("the outcome says what blocked the drop");
+    assert_eq!(blocked.kind, DropBlockedKind::DependentObjects);
+    let reason = out.reason.clone().unwrap();
+    for named in [
+        "owns ",
+        "table public.orders",
+        "sequence public.order_ids",
+        "view public.big_orders",
+        &format!("in database {:?}", other_db(&fx)),
+    ] {
+        assert!(reason.contains(named), "{named:?} not in {reason:?}");
+        assert!(blocked.detail.contains(named), "{named:?} not in {blocked:?}");
+    }
+    let state = fx.state(&alice).await.expect("kept");
+    assert!(!state.login, "locked");
+    assert_eq!(owners(&fx.db, &["orders"]).await, owned_by(&alice, &["orders"]), "nothing moved");
+}
+
+#[tokio::test]
+async fn an_admin_without_connect_where_objects_are_locks_the_user_and_names_the_grant() {
+    let fx = writers_fixture("ho_connect", "best_effort_reassign_and_drop").await;
+    let alice = fx.user("alice");
+    let other = other_db(&fx);
+    fx.start(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    // Only the user may connect to the second database; the admin may not. (Not through the
+    // writer role: on 16+, the admin's ADMIN OPTION grant of it inherits its privileges.)
+    fx.sql(&format!(
+        "REVOKE CONNECT ON DATABASE {db} FROM PUBLIC; GRANT CONNECT ON DATABASE {db} TO {alice}",
+        db = q(&other),
+        alice = q(&alice)
+    ))
+    .await;
+    create_objects(&fx, &alice).await;
+
+    let out = fx.end(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Deactivated, "{out:?}");
+    let blocked = out.drop_blocked.clone().expect("drop_blocked");
+    assert_eq!(blocked.kind, DropBlockedKind::CannotConnect, "{blocked:?}");
+    assert_eq!(blocked.db_name, other);
+    let grant = format!("GRANT CONNECT ON DATABASE {} TO {}", q(&other), q(&fx.admin));
+    assert_eq!(blocked.fix.as_deref(), Some(grant.as_str()));
+    assert!(out.reason.as_deref().unwrap().contains(&grant), "{out:?}");
+    let state = fx.state(&alice).await.expect("kept");
+    assert!(!state.login, "locked, never left able to log in");
+    assert_eq!(state.member_of, crate::fixture::set(&[&fx.group]));
+    assert_eq!(owners(&fx.db, &["orders"]).await, owned_by(&alice, &["orders"]), "nothing half done here");
+
+    // The operator runs the GRANT, and takes back the CONNECT it gave the user (the admin
+    // cannot revoke a grant the database's owner made); the next session's end drops the user.
+    fx.sql(&format!("{grant}; REVOKE CONNECT ON DATABASE {} FROM {}", q(&other), q(&alice))).await;
+    fx.start(fx.event("s2", &alice, &["writers"])).await.unwrap();
+    let out = fx.end(fx.event("s2", &alice, &["writers"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Dropped, "{out:?}");
+    assert_eq!(owners(&other, &["notes"]).await, owned_by(&heir(&fx), &["notes"]));
+}
+
+#[tokio::test]
+async fn an_admin_without_the_inheritors_privileges_locks_the_user_and_names_the_grant() {
+    let fx = writers_fixture("ho_heirpriv", "best_effort_reassign_and_drop").await;
+    let alice = fx.user("alice");
+    // An operator made the inheritor, and gave the admin nothing on it.
+    fx.sql(&format!("CREATE ROLE {} NOLOGIN", q(&heir(&fx)))).await;
+    fx.start(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    create_objects(&fx, &alice).await;
+
+    let out = fx.end(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Deactivated, "{out:?}");
+    let blocked = out.drop_blocked.clone().expect("drop_blocked");
+    assert_eq!(blocked.kind, DropBlockedKind::AdminLacksPrivilege, "{blocked:?}");
+    let grant = format!("GRANT {} TO {}", q(&heir(&fx)), q(&fx.admin));
+    assert_eq!(blocked.fix.as_deref(), Some(grant.as_str()), "{blocked:?}");
+    let state = fx.state(&alice).await.expect("kept");
+    assert!(!state.login, "locked");
+    assert_eq!(owners(&fx.db, &["orders"]).await, owned_by(&alice, &["orders"]));
+    assert_eq!(owners(&other_db(&fx), &["notes"]).await, owned_by(&alice, &["notes"]));
+
+    fx.sql(&grant).await;
+    fx.start(fx.event("s2", &alice, &["writers"])).await.unwrap();
+    let out = fx.end(fx.event("s2", &alice, &["writers"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Dropped, "{out:?}");
+}
+
+/// A start of a new session racing the end: the start waits for the end's transaction, which
+/// holds the user's row from the lock to the drop. Either the start came first (the end finds
+/// a session open and moves nothing), or the end did (everything moved, the user dropped,
+/// and the start creates it afresh). Never some objects moved and some not.
+#[tokio::test]
+async fn a_start_racing_the_end_sees_the_user_kept_or_gone_never_half_handed_over() {
+    let fx = writers_fixture("ho_race", "best_effort_reassign_and_drop").await;
+    let heir = heir(&fx);
+    let (mut came_first, mut went_first) = (0, 0);
+    for round in 0..6 {
+        let user = fx.user(&format!("u{round}"));
+        fx.start(fx.event("s1", &user, &["writers"])).await.unwrap();
+        create_objects(&fx, &user).await;
+        let end = fx.end(fx.event("s1", &user, &["writers"]));
+        let start = async {
+            // Let the end get going in some rounds, not in others.
+            tokio::time::sleep(std::time::Duration::from_millis(round * 15)).await;
+            fx.start(fx.event("s2", &user, &["writers"])).await
+        };
+        let (ended, started) = tokio::join!(end, start);
+        let (ended, started) = (ended.unwrap(), started.unwrap());
+        let here = owners(&fx.db, &["orders", "order_ids", "big_orders"]).await;
+        let there = owners(&other_db(&fx), &["notes"]).await;
+        let state = fx.state(&user).await.expect("the second session's user exists");
+        assert!(state.login, "the open session can log in");
+        match ended.status {
+            EndStatus::InUse => {
+                came_first += 1;
+                assert!(!started.created_user);
+                assert_eq!(here, owned_by(&user, &["orders", "order_ids", "big_orders"]), "round {round}");
+                assert_eq!(there, owned_by(&user, &["notes"]), "round {round}");
+            }
+            EndStatus::Dropped => {
+                went_first += 1;
+                assert!(started.created_user, "round {round}: {started:?}");
+                assert_eq!(here, owned_by(&heir, &["orders", "order_ids", "big_orders"]), "round {round}");
+                assert_eq!(there, owned_by(&heir, &["notes"]), "round {round}");
+            }
+            other => panic!("round {round}: {other:?} {ended:?}"),
+        }
+        // Tidy the round's objects so that the next round's names are free.
+        for (db, drop) in [
+            (fx.db.clone(), "DROP VIEW public.big_orders; DROP TABLE public.orders; DROP SEQUENCE public.order_ids"),
+            (other_db(&fx), "DROP TABLE public.notes"),
+        ] {
+            as_superuser(&db, drop).await;
+        }
+    }
+    eprintln!("PostgreSQL {}: the start came first {came_first} times, the end {went_first} times", major());
+}
