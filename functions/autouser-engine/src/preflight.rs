@@ -3,7 +3,8 @@
 //!
 //! [`read_facts`] asks the server in two queries; [`evaluate`] turns the facts into findings
 //! without I/O; [`connection_failure`] turns a failed login into a finding; [`bootstrap`]
-//! creates the managed group when it is missing.
+//! creates the managed group, and the object inheritor when the policy hands objects to it,
+//! when they are missing.
 
 use std::collections::BTreeSet;
 
@@ -116,6 +117,8 @@ pub struct AdminFacts {
     pub server_version_num: i32,
     pub superuser: bool,
     pub createrole: bool,
+    /// The admin inherits the privileges of the roles it is a member of (`rolinherit`).
+    pub inherit: bool,
     pub read_only: bool,
     pub in_recovery: bool,
 }
@@ -130,6 +133,9 @@ pub struct RoleFacts {
     pub admin_is_member: bool,
     /// The admin holds it WITH ADMIN OPTION (or is a superuser).
     pub admin_option: bool,
+    /// The admin has its privileges (`pg_has_role(…, 'USAGE')`), as `REASSIGN OWNED` to it
+    /// needs.
+    pub admin_has_privileges: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,7 +157,7 @@ impl ServerFacts {
 const ADMIN_FACTS: &str = "\
 SELECT current_user::text,
        pg_catalog.current_setting('server_version_num')::int,
-       r.rolsuper, r.rolcreaterole,
+       r.rolsuper, r.rolcreaterole, r.rolinherit,
        pg_catalog.current_setting('transaction_read_only') = 'on',
        pg_catalog.pg_is_in_recovery()
   FROM pg_catalog.pg_roles r WHERE r.rolname = current_user";
@@ -160,7 +166,8 @@ SELECT current_user::text,
 const ROLE_FACTS: &str = "\
 SELECT n.name, r.oid IS NOT NULL, COALESCE(r.rolsuper, false),
        r.oid IS NOT NULL AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER'),
-       r.oid IS NOT NULL AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION')
+       r.oid IS NOT NULL AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION'),
+       r.oid IS NOT NULL AND pg_catalog.pg_has_role(current_user, r.oid, 'USAGE')
   FROM pg_catalog.unnest($1::text[]) AS n(name)
   LEFT JOIN pg_catalog.pg_roles r ON r.rolname = n.name
  ORDER BY n.name";
@@ -178,10 +185,14 @@ WITH unmanaged AS (
 SELECT ARRAY(SELECT rolname::text FROM unmanaged ORDER BY 1 LIMIT 10), (SELECT count(*) FROM unmanaged)";
 
 /// The roles preflight asks about on `db`: the managed group, `rds_iam` on RDS,
-/// `rds_superuser` when the policy grants it, and every literal role the policy could grant.
+/// `rds_superuser` when the policy grants it, every literal role the policy could grant, and
+/// the object inheritor when the policy hands objects to it.
 pub fn roles_to_check(config: &Config, db: &ResolvedDatabase) -> BTreeSet<String> {
     let mut roles = config.policy.grantable_roles(&db.labels).literal;
     roles.insert(config.managed_group.clone());
+    if config.policy.reassigns_objects(&db.labels) {
+        roles.insert(config.object_inheritor.clone());
+    }
     if db.db_type == DatabaseType::Rds {
         roles.insert(RDS_IAM_ROLE.to_string());
     }
@@ -196,8 +207,9 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
         server_version_num: row.get(1),
         superuser: row.get(2),
         createrole: row.get(3),
-        read_only: row.get(4),
-        in_recovery: row.get(5),
+        inherit: row.get(4),
+        read_only: row.get(5),
+        in_recovery: row.get(6),
     };
     let names: Vec<&str> = roles.iter().map(String::as_str).collect();
     let roles = client
@@ -211,6 +223,7 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
             superuser: row.get(2),
             admin_is_member: row.get(3),
             admin_option: row.get(4),
+            admin_has_privileges: row.get(5),
         })
         .collect();
     let row = client.query_one(UNMANAGED_LOGINS, &[&config.managed_group]).await.map_err(failed)?;
@@ -293,6 +306,10 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
         )),
     }
 
+    if config.policy.reassigns_objects(&db.labels) {
+        findings.push(object_inheritor_finding(config, facts));
+    }
+
     let grantable = config.policy.grantable_roles(&db.labels);
     for role in &grantable.literal {
         let check = format!("db_role:{role}");
@@ -355,6 +372,49 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
     findings
 }
 
+/// What `best_effort_reassign_and_drop` needs: the admin takes each ending user's privileges
+/// (CREATEROLE before PostgreSQL 16; from 16, the ADMIN OPTION it gets on the users it creates),
+/// and has the object inheritor's, which `REASSIGN OWNED` to it needs; both need `INHERIT`.
+fn object_inheritor_finding(config: &Config, facts: &ServerFacts) -> Finding {
+    const CHECK: &str = "object_inheritor";
+    let (admin, inheritor) = (&facts.admin.admin, &config.object_inheritor);
+    let (admin_sql, inheritor_sql) = (quote_ident(admin), quote_ident(inheritor));
+    let may_create = facts.admin.superuser || facts.admin.createrole;
+    if !facts.admin.inherit && !facts.admin.superuser {
+        return Finding::fail(
+            CHECK,
+            format!(
+                "admin {admin:?} is NOINHERIT, so it cannot use the privileges of the users whose objects it hands \
+                 to {inheritor:?}, nor the inheritor's"
+            ),
+            format!("ALTER ROLE {admin_sql} INHERIT;"),
+        );
+    }
+    match facts.role(inheritor) {
+        Some(role) if role.exists && (role.admin_has_privileges || facts.admin.superuser) => Finding::pass(
+            CHECK,
+            format!("{inheritor:?} exists and the admin can hand dropped users' objects to it"),
+        ),
+        Some(role) if role.exists => Finding::fail(
+            CHECK,
+            format!(
+                "admin {admin:?} does not have the privileges of the object inheritor {inheritor:?}, which \
+                 REASSIGN OWNED needs: ends lock users who own objects instead of dropping them"
+            ),
+            format!("GRANT {inheritor_sql} TO {admin_sql};"),
+        ),
+        _ if may_create => Finding::pass(
+            CHECK,
+            format!("{inheritor:?} does not exist yet; the admin will create it (bootstrap or the first end)"),
+        ),
+        _ => Finding::fail(
+            CHECK,
+            format!("the object inheritor {inheritor:?} does not exist and the admin cannot create it"),
+            format!("CREATE ROLE {inheritor_sql} NOLOGIN; GRANT {inheritor_sql} TO {admin_sql};"),
+        ),
+    }
+}
+
 /// The finding for an admin that could not log in (or whose database could not be resolved).
 pub fn connection_failure(error: &Error) -> Finding {
     let fix = match error {
@@ -377,21 +437,43 @@ pub fn connection_failure(error: &Error) -> Finding {
     Finding { check: "login".into(), status: Status::Fail, detail: error.to_string(), fix }
 }
 
-/// Creates what can be created safely ahead of the first session: the managed group.
+/// Creates what can be created safely ahead of the first session: the managed group, and the
+/// object inheritor (with the admin given its privileges) when the policy hands objects to it.
 /// Returns the statements it ran.
 pub async fn bootstrap(client: &Client, config: &Config, facts: &ServerFacts) -> Result<Vec<String>, Error> {
-    let group = &config.managed_group;
-    let exists = facts.role(group).is_some_and(|r| r.exists);
-    if exists || !(facts.admin.superuser || facts.admin.createrole) || facts.admin.read_only {
+    if !(facts.admin.superuser || facts.admin.createrole) || facts.admin.read_only {
         return Ok(Vec::new());
     }
-    let statement = sql::render(&Step::CreateGroup { group: group.clone() });
-    match client.batch_execute(&statement).await {
-        Ok(()) => Ok(vec![statement]),
-        // Created meanwhile by a session: what we wanted.
-        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => Ok(Vec::new()),
+    let missing = |role: &str| !facts.role(role).is_some_and(|r| r.exists);
+    let mut ran = Vec::new();
+    if missing(&config.managed_group) {
+        let steps = [Step::CreateGroup { group: config.managed_group.clone() }];
+        ran.extend(create(client, &steps, "creating the managed group").await?);
+    }
+    // Only what preflight asked about: the inheritor is among the facts when the policy uses it.
+    if facts.role(&config.object_inheritor).is_some() && missing(&config.object_inheritor) {
+        let steps = [
+            Step::CreateGroup { group: config.object_inheritor.clone() },
+            Step::GrantRoles { roles: vec![config.object_inheritor.clone()], user: facts.admin.admin.clone() },
+        ];
+        ran.extend(create(client, &steps, "creating the object inheritor").await?);
+    }
+    Ok(ran)
+}
+
+/// Runs `steps` in one transaction; nothing when the role was created meanwhile (by a
+/// session: what we wanted). The statements it ran.
+async fn create(client: &Client, steps: &[Step], action: &str) -> Result<Vec<String>, Error> {
+    let statements: Vec<String> = steps.iter().map(sql::render).collect();
+    match client.batch_execute(&format!("BEGIN; {}; COMMIT", statements.join("; "))).await {
+        Ok(()) => Ok(statements),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {
+            let _ = client.batch_execute(sql::ROLLBACK).await;
+            Ok(Vec::new())
+        }
         Err(source) => {
-            Err(Error::Postgres { action: "creating the managed group".into(), endpoint: String::new(), source })
+            let _ = client.batch_execute(sql::ROLLBACK).await;
+            Err(Error::Postgres { action: action.into(), endpoint: String::new(), source })
         }
     }
 }
@@ -425,6 +507,7 @@ roles:
                 server_version_num: version,
                 superuser: false,
                 createrole: true,
+                inherit: true,
                 read_only: false,
                 in_recovery: false,
             },
@@ -436,6 +519,7 @@ roles:
                     superuser: *superuser,
                     admin_is_member: *admin_is_member,
                     admin_option: *admin_option,
+                    admin_has_privileges: *admin_is_member,
                 })
                 .collect(),
             unmanaged_logins: Vec::new(),

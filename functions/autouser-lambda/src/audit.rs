@@ -72,6 +72,10 @@ pub fn of_outcome(function: Function, event: &Value, outcome: &Value) -> Option<
     detail.insert("roles".into(), roles);
     detail.insert("mode".into(), outcome.get("mode").cloned().unwrap_or(Value::Null));
     detail.insert("reason".into(), outcome.get("reason").cloned().unwrap_or(Value::Null));
+    // What blocked a drop (the user was locked instead): kind, database, detail, fix.
+    if let Some(blocked) = outcome.get("drop_blocked") {
+        detail.insert("drop_blocked".into(), blocked.clone());
+    }
     if let Some(redelivered) = outcome.get("already_active") {
         detail.insert("redelivered".into(), redelivered.clone());
     }
@@ -238,6 +242,22 @@ mod tests {
         assert_eq!(audit.detail["reason"], "event field `session_id` is missing");
         let unreadable = of_refusal(Function::SessionEnd, None, "EventInvalid", "not JSON");
         assert_eq!(unreadable.detail["function"], "session-end");
+    }
+
+    #[test]
+    fn a_blocked_drop_is_audited_with_what_blocked_it() {
+        let event = json!({"session_id": "s1", "user": "alice", "roles": ["dev"], "database": "orders", "db_name": "app"});
+        let outcome = json!({"status": "deactivated", "db_user": "alice", "mode": "best_effort_reassign_and_drop",
+            "reason": "the user's objects could not be handed over in database \"reports\"",
+            "drop_blocked": {"kind": "cannot_connect", "db_name": "reports", "detail": "no CONNECT",
+                             "fix": "GRANT CONNECT ON DATABASE \"reports\" TO \"admin\""}});
+        let audit = of_outcome(Function::SessionEnd, &event, &outcome).unwrap();
+        assert_eq!(audit.detail_type, "Database User Deactivated");
+        assert_eq!(audit.detail["drop_blocked"]["kind"], "cannot_connect");
+        assert_eq!(audit.detail["drop_blocked"]["fix"], "GRANT CONNECT ON DATABASE \"reports\" TO \"admin\"");
+        assert_eq!(audit.detail["reason"], outcome["reason"]);
+        let plain = json!({"status": "deactivated", "db_user": "alice", "mode": "keep"});
+        assert!(of_outcome(Function::SessionEnd, &event, &plain).unwrap().detail.get("drop_blocked").is_none());
     }
 
     #[test]

@@ -536,6 +536,15 @@ impl Policy {
         }
         grantable
     }
+
+    /// Whether a role that applies to a database labelled `labels` hands objects to the
+    /// object inheritor (`best_effort_reassign_and_drop`), for preflight checks.
+    pub fn reassigns_objects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.roles.values().any(|compiled| {
+            compiled.mode == CreateDbUserMode::BestEffortReassignAndDrop
+                && compiled.allow_labels.as_ref().is_some_and(|s| !s.is_empty() && s.matches(labels))
+        })
+    }
 }
 
 fn compile_role(role: Role) -> Result<CompiledRole, PolicyError> {

@@ -278,3 +278,47 @@ async fn a_start_racing_the_end_sees_the_user_kept_or_gone_never_half_handed_ove
     }
     eprintln!("PostgreSQL {}: the start came first {came_first} times, the end {went_first} times", major());
 }
+
+#[tokio::test]
+async fn preflight_checks_the_object_inheritor_and_bootstrap_creates_it() {
+    use crate::preflight::{finding, preflight};
+    let fx = writers_fixture("ho_preflight", "best_effort_reassign_and_drop").await;
+    let report = preflight(&fx).await;
+    let inheritor = finding(&report, "object_inheritor");
+    assert_eq!(inheritor.status, autouser_engine::preflight::Status::Pass, "{}", report.to_text());
+    assert!(inheritor.detail.contains("will create it"), "{}", report.to_text());
+
+    let config = fx.config();
+    let db = config.databases[0].resolve_static().unwrap();
+    let client = fx.admin_client(&config, "postgres").await.unwrap();
+    let (_, facts) = autouser_engine::preflight::check(&client, &config, &db).await.unwrap();
+    let ran = autouser_engine::preflight::bootstrap(&client, &config, &facts).await.unwrap();
+    let heir = q(&heir(&fx));
+    assert!(ran.contains(&format!("CREATE ROLE {heir} NOLOGIN")), "{ran:?}");
+    assert!(ran.contains(&format!("GRANT {heir} TO {}", q(&fx.admin))), "{ran:?}");
+    let after = preflight(&fx).await;
+    assert!(after.ready && finding(&after, "object_inheritor").detail.contains("exists"), "{}", after.to_text());
+
+    // The bootstrapped inheritor takes a user's objects.
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    create_objects(&fx, &alice).await;
+    let out = fx.end(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Dropped, "{out:?}");
+}
+
+#[tokio::test]
+async fn preflight_prints_the_grant_an_admin_lacks_on_an_operators_inheritor() {
+    use crate::preflight::{apply_fixes_until_ready, finding, preflight};
+    let fx = writers_fixture("ho_pfgrant", "best_effort_reassign_and_drop").await;
+    fx.sql(&format!("CREATE ROLE {} NOLOGIN", q(&heir(&fx)))).await;
+    let report = preflight(&fx).await;
+    assert_eq!(finding(&report, "object_inheritor").status, autouser_engine::preflight::Status::Fail);
+    let fixes = apply_fixes_until_ready(&fx).await;
+    assert_eq!(fixes, [format!("GRANT {} TO {};", q(&heir(&fx)), q(&fx.admin))]);
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    create_objects(&fx, &alice).await;
+    let out = fx.end(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Dropped, "{out:?}");
+}

@@ -5,7 +5,7 @@ use autouser_engine::preflight::{self, Report, Status};
 
 use crate::fixture::{major, q, Fixture};
 
-async fn preflight(fx: &Fixture) -> Report {
+pub(crate) async fn preflight(fx: &Fixture) -> Report {
     let config = fx.config();
     let db = config.databases[0].resolve_static().expect("a static database");
     match fx.admin_client(&config, preflight::admin_database(&db)).await {
@@ -14,13 +14,13 @@ async fn preflight(fx: &Fixture) -> Report {
     }
 }
 
-fn finding<'r>(report: &'r Report, check: &str) -> &'r preflight::Finding {
+pub(crate) fn finding<'r>(report: &'r Report, check: &str) -> &'r preflight::Finding {
     report.findings.iter().find(|f| f.check == check).unwrap_or_else(|| panic!("no {check} in {report:#?}"))
 }
 
 /// Runs the fix of every failing check as a superuser, until preflight passes; returns the
 /// fixes it ran. Panics if a failure has no fix or the fixes do not converge.
-async fn apply_fixes_until_ready(fx: &Fixture) -> Vec<String> {
+pub(crate) async fn apply_fixes_until_ready(fx: &Fixture) -> Vec<String> {
     let mut applied = Vec::new();
     for _ in 0..4 {
         let report = preflight(fx).await;
