@@ -262,6 +262,48 @@ async fn end_once(
             return Err(Failure::Fatal(error.into()));
         }
     };
+    run_end(connection, req, others, &state, decision, revokes_failed, revokes_failed_note).await
+}
+
+/// The reaper's retry of a drop that an end could not do (see [`plan::plan_retry_drop`]):
+/// `None` when there was nothing to retry. `req`'s session id is empty.
+pub async fn retry_blocked_drop(
+    connection: &AdminConnection,
+    req: &EndRequest,
+    others: &dyn OtherDatabases,
+) -> Result<Option<EndOutcome>, Error> {
+    let revokes_failed = std::sync::Mutex::new(None);
+    retrying(&req.target, || async {
+        let state = begin_and_read(connection, &req.target, &[], None).await?;
+        let client = connection.client();
+        match plan::plan_retry_drop(req, &state) {
+            Ok(Some(decision)) => {
+                run_end(connection, req, others, &state, decision, &revokes_failed, None).await.map(Some)
+            }
+            Ok(None) => {
+                rollback(client).await;
+                Ok(None)
+            }
+            Err(error) => {
+                rollback(client).await;
+                Err(Failure::Fatal(error.into()))
+            }
+        }
+    })
+    .await
+}
+
+/// Runs an end's `decision`, planned from `state` in the open transaction, and commits.
+async fn run_end(
+    connection: &AdminConnection,
+    req: &EndRequest,
+    others: &dyn OtherDatabases,
+    state: &ObservedState,
+    decision: EndDecision,
+    revokes_failed: &std::sync::Mutex<Option<String>>,
+    revokes_failed_note: Option<String>,
+) -> Result<EndOutcome, Failure> {
+    let (client, t) = (connection.client(), &req.target);
     let outcome = |status, mode, open_sessions, reasons: &[Option<String>], mut objects: ObjectCleanup| {
         if revokes_failed_note.is_some() {
             objects.left_in.retain(|db| *db != t.admin_db_name);
@@ -299,22 +341,22 @@ async fn end_once(
             Ok(outcome(EndStatus::Noop, None, 0, &[Some(reason.to_string())], ObjectCleanup::default()))
         }
         EndDecision::RecordEarly { steps, reason, open_sessions } => {
-            run_and_commit(client, t, &state, &steps).await?;
+            run_and_commit(client, t, state, &steps).await?;
             Ok(outcome(EndStatus::Noop, None, open_sessions, &[Some(reason.to_string())], ObjectCleanup::default()))
         }
         EndDecision::InUse { steps, ledger, mode, objects } => {
             let planned = outcome(EndStatus::InUse, Some(mode), ledger.sessions.len(), &[], objects);
-            run_end_and_commit(client, t, &state, &steps, revokes_failed)
+            run_end_and_commit(client, t, state, &steps, revokes_failed)
                 .await
                 .map_err(|failure| in_doubt(connection, t, failure, &planned))?;
             Ok(planned)
         }
         EndDecision::Deactivate { steps, mode, objects } => {
-            let planned = outcome(EndStatus::Deactivated, Some(mode), 0, &[unrevocable_roles(t, &state)], objects);
-            run_end_and_commit(client, t, &state, &steps, revokes_failed)
+            let planned = outcome(EndStatus::Deactivated, Some(mode), 0, &[unrevocable_roles(t, state)], objects);
+            run_end_and_commit(client, t, state, &steps, revokes_failed)
                 .await
                 .map_err(|failure| in_doubt(connection, t, failure, &planned))?;
-            Ok(end_connections(client, req, &state, planned).await)
+            Ok(end_connections(client, req, state, planned).await)
         }
         EndDecision::Drop { mode, reassign_to, before_drop, after_drop, fallback, objects } => {
             let drop = Step::DropUser { user: t.db_user.clone() };
@@ -326,7 +368,7 @@ async fn end_once(
                     // The user is NOLOGIN from here to the COMMIT, and this transaction holds its
                     // row: a start anywhere waits for the outcome, and sees it dropped or kept.
                     if let Err((statement, error)) = run_pipelined(client, &statements).await {
-                        return Err(end_step_failure(client, t, &state, statement, error, revokes_failed).await);
+                        return Err(end_step_failure(client, t, state, statement, error, revokes_failed).await);
                     }
                     statements.clear();
                     let user_oid = state.user_oid.expect("a user to drop exists");
@@ -345,13 +387,13 @@ async fn end_once(
                     };
                     if !row.get::<_, bool>("inheritor_exists") {
                         rollback(client).await;
-                        create_object_inheritor(client, t, &state, inheritor).await?;
+                        create_object_inheritor(client, t, state, inheritor).await?;
                         return Err(Failure::Retry(format!("created the object inheritor {inheritor:?}")));
                     }
                     let elsewhere: Vec<String> = row.get("other_databases");
                     let mut blocked = None;
                     for db_name in &elsewhere {
-                        if let Err(why) = hand_over_in(others, db_name, t, &state, inheritor).await {
+                        if let Err(why) = hand_over_in(others, db_name, t, state, inheritor).await {
                             blocked = Some(why);
                             break;
                         }
@@ -362,14 +404,14 @@ async fn end_once(
                                 EndStatus::Deactivated,
                                 Some(mode),
                                 0,
-                                &[Some(reason), unrevocable_roles(t, &state)],
+                                &[Some(reason), unrevocable_roles(t, state)],
                                 objects.clone(),
                             );
                             planned.drop_blocked = Some(blocked.clone());
                             planned
                         };
                         let planned = planned(locked_instead(&blocked));
-                        return keep_instead_of_drop(connection, req, &state, &fallback, planned).await;
+                        return keep_instead_of_drop(connection, req, state, &fallback, planned).await;
                     }
                     plan::hand_over_objects(t, inheritor, false)
                 }
@@ -382,23 +424,23 @@ async fn end_once(
                     let planned = outcome(EndStatus::Dropped, Some(mode), 0, &[], objects);
                     commit(client, t).await.map_err(|failure| in_doubt(connection, t, failure, &planned))?;
                     connection.saw_user(&t.db_user, false);
-                    Ok(end_connections(client, req, &state, planned).await)
+                    Ok(end_connections(client, req, state, planned).await)
                 }
                 Err((statement, error)) => {
                     let blocked = match drop_blocked_by(&statement, &error) {
-                        None => return Err(end_step_failure(client, t, &state, statement, error, revokes_failed).await),
+                        None => return Err(end_step_failure(client, t, state, statement, error, revokes_failed).await),
                         Some(kind) => {
                             if let Err(error) = client.simple_query(sql::ROLLBACK_TO_DROP).await {
                                 return Err(step_failure(
                                     client,
                                     t,
-                                    &state,
+                                    state,
                                     Statement::Raw(sql::ROLLBACK_TO_DROP),
                                     error,
                                 )
                                 .await);
                             }
-                            explain_blocked_drop(client, t, &state, reassign_to.as_deref(), kind, &statement, &error)
+                            explain_blocked_drop(client, t, state, reassign_to.as_deref(), kind, &statement, &error)
                                 .await
                         }
                     };
@@ -406,11 +448,11 @@ async fn end_once(
                         EndStatus::Deactivated,
                         Some(mode),
                         0,
-                        &[Some(locked_instead(&blocked)), unrevocable_roles(t, &state)],
+                        &[Some(locked_instead(&blocked)), unrevocable_roles(t, state)],
                         objects,
                     );
                     planned.drop_blocked = Some(blocked);
-                    keep_instead_of_drop(connection, req, &state, &fallback, planned).await
+                    keep_instead_of_drop(connection, req, state, &fallback, planned).await
                 }
             }
         }

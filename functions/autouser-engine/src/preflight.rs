@@ -391,10 +391,9 @@ fn object_inheritor_finding(config: &Config, facts: &ServerFacts) -> Finding {
         );
     }
     match facts.role(inheritor) {
-        Some(role) if role.exists && (role.admin_has_privileges || facts.admin.superuser) => Finding::pass(
-            CHECK,
-            format!("{inheritor:?} exists and the admin can hand dropped users' objects to it"),
-        ),
+        Some(role) if role.exists && (role.admin_has_privileges || facts.admin.superuser) => {
+            Finding::pass(CHECK, format!("{inheritor:?} exists and the admin can hand dropped users' objects to it"))
+        }
         Some(role) if role.exists => Finding::fail(
             CHECK,
             format!(

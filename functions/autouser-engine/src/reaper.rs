@@ -7,6 +7,9 @@
 //! - a session that old whose user is still connected is left open and reported;
 //! - a managed user that can log in with no open session is locked (`NOLOGIN`, roles
 //!   stripped, as `keep` does);
+//! - with `retry_blocked_drops`, a locked user whose last end recorded a blocked drop, and that
+//!   has no open session and no live connection, is dropped now if it can be (in the mode the
+//!   end recorded: the hand-over to the object inheritor included), or stays locked;
 //! - a member of the managed group whose comment holds no pg-autouser ledger is someone
 //!   else's (Teleport itself provisioned it, or a second admin): it is reported when it can
 //!   log in, and never acted on.
@@ -49,6 +52,7 @@ pub struct ManagedUser {
 pub enum Action {
     Close { user: String, session_id: String, record: SessionRecord },
     Lock { user: String },
+    RetryDrop { user: String },
 }
 
 /// What [`decide`] found.
@@ -83,6 +87,15 @@ pub struct Closed {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RetriedDrop {
+    pub db_user: String,
+    pub mode: CreateDbUserMode,
+    pub status: EndStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Failed {
     pub db_user: String,
     pub kind: String,
@@ -106,13 +119,17 @@ pub struct ReapReport {
     /// provisioned by someone else (Teleport itself during a migration, a second admin). They
     /// are reported, never locked or closed.
     pub unowned_logins: Vec<String>,
+    /// With `retry_blocked_drops`: the drops retried, and what each did (`dropped`, or
+    /// `deactivated` when still blocked, with the reason).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retried_drops: Vec<RetriedDrop>,
     /// Closes and locks not started because the run's stop time had come; the next run
     /// decides them again.
     pub deferred: usize,
 }
 
-/// The actions for `users` at `now` (Unix seconds).
-pub fn decide(users: &[ManagedUser], now: u64, max_session_duration: Duration) -> Decisions {
+/// The actions for `users` at `now` (Unix seconds); `retry_blocked_drops` as configured.
+pub fn decide(users: &[ManagedUser], now: u64, max_session_duration: Duration, retry_blocked_drops: bool) -> Decisions {
     let mut decisions = Decisions::default();
     for user in users {
         if !is_pg_autouser_ledger(user.ledger.as_deref()) {
@@ -153,6 +170,9 @@ pub fn decide(users: &[ManagedUser], now: u64, max_session_duration: Duration) -
         if ledger.sessions.is_empty() && user.can_login {
             decisions.actions.push(Action::Lock { user: user.name.clone() });
         }
+        if retry_blocked_drops && ledger.sessions.is_empty() && ledger.blocked_drop.is_some() && user.connections == 0 {
+            decisions.actions.push(Action::RetryDrop { user: user.name.clone() });
+        }
     }
     decisions
 }
@@ -187,7 +207,7 @@ where
             connections: row.get("connections"),
         })
         .collect();
-    let decisions = decide(&users, now, config.max_session_duration);
+    let decisions = decide(&users, now, config.max_session_duration, config.retry_blocked_drops);
     let mut report = ReapReport {
         database: db.name.clone(),
         managed_users: users.len(),
@@ -196,6 +216,7 @@ where
         left_open: decisions.left_open,
         failed: decisions.failed,
         unowned_logins: decisions.unowned_logins,
+        retried_drops: Vec::new(),
         deferred: 0,
     };
     let target = |user: &str, session_id: &str, database: &str, db_name: &str| Target {
@@ -290,6 +311,28 @@ where
                 Ok(false) => {}
                 Err(error) => report.failed.push(failed(&user, error)),
             },
+            Action::RetryDrop { user } => {
+                let request = EndRequest {
+                    target: target(&user, "", &db.name, admin_db_name),
+                    revokes_db_permissions: false,
+                    terminate_connections,
+                    redelivery_window_secs: config.redelivery_window.as_secs(),
+                    object_inheritor: config.object_inheritor.clone(),
+                };
+                match engine::retry_blocked_drop(connection, &request, &others).await {
+                    Ok(Some(outcome)) => {
+                        tracing::info!(db_user = %user, status = ?outcome.status, "reaper retried a blocked drop");
+                        report.retried_drops.push(RetriedDrop {
+                            db_user: user,
+                            mode: outcome.mode.unwrap_or_default(),
+                            status: outcome.status,
+                            reason: outcome.reason,
+                        });
+                    }
+                    Ok(None) => {}
+                    Err(error) => report.failed.push(failed(&user, error)),
+                }
+            }
         }
     }
     Ok(report)
@@ -355,7 +398,7 @@ mod tests {
             user("teleports", true, Some("provisioned by Teleport".into()), 0),
             user("teleports-locked", false, None, 0),
         ];
-        let decisions = decide(&users, now, max);
+        let decisions = decide(&users, now, max, false);
         assert_eq!(decisions.actions.len(), 2, "{decisions:?}");
         assert!(
             matches!(&decisions.actions[0], Action::Close { user, session_id, .. } if user == "expired" && session_id == "old")
@@ -371,7 +414,7 @@ mod tests {
     #[test]
     fn exactly_max_session_duration_is_expired() {
         let users = [user("u", true, ledger(&[("s", 0)]), 0)];
-        assert_eq!(decide(&users, 11, Duration::from_secs(12)).actions, vec![]);
-        assert_eq!(decide(&users, 12, Duration::from_secs(12)).actions.len(), 1);
+        assert_eq!(decide(&users, 11, Duration::from_secs(12), false).actions, vec![]);
+        assert_eq!(decide(&users, 12, Duration::from_secs(12), false).actions.len(), 1);
     }
 }

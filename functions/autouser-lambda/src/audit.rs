@@ -20,7 +20,7 @@
 //! database change is already made, and the log line and the `AuditFailures` metric say so.
 
 use autouser_aws::SdkConfig;
-use autouser_engine::reaper::Closed;
+use autouser_engine::reaper::{Closed, RetriedDrop};
 use autouser_policy::outcome::EndStatus;
 use serde_json::{json, Value};
 
@@ -116,6 +116,17 @@ pub fn of_reaped_session(database: &str, closed: &Closed) -> Option<AuditEvent> 
         json!(closed.mode),
         reason,
     ))
+}
+
+/// The audit event of a blocked drop the reaper retried on `database` (`retry_blocked_drops`),
+/// if it dropped the user; a retry blocked again changed nothing. Pure.
+pub fn of_retried_drop(database: &str, retried: &RetriedDrop) -> Option<AuditEvent> {
+    (retried.status == EndStatus::Dropped).then(|| {
+        let reason = "dropped by the reaper (retry_blocked_drops): the drop its last session-end could not do \
+                      could be done now"
+            .to_string();
+        reaper_event("Database User Dropped", database, None, None, &retried.db_user, json!(retried.mode), reason)
+    })
 }
 
 /// The audit event of a user the reaper locked on `database`. Pure.
@@ -246,7 +257,8 @@ mod tests {
 
     #[test]
     fn a_blocked_drop_is_audited_with_what_blocked_it() {
-        let event = json!({"session_id": "s1", "user": "alice", "roles": ["dev"], "database": "orders", "db_name": "app"});
+        let event =
+            json!({"session_id": "s1", "user": "alice", "roles": ["dev"], "database": "orders", "db_name": "app"});
         let outcome = json!({"status": "deactivated", "db_user": "alice", "mode": "best_effort_reassign_and_drop",
             "reason": "the user's objects could not be handed over in database \"reports\"",
             "drop_blocked": {"kind": "cannot_connect", "db_name": "reports", "detail": "no CONNECT",
@@ -288,6 +300,17 @@ mod tests {
         );
         assert_eq!(of_reaped_session("orders", &closed(EndStatus::InUse)), None, "the user did not change");
 
+        let retried = |status| RetriedDrop {
+            db_user: "carol".into(),
+            mode: autouser_policy::policy::CreateDbUserMode::BestEffortReassignAndDrop,
+            status,
+            reason: None,
+        };
+        let dropped = of_retried_drop("orders", &retried(EndStatus::Dropped)).unwrap();
+        assert_eq!(dropped.detail_type, "Database User Dropped");
+        assert_eq!(dropped.detail["db_user"], "carol");
+        assert_eq!(dropped.detail["mode"], "best_effort_reassign_and_drop");
+        assert_eq!(of_retried_drop("orders", &retried(EndStatus::Deactivated)), None, "still blocked: unchanged");
         let locked = of_locked_user("orders", "bob");
         assert_eq!(locked.detail_type, "Database User Deactivated");
         assert_eq!(locked.detail["db_user"], "bob");

@@ -273,7 +273,9 @@ impl Reaper {
         }
         let closed = report.closed.iter().filter_map(|closed| audit::of_reaped_session(&report.database, closed));
         let locked = report.locked.iter().map(|user| audit::of_locked_user(&report.database, user));
-        self.auditor.record_all(FUNCTION_NAME, closed.chain(locked).collect()).await;
+        let dropped =
+            report.retried_drops.iter().filter_map(|retried| audit::of_retried_drop(&report.database, retried));
+        self.auditor.record_all(FUNCTION_NAME, closed.chain(locked).chain(dropped).collect()).await;
     }
 }
 
@@ -367,6 +369,7 @@ mod tests {
             left_open: vec![],
             failed: vec![],
             unowned_logins: vec!["teleports".into()],
+            retried_drops: vec![],
             deferred: 3,
         };
         let results = vec![

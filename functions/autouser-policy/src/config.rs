@@ -77,6 +77,10 @@ pub struct Config {
     /// When a user's last session ends (or the reaper locks it), end its open connections
     /// too: `NOLOGIN` and `DROP ROLE` only stop new logins. Off by default.
     pub terminate_connections: bool,
+    /// The reaper retries the drop of a user that an end locked because its drop was blocked
+    /// (`best_effort_drop` with dependent objects, a hand-over that could not run), in the mode
+    /// the blocked end recorded. Off by default: see the README.
+    pub retry_blocked_drops: bool,
 }
 
 /// The default `max_session_duration`: Teleport's default maximum session TTL.
@@ -352,6 +356,8 @@ struct RawConfig {
     redelivery_window: Option<String>,
     #[serde(default)]
     terminate_connections: bool,
+    #[serde(default)]
+    retry_blocked_drops: bool,
 }
 
 #[derive(Deserialize)]
@@ -455,6 +461,7 @@ impl RawConfig {
             max_session_duration,
             redelivery_window,
             terminate_connections: self.terminate_connections,
+            retry_blocked_drops: self.retry_blocked_drops,
             cluster_name: self.cluster_name,
             managed_group,
             object_inheritor,

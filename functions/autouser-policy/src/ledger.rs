@@ -33,6 +33,9 @@ pub const FORMAT_WITH_OBJECTS: u32 = 2;
 /// permissions): every ledger this release writes for a start. Earlier releases refuse it and
 /// say to upgrade, rather than failing on a field they do not know.
 pub const FORMAT_WITH_IDENTITY: u32 = 3;
+/// The format of a ledger that records a `best_effort_reassign_and_drop` session or a drop
+/// that was blocked ([`Ledger::blocked_drop`]). Earlier releases refuse it and say to upgrade.
+pub const FORMAT_WITH_HAND_OVER: u32 = 4;
 /// How many ended session ids are remembered, so a start redelivered after its end is refused.
 pub const ENDED_SESSIONS_KEPT: usize = 32;
 
@@ -73,6 +76,11 @@ pub struct Ledger {
     /// before this was recorded have none, and the next start records its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<Identity>,
+    /// The mode whose drop the last end could not do (objects depend on the user, or the
+    /// hand-over to the object inheritor could not run), so it locked the user instead. With
+    /// `retry_blocked_drops`, the reaper tries that drop again; a new session clears it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blocked_drop: Option<CreateDbUserMode>,
 }
 
 /// Who a database user is: the person's name and, for people from another cluster, that
@@ -127,6 +135,7 @@ impl Default for Ledger {
             ended: Vec::new(),
             object_databases: BTreeSet::new(),
             identity: None,
+            blocked_drop: None,
         }
     }
 }
@@ -153,12 +162,15 @@ impl Ledger {
         };
         let error = |detail: String, hint| LedgerError { user: user.to_string(), detail, hint };
         match value.get("format").and_then(|v| v.as_u64()) {
-            Some(f) if [FORMAT, FORMAT_WITH_OBJECTS, FORMAT_WITH_IDENTITY].map(u64::from).contains(&f) => {}
+            Some(f)
+                if [FORMAT, FORMAT_WITH_OBJECTS, FORMAT_WITH_IDENTITY, FORMAT_WITH_HAND_OVER]
+                    .map(u64::from)
+                    .contains(&f) => {}
             other => {
                 return Err(error(
                     format!(
-                        "format {other:?}, this build reads formats {FORMAT}, {FORMAT_WITH_OBJECTS} and \
-                         {FORMAT_WITH_IDENTITY}"
+                        "format {other:?}, this build reads formats {FORMAT}, {FORMAT_WITH_OBJECTS}, \
+                         {FORMAT_WITH_IDENTITY} and {FORMAT_WITH_HAND_OVER}"
                     ),
                     "upgrade pg-autouser everywhere that manages this server",
                 ))
@@ -175,7 +187,10 @@ impl Ledger {
     pub fn to_comment(&self) -> String {
         let with_objects =
             !self.object_databases.is_empty() || self.sessions.values().any(|s| s.db_permissions.is_some());
+        let hands_over = self.blocked_drop.is_some()
+            || self.sessions.values().any(|s| s.mode == CreateDbUserMode::BestEffortReassignAndDrop);
         let format = match (&self.identity, with_objects) {
+            _ if hands_over => FORMAT_WITH_HAND_OVER,
             (Some(_), _) => FORMAT_WITH_IDENTITY,
             (None, true) => FORMAT_WITH_OBJECTS,
             (None, false) => FORMAT,
@@ -211,6 +226,21 @@ mod tests {
             started_at: 1,
             db_permissions: None,
         }
+    }
+
+    #[test]
+    fn a_hand_over_or_a_blocked_drop_is_written_in_a_format_earlier_releases_refuse() {
+        let mut ledger =
+            Ledger { identity: Some(Identity { user: "a".into(), origin_cluster: None }), ..Ledger::default() };
+        assert_eq!(Ledger::from_comment("u", Some(&ledger.to_comment())).unwrap().format, FORMAT_WITH_IDENTITY);
+        ledger.blocked_drop = Some(CreateDbUserMode::BestEffortDrop);
+        let read = Ledger::from_comment("u", Some(&ledger.to_comment())).unwrap();
+        assert_eq!((read.format, read.blocked_drop), (FORMAT_WITH_HAND_OVER, Some(CreateDbUserMode::BestEffortDrop)));
+        ledger.blocked_drop = None;
+        ledger
+            .sessions
+            .insert("s1".into(), SessionRecord { mode: CreateDbUserMode::BestEffortReassignAndDrop, ..record() });
+        assert_eq!(Ledger::from_comment("u", Some(&ledger.to_comment())).unwrap().format, FORMAT_WITH_HAND_OVER);
     }
 
     #[test]
@@ -251,7 +281,7 @@ mod tests {
 
     #[test]
     fn future_format_is_an_error_not_a_reset() {
-        let text = r#"{"managed_by":"pg-autouser","format":4,"revision":1,"sessions":{}}"#;
+        let text = r#"{"managed_by":"pg-autouser","format":5,"revision":1,"sessions":{}}"#;
         let err = Ledger::from_comment("alice", Some(text)).unwrap_err();
         assert!(err.to_string().contains("alice"));
     }

@@ -328,6 +328,8 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
     }
 
     let user = &t.db_user;
+    // The user is in use again: its next last end decides about the drop afresh.
+    ledger.blocked_drop = None;
     ledger.sessions.entry(t.session_id.clone()).or_insert_with(|| SessionRecord {
         mode: req.mode,
         database: t.database.clone(),
@@ -524,24 +526,71 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
     // Object privileges go before the drop: they are dependencies that would block it.
     let mut before = lock_and_guard(user, false, state);
     before.extend(revoke_objects);
-    // The ledger before the revokes: see plan_start.
-    let mut keep = vec![write_ledger(user, &ledger)];
+    Ok(match record.mode {
+        mode @ (CreateDbUserMode::BestEffortDrop | CreateDbUserMode::BestEffortReassignAndDrop) => {
+            drop_decision(req, state, mode, before, ledger, objects)
+        }
+        mode => {
+            let keep = keep_steps(t, state, &ledger);
+            EndDecision::Deactivate { steps: before.into_iter().chain(keep).collect(), mode, objects }
+        }
+    })
+}
+
+/// A drop in `mode`, after `before` (the lock, the object revokes); its fallback is `keep`,
+/// with the ledger recording the blocked drop, for the reaper's `retry_blocked_drops`.
+fn drop_decision(
+    req: &EndRequest,
+    state: &ObservedState,
+    mode: CreateDbUserMode,
+    before: Vec<Step>,
+    ledger: Ledger,
+    objects: ObjectCleanup,
+) -> EndDecision {
+    let blocked = Ledger { blocked_drop: Some(mode), ..ledger.clone() };
+    EndDecision::Drop {
+        mode,
+        reassign_to: (mode == CreateDbUserMode::BestEffortReassignAndDrop).then(|| req.object_inheritor.clone()),
+        before_drop: before,
+        // The user's ledger goes with it: its ended sessions move to the group's comment.
+        after_drop: vec![record_ended(req, ledger.ended)],
+        fallback: keep_steps(&req.target, state, &blocked),
+        objects,
+    }
+}
+
+/// What `keep` changes once the user is NOLOGIN: the ledger (written before the revokes: see
+/// plan_start), then every role but the managed group revoked.
+fn keep_steps(t: &Target, state: &ObservedState, ledger: &Ledger) -> Vec<Step> {
+    let mut keep = vec![write_ledger(&t.db_user, ledger)];
     let held: Vec<String> = state.member_of.iter().filter(|r| **r != t.managed_group).cloned().collect();
     if !held.is_empty() {
-        keep.push(Step::RevokeRoles { roles: held, user: user.clone() });
+        keep.push(Step::RevokeRoles { roles: held, user: t.db_user.clone() });
     }
-    Ok(match record.mode {
-        mode @ (CreateDbUserMode::BestEffortDrop | CreateDbUserMode::BestEffortReassignAndDrop) => EndDecision::Drop {
-            mode,
-            reassign_to: (mode == CreateDbUserMode::BestEffortReassignAndDrop).then(|| req.object_inheritor.clone()),
-            before_drop: before,
-            // The user's ledger goes with it: its ended sessions move to the group's comment.
-            after_drop: vec![record_ended(req, ledger.ended.clone())],
-            fallback: keep,
-            objects,
-        },
-        mode => EndDecision::Deactivate { steps: before.into_iter().chain(keep).collect(), mode, objects },
-    })
+    keep
+}
+
+/// The reaper's retry of a drop an end could not do (`retry_blocked_drops`): the user has
+/// no open session and its ledger records the blocked drop's mode. `None` when there is
+/// nothing to retry: the user is gone, not ours, in use, or its drop was not blocked.
+pub fn plan_retry_drop(req: &EndRequest, state: &ObservedState) -> Result<Option<EndDecision>, Refusal> {
+    let t = &req.target;
+    if !state.user_exists
+        || !state.member_of.contains(&t.managed_group)
+        || !is_pg_autouser_ledger(state.ledger_comment.as_deref())
+    {
+        return Ok(None);
+    }
+    let mut ledger = Ledger::from_comment(&t.db_user, state.ledger_comment.as_deref())?;
+    let Some(mode) = ledger.blocked_drop.filter(|_| ledger.sessions.is_empty()) else {
+        return Ok(None);
+    };
+    if state.read_only {
+        return Err(Refusal::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
+    }
+    ledger.revision += 1;
+    let before = lock_and_guard(&t.db_user, false, state);
+    Ok(Some(drop_decision(req, state, mode, before, ledger, ObjectCleanup::default())))
 }
 
 /// The reaper's lock of a managed user with no open session: `NOLOGIN` and no role but the
@@ -817,6 +866,42 @@ mod tests {
             panic!("expected a drop")
         };
         assert_eq!((mode, reassign_to.as_deref()), (CreateDbUserMode::BestEffortReassignAndDrop, Some("inheritor")));
+    }
+
+    #[test]
+    fn a_blocked_drop_is_recorded_for_the_reaper_to_retry_until_a_new_session_starts() {
+        let mode = CreateDbUserMode::BestEffortReassignAndDrop;
+        let state = started(fresh_server(), &start("s1", &["reader"], mode));
+        assert_eq!(plan_retry_drop(&end(""), &state).unwrap(), None, "a session is open");
+        let EndDecision::Drop { before_drop, fallback, .. } = plan_end(&end("s1"), &state).unwrap() else {
+            panic!("expected a drop")
+        };
+        // The drop was blocked: the keep changes ran instead.
+        let kept = apply(apply(state, &before_drop), &fallback);
+        assert!(!kept.user_can_login && kept.member_of == set(&["grp"]));
+        let ledger = Ledger::from_comment("alice", kept.ledger_comment.as_deref()).unwrap();
+        assert_eq!(ledger.blocked_drop, Some(mode));
+        let Some(EndDecision::Drop { mode: retried, reassign_to, after_drop, fallback, .. }) =
+            plan_retry_drop(&end(""), &kept).unwrap()
+        else {
+            panic!("expected the reaper's retry")
+        };
+        assert_eq!((retried, reassign_to.as_deref()), (mode, Some("inheritor")));
+        assert!(matches!(&after_drop[..], [Step::RecordEnded { sessions, .. }] if sessions == &["s1".to_string()]));
+        let still_blocked = apply(kept.clone(), &fallback);
+        let ledger = Ledger::from_comment("alice", still_blocked.ledger_comment.as_deref()).unwrap();
+        assert_eq!(ledger.blocked_drop, Some(mode), "a retry that is blocked again keeps the record");
+        // A new session clears it: its own last end decides again.
+        let reopened = started(kept, &start("s2", &["reader"], mode));
+        let ledger = Ledger::from_comment("alice", reopened.ledger_comment.as_deref()).unwrap();
+        assert_eq!(ledger.blocked_drop, None);
+        let EndDecision::Deactivate { steps, .. } =
+            plan_end(&end("s2"), &started(fresh_server(), &start("s2", &["reader"], CreateDbUserMode::Keep))).unwrap()
+        else {
+            panic!("keep")
+        };
+        let locked = apply(started(fresh_server(), &start("s2", &["reader"], CreateDbUserMode::Keep)), &steps);
+        assert_eq!(plan_retry_drop(&end(""), &locked).unwrap(), None, "keep never retries a drop");
     }
 
     #[test]

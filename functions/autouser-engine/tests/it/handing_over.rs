@@ -322,3 +322,41 @@ async fn preflight_prints_the_grant_an_admin_lacks_on_an_operators_inheritor() {
     let out = fx.end(fx.event("s1", &alice, &["writers"])).await.unwrap();
     assert_eq!(out.status, EndStatus::Dropped, "{out:?}");
 }
+
+/// `retry_blocked_drops`: the reaper drops a user kept because its drop was blocked once the
+/// block is gone (here: the admin given the inheritor's privileges); off, it never does.
+#[tokio::test]
+async fn the_reaper_retries_a_blocked_drop_only_when_configured_and_once_it_can_run() {
+    let mut fx = writers_fixture("ho_reaper", "best_effort_reassign_and_drop").await;
+    let alice = fx.user("alice");
+    fx.sql(&format!("CREATE ROLE {} NOLOGIN", q(&heir(&fx)))).await;
+    fx.start(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    create_objects(&fx, &alice).await;
+    let out = fx.end(fx.event("s1", &alice, &["writers"])).await.unwrap();
+    assert_eq!(out.status, EndStatus::Deactivated, "{out:?}");
+    let now = 4_000_000_000;
+
+    let report = fx.reap(now).await;
+    assert!(report.retried_drops.is_empty(), "off by default: {report:?}");
+    assert!(fx.state(&alice).await.is_some());
+
+    let without_option = fx.extra_yaml.clone();
+    fx.extra_yaml = format!("{without_option}retry_blocked_drops: true\n");
+    let report = fx.reap(now).await;
+    assert_eq!(report.retried_drops.len(), 1, "{report:?}");
+    assert_eq!(report.retried_drops[0].status, EndStatus::Deactivated, "still blocked: {report:?}");
+    assert!(report.retried_drops[0].reason.as_deref().unwrap().contains("GRANT"), "{report:?}");
+    let state = fx.state(&alice).await.expect("still kept");
+    assert!(!state.login);
+
+    fx.sql(&format!("GRANT {} TO {}", q(&heir(&fx)), q(&fx.admin))).await;
+    let report = fx.reap(now).await;
+    assert_eq!(report.retried_drops.len(), 1, "{report:?}");
+    assert_eq!(report.retried_drops[0].status, EndStatus::Dropped, "{report:?}");
+    assert!(fx.state(&alice).await.is_none(), "dropped");
+    assert_eq!(owners(&other_db(&fx), &["notes"]).await, owned_by(&heir(&fx), &["notes"]));
+    assert_eq!(owners(&fx.db, &["orders"]).await, owned_by(&heir(&fx), &["orders"]));
+    // The session ended before the drop stays ended: its start delivered late is refused.
+    let late = fx.start(fx.event("s1", &alice, &["writers"])).await.unwrap_err();
+    assert_eq!(late.kind(), "SessionAlreadyEnded", "{late}");
+}
