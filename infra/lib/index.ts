@@ -65,6 +65,8 @@ export interface AutoUserProvisionerProps {
   readonly alarmTopic?: sns.ITopic;
   /** The Cargo workspace manifest; default: the repository's. */
   readonly manifestPath?: string;
+  /** The CloudWatch dashboard's name; default: one CloudFormation generates. */
+  readonly dashboardName?: string;
 }
 
 // Memory and timeouts as recommended in BENCHMARKS.md: 512 MB buys the CPU share that keeps a
@@ -80,6 +82,9 @@ const FUNCTIONS = {
 } as const;
 
 const SESSION_DETAIL_TYPES = ['Database Session Started', 'Database Session Ended'];
+
+/** The namespace of the functions' EMF metrics (metrics.rs). */
+const METRICS_NAMESPACE = 'pg-autouser';
 
 // A session queue's visibility timeout: 6 x the function's timeout (AWS's advice for SQS event
 // sources) = 180 s, the pause between two attempts at a record. maxReceiveCount attempts make
@@ -100,6 +105,10 @@ export class AutoUserProvisioner extends Construct {
   public readonly deadLetterQueues: sqs.IQueue[] = [];
   /** The queues between the session rules and their functions. */
   public readonly sessionQueues: sqs.IQueue[] = [];
+  /** Every alarm the construct defines; all of them are on the dashboard. */
+  public readonly alarms: cloudwatch.Alarm[] = [];
+  /** The functions' metrics, the dead-letter queues' depth and the alarms, on one page. */
+  public readonly dashboard: cloudwatch.Dashboard;
 
   constructor(scope: Construct, id: string, props: AutoUserProvisionerProps) {
     super(scope, id);
@@ -191,12 +200,85 @@ export class AutoUserProvisioner extends Construct {
     // A database it could not reach, or a user it could not close or lock (its log says which).
     this.alarm('ReaperFailures', 'the reaper could not reach a database, or close or lock a user (see its log)',
       new cloudwatch.Metric({
-        namespace: 'pg-autouser',
+        namespace: METRICS_NAMESPACE,
         metricName: 'ReaperFailures',
         dimensionsMap: { Function: 'reaper' },
         statistic: 'Sum',
         period: Duration.minutes(15),
       }), props);
+
+    this.dashboard = this.makeDashboard(props.dashboardName);
+  }
+
+  /**
+   * The operator's page, as template.yaml's: what the functions did (their EMF metrics,
+   * namespace pg-autouser, dimension Function, and Kind for refusals and transient failures),
+   * the dead-letter queues' depth, and every alarm. Only metrics the functions emit
+   * (infra/test checks them against metrics.rs).
+   */
+  private makeDashboard(dashboardName: string | undefined): cloudwatch.Dashboard {
+    const metric = (metricName: string, fn: string, options: cloudwatch.MetricOptions = {}) =>
+      new cloudwatch.Metric({ namespace: METRICS_NAMESPACE, metricName, dimensionsMap: { Function: fn }, ...options });
+    // One line per kind (and function): the kinds are the errors' own, not known here.
+    const byKind = (metricName: string) => new cloudwatch.MathExpression({
+      expression: `SEARCH('{${METRICS_NAMESPACE},Function,Kind} MetricName="${metricName}"', 'Sum', 300)`,
+      label: "${PROP('Dim.Function')} ${PROP('Dim.Kind')}",
+      period: Duration.minutes(5),
+    });
+    const fiveMinutes = { period: Duration.minutes(5), statistic: 'Sum' };
+    const runs = { period: Duration.minutes(15), statistic: 'Sum' };
+    const latency = (fn: string, statistic: string) =>
+      metric('ProvisioningLatency', fn, { period: Duration.minutes(5), statistic, label: `${fn} ${statistic}` });
+    const size = { width: 12, height: 6 };
+    return new cloudwatch.Dashboard(this, 'Dashboard', {
+      dashboardName,
+      widgets: [
+        [new cloudwatch.AlarmStatusWidget({ title: 'Alarms', alarms: this.alarms, width: 24, height: 3 })],
+        [
+          new cloudwatch.GraphWidget({
+            title: 'Activations, deactivations and drops', ...size,
+            left: [
+              metric('Activations', 'session-start', fiveMinutes),
+              metric('Deactivations', 'session-end', fiveMinutes),
+              metric('Drops', 'session-end', fiveMinutes),
+            ],
+          }),
+          new cloudwatch.GraphWidget({
+            title: 'Provisioning latency (ms), p50 and p99', ...size,
+            left: [latency('session-start', 'p50'), latency('session-start', 'p99'),
+              latency('session-end', 'p50'), latency('session-end', 'p99')],
+          }),
+        ],
+        [
+          new cloudwatch.GraphWidget({ title: 'Refusals by kind', ...size, left: [byKind('Refusals')] }),
+          new cloudwatch.GraphWidget({
+            title: 'Transient failures by kind (retried)', ...size, left: [byKind('TransientFailures')],
+          }),
+        ],
+        [
+          new cloudwatch.GraphWidget({
+            title: 'Reaper', ...size,
+            left: ['SessionsReaped', 'UsersLocked', 'ExpiredSessionsLeftOpen', 'UnownedLogins', 'ReaperFailures',
+              'ActionsDeferred', 'DatabasesDeferred'].map((name) => metric(name, 'reaper', runs)),
+          }),
+          new cloudwatch.GraphWidget({
+            title: 'Discovery', ...size,
+            left: ['DatabasesReady', 'DatabasesNeedingAttention', 'RegionsNotListed']
+              .map((name) => metric(name, 'discovery', { period: Duration.minutes(15), statistic: 'Maximum' })),
+          }),
+        ],
+        [
+          new cloudwatch.GraphWidget({
+            title: 'Dead-letter queues: messages waiting', width: 24, height: 6,
+            left: this.deadLetterQueues.map((queue) => queue.metricApproximateNumberOfMessagesVisible({
+              period: Duration.minutes(5),
+              statistic: 'Maximum',
+              label: (queue as sqs.Queue).node.id.replace(/DeadLetterQueue$/, ''),
+            })),
+          }),
+        ],
+      ],
+    });
   }
 
   /** What all four functions use: resolve RDS databases, log in as the admin, put events on the bus. */
@@ -357,6 +439,7 @@ export class AutoUserProvisioner extends Construct {
     if (props.alarmTopic) {
       alarm.addAlarmAction(new cloudwatchActions.SnsAction(props.alarmTopic));
     }
+    this.alarms.push(alarm);
   }
 }
 
