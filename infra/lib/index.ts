@@ -3,7 +3,10 @@
 // queue), the discovery triggers, the reaper's schedule, the bus policy that lets only the
 // proxies put session events, alarms, and a least-privilege role per function. It mirrors
 // template.yaml (whose comments give the arithmetic); see the README's Deployment section.
+// The functions come from prebuilt zips (`functionsDir`), or are built from a Cargo workspace
+// with cargo-lambda-cdk's RustFunction (`manifestPath`, default this checkout's).
 
+import * as fs from 'fs';
 import * as path from 'path';
 import { Duration, Stack, ArnFormat } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -63,7 +66,18 @@ export interface AutoUserProvisionerProps {
   readonly architecture?: lambda.Architecture;
   /** Alarms notify this topic when given. */
   readonly alarmTopic?: sns.ITopic;
-  /** The Cargo workspace manifest; default: the repository's. */
+  /**
+   * Prebuilt functions: a directory laid out as `cargo lambda build --release --arm64
+   * --output-format zip --lambda-dir DIR` writes it, `DIR/<binary>/bootstrap.zip` for
+   * session-start, session-end, discovery and reaper (built for `architecture`). With it
+   * nothing is compiled at synthesis; without it the functions are built from `manifestPath`.
+   */
+  readonly functionsDir?: string;
+  /**
+   * The Cargo workspace manifest the functions are built from with cargo-lambda-cdk's
+   * RustFunction (cargo-lambda on PATH), when `functionsDir` is not given; default: the
+   * pg-autouser checkout this construct is compiled in.
+   */
   readonly manifestPath?: string;
   /** The CloudWatch dashboard's name; default: one CloudFormation generates. */
   readonly dashboardName?: string;
@@ -130,7 +144,7 @@ export class AutoUserProvisioner extends Construct {
       AUTOUSER_ADMIN_DATABASE_TAG: props.adminDatabaseTagKey ?? '',
       RUST_LOG: 'info',
     };
-    const manifestPath = props.manifestPath ?? path.join(__dirname, '..', '..', '..', 'Cargo.toml');
+    const code = functionsCode(props);
     const make = (name: keyof typeof FUNCTIONS, extra: Record<string, string> = {}) => {
       const spec = FUNCTIONS[name];
       const role = new iam.Role(this, `${name}Role`, {
@@ -141,9 +155,7 @@ export class AutoUserProvisioner extends Construct {
           iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole'),
         ],
       });
-      const fn = new RustFunction(this, name, {
-        manifestPath,
-        binaryName: spec.binary,
+      const fnProps = {
         architecture: props.architecture ?? lambda.Architecture.ARM_64,
         memorySize: spec.memorySize,
         timeout: spec.timeout,
@@ -153,7 +165,15 @@ export class AutoUserProvisioner extends Construct {
         securityGroups: props.securityGroups,
         environment: { ...environment, ...extra },
         description: `pg-autouser ${spec.binary}`,
-      });
+      };
+      const fn = code.kind === 'zips'
+        ? new lambda.Function(this, name, {
+          ...fnProps,
+          runtime: lambda.Runtime.PROVIDED_AL2023,
+          handler: 'bootstrap',
+          code: lambda.Code.fromAsset(path.join(code.dir, spec.binary, 'bootstrap.zip')),
+        })
+        : new RustFunction(this, name, { ...fnProps, manifestPath: code.manifestPath, binaryName: spec.binary });
       this.alarm(`${name}Errors`, `${spec.binary} failed`, fn.metricErrors({ period: Duration.minutes(5) }), props);
       return fn;
     };
@@ -441,6 +461,33 @@ export class AutoUserProvisioner extends Construct {
     }
     this.alarms.push(alarm);
   }
+}
+
+/**
+ * Where the functions come from: `functionsDir`'s zips, each checked to exist; or a Cargo
+ * manifest to build them from, which must exist (a packed copy of this construct has none of
+ * its own).
+ */
+function functionsCode(props: AutoUserProvisionerProps):
+  { kind: 'zips'; dir: string } | { kind: 'manifest'; manifestPath: string } {
+  if (props.functionsDir !== undefined) {
+    const dir = path.resolve(props.functionsDir);
+    const missing = Object.values(FUNCTIONS).map((spec) => path.join(dir, spec.binary, 'bootstrap.zip'))
+      .filter((zip) => !fs.existsSync(zip));
+    if (missing.length > 0) {
+      throw new Error(`AutoUserProvisioner: functionsDir has no ${missing.join(', ')}: build them with `
+        + `\`cargo lambda build --release --arm64 --output-format zip --lambda-dir ${dir}\` in the pg-autouser `
+        + 'checkout (--x86-64 for architecture X86_64)');
+    }
+    return { kind: 'zips', dir };
+  }
+  const manifestPath = props.manifestPath ?? path.join(__dirname, '..', '..', '..', 'Cargo.toml');
+  if (!fs.existsSync(manifestPath)) {
+    throw new Error(`AutoUserProvisioner: no Cargo manifest at ${manifestPath} to build the functions from: `
+      + 'give functionsDir (prebuilt zips of `cargo lambda build --output-format zip`) or the manifestPath '
+      + 'of a pg-autouser checkout');
+  }
+  return { kind: 'manifest', manifestPath };
 }
 
 /** The pattern of the RDS rule: instance created, cluster created, RDS tags changed. */
