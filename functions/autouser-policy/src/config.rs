@@ -1018,6 +1018,24 @@ databases:
         assert!(err.contains("managed_group"), "{err}");
     }
 
+    #[test]
+    fn the_configs_of_these_tests_validate_against_the_committed_schema() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/config.schema.json");
+        let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let validator = jsonschema::draft202012::new(&schema).unwrap();
+        let rds = "tag_keys: {admin_user: corp/db-admin}\ndatabases:\n  - name: orders\n    rds: {instance_id: orders-prod, region: eu-west-1}\n    fallback_admin_user: {name: break-glass}\n";
+        for text in [
+            EXAMPLE.to_string(),
+            rds.to_string(),
+            format!("max_session_duration: 90m\nredelivery_window: 4d\nterminate_connections: true\n{EXAMPLE}"),
+            format!("{DATABASE}roles_file: tctl-get-roles.yaml\n"),
+        ] {
+            let config: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+            let errors: Vec<String> = validator.iter_errors(&config).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{errors:?}\n{text}");
+        }
+    }
+
     /// The fixtures of `tests/teleport-roles`, shaped as `tctl get roles` prints them.
     fn fixtures() -> PathBuf {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/teleport-roles")
