@@ -128,7 +128,9 @@ pub struct RoleSpec {
 /// `record_session`, …) are Teleport's own and ignored.
 #[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 pub struct RoleOptions {
-    /// `None` when unset (Teleport's "unspecified", also written `""` or `0`).
+    /// `off`, `keep` or `best_effort_drop`, or Teleport's numbers (1 off, 2 keep, 3
+    /// best_effort_drop). `None` when unset (Teleport's "unspecified", also written `""` or
+    /// `0`): then `create_db_user` decides.
     #[serde(default, deserialize_with = "deserialize_mode")]
     #[schemars(schema_with = "mode_schema")]
     pub create_db_user_mode: Option<CreateDbUserMode>,
@@ -185,8 +187,8 @@ fn deserialize_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
 /// The schema of `create_db_user_mode` as [`deserialize_mode`] reads it.
 fn mode_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let name = generator.subschema_for::<CreateDbUserMode>();
+    // `false` is YAML 1.1's reading of a bare `off`.
     schemars::json_schema!({
-        "description": "off, keep or best_effort_drop; Teleport's numbers (0 unset, 1 off, 2 keep, 3 best_effort_drop); \"\" or null unset; false is off",
         "anyOf": [name, {"const": ""}, {"enum": [0, 1, 2, 3]}, {"const": false}, {"type": "null"}]
     })
 }
