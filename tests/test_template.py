@@ -18,6 +18,11 @@
   is an SDK call the Rust code makes (rds:ListTagsForResource is none);
 - every function has an Errors alarm, every dead-letter queue an alarm, and every alarm on a
   pg-autouser metric names a metric and dimension that the functions emit (metrics.rs);
+- the dashboard: every metric of its widgets (namespace, name, dimensions, and the Function
+  dimension's value; SEARCH expressions too) is one the functions emit, as read from
+  metrics.rs, or a dead-letter queue's depth; it shows every alarm of the template, each
+  dead-letter queue, latency p50 and p99, and every metric of the outcomes, the reaper and
+  discovery;
 - no IAM statement has a wildcard action or a bare "*" resource.
 
 Run with the project's virtualenv: .deps/venv/bin/python tests/test_template.py
@@ -26,6 +31,7 @@ Exits non-zero, naming each problem, when a check fails.
 
 import contextlib
 import json
+import re
 import socket
 import sys
 from pathlib import Path
@@ -33,6 +39,8 @@ from pathlib import Path
 import boto3
 from cfnlint.decode import cfn_yaml
 from moto.server import ThreadedMotoServer
+
+from emitted_metrics import emitted_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "template.yaml"
@@ -196,6 +204,84 @@ def check_alarms(template, problems):
         for dimension in alarm["Dimensions"]:
             if f'"{dimension["Name"]}"' not in emitted:
                 problems.append(f"alarm on dimension {dimension['Name']}, which metrics.rs never sets")
+
+
+def dashboard_body(template, problems):
+    """The dashboard's JSON, with each ${Resource.Attribute} of its Fn::Sub as <Resource.Attribute>."""
+    dashboards = of_type(template, "AWS::CloudWatch::Dashboard")
+    if len(dashboards) != 1:
+        problems.append(f"expected one dashboard, found {sorted(dashboards)}")
+        return None
+    body = next(iter(dashboards.values()))["Properties"]["DashboardBody"]["Fn::Sub"]
+    return json.loads(re.sub(r"\$\{([^}]+)\}", r"<\1>", body))
+
+
+def check_dashboard(template, problems):
+    body = dashboard_body(template, [] if problems is None else problems)
+    if body is None:
+        return
+    emitted = emitted_metrics()
+    queues = of_type(template, "AWS::SQS::Queue")
+    dead_letter_queues = {name for name in queues if "DeadLetter" in name}
+    shown, searched, shown_queues, shown_alarms, stats = set(), set(), set(), set(), set()
+    for widget in body["widgets"]:
+        properties = widget["properties"]
+        if widget["type"] == "alarm":
+            shown_alarms.update(a[1:-len(".Arn>")] for a in properties["alarms"])
+            continue
+        if widget["type"] != "metric":
+            continue
+        if not properties.get("metrics"):
+            problems.append(f"dashboard widget {properties.get('title')!r} shows no metric")
+        for entry in properties["metrics"]:
+            options = entry[-1] if isinstance(entry[-1], dict) else {}
+            if "expression" in options:
+                search = re.fullmatch(r"""SEARCH\('\{([^,}]+),([^}]*)\} MetricName="(\w+)"', '\w+', \d+\)""",
+                                      options["expression"])
+                if not search:
+                    problems.append(f"dashboard expression {options['expression']!r} is not a SEARCH of one metric")
+                    continue
+                namespace, dimension_names, metric = search.group(1), tuple(search.group(2).split(",")), search.group(3)
+                if not any(e[:3] == (namespace, metric, dimension_names) for e in emitted):
+                    problems.append(f"dashboard searches {namespace} {metric} {dimension_names}, which no function emits")
+                searched.add(metric)
+                continue
+            fields = [f for f in entry if not isinstance(f, dict)]
+            namespace, metric, dimension_pairs = fields[0], fields[1], fields[2:]
+            names = tuple(dimension_pairs[0::2])
+            values = dict(zip(dimension_pairs[0::2], dimension_pairs[1::2]))
+            stats.add((metric, options.get("stat", properties.get("stat"))))
+            if namespace == "AWS/SQS":
+                queue = re.fullmatch(r"<(\w+)\.QueueName>", values.get("QueueName", ""))
+                if metric != "ApproximateNumberOfMessagesVisible" or names != ("QueueName",) or not queue \
+                        or queue.group(1) not in queues:
+                    problems.append(f"dashboard metric {entry} is not a queue's depth")
+                else:
+                    shown_queues.add(queue.group(1))
+                continue
+            key = (namespace, metric, names, values.get("Function"))
+            if key not in emitted:
+                problems.append(f"dashboard metric {entry} is not one the functions emit (metrics.rs)")
+            shown.add(metric)
+    alarms = set(of_type(template, "AWS::CloudWatch::Alarm"))
+    for alarm in sorted(alarms - shown_alarms):
+        problems.append(f"dashboard: alarm {alarm} is not on it")
+    for alarm in sorted(shown_alarms - alarms):
+        problems.append(f"dashboard: shows {alarm}, which is not an alarm of the template")
+    for queue in sorted(dead_letter_queues - shown_queues):
+        problems.append(f"dashboard: dead-letter queue {queue}'s depth is not on it")
+    for metric, function in {(e[1], e[3]) for e in emitted if e[3] in ("reaper", "discovery") and len(e[2]) == 1}:
+        if metric not in shown:
+            problems.append(f"dashboard: {function}'s {metric} is not on it")
+    for metric in ("Activations", "Deactivations", "Drops"):
+        if metric not in shown:
+            problems.append(f"dashboard: {metric} is not on it")
+    for metric in ("Refusals", "TransientFailures"):
+        if metric not in searched:
+            problems.append(f"dashboard: {metric} by kind is not on it")
+    for stat in ("p50", "p99"):
+        if ("ProvisioningLatency", stat) not in stats:
+            problems.append(f"dashboard: ProvisioningLatency {stat} is not on it")
 
 
 def statements(template):
@@ -457,6 +543,11 @@ def main():
     check_bus_policy(template, problems)
     check_roles(template, problems)
     check_alarms(template, problems)
+    dashboard_problems = []
+    check_dashboard(template, dashboard_problems)
+    if not dashboard_problems:
+        print("ok: the dashboard shows only metrics the functions emit, every alarm and dead-letter queue")
+    problems.extend(dashboard_problems)
     check_iam(template, problems)
     for problem in problems:
         print(f"FAIL: {problem}", file=sys.stderr)

@@ -3,7 +3,10 @@
 // queue), the discovery triggers, the reaper's schedule, the bus policy that lets only the
 // proxies put session events, alarms, and a least-privilege role per function. It mirrors
 // template.yaml (whose comments give the arithmetic); see the README's Deployment section.
+// The functions come from prebuilt zips (`functionsDir`), or are built from a Cargo workspace
+// with cargo-lambda-cdk's RustFunction (`manifestPath`, default this checkout's).
 
+import * as fs from 'fs';
 import * as path from 'path';
 import { Duration, Stack, ArnFormat } from 'aws-cdk-lib';
 import * as cloudwatch from 'aws-cdk-lib/aws-cloudwatch';
@@ -63,8 +66,21 @@ export interface AutoUserProvisionerProps {
   readonly architecture?: lambda.Architecture;
   /** Alarms notify this topic when given. */
   readonly alarmTopic?: sns.ITopic;
-  /** The Cargo workspace manifest; default: the repository's. */
+  /**
+   * Prebuilt functions: a directory laid out as `cargo lambda build --release --arm64
+   * --output-format zip --lambda-dir DIR` writes it, `DIR/<binary>/bootstrap.zip` for
+   * session-start, session-end, discovery and reaper (built for `architecture`). With it
+   * nothing is compiled at synthesis; without it the functions are built from `manifestPath`.
+   */
+  readonly functionsDir?: string;
+  /**
+   * The Cargo workspace manifest the functions are built from with cargo-lambda-cdk's
+   * RustFunction (cargo-lambda on PATH), when `functionsDir` is not given; default: the
+   * pg-autouser checkout this construct is compiled in.
+   */
   readonly manifestPath?: string;
+  /** The CloudWatch dashboard's name; default: one CloudFormation generates. */
+  readonly dashboardName?: string;
 }
 
 // Memory and timeouts as recommended in BENCHMARKS.md: 512 MB buys the CPU share that keeps a
@@ -80,6 +96,9 @@ const FUNCTIONS = {
 } as const;
 
 const SESSION_DETAIL_TYPES = ['Database Session Started', 'Database Session Ended'];
+
+/** The namespace of the functions' EMF metrics (metrics.rs). */
+const METRICS_NAMESPACE = 'pg-autouser';
 
 // A session queue's visibility timeout: 6 x the function's timeout (AWS's advice for SQS event
 // sources) = 180 s, the pause between two attempts at a record. maxReceiveCount attempts make
@@ -100,6 +119,10 @@ export class AutoUserProvisioner extends Construct {
   public readonly deadLetterQueues: sqs.IQueue[] = [];
   /** The queues between the session rules and their functions. */
   public readonly sessionQueues: sqs.IQueue[] = [];
+  /** Every alarm the construct defines; all of them are on the dashboard. */
+  public readonly alarms: cloudwatch.Alarm[] = [];
+  /** The functions' metrics, the dead-letter queues' depth and the alarms, on one page. */
+  public readonly dashboard: cloudwatch.Dashboard;
 
   constructor(scope: Construct, id: string, props: AutoUserProvisionerProps) {
     super(scope, id);
@@ -121,7 +144,7 @@ export class AutoUserProvisioner extends Construct {
       AUTOUSER_ADMIN_DATABASE_TAG: props.adminDatabaseTagKey ?? '',
       RUST_LOG: 'info',
     };
-    const manifestPath = props.manifestPath ?? path.join(__dirname, '..', '..', '..', 'Cargo.toml');
+    const code = functionsCode(props);
     const make = (name: keyof typeof FUNCTIONS, extra: Record<string, string> = {}) => {
       const spec = FUNCTIONS[name];
       const role = new iam.Role(this, `${name}Role`, {
@@ -132,9 +155,7 @@ export class AutoUserProvisioner extends Construct {
           iam.ManagedPolicy.fromAwsManagedPolicyName('service-role/AWSLambdaVPCAccessExecutionRole'),
         ],
       });
-      const fn = new RustFunction(this, name, {
-        manifestPath,
-        binaryName: spec.binary,
+      const fnProps = {
         architecture: props.architecture ?? lambda.Architecture.ARM_64,
         memorySize: spec.memorySize,
         timeout: spec.timeout,
@@ -144,7 +165,15 @@ export class AutoUserProvisioner extends Construct {
         securityGroups: props.securityGroups,
         environment: { ...environment, ...extra },
         description: `pg-autouser ${spec.binary}`,
-      });
+      };
+      const fn = code.kind === 'zips'
+        ? new lambda.Function(this, name, {
+          ...fnProps,
+          runtime: lambda.Runtime.PROVIDED_AL2023,
+          handler: 'bootstrap',
+          code: lambda.Code.fromAsset(path.join(code.dir, spec.binary, 'bootstrap.zip')),
+        })
+        : new RustFunction(this, name, { ...fnProps, manifestPath: code.manifestPath, binaryName: spec.binary });
       this.alarm(`${name}Errors`, `${spec.binary} failed`, fn.metricErrors({ period: Duration.minutes(5) }), props);
       return fn;
     };
@@ -191,12 +220,85 @@ export class AutoUserProvisioner extends Construct {
     // A database it could not reach, or a user it could not close or lock (its log says which).
     this.alarm('ReaperFailures', 'the reaper could not reach a database, or close or lock a user (see its log)',
       new cloudwatch.Metric({
-        namespace: 'pg-autouser',
+        namespace: METRICS_NAMESPACE,
         metricName: 'ReaperFailures',
         dimensionsMap: { Function: 'reaper' },
         statistic: 'Sum',
         period: Duration.minutes(15),
       }), props);
+
+    this.dashboard = this.makeDashboard(props.dashboardName);
+  }
+
+  /**
+   * The operator's page, as template.yaml's: what the functions did (their EMF metrics,
+   * namespace pg-autouser, dimension Function, and Kind for refusals and transient failures),
+   * the dead-letter queues' depth, and every alarm. Only metrics the functions emit
+   * (infra/test checks them against metrics.rs).
+   */
+  private makeDashboard(dashboardName: string | undefined): cloudwatch.Dashboard {
+    const metric = (metricName: string, fn: string, options: cloudwatch.MetricOptions = {}) =>
+      new cloudwatch.Metric({ namespace: METRICS_NAMESPACE, metricName, dimensionsMap: { Function: fn }, ...options });
+    // One line per kind (and function): the kinds are the errors' own, not known here.
+    const byKind = (metricName: string) => new cloudwatch.MathExpression({
+      expression: `SEARCH('{${METRICS_NAMESPACE},Function,Kind} MetricName="${metricName}"', 'Sum', 300)`,
+      label: "${PROP('Dim.Function')} ${PROP('Dim.Kind')}",
+      period: Duration.minutes(5),
+    });
+    const fiveMinutes = { period: Duration.minutes(5), statistic: 'Sum' };
+    const runs = { period: Duration.minutes(15), statistic: 'Sum' };
+    const latency = (fn: string, statistic: string) =>
+      metric('ProvisioningLatency', fn, { period: Duration.minutes(5), statistic, label: `${fn} ${statistic}` });
+    const size = { width: 12, height: 6 };
+    return new cloudwatch.Dashboard(this, 'Dashboard', {
+      dashboardName,
+      widgets: [
+        [new cloudwatch.AlarmStatusWidget({ title: 'Alarms', alarms: this.alarms, width: 24, height: 3 })],
+        [
+          new cloudwatch.GraphWidget({
+            title: 'Activations, deactivations and drops', ...size,
+            left: [
+              metric('Activations', 'session-start', fiveMinutes),
+              metric('Deactivations', 'session-end', fiveMinutes),
+              metric('Drops', 'session-end', fiveMinutes),
+            ],
+          }),
+          new cloudwatch.GraphWidget({
+            title: 'Provisioning latency (ms), p50 and p99', ...size,
+            left: [latency('session-start', 'p50'), latency('session-start', 'p99'),
+              latency('session-end', 'p50'), latency('session-end', 'p99')],
+          }),
+        ],
+        [
+          new cloudwatch.GraphWidget({ title: 'Refusals by kind', ...size, left: [byKind('Refusals')] }),
+          new cloudwatch.GraphWidget({
+            title: 'Transient failures by kind (retried)', ...size, left: [byKind('TransientFailures')],
+          }),
+        ],
+        [
+          new cloudwatch.GraphWidget({
+            title: 'Reaper', ...size,
+            left: ['SessionsReaped', 'UsersLocked', 'ExpiredSessionsLeftOpen', 'UnownedLogins', 'ReaperFailures',
+              'ActionsDeferred', 'DatabasesDeferred'].map((name) => metric(name, 'reaper', runs)),
+          }),
+          new cloudwatch.GraphWidget({
+            title: 'Discovery', ...size,
+            left: ['DatabasesReady', 'DatabasesNeedingAttention', 'RegionsNotListed']
+              .map((name) => metric(name, 'discovery', { period: Duration.minutes(15), statistic: 'Maximum' })),
+          }),
+        ],
+        [
+          new cloudwatch.GraphWidget({
+            title: 'Dead-letter queues: messages waiting', width: 24, height: 6,
+            left: this.deadLetterQueues.map((queue) => queue.metricApproximateNumberOfMessagesVisible({
+              period: Duration.minutes(5),
+              statistic: 'Maximum',
+              label: (queue as sqs.Queue).node.id.replace(/DeadLetterQueue$/, ''),
+            })),
+          }),
+        ],
+      ],
+    });
   }
 
   /** What all four functions use: resolve RDS databases, log in as the admin, put events on the bus. */
@@ -357,7 +459,35 @@ export class AutoUserProvisioner extends Construct {
     if (props.alarmTopic) {
       alarm.addAlarmAction(new cloudwatchActions.SnsAction(props.alarmTopic));
     }
+    this.alarms.push(alarm);
   }
+}
+
+/**
+ * Where the functions come from: `functionsDir`'s zips, each checked to exist; or a Cargo
+ * manifest to build them from, which must exist (a packed copy of this construct has none of
+ * its own).
+ */
+function functionsCode(props: AutoUserProvisionerProps):
+  { kind: 'zips'; dir: string } | { kind: 'manifest'; manifestPath: string } {
+  if (props.functionsDir !== undefined) {
+    const dir = path.resolve(props.functionsDir);
+    const missing = Object.values(FUNCTIONS).map((spec) => path.join(dir, spec.binary, 'bootstrap.zip'))
+      .filter((zip) => !fs.existsSync(zip));
+    if (missing.length > 0) {
+      throw new Error(`AutoUserProvisioner: functionsDir has no ${missing.join(', ')}: build them with `
+        + `\`cargo lambda build --release --arm64 --output-format zip --lambda-dir ${dir}\` in the pg-autouser `
+        + 'checkout (--x86-64 for architecture X86_64)');
+    }
+    return { kind: 'zips', dir };
+  }
+  const manifestPath = props.manifestPath ?? path.join(__dirname, '..', '..', '..', 'Cargo.toml');
+  if (!fs.existsSync(manifestPath)) {
+    throw new Error(`AutoUserProvisioner: no Cargo manifest at ${manifestPath} to build the functions from: `
+      + 'give functionsDir (prebuilt zips of `cargo lambda build --output-format zip`) or the manifestPath '
+      + 'of a pg-autouser checkout');
+  }
+  return { kind: 'manifest', manifestPath };
 }
 
 /** The pattern of the RDS rule: instance created, cluster created, RDS tags changed. */

@@ -6,6 +6,7 @@
 // checking the template without the functions. UPDATE_SNAPSHOT=1 rewrites the snapshot.
 
 import * as assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
@@ -17,6 +18,7 @@ import { AutoUserProvisioner, RDS_CHANGE_PATTERN } from '../lib';
 
 const SNAPSHOT = path.join(__dirname, '..', '..', 'test', 'provisioner.snapshot.json');
 const SYNTH_OUT = path.join(__dirname, '..', '..', 'cdk.out', 'test-template.json');
+const REPOSITORY = path.join(__dirname, '..', '..', '..');
 
 /** Every acknowledged cdk-nag finding, with its reason. */
 const ACKNOWLEDGED: { id: string; reason: string }[] = [
@@ -248,6 +250,82 @@ test('the reaper runs on a schedule and its failures raise an alarm', () => {
     Dimensions: [{ Name: 'Function', Value: 'reaper' }],
     Threshold: 0,
   });
+});
+
+/**
+ * The metrics the functions emit, as tests/emitted_metrics.py reads them from metrics.rs:
+ * `namespace metric dimension,names function` strings.
+ */
+function emittedMetrics(): Set<string> {
+  const script = path.join(REPOSITORY, 'tests', 'emitted_metrics.py');
+  const emitted = JSON.parse(execFileSync('python3', [script], { encoding: 'utf8' })) as [string, string, string[], string][];
+  return new Set(emitted.map(([namespace, metric, dimensions, fn]) => `${namespace} ${metric} ${dimensions.join(',')} ${fn}`));
+}
+
+/** The dashboard's body, each token of its Fn::Join written as <Logical.Attribute> or <Ref>. */
+function dashboardBody(): any {
+  const dashboards = Object.values(template.findResources('AWS::CloudWatch::Dashboard')) as any[];
+  assert.equal(dashboards.length, 1, 'one dashboard');
+  const body = dashboards[0].Properties.DashboardBody;
+  const parts: any[] = body['Fn::Join'] ? body['Fn::Join'][1] : [body];
+  return JSON.parse(parts.map((part) => {
+    if (typeof part === 'string') return part;
+    if (part['Fn::GetAtt']) return `<${part['Fn::GetAtt'].join('.')}>`;
+    return `<${part.Ref}>`;
+  }).join(''));
+}
+
+test('the dashboard shows only metrics the functions emit, and every alarm and dead-letter queue', () => {
+  const emitted = emittedMetrics();
+  assert.ok(emitted.size >= 20, `read the emitted metrics: ${[...emitted]}`);
+  const shown = new Set<string>();
+  const searched = new Set<string>();
+  const queues = new Set<string>();
+  const stats = new Set<string>();
+  let alarms: string[] = [];
+  for (const widget of dashboardBody().widgets) {
+    if (widget.type === 'alarm') {
+      alarms = alarms.concat(widget.properties.alarms.map((arn: string) => arn.replace(/^<(.*)\.Arn>$/, '$1')));
+      continue;
+    }
+    assert.ok(widget.properties.metrics?.length > 0, `widget ${widget.properties.title} shows a metric`);
+    for (const entry of widget.properties.metrics) {
+      const last = entry[entry.length - 1];
+      const options = typeof last === 'object' ? last : {};
+      if (options.expression) {
+        const search = /^SEARCH\('\{([^,}]+),([^}]*)\} MetricName="(\w+)"', '\w+', \d+\)$/.exec(options.expression);
+        assert.ok(search, `${options.expression} is a SEARCH of one metric`);
+        const [, namespace, dimensions, metric] = search;
+        assert.ok([...emitted].some((e) => e.startsWith(`${namespace} ${metric} ${dimensions} `)),
+          `the dashboard searches ${namespace} ${metric} ${dimensions}, which no function emits`);
+        searched.add(metric);
+        continue;
+      }
+      const [namespace, metric, ...dimensions] = entry.filter((field: unknown) => typeof field === 'string');
+      stats.add(`${metric} ${options.stat}`);
+      if (namespace === 'AWS/SQS') {
+        assert.deepEqual([metric, dimensions[0]], ['ApproximateNumberOfMessagesVisible', 'QueueName'], `${entry}`);
+        queues.add(dimensions[1].replace(/^<(.*)\.QueueName>$/, '$1'));
+        continue;
+      }
+      const names = dimensions.filter((_: string, i: number) => i % 2 === 0).join(',');
+      const fn = dimensions[dimensions.indexOf('Function') + 1];
+      assert.ok(emitted.has(`${namespace} ${metric} ${names} ${fn}`), `${JSON.stringify(entry)} is not a metric the functions emit`);
+      shown.add(metric);
+    }
+  }
+  assert.deepEqual(alarms.sort(), Object.keys(template.findResources('AWS::CloudWatch::Alarm')).sort(), 'every alarm, once');
+  const deadLetterQueues = Object.keys(template.findResources('AWS::SQS::Queue')).filter((q) => /DeadLetterQueue/.test(q));
+  assert.deepEqual([...queues].sort(), deadLetterQueues.sort(), 'every dead-letter queue\'s depth');
+  for (const e of emitted) {
+    const [, metric, dimensions, fn] = e.split(' ');
+    if ((fn === 'reaper' || fn === 'discovery') && dimensions === 'Function') {
+      assert.ok(shown.has(metric), `${fn}'s ${metric} is on the dashboard`);
+    }
+  }
+  for (const metric of ['Activations', 'Deactivations', 'Drops']) assert.ok(shown.has(metric), metric);
+  for (const metric of ['Refusals', 'TransientFailures']) assert.ok(searched.has(metric), `${metric} by kind`);
+  for (const stat of ['p50', 'p99']) assert.ok(stats.has(`ProvisioningLatency ${stat}`), `latency ${stat}`);
 });
 
 test('every rule target retries and has a dead-letter queue', () => {

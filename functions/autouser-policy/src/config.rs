@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::naming;
@@ -90,7 +91,7 @@ pub const DEFAULT_MAX_SESSION_DURATION: std::time::Duration = std::time::Duratio
 /// which is also longer than Lambda's asynchronous retries (at most 6 hours).
 pub const DEFAULT_REDELIVERY_WINDOW: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum DatabaseType {
     SelfHosted,
@@ -139,7 +140,7 @@ pub enum RdsResource {
 }
 
 /// Tags of RDS resources that name the admin and its default database.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TagKeys {
     #[serde(default = "default_admin_tag")]
@@ -180,7 +181,7 @@ pub struct ResolvedDatabase {
     pub tls: TlsConfig,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AdminUser {
     pub name: String,
@@ -215,7 +216,7 @@ impl AuthConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum TlsMode {
     /// Verify the server certificate chain and that it names the host.
@@ -235,6 +236,13 @@ pub struct TlsConfig {
 }
 
 impl Config {
+    /// The JSON Schema (draft 2020-12) of the config file, derived from the types the loader
+    /// reads: `schemas/config.schema.json`. It refuses unknown keys where the loader does; the
+    /// loader checks more (names, addresses, durations, the roles) than a schema can say.
+    pub fn json_schema() -> schemars::Schema {
+        schemars::schema_for!(RawConfig)
+    }
+
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Config::load_with(path, &Overrides::default())
     }
@@ -337,56 +345,97 @@ impl ResolvedDatabase {
     }
 }
 
-#[derive(Deserialize)]
+/// A `max_session_duration` or `redelivery_window` as [`parse_duration`] reads it.
+const DURATION_PATTERN: &str = r"^\s*[0-9]+[smhd]\s*$";
+
+/// The config file of pg-autouser.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "pg-autouser config")]
 struct RawConfig {
+    /// This cluster's name: people whose `origin_cluster` differs get `remote-<user>-<origin>`.
+    #[schemars(length(min = 1))]
     cluster_name: Option<String>,
+    /// Group every provisioned user belongs to (default `teleport-auto-user`).
     managed_group: Option<String>,
+    /// The NOLOGIN role `best_effort_reassign_and_drop` hands dropped users' objects to
+    /// (default `teleport-object-inheritor`).
     object_inheritor: Option<String>,
+    #[schemars(length(min = 1))]
     databases: Vec<RawDatabase>,
     #[serde(default)]
     tag_keys: TagKeys,
+    /// Teleport role documents, as `tctl get roles` prints them.
     #[serde(default)]
     roles: Vec<Role>,
     /// Role documents as `tctl get roles` prints them, merged with `roles`.
     roles_file: Option<PathBuf>,
+    /// Custom labels on database objects, for `db_permissions`.
     #[serde(default)]
     import_rules: Vec<ImportRule>,
+    /// Sessions older than this (e.g. `12h`; units s, m, h, d) whose user has no live
+    /// connection are closed by the reaper.
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     max_session_duration: Option<String>,
+    /// How long an ended session's id is remembered to refuse its late start (default `24h`).
+    #[schemars(regex(pattern = DURATION_PATTERN))]
     redelivery_window: Option<String>,
+    /// At a user's last session end, also end its open connections.
     #[serde(default)]
     terminate_connections: bool,
+    /// The reaper retries the drop of a user an end locked because its drop was blocked.
     #[serde(default)]
     retry_blocked_drops: bool,
 }
 
-#[derive(Deserialize)]
+/// A database: a static address (`uri`) or an RDS instance or Aurora cluster (`rds`).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Database")]
+#[schemars(extend("oneOf" = [{"required": ["uri"]}, {"required": ["rds"]}]))]
 struct RawDatabase {
+    /// What events call this database.
+    #[schemars(length(min = 1))]
     name: String,
+    /// Required with `uri`; an `rds:` database is of type `rds`.
     #[serde(rename = "type")]
     db_type: Option<DatabaseType>,
+    /// `host`, `host:port`, `[v6]:port` or `postgres://host:port`, without credentials.
     uri: Option<String>,
     rds: Option<RawRds>,
+    /// `uri:` databases only; RDS databases take their labels from the resource's tags.
     labels: Option<BTreeMap<String, String>>,
+    /// `uri:` databases only; RDS databases take the admin from the admin tag.
     admin_user: Option<AdminUser>,
+    /// `rds:` databases only: the admin of ends and the reaper once the admin tag is removed.
     fallback_admin_user: Option<AdminUser>,
     auth: Option<RawAuth>,
     tls: Option<RawTls>,
 }
 
-#[derive(Deserialize)]
+/// An RDS instance or Aurora cluster, looked up through the RDS API.
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Rds")]
+#[schemars(extend("oneOf" = [{"required": ["instance_id"]}, {"required": ["cluster_id"]}]))]
 struct RawRds {
+    #[schemars(length(min = 1))]
     instance_id: Option<String>,
+    #[schemars(length(min = 1))]
     cluster_id: Option<String>,
+    #[schemars(length(min = 1))]
     region: String,
+    /// Connect to this address instead of the endpoint's name (libpq's `hostaddr`).
     hostaddr: Option<IpAddr>,
 }
 
-#[derive(Deserialize)]
+/// How the admin logs in: `cert` (`cert_file` and `key_file`, or `secret_arn`), `password`
+/// (`password_env` or `secret_arn`) or `iam` (optional `region`).
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Auth")]
 struct RawAuth {
+    #[schemars(extend("enum" = ["cert", "password", "iam"]))]
     method: String,
     cert_file: Option<PathBuf>,
     key_file: Option<PathBuf>,
@@ -396,8 +445,9 @@ struct RawAuth {
     region: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(rename = "Tls")]
 struct RawTls {
     mode: TlsMode,
     ca_file: Option<PathBuf>,
@@ -994,6 +1044,24 @@ databases:
         let reserved = Overrides { managed_group: Some("pg_group".into()), ..Overrides::default() };
         let err = Config::parse_with(text, Path::new("/"), &reserved).unwrap_err().to_string();
         assert!(err.contains("managed_group"), "{err}");
+    }
+
+    #[test]
+    fn the_configs_of_these_tests_validate_against_the_committed_schema() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/config.schema.json");
+        let schema: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let validator = jsonschema::draft202012::new(&schema).unwrap();
+        let rds = "tag_keys: {admin_user: corp/db-admin}\ndatabases:\n  - name: orders\n    rds: {instance_id: orders-prod, region: eu-west-1}\n    fallback_admin_user: {name: break-glass}\n";
+        for text in [
+            EXAMPLE.to_string(),
+            rds.to_string(),
+            format!("max_session_duration: 90m\nredelivery_window: 4d\nterminate_connections: true\n{EXAMPLE}"),
+            format!("{DATABASE}roles_file: tctl-get-roles.yaml\n"),
+        ] {
+            let config: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+            let errors: Vec<String> = validator.iter_errors(&config).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{errors:?}\n{text}");
+        }
     }
 
     /// The fixtures of `tests/teleport-roles`, shaped as `tctl get roles` prints them.

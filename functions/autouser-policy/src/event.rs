@@ -4,6 +4,7 @@
 //!
 //! Unknown fields are errors: a misspelt `db_role` must not silently widen a grant.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 use crate::policy::Traits;
@@ -11,21 +12,29 @@ use crate::policy::Traits;
 /// Longest accepted session id, in bytes; ids are stored in the ledger.
 pub const MAX_SESSION_ID_BYTES: usize = 256;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// A session start or end, as a proxy sends it (the `detail` of an EventBridge event).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(title = "pg-autouser session event")]
 pub struct SessionEvent {
+    /// At most 256 bytes.
+    #[schemars(length(min = 1, max = MAX_SESSION_ID_BYTES))]
     pub session_id: String,
     /// The person's name.
+    #[schemars(length(min = 1))]
     pub user: String,
     /// Cluster the person logged in to; differs from ours for people from a remote cluster.
+    #[schemars(length(min = 1))]
     pub origin_cluster: Option<String>,
     /// The person's Teleport roles; required to start a session.
     pub roles: Option<Vec<String>>,
     #[serde(default)]
     pub traits: Traits,
     /// Database name in the config.
+    #[schemars(length(min = 1))]
     pub database: String,
     /// Database (catalog) inside the server the session uses.
+    #[schemars(length(min = 1))]
     pub db_name: String,
     /// A subset of the allowed database roles the person asked for.
     pub db_roles: Option<Vec<String>>,
@@ -40,6 +49,11 @@ pub enum EventError {
 }
 
 impl SessionEvent {
+    /// The JSON Schema (draft 2020-12) of a session event: `schemas/event.schema.json`.
+    pub fn json_schema() -> schemars::Schema {
+        schemars::schema_for!(SessionEvent)
+    }
+
     pub fn from_json(text: &str) -> Result<SessionEvent, EventError> {
         let mut deserializer = serde_json::Deserializer::from_str(text);
         let event: SessionEvent = serde_path_to_error::deserialize(&mut deserializer)

@@ -101,7 +101,7 @@ pub fn glob_match(glob: &str, text: &str) -> bool {
 }
 
 /// A label selector value: one value or a list of values.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(untagged)]
 pub enum LabelValues {
     One(String),

@@ -98,7 +98,7 @@ impl ObjectKind {
 }
 
 /// One `db_permissions` entry, as written.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PermissionRule {
     #[serde(rename = "match")]
@@ -169,7 +169,7 @@ impl PermissionRule {
 }
 
 /// `import_rules`: labels added to objects by database, schema and name.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportRule {
     pub name: String,
@@ -181,7 +181,7 @@ pub struct ImportRule {
 }
 
 /// Globs on an object's database, schema and name; an absent list matches every value.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ImportMatch {
     #[serde(default)]

@@ -42,6 +42,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::label_match::{self, Matcher, PatternError};
@@ -56,7 +57,7 @@ pub use crate::label_match::{glob_match, LabelValues};
 pub const SUPPORTED_VERSIONS: &[&str] = &["v3", "v4", "v5", "v6", "v7", "v8"];
 
 /// What happens to a person's database user.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum CreateDbUserMode {
     /// No provisioning.
@@ -83,7 +84,7 @@ impl fmt::Display for CreateDbUserMode {
 }
 
 /// A person's traits, as in the event: `{"internal": {"db_roles": ["auditor"]}, "external": {}}`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Traits {
     #[serde(default)]
@@ -94,9 +95,11 @@ pub struct Traits {
 
 /// A Teleport role document. Fields Teleport adds that this module does not name are ignored,
 /// except unknown `db_*` fields of `allow` and `deny`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct Role {
+    #[schemars(extend("const" = "role"))]
     pub kind: String,
+    #[schemars(extend("enum" = SUPPORTED_VERSIONS))]
     pub version: String,
     pub metadata: RoleMetadata,
     #[serde(default)]
@@ -104,27 +107,37 @@ pub struct Role {
 }
 
 /// `name`; `description`, `labels`, `expires`, `revision` and the rest are ignored.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 pub struct RoleMetadata {
+    #[schemars(length(min = 1))]
     pub name: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 pub struct RoleSpec {
     #[serde(default)]
     pub options: RoleOptions,
+    /// `db_service_labels` here may only be `{"*": "*"}`.
     #[serde(default)]
+    #[schemars(extend("properties" = {"db_service_labels": {"anyOf": [
+        {"type": "null"}, {"const": {"*": "*"}}, {"const": {"*": ["*"]}}
+    ]}}))]
     pub allow: Conditions,
+    /// `db_service_labels` here may only be empty.
     #[serde(default)]
+    #[schemars(extend("properties" = {"db_service_labels": {"anyOf": [{"type": "null"}, {"maxProperties": 0}]}}))]
     pub deny: Conditions,
 }
 
 /// The options that bear on database users; the others (`max_session_ttl`, `forward_agent`,
 /// `record_session`, …) are Teleport's own and ignored.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
 pub struct RoleOptions {
-    /// `None` when unset (Teleport's "unspecified", also written `""` or `0`).
+    /// `off`, `keep`, `best_effort_drop` or `best_effort_reassign_and_drop`, or Teleport's
+    /// numbers (1 off, 2 keep, 3 best_effort_drop). `None` when unset (Teleport's "unspecified", also written `""` or
+    /// `0`): then `create_db_user` decides.
     #[serde(default, deserialize_with = "deserialize_mode")]
+    #[schemars(schema_with = "mode_schema")]
     pub create_db_user_mode: Option<CreateDbUserMode>,
     /// The legacy option: `true` means `keep` when `create_db_user_mode` is unset.
     #[serde(default)]
@@ -177,10 +190,33 @@ fn deserialize_mode<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result
     }
 }
 
+/// The schema of `create_db_user_mode` as [`deserialize_mode`] reads it.
+fn mode_schema(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let name = generator.subschema_for::<CreateDbUserMode>();
+    // `false` is YAML 1.1's reading of a bare `off`.
+    schemars::json_schema!({
+        "anyOf": [name, {"const": ""}, {"enum": [0, 1, 2, 3]}, {"const": false}, {"type": "null"}]
+    })
+}
+
+/// The `db_*` fields of an allow or deny block that [`Conditions`] names; any other `db_*`
+/// field refuses the role.
+const CONDITIONS_DB_FIELDS: [&str; 8] = [
+    "db_labels",
+    "db_names",
+    "db_roles",
+    "db_permissions",
+    "db_users",
+    "db_service_labels",
+    "db_labels_expression",
+    "db_service_labels_expression",
+];
+
 /// The database part of an allow or deny block. Other Teleport fields (`logins`,
 /// `node_labels`, `rules`, `request`, …) are ignored; unknown `db_*` fields are kept to be
 /// refused.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, JsonSchema)]
+#[schemars(extend("propertyNames" = {"anyOf": [{"enum": CONDITIONS_DB_FIELDS}, {"not": {"pattern": "^db_"}}]}))]
 pub struct Conditions {
     pub db_labels: Option<BTreeMap<String, LabelValues>>,
     #[serde(default)]
@@ -193,7 +229,11 @@ pub struct Conditions {
     pub db_users: Option<serde_json::Value>,
     /// Teleport's Database Service selector; only `{"*": "*"}` is accepted (allow).
     pub db_service_labels: Option<BTreeMap<String, LabelValues>>,
+    /// Refused unless empty: pg-autouser cannot evaluate predicate expressions.
+    #[schemars(regex(pattern = r"^\s*$"))]
     pub db_labels_expression: Option<String>,
+    /// Refused unless empty: pg-autouser cannot evaluate predicate expressions.
+    #[schemars(regex(pattern = r"^\s*$"))]
     pub db_service_labels_expression: Option<String>,
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -235,7 +275,7 @@ pub enum PolicyError {
     UnknownRole { role: String },
     #[error("no role of {roles:?} allows database {database:?} with db_name {db_name:?}")]
     NoMatchingRole { database: String, db_name: String, roles: Vec<String> },
-    #[error("user provisioning is off for database {database:?} with db_name {db_name:?}: set create_db_user_mode to keep or best_effort_drop")]
+    #[error("user provisioning is off for database {database:?} with db_name {db_name:?}: set create_db_user_mode to keep, best_effort_drop or best_effort_reassign_and_drop")]
     ProvisioningOff { database: String, db_name: String },
     #[error("role {role:?} denies database {database:?}")]
     DatabaseDenied { role: String, database: String },

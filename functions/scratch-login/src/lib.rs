@@ -7,6 +7,7 @@
 //! cluster ([`test_cluster`]), the superuser's login ([`superuser`], [`superuser_sql`]), and
 //! configs ([`database_yaml`], [`one_role_config_yaml`]).
 
+use std::path::Path;
 use std::sync::OnceLock;
 
 use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
@@ -87,6 +88,12 @@ pub fn database_yaml(cluster: &Cluster, port: u16, name: &str, admin: &str) -> R
 /// The entry of [`database_yaml`] with `auth_yaml` (a YAML flow mapping: a password, a secret)
 /// as the admin's login instead of its client certificate.
 pub fn database_yaml_with_auth(cluster: &Cluster, port: u16, name: &str, admin: &str, auth_yaml: &str) -> String {
+    database_entry_yaml(port, name, admin, auth_yaml, cluster.ca_cert_path())
+}
+
+/// The entry of [`database_yaml_with_auth`], with `ca_file` as the CA that verifies the server:
+/// the text alone, which needs no cluster.
+pub fn database_entry_yaml(port: u16, name: &str, admin: &str, auth_yaml: &str, ca_file: &Path) -> String {
     format!(
         r#"  - name: {name:?}
     type: self-hosted
@@ -95,7 +102,7 @@ pub fn database_yaml_with_auth(cluster: &Cluster, port: u16, name: &str, admin: 
     auth: {auth_yaml}
     tls: {{mode: verify-full, ca_file: {ca:?}}}
 "#,
-        ca = cluster.ca_cert_path().display().to_string(),
+        ca = ca_file.display().to_string(),
     )
 }
 
@@ -119,4 +126,50 @@ databases:
         {allow}
 "#
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every config these helpers make, as the test crates and the benchmarks make them,
+    /// validates against `schemas/config.schema.json` (what editors check configs with) and loads.
+    #[test]
+    fn the_configs_the_helpers_make_validate_against_the_config_schema() {
+        let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(repository.join("schemas/config.schema.json")).unwrap())
+                .unwrap();
+        let validator = jsonschema::draft202012::new(&schema).unwrap();
+        let ca = Path::new("/tmp/scratch/ca.crt");
+        let auths = [
+            r#"{method: cert, cert_file: "/tmp/scratch/admin.crt", key_file: "/tmp/scratch/admin.key"}"#,
+            r#"{method: password, secret_arn: "arn:aws:secretsmanager:us-east-1:123456789012:secret:admin-AbCdEf"}"#,
+            "{method: password, password_env: ADMIN_PASSWORD}",
+            "{method: iam, region: eu-west-1}",
+        ];
+        let allows = [
+            "db_roles: [reader]",
+            "db_roles: [ns_reader, ns_writer]",
+            "db_permissions: [{match: {object_kind: table, schema: bench}, permissions: [SELECT]}]",
+        ];
+        let mut configs = Vec::new();
+        for auth in auths {
+            let entries = format!(
+                "{}{}",
+                database_entry_yaml(5432, "main", "admin", auth, ca),
+                database_entry_yaml(6432, "via_proxy", "admin", auth, ca)
+            );
+            configs.push(format!("databases:\n{entries}"));
+            for (mode, allow) in ["keep", "best_effort_drop"].into_iter().zip(allows).chain([("keep", allows[2])]) {
+                configs.push(one_role_config_yaml("ns_grp", &entries, "devs", mode, allow));
+            }
+        }
+        for text in configs {
+            let config: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
+            let errors: Vec<String> = validator.iter_errors(&config).map(|e| e.to_string()).collect();
+            assert!(errors.is_empty(), "{errors:?}\n{text}");
+            autouser_policy::config::Config::parse(&text, Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        }
+    }
 }
