@@ -266,3 +266,48 @@ async fn the_pool_keeps_a_bounded_number_of_connections() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
 }
+
+/// `best_effort_reassign_and_drop` through the handler: the end hands over what the user made
+/// in a second database on a connection there that the pool keeps, so two such ends open two
+/// admin connections in all (the session's database and the second), not one per end.
+#[tokio::test]
+async fn a_hand_over_reaches_another_database_through_the_pool() {
+    let yaml = config_yaml("ly")
+        .await
+        .replace("create_db_user_mode: keep", "create_db_user_mode: best_effort_reassign_and_drop")
+        .replace("managed_group: ly_grp", "managed_group: ly_grp\nobject_inheritor: ly_heir");
+    let state = state_of(&yaml);
+    superuser().await.batch_execute("CREATE DATABASE ly_b").await.unwrap();
+    scratch_login::superuser(cluster(), "ly_b")
+        .await
+        .batch_execute("GRANT USAGE, CREATE ON SCHEMA public TO ly_reader")
+        .await
+        .unwrap();
+    for person in ["ann", "ben"] {
+        let event = session("ly", "s1", person);
+        assert_eq!(invoke(&state, Function::SessionStart, event.clone()).await.unwrap()["status"], "active");
+        let user = format!("ly_{person}");
+        let there = scratch_login::connect(cluster(), &user, "ly_b").await.unwrap();
+        there
+            .batch_execute(&format!("CREATE TABLE {person}_notes (body text); INSERT INTO {person}_notes VALUES ('x')"))
+            .await
+            .unwrap();
+        drop(there);
+        let ended = invoke(&state, Function::SessionEnd, event).await.unwrap();
+        assert_eq!(ended["status"], "dropped", "{ended}");
+        assert_eq!(can_login(&user).await, None, "dropped");
+    }
+    assert_eq!(state.connections_opened(), 2, "the second database's connection was kept for the second end");
+    let owners: Vec<String> = scratch_login::superuser(cluster(), "ly_b")
+        .await
+        .query(
+            "SELECT pg_get_userbyid(relowner)::text FROM pg_class WHERE relname LIKE '%_notes' ORDER BY relname",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(owners, ["ly_heir", "ly_heir"]);
+}
