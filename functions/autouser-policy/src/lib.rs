@@ -25,6 +25,7 @@ mod properties;
 pub mod refusal;
 pub mod request;
 pub mod stable_hash;
+pub mod status;
 pub mod templates;
 
 pub use refusal::Refusal;
