@@ -149,3 +149,35 @@ async fn unmanaged_logins_are_listed_and_the_text_form_has_the_users() {
     assert_eq!(unknown.status.code(), Some(1));
     assert!(stderr(&unknown).contains("[UnknownDatabase]"), "{}", stderr(&unknown));
 }
+
+/// Reading a database costs the same round trips whatever the number of its users: one query.
+#[tokio::test]
+async fn status_reads_a_database_in_the_same_round_trips_whatever_the_number_of_users() {
+    let ns = "st_trips";
+    let (dir, config) = setup_with_mode(ns, "keep").await;
+    let counter = scratch_postgres::RoundTripCounter::start(([127, 0, 0, 1], cluster().port()).into()).unwrap();
+    let admin = format!("{ns}_admin");
+    let proxied = scratch_login::database_yaml(cluster(), counter.port(), "main", &admin).unwrap();
+    let text = std::fs::read_to_string(&config).unwrap();
+    let direct_entry_start = text.find("  - name: \"main\"").unwrap_or_else(|| panic!("{text}"));
+    let direct_entry_end = text.find("roles:\n").unwrap();
+    let text = format!("{}{proxied}{}", &text[..direct_entry_start], &text[direct_entry_end..]);
+    let proxied_config = write(dir.path(), "proxied.yaml", &text);
+    let config = config.display().to_string();
+
+    let round_trips_of_status = || {
+        let before = counter.round_trips();
+        let status = stdout_json(&autouser(&["status", "--config", &proxied_config, "--json"], None));
+        (counter.round_trips() - before, status["databases"][0]["users"].as_array().unwrap().len())
+    };
+    start(&config, &event(ns, "u0", "s0"));
+    let (one_user, users) = round_trips_of_status();
+    assert_eq!(users, 1);
+    assert!(one_user > 0, "status went through the counting proxy");
+    for n in 1..8 {
+        start(&config, &event(ns, &format!("u{n}"), &format!("s{n}")));
+    }
+    let (eight_users, users) = round_trips_of_status();
+    assert_eq!(users, 8);
+    assert_eq!(eight_users, one_user, "status read 8 users in more round trips than 1");
+}
