@@ -140,7 +140,7 @@ fn main() -> ExitCode {
         filter = filter.add_directive(format!("{target}=warn").parse().expect("a valid directive"));
     }
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::StderrAroundBar)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .init();

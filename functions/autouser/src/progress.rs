@@ -1,9 +1,31 @@
 //! A progress bar on stderr for commands that work through many databases, drawn only when
 //! stderr is a terminal: piped or redirected, they print nothing extra.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
 
 use indicatif::{ProgressBar, ProgressStyle};
+
+/// The bar being drawn, if any: log lines are written around it ([`StderrAroundBar`]).
+static DRAWN: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Standard error for the log: each write clears the bar, writes, and draws the bar again, so
+/// that log lines never land in the middle of it.
+pub struct StderrAroundBar;
+
+impl Write for StderrAroundBar {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let drawn = DRAWN.lock().map(|bar| bar.clone()).unwrap_or(None);
+        match drawn {
+            Some(bar) => bar.suspend(|| std::io::stderr().write(buf)),
+            None => std::io::stderr().write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
+}
 
 pub struct Progress {
     bar: ProgressBar,
@@ -22,6 +44,9 @@ impl Progress {
             .progress_chars("=> ");
         bar.set_style(style);
         bar.set_prefix(verb.to_string());
+        if let Ok(mut drawn) = DRAWN.lock() {
+            *drawn = Some(bar.clone());
+        }
         Progress { bar }
     }
 
@@ -52,6 +77,9 @@ impl Progress {
 
     /// Removes the bar, so that what the command prints next starts on a clean line.
     pub fn finish(&self) {
+        if let Ok(mut drawn) = DRAWN.lock() {
+            *drawn = None;
+        }
         self.bar.finish_and_clear();
     }
 }

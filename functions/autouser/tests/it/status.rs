@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::{autouser, cluster, setup_with_mode, stderr, stdout_json, superuser_sql, write};
+use crate::{autouser, autouser_with_env, cluster, setup_with_mode, stderr, stdout_json, superuser_sql, write};
 
 fn event(ns: &str, user: &str, session: &str) -> String {
     format!(
@@ -180,4 +180,40 @@ async fn status_reads_a_database_in_the_same_round_trips_whatever_the_number_of_
     let (eight_users, users) = round_trips_of_status();
     assert_eq!(users, 8);
     assert_eq!(eight_users, one_user, "status read 8 users in more round trips than 1");
+}
+
+/// On a terminal (a pseudo-terminal from util-linux `script`), `status` and `reap` over two
+/// databases draw a progress bar on stderr; piped, they print only their errors.
+#[test]
+fn progress_bars_are_drawn_on_a_terminal_only() {
+    let dir = tempfile::tempdir().unwrap();
+    // Ports nothing listens on: each database fails fast, after the bar moved on.
+    let ports: Vec<u16> =
+        (0..2).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()).collect();
+    let entries: String = ports
+        .iter()
+        .enumerate()
+        .map(|(n, port)| {
+            format!(
+                "  - name: db{n}\n    type: self-hosted\n    uri: 127.0.0.1:{port}\n    admin_user: {{name: a}}\n    \
+                 auth: {{method: password, password_env: HOME}}\n    tls: {{mode: require}}\n"
+            )
+        })
+        .collect();
+    let config = write(dir.path(), "c.yaml", &format!("databases:\n{entries}"));
+    for (command, verb) in [("status", "reading"), ("reap", "reaping")] {
+        let line = format!("{} {command} --config {config}", env!("CARGO_BIN_EXE_autouser"));
+        let on_terminal = std::process::Command::new("script")
+            .args(["-qfec", &line, "/dev/null"])
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("util-linux `script` runs");
+        let drawn = String::from_utf8_lossy(&on_terminal.stdout);
+        assert!(drawn.contains(&format!("{verb} [")) && drawn.contains("2/2 databases"), "{drawn}");
+        let piped = autouser_with_env(&[command, "--config", &config], None, &[("RUST_LOG", "error".into())]);
+        assert_eq!(piped.status.code(), on_terminal.status.code(), "{drawn}");
+        let log = stderr(&piped);
+        assert!(!log.contains(&format!("{verb} [")) && !log.contains('\r') && !log.contains('\u{1b}'), "{log}");
+        assert!(log.starts_with("autouser: "), "only the error: {log}");
+    }
 }
