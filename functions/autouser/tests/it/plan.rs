@@ -158,3 +158,31 @@ async fn a_plan_of_a_reassigning_drop_names_where_the_objects_go() {
     assert!(plan["notes"].to_string().contains("object inheritor"), "{plan}");
     assert!(role("pl_reassign_alice").await.is_some());
 }
+
+#[tokio::test]
+async fn a_plan_of_a_start_with_object_permissions_lists_the_object_grants() {
+    let ns = "pl_obj";
+    let (dir, config) = setup_with_mode(ns, "keep").await;
+    superuser_sql(
+        "CREATE TABLE public.pl_obj_orders (id int); \
+         GRANT SELECT ON public.pl_obj_orders TO pl_obj_admin WITH GRANT OPTION",
+    )
+    .await;
+    let text = std::fs::read_to_string(&config).unwrap().replace(
+        "db_roles: [pl_obj_reader]",
+        "db_roles: [pl_obj_reader]\n        db_permissions:\n          - match: {object_kind: table, schema: public, name: \"pl_obj_*\"}\n            permissions: [SELECT]",
+    );
+    let config = crate::write(dir.path(), "objects.yaml", &text);
+    let event = event("pl_obj_alice", "s1");
+    let plan =
+        stdout_json(&autouser(&["plan", "session-start", "--config", &config, "--event", "-", "--json"], Some(&event)));
+    let summary = &plan["decision"]["db_permissions"];
+    assert_eq!(summary[0]["object_kind"], "table", "{plan}");
+    assert_eq!(summary[0]["privileges"]["SELECT"], 1, "{plan}");
+    let sql = statements(&plan, "statements");
+    assert!(
+        sql.contains(&r#"GRANT SELECT ON TABLE "public"."pl_obj_orders" TO "pl_obj_alice""#.to_string()),
+        "{sql:?}"
+    );
+    assert_eq!(role("pl_obj_alice").await, None);
+}
