@@ -134,6 +134,17 @@ impl DiscoveryReport {
 impl AwsContext {
     /// Lists, checks and bootstraps every tagged database in `options.regions`.
     pub async fn discover(&self, config: &Config, options: &DiscoveryOptions) -> DiscoveryReport {
+        self.discover_with_progress(config, options, &|_, _| {}).await
+    }
+
+    /// [`AwsContext::discover`], calling `progress(examined, total)` once the regions are
+    /// listed (with 0) and after each database is examined: for a progress bar.
+    pub async fn discover_with_progress(
+        &self,
+        config: &Config,
+        options: &DiscoveryOptions,
+        progress: &(dyn Fn(usize, usize) + Sync),
+    ) -> DiscoveryReport {
         let mut tagged = Vec::new();
         let mut failed_regions = Vec::new();
         for region in &options.regions {
@@ -142,8 +153,15 @@ impl AwsContext {
                 Err(e) => failed_regions.push(RegionFailure { region: region.clone(), reason: e.to_string() }),
             }
         }
+        let total = tagged.len();
+        progress(0, total);
+        let examined = std::sync::atomic::AtomicUsize::new(0);
         let mut databases: Vec<DiscoveredDatabase> = stream::iter(tagged)
-            .map(|found| self.examine(config, found, options.bootstrap))
+            .map(|found| async {
+                let database = self.examine(config, found, options.bootstrap).await;
+                progress(examined.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1, total);
+                database
+            })
             .buffer_unordered(options.concurrency.max(1))
             .collect()
             .await;

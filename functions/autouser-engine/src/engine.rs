@@ -1366,3 +1366,67 @@ fn describe(statement: &Statement<'_>) -> String {
 fn postgres_error(action: &str, t: &Target, source: tokio_postgres::Error) -> Error {
     Error::Postgres { action: action.to_string(), endpoint: t.endpoint.clone(), source }
 }
+
+/// Plans `call` as it would run now, and changes nothing: `BEGIN`, the user's lock and the
+/// state as the call reads them, the plan, and `ROLLBACK`. For a `best_effort_reassign_and_drop`
+/// end, also where the user's objects would be handed over. Fails as the call would, with
+/// the same typed error (a refusal, a missing privilege, a transient failure).
+pub async fn plan_call(
+    connection: &AdminConnection,
+    call: crate::dry_run::Call<'_>,
+) -> Result<crate::dry_run::PlannedCall, Error> {
+    use crate::dry_run::{Call, HandOver, PlannedCall};
+    let t = call.target();
+    let client = connection.client();
+    retrying(t, || async {
+        let planned = match call {
+            Call::Start(req) => {
+                let candidates: Vec<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
+                let session_roles: Vec<String> = candidates.iter().chain([&t.managed_group]).cloned().collect();
+                let listing = req.db_permissions.as_ref().map(|rules| ObjectListing::for_rules(rules, session_roles));
+                let state = begin_and_read(connection, t, &candidates, listing.as_ref()).await?;
+                plan::plan_start(req, &state, state.server_now)
+                    .map(|decision| PlannedCall::Start { state: Box::new(state), decision })
+                    .map_err(|refusal| Failure::Fatal(refusal.into()))
+            }
+            Call::End(req) => {
+                let listing = req.revokes_db_permissions.then(ObjectListing::default);
+                let state = begin_and_read(connection, t, &[], listing.as_ref()).await?;
+                match plan::plan_end(req, &state) {
+                    Err(refusal) => Err(Failure::Fatal(refusal.into())),
+                    Ok(decision) => {
+                        let hand_over = match (&decision, state.user_oid) {
+                            (EndDecision::Drop { reassign_to: Some(inheritor), .. }, Some(user_oid)) => client
+                                .query_typed(sql::HAND_OVER_STATE, &[(&user_oid, Type::OID), (inheritor, Type::TEXT)])
+                                .await
+                                .map(|rows| {
+                                    let row = rows.into_iter().next().expect("one row");
+                                    let elsewhere: Vec<String> = row.get("other_databases");
+                                    Some(HandOver {
+                                        inheritor: inheritor.clone(),
+                                        inheritor_exists: row.get("inheritor_exists"),
+                                        elsewhere: elsewhere
+                                            .into_iter()
+                                            .map(|db| {
+                                                let steps = plan::hand_over_objects(t, inheritor, true);
+                                                (db, steps)
+                                            })
+                                            .collect(),
+                                        here: plan::hand_over_objects(t, inheritor, false),
+                                    })
+                                })
+                                .map_err(|error| {
+                                    Failure::Fatal(postgres_error("reading where the user has objects", t, error))
+                                }),
+                            _ => Ok(None),
+                        };
+                        hand_over.map(|hand_over| PlannedCall::End { state: Box::new(state), decision, hand_over })
+                    }
+                }
+            }
+        };
+        rollback(client).await;
+        planned
+    })
+    .await
+}

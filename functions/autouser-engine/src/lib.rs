@@ -3,9 +3,10 @@
 //! `sql` holds every SQL text and the rendering of the plan's steps; `pg` and `tls` make admin
 //! connections; `engine` runs a plan in one transaction over a `tokio_postgres::Client` that
 //! the caller connects with [`pg::connect`]; `preflight` and `reaper` read and act on a
-//! database's managed users. Never calls AWS. No module imports one that imports it back
-//! (checked by `tests/boundaries.rs`).
+//! database's managed users, and `status` reads them for `autouser status`. Never calls AWS.
+//! No module imports one that imports it back (checked by `tests/boundaries.rs`).
 
+pub mod dry_run;
 pub mod engine;
 pub mod error;
 pub mod pg;
@@ -14,6 +15,7 @@ pub mod preflight;
 mod properties;
 pub mod reaper;
 pub mod sql;
+pub mod status;
 mod tls;
 
 pub use error::Error;

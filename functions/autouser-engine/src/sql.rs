@@ -374,6 +374,49 @@ WHERE u.oid IN (SELECT m.member FROM pg_catalog.pg_auth_members m
   AND u.rolname <> current_user
 ORDER BY 1";
 
+/// What `autouser status` shows of a database, in one query whatever the number of users:
+/// one row per direct member of the managed group `$1` (but the admin, as in
+/// [`LIST_MANAGED_USERS`]), with whether it can log in, its comment (the ledger), its direct
+/// memberships, and those granted by a role other than the admin as two parallel arrays
+/// (role, grantor); and on every row the login roles outside the group, as preflight lists
+/// them. With no member, one row whose `name` is NULL. A superuser admin's grants are
+/// recorded (PostgreSQL 16+) as the bootstrap superuser's (OID 10), so those are its own.
+pub const STATUS: &str = "\
+WITH admin AS (SELECT a.oid, a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolname = current_user),
+unmanaged AS (
+  SELECT ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r
+                WHERE r.rolcanlogin AND NOT r.rolsuper AND r.rolname <> current_user
+                  AND r.rolname !~ '^(pg_|rds)'
+                  AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                                    JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+                                   WHERE m.member = r.oid AND g.rolname = $1::text)
+                ORDER BY 1) AS names)
+SELECT unmanaged.names AS unmanaged_logins,
+  u.rolname::text AS name,
+  COALESCE(u.rolcanlogin, false) AS can_login,
+  (SELECT d.description FROM pg_catalog.pg_shdescription d
+    WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass) AS ledger,
+  ARRAY(SELECT DISTINCT pg_catalog.pg_get_userbyid(m.roleid)::text
+          FROM pg_catalog.pg_auth_members m
+         WHERE m.member = u.oid
+         ORDER BY 1) AS member_of,
+  ARRAY(SELECT pg_catalog.pg_get_userbyid(m.roleid)::text
+          FROM pg_catalog.pg_auth_members m
+         WHERE m.member = u.oid AND m.grantor <> admin.oid AND NOT (admin.rolsuper AND m.grantor = 10)
+         ORDER BY m.roleid, m.grantor) AS foreign_grant_roles,
+  ARRAY(SELECT pg_catalog.pg_get_userbyid(m.grantor)::text
+          FROM pg_catalog.pg_auth_members m
+         WHERE m.member = u.oid AND m.grantor <> admin.oid AND NOT (admin.rolsuper AND m.grantor = 10)
+         ORDER BY m.roleid, m.grantor) AS foreign_grant_grantors
+FROM admin
+CROSS JOIN unmanaged
+LEFT JOIN pg_catalog.pg_roles u
+  ON u.oid IN (SELECT m.member FROM pg_catalog.pg_auth_members m
+                 JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+                WHERE g.rolname = $1::text)
+ AND u.rolname <> current_user
+ORDER BY u.rolname";
+
 /// Ends every connection of the role with OID `$1` but our own, and counts them. Needs the
 /// admin to hold `pg_signal_backend` (or the role's privileges).
 pub const TERMINATE_CONNECTIONS: &str = "\

@@ -6,7 +6,8 @@
 //! `label_match`, `templates`) and object rules (`permissions`) evaluate them; `naming`,
 //! `request` and `ledger` make a fully decided request; `plan` turns the observed database
 //! state and a request into ordered `Step`s, or a [`Refusal`]. The `autouser-engine` crate
-//! renders the steps as SQL and runs them.
+//! renders the steps as SQL and runs them. `status` turns what a read of a database found into
+//! who has access now, and where the catalog drifted from the ledgers.
 //!
 //! The crate depends on no tokio, PostgreSQL, TLS or AWS crate (checked by
 //! `tests/boundaries.rs`), and no module imports one that imports it back.
@@ -25,6 +26,7 @@ mod properties;
 pub mod refusal;
 pub mod request;
 pub mod stable_hash;
+pub mod status;
 pub mod templates;
 
 pub use refusal::Refusal;

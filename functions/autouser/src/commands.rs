@@ -103,7 +103,9 @@ pub async fn discover(
 ) -> Result<Option<String>, Failure> {
     let config = Config::load(config).map_err(Error::from)?;
     let aws = setup.context().await;
-    let report = aws.discover(&config, options).await;
+    let progress = crate::progress::Progress::unsized_until_known("checking");
+    let report = aws.discover_with_progress(&config, options, &|examined, total| progress.set(examined, total)).await;
+    progress.finish();
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
     } else {
@@ -122,17 +124,16 @@ pub async fn discover(
 /// when anything failed.
 pub async fn reap(config: &Path, database: Option<&str>, setup: &AwsSetup) -> Result<Option<String>, Failure> {
     let config = Config::load(config).map_err(Error::from)?;
-    let databases: Vec<&DatabaseConfig> = match database {
-        Some(name) => {
-            vec![config.database(name).ok_or_else(|| Error::UnknownDatabase { database: name.to_string() })?]
-        }
-        None => config.databases.iter().collect(),
-    };
+    let databases = selected_databases(&config, database)?;
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let mut reports = Vec::new();
     let mut failures = 0;
+    let progress = crate::progress::Progress::new(databases.len(), "reaping");
     for db_config in databases {
-        match reap_database(&config, db_config, setup, now).await {
+        progress.working_on(&db_config.name);
+        let result = reap_database(&config, db_config, setup, now).await;
+        progress.done_one();
+        match result {
             Ok(report) => {
                 failures += report.failed.len();
                 reports.push(serde_json::to_value(&report).expect("reports serialise"));
@@ -145,6 +146,7 @@ pub async fn reap(config: &Path, database: Option<&str>, setup: &AwsSetup) -> Re
             }
         }
     }
+    progress.finish();
     println!("{}", serde_json::to_string(&reports).expect("reports serialise"));
     if failures == 0 {
         Ok(None)
@@ -167,6 +169,122 @@ async fn reap_database(
         async move { connect(aws, db, &db_name).await }
     };
     autouser_engine::reaper::reap(&connection, admin_db_name, config, &db, now, None, connect_to).await
+}
+
+/// Which call `plan` plans.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum PlannedKind {
+    SessionStart,
+    SessionEnd,
+}
+
+/// `plan`: what `session-start` or `session-end` would decide and run now, for a reviewer;
+/// read in a transaction that is rolled back, so nothing changes. Fails as the call would
+/// (the same message and exit code), after printing nothing.
+pub async fn plan(
+    kind: PlannedKind,
+    config: &Path,
+    event: &Path,
+    json: bool,
+    aws: &AwsSetup,
+) -> Result<Option<String>, Failure> {
+    let (config, event) = load(config, event)?;
+    let purpose = if kind == PlannedKind::SessionStart { Purpose::Start } else { Purpose::End };
+    let (db, aws) = resolve(&config, &event, aws, purpose).await?;
+    let review = match kind {
+        PlannedKind::SessionStart => {
+            let req = request::prepare_start(&config, &db, &event)?;
+            // Which roles of the policy matched, for the reviewer: the same evaluation as above.
+            let grant = config
+                .policy
+                .evaluate(&autouser_policy::policy::AccessRequest {
+                    role_names: event.start_roles().map_err(Error::from)?,
+                    traits: &event.traits,
+                    database: &db.name,
+                    labels: &db.labels,
+                    db_name: &event.db_name,
+                    requested_db_roles: event.db_roles.as_deref(),
+                })
+                .expect("prepare_start evaluated it");
+            let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
+            let planned = engine::plan_call(&connection, autouser_engine::dry_run::Call::Start(&req)).await?;
+            crate::view::start_review(&req, &grant, &event, &db, planned)
+        }
+        PlannedKind::SessionEnd => {
+            let req = request::prepare_end(&config, &db, &event)?;
+            let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
+            let planned = engine::plan_call(&connection, autouser_engine::dry_run::Call::End(&req)).await?;
+            crate::view::end_review(&req, planned)
+        }
+    };
+    if json {
+        Ok(Some(serde_json::to_string(&review).expect("reviews serialise")))
+    } else {
+        print!("{}", review.to_text());
+        Ok(None)
+    }
+}
+
+/// `status`: who has access now on each configured database (or one), read as its admin in
+/// one query per database, changing nothing. Prints a table, or with `json` one object
+/// `{"databases": [...]}`; a database that cannot be read is listed with its error, and the
+/// command then fails as that error does.
+pub async fn status(
+    config: &Path,
+    database: Option<&str>,
+    json: bool,
+    setup: &AwsSetup,
+) -> Result<Option<String>, Failure> {
+    let config = Config::load(config).map_err(Error::from)?;
+    let databases = selected_databases(&config, database)?;
+    let progress = crate::progress::Progress::new(databases.len(), "reading");
+    let mut reports = Vec::new();
+    let mut first_error = None;
+    for db_config in databases {
+        progress.working_on(&db_config.name);
+        match status_of(&config, db_config, setup).await {
+            Ok(status) => reports.push(crate::view::DatabaseReport::Read(status)),
+            Err(error) => {
+                reports.push(crate::view::DatabaseReport::Failed {
+                    database: db_config.name.clone(),
+                    kind: error.kind().to_string(),
+                    error: error.to_string(),
+                });
+                first_error.get_or_insert(error);
+            }
+        }
+        progress.done_one();
+    }
+    progress.finish();
+    if json {
+        println!("{}", serde_json::json!({ "databases": reports }));
+    } else {
+        print!("{}", crate::view::status_text(&reports));
+    }
+    match first_error {
+        None => Ok(None),
+        Some(error) => Err(error.into()),
+    }
+}
+
+async fn status_of(
+    config: &Config,
+    db_config: &DatabaseConfig,
+    setup: &AwsSetup,
+) -> Result<autouser_policy::status::DatabaseStatus, Error> {
+    let (db, aws) = resolve_database(config, db_config, setup, Purpose::End).await?;
+    let connection = connect(aws.as_ref(), &db, preflight::admin_database(&db)).await?;
+    autouser_engine::status::status(&connection, config, &db).await
+}
+
+/// The configured database named `database`, or all of them.
+fn selected_databases<'c>(config: &'c Config, database: Option<&str>) -> Result<Vec<&'c DatabaseConfig>, Error> {
+    match database {
+        Some(name) => {
+            Ok(vec![config.database(name).ok_or_else(|| Error::UnknownDatabase { database: name.to_string() })?])
+        }
+        None => Ok(config.databases.iter().collect()),
+    }
 }
 
 /// The event's database, resolved; and the AWS context when the database needs AWS.

@@ -77,18 +77,22 @@ async fn walk_through(cluster: &Cluster) -> Result<(), Failure> {
         "traits": {"internal": {"db_roles": ["auditor"]}}"#;
     step(dir, &config_path, "session-start", "alice-1", alice).await?;
     show(&superuser, "alice", "after her first session started").await?;
+    log_in(cluster, "alice", "during her session").await;
     step(dir, &config_path, "session-start", "alice-2", alice).await?;
     step(dir, &config_path, "session-end", "alice-1", alice).await?;
     show(&superuser, "alice", "after her first session ended (the second is still open)").await?;
     step(dir, &config_path, "session-end", "alice-2", alice).await?;
     show(&superuser, "alice", "after her last session ended: locked, roles stripped").await?;
+    log_in(cluster, "alice", "after her last session ended").await;
 
     println!("\n2. best_effort_drop mode: bob's user exists only while his session does");
     let bob = r#""user": "bob", "roles": ["auto-db-drop"], "database": "demo", "db_name": "postgres""#;
     step(dir, &config_path, "session-start", "bob-1", bob).await?;
     show(&superuser, "bob", "during his session").await?;
+    log_in(cluster, "bob", "during his session").await;
     step(dir, &config_path, "session-end", "bob-1", bob).await?;
     show(&superuser, "bob", "after his session ended").await?;
+    log_in(cluster, "bob", "after his session ended").await;
 
     println!("\n3. a role named like a person but not managed by pg-autouser is never touched");
     superuser.batch_execute("CREATE ROLE carol LOGIN").await.map_err(failure)?;
@@ -282,6 +286,39 @@ async fn show(client: &Client, user: &str, when: &str) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Logs in as `user`, the way a person's client would (TLS verified against the server's CA,
+/// the user's own client certificate), reads the demo table through the session's roles, and
+/// prints what happened: the login working, or the server's refusal.
+async fn log_in(cluster: &Cluster, user: &str, when: &str) {
+    let login = scratch_login::connect(cluster, user, "postgres").await;
+    let result = match login {
+        Ok(client) => client
+            .query_one("SELECT current_user::text, count(*) FROM public.orders", &[])
+            .await
+            .map_err(|e| e.as_db_error().map_or_else(|| e.to_string(), |db| db.message().to_string())),
+        Err(error) => Err(server_message(&error)),
+    };
+    match result {
+        Ok(row) => println!(
+            "    [{user} logs in {when}] logged in as {}; SELECT count(*) FROM public.orders: {}",
+            row.get::<_, String>(0),
+            row.get::<_, i64>(1)
+        ),
+        Err(message) => println!("    [{user} logs in {when}] refused: {message}"),
+    }
+}
+
+/// The server's own words for a refused login: the connector words it for an admin and adds
+/// a hint about the admin's pg_hba.conf line, which is not what a person's refusal is about.
+fn server_message(error: &autouser_engine::Error) -> String {
+    match error {
+        autouser_engine::Error::AdminAuthFailed { detail, .. } => {
+            detail.split_once(": check that pg_hba.conf").map_or(detail.as_str(), |(message, _)| message).to_string()
+        }
+        other => other.to_string(),
+    }
 }
 
 async fn connect_as(cluster: &Cluster, user: &str) -> Result<Client, Failure> {

@@ -7,6 +7,8 @@
 
 mod commands;
 mod demo;
+mod progress;
+mod view;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -73,12 +75,51 @@ enum Command {
         #[arg(long)]
         database: Option<String>,
     },
+    /// Show what a session-start or session-end would decide and the exact SQL it would run
+    /// now, for a reviewer. Reads the state in a transaction that is rolled back: changes
+    /// nothing. Exits as the call would: 0, or the call's error and exit code.
+    Plan {
+        #[command(subcommand)]
+        call: PlanCall,
+    },
+    /// Show who has access now: on each configured database (or one), read as its admin and
+    /// changing nothing, the managed users, whether each can log in, its roles, its open
+    /// sessions and when the reaper would close them, drift between the catalog and the
+    /// ledger, and the login roles outside the managed group.
+    Status {
+        /// Configuration file (YAML or JSON).
+        #[arg(long)]
+        config: PathBuf,
+        /// Only this database (its `name` in the config); all of them by default.
+        #[arg(long)]
+        database: Option<String>,
+        /// Print one JSON object: `{"databases": [...]}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start a throwaway PostgreSQL and walk through keep and best_effort_drop sessions.
     Demo {
         /// Also walk through an RDS instance resolved through a local AWS emulator (moto).
         #[arg(long)]
         rds: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum PlanCall {
+    /// Plan a session-start.
+    SessionStart(PlanArgs),
+    /// Plan a session-end.
+    SessionEnd(PlanArgs),
+}
+
+#[derive(clap::Args)]
+struct PlanArgs {
+    #[command(flatten)]
+    event: EventArgs,
+    /// Print the plan as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -99,7 +140,7 @@ fn main() -> ExitCode {
         filter = filter.add_directive(format!("{target}=warn").parse().expect("a valid directive"));
     }
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| progress::StderrAroundBar)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .init();
@@ -128,6 +169,17 @@ fn main() -> ExitCode {
             }
             Command::Reap { config, database } => {
                 commands::reap(&config, database.as_deref(), &commands::AwsSetup::FromEnvironment).await
+            }
+            Command::Plan { call } => {
+                let (kind, args) = match call {
+                    PlanCall::SessionStart(args) => (commands::PlannedKind::SessionStart, args),
+                    PlanCall::SessionEnd(args) => (commands::PlannedKind::SessionEnd, args),
+                };
+                let aws = commands::AwsSetup::FromEnvironment;
+                commands::plan(kind, &args.event.config, &args.event.event, args.json, &aws).await
+            }
+            Command::Status { config, database, json } => {
+                commands::status(&config, database.as_deref(), json, &commands::AwsSetup::FromEnvironment).await
             }
             Command::Demo { rds } => demo::run(rds).await,
         }

@@ -7,7 +7,9 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 
+mod plan;
 mod rds;
+mod status;
 mod teleport_roles;
 
 pub(crate) use scratch_login::test_cluster as cluster;
@@ -20,6 +22,11 @@ pub(crate) async fn superuser_sql(sql: &str) {
 /// A config file for admin `admin` (created with CREATEROLE and ADMIN OPTION on `reader`),
 /// in a fresh directory.
 async fn setup(ns: &str) -> (tempfile::TempDir, PathBuf) {
+    setup_with_mode(ns, "best_effort_drop").await
+}
+
+/// [`setup`] with the role's `create_db_user_mode` `mode`.
+pub(crate) async fn setup_with_mode(ns: &str, mode: &str) -> (tempfile::TempDir, PathBuf) {
     let cluster = cluster();
     let admin = format!("{ns}_admin");
     let reader = format!("{ns}_reader");
@@ -34,7 +41,7 @@ async fn setup(ns: &str) -> (tempfile::TempDir, PathBuf) {
         &format!("{ns}_grp"),
         &main,
         "devs",
-        "best_effort_drop",
+        mode,
         &format!("db_roles: [{reader}]"),
     );
     let path = dir.path().join("config.yaml");
@@ -42,7 +49,7 @@ async fn setup(ns: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, path)
 }
 
-fn autouser(args: &[&str], stdin: Option<&str>) -> Output {
+pub(crate) fn autouser(args: &[&str], stdin: Option<&str>) -> Output {
     autouser_with_env(args, stdin, &[])
 }
 
@@ -259,6 +266,19 @@ fn demo_walks_through_keep_and_drop() {
         "{text}"
     );
     assert!(text.contains("[bob after his session ended] no such database user"), "{text}");
+    // The person's own login, as their client makes it: working during the session, refused after.
+    assert!(
+        text.contains("[alice logs in during her session] logged in as alice; SELECT count(*) FROM public.orders: 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            r#"[alice logs in after her last session ended] refused: role "alice" is not permitted to log in"#
+        ),
+        "{text}"
+    );
+    assert!(text.contains("[bob logs in during his session] logged in as bob"), "{text}");
+    assert!(text.contains(r#"[bob logs in after his session ended] refused: role "bob" does not exist"#), "{text}");
     assert!(text.contains("[UserConflict]"), "{text}");
     assert!(text.contains("[carol unchanged] LOGIN, member of: (none)"), "{text}");
 }

@@ -81,6 +81,17 @@ async fn rds_database_resolved_through_the_emulator_provisions_a_user() {
     assert!(!log.contains(scratch_aws::SESSION_TOKEN), "the session token leaked");
     assert_no_token_in(&log);
 
+    // `status` reaches the instance through the same resolution: rds_iam is expected there.
+    let mut quiet = Moto::global().env();
+    quiet.push(("RUST_LOG", "warn".into()));
+    let output = autouser_with_env(&["status", "--config", &config, "--json"], None, &quiet);
+    let status = stdout_json(&output);
+    let user = &status["databases"][0]["users"][0];
+    assert_eq!(user["db_user"], "alice_rds", "{status}");
+    assert_eq!(user["roles"], serde_json::json!([format!("{group}_reader"), "rds_iam"]), "{status}");
+    assert_eq!(user["open_sessions"][0]["session_id"], "s1", "{status}");
+    assert_eq!(user["drift"], serde_json::json!([]), "{status}");
+
     let output = autouser_with_env(&["session-end", "--config", &config, "--event", "-"], Some(event), &env());
     assert_eq!(stdout_json(&output)["status"], "deactivated");
     assert!(!stderr(&output).contains(PASSWORD));
@@ -155,6 +166,9 @@ async fn discover_reports_each_tagged_database() {
     let args = ["discover", "--config", &config, "--region", "eu-north-1", "--region", "eu-south-1", "--json"];
     let attention = autouser_with_env(&args, None, &env());
     assert_eq!(attention.status.code(), Some(1), "{}", stderr(&attention));
+    // Two databases, stderr a pipe: the log lines, and no progress bar.
+    let log = stderr(&attention);
+    assert!(!log.contains("checking [") && !log.contains('\r') && !log.contains('\u{1b}'), "{log}");
     let report: serde_json::Value = serde_json::from_slice(&attention.stdout).unwrap();
     let databases = report["databases"].as_array().unwrap();
     assert_eq!(databases.len(), 2, "{report:#}");
