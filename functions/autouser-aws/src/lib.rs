@@ -5,6 +5,7 @@
 //! An [`AwsContext`] is built once per process (per warm Lambda container) and caches secrets
 //! until a login with them fails, which is how a rotated secret is picked up.
 
+pub mod config_store;
 pub mod discovery;
 pub mod rds;
 pub mod rds_token;

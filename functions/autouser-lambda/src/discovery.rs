@@ -61,7 +61,7 @@ pub fn detail_type(status: DiscoveryStatus) -> Option<&'static str> {
 }
 
 pub struct Discovery {
-    config: Config,
+    config: crate::live_config::LiveConfig,
     aws: AwsContext,
     options: DiscoveryOptions,
     bus: Option<EventBus>,
@@ -78,17 +78,19 @@ impl Discovery {
         let options = options_from_vars(var)?;
         let aws = AwsContext::from_env().await;
         let bus = settings.audit_bus.map(|name| EventBus::new(aws.sdk_config(), name, settings.audit_source));
-        Ok(Discovery::new(settings.config, aws, options, bus))
+        let config = settings.config.load(&aws, "discovery").await?;
+        Ok(Discovery { config, aws, options, bus })
     }
 
     pub fn new(config: Config, aws: AwsContext, options: DiscoveryOptions, bus: Option<EventBus>) -> Discovery {
-        Discovery { config, aws, options, bus }
+        Discovery { config: crate::live_config::LiveConfig::fixed(config), aws, options, bus }
     }
 
     /// One run. Fails (so that EventBridge retries) only when no region could be listed.
     pub async fn handle(&self, event: LambdaEvent<Value>) -> Result<Value, FunctionError> {
         let trigger = trigger(&event.payload);
-        let mut report = self.aws.discover(&self.config, &self.options).await;
+        let config = self.config.get(&self.aws).await;
+        let mut report = self.aws.discover(&config, &self.options).await;
         if let Trigger::TagChange(locator) = trigger {
             let id = match &locator.resource {
                 RdsResource::Instance(id) | RdsResource::Cluster(id) => id.clone(),
@@ -96,7 +98,7 @@ impl Discovery {
             let listed =
                 report.databases.iter().any(|d| d.region == locator.region && d.resource.contains(&format!(" {id} ")));
             if !listed {
-                report.databases.push(self.aws.discover_one(&self.config, locator, self.options.bootstrap).await);
+                report.databases.push(self.aws.discover_one(&config, locator, self.options.bootstrap).await);
             }
         }
         for db in report.databases.iter().filter(|d| d.status == DiscoveryStatus::NeedsAttention) {

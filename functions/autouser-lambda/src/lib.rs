@@ -14,6 +14,7 @@ pub mod audit;
 pub mod bus;
 pub mod discovery;
 pub mod input;
+pub mod live_config;
 pub mod metrics;
 pub mod pool;
 pub mod reaper;
@@ -22,6 +23,7 @@ use std::collections::HashSet;
 use std::time::{Instant, SystemTime};
 
 use audit::Auditor;
+use autouser_aws::config_store::ConfigLocation;
 use autouser_aws::AwsContext;
 use autouser_engine::{engine, Error};
 use autouser_policy::config::{Config, Overrides};
@@ -47,7 +49,7 @@ pub const RECORD_TIME_BUDGET: std::time::Duration = std::time::Duration::from_se
 /// Built once per container, outside the handler: config, AWS clients, cached secrets and RDS
 /// lookups, and the admin connections kept open across warm invocations.
 pub struct State {
-    config: Config,
+    config: live_config::LiveConfig,
     aws: AwsContext,
     pool: pool::Pool,
     event_source: String,
@@ -57,10 +59,20 @@ pub struct State {
 /// Why a container cannot start; logged, and Lambda reports an init error.
 #[derive(Debug, thiserror::Error)]
 pub enum InitError {
-    #[error("set AUTOUSER_CONFIG (the YAML itself) or AUTOUSER_CONFIG_FILE (a bundled file), not both")]
+    #[error(
+        "set one of AUTOUSER_CONFIG (the YAML itself), AUTOUSER_CONFIG_FILE (a bundled file), \
+         AUTOUSER_CONFIG_SSM_PARAMETER or AUTOUSER_CONFIG_S3_URI, not several"
+    )]
     BothConfigSources,
-    #[error("set AUTOUSER_CONFIG (the YAML itself) or AUTOUSER_CONFIG_FILE (a bundled file)")]
+    #[error(
+        "set AUTOUSER_CONFIG (the YAML itself), AUTOUSER_CONFIG_FILE (a bundled file), \
+         AUTOUSER_CONFIG_SSM_PARAMETER (a parameter name or ARN) or AUTOUSER_CONFIG_S3_URI (s3://bucket/key)"
+    )]
     NoConfigSource,
+    #[error("{0}")]
+    ConfigSetting(String),
+    #[error("the config could not be read: {0}")]
+    StoredConfig(String),
     #[error(transparent)]
     Config(#[from] autouser_policy::config::ConfigError),
     #[error("{0}")]
@@ -72,16 +84,38 @@ pub enum InitError {
 /// What the environment says, validated; no I/O but reading a config file.
 #[derive(Debug)]
 pub struct Settings {
-    pub config: Config,
+    pub config: ConfigSource,
     pub event_source: String,
     /// Bus name or ARN for audit events; `None`: logged only.
     pub audit_bus: Option<String>,
     pub audit_source: String,
 }
 
+/// Where the config comes from.
+#[derive(Debug)]
+pub enum ConfigSource {
+    /// `AUTOUSER_CONFIG` or `AUTOUSER_CONFIG_FILE`, read at start.
+    Fixed(Config),
+    /// `AUTOUSER_CONFIG_SSM_PARAMETER` or `AUTOUSER_CONFIG_S3_URI`, read through the SDK.
+    Stored(live_config::StoredConfigSource),
+}
+
+impl ConfigSource {
+    /// The container's config; a stored one is read now, and must load.
+    pub async fn load(self, aws: &AwsContext, function: &'static str) -> Result<live_config::LiveConfig, InitError> {
+        match self {
+            ConfigSource::Fixed(config) => Ok(live_config::LiveConfig::fixed(config)),
+            ConfigSource::Stored(source) => live_config::LiveConfig::load(aws, source, function).await,
+        }
+    }
+}
+
 impl Settings {
     /// From `AUTOUSER_CONFIG` (inline YAML; relative paths in it are resolved against
-    /// `LAMBDA_TASK_ROOT`, where the function's bundle is) or `AUTOUSER_CONFIG_FILE`,
+    /// `LAMBDA_TASK_ROOT`, where the function's bundle is), `AUTOUSER_CONFIG_FILE`,
+    /// `AUTOUSER_CONFIG_SSM_PARAMETER` (`SecureString` allowed) or `AUTOUSER_CONFIG_S3_URI`
+    /// (`s3://bucket/key`; both read again when `AUTOUSER_CONFIG_TTL`, default `60s`, has
+    /// passed), exactly one of them;
     /// `AUTOUSER_EVENT_SOURCE` (default `autouser`), `AUTOUSER_AUDIT_EVENT_BUS` (a bus name or
     /// ARN; unset: audit events are logged only), `AUTOUSER_AUDIT_SOURCE` (default
     /// `autouser.audit`), and `AUTOUSER_MANAGED_GROUP`, `AUTOUSER_ADMIN_TAG`,
@@ -94,14 +128,35 @@ impl Settings {
             admin_user_tag: var("AUTOUSER_ADMIN_TAG"),
             default_database_tag: var("AUTOUSER_ADMIN_DATABASE_TAG"),
         };
-        let config = match (var("AUTOUSER_CONFIG"), var("AUTOUSER_CONFIG_FILE")) {
-            (Some(text), None) => {
-                let base = var("LAMBDA_TASK_ROOT").unwrap_or_else(|| ".".to_string());
-                Config::parse_with(&text, std::path::Path::new(&base), &overrides)?
+        let base_dir = std::path::PathBuf::from(var("LAMBDA_TASK_ROOT").unwrap_or_else(|| ".".to_string()));
+        let sources =
+            ["AUTOUSER_CONFIG", "AUTOUSER_CONFIG_FILE", "AUTOUSER_CONFIG_SSM_PARAMETER", "AUTOUSER_CONFIG_S3_URI"]
+                .map(&var);
+        let stored = |location| -> Result<ConfigSource, InitError> {
+            let ttl = match var("AUTOUSER_CONFIG_TTL") {
+                None => live_config::DEFAULT_CONFIG_TTL,
+                Some(text) => autouser_policy::config::parse_duration(&text)
+                    .map_err(|message| InitError::ConfigSetting(format!("AUTOUSER_CONFIG_TTL {message}")))?,
+            };
+            Ok(ConfigSource::Stored(live_config::StoredConfigSource {
+                location,
+                overrides: overrides.clone(),
+                base_dir: base_dir.clone(),
+                ttl,
+            }))
+        };
+        let config = match sources {
+            [Some(text), None, None, None] => ConfigSource::Fixed(Config::parse_with(&text, &base_dir, &overrides)?),
+            [None, Some(path), None, None] => {
+                ConfigSource::Fixed(Config::load_with(std::path::Path::new(&path), &overrides)?)
             }
-            (None, Some(path)) => Config::load_with(std::path::Path::new(&path), &overrides)?,
-            (Some(_), Some(_)) => return Err(InitError::BothConfigSources),
-            (None, None) => return Err(InitError::NoConfigSource),
+            [None, None, Some(parameter), None] => stored(ConfigLocation::SsmParameter(parameter))?,
+            [None, None, None, Some(uri)] => stored(
+                ConfigLocation::from_s3_uri(&uri)
+                    .map_err(|message| InitError::ConfigSetting(format!("AUTOUSER_CONFIG_S3_URI: {message}")))?,
+            )?,
+            [None, None, None, None] => return Err(InitError::NoConfigSource),
+            _ => return Err(InitError::BothConfigSources),
         };
         Ok(Settings {
             config,
@@ -114,19 +169,38 @@ impl Settings {
 
 impl State {
     /// From the environment ([`Settings::from_vars`]) and the AWS SDK's usual variables.
-    pub async fn from_env() -> Result<State, InitError> {
-        let settings = Settings::from_vars(|name| std::env::var(name).ok())?;
-        let aws = AwsContext::from_env().await;
+    pub async fn from_env(function: Function) -> Result<State, InitError> {
+        State::from_vars(|name| std::env::var(name).ok(), AwsContext::from_env().await, function.name()).await
+    }
+
+    /// From `var` ([`Settings::from_vars`]) and `aws`; `function` names the function in the
+    /// config's failure metric.
+    pub async fn from_vars(
+        var: impl Fn(&str) -> Option<String>,
+        aws: AwsContext,
+        function: &'static str,
+    ) -> Result<State, InitError> {
+        let settings = Settings::from_vars(var)?;
         let auditor = match settings.audit_bus {
             Some(bus) => Auditor::to_bus(aws.sdk_config(), bus, settings.audit_source),
             None => Auditor::log_only(),
         };
-        Ok(State::new(settings.config, aws, settings.event_source).with_auditor(auditor))
+        let config = settings.config.load(&aws, function).await?;
+        Ok(State::with_live_config(config, aws, settings.event_source).with_auditor(auditor))
     }
 
     /// A state that logs audit events only; see [`State::with_auditor`].
     pub fn new(config: Config, aws: AwsContext, event_source: String) -> State {
+        State::with_live_config(live_config::LiveConfig::fixed(config), aws, event_source)
+    }
+
+    fn with_live_config(config: live_config::LiveConfig, aws: AwsContext, event_source: String) -> State {
         State { config, aws, pool: pool::Pool::default(), event_source, auditor: Auditor::log_only() }
+    }
+
+    /// The config in use now (read again from SSM or S3 when its TTL has passed).
+    pub async fn config(&self) -> std::sync::Arc<Config> {
+        self.config.get(&self.aws).await
     }
 
     pub fn with_auditor(self, auditor: Auditor) -> State {
@@ -308,16 +382,18 @@ fn process_event(
 async fn process_event_unboxed(state: &State, function: Function, event: Value) -> Result<Value, Error> {
     let event = SessionEvent::from_value(event)?;
     let span = tracing::info_span!("session", session_id = %event.session_id, database = %event.database, db_user = tracing::field::Empty);
+    let config = state.config().await;
     async {
-        let db = request::database(&state.config, &event)?;
+        let config = &*config;
+        let db = request::database(config, &event)?;
         // Turning provisioning off (removing the admin tag) stops starts, not ends.
         let db = match function {
-            Function::SessionStart => state.aws.resolve_database(&state.config, db).await?,
-            Function::SessionEnd => state.aws.resolve_database_for_end(&state.config, db).await?,
+            Function::SessionStart => state.aws.resolve_database(config, db).await?,
+            Function::SessionEnd => state.aws.resolve_database_for_end(config, db).await?,
         };
         let outcome = match function {
             Function::SessionStart => {
-                let req = request::prepare_start(&state.config, &db, &event)?;
+                let req = request::prepare_start(config, &db, &event)?;
                 tracing::Span::current().record("db_user", req.target.db_user.as_str());
                 let outcome = state
                     .pool
@@ -329,7 +405,7 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
                 serde_json::to_value(outcome)
             }
             Function::SessionEnd => {
-                let req = request::prepare_end(&state.config, &db, &event)?;
+                let req = request::prepare_end(config, &db, &event)?;
                 tracing::Span::current().record("db_user", req.target.db_user.as_str());
                 let others = state.pool.other_databases(&state.aws, &db);
                 let ended = state
@@ -367,7 +443,7 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
 /// the container. A bad environment is logged and ends the process before any invocation.
 pub async fn run(function: Function) -> Result<(), lambda_runtime::Error> {
     init_tracing();
-    let state = built_or_exit(function.name(), State::from_env().await);
+    let state = built_or_exit(function.name(), State::from_env(function).await);
     // Boxed: the binary's `main` future would otherwise hold the handler's whole future
     // inline, down to the AWS SDK's, and computing its layout came within a few levels of the
     // compiler's query depth limit (128), which only a build without incremental cache hits.
@@ -452,9 +528,10 @@ roles: []
             ("AUTOUSER_ADMIN_DATABASE_TAG", "corp/db-admin-database"),
         ])
         .unwrap();
-        assert_eq!(overridden.config.managed_group, "platform-users");
-        assert_eq!(overridden.config.tag_keys.admin_user, "corp/db-admin");
-        assert_eq!(overridden.config.tag_keys.default_database, "corp/db-admin-database");
+        let ConfigSource::Fixed(config) = overridden.config else { panic!("an inline config") };
+        assert_eq!(config.managed_group, "platform-users");
+        assert_eq!(config.tag_keys.admin_user, "corp/db-admin");
+        assert_eq!(config.tag_keys.default_database, "corp/db-admin-database");
         let bad = settings(&[("AUTOUSER_CONFIG", CONFIG), ("AUTOUSER_MANAGED_GROUP", "pg_x")]).unwrap_err();
         assert!(bad.to_string().contains("managed_group"), "{bad}");
     }
@@ -469,5 +546,23 @@ roles: []
         assert!(missing.contains("/nonexistent/autouser.yaml"), "{missing}");
         let invalid = settings(&[("AUTOUSER_CONFIG", "databases: 7\nroles: []\n")]).unwrap_err().to_string();
         assert!(invalid.contains("`databases`"), "{invalid}");
+        let two = settings(&[("AUTOUSER_CONFIG", CONFIG), ("AUTOUSER_CONFIG_SSM_PARAMETER", "/p")]).unwrap_err();
+        assert!(matches!(two, InitError::BothConfigSources));
+        let uri = settings(&[("AUTOUSER_CONFIG_S3_URI", "configs/autouser.yaml")]).unwrap_err().to_string();
+        assert!(uri.contains("AUTOUSER_CONFIG_S3_URI") && uri.contains("s3://"), "{uri}");
+        let ttl = settings(&[("AUTOUSER_CONFIG_SSM_PARAMETER", "/p"), ("AUTOUSER_CONFIG_TTL", "soon")]).unwrap_err();
+        assert!(ttl.to_string().contains("AUTOUSER_CONFIG_TTL"), "{ttl}");
+    }
+
+    #[test]
+    fn a_stored_config_is_read_through_the_sdk_with_a_ttl() {
+        let ssm = settings(&[("AUTOUSER_CONFIG_SSM_PARAMETER", "/pg-autouser/config"), ("AUTOUSER_CONFIG_TTL", "5m")])
+            .unwrap();
+        let ConfigSource::Stored(source) = ssm.config else { panic!("stored") };
+        assert_eq!(source.location, ConfigLocation::SsmParameter("/pg-autouser/config".into()));
+        assert_eq!(source.ttl, std::time::Duration::from_secs(300));
+        let s3 = settings(&[("AUTOUSER_CONFIG_S3_URI", "s3://configs/autouser.yaml")]).unwrap();
+        let ConfigSource::Stored(source) = s3.config else { panic!("stored") };
+        assert_eq!(source.ttl, live_config::DEFAULT_CONFIG_TTL);
     }
 }

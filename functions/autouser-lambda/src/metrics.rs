@@ -78,6 +78,12 @@ pub fn transient_failure(function: Function, kind: &str) {
 }
 
 /// An audit event that could not be put on the bus (it is in the log).
+/// A new config (SSM or S3) that could not be read or is invalid: the last good one stays in
+/// use. `kind` is the error's kind (`ConfigInvalid` for one that does not load).
+pub fn config_load_failure(function: &str, kind: &str) {
+    println!("{}", kind_line(function, "ConfigLoadFailures", kind, SystemTime::now()));
+}
+
 pub fn audit_failure(function: &str) {
     println!("{}", kind_line(function, "AuditFailures", "PutEvents", SystemTime::now()));
 }

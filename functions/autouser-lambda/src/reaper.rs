@@ -98,7 +98,7 @@ fn is_failure(error: &Error) -> bool {
 }
 
 pub struct Reaper {
-    config: Config,
+    config: crate::live_config::LiveConfig,
     aws: AwsContext,
     auditor: Auditor,
     concurrency: usize,
@@ -117,11 +117,12 @@ impl Reaper {
             Some(bus) => Auditor::to_bus(aws.sdk_config(), bus, settings.audit_source),
             None => Auditor::log_only(),
         };
-        Ok(Reaper::new(settings.config, aws, auditor).with_concurrency(concurrency))
+        let config = settings.config.load(&aws, FUNCTION_NAME).await?;
+        Ok(Reaper { config, aws, auditor, concurrency: DEFAULT_CONCURRENCY }.with_concurrency(concurrency))
     }
 
     pub fn new(config: Config, aws: AwsContext, auditor: Auditor) -> Reaper {
-        Reaper { config, aws, auditor, concurrency: DEFAULT_CONCURRENCY }
+        Reaper { config: crate::live_config::LiveConfig::fixed(config), aws, auditor, concurrency: DEFAULT_CONCURRENCY }
     }
 
     pub fn with_concurrency(self, concurrency: usize) -> Reaper {
@@ -148,13 +149,15 @@ impl Reaper {
         // Unordered: a database that hangs (until the connect timeout) holds its own slot
         // only, where `buffered` would start nothing new until it is done. The summary keeps
         // the config's order.
+        let config = self.config.get(&self.aws).await;
+        let config = &*config;
         let mut results: Vec<(usize, String, DatabaseRun)> =
-            futures_util::stream::iter(self.config.databases.iter().enumerate())
+            futures_util::stream::iter(config.databases.iter().enumerate())
                 .map(|(index, db_config)| async move {
                     let result = if stop_at.is_some_and(|stop_at| Instant::now() >= stop_at) {
                         DatabaseRun::Deferred
                     } else {
-                        match self.reap_database(db_config, now, stop_at).await {
+                        match self.reap_database(config, db_config, now, stop_at).await {
                             Ok(report) => DatabaseRun::Reaped(report),
                             Err(error) => DatabaseRun::NotReaped(error),
                         }
@@ -192,19 +195,20 @@ impl Reaper {
     /// Boxed: the engine's futures are deep (see `process_event`).
     fn reap_database<'a>(
         &'a self,
+        config: &'a Config,
         db_config: &'a DatabaseConfig,
         now: u64,
         stop_at: Option<Instant>,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<ReapReport, Error>> + Send + 'a>> {
         Box::pin(async move {
-            let db = self.aws.resolve_database_for_end(&self.config, db_config).await?;
+            let db = self.aws.resolve_database_for_end(config, db_config).await?;
             let admin_db_name = preflight::admin_database(&db);
             let connection = self.aws.connect_admin(&db, admin_db_name).await?;
             let connect_to = |db_name: String| {
                 let db = &db;
                 async move { self.aws.connect_admin(db, &db_name).await }
             };
-            reaper::reap(&connection, admin_db_name, &self.config, &db, now, stop_at, connect_to).await
+            reaper::reap(&connection, admin_db_name, config, &db, now, stop_at, connect_to).await
         })
     }
 

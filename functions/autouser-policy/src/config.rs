@@ -763,7 +763,7 @@ fn aurora_non_writer_endpoint(host: &str) -> Option<&'static str> {
 }
 
 /// `90s`, `30m`, `12h`, `2d`: a positive whole number and a unit.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
     let text = text.trim();
     let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);

@@ -2,6 +2,7 @@
 
 mod audit;
 mod batches;
+mod config_source;
 mod discovery;
 mod reaper;
 mod runtime;
