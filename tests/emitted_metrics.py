@@ -46,6 +46,10 @@ def emitted_metrics():
     for caller, metric in re.findall(r'kind_line\((\w+(?:\.name\(\))?), "(\w+)"', source):
         for function in sessions if caller.endswith(".name()") else sessions + [reaper, discovery]:
             emitted.add((namespace, metric, dimensions(kind), function))
+    config_failure = rust_fn_body(source, "config_failure_line")
+    for metric in re.findall(r'\{"Name": "(\w+)"', config_failure):
+        for function in sessions + [reaper, discovery]:
+            emitted.add((namespace, metric, dimensions(config_failure), function))
     counts = dimensions(rust_fn_body(source, "counts_line"))
     for body, function in ((discovery_line, discovery), (rust_fn_body(source, "reaper_line"), reaper)):
         for metric in re.findall(r'\("(\w+)", (?:report|totals)', body):

@@ -183,7 +183,7 @@ def check_alarms(template, problems):
 
     def alarmed(namespace, dimension_name, resource_name):
         return any(
-            a["Namespace"] == namespace
+            a.get("Namespace") == namespace
             and any(d["Name"] == dimension_name and d["Value"] in ({"Ref": resource_name},
                                                                    {"Fn::GetAtt": [resource_name, "QueueName"]})
                     for d in a["Dimensions"])
@@ -195,15 +195,18 @@ def check_alarms(template, problems):
             problems.append(f"{name}: no Errors alarm")
         if resource["Type"] == "AWS::SQS::Queue" and not alarmed("AWS/SQS", "QueueName", name):
             problems.append(f"{name}: no alarm on its messages")
-    emitted = METRICS_SOURCE.read_text()
+    emitted = emitted_metrics()
     for alarm in alarms:
-        if alarm["Namespace"] != "pg-autouser":
-            continue
-        if f'"{alarm["MetricName"]}"' not in emitted:
-            problems.append(f"alarm on {alarm['MetricName']}, which metrics.rs never emits")
-        for dimension in alarm["Dimensions"]:
-            if f'"{dimension["Name"]}"' not in emitted:
-                problems.append(f"alarm on dimension {dimension['Name']}, which metrics.rs never sets")
+        # A single-metric alarm, or a metric-math alarm over several (its MetricStats).
+        metrics = [alarm] if "MetricName" in alarm else [m["MetricStat"]["Metric"] for m in alarm.get("Metrics", [])
+                                                          if "MetricStat" in m]
+        for metric in metrics:
+            if metric["Namespace"] != "pg-autouser":
+                continue
+            names = tuple(d["Name"] for d in metric["Dimensions"])
+            function = next((d["Value"] for d in metric["Dimensions"] if d["Name"] == "Function"), None)
+            if ("pg-autouser", metric["MetricName"], names, function) not in emitted:
+                problems.append(f"alarm on {metric['MetricName']} {names} of {function}, which no function emits")
 
 
 def dashboard_body(template, problems):
@@ -507,6 +510,39 @@ SDK_CALLS = {
 }
 
 
+def check_config_source(template, problems):
+    """The config's SSM parameter or S3 object reaches every function as its environment, and
+    each function may read that one parameter or object (and the key), nothing wider."""
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    for name in ("AUTOUSER_CONFIG", "AUTOUSER_CONFIG_SSM_PARAMETER", "AUTOUSER_CONFIG_S3_URI", "AUTOUSER_CONFIG_TTL"):
+        if name not in variables:
+            problems.append(f"Globals: the functions do not get {name}")
+    policy = template["Resources"]["FunctionsPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    conditional = {}
+    for statement in policy:
+        if isinstance(statement, dict) and "Fn::If" in statement:
+            condition, chosen, _ = statement["Fn::If"]
+            conditional[chosen["Sid"]] = (condition, chosen)
+    expected = {
+        "ReadTheConfigParameter": ("HasConfigParameter", ["ssm:GetParameter"], "${ConfigSsmParameterName}"),
+        "ReadTheConfigObject": ("HasConfigObject", ["s3:GetObject"], "${ConfigS3Bucket}/${ConfigS3Key}"),
+        "DecryptTheConfig": ("HasConfigKmsKey", ["kms:Decrypt"], None),
+    }
+    for sid, (condition, actions, resource) in expected.items():
+        if sid not in conditional:
+            problems.append(f"FunctionsPolicy: no statement {sid}")
+            continue
+        found_condition, statement = conditional[sid]
+        found_actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if found_condition != condition or found_actions != actions:
+            problems.append(f"FunctionsPolicy {sid}: {found_condition} {found_actions}, expected {condition} {actions}")
+        text = json.dumps(statement["Resource"])
+        if "*" in text or (resource and resource not in text):
+            problems.append(f"FunctionsPolicy {sid}: resource {text} is not exactly the config's")
+    if not problems:
+        print("ok: the functions read the config's one SSM parameter or S3 object, nothing wider")
+
+
 def check_roles(template, all_problems):
     problems = []
     functions = of_type(template, "AWS::Serverless::Function")
@@ -543,6 +579,7 @@ def main():
     check_bus_policy(template, problems)
     check_roles(template, problems)
     check_alarms(template, problems)
+    check_config_source(template, problems)
     dashboard_problems = []
     check_dashboard(template, dashboard_problems)
     if not dashboard_problems:

@@ -78,10 +78,28 @@ pub fn transient_failure(function: Function, kind: &str) {
 }
 
 /// An audit event that could not be put on the bus (it is in the log).
-/// A new config (SSM or S3) that could not be read or is invalid: the last good one stays in
-/// use. `kind` is the error's kind (`ConfigInvalid` for one that does not load).
+/// The EMF line of a new config (SSM or S3) that could not be read or is invalid: dimension
+/// `Function` only, so that one alarm covers every kind; `Kind` (the error's kind, or
+/// `ConfigInvalid`) is a property of the line, for Logs Insights. Pure, for tests.
+pub fn config_failure_line(function: &str, kind: &str, now: SystemTime) -> Value {
+    json!({
+        "_aws": {
+            "Timestamp": millis(now),
+            "CloudWatchMetrics": [{
+                "Namespace": NAMESPACE,
+                "Dimensions": [["Function"]],
+                "Metrics": [{"Name": "ConfigLoadFailures", "Unit": "Count"}]
+            }]
+        },
+        "Function": function,
+        "Kind": kind,
+        "ConfigLoadFailures": 1,
+    })
+}
+
+/// A new config that could not be loaded: the last good one stays in use.
 pub fn config_load_failure(function: &str, kind: &str) {
-    println!("{}", kind_line(function, "ConfigLoadFailures", kind, SystemTime::now()));
+    println!("{}", config_failure_line(function, kind, SystemTime::now()));
 }
 
 pub fn audit_failure(function: &str) {
