@@ -15,11 +15,14 @@ import * as ec2 from 'aws-cdk-lib/aws-ec2';
 import * as events from 'aws-cdk-lib/aws-events';
 import * as targets from 'aws-cdk-lib/aws-events-targets';
 import * as iam from 'aws-cdk-lib/aws-iam';
+import * as kms from 'aws-cdk-lib/aws-kms';
 import * as lambda from 'aws-cdk-lib/aws-lambda';
 import * as destinations from 'aws-cdk-lib/aws-lambda-destinations';
 import * as eventSources from 'aws-cdk-lib/aws-lambda-event-sources';
+import * as s3 from 'aws-cdk-lib/aws-s3';
 import * as sns from 'aws-cdk-lib/aws-sns';
 import * as sqs from 'aws-cdk-lib/aws-sqs';
+import * as ssm from 'aws-cdk-lib/aws-ssm';
 import { RustFunction } from 'cargo-lambda-cdk';
 import { Construct } from 'constructs';
 
@@ -30,8 +33,23 @@ export interface AutoUserProvisionerProps {
   readonly vpcSubnets?: ec2.SubnetSelection;
   /** Security groups the databases accept PostgreSQL connections from. */
   readonly securityGroups: ec2.ISecurityGroup[];
-  /** The pg-autouser config YAML (managed group, tag keys, databases, roles): AUTOUSER_CONFIG. */
-  readonly config: string;
+  /**
+   * The pg-autouser config YAML (managed group, tag keys, databases, roles): AUTOUSER_CONFIG.
+   * Lambda limits a function's environment to 4 KB: for a larger config, use `configParameter`
+   * or `configObject` instead. Exactly one of the three.
+   */
+  readonly config?: string;
+  /**
+   * An SSM parameter (String or SecureString) holding the config, read again when `configTtl`
+   * has passed: AUTOUSER_CONFIG_SSM_PARAMETER. The functions may read this parameter only.
+   */
+  readonly configParameter?: ssm.IParameter;
+  /** An S3 object holding the config, read again when it changes: AUTOUSER_CONFIG_S3_URI. */
+  readonly configObject?: { readonly bucket: s3.IBucket; readonly key: string };
+  /** The customer managed KMS key of the SecureString parameter or the S3 object, if any. */
+  readonly configKey?: kms.IKey;
+  /** How often, at most, the functions check a stored config for a new version; default 1 minute. */
+  readonly configTtl?: Duration;
   /** The managed group; default: the config's (`teleport-auto-user` unless it says otherwise). */
   readonly managedGroup?: string;
   /** The RDS tag naming the admin; default: the config's (`teleport.dev/db-admin`). */
@@ -131,11 +149,20 @@ export class AutoUserProvisioner extends Construct {
     const eventSource = props.eventSource ?? 'autouser';
     this.eventBus = props.eventBus ?? new events.EventBus(this, 'EventBus');
 
+    const sources = [props.config, props.configParameter, props.configObject].filter((s) => s !== undefined);
+    if (sources.length !== 1) {
+      throw new Error('AutoUserProvisioner: give exactly one of config, configParameter and configObject');
+    }
     const functionsPolicy = this.functionsPolicy(stack, adminUserName, props.adminSecretArns ?? []);
+    this.configPolicy(functionsPolicy, props);
     this.busPolicy(props.proxyPrincipalArns ?? [], eventSource);
 
     const environment = {
-      AUTOUSER_CONFIG: props.config,
+      AUTOUSER_CONFIG: props.config ?? '',
+      AUTOUSER_CONFIG_SSM_PARAMETER: props.configParameter?.parameterName ?? '',
+      AUTOUSER_CONFIG_S3_URI: props.configObject
+        ? `s3://${props.configObject.bucket.bucketName}/${props.configObject.key}` : '',
+      AUTOUSER_CONFIG_TTL: `${(props.configTtl ?? Duration.minutes(1)).toSeconds()}s`,
       AUTOUSER_EVENT_SOURCE: eventSource,
       AUTOUSER_AUDIT_EVENT_BUS: this.eventBus.eventBusName,
       AUTOUSER_AUDIT_SOURCE: props.auditSource ?? 'autouser.audit',
@@ -227,7 +254,52 @@ export class AutoUserProvisioner extends Construct {
         period: Duration.minutes(15),
       }), props);
 
+    // A new version of the stored config that could not be loaded, by any function: they keep
+    // the last good one, and their log says why.
+    this.alarm('ConfigLoadFailures',
+      'a new config (SSM or S3) could not be loaded; the functions keep the last good one (see their log)',
+      new cloudwatch.MathExpression({
+        expression: 'start + finish + discovery + reaper',
+        label: 'ConfigLoadFailures, all functions',
+        period: Duration.minutes(5),
+        usingMetrics: Object.fromEntries(
+          [['start', 'session-start'], ['finish', 'session-end'], ['discovery', 'discovery'], ['reaper', 'reaper']]
+            .map(([id, fn]) => [id, new cloudwatch.Metric({
+              namespace: METRICS_NAMESPACE,
+              metricName: 'ConfigLoadFailures',
+              dimensionsMap: { Function: fn },
+              statistic: 'Sum',
+              period: Duration.minutes(5),
+            })]),
+        ),
+      }), props);
+
     this.dashboard = this.makeDashboard(props.dashboardName);
+  }
+
+  /** Read on the config's one parameter or object, and its key; nothing wider. */
+  private configPolicy(policy: iam.ManagedPolicy, props: AutoUserProvisionerProps) {
+    if (props.configParameter) {
+      policy.addStatements(new iam.PolicyStatement({
+        sid: 'ReadTheConfigParameter',
+        actions: ['ssm:GetParameter'],
+        resources: [props.configParameter.parameterArn],
+      }));
+    }
+    if (props.configObject) {
+      policy.addStatements(new iam.PolicyStatement({
+        sid: 'ReadTheConfigObject',
+        actions: ['s3:GetObject'],
+        resources: [props.configObject.bucket.arnForObjects(props.configObject.key)],
+      }));
+    }
+    if (props.configKey) {
+      policy.addStatements(new iam.PolicyStatement({
+        sid: 'DecryptTheConfig',
+        actions: ['kms:Decrypt'],
+        resources: [props.configKey.keyArn],
+      }));
+    }
   }
 
   /**
@@ -285,6 +357,13 @@ export class AutoUserProvisioner extends Construct {
             title: 'Discovery', ...size,
             left: ['DatabasesReady', 'DatabasesNeedingAttention', 'RegionsNotListed']
               .map((name) => metric(name, 'discovery', { period: Duration.minutes(15), statistic: 'Maximum' })),
+          }),
+        ],
+        [
+          new cloudwatch.GraphWidget({
+            title: 'Config loads that failed (the last good config stays in use)', width: 24, height: 6,
+            left: ['session-start', 'session-end', 'discovery', 'reaper']
+              .map((fn) => metric('ConfigLoadFailures', fn, fiveMinutes)),
           }),
         ],
         [

@@ -10,9 +10,12 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { test } from 'node:test';
-import { App, Stack, Validations } from 'aws-cdk-lib';
+import { App, Duration, Stack, Validations } from 'aws-cdk-lib';
 import { Match, Template } from 'aws-cdk-lib/assertions';
 import * as ec2 from 'aws-cdk-lib/aws-ec2';
+import * as kms from 'aws-cdk-lib/aws-kms';
+import * as s3 from 'aws-cdk-lib/aws-s3';
+import * as ssm from 'aws-cdk-lib/aws-ssm';
 import { AwsSolutionsChecks } from 'cdk-nag';
 import { AutoUserProvisioner, RDS_CHANGE_PATTERN } from '../lib';
 
@@ -82,8 +85,8 @@ test('four functions on provided.al2023, arm64, in the VPC', () => {
   template.resourceCountIs('AWS::Events::Rule', 5);
   template.resourceCountIs('AWS::Events::EventBus', 1);
   // An Errors alarm per function, one per dead-letter queue, one per session queue's backlog,
-  // and ReaperFailures.
-  template.resourceCountIs('AWS::CloudWatch::Alarm', 11);
+  // ReaperFailures and ConfigLoadFailures.
+  template.resourceCountIs('AWS::CloudWatch::Alarm', 12);
 });
 
 /** Every IAM statement of the template, with the resource that holds it. */
@@ -357,4 +360,64 @@ test('snapshot', () => {
     }
   }
   assert.equal(json + '\n', fs.readFileSync(SNAPSHOT, 'utf8'), 'the template changed: review, then UPDATE_SNAPSHOT=1 npm test');
+});
+
+/** A stack with the construct given `config` props, bundling skipped (only IAM and the environment are read). */
+function synthWith(configProps: Record<string, unknown>): Template {
+  const app = new App({ context: { 'aws:cdk:bundling-stacks': [] } });
+  const stack = new Stack(app, 'Stored', { env: { account: '123456789012', region: 'us-east-1' } });
+  const vpc = new ec2.Vpc(stack, 'Vpc', { maxAzs: 2, natGateways: 1 });
+  new AutoUserProvisioner(stack, 'AutoUser', { vpc, securityGroups: [], ...configProps });
+  return Template.fromStack(stack);
+}
+
+function policyStatements(stored: Template): any[] {
+  return Object.values(stored.findResources('AWS::IAM::ManagedPolicy'))
+    .flatMap((policy: any) => policy.Properties.PolicyDocument.Statement);
+}
+
+test('a config in an SSM SecureString: every function gets its name and may read that parameter and key only', () => {
+  const stack = new Stack(new App(), 'Refs', { env: { account: '123456789012', region: 'us-east-1' } });
+  const stored = synthWith({
+    configParameter: ssm.StringParameter.fromSecureStringParameterAttributes(stack, 'P', { parameterName: '/pg-autouser/config' }),
+    configKey: kms.Key.fromKeyArn(stack, 'K', 'arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab'),
+    configTtl: Duration.minutes(5),
+  });
+  for (const fn of Object.values(stored.findResources('AWS::Lambda::Function')) as any[]) {
+    const variables = fn.Properties.Environment.Variables;
+    assert.equal(variables.AUTOUSER_CONFIG_SSM_PARAMETER, '/pg-autouser/config');
+    assert.equal(variables.AUTOUSER_CONFIG, '');
+    assert.equal(variables.AUTOUSER_CONFIG_TTL, '300s');
+  }
+  const statements = policyStatements(stored);
+  const read = statements.find((s) => s.Sid === 'ReadTheConfigParameter');
+  assert.equal(read.Action, 'ssm:GetParameter');
+  assert.match(JSON.stringify(read.Resource), /:parameter\/pg-autouser\/config"/);
+  const decrypt = statements.find((s) => s.Sid === 'DecryptTheConfig');
+  assert.equal(decrypt.Action, 'kms:Decrypt');
+  assert.equal(decrypt.Resource, 'arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab');
+  assert.ok(!statements.some((s) => s.Sid === 'ReadTheConfigObject'));
+});
+
+test('a config in an S3 object: its URI, and read on that object only', () => {
+  const stack = new Stack(new App(), 'Refs', { env: { account: '123456789012', region: 'us-east-1' } });
+  const stored = synthWith({
+    configObject: { bucket: s3.Bucket.fromBucketName(stack, 'B', 'configs'), key: 'pg-autouser/config.yaml' },
+  });
+  for (const fn of Object.values(stored.findResources('AWS::Lambda::Function')) as any[]) {
+    assert.equal(fn.Properties.Environment.Variables.AUTOUSER_CONFIG_S3_URI, 's3://configs/pg-autouser/config.yaml');
+    assert.equal(fn.Properties.Environment.Variables.AUTOUSER_CONFIG_TTL, '60s');
+  }
+  const read = policyStatements(stored).find((s) => s.Sid === 'ReadTheConfigObject');
+  assert.equal(read.Action, 's3:GetObject');
+  assert.match(JSON.stringify(read.Resource), /:s3:::configs\/pg-autouser\/config\.yaml"/);
+});
+
+test('exactly one config source', () => {
+  assert.throws(() => synthWith({}), /exactly one of config, configParameter and configObject/);
+  const stack = new Stack(new App(), 'Refs');
+  assert.throws(() => synthWith({
+    config: 'databases: []',
+    configObject: { bucket: s3.Bucket.fromBucketName(stack, 'B', 'configs'), key: 'k' },
+  }), /exactly one/);
 });
