@@ -489,9 +489,13 @@ fn locked_instead(blocked: &DropBlocked) -> String {
         DropBlockedKind::DependentObjects => {
             format!("objects depend on the user, so it was locked instead: it {}{fix}", blocked.detail)
         }
-        _ => format!(
+        DropBlockedKind::CannotConnect | DropBlockedKind::StepFailed => format!(
             "the user's objects could not be handed over in database {:?}, so it was locked instead, with its \
              objects there untouched: {}{fix}",
+            blocked.db_name, blocked.detail
+        ),
+        DropBlockedKind::AdminLacksPrivilege => format!(
+            "the admin lacks a privilege the drop needs (in database {:?}), so the user was locked instead: {}{fix}",
             blocked.db_name, blocked.detail
         ),
     }
@@ -1429,4 +1433,24 @@ pub async fn plan_call(
         planned
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn blocked(kind: DropBlockedKind) -> DropBlocked {
+        DropBlocked { kind, db_name: "app".into(), detail: "why".into(), fix: Some("GRANT x TO y".into()) }
+    }
+
+    #[test]
+    fn a_blocked_drops_reason_says_what_kind_of_block_it_was() {
+        let privilege = locked_instead(&blocked(DropBlockedKind::AdminLacksPrivilege));
+        assert!(privilege.contains("lacks a privilege") && !privilege.contains("handed over"), "{privilege}");
+        assert!(privilege.ends_with("run `GRANT x TO y`"), "{privilege}");
+        let connect = locked_instead(&blocked(DropBlockedKind::CannotConnect));
+        assert!(connect.contains("could not be handed over in database \"app\""), "{connect}");
+        let objects = locked_instead(&blocked(DropBlockedKind::DependentObjects));
+        assert!(objects.starts_with("objects depend on the user"), "{objects}");
+    }
 }
