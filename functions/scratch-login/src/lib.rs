@@ -5,7 +5,8 @@
 //!
 //! Also the one place for what the test crates share on top of a login: the test process's
 //! cluster ([`test_cluster`]), the superuser's login ([`superuser`], [`superuser_sql`]), and
-//! configs ([`database_yaml`], [`one_role_config_yaml`]).
+//! configs ([`database_yaml`], [`one_role_config_yaml`]), and the check that every config a
+//! test loads validates against the config's JSON Schema ([`schema_checked`]).
 
 use std::path::Path;
 use std::sync::OnceLock;
@@ -128,6 +129,31 @@ databases:
     )
 }
 
+/// `text`, a config a test is about to load, once it has validated against
+/// `schemas/config.schema.json`, the schema editors and the README point operators to: every
+/// config the tests use is one an operator could write with the schema's help. Panics with the
+/// schema's errors, each at its place in the config.
+pub fn schema_checked(text: &str) -> &str {
+    static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
+    let validator = VALIDATOR.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/config.schema.json");
+        let schema: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
+        )
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    });
+    let config: serde_json::Value =
+        serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("this test's config is not YAML: {e}\n{text}"));
+    let errors: Vec<String> =
+        validator.iter_errors(&config).map(|error| format!("at {}: {error}", error.instance_path())).collect();
+    assert!(
+        errors.is_empty(),
+        "this test's config does not validate against schemas/config.schema.json: {errors:#?}\n{text}"
+    );
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,11 +162,6 @@ mod tests {
     /// validates against `schemas/config.schema.json` (what editors check configs with) and loads.
     #[test]
     fn the_configs_the_helpers_make_validate_against_the_config_schema() {
-        let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let schema: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(repository.join("schemas/config.schema.json")).unwrap())
-                .unwrap();
-        let validator = jsonschema::draft202012::new(&schema).unwrap();
         let ca = Path::new("/tmp/scratch/ca.crt");
         let auths = [
             r#"{method: cert, cert_file: "/tmp/scratch/admin.crt", key_file: "/tmp/scratch/admin.key"}"#,
@@ -166,10 +187,14 @@ mod tests {
             }
         }
         for text in configs {
-            let config: serde_json::Value = serde_yaml_ng::from_str(&text).unwrap();
-            let errors: Vec<String> = validator.iter_errors(&config).map(|e| e.to_string()).collect();
-            assert!(errors.is_empty(), "{errors:?}\n{text}");
-            autouser_policy::config::Config::parse(&text, Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            autouser_policy::config::Config::parse(schema_checked(&text), Path::new("/"))
+                .unwrap_or_else(|e| panic!("{e}\n{text}"));
         }
+    }
+
+    #[test]
+    #[should_panic(expected = "does not validate against schemas/config.schema.json")]
+    fn a_config_the_schema_refuses_fails_the_check() {
+        schema_checked("databases: []\nno_such_key: 1\n");
     }
 }

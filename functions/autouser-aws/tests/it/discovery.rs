@@ -196,7 +196,7 @@ async fn discovery_finds_every_tagged_postgres_resource_in_o_pages_calls() {
     expected.extend(["pg-noiam".to_string(), "pg-replica".to_string(), "pg-local".to_string()]);
 
     let config = Config::parse(
-        &format!(
+        scratch_login::schema_checked(&format!(
             r#"managed_group: discovered-group
 databases:
   - name: local
@@ -205,7 +205,7 @@ databases:
     tls: {{mode: verify-ca, ca_file: {ca:?}}}
 "#,
             ca = cluster().ca_cert_path().display().to_string()
-        ),
+        )),
         std::path::Path::new("/"),
     )
     .unwrap();

@@ -16,7 +16,7 @@ async fn create_instance(id: &str, iam: bool, tags: &[(&str, &str)]) {
 
 fn config(rds_yaml: &str) -> Config {
     let text = format!("databases:\n  - name: orders\n    rds: {rds_yaml}\n");
-    Config::parse(&text, std::path::Path::new("/")).unwrap()
+    Config::parse(scratch_login::schema_checked(&text), std::path::Path::new("/")).unwrap()
 }
 
 async fn resolve(rds_yaml: &str) -> Result<autouser_policy::config::ResolvedDatabase, autouser_engine::Error> {
@@ -154,11 +154,10 @@ async fn ends_still_reach_a_database_whose_admin_tag_was_removed() {
 
     let cold = AwsContext::new(sdk.clone());
     assert_eq!(cold.resolve_database_for_end(&config, db).await.unwrap_err().kind(), "NotManaged");
-    let with_fallback = Config::parse(
-        &format!("databases:\n  - name: orders\n    rds: {rds_yaml}\n    fallback_admin_user: {{name: break-glass}}\n"),
-        std::path::Path::new("/"),
-    )
-    .unwrap();
+    let with_fallback_yaml =
+        format!("databases:\n  - name: orders\n    rds: {rds_yaml}\n    fallback_admin_user: {{name: break-glass}}\n");
+    let with_fallback =
+        Config::parse(scratch_login::schema_checked(&with_fallback_yaml), std::path::Path::new("/")).unwrap();
     let db = &with_fallback.databases[0];
     assert_eq!(cold.resolve_database_for_end(&with_fallback, db).await.unwrap().admin_user.name, "break-glass");
     assert_eq!(cold.resolve_database(&with_fallback, db).await.unwrap_err().kind(), "NotManaged", "starts stop");

@@ -15,5 +15,5 @@ pub async fn connect_as(cluster: &Cluster, user: &str) -> AdminConnection {
 pub fn config(cluster: &Cluster, admin: &str, group: &str, db_roles: &str) -> Config {
     let main = scratch_login::database_yaml(cluster, cluster.port(), "main", admin).unwrap();
     let text = scratch_login::one_role_config_yaml(group, &main, "devs", "keep", &format!("db_roles: {db_roles}"));
-    Config::parse(&text, std::path::Path::new("/")).unwrap()
+    Config::parse(scratch_login::schema_checked(&text), std::path::Path::new("/")).unwrap()
 }

@@ -50,7 +50,7 @@ async fn discovery_reports_each_database_on_the_bus() {
     let sdk = Moto::global().sdk_config(None).await;
     let arn = Moto::global().create_password_secret("ld-disc-admin", admin, PASSWORD).await;
     let config = Config::parse(
-        &format!(
+        scratch_login::schema_checked(&format!(
             r#"managed_group: ld_disc_group
 databases:
   - name: ready
@@ -59,7 +59,7 @@ databases:
     tls: {{mode: verify-ca, ca_file: {ca:?}}}
 "#,
             ca = cluster().ca_cert_path().display().to_string()
-        ),
+        )),
         std::path::Path::new("/"),
     )
     .unwrap();

@@ -36,7 +36,7 @@ fn state_of(config_yaml: &str) -> State {
 }
 
 fn parse_config(config_yaml: &str) -> Config {
-    Config::parse(config_yaml, std::path::Path::new("/")).unwrap()
+    Config::parse(scratch_login::schema_checked(config_yaml), std::path::Path::new("/")).unwrap()
 }
 
 /// No AWS is called for the test databases; the SDK configuration is empty.

@@ -1,16 +1,41 @@
-//! End to end through the real Lambda runtime API: the function binaries run under
-//! `cargo lambda watch` (which builds them and emulates the Lambda control plane) and are
-//! invoked with `cargo lambda invoke`; the test looks at the database.
+//! End to end through the real Lambda runtime API: `cargo lambda watch --only-lambda-apis`
+//! emulates the Lambda control plane, the four function binaries of the workspace build poll
+//! it as Lambda runs them (`AWS_LAMBDA_RUNTIME_API`), and they are invoked with
+//! `cargo lambda invoke`; the test looks at the database.
+//!
+//! The binaries are those `cargo build --workspace --all-targets` put beside this test
+//! (scripts/test builds so); the test refuses binaries older than the sources they are built
+//! from instead of testing stale code. Every wait has a deadline: an invoke that gets no answer
+//! fails with the functions' logs instead of hanging the run.
 
 use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{json, Value};
 
 use crate::{can_login, config_yaml, eventbridge, session, superuser};
+
+/// The functions this test runs, as the template names their binaries.
+const FUNCTIONS: [&str; 4] = ["session-start", "session-end", "discovery", "reaper"];
+
+/// The crates a function binary is built from: a source newer than the binary means a stale
+/// build.
+const FUNCTION_CRATES: [&str; 8] = [
+    "session-start",
+    "session-end",
+    "discovery",
+    "reaper",
+    "autouser-lambda",
+    "autouser-aws",
+    "autouser-engine",
+    "autouser-policy",
+];
+
+/// How long the emulator waits for a function's answer before failing the invoke.
+const INVOKE_TIMEOUT_SECS: u64 = 60;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
@@ -29,13 +54,53 @@ fn cargo_lambda() -> PathBuf {
     path
 }
 
-/// `cargo lambda watch` on a free loopback port, with its whole process group (the functions
-/// it starts) killed on drop.
+/// The newest modification time of the files under `dir`.
+fn newest_file_under(dir: &Path) -> SystemTime {
+    let mut newest = SystemTime::UNIX_EPOCH;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let modified = if entry.file_type().unwrap().is_dir() {
+            newest_file_under(&entry.path())
+        } else {
+            entry.metadata().unwrap().modified().unwrap()
+        };
+        newest = newest.max(modified);
+    }
+    newest
+}
+
+/// A function's binary in this test's target directory (`target/debug`), built after every
+/// source it is built from.
+fn function_binary(name: &str) -> PathBuf {
+    let test_binary = std::env::current_exe().unwrap();
+    // target/debug/deps/it-<hash> → target/debug
+    let profile_dir = test_binary.parent().and_then(Path::parent).unwrap();
+    let path = profile_dir.join(name);
+    let rebuild = "build the functions first: cargo build --workspace --all-targets";
+    let built = std::fs::metadata(&path)
+        .and_then(|metadata| metadata.modified())
+        .unwrap_or_else(|e| panic!("{}: {e}; {rebuild}", path.display()));
+    let root = workspace_root();
+    let mut sources: Vec<PathBuf> = FUNCTION_CRATES.iter().map(|c| root.join("functions").join(c).join("src")).collect();
+    sources.push(root.join("Cargo.lock"));
+    for source in sources {
+        let changed = if source.is_dir() { newest_file_under(&source) } else { std::fs::metadata(&source).unwrap().modified().unwrap() };
+        assert!(built >= changed, "{} is older than {}: {rebuild}", path.display(), source.display());
+    }
+    path
+}
+
+/// `cargo lambda watch --only-lambda-apis` on a free loopback port, and the four function
+/// binaries polling it; every process (with its process group) is killed on drop.
 struct Watch {
-    child: Child,
+    emulator: Child,
+    functions: Vec<Child>,
     port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port()
 }
 
 impl Watch {
@@ -43,50 +108,98 @@ impl Watch {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("autouser.yaml");
         std::fs::write(&config, config_yaml).unwrap();
-        let log = dir.path().join("watch.log");
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap().local_addr().unwrap().port();
+        let logs_dir = dir.path().to_path_buf();
+        let log = move |name: &str| std::fs::File::create(logs_dir.join(format!("{name}.log"))).unwrap();
+        let port = free_port();
         let mut command = Command::new(cargo_lambda());
         command
-            .args(["lambda", "watch", "--ignore-changes", "--invoke-address", "127.0.0.1"])
-            .args(["--invoke-port", &port.to_string()])
-            .arg("--env-var")
-            .arg(format!("AUTOUSER_CONFIG_FILE={}", config.display()))
-            .args(["--env-var", "AWS_REGION=us-east-1", "--env-var", "AWS_EC2_METADATA_DISABLED=true"])
+            .args(["lambda", "watch", "--only-lambda-apis", "--ignore-changes", "--invoke-address", "127.0.0.1"])
+            .args(["--invoke-port", &port.to_string(), "--timeout", &INVOKE_TIMEOUT_SECS.to_string()])
             .current_dir(workspace_root())
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(std::fs::File::create(&log).unwrap())
+            .stdout(log("emulator"))
+            .stderr(log("emulator"))
             .process_group(0);
-        let child = scratch_postgres::spawn_tied_to_this_process(command).expect("cargo lambda watch starts");
-        let watch = Watch { child, port, log, _dir: dir };
+        let emulator = scratch_postgres::spawn_tied_to_this_process(command).expect("cargo lambda watch starts");
+        let mut watch = Watch { emulator, functions: Vec::new(), port, dir };
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-            assert!(Instant::now() < deadline, "cargo lambda watch did not listen:\n{}", watch.log());
+            assert!(Instant::now() < deadline, "cargo lambda watch did not listen:\n{}", watch.logs());
             std::thread::sleep(Duration::from_millis(100));
+        }
+        for name in FUNCTIONS {
+            // The environment Lambda gives a function, and the config; nothing of this
+            // process's own environment (AWS profiles, proxies) reaches it.
+            let mut command = Command::new(function_binary(name));
+            command
+                .env_clear()
+                .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt/{name}"))
+                .env("AWS_LAMBDA_FUNCTION_NAME", name)
+                .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+                .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+                .env("AWS_REGION", "us-east-1")
+                .env("AWS_EC2_METADATA_DISABLED", "true")
+                .env("AUTOUSER_CONFIG_FILE", &config)
+                .stdin(Stdio::null())
+                .stdout(log(name))
+                .stderr(log(name))
+                .process_group(0);
+            let child = scratch_postgres::spawn_tied_to_this_process(command)
+                .unwrap_or_else(|e| panic!("{name} starts: {e}\n{}", watch.logs()));
+            watch.functions.push(child);
         }
         watch
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+    /// What the emulator and each function printed.
+    fn logs(&self) -> String {
+        let mut logs = String::new();
+        for name in std::iter::once("emulator").chain(FUNCTIONS) {
+            let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+            logs.push_str(&format!("--- {name}\n{text}"));
+        }
+        logs
     }
 
     /// `cargo lambda invoke function`: the response, or the error line cargo-lambda prints
     /// (`Error: <errorType>` and the message).
     fn invoke(&self, function: &str, payload: &Value) -> Result<Value, String> {
-        let output = Command::new(cargo_lambda())
+        let output_dir = tempfile::tempdir().unwrap();
+        let stdout_path = output_dir.path().join("stdout");
+        let stderr_path = output_dir.path().join("stderr");
+        let mut child = Command::new(cargo_lambda())
             .args(["lambda", "invoke", function, "--invoke-address", "127.0.0.1"])
             .args(["--invoke-port", &self.port.to_string(), "--output-format", "json"])
             .arg("--data-ascii")
             .arg(payload.to_string())
             .env("NO_COLOR", "1")
-            .output()
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&stdout_path).unwrap())
+            .stderr(std::fs::File::create(&stderr_path).unwrap())
+            .spawn()
             .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        if output.status.success() {
+        // The emulator answers an invoke with an error after INVOKE_TIMEOUT_SECS; this bound
+        // is for an emulator that answers nothing at all.
+        let started = Instant::now();
+        let deadline = started + Duration::from_secs(INVOKE_TIMEOUT_SECS + 30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("cargo lambda invoke {function} did not return; logs:\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = std::fs::read_to_string(&stdout_path).unwrap();
+        let stderr = std::fs::read_to_string(&stderr_path).unwrap();
+        if status.success() {
             Ok(serde_json::from_str(&stdout)
-                .unwrap_or_else(|e| panic!("{function} answered {stdout:?} ({e}); log:\n{}", self.log())))
+                .unwrap_or_else(|e| panic!("{function} answered {stdout:?} ({e}); logs:\n{}", self.logs())))
+        } else if started.elapsed() >= Duration::from_secs(INVOKE_TIMEOUT_SECS) {
+            panic!("{function} gave no answer within {INVOKE_TIMEOUT_SECS} s ({stdout}{stderr}); logs:\n{}", self.logs())
         } else {
             Err(format!("{stdout}{stderr}"))
         }
@@ -95,9 +208,11 @@ impl Watch {
 
 impl Drop for Watch {
     fn drop(&mut self) {
-        // SAFETY: signals the process group this fixture created.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
-        let _ = self.child.wait();
+        for child in self.functions.iter_mut().chain(std::iter::once(&mut self.emulator)) {
+            // SAFETY: signals the process group this fixture created.
+            unsafe { libc::kill(-(child.id() as i32), libc::SIGKILL) };
+            let _ = child.wait();
+        }
     }
 }
 
@@ -113,7 +228,7 @@ async fn functions_run_under_the_lambda_runtime_api() {
 
     // A direct invoke answers with the CLI's result.
     let started =
-        invoke("session-start", session("lt", "s1", "kim")).unwrap_or_else(|e| panic!("{e}\n{}", watch.log()));
+        invoke("session-start", session("lt", "s1", "kim")).unwrap_or_else(|e| panic!("{e}\n{}", watch.logs()));
     assert_eq!(started["status"], "active", "{started}");
     assert_eq!(started["db_user"], "lt_kim");
     assert_eq!(can_login("lt_kim").await, Some(true));
@@ -141,7 +256,7 @@ async fn functions_run_under_the_lambda_runtime_api() {
         .unwrap()
         .get(0);
     // One per function container: session-start's and session-end's.
-    assert_eq!(admin_connections, 2, "{}", watch.log());
+    assert_eq!(admin_connections, 2, "{}", watch.logs());
 
     // The reaper, as its schedule invokes it, locks a managed user left able to log in with no
     // session (ended, then `ALTER ROLE … LOGIN`), and leaves kim (five open sessions) alone;
@@ -152,8 +267,8 @@ async fn functions_run_under_the_lambda_runtime_api() {
     let scheduled = json!({"version": "0", "id": "5e1f", "detail-type": "Scheduled Event", "source": "aws.events",
                            "account": "123456789012", "time": "2026-11-29T10:00:00Z", "region": "us-east-1",
                            "resources": ["arn:aws:events:us-east-1:123456789012:rule/reaper"], "detail": {}});
-    let reaped = invoke("reaper", scheduled).unwrap_or_else(|e| panic!("{e}\n{}", watch.log()));
-    assert_eq!(reaped["databases"][0]["locked"], json!(["lt_idle"]), "{reaped}\n{}", watch.log());
+    let reaped = invoke("reaper", scheduled).unwrap_or_else(|e| panic!("{e}\n{}", watch.logs()));
+    assert_eq!(reaped["databases"][0]["locked"], json!(["lt_idle"]), "{reaped}\n{}", watch.logs());
     assert_eq!((&reaped["closed"], &reaped["failed"]), (&json!(0), &json!(1)), "{reaped}");
     assert_eq!(can_login("lt_idle").await, Some(false));
     assert_eq!(can_login("lt_kim").await, Some(true));

@@ -45,7 +45,7 @@ pub(crate) async fn setup_with_mode(ns: &str, mode: &str) -> (tempfile::TempDir,
         &format!("db_roles: [{reader}]"),
     );
     let path = dir.path().join("config.yaml");
-    std::fs::write(&path, config).unwrap();
+    std::fs::write(&path, scratch_login::schema_checked(&config)).unwrap();
     (dir, path)
 }
 
@@ -74,6 +74,12 @@ pub(crate) fn write(dir: &Path, name: &str, text: &str) -> String {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path.display().to_string()
+}
+
+/// [`write`] for a config the test expects to load: it must validate against the config's
+/// JSON Schema first.
+pub(crate) fn write_config(dir: &Path, name: &str, text: &str) -> String {
+    write(dir, name, scratch_login::schema_checked(text))
 }
 
 pub(crate) fn stdout_json(output: &Output) -> Value {
@@ -234,7 +240,7 @@ async fn unreachable_database_is_transient() {
     let dir = tempfile::tempdir().unwrap();
     // A port nothing listens on.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = write(
+    let config = write_config(
         dir.path(),
         "c.yaml",
         &format!(

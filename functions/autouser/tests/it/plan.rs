@@ -172,7 +172,7 @@ async fn a_plan_of_a_start_with_object_permissions_lists_the_object_grants() {
         "db_roles: [pl_obj_reader]",
         "db_roles: [pl_obj_reader]\n        db_permissions:\n          - match: {object_kind: table, schema: public, name: \"pl_obj_*\"}\n            permissions: [SELECT]",
     );
-    let config = crate::write(dir.path(), "objects.yaml", &text);
+    let config = crate::write_config(dir.path(), "objects.yaml", &text);
     let event = event("pl_obj_alice", "s1");
     let plan =
         stdout_json(&autouser(&["plan", "session-start", "--config", &config, "--event", "-", "--json"], Some(&event)));

@@ -4,7 +4,7 @@
 
 use scratch_aws::Moto;
 
-use crate::{autouser_with_env, cluster, stderr, stdout_json, superuser_sql, write};
+use crate::{autouser_with_env, cluster, stderr, stdout_json, superuser_sql, write_config};
 
 const PASSWORD: &str = "Rds-Admin-Secret-9f1c";
 
@@ -61,7 +61,7 @@ async fn rds_database_resolved_through_the_emulator_provisions_a_user() {
     }
     let arn = seed_emulator("cli-rds-orders", admin, false).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write(
+    let config = write_config(
         dir.path(),
         "c.yaml",
         &config("cli-rds-orders", &format!("{{method: password, secret_arn: {arn:?}}}"), group),
@@ -102,7 +102,7 @@ async fn iam_tokens_never_appear_in_logs() {
     superuser_sql("CREATE ROLE cli_iam_admin LOGIN CREATEROLE").await;
     seed_emulator("cli-iam-orders", "cli_iam_admin", true).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = write(dir.path(), "c.yaml", &config("cli-iam-orders", "{method: iam}", "cli_iam"));
+    let config = write_config(dir.path(), "c.yaml", &config("cli-iam-orders", "{method: iam}", "cli_iam"));
     let event = r#"{"session_id": "s1", "user": "iam_bob", "roles": ["staging-readers"], "database": "orders", "db_name": "postgres"}"#;
     // The server does not hold this token, so the login fails: after a token was made and sent.
     // Asking for the signer's own trace output must not reveal it either.
@@ -152,7 +152,7 @@ async fn discover_reports_each_tagged_database() {
     let dir = tempfile::tempdir().unwrap();
     let text = config("disc-local", &format!("{{method: password, secret_arn: {arn:?}}}"), group)
         .replace("region: us-east-1", "region: eu-north-1");
-    let config = write(dir.path(), "c.yaml", &text);
+    let config = write_config(dir.path(), "c.yaml", &text);
 
     let ready = autouser_with_env(&["discover", "--config", &config, "--region", "eu-north-1"], None, &env());
     let out = String::from_utf8_lossy(&ready.stdout);

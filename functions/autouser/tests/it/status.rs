@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::{autouser, autouser_with_env, cluster, setup_with_mode, stderr, stdout_json, superuser_sql, write};
+use crate::{autouser, autouser_with_env, cluster, setup_with_mode, stderr, stdout_json, superuser_sql, write_config};
 
 fn event(ns: &str, user: &str, session: &str) -> String {
     format!(
@@ -111,7 +111,7 @@ async fn unmanaged_logins_are_listed_and_the_text_form_has_the_users() {
     let admin = format!("{ns}_admin");
     let second = scratch_login::database_yaml(cluster(), cluster().port(), "second", &admin).unwrap();
     let text = std::fs::read_to_string(&config).unwrap().replacen("roles:\n", &format!("{second}roles:\n"), 1);
-    let config = write(dir.path(), "two.yaml", &text);
+    let config = write_config(dir.path(), "two.yaml", &text);
     superuser_sql("CREATE ROLE st_text_app LOGIN").await;
     start(&config, &event(ns, "alice", "s1"));
 
@@ -162,7 +162,7 @@ async fn status_reads_a_database_in_the_same_round_trips_whatever_the_number_of_
     let direct_entry_start = text.find("  - name: \"main\"").unwrap_or_else(|| panic!("{text}"));
     let direct_entry_end = text.find("roles:\n").unwrap();
     let text = format!("{}{proxied}{}", &text[..direct_entry_start], &text[direct_entry_end..]);
-    let proxied_config = write(dir.path(), "proxied.yaml", &text);
+    let proxied_config = write_config(dir.path(), "proxied.yaml", &text);
     let config = config.display().to_string();
 
     let round_trips_of_status = || {
@@ -200,7 +200,7 @@ fn progress_bars_are_drawn_on_a_terminal_only() {
             )
         })
         .collect();
-    let config = write(dir.path(), "c.yaml", &format!("databases:\n{entries}"));
+    let config = write_config(dir.path(), "c.yaml", &format!("databases:\n{entries}"));
     for (command, verb) in [("status", "reading"), ("reap", "reaping")] {
         let line = format!("{} {command} --config {config}", env!("CARGO_BIN_EXE_autouser"));
         let on_terminal = std::process::Command::new("script")

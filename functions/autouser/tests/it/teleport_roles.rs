@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::{autouser, cluster, stderr, stdout_json, superuser_sql, write};
+use crate::{autouser, cluster, stderr, stdout_json, superuser_sql, write_config};
 
 const FIXTURE: &str = include_str!("../../../../tests/teleport-roles/tctl-get-roles.yaml");
 
@@ -31,7 +31,7 @@ async fn setup(ns: &str, dir: &Path) -> String {
     let config = format!(
         "managed_group: {ns}_grp\ndatabases:\n{main}    labels: {{env: staging, team: data}}\nroles_file: roles.yaml\n"
     );
-    write(dir, "config.yaml", &config)
+    write_config(dir, "config.yaml", &config)
 }
 
 async fn member_roles(user: &str) -> Vec<String> {
