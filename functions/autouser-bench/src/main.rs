@@ -106,7 +106,7 @@ async fn run(args: &Args) -> Result<(), String> {
                 object_table(&cluster, args).await.map_err(|e| e.to_string())?;
             }
             if !args.lambda_only && !args.objects_only {
-                reaper_table(&cluster, args).await.map_err(|e| e.to_string())?;
+                reaper_table(&cluster, args).await?;
             }
         }
     }
@@ -223,7 +223,7 @@ async fn object_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_eng
 }
 
 /// The reaper on one database: the steady-state run, and runs that change users.
-async fn reaper_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_engine::Error> {
+async fn reaper_table(cluster: &Cluster, args: &Args) -> Result<(), String> {
     let changed = (args.reaper_users / 10).max(1);
     let runs = args.reaper_runs.max(1);
     let times = reaper::measure(cluster, args.reaper_users, changed, runs).await?;

@@ -26,39 +26,49 @@ pub struct ReaperTimes {
 /// `changed` of the ended ones unlocked behind our back: times `runs` runs with nothing to do,
 /// the run that closes the open sessions (past `max_session_duration`), and the run that locks
 /// the unlocked users.
-pub async fn measure(cluster: &Cluster, managed: usize, changed: usize, runs: usize) -> Result<ReaperTimes, Error> {
-    let target = Target::new(cluster, cluster.port())?;
-    let connection = target.connect().await?;
+///
+/// The earlier sections leave users as their options made them: the cold starts' sessions stay
+/// open, the baseline's users stay able to log in. So a first run, past the end of every
+/// session, closes and locks what they left, and the runs measured meet only the state this
+/// section builds, whatever the options.
+pub async fn measure(cluster: &Cluster, managed: usize, changed: usize, runs: usize) -> Result<ReaperTimes, String> {
+    let setup = |step: &str, e: Error| format!("reaper benchmark, {step}: {e}");
+    let target = Target::new(cluster, cluster.port()).map_err(|e| setup("config", e))?;
+    let connection = target.connect().await.map_err(|e| setup("admin connection", e))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_secs();
+    let past_every_session = now + target.config.max_session_duration.as_secs() + 60;
+    let (_, settled) =
+        timed_run(&target, &connection, past_every_session).await.map_err(|e| setup("settling earlier sections", e))?;
+    if !settled.failed.is_empty() {
+        return Err(format!("reaper benchmark, settling earlier sections: failed {:?}", settled.failed));
+    }
     let idle = |i: usize| format!("reap-idle-{i}");
     for i in 0..managed {
-        target.start(Side::Ours, &connection, &idle(i)).await?;
-        target.end(Side::Ours, &connection, &idle(i)).await?;
+        target.start(Side::Ours, &connection, &idle(i)).await.map_err(|e| setup("starting idle users", e))?;
+        target.end(Side::Ours, &connection, &idle(i)).await.map_err(|e| setup("ending idle users", e))?;
     }
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).expect("the clock is after 1970").as_secs();
 
     let mut nothing_to_do = Samples::default();
     let mut managed_users = 0;
     for _ in 0..runs {
-        let (elapsed, report) = timed_run(&target, &connection, now).await?;
+        let (elapsed, report) = timed_run(&target, &connection, now).await.map_err(|e| setup("run", e))?;
         expect(&report, managed, 0, 0)?;
         nothing_to_do.push(elapsed);
         managed_users = report.managed_users;
     }
 
     for i in 0..changed {
-        target.start(Side::Ours, &connection, &format!("reap-open-{i}")).await?;
+        target.start(Side::Ours, &connection, &format!("reap-open-{i}")).await.map_err(|e| setup("opening sessions", e))?;
     }
     let expired = now + target.config.max_session_duration.as_secs() + 60;
-    let (closing, report) = timed_run(&target, &connection, expired).await?;
+    let (closing, report) = timed_run(&target, &connection, expired).await.map_err(|e| setup("closing run", e))?;
     expect(&report, managed + changed, changed, 0)?;
 
     let unlock: String = (0..changed).map(|i| format!("ALTER ROLE {} LOGIN;", quote_ident(&idle(i)))).collect();
-    let superuser = scratch_login::connect(cluster, cluster.superuser(), "postgres").await?;
-    superuser.batch_execute(&unlock).await.map_err(|e| Error::Unreachable {
-        endpoint: "benchmark server".into(),
-        detail: format!("unlocking users for the reaper benchmark: {e}"),
-    })?;
-    let (locking, report) = timed_run(&target, &connection, now).await?;
+    let superuser =
+        scratch_login::connect(cluster, cluster.superuser(), "postgres").await.map_err(|e| setup("superuser", e))?;
+    superuser.batch_execute(&unlock).await.map_err(|e| format!("reaper benchmark, unlocking users: {e}"))?;
+    let (locking, report) = timed_run(&target, &connection, now).await.map_err(|e| setup("locking run", e))?;
     expect(&report, managed + changed, 0, changed)?;
 
     Ok(ReaperTimes { managed_users, nothing_to_do, closing: (closing, changed), locking: (locking, changed) })
@@ -72,7 +82,7 @@ async fn timed_run(target: &Target, connection: &AdminConnection, now: u64) -> R
 }
 
 /// A run that did something else than intended measured something else: refuse to report it.
-fn expect(report: &ReapReport, at_least: usize, closed: usize, locked: usize) -> Result<(), Error> {
+fn expect(report: &ReapReport, at_least: usize, closed: usize, locked: usize) -> Result<(), String> {
     let as_expected = report.managed_users >= at_least
         && report.closed.len() == closed
         && report.locked.len() == locked
@@ -81,16 +91,14 @@ fn expect(report: &ReapReport, at_least: usize, closed: usize, locked: usize) ->
     if as_expected {
         return Ok(());
     }
-    Err(Error::Unreachable {
-        endpoint: "benchmark server".into(),
-        detail: format!(
-            "the reaper run did not do what the benchmark set up: {} managed (expected at least {at_least}), \
-             {} closed (expected {closed}), {} locked (expected {locked}), failed {:?}, left open {}",
-            report.managed_users,
-            report.closed.len(),
-            report.locked.len(),
-            report.failed,
-            report.left_open.len()
-        ),
-    })
+    Err(format!(
+        "reaper benchmark: a run did not do what the benchmark set up, so it measured something else: \
+         {} managed (expected at least {at_least}), {} closed (expected {closed}), {} locked (expected {locked}), \
+         failed {:?}, left open {}",
+        report.managed_users,
+        report.closed.len(),
+        report.locked.len(),
+        report.failed,
+        report.left_open.len()
+    ))
 }
