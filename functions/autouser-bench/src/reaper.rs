@@ -58,7 +58,10 @@ pub async fn measure(cluster: &Cluster, managed: usize, changed: usize, runs: us
     }
 
     for i in 0..changed {
-        target.start(Side::Ours, &connection, &format!("reap-open-{i}")).await.map_err(|e| setup("opening sessions", e))?;
+        target
+            .start(Side::Ours, &connection, &format!("reap-open-{i}"))
+            .await
+            .map_err(|e| setup("opening sessions", e))?;
     }
     let expired = now + target.config.max_session_duration.as_secs() + 60;
     let (closing, report) = timed_run(&target, &connection, expired).await.map_err(|e| setup("closing run", e))?;

@@ -137,10 +137,9 @@ pub fn schema_checked(text: &str) -> &str {
     static VALIDATOR: OnceLock<jsonschema::Validator> = OnceLock::new();
     let validator = VALIDATOR.get_or_init(|| {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas/config.schema.json");
-        let schema: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())),
-        )
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let schema: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         jsonschema::draft202012::new(&schema).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     });
     let config: serde_json::Value =

@@ -40,7 +40,8 @@ pub async fn set_password(admin: &str, password: &str) {
 pub fn config(admin: &str, auth_yaml: &str) -> Config {
     let local = scratch_login::database_yaml_with_auth(cluster(), cluster().port(), "local", admin, auth_yaml);
     let text = format!("databases:\n{local}");
-    Config::parse(scratch_login::schema_checked(&text), std::path::Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{text}"))
+    Config::parse(scratch_login::schema_checked(&text), std::path::Path::new("/"))
+        .unwrap_or_else(|e| panic!("{e}\n{text}"))
 }
 
 pub async fn current_user(client: &Client) -> String {

@@ -172,7 +172,8 @@ roles:{roles}
             roles = self.roles_yaml,
             extra = self.extra_yaml,
         );
-        Config::parse(scratch_login::schema_checked(&text), std::path::Path::new("/")).unwrap_or_else(|e| panic!("{e}\n{text}"))
+        Config::parse(scratch_login::schema_checked(&text), std::path::Path::new("/"))
+            .unwrap_or_else(|e| panic!("{e}\n{text}"))
     }
 
     /// A start event JSON for `user` (a full name), session `session`, on this test's database.

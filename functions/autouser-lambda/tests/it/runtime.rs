@@ -81,10 +81,15 @@ fn function_binary(name: &str) -> PathBuf {
         .and_then(|metadata| metadata.modified())
         .unwrap_or_else(|e| panic!("{}: {e}; {rebuild}", path.display()));
     let root = workspace_root();
-    let mut sources: Vec<PathBuf> = FUNCTION_CRATES.iter().map(|c| root.join("functions").join(c).join("src")).collect();
+    let mut sources: Vec<PathBuf> =
+        FUNCTION_CRATES.iter().map(|c| root.join("functions").join(c).join("src")).collect();
     sources.push(root.join("Cargo.lock"));
     for source in sources {
-        let changed = if source.is_dir() { newest_file_under(&source) } else { std::fs::metadata(&source).unwrap().modified().unwrap() };
+        let changed = if source.is_dir() {
+            newest_file_under(&source)
+        } else {
+            std::fs::metadata(&source).unwrap().modified().unwrap()
+        };
         assert!(built >= changed, "{} is older than {}: {rebuild}", path.display(), source.display());
     }
     path
@@ -199,7 +204,10 @@ impl Watch {
             Ok(serde_json::from_str(&stdout)
                 .unwrap_or_else(|e| panic!("{function} answered {stdout:?} ({e}); logs:\n{}", self.logs())))
         } else if started.elapsed() >= Duration::from_secs(INVOKE_TIMEOUT_SECS) {
-            panic!("{function} gave no answer within {INVOKE_TIMEOUT_SECS} s ({stdout}{stderr}); logs:\n{}", self.logs())
+            panic!(
+                "{function} gave no answer within {INVOKE_TIMEOUT_SECS} s ({stdout}{stderr}); logs:\n{}",
+                self.logs()
+            )
         } else {
             Err(format!("{stdout}{stderr}"))
         }
