@@ -6,6 +6,7 @@ mod lambda;
 mod objects;
 mod provisioning;
 mod reaper;
+mod scale;
 mod stats;
 
 use std::path::PathBuf;
@@ -60,6 +61,16 @@ struct Args {
     /// Only the reaper benchmark.
     #[arg(long, conflicts_with_all = ["objects_only", "lambda_only"])]
     reaper_only: bool,
+    /// Only the scale benchmark: session latency as the kept users grow to each of
+    /// `--scale-users`, on one durable server.
+    #[arg(long, conflicts_with_all = ["objects_only", "lambda_only", "reaper_only"])]
+    scale_only: bool,
+    /// The populations of kept users the scale benchmark measures at, ascending.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,3000,10000")]
+    scale_users: Vec<usize>,
+    /// Users per side and operation at each size of the scale benchmark.
+    #[arg(long, default_value_t = 50)]
+    scale_iterations: usize,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -77,6 +88,11 @@ async fn main() -> ExitCode {
 async fn run(args: &Args) -> Result<(), String> {
     let install = PgInstall::from_env().map_err(|e| e.to_string())?;
     println!("## Machine\n\n{}\n- PostgreSQL {}\n", machine(), install.major());
+    if args.scale_only {
+        let cluster = Cluster::start_with(&install, Durability::Production).map_err(|e| e.to_string())?;
+        provisioning::prepare_server(&cluster).await.map_err(|e| e.to_string())?;
+        return scale_table(&cluster, args, install.major()).await;
+    }
     let one_table = args.objects_only || args.lambda_only || args.reaper_only;
     for durability in [Durability::Production, Durability::Test] {
         if one_table && durability == Durability::Test {
@@ -219,6 +235,61 @@ async fn object_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_eng
         );
     }
     println!();
+    Ok(())
+}
+
+/// Session latency at each population of kept users, and the two ratio lines the tooling reads.
+async fn scale_table(cluster: &Cluster, args: &Args, major: u32) -> Result<(), String> {
+    let sizes = &args.scale_users;
+    if sizes.is_empty() || sizes.windows(2).any(|pair| pair[0] >= pair[1]) || args.scale_iterations == 0 {
+        return Err(format!(
+            "--scale-users must be ascending sizes and --scale-iterations at least 1 (got {sizes:?}, {})",
+            args.scale_iterations
+        ));
+    }
+    let began = std::time::Instant::now();
+    let times = scale::measure(cluster, sizes, args.scale_iterations).await?;
+    println!("## Scale, durable server, PostgreSQL {major}\n");
+    println!(
+        "Warm latency (one admin connection per side) with N kept users on the server (started and \
+         ended in `keep` through our engine, four connections at a time), {} users per side and \
+         operation at each size; medians and p99 in ms. The whole run took {:.0} s.\n",
+        args.scale_iterations,
+        began.elapsed().as_secs_f64()
+    );
+    println!(
+        "| kept users | built in s | operation | ours median | ours p99 | baseline median | baseline p99 | ratio (median) |"
+    );
+    println!("|---:|---:|---|---:|---:|---:|---:|---:|");
+    for size in &times {
+        let [ours, baseline] = &size.sides;
+        for (name, ours, baseline) in [
+            ("session-start, new user", &ours.new_start, &baseline.new_start),
+            ("session-start, kept user", &ours.kept_start, &baseline.kept_start),
+            ("session-end (keep)", &ours.end, &baseline.end),
+        ] {
+            println!(
+                "| {} | {:.1} | {name} | {} | {} | {} | {} | {} |",
+                size.population,
+                size.built_in.as_secs_f64(),
+                ms(ours.median()),
+                ms(ours.p99()),
+                ms(baseline.median()),
+                ms(baseline.p99()),
+                ratio(ours.median().as_secs_f64(), baseline.median().as_secs_f64())
+            );
+        }
+    }
+    println!();
+    let (first, last) = (&times[0], &times[times.len() - 1]);
+    let growth = |of: fn(&scale::SideTimes) -> &Samples| {
+        of(&last.sides[0]).median().as_secs_f64() / of(&first.sides[0]).median().as_secs_f64()
+    };
+    // A start's ratio is the worse of a new user's and a kept user's.
+    let start = growth(|t| &t.new_start).max(growth(|t| &t.kept_start));
+    let end = growth(|t| &t.end);
+    println!("scale start ratio {}/{}: {start:.2}", last.population, first.population);
+    println!("scale end ratio {}/{}: {end:.2}", last.population, first.population);
     Ok(())
 }
 

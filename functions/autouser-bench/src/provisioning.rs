@@ -116,30 +116,36 @@ impl Target {
 
     pub async fn start(&self, side: Side, connection: &AdminConnection, user: &str) -> Result<(), Error> {
         match side {
-            Side::Ours => {
-                let event = SessionEvent::from_value(session_event(user))?;
-                let req = request::prepare_start(&self.config, &self.database, &event)?;
-                engine::session_start(connection, &req).await.map(drop)
-            }
+            Side::Ours => self.start_session(connection, user, &format!("{user}-session")).await,
             Side::Baseline => batch(connection.client(), &baseline_start_sql(user)).await,
         }
     }
 
     pub async fn end(&self, side: Side, connection: &AdminConnection, user: &str) -> Result<(), Error> {
         match side {
-            Side::Ours => {
-                let event = SessionEvent::from_value(session_event(user))?;
-                let req = request::prepare_end(&self.config, &self.database, &event)?;
-                engine::session_end(connection, &req, &engine::NoOtherDatabases).await.map(drop)
-            }
+            Side::Ours => self.end_session(connection, user, &format!("{user}-session")).await,
             Side::Baseline => batch(connection.client(), &baseline_end_sql(user)).await,
         }
     }
+
+    /// Our session-start of session `session` for `user`.
+    pub async fn start_session(&self, connection: &AdminConnection, user: &str, session: &str) -> Result<(), Error> {
+        let event = SessionEvent::from_value(session_event(user, session))?;
+        let req = request::prepare_start(&self.config, &self.database, &event)?;
+        engine::session_start(connection, &req).await.map(drop)
+    }
+
+    /// Our session-end of session `session` for `user`.
+    pub async fn end_session(&self, connection: &AdminConnection, user: &str, session: &str) -> Result<(), Error> {
+        let event = SessionEvent::from_value(session_event(user, session))?;
+        let req = request::prepare_end(&self.config, &self.database, &event)?;
+        engine::session_end(connection, &req, &engine::NoOtherDatabases).await.map(drop)
+    }
 }
 
-fn session_event(user: &str) -> serde_json::Value {
+fn session_event(user: &str, session: &str) -> serde_json::Value {
     serde_json::json!({
-        "session_id": format!("{user}-session"), "user": user, "roles": ["bench"],
+        "session_id": session, "user": user, "roles": ["bench"],
         "database": "main", "db_name": "postgres",
     })
 }
@@ -153,6 +159,14 @@ pub fn baseline_start_sql(user: &str) -> String {
     }
     sql.push_str(" COMMIT");
     sql
+}
+
+/// The baseline session-start of a user that exists (one a `keep` end left): login again and
+/// the roles granted again.
+pub fn baseline_restart_sql(user: &str) -> String {
+    let roles: Vec<String> = ROLES.iter().map(|r| quote_ident(r)).collect();
+    let user = quote_ident(user);
+    format!("BEGIN; ALTER ROLE {user} LOGIN; GRANT {} TO {user}; COMMIT", roles.join(", "))
 }
 
 /// The baseline session-end: the end state of `keep` (roles revoked, group kept, no login).

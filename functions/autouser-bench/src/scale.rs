@@ -1,0 +1,131 @@
+//! The cost of a session as the admin's managed users grow (issue 18): on one durable server, a
+//! population of kept users (each started and ended in `keep`, as a few thousand engineers
+//! leave it within months) is built up to each size in turn, and at each size warm
+//! session-starts of new users, warm session-starts of kept users and warm session-ends are
+//! timed, ours and the baseline's.
+//!
+//! From PostgreSQL 16 every role statement of a CREATEROLE admin walks the roles it created
+//! (BENCHMARKS.md, "What dominates at scale"); the ratio of ours at the largest size to ours at
+//! the smallest is what the run ends with.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use autouser_engine::pg::AdminConnection;
+use futures_util::future::join_all;
+use scratch_postgres::Cluster;
+
+use crate::provisioning::{baseline_restart_sql, batch, Side, Target};
+use crate::stats::Samples;
+
+/// Connections that build the population, each starting and ending users one after another.
+const POPULATION_CONCURRENCY: usize = 4;
+
+/// One side's latencies at one size.
+#[derive(Default)]
+pub struct SideTimes {
+    pub new_start: Samples,
+    pub kept_start: Samples,
+    pub end: Samples,
+}
+
+/// Both sides' latencies with `population` kept users on the server.
+pub struct SizeTimes {
+    pub population: usize,
+    pub sides: [SideTimes; 2],
+    /// How long growing the population to this size took.
+    pub built_in: std::time::Duration,
+}
+
+/// For each size of `sizes` (ascending), the population grown to it, then `iterations` new
+/// users per side started (timed), ended (timed), started again as kept users (timed) and
+/// ended again.
+pub async fn measure(cluster: &Cluster, sizes: &[usize], iterations: usize) -> Result<Vec<SizeTimes>, String> {
+    let failed = |step: &str, e: autouser_engine::Error| format!("scale benchmark, {step}: {e}");
+    let target = Target::new(cluster, cluster.port()).map_err(|e| failed("config", e))?;
+    let sides = [Side::Ours, Side::Baseline];
+    let mut clients = Vec::new();
+    for _ in sides {
+        clients.push(target.connect().await.map_err(|e| failed("admin connection", e))?);
+    }
+    let mut population = 0;
+    let mut results = Vec::new();
+    for &size in sizes {
+        let began = Instant::now();
+        grow_population(&target, population, size).await?;
+        let built_in = began.elapsed();
+        population = size;
+        let mut times = [SideTimes::default(), SideTimes::default()];
+        for (n, side) in sides.into_iter().enumerate() {
+            let client = &clients[n];
+            let user = |i: usize| format!("scale-{size}-{}-{i}", side.name());
+            for i in 0..iterations {
+                let began = Instant::now();
+                target.start(side, client, &user(i)).await.map_err(|e| failed("new user's start", e))?;
+                times[n].new_start.push(began.elapsed());
+            }
+            for i in 0..iterations {
+                let began = Instant::now();
+                target.end(side, client, &user(i)).await.map_err(|e| failed("end", e))?;
+                times[n].end.push(began.elapsed());
+            }
+            for i in 0..iterations {
+                let began = Instant::now();
+                restart(&target, side, client, &user(i)).await?;
+                times[n].kept_start.push(began.elapsed());
+                end_restarted(&target, side, client, &user(i)).await?;
+            }
+        }
+        results.push(SizeTimes { population: size, sides: times, built_in });
+    }
+    Ok(results)
+}
+
+/// A kept user's next session (`<user>-again`): ours through the engine, the baseline's by its
+/// own SQL for a user that exists.
+async fn restart(target: &Target, side: Side, client: &AdminConnection, user: &str) -> Result<(), String> {
+    let result = match side {
+        Side::Ours => target.start_session(client, user, &format!("{user}-again")).await,
+        Side::Baseline => batch(client.client(), &baseline_restart_sql(user)).await,
+    };
+    result.map_err(|e| format!("scale benchmark, kept user's start: {e}"))
+}
+
+/// The end of the session [`restart`] opened.
+async fn end_restarted(target: &Target, side: Side, client: &AdminConnection, user: &str) -> Result<(), String> {
+    let result = match side {
+        Side::Ours => target.end_session(client, user, &format!("{user}-again")).await,
+        Side::Baseline => target.end(side, client, user).await,
+    };
+    result.map_err(|e| format!("scale benchmark, kept user's end: {e}"))
+}
+
+/// Starts and ends users `scale-kept-<from>` to `scale-kept-<to - 1>` through our engine, on
+/// [`POPULATION_CONCURRENCY`] connections: the kept users of a `keep` deployment.
+async fn grow_population(target: &Target, from: usize, to: usize) -> Result<(), String> {
+    let mut clients = Vec::new();
+    for _ in 0..POPULATION_CONCURRENCY {
+        clients.push(target.connect().await.map_err(|e| format!("scale benchmark, population connection: {e}"))?);
+    }
+    let next = AtomicUsize::new(from);
+    let outcomes = join_all(clients.iter().map(|client| {
+        let next = &next;
+        async move {
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= to {
+                    return Ok(());
+                }
+                let user = format!("scale-kept-{i}");
+                target.start(Side::Ours, client, &user).await.map_err(|e| format!("{user}'s start: {e}"))?;
+                target.end(Side::Ours, client, &user).await.map_err(|e| format!("{user}'s end: {e}"))?;
+            }
+        }
+    }))
+    .await;
+    outcomes
+        .into_iter()
+        .collect::<Result<Vec<()>, String>>()
+        .map_err(|e| format!("scale benchmark, population: {e}"))?;
+    Ok(())
+}
