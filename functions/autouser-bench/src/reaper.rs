@@ -63,8 +63,8 @@ pub async fn measure(cluster: &Cluster, managed: usize, changed: usize, runs: us
             .await
             .map_err(|e| setup("opening sessions", e))?;
     }
-    let expired = now + target.config.max_session_duration.as_secs() + 60;
-    let (closing, report) = timed_run(&target, &connection, expired).await.map_err(|e| setup("closing run", e))?;
+    let (closing, report) =
+        timed_run(&target, &connection, past_every_session).await.map_err(|e| setup("closing run", e))?;
     expect(&report, managed + changed, changed, 0)?;
 
     let unlock: String = (0..changed).map(|i| format!("ALTER ROLE {} LOGIN;", quote_ident(&idle(i)))).collect();

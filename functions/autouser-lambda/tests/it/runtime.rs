@@ -69,9 +69,19 @@ fn newest_file_under(dir: &Path) -> SystemTime {
     newest
 }
 
-/// A function's binary in this test's target directory (`target/debug`), built after every
-/// source it is built from.
-fn function_binary(name: &str) -> PathBuf {
+/// The newest modification time of the sources a function binary is built from.
+fn newest_function_source() -> SystemTime {
+    let root = workspace_root();
+    let lock = std::fs::metadata(root.join("Cargo.lock")).unwrap().modified().unwrap();
+    FUNCTION_CRATES
+        .iter()
+        .map(|c| newest_file_under(&root.join("functions").join(c).join("src")))
+        .fold(lock, SystemTime::max)
+}
+
+/// A function's binary in this test's target directory (`target/debug`), built after
+/// `newest_source`, the newest of the sources it is built from.
+fn function_binary(name: &str, newest_source: SystemTime) -> PathBuf {
     let test_binary = std::env::current_exe().unwrap();
     // target/debug/deps/it-<hash> → target/debug
     let profile_dir = test_binary.parent().and_then(Path::parent).unwrap();
@@ -80,18 +90,7 @@ fn function_binary(name: &str) -> PathBuf {
     let built = std::fs::metadata(&path)
         .and_then(|metadata| metadata.modified())
         .unwrap_or_else(|e| panic!("{}: {e}; {rebuild}", path.display()));
-    let root = workspace_root();
-    let mut sources: Vec<PathBuf> =
-        FUNCTION_CRATES.iter().map(|c| root.join("functions").join(c).join("src")).collect();
-    sources.push(root.join("Cargo.lock"));
-    for source in sources {
-        let changed = if source.is_dir() {
-            newest_file_under(&source)
-        } else {
-            std::fs::metadata(&source).unwrap().modified().unwrap()
-        };
-        assert!(built >= changed, "{} is older than {}: {rebuild}", path.display(), source.display());
-    }
+    assert!(built >= newest_source, "{} is older than its sources: {rebuild}", path.display());
     path
 }
 
@@ -132,10 +131,11 @@ impl Watch {
             assert!(Instant::now() < deadline, "cargo lambda watch did not listen:\n{}", watch.logs());
             std::thread::sleep(Duration::from_millis(100));
         }
+        let newest_source = newest_function_source();
         for name in FUNCTIONS {
             // The environment Lambda gives a function, and the config; nothing of this
             // process's own environment (AWS profiles, proxies) reaches it.
-            let mut command = Command::new(function_binary(name));
+            let mut command = Command::new(function_binary(name, newest_source));
             command
                 .env_clear()
                 .env("AWS_LAMBDA_RUNTIME_API", format!("http://127.0.0.1:{port}/.rt/{name}"))
