@@ -83,7 +83,13 @@ async fn create_in_one_round_trip(
     if connection.admin_is_superuser() != Some(false) {
         return Ok(None);
     }
-    let expected = ObservedState::expected_for_new_user(req);
+    // The creator applies on PostgreSQL 16+; an unknown version takes the read path.
+    let creator_applies = match connection.server_major() {
+        Some(major) => major >= 16,
+        None if req.target.creator.is_some() => return Ok(None),
+        None => false,
+    };
+    let expected = ObservedState::expected_for_new_user(req, creator_applies);
     // Nothing was read, so the server's clock is not known yet: the ledger's statement puts it in.
     let Ok(StartDecision::Apply { steps, ledger, created_user: true, .. }) =
         plan::plan_start(req, &expected, STARTED_AT_SERVER_CLOCK)
@@ -358,8 +364,7 @@ async fn run_end(
                 .map_err(|failure| in_doubt(connection, t, failure, &planned))?;
             Ok(end_connections(client, req, state, planned).await)
         }
-        EndDecision::Drop { mode, reassign_to, before_drop, after_drop, fallback, objects } => {
-            let drop = Step::DropUser { user: t.db_user.clone() };
+        EndDecision::Drop { mode, reassign_to, before_drop, drop, after_drop, fallback, objects } => {
             let mut statements: Vec<Statement> = before_drop.iter().map(Statement::Step).collect();
             statements.push(Statement::Raw(sql::SAVEPOINT_DROP));
             let hand_over_here = match &reassign_to {
@@ -413,11 +418,11 @@ async fn run_end(
                         let planned = planned(locked_instead(&blocked));
                         return keep_instead_of_drop(connection, req, state, &fallback, planned).await;
                     }
-                    plan::hand_over_objects(t, inheritor, false)
+                    plan::hand_over_objects(t, state, inheritor, false)
                 }
             };
             statements.extend(hand_over_here.iter().map(Statement::Step));
-            statements.push(Statement::Step(&drop));
+            statements.extend(drop.iter().map(Statement::Step));
             statements.extend(after_drop.iter().map(Statement::Step));
             match run_pipelined(client, &statements).await {
                 Ok(()) => {
@@ -681,7 +686,7 @@ async fn hand_over_in(
         }
     };
     let client = connection.client();
-    let steps = plan::hand_over_objects(t, inheritor, true);
+    let steps = plan::hand_over_objects(t, state, inheritor, true);
     let mut statements = vec![Statement::Raw(sql::BEGIN)];
     statements.extend(steps.iter().map(Statement::Step));
     statements.push(Statement::Raw(sql::COMMIT));
@@ -1148,7 +1153,7 @@ async fn begin_and_read(
     };
     let lock_key = sql::user_lock_key(&t.db_user);
     let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&lock_key, Type::INT8)];
-    let read_params: [&(dyn ToSql + Sync); 4] = [&t.db_user, &t.managed_group, &candidates, &t.session_id];
+    let read_params: [&(dyn ToSql + Sync); 5] = [&t.db_user, &t.managed_group, &candidates, &t.session_id, &t.creator];
     let begin = client.simple_query(sql::BEGIN);
     let lock = client.query_typed(sql::LOCK_USER, &lock_params);
     let read = client.query(read_state, &read_params);
@@ -1204,6 +1209,10 @@ async fn begin_and_read(
         session_ended_in_group: row.get("session_ended_in_group"),
         server_now: u64::try_from(row.get::<_, i64>("server_now")).unwrap_or(0),
         objects: objects.map(|(schemas, objects)| ObjectState { database: current_database, schemas, objects }),
+        creator: row.get("creator"),
+        creator_ready: row.get("creator_ready"),
+        creator_admins_user: row.get("creator_admins_user"),
+        creator_grants: get("creator_grants").into_iter().collect(),
     };
     connection.saw_user(&t.db_user, state.user_exists);
     Ok(state)
@@ -1297,15 +1306,15 @@ async fn step_failure(
                 }
                 _ => Error::MissingCreateRole { admin },
             },
-            Some(Step::GrantRoles { roles, .. } | Step::RevokeRoles { roles, .. }) => {
-                match roles_lacking_admin_option(client, roles).await {
-                    Ok(lacking) if !lacking.is_empty() => Error::MissingAdminOption { admin, role: lacking[0].clone() },
-                    _ if roles.iter().any(|role| role == RDS_IAM_ROLE) => {
-                        Error::MissingAdminOption { admin, role: RDS_IAM_ROLE.into() }
-                    }
-                    _ => Error::PermissionDenied { admin, action: describe(&statement), detail },
+            Some(
+                Step::GrantRoles { roles, .. } | Step::RevokeRoles { roles, .. } | Step::PrepareCreator { roles, .. },
+            ) => match roles_lacking_admin_option(client, roles).await {
+                Ok(lacking) if !lacking.is_empty() => Error::MissingAdminOption { admin, role: lacking[0].clone() },
+                _ if roles.iter().any(|role| role == RDS_IAM_ROLE) => {
+                    Error::MissingAdminOption { admin, role: RDS_IAM_ROLE.into() }
                 }
-            }
+                _ => Error::PermissionDenied { admin, action: describe(&statement), detail },
+            },
             // PostgreSQL 16+ lets a CREATEROLE admin alter or drop only roles it holds
             // WITH ADMIN OPTION (it gets that option on the roles it creates).
             Some(Step::SetLogin { user, .. } | Step::WriteLedger { user, .. } | Step::DropUser { user })
@@ -1363,6 +1372,11 @@ fn describe(statement: &Statement<'_>) -> String {
         Statement::Step(Step::RevokeSchemaUsage { schemas, user }) => {
             format!("revoking USAGE on schemas {schemas:?} from {user:?}")
         }
+        Statement::Step(Step::SetRole { role: Some(role) }) => format!("switching to the creator role {role:?}"),
+        Statement::Step(Step::SetRole { role: None }) => "switching back to the admin".to_string(),
+        Statement::Step(Step::PrepareCreator { creator, roles }) => {
+            format!("preparing the creator role {creator:?} (ADMIN OPTION on {roles:?})")
+        }
         Statement::Raw(text) => (*text).to_string(),
     }
 }
@@ -1412,11 +1426,11 @@ pub async fn plan_call(
                                         elsewhere: elsewhere
                                             .into_iter()
                                             .map(|db| {
-                                                let steps = plan::hand_over_objects(t, inheritor, true);
+                                                let steps = plan::hand_over_objects(t, &state, inheritor, true);
                                                 (db, steps)
                                             })
                                             .collect(),
-                                        here: plan::hand_over_objects(t, inheritor, false),
+                                        here: plan::hand_over_objects(t, &state, inheritor, false),
                                     })
                                 })
                                 .map_err(|error| {

@@ -177,6 +177,7 @@ impl<'a> ConnectParams<'a> {
 pub struct AdminConnection {
     client: Client,
     admin_is_superuser: Option<bool>,
+    server_major: Option<u32>,
     read_state: tokio::sync::OnceCell<tokio_postgres::Statement>,
     object_listing: tokio::sync::OnceCell<ObjectListingStatements>,
     existing_users: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -220,11 +221,17 @@ impl AdminConnection {
         self.admin_is_superuser
     }
 
+    /// The server's major version (`16` of `16.4`), as it reported at login.
+    pub fn server_major(&self) -> Option<u32> {
+        self.server_major
+    }
+
     /// [`sql::READ_STATE`], prepared on its first use (one round trip).
     pub(crate) async fn read_state(&self) -> Result<&tokio_postgres::Statement, tokio_postgres::Error> {
         self.read_state
             .get_or_try_init(|| {
-                self.client.prepare_typed(sql::READ_STATE, &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY, Type::TEXT])
+                self.client
+                    .prepare_typed(sql::READ_STATE, &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY, Type::TEXT, Type::TEXT])
             })
             .await
     }
@@ -268,10 +275,11 @@ impl AdminConnection {
 
 /// Opens an admin connection for the engine; see [`connect`].
 pub async fn connect_admin(params: &ConnectParams<'_>) -> Result<AdminConnection, Error> {
-    let (client, admin_is_superuser) = open(params).await?;
+    let (client, LoginReport { admin_is_superuser, server_major }) = open(params).await?;
     Ok(AdminConnection {
         client,
         admin_is_superuser,
+        server_major,
         read_state: tokio::sync::OnceCell::new(),
         object_listing: tokio::sync::OnceCell::new(),
         existing_users: std::sync::Mutex::new(std::collections::HashSet::new()),
@@ -284,7 +292,7 @@ pub async fn connect(params: &ConnectParams<'_>) -> Result<Client, Error> {
 }
 
 /// The client, driven on the current tokio runtime, and the server's `is_superuser` report.
-async fn open(params: &ConnectParams<'_>) -> Result<(Client, Option<bool>), Error> {
+async fn open(params: &ConnectParams<'_>) -> Result<(Client, LoginReport), Error> {
     let endpoint = params.endpoint();
     if params.tls.mode != TlsMode::VerifyFull {
         tracing::warn!(%endpoint, mode = ?params.tls.mode, "TLS verification is lowered by configuration (tls.mode)");
@@ -319,9 +327,9 @@ async fn open(params: &ConnectParams<'_>) -> Result<(Client, Option<bool>), Erro
         if params.tls.mode == TlsMode::Disable {
             config.ssl_mode(SslMode::Disable);
             let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
-            let admin_is_superuser = connection.parameter("is_superuser").map(|value| value == "on");
+            let report = LoginReport::of(&connection);
             tokio::spawn(drive(connection));
-            Ok::<_, ConnectFailure>((client, admin_is_superuser))
+            Ok::<_, ConnectFailure>((client, report))
         } else {
             config.ssl_mode(SslMode::Require);
             let client_identity = match params.credentials {
@@ -334,12 +342,12 @@ async fn open(params: &ConnectParams<'_>) -> Result<(Client, Option<bool>), Erro
                 tls::connector(params.tls.mode, params.tls.ca_pem.as_deref(), client_identity, params.host)?;
             let (client, connection) =
                 config.connect(tls).await.map_err(|error| ConnectFailure::Tls { error, failure })?;
-            let admin_is_superuser = connection.parameter("is_superuser").map(|value| value == "on");
+            let report = LoginReport::of(&connection);
             tokio::spawn(drive(connection));
-            Ok((client, admin_is_superuser))
+            Ok((client, report))
         }
     };
-    let result: Result<(Client, Option<bool>), ConnectFailure> =
+    let result: Result<(Client, LoginReport), ConnectFailure> =
         match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), connecting).await {
             Ok(result) => result,
             Err(_) => {
@@ -354,6 +362,27 @@ async fn open(params: &ConnectParams<'_>) -> Result<(Client, Option<bool>), Erro
             classify_connect_error(error, params, endpoint, verify_failure)
         }
     })
+}
+
+/// What the server reports about the session at login.
+struct LoginReport {
+    admin_is_superuser: Option<bool>,
+    server_major: Option<u32>,
+}
+
+impl LoginReport {
+    fn of<S, T>(connection: &tokio_postgres::Connection<S, T>) -> LoginReport
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        LoginReport {
+            admin_is_superuser: connection.parameter("is_superuser").map(|value| value == "on"),
+            server_major: connection
+                .parameter("server_version")
+                .and_then(|version| version.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()),
+        }
+    }
 }
 
 async fn drive<S, T>(connection: tokio_postgres::Connection<S, T>)

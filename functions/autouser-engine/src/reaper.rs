@@ -229,6 +229,7 @@ where
         admin: db.admin_user.name.clone(),
         managed_group: config.managed_group.clone(),
         endpoint: db.endpoint(),
+        creator: config.creator_role_for(user),
     };
     let failed = |user: &str, error: Error| Failed {
         db_user: user.to_string(),

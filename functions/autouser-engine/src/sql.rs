@@ -33,7 +33,8 @@ pub fn quote_literal(value: &str) -> String {
 pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock($1::bigint)";
 
 /// Everything the planner needs to know, in one round trip.
-/// `$1` user name, `$2` managed group, `$3` names of roles the plan may grant, `$4` session id.
+/// `$1` user name, `$2` managed group, `$3` names of roles the plan may grant, `$4` session id,
+/// `$5` the user's creator role (NULL without `creator_roles`).
 ///
 /// Prepared once per connection and run with a generic plan ([`crate::pg::AdminConnection`]),
 /// so every lookup is by an indexed key: names through `pg_roles.rolname`, memberships through
@@ -53,12 +54,34 @@ SELECT
   -- memberships granted by someone else, as two parallel arrays (role, grantor).
   ARRAY(SELECT pg_catalog.pg_get_userbyid(m.roleid)::text
           FROM pg_catalog.pg_auth_members m
-         WHERE m.member = u.oid AND m.grantor <> admin.oid AND admin.revokes_own_grants_only
+         WHERE m.member = u.oid AND m.grantor <> admin.oid AND m.grantor IS DISTINCT FROM creator.oid
+           AND admin.revokes_own_grants_only
          ORDER BY m.roleid, m.grantor) AS foreign_grant_roles,
   ARRAY(SELECT pg_catalog.pg_get_userbyid(m.grantor)::text
           FROM pg_catalog.pg_auth_members m
-         WHERE m.member = u.oid AND m.grantor <> admin.oid AND admin.revokes_own_grants_only
+         WHERE m.member = u.oid AND m.grantor <> admin.oid AND m.grantor IS DISTINCT FROM creator.oid
+           AND admin.revokes_own_grants_only
          ORDER BY m.roleid, m.grantor) AS foreign_grant_grantors,
+  -- The creator role (creator_roles) runs the user's role statements on PostgreSQL 16+ for an
+  -- admin that is not a superuser: see plan::run_as_creator.
+  CASE WHEN admin.revokes_own_grants_only THEN $5::text END AS creator,
+  EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+           WHERE m.roleid = u.oid AND m.member = creator.oid AND m.admin_option) AS creator_admins_user,
+  ARRAY(SELECT DISTINCT pg_catalog.pg_get_userbyid(m.roleid)::text
+          FROM pg_catalog.pg_auth_members m
+         WHERE m.member = u.oid AND m.grantor = creator.oid
+         ORDER BY 1) AS creator_grants,
+  -- Ready: the admin granted itself a membership in the creator (with SET, see
+  -- PrepareCreator), and the creator holds ADMIN OPTION on the group and on the roles of $3
+  -- that exist.
+  creator.oid IS NOT NULL
+    AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                 WHERE m.roleid = creator.oid AND m.member = admin.oid AND m.grantor = admin.oid)
+    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                     WHERE (r.rolname = $2::text OR r.rolname = ANY ($3::text[]))
+                       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                                        WHERE m.roleid = r.oid AND m.member = creator.oid AND m.admin_option))
+    AS creator_ready,
   EXISTS (SELECT 1 FROM pg_catalog.pg_roles g WHERE g.rolname = $2::text) AS group_exists,
   ARRAY(SELECT r.rolname::text
           FROM pg_catalog.unnest($3::text[]) AS wanted(name)
@@ -90,7 +113,8 @@ FROM (SELECT a.oid,
                AS revokes_own_grants_only
         FROM pg_catalog.pg_roles a
        WHERE a.rolname = current_user) AS admin
-LEFT JOIN pg_catalog.pg_roles u ON u.rolname = $1::text";
+LEFT JOIN pg_catalog.pg_roles u ON u.rolname = $1::text
+LEFT JOIN pg_catalog.pg_roles creator ON creator.rolname = $5::text";
 
 /// Schemas that are not PostgreSQL's own: objects there can carry `db_permissions`.
 macro_rules! user_schemas {
@@ -360,8 +384,9 @@ ORDER BY 2, 3, 4"
 );
 
 /// The managed users (direct members of the group `$1`, but not the admin, which on
-/// PostgreSQL 16+ is a member of the group it created): whether each can log in, its ledger,
-/// and its live connections on the whole server.
+/// PostgreSQL 16+ is a member of the group it created, nor the creator roles, which hold it
+/// WITH ADMIN OPTION): whether each can log in, its ledger, and its live connections on the
+/// whole server.
 pub const LIST_MANAGED_USERS: &str = "\
 SELECT u.rolname::text AS name, u.rolcanlogin AS can_login,
   (SELECT d.description FROM pg_catalog.pg_shdescription d
@@ -372,6 +397,7 @@ WHERE u.oid IN (SELECT m.member FROM pg_catalog.pg_auth_members m
                   JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
                  WHERE g.rolname = $1::text)
   AND u.rolname <> current_user
+  AND NOT pg_catalog.starts_with(u.rolname::text, $1::text || '-creator-')
 ORDER BY 1";
 
 /// What `autouser status` shows of a database, in one query whatever the number of users:
@@ -380,7 +406,8 @@ ORDER BY 1";
 /// memberships, and those granted by a role other than the admin as two parallel arrays
 /// (role, grantor); and on every row the login roles outside the group, as preflight lists
 /// them. With no member, one row whose `name` is NULL. A superuser admin's grants are
-/// recorded (PostgreSQL 16+) as the bootstrap superuser's (OID 10), so those are its own.
+/// recorded (PostgreSQL 16+) as the bootstrap superuser's (OID 10), so those are its own; so
+/// are the grants of the creator roles (`<group>-creator-<n>`), which are not listed as users.
 pub const STATUS: &str = "\
 WITH admin AS (SELECT a.oid, a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolname = current_user),
 unmanaged AS (
@@ -403,10 +430,12 @@ SELECT unmanaged.names AS unmanaged_logins,
   ARRAY(SELECT pg_catalog.pg_get_userbyid(m.roleid)::text
           FROM pg_catalog.pg_auth_members m
          WHERE m.member = u.oid AND m.grantor <> admin.oid AND NOT (admin.rolsuper AND m.grantor = 10)
+           AND NOT pg_catalog.starts_with(pg_catalog.pg_get_userbyid(m.grantor)::text, $1::text || '-creator-')
          ORDER BY m.roleid, m.grantor) AS foreign_grant_roles,
   ARRAY(SELECT pg_catalog.pg_get_userbyid(m.grantor)::text
           FROM pg_catalog.pg_auth_members m
          WHERE m.member = u.oid AND m.grantor <> admin.oid AND NOT (admin.rolsuper AND m.grantor = 10)
+           AND NOT pg_catalog.starts_with(pg_catalog.pg_get_userbyid(m.grantor)::text, $1::text || '-creator-')
          ORDER BY m.roleid, m.grantor) AS foreign_grant_grantors
 FROM admin
 CROSS JOIN unmanaged
@@ -415,6 +444,7 @@ LEFT JOIN pg_catalog.pg_roles u
                  JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
                 WHERE g.rolname = $1::text)
  AND u.rolname <> current_user
+ AND NOT pg_catalog.starts_with(u.rolname::text, $1::text || '-creator-')
 ORDER BY u.rolname";
 
 /// Ends every connection of the role with OID `$1` but our own, and counts them. Needs the
@@ -553,7 +583,51 @@ pub fn render(step: &Step) -> String {
         Step::RevokeSchemaUsage { schemas, user } => {
             format!("REVOKE USAGE ON SCHEMA {} FROM {}", quote_idents(schemas), quote_ident(user))
         }
+        Step::SetRole { role: Some(role) } => format!("SET LOCAL ROLE {}", quote_ident(role)),
+        Step::SetRole { role: None } => "SET LOCAL ROLE NONE".to_string(),
+        Step::PrepareCreator { creator, roles } => prepare_creator(creator, roles),
     }
+}
+
+/// See [`Step::PrepareCreator`]: one `DO` block, as the admin, that changes only what is
+/// missing. A concurrent creation of the creator (another user's start) is waited for and
+/// taken as done. PostgreSQL 16+ only (`set_option`).
+fn prepare_creator(creator: &str, roles: &[String]) -> String {
+    let roles: Vec<String> = roles.iter().map(|role| quote_literal(role)).collect();
+    let body = format!(
+        "DECLARE \
+           creator_name constant text := {creator}; \
+           creator_oid oid; \
+           admin_oid oid := (SELECT a.oid FROM pg_catalog.pg_roles a WHERE a.rolname = current_user); \
+           role_name text; \
+         BEGIN \
+           SELECT r.oid INTO creator_oid FROM pg_catalog.pg_roles r WHERE r.rolname = creator_name; \
+           IF creator_oid IS NULL THEN \
+             BEGIN \
+               EXECUTE pg_catalog.format('CREATE ROLE %I NOLOGIN CREATEROLE', creator_name); \
+             EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; \
+             END; \
+             SELECT r.oid INTO creator_oid FROM pg_catalog.pg_roles r WHERE r.rolname = creator_name; \
+           END IF; \
+           IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
+                           WHERE m.roleid = creator_oid AND m.member = admin_oid AND m.grantor = admin_oid \
+                             AND m.set_option) THEN \
+             EXECUTE pg_catalog.format('GRANT %I TO %I WITH INHERIT FALSE, SET TRUE', creator_name, current_user); \
+           END IF; \
+           FOR role_name IN \
+             SELECT r.rolname FROM pg_catalog.pg_roles r \
+              WHERE r.rolname = ANY (ARRAY[{roles}]::text[]) \
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
+                                 WHERE m.roleid = r.oid AND m.member = creator_oid AND m.admin_option) \
+              ORDER BY 1 \
+           LOOP \
+             EXECUTE pg_catalog.format('GRANT %I TO %I WITH ADMIN OPTION', role_name, creator_name); \
+           END LOOP; \
+         END",
+        creator = quote_literal(creator),
+        roles = roles.join(", "),
+    );
+    format!("DO {}", quote_literal(&body))
 }
 
 fn quote_idents(names: &[String]) -> String {

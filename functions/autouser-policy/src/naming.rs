@@ -18,6 +18,32 @@ const SERVER_ROLES: &[&str] = &["postgres", "rdsadmin", "rdsrepladmin"];
 /// the writers of the managed group's comment: see [`crate::sql::ENDED_SESSIONS_LOCK_ROLE`].
 pub const ENDED_SESSIONS_LOCK_ROLE: &str = "pg-autouser-ended-sessions-lock";
 
+/// The most creator roles a config may ask for (`creator_roles`).
+pub const MAX_CREATOR_ROLES: u32 = 1024;
+
+/// The name of creator role `index` of the managed group `group`: `<group>-creator-<index>`.
+/// Creator roles (`creator_roles`, PostgreSQL 16+) create and manage the users, so that each
+/// role statement's check of the creator's memberships walks only its own share of them.
+pub fn creator_role_name(group: &str, index: u32) -> String {
+    format!("{group}{}{index}", creator_role_infix())
+}
+
+fn creator_role_infix() -> &'static str {
+    "-creator-"
+}
+
+/// The creator role of `db_user` among `count` (at least 1): the same for a user in every
+/// release and process, from [`crate::stable_hash`].
+pub fn creator_role_for(group: &str, count: u32, db_user: &str) -> String {
+    let hash = crate::stable_hash::fnv1a_64(b"pg-autouser creator\0".iter().chain(db_user.as_bytes()).copied());
+    creator_role_name(group, (hash % u64::from(count)) as u32)
+}
+
+/// Whether `name` is shaped like a creator role of `group` (whatever the count).
+pub fn is_creator_role_name(group: &str, name: &str) -> bool {
+    name.strip_prefix(group).and_then(|rest| rest.strip_prefix(creator_role_infix())).is_some()
+}
+
 /// Prefixes PostgreSQL (`pg_`) and RDS (`rds_`) reserve for their own roles.
 const RESERVED_PREFIXES: &[&str] = &["pg_", "rds_"];
 
@@ -82,6 +108,9 @@ pub fn validate_db_user(
     if name == ENDED_SESSIONS_LOCK_ROLE {
         return reserved("pg-autouser takes this name as a lock");
     }
+    if is_creator_role_name(managed_group, name) {
+        return reserved("it is shaped like a creator role of the managed group");
+    }
     if SERVER_ROLES.contains(&name) {
         return reserved("it is a server or RDS role");
     }
@@ -98,6 +127,19 @@ pub fn validate_db_user(
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn creator_roles_are_stable_spread_and_reserved() {
+        // Pinned: a user's creator never changes between releases.
+        assert_eq!(creator_role_for("grp", 64, "alice"), creator_role_for("grp", 64, "alice"));
+        let used: std::collections::BTreeSet<String> =
+            (0..1000).map(|i| creator_role_for("grp", 8, &format!("user{i}"))).collect();
+        assert_eq!(used.len(), 8, "{used:?}");
+        assert!(used.iter().all(|name| is_creator_role_name("grp", name)));
+        assert_eq!(creator_role_name("grp", 7), "grp-creator-7");
+        assert!(matches!(validate_db_user("grp-creator-3", "admin", "grp", "heir"), Err(NameError::Reserved { .. })));
+        assert!(validate_db_user("grp-creators", "admin", "grp", "heir").is_ok());
+    }
 
     #[test]
     fn local_user_keeps_their_name() {

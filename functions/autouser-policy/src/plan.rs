@@ -47,6 +47,18 @@ pub struct ObservedState {
     /// The objects of the connected database, listed when object permissions are in play:
     /// the session has rules, or the ledger says privileges were granted in this database.
     pub objects: Option<ObjectState>,
+    /// The user's creator role ([`Target::creator`]) when it applies: PostgreSQL 16+ and an
+    /// admin that is not a superuser. See [`run_as_creator`].
+    pub creator: Option<String>,
+    /// The creator exists, the admin holds a membership in it that it granted itself (with
+    /// SET), and the creator holds ADMIN OPTION on the managed group and on every role of the
+    /// read that exists: nothing to prepare first.
+    pub creator_ready: bool,
+    /// The creator holds ADMIN OPTION on the user: it created it. A user created by the admin
+    /// (before `creator_roles` was set) stays the admin's to manage.
+    pub creator_admins_user: bool,
+    /// The user's memberships the creator granted, which only it may revoke.
+    pub creator_grants: BTreeSet<String>,
 }
 
 impl ObservedState {
@@ -54,10 +66,16 @@ impl ObservedState {
     /// and every wanted role present, none of them a superuser, a writable server. The
     /// one-round-trip start ([`crate::engine`]) plans from this instead of reading; any
     /// difference makes one of its statements fail, and it falls back to reading.
-    pub fn expected_for_new_user(req: &StartRequest) -> ObservedState {
+    ///
+    /// `creator_applies`: the server is PostgreSQL 16+ (the admin is not a superuser, or the
+    /// engine would not start in one round trip); the creator is then expected ready.
+    pub fn expected_for_new_user(req: &StartRequest, creator_applies: bool) -> ObservedState {
+        let creator = req.target.creator.clone().filter(|_| creator_applies);
         ObservedState {
             group_exists: true,
             existing_roles: req.db_roles.union(&req.platform_roles).cloned().collect(),
+            creator_ready: creator.is_some(),
+            creator,
             ..ObservedState::default()
         }
     }
@@ -149,6 +167,18 @@ pub enum Step {
         schemas: Vec<String>,
         user: String,
     },
+    /// `SET LOCAL ROLE`: the statements after it run as `role` (`None`: the admin again),
+    /// until the next one or the end of the transaction. Placed by [`run_as_creator`].
+    SetRole {
+        role: Option<String>,
+    },
+    /// As the admin, makes `creator` ready where it is not: creates it (`NOLOGIN CREATEROLE`),
+    /// gives the admin a membership in it with SET and without INHERIT, and gives it ADMIN
+    /// OPTION on each of `roles`. Placed by [`run_as_creator`].
+    PrepareCreator {
+        creator: String,
+        roles: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -218,6 +248,8 @@ pub enum EndDecision {
         mode: CreateDbUserMode,
         reassign_to: Option<String>,
         before_drop: Vec<Step>,
+        /// `DROP ROLE`, as whoever manages the user ([`run_as_creator`]).
+        drop: Vec<Step>,
         after_drop: Vec<Step>,
         fallback: Vec<Step>,
         objects: ObjectCleanup,
@@ -396,6 +428,7 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
     if let Some(changes) = revoke_granted_before {
         steps.extend(object_steps(user, changes));
     }
+    let steps = run_as_creator(steps, t, state);
     Ok(StartDecision::Apply { steps, ledger, created_user: !state.user_exists, db_permissions })
 }
 
@@ -481,7 +514,7 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
         steps.push(Step::ReserveName { user: user.clone() });
         steps.push(record_ended(req, vec![t.session_id.clone()]));
         return Ok(EndDecision::RecordEarly {
-            steps,
+            steps: run_as_creator(steps, t, state),
             reason: "the database user does not exist: the end is recorded, so that a start of this session \
                      delivered later is refused",
             open_sessions: 0,
@@ -505,7 +538,7 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
         let mut steps = lock_and_guard(user, state.user_can_login, state);
         steps.push(write_ledger(user, &ledger));
         return Ok(EndDecision::RecordEarly {
-            steps,
+            steps: run_as_creator(steps, t, state),
             reason: "the session is unknown: its end is recorded, so that a start of it delivered later is refused",
             open_sessions: ledger.sessions.len(),
         });
@@ -521,6 +554,7 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
         let mut steps = lock_and_guard(user, true, state);
         steps.push(write_ledger(user, &ledger));
         steps.extend(revoke_objects);
+        let steps = run_as_creator(steps, t, state);
         return Ok(EndDecision::InUse { steps, ledger, mode: record.mode, objects });
     }
     // Object privileges go before the drop: they are dependencies that would block it.
@@ -532,7 +566,8 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
         }
         mode => {
             let keep = keep_steps(t, state, &ledger);
-            EndDecision::Deactivate { steps: before.into_iter().chain(keep).collect(), mode, objects }
+            let steps = run_as_creator(before.into_iter().chain(keep).collect(), t, state);
+            EndDecision::Deactivate { steps, mode, objects }
         }
     })
 }
@@ -548,13 +583,15 @@ fn drop_decision(
     objects: ObjectCleanup,
 ) -> EndDecision {
     let blocked = Ledger { blocked_drop: Some(mode), ..ledger.clone() };
+    let t = &req.target;
     EndDecision::Drop {
         mode,
         reassign_to: (mode == CreateDbUserMode::BestEffortReassignAndDrop).then(|| req.object_inheritor.clone()),
-        before_drop: before,
+        before_drop: run_as_creator(before, t, state),
+        drop: run_as_creator(vec![Step::DropUser { user: t.db_user.clone() }], t, state),
         // The user's ledger goes with it: its ended sessions move to the group's comment.
-        after_drop: vec![record_ended(req, ledger.ended)],
-        fallback: keep_steps(&req.target, state, &blocked),
+        after_drop: run_as_creator(vec![record_ended(req, ledger.ended)], t, state),
+        fallback: run_as_creator(keep_steps(t, state, &blocked), t, state),
         objects,
     }
 }
@@ -615,7 +652,7 @@ pub fn plan_lock(t: &Target, state: &ObservedState) -> Result<Option<Vec<Step>>,
     if !held.is_empty() {
         steps.push(Step::RevokeRoles { roles: held, user: t.db_user.clone() });
     }
-    Ok(Some(steps))
+    Ok(Some(run_as_creator(steps, t, state)))
 }
 
 /// The steps that hand the objects of a user whose drop is planned to `inheritor`, in one
@@ -623,7 +660,7 @@ pub fn plan_lock(t: &Target, state: &ObservedState) -> Result<Option<Vec<Step>>,
 /// them; PostgreSQL 16+ gives a role's creator only ADMIN OPTION on it), reassigns, and
 /// revokes what is left. In a database other than the end's own (`elsewhere`), the admin gives
 /// the membership back before that transaction commits; in the end's own, the drop removes it.
-pub fn hand_over_objects(t: &Target, inheritor: &str, elsewhere: bool) -> Vec<Step> {
+pub fn hand_over_objects(t: &Target, state: &ObservedState, inheritor: &str, elsewhere: bool) -> Vec<Step> {
     let user = &t.db_user;
     let mut steps = vec![
         Step::GrantRoles { roles: vec![user.clone()], user: t.admin.clone() },
@@ -633,7 +670,7 @@ pub fn hand_over_objects(t: &Target, inheritor: &str, elsewhere: bool) -> Vec<St
     if elsewhere {
         steps.push(Step::RevokeRoles { roles: vec![user.clone()], user: t.admin.clone() });
     }
-    steps
+    run_as_creator(steps, t, state)
 }
 
 /// Creates the object inheritor, `NOLOGIN`, and gives the admin its privileges, which
@@ -643,6 +680,109 @@ pub fn create_object_inheritor(t: &Target, inheritor: &str) -> Vec<Step> {
         Step::CreateGroup { group: inheritor.to_string() },
         Step::GrantRoles { roles: vec![inheritor.to_string()], user: t.admin.clone() },
     ]
+}
+
+/// Who runs a step of a user that has a creator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Runner {
+    Admin,
+    Creator,
+    /// Needs no privilege on roles: runs as whoever runs the step before it.
+    Either,
+}
+
+fn runner(step: &Step) -> Runner {
+    match step {
+        Step::CreateUser { .. }
+        | Step::SetLogin { .. }
+        | Step::WriteLedger { .. }
+        | Step::DropUser { .. }
+        | Step::ReserveName { .. }
+        | Step::RecordEnded { .. }
+        | Step::GrantRoles { .. }
+        | Step::RevokeRoles { .. } => Runner::Creator,
+        Step::Guard { .. } | Step::RefuseIfEnded { .. } => Runner::Either,
+        // The group and the inheritor are the admin's; objects are granted with the admin's
+        // grant options; `REASSIGN OWNED` needs the admin's privileges of both roles.
+        Step::CreateGroup { .. }
+        | Step::ReassignOwned { .. }
+        | Step::DropOwned { .. }
+        | Step::GrantObjects { .. }
+        | Step::RevokeObjects { .. }
+        | Step::GrantSchemaUsage { .. }
+        | Step::RevokeSchemaUsage { .. }
+        | Step::SetRole { .. }
+        | Step::PrepareCreator { .. } => Runner::Admin,
+    }
+}
+
+/// Runs the role statements of `steps` as the user's creator, when it has one: the user was
+/// created by it, or is about to be. PostgreSQL 16+ checks a role statement of a CREATEROLE
+/// role by walking every membership of that role, and its creator is a member (WITH ADMIN
+/// OPTION) of every role it created: run as the admin, each statement's cost grows with all
+/// the users; run as a creator among `creator_roles`, with its share of them.
+///
+/// Adds [`Step::SetRole`] where the runner changes, and [`Step::PrepareCreator`] before the
+/// first statement of the creator unless [`ObservedState::creator_ready`]. The list starts and
+/// ends as the admin, so lists compose (and a savepoint between them rolls back to the admin).
+/// A `REVOKE` of the user's roles is split: what the creator granted it revokes, the rest
+/// (granted by the admin) the admin does. A user the admin created keeps being the admin's:
+/// `steps` come back unchanged, as they do without a creator.
+pub fn run_as_creator(steps: Vec<Step>, t: &Target, state: &ObservedState) -> Vec<Step> {
+    let Some(creator) = &state.creator else {
+        return steps;
+    };
+    if state.user_exists && !state.creator_admins_user {
+        return steps;
+    }
+    let mut split = Vec::with_capacity(steps.len());
+    for step in steps {
+        match step {
+            Step::RevokeRoles { roles, user } if user == t.db_user => {
+                let (by_creator, by_admin): (Vec<String>, Vec<String>) =
+                    roles.into_iter().partition(|role| state.creator_grants.contains(role));
+                if !by_creator.is_empty() {
+                    split.push((Runner::Creator, Step::RevokeRoles { roles: by_creator, user: user.clone() }));
+                }
+                if !by_admin.is_empty() {
+                    split.push((Runner::Admin, Step::RevokeRoles { roles: by_admin, user }));
+                }
+            }
+            step => split.push((runner(&step), step)),
+        }
+    }
+    let mut prepare = (!state.creator_ready).then(|| {
+        let mut roles: BTreeSet<String> = BTreeSet::from([t.managed_group.clone()]);
+        for (_, step) in &split {
+            if let Step::GrantRoles { roles: granted, user } = step {
+                if *user == t.db_user {
+                    roles.extend(granted.iter().cloned());
+                }
+            }
+        }
+        Step::PrepareCreator { creator: creator.clone(), roles: roles.into_iter().collect() }
+    });
+    let mut as_creator = false;
+    let mut out = Vec::with_capacity(split.len() + 4);
+    for (runs, step) in split {
+        match runs {
+            Runner::Creator if !as_creator => {
+                out.extend(prepare.take());
+                out.push(Step::SetRole { role: Some(creator.clone()) });
+                as_creator = true;
+            }
+            Runner::Admin if as_creator => {
+                out.push(Step::SetRole { role: None });
+                as_creator = false;
+            }
+            _ => {}
+        }
+        out.push(step);
+    }
+    if as_creator {
+        out.push(Step::SetRole { role: None });
+    }
+    out
 }
 
 fn lock_and_guard(user: &str, login: bool, state: &ObservedState) -> Vec<Step> {
@@ -677,6 +817,7 @@ mod tests {
             database: "orders".into(),
             db_name: "app".into(),
             admin_db_name: "app".into(),
+            creator: None,
             admin: "teleport-admin".into(),
             managed_group: "grp".into(),
             endpoint: "localhost:5432".into(),
@@ -718,25 +859,51 @@ mod tests {
 
     /// The state after `steps` ran, as far as the planner cares.
     fn apply(mut state: ObservedState, steps: &[Step]) -> ObservedState {
+        let mut as_creator = false;
         for step in steps {
             match step {
                 Step::CreateGroup { .. } => state.group_exists = true,
                 Step::CreateUser { .. } => {
                     state.user_exists = true;
                     state.user_can_login = true;
+                    state.creator_admins_user = as_creator;
                 }
-                Step::GrantRoles { roles, .. } => {
+                Step::GrantRoles { roles, user } if *user == "alice" => {
                     state.member_of.extend(roles.iter().cloned());
-                }
-                Step::RevokeRoles { roles, .. } => {
-                    for role in roles {
-                        state.member_of.remove(role);
+                    if as_creator {
+                        state.creator_grants.extend(roles.iter().cloned());
                     }
+                }
+                Step::RevokeRoles { roles, user } if *user == "alice" => {
+                    for role in roles {
+                        assert_eq!(as_creator, state.creator_grants.contains(role), "{role} revoked by its grantor");
+                        state.member_of.remove(role);
+                        state.creator_grants.remove(role);
+                    }
+                }
+                // The admin taking the user's privileges for a hand-over.
+                Step::GrantRoles { .. } | Step::RevokeRoles { .. } => {}
+                Step::SetRole { role } => {
+                    assert_eq!(role.as_ref(), state.creator.as_ref().filter(|_| !as_creator), "{steps:#?}");
+                    as_creator = role.is_some();
+                }
+                Step::PrepareCreator { .. } => {
+                    assert!(!as_creator);
+                    state.creator_ready = true;
                 }
                 Step::SetLogin { login, .. } => state.user_can_login = *login,
                 Step::WriteLedger { ledger, .. } => state.ledger_comment = Some(ledger.clone()),
                 Step::Guard { expected_ledger, .. } => assert_eq!(expected_ledger, &state.ledger_comment),
-                Step::DropUser { .. } => state = ObservedState { user_exists: false, ..state },
+                Step::DropUser { .. } => {
+                    assert_eq!(as_creator, state.creator.is_some() && state.creator_admins_user);
+                    state = ObservedState {
+                        user_exists: false,
+                        member_of: BTreeSet::new(),
+                        creator_grants: BTreeSet::new(),
+                        creator_admins_user: false,
+                        ..state
+                    }
+                }
                 Step::ReserveName { .. } => assert!(!state.user_exists),
                 // Ownership is not part of the observed state.
                 Step::ReassignOwned { .. } | Step::DropOwned { .. } => {}
@@ -798,6 +965,99 @@ mod tests {
         let state = apply(fresh_server(), &steps);
         assert_eq!(state.member_of, set(&["grp", "reader"]));
         assert!(state.user_can_login);
+    }
+
+    fn with_creator(state: ObservedState) -> ObservedState {
+        ObservedState { creator: Some("grp-creator-1".into()), ..state }
+    }
+
+    #[test]
+    fn with_a_creator_the_users_role_statements_run_as_it_and_the_rest_as_the_admin() {
+        let req = start("s1", &["reader"], CreateDbUserMode::Keep);
+        let StartDecision::Apply { steps, .. } = plan_start(&req, &with_creator(fresh_server()), 10).unwrap() else {
+            panic!("expected a plan")
+        };
+        let creator = Some("grp-creator-1".to_string());
+        assert_eq!(steps[0], Step::CreateGroup { group: "grp".into() });
+        // The group is new: the creator gets ADMIN OPTION on it, and on the granted role.
+        assert_eq!(
+            steps[1],
+            Step::PrepareCreator { creator: "grp-creator-1".into(), roles: vec!["grp".into(), "reader".into()] }
+        );
+        assert_eq!(steps[2], Step::SetRole { role: creator.clone() });
+        assert_eq!(steps[3], Step::CreateUser { user: "alice".into() });
+        assert_eq!(steps.last(), Some(&Step::SetRole { role: None }));
+        let state = apply(with_creator(fresh_server()), &steps);
+        assert!(state.creator_admins_user && state.creator_ready);
+        assert_eq!(state.creator_grants, set(&["grp", "reader"]));
+
+        // Ready now: no preparation; the end locks and revokes as the creator.
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s1"), &state).unwrap() else {
+            panic!("expected keep")
+        };
+        assert_eq!(steps[0], Step::SetRole { role: creator.clone() });
+        assert!(!steps.iter().any(|step| matches!(step, Step::PrepareCreator { .. })), "{steps:?}");
+        let state = apply(state, &steps);
+        assert_eq!(state.member_of, set(&["grp"]));
+        assert!(!state.user_can_login);
+
+        // A drop, and the end's record of it in the group's comment, run as the creator.
+        let state = started(state, &start("s2", &["reader"], CreateDbUserMode::BestEffortDrop));
+        let EndDecision::Drop { before_drop, drop, after_drop, fallback, .. } = plan_end(&end("s2"), &state).unwrap()
+        else {
+            panic!("expected a drop")
+        };
+        for list in [&before_drop, &drop, &after_drop, &fallback] {
+            assert_eq!(list.first(), Some(&Step::SetRole { role: creator.clone() }), "{list:?}");
+            assert_eq!(list.last(), Some(&Step::SetRole { role: None }), "{list:?}");
+        }
+        let dropped = apply(apply(apply(state.clone(), &before_drop), &drop), &after_drop);
+        assert!(!dropped.user_exists);
+        let kept = apply(apply(state, &before_drop), &fallback);
+        assert_eq!(kept.member_of, set(&["grp"]));
+    }
+
+    #[test]
+    fn with_a_creator_a_revoke_is_split_by_who_granted_it() {
+        // The creator granted reader; writer was granted as the admin (by an operator, say).
+        let mut state = started(with_creator(fresh_server()), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        state.member_of.insert("writer".into());
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s1"), &state).unwrap() else {
+            panic!("expected keep")
+        };
+        let mut as_creator = false;
+        let mut revokes = Vec::new();
+        for step in &steps {
+            match step {
+                Step::SetRole { role } => as_creator = role.is_some(),
+                Step::RevokeRoles { roles, .. } => revokes.push((roles, as_creator)),
+                _ => {}
+            }
+        }
+        assert_eq!(revokes, vec![(&vec!["reader".to_string()], true), (&vec!["writer".to_string()], false)]);
+        let state = apply(state, &steps);
+        assert_eq!(state.member_of, set(&["grp"]));
+    }
+
+    #[test]
+    fn a_user_the_admin_created_stays_the_admins_with_a_creator_configured() {
+        // Created before creator_roles was set: the creator holds no ADMIN OPTION on it.
+        let legacy = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        let legacy = ObservedState { creator_ready: true, ..with_creator(legacy) };
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s1"), &legacy).unwrap() else {
+            panic!("expected keep")
+        };
+        assert!(
+            !steps.iter().any(|step| matches!(step, Step::SetRole { .. } | Step::PrepareCreator { .. })),
+            "{steps:?}"
+        );
+        let state = apply(legacy, &steps);
+        let StartDecision::Apply { steps, .. } =
+            plan_start(&start("s2", &["reader"], CreateDbUserMode::Keep), &state, 20).unwrap()
+        else {
+            panic!("expected a plan")
+        };
+        assert!(!steps.iter().any(|step| matches!(step, Step::SetRole { .. })), "{steps:?}");
     }
 
     #[test]

@@ -28,6 +28,9 @@ pub struct Target {
     pub admin: String,
     pub managed_group: String,
     pub endpoint: String,
+    /// The user's creator role (`creator_roles`): on PostgreSQL 16+, with an admin that is not
+    /// a superuser, it creates the user and runs the user's role statements.
+    pub creator: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,7 +81,9 @@ fn target(config: &Config, db: &ResolvedDatabase, event: &SessionEvent) -> Resul
     // Object privileges are granted, and revoked, in the session's own database.
     let admin_db_name =
         if config.policy.has_db_permissions() { &event.db_name } else { db.admin_database(&event.db_name) };
+    let creator = config.creator_role_for(&db_user);
     Ok(Target {
+        creator,
         session_id: event.session_id.clone(),
         person: event.user.clone(),
         db_user,

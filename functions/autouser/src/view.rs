@@ -289,7 +289,7 @@ pub fn end_review(req: &EndRequest, planned: PlannedCall) -> Review {
             why.push("the user's last session: keep locks the user (NOLOGIN) and revokes its roles".into());
             ("deactivate", Some(mode), transaction(&steps))
         }
-        EndDecision::Drop { mode, reassign_to, before_drop, after_drop, fallback, .. } => {
+        EndDecision::Drop { mode, reassign_to, before_drop, drop, after_drop, fallback, .. } => {
             why.push(format!("the user's last session: {} drops the user", mode_name(mode)));
             let mut statements = vec![sql::BEGIN.to_string()];
             statements.extend(before_drop.iter().map(sql::render));
@@ -329,7 +329,7 @@ pub fn end_review(req: &EndRequest, planned: PlannedCall) -> Review {
             } else if reassign_to.is_some() {
                 notes.push("the user's objects go to the object inheritor before the drop".into());
             }
-            statements.push(sql::render(&Step::DropUser { user: t.db_user.clone() }));
+            statements.extend(drop.iter().map(sql::render));
             statements.extend(after_drop.iter().map(sql::render));
             statements.push(sql::COMMIT.to_string());
             fallback_statements.push(sql::ROLLBACK_TO_DROP.to_string());

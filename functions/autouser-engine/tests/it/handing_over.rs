@@ -96,21 +96,34 @@ fn owned_by(owner: &str, names: &[&str]) -> Vec<(String, String)> {
 #[tokio::test]
 async fn a_user_with_objects_in_two_databases_is_dropped_and_the_inheritor_owns_them_with_their_data() {
     let fx = writers_fixture("ho_two", "best_effort_reassign_and_drop").await;
+    hands_over_in_two_databases_and_drops(&fx).await;
+}
+
+/// With `creator_roles`, the creator gives the admin the user's privileges for the hand-over
+/// (PostgreSQL 16+: only a role holding ADMIN OPTION on the user can), and drops the user.
+#[tokio::test]
+async fn a_creators_user_with_objects_in_two_databases_is_handed_over_and_dropped() {
+    let mut fx = writers_fixture("ho_creator", "best_effort_reassign_and_drop").await;
+    fx.extra_yaml.push_str("creator_roles: 2\n");
+    hands_over_in_two_databases_and_drops(&fx).await;
+}
+
+async fn hands_over_in_two_databases_and_drops(fx: &Fixture) {
     let alice = fx.user("alice");
     fx.start(fx.event("s1", &alice, &["writers"])).await.unwrap();
-    create_objects(&fx, &alice).await;
+    create_objects(fx, &alice).await;
 
     let out = fx.end(fx.event("s1", &alice, &["writers"])).await.unwrap();
     assert_eq!(out.status, EndStatus::Dropped, "{out:?}");
     assert_eq!(out.drop_blocked, None);
     assert!(fx.state(&alice).await.is_none(), "the user is gone");
 
-    let heir = heir(&fx);
+    let heir = heir(fx);
     assert_eq!(
         owners(&fx.db, &["orders", "order_ids", "big_orders"]).await,
         owned_by(&heir, &["orders", "order_ids", "big_orders"])
     );
-    assert_eq!(owners(&other_db(&fx), &["notes"]).await, owned_by(&heir, &["notes"]));
+    assert_eq!(owners(&other_db(fx), &["notes"]).await, owned_by(&heir, &["notes"]));
     let here = connect(cluster().superuser(), &fx.db).await.unwrap();
     let row = here
         .query_one(
@@ -128,7 +141,7 @@ async fn a_user_with_objects_in_two_databases_is_dropped_and_the_inheritor_owns_
     assert_eq!(row.get::<_, i32>(3), 34, "the view still reads the table");
     assert!(row.get::<_, bool>(4), "who could read the table before still can");
     assert!(!row.get::<_, bool>(5), "the inheritor cannot log in");
-    let there = connect(cluster().superuser(), &other_db(&fx)).await.unwrap();
+    let there = connect(cluster().superuser(), &other_db(fx)).await.unwrap();
     let notes: i64 = there.query_one("SELECT count(*) FROM public.notes", &[]).await.unwrap().get(0);
     assert_eq!(notes, 3);
 

@@ -3,6 +3,7 @@
 
 mod concurrency;
 mod connection;
+mod creators;
 mod delivery;
 mod errors;
 mod faults;

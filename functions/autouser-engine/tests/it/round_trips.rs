@@ -18,7 +18,10 @@ struct Counted {
 
 impl Counted {
     async fn new(ns: &str) -> Counted {
-        let fx = Fixture::new(ns).await;
+        Counted::with(Fixture::new(ns).await)
+    }
+
+    fn with(fx: Fixture) -> Counted {
         let counter = RoundTripCounter::start(([127, 0, 0, 1], cluster().port()).into()).unwrap();
         let config = fx.config_on_port(counter.port());
         Counted { fx, counter, config }
@@ -62,6 +65,33 @@ async fn a_new_user_starts_in_one_round_trip() {
     assert!(state.login);
     assert_eq!(state.member_of, set(&[&c.fx.group, &c.fx.reader()]));
     assert!(state.comment.unwrap().contains("\"s1\""), "the ledger records the session");
+}
+
+/// With `creator_roles` (one, so that every user has the same), once the creator is ready a
+/// new user's start is still one round trip on every version.
+#[tokio::test]
+async fn with_a_creator_role_a_new_user_still_starts_in_one_round_trip() {
+    let mut fx = Fixture::new("rt_creator").await;
+    fx.extra_yaml = "creator_roles: 1\n".into();
+    let c = Counted::with(fx);
+    c.fx.start(c.fx.event("s0", &c.fx.user("first"), &["keep"])).await.unwrap(); // prepares the creator
+    let connection = c.connect().await;
+    let alice = c.fx.user("alice");
+    assert_eq!(c.start(&connection, "s1", &alice).await, 1);
+    let state = c.fx.state(&alice).await.expect("alice exists");
+    assert!(state.login);
+    assert_eq!(state.member_of, set(&[&c.fx.group, &c.fx.reader()]));
+    let creator_admins_alice: bool =
+        c.fx.superuser
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_auth_members m
+                             WHERE m.roleid = $1::text::regrole AND m.member::regrole::text = $2 AND m.admin_option)",
+                &[&alice, &format!("\"{}-creator-0\"", c.fx.group)],
+            )
+            .await
+            .unwrap()
+            .get(0);
+    assert_eq!(creator_admins_alice, crate::fixture::major() >= 16);
 }
 
 #[tokio::test]

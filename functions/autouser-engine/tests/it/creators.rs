@@ -1,0 +1,165 @@
+//! `creator_roles`: on PostgreSQL 16+ the users are created and managed by creator roles, each
+//! its share, so that the server's check of a role statement walks the memberships of one
+//! creator instead of every user the admin ever created. On 15 the setting changes nothing.
+//! Users created before it was set stay the admin's, and keep working.
+
+use autouser_policy::outcome::EndStatus;
+
+use crate::fixture::{cluster, connect, major, set, Fixture};
+
+/// Who holds what on `user`, as `(role, member, grantor, admin_option)` rows of
+/// `pg_auth_members` where `user` is the role or the member.
+async fn memberships(fx: &Fixture, user: &str) -> Vec<(String, String, String, bool)> {
+    let rows = fx
+        .superuser
+        .query(
+            "SELECT m.roleid::regrole::text, m.member::regrole::text, m.grantor::regrole::text, m.admin_option
+               FROM pg_auth_members m
+              WHERE m.member = $1::text::regrole OR m.roleid = $1::text::regrole
+              ORDER BY 1, 2, 3",
+            &[&user],
+        )
+        .await
+        .expect("memberships");
+    rows.iter()
+        .map(|row| {
+            let unquote = |name: String| name.trim_matches('"').to_string();
+            (unquote(row.get(0)), unquote(row.get(1)), unquote(row.get(2)), row.get(3))
+        })
+        .collect()
+}
+
+/// The creator roles of this test's group that exist.
+async fn creators(fx: &Fixture) -> Vec<String> {
+    let rows = fx
+        .superuser
+        .query(
+            "SELECT rolname::text FROM pg_roles WHERE starts_with(rolname, $1 || '-creator-') ORDER BY 1",
+            &[&fx.group],
+        )
+        .await
+        .expect("creators");
+    rows.iter().map(|row| row.get(0)).collect()
+}
+
+fn with_creators(mut fx: Fixture, count: u32) -> Fixture {
+    fx.extra_yaml = format!("creator_roles: {count}\n");
+    fx
+}
+
+#[tokio::test]
+async fn users_are_created_granted_locked_and_dropped_by_their_creator() {
+    let fx = with_creators(Fixture::new("cr_cycle").await, 4);
+    let config = fx.config();
+    let alice = fx.user("alice");
+    let creator = config.creator_role_for(&alice).expect("a creator");
+
+    let started = fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    assert!(started.created_user);
+    let state = fx.state(&alice).await.unwrap();
+    assert!(state.login);
+    assert_eq!(state.member_of, set(&[&fx.group, &fx.reader()]));
+    let held = memberships(&fx, &alice).await;
+    if major() >= 16 {
+        assert_eq!(creators(&fx).await, vec![creator.clone()], "only the creator this user needed");
+        assert!(held.contains(&(alice.clone(), creator.clone(), "postgres".into(), true)), "{held:?}");
+        assert!(held.contains(&(fx.group.clone(), alice.clone(), creator.clone(), false)), "{held:?}");
+        assert!(held.contains(&(fx.reader(), alice.clone(), creator.clone(), false)), "{held:?}");
+        assert!(!held.iter().any(|(_, member, _, _)| *member == fx.admin), "the admin holds nothing on it: {held:?}");
+    } else {
+        assert!(creators(&fx).await.is_empty(), "PostgreSQL 15 has no use for them");
+        assert!(held.iter().all(|(_, _, grantor, _)| *grantor == fx.admin), "{held:?}");
+    }
+    connect(&alice, &fx.db).await.expect("the user logs in");
+
+    // A second session of the same user, then the two ends: the first leaves it usable.
+    fx.start(fx.event("s2", &alice, &["keep"])).await.unwrap();
+    let first_end = fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    assert_eq!(first_end.status, EndStatus::InUse);
+    connect(&alice, &fx.db).await.expect("still able to log in during the other session");
+    let last_end = fx.end(fx.event("s2", &alice, &["keep"])).await.unwrap();
+    assert_eq!(last_end.status, EndStatus::Deactivated, "{last_end:?}");
+    let state = fx.state(&alice).await.unwrap();
+    assert!(!state.login);
+    assert_eq!(state.member_of, set(&[&fx.group]), "keep revoked the role the creator granted");
+    assert!(connect(&alice, &fx.db).await.is_err(), "locked");
+
+    // The reaper sees one managed user, not the creator (a member of the group too).
+    let report = fx.reap(u64::MAX / 4).await;
+    assert_eq!(report.managed_users, 1, "{report:?}");
+    assert!(report.unowned_logins.is_empty(), "{report:?}");
+
+    // A drop: the creator drops the user and records the end in the group's comment.
+    let bob = fx.user("bob");
+    fx.start(fx.event("s3", &bob, &["drop"])).await.unwrap();
+    let dropped = fx.end(fx.event("s3", &bob, &["drop"])).await.unwrap();
+    assert_eq!(dropped.status, EndStatus::Dropped, "{dropped:?}");
+    assert!(fx.state(&bob).await.is_none());
+    let late = fx.start(fx.event("s3", &bob, &["drop"])).await.unwrap_err();
+    assert_eq!(late.kind(), "SessionAlreadyEnded", "{late}");
+}
+
+#[tokio::test]
+async fn a_user_created_before_creator_roles_were_set_keeps_working_as_the_admins() {
+    let fx = Fixture::new("cr_upgrade").await;
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
+
+    // The upgrade turns creator roles on.
+    let fx = with_creators(fx, 2);
+    let again = fx.start(fx.event("s2", &alice, &["keep"])).await.unwrap();
+    assert!(!again.created_user);
+    let state = fx.state(&alice).await.unwrap();
+    assert!(state.login);
+    assert_eq!(state.member_of, set(&[&fx.group, &fx.reader()]));
+    connect(&alice, &fx.db).await.expect("the user logs in");
+    let end = fx.end(fx.event("s2", &alice, &["keep"])).await.unwrap();
+    assert_eq!(end.status, EndStatus::Deactivated, "{end:?}");
+    let state = fx.state(&alice).await.unwrap();
+    assert!(!state.login);
+    assert_eq!(state.member_of, set(&[&fx.group]));
+    let held = memberships(&fx, &alice).await;
+    assert!(
+        held.iter().filter(|(_, member, _, _)| *member == alice).all(|(_, _, grantor, _)| *grantor == fx.admin),
+        "the admin still manages it: {held:?}"
+    );
+
+    // A new user of the same deployment is its creator's.
+    let bob = fx.user("bob");
+    fx.start(fx.event("s3", &bob, &["keep"])).await.unwrap();
+    let creator = fx.config().creator_role_for(&bob).unwrap();
+    let held = memberships(&fx, &bob).await;
+    let expected_grantor = if major() >= 16 { creator } else { fx.admin.clone() };
+    assert!(held.contains(&(fx.group.clone(), bob.clone(), expected_grantor, false)), "{held:?}");
+}
+
+#[tokio::test]
+async fn an_unmanaged_role_of_the_users_name_is_refused_and_left_alone() {
+    let fx = with_creators(Fixture::new("cr_rule1").await, 2);
+    let carol = fx.user("carol");
+    fx.sql(&format!("CREATE ROLE {} LOGIN", crate::fixture::q(&carol))).await;
+    let refused = fx.start(fx.event("s1", &carol, &["keep"])).await.unwrap_err();
+    assert_eq!(refused.kind(), "UserConflict", "{refused}");
+    let state = fx.state(&carol).await.unwrap();
+    assert!(state.login && state.member_of.is_empty(), "{state:?}");
+    // The cluster's own superuser is untouched too.
+    assert!(fx.state(cluster().superuser()).await.is_some());
+}
+
+/// Many first starts at once, before any creator exists: they race to create and prepare the
+/// same creators, and every one of them succeeds.
+#[tokio::test]
+async fn concurrent_first_starts_prepare_the_creators_once_and_all_succeed() {
+    let fx = with_creators(Fixture::new("cr_race").await, 2);
+    fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap(); // the group
+    let users: Vec<String> = (0..8).map(|i| fx.user(&format!("u{i}"))).collect();
+    let starts = users.iter().map(|user| fx.start(fx.event("s1", user, &["keep"])));
+    for (user, result) in users.iter().zip(futures_util::future::join_all(starts).await) {
+        let started = result.unwrap_or_else(|e| panic!("{user}: {e}"));
+        assert!(started.created_user, "{started:?}");
+        assert_eq!(fx.state(user).await.unwrap().member_of, set(&[&fx.group, &fx.reader()]));
+    }
+    let expected = if major() >= 16 { 2 } else { 0 };
+    assert_eq!(creators(&fx).await.len(), expected);
+}
