@@ -71,6 +71,10 @@ struct Args {
     /// Users per side and operation at each size of the scale benchmark.
     #[arg(long, default_value_t = 50)]
     scale_iterations: usize,
+    /// The config's `creator_roles` for our side of the scale benchmark (0: the admin creates
+    /// and manages the users, as before).
+    #[arg(long, default_value_t = 64)]
+    scale_creator_roles: u32,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -248,8 +252,8 @@ async fn scale_table(cluster: &Cluster, args: &Args, major: u32) -> Result<(), S
         ));
     }
     let began = std::time::Instant::now();
-    let times = scale::measure(cluster, sizes, args.scale_iterations).await?;
-    println!("## Scale, durable server, PostgreSQL {major}\n");
+    let times = scale::measure(cluster, sizes, args.scale_iterations, args.scale_creator_roles).await?;
+    println!("## Scale, durable server, PostgreSQL {major}, `creator_roles: {}`\n", args.scale_creator_roles);
     println!(
         "Warm latency (one admin connection per side) with N kept users on the server (started and \
          ended in `keep` through our engine, four connections at a time), {} users per side and \

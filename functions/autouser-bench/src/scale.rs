@@ -39,10 +39,18 @@ pub struct SizeTimes {
 
 /// For each size of `sizes` (ascending), the population grown to it, then `iterations` new
 /// users per side started (timed), ended (timed), started again as kept users (timed) and
-/// ended again.
-pub async fn measure(cluster: &Cluster, sizes: &[usize], iterations: usize) -> Result<Vec<SizeTimes>, String> {
+/// ended again. Our side runs with the config's `creator_roles` set to `creator_roles`; the
+/// baseline's statements are the admin's own, whatever it is.
+pub async fn measure(
+    cluster: &Cluster,
+    sizes: &[usize],
+    iterations: usize,
+    creator_roles: u32,
+) -> Result<Vec<SizeTimes>, String> {
     let failed = |step: &str, e: autouser_engine::Error| format!("scale benchmark, {step}: {e}");
-    let target = Target::new(cluster, cluster.port()).map_err(|e| failed("config", e))?;
+    let config = crate::provisioning::config_text(cluster, cluster.port()).map_err(|e| failed("config", e))?;
+    let target = Target::from_config_text(&format!("{config}creator_roles: {creator_roles}\n"))
+        .map_err(|e| failed("config", e))?;
     let sides = [Side::Ours, Side::Baseline];
     let mut clients = Vec::new();
     for _ in sides {

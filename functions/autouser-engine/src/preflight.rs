@@ -146,6 +146,12 @@ pub struct ServerFacts {
     /// the first few by name, and how many there are.
     pub unmanaged_logins: Vec<String>,
     pub unmanaged_login_count: i64,
+    /// With `creator_roles` on PostgreSQL 16+ and an admin that is not a superuser: the roles
+    /// each creator must hold WITH ADMIN OPTION (those of the check that the creators grant),
+    /// and the creators that are not ready (missing, not settable by the admin, or lacking
+    /// one of them).
+    pub creator_roles_held: Vec<String>,
+    pub creators_not_ready: Vec<String>,
 }
 
 impl ServerFacts {
@@ -227,7 +233,32 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
         })
         .collect();
     let row = client.query_one(UNMANAGED_LOGINS, &[&config.managed_group]).await.map_err(failed)?;
-    Ok(ServerFacts { admin, roles, unmanaged_logins: row.get(0), unmanaged_login_count: row.get(1) })
+    let uses_creators = config.creator_roles > 0 && admin.server_version_num >= 160000 && !admin.superuser;
+    // The object inheritor is the admin's (it takes its privileges); rds_superuser is never
+    // granted by a CREATEROLE admin.
+    let creator_roles_held: Vec<String> = if uses_creators {
+        names
+            .iter()
+            .filter(|r| **r != config.object_inheritor && **r != "rds_superuser")
+            .map(|r| r.to_string())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let creators_not_ready = if uses_creators {
+        let creators = config.creator_role_names();
+        client.query_one(sql::CREATORS_NOT_READY, &[&creators, &creator_roles_held]).await.map_err(failed)?.get(0)
+    } else {
+        Vec::new()
+    };
+    Ok(ServerFacts {
+        admin,
+        roles,
+        unmanaged_logins: row.get(0),
+        unmanaged_login_count: row.get(1),
+        creator_roles_held,
+        creators_not_ready,
+    })
 }
 
 /// The findings for `db` given what the server said. Pure.
@@ -350,6 +381,9 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
             findings.push(Finding::pass(check, format!("the admin can grant {role:?}")));
         }
     }
+    if config.creator_roles > 0 {
+        findings.push(creator_roles_finding(config, facts));
+    }
     if facts.unmanaged_login_count > 0 {
         findings.push(Finding::warn(
             "unmanaged_users",
@@ -370,6 +404,60 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
         ));
     }
     findings
+}
+
+/// `creator_roles`: whether the creators are ready. A creator that is not is prepared by the
+/// first session that needs it (as the admin, at the cost of one walk of the admin's
+/// memberships), or by bootstrap; the fix prepares them all now, as a superuser.
+fn creator_roles_finding(config: &Config, facts: &ServerFacts) -> Finding {
+    const CHECK: &str = "creator_roles";
+    let count = config.creator_roles;
+    if facts.admin.server_version_num < 160000 {
+        return Finding::pass(
+            CHECK,
+            format!("{count} creator roles are set, and unused before PostgreSQL 16: the admin creates the users"),
+        );
+    }
+    if facts.admin.superuser {
+        return Finding::pass(
+            CHECK,
+            "the admin is a superuser, whose role statements check no memberships: creator roles are unused",
+        );
+    }
+    if facts.creators_not_ready.is_empty() {
+        return Finding::pass(
+            CHECK,
+            format!(
+                "the {count} creator roles exist, the admin may SET ROLE to each, and each holds ADMIN OPTION on {:?}",
+                facts.creator_roles_held
+            ),
+        );
+    }
+    let admin = quote_ident(&facts.admin.admin);
+    let held: Vec<String> = facts.creator_roles_held.iter().map(|role| quote_ident(role)).collect();
+    let fix: Vec<String> = facts
+        .creators_not_ready
+        .iter()
+        .map(|creator| {
+            let creator = quote_ident(creator);
+            format!(
+                "CREATE ROLE {creator} NOLOGIN CREATEROLE; GRANT {creator} TO {admin} WITH INHERIT FALSE, SET TRUE; \
+                 GRANT {} TO {creator} WITH ADMIN OPTION;",
+                held.join(", ")
+            )
+        })
+        .collect();
+    Finding::warn(
+        CHECK,
+        format!(
+            "{} of the {count} creator roles are not ready (for example {:?}): the first session of each prepares \
+             it, which costs that session a walk of every user the admin created; discovery's bootstrap \
+             prepares them all, or run the fix (leave out CREATE ROLE for those that exist)",
+            facts.creators_not_ready.len(),
+            facts.creators_not_ready[0]
+        ),
+        Some(fix.join("\n")),
+    )
 }
 
 /// What `best_effort_reassign_and_drop` needs: the admin takes each ending user's privileges
@@ -457,6 +545,10 @@ pub async fn bootstrap(client: &Client, config: &Config, facts: &ServerFacts) ->
         ];
         ran.extend(create(client, &steps, "creating the object inheritor").await?);
     }
+    for creator in &facts.creators_not_ready {
+        let steps = [Step::PrepareCreator { creator: creator.clone(), roles: facts.creator_roles_held.clone() }];
+        ran.extend(create(client, &steps, "preparing a creator role").await?);
+    }
     Ok(ran)
 }
 
@@ -523,6 +615,8 @@ roles:
                 .collect(),
             unmanaged_logins: Vec::new(),
             unmanaged_login_count: 0,
+            creator_roles_held: Vec::new(),
+            creators_not_ready: Vec::new(),
         }
     }
 

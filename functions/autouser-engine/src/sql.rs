@@ -71,12 +71,11 @@ SELECT
           FROM pg_catalog.pg_auth_members m
          WHERE m.member = u.oid AND m.grantor = creator.oid
          ORDER BY 1) AS creator_grants,
-  -- Ready: the admin granted itself a membership in the creator (with SET, see
-  -- PrepareCreator), and the creator holds ADMIN OPTION on the group and on the roles of $3
-  -- that exist.
+  -- Ready: the admin may SET ROLE to the creator, and the creator holds ADMIN OPTION on the
+  -- group and on the roles of $3 that exist. (The CASE keeps PostgreSQL 15, which has no SET
+  -- privilege, from evaluating pg_has_role.)
   creator.oid IS NOT NULL
-    AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
-                 WHERE m.roleid = creator.oid AND m.member = admin.oid AND m.grantor = admin.oid)
+    AND CASE WHEN admin.revokes_own_grants_only THEN pg_catalog.pg_has_role(admin.oid, creator.oid, 'SET') END
     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
                      WHERE (r.rolname = $2::text OR r.rolname = ANY ($3::text[]))
                        AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
@@ -502,6 +501,22 @@ SELECT a.rolinherit,
   FROM pg_catalog.pg_roles a
  WHERE a.rolname = current_user";
 
+/// Of the creator roles `$1`, those not ready for the current user (the admin): missing, not
+/// settable (`SET ROLE`) by it, or lacking ADMIN OPTION on one of the roles `$2` that exist.
+/// PostgreSQL 16+ only (the SET privilege). Preflight's, like `READ_STATE`'s `creator_ready`.
+pub const CREATORS_NOT_READY: &str = "\
+SELECT ARRAY(
+  SELECT wanted.name
+    FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS wanted(name, n)
+    LEFT JOIN pg_catalog.pg_roles c ON c.rolname = wanted.name
+   WHERE c.oid IS NULL
+      OR NOT pg_catalog.pg_has_role(current_user, c.oid, 'SET')
+      OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+                  WHERE r.rolname = ANY ($2::text[])
+                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                                     WHERE m.roleid = r.oid AND m.member = c.oid AND m.admin_option))
+   ORDER BY wanted.n)";
+
 /// Whether the current user may create roles at all.
 pub const ADMIN_MAY_CREATE_ROLES: &str =
     "SELECT rolcreaterole OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user";
@@ -609,9 +624,7 @@ fn prepare_creator(creator: &str, roles: &[String]) -> String {
              END; \
              SELECT r.oid INTO creator_oid FROM pg_catalog.pg_roles r WHERE r.rolname = creator_name; \
            END IF; \
-           IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
-                           WHERE m.roleid = creator_oid AND m.member = admin_oid AND m.grantor = admin_oid \
-                             AND m.set_option) THEN \
+           IF NOT pg_catalog.pg_has_role(admin_oid, creator_oid, 'SET') THEN \
              EXECUTE pg_catalog.format('GRANT %I TO %I WITH INHERIT FALSE, SET TRUE', creator_name, current_user); \
            END IF; \
            FOR role_name IN \

@@ -50,9 +50,8 @@ pub struct ObservedState {
     /// The user's creator role ([`Target::creator`]) when it applies: PostgreSQL 16+ and an
     /// admin that is not a superuser. See [`run_as_creator`].
     pub creator: Option<String>,
-    /// The creator exists, the admin holds a membership in it that it granted itself (with
-    /// SET), and the creator holds ADMIN OPTION on the managed group and on every role of the
-    /// read that exists: nothing to prepare first.
+    /// The creator exists, the admin may `SET ROLE` to it, and it holds ADMIN OPTION on the
+    /// managed group and on every role of the read that exists: nothing to prepare first.
     pub creator_ready: bool,
     /// The creator holds ADMIN OPTION on the user: it created it. A user created by the admin
     /// (before `creator_roles` was set) stays the admin's to manage.

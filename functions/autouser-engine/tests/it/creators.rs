@@ -71,6 +71,14 @@ async fn users_are_created_granted_locked_and_dropped_by_their_creator() {
         assert!(held.iter().all(|(_, _, grantor, _)| *grantor == fx.admin), "{held:?}");
     }
     connect(&alice, &fx.db).await.expect("the user logs in");
+    // Status lists the user, without drift (its creator's grants are ours), and no creator.
+    let db = config.databases[0].resolve_static().unwrap();
+    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
+    let status = autouser_engine::status::status(&connection, &config, &db).await.unwrap();
+    let listed: Vec<&str> = status.users.iter().map(|user| user.db_user.as_str()).collect();
+    assert_eq!(listed, [alice.as_str()], "{status:?}");
+    assert!(status.users[0].drift.is_empty(), "{status:?}");
+    assert!(status.users[0].can_login && status.users[0].open_sessions.len() == 1, "{status:?}");
 
     // A second session of the same user, then the two ends: the first leaves it usable.
     fx.start(fx.event("s2", &alice, &["keep"])).await.unwrap();

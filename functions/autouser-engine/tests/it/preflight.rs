@@ -180,3 +180,54 @@ async fn a_read_only_endpoint_fails_the_writable_check() {
     fx.sql(&format!("ALTER DATABASE {} RESET default_transaction_read_only", q(&fx.db))).await;
     assert!(preflight(&fx).await.ready);
 }
+
+/// `creator_roles`: preflight names the creators that are not ready; bootstrap prepares them,
+/// and so does the printed fix, run as a superuser. On 15 they are unused.
+#[tokio::test]
+async fn preflight_checks_the_creator_roles_and_bootstrap_or_the_fix_prepares_them() {
+    for (ns, by_bootstrap) in [("pf_creators_boot", true), ("pf_creators_fix", false)] {
+        let mut fx = Fixture::new(ns).await;
+        fx.extra_yaml = "creator_roles: 3\n".into();
+        // The group exists (a first session), so the creators can be given it.
+        fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap();
+        let report = preflight(&fx).await;
+        let creators = finding(&report, "creator_roles");
+        if major() < 16 {
+            assert_eq!(creators.status, Status::Pass, "{}", report.to_text());
+            assert!(creators.detail.contains("unused before PostgreSQL 16"), "{}", report.to_text());
+            return;
+        }
+        assert_eq!(creators.status, Status::Warn, "{}", report.to_text());
+        assert!(report.ready, "sessions work meanwhile: {}", report.to_text());
+        // The first session prepared its own creator; the other two are not ready.
+        assert!(creators.detail.starts_with("2 of the 3 creator roles are not ready"), "{}", report.to_text());
+        if by_bootstrap {
+            let config = fx.config();
+            let db = config.databases[0].resolve_static().unwrap();
+            let client = fx.admin_client(&config, "postgres").await.unwrap();
+            let (_, facts) = preflight::check(&client, &config, &db).await.unwrap();
+            let ran = preflight::bootstrap(&client, &config, &facts).await.unwrap();
+            assert_eq!(ran.len(), 2, "{ran:?}");
+        } else {
+            let fix = creators.fix.clone().expect("a fix");
+            // The creators that exist already: leave out their CREATE ROLE, as the fix says.
+            for line in fix.lines() {
+                let creator = line.split_whitespace().nth(2).unwrap().to_string();
+                let exists = fx
+                    .superuser
+                    .query_opt("SELECT 1 FROM pg_roles WHERE quote_ident(rolname) = $1", &[&creator])
+                    .await
+                    .unwrap()
+                    .is_some();
+                let statements = if exists { line.split_once("; ").unwrap().1.to_string() } else { line.to_string() };
+                fx.sql(&statements).await;
+            }
+        }
+        let after = preflight(&fx).await;
+        assert_eq!(finding(&after, "creator_roles").status, Status::Pass, "{}", after.to_text());
+        a_session_starts(&fx).await;
+        let bob = fx.user("bob");
+        fx.start(fx.event("s2", &bob, &["keep"])).await.expect("a session of a user of another creator");
+        fx.end(fx.event("s2", &bob, &["keep"])).await.expect("and its end");
+    }
+}
