@@ -34,7 +34,7 @@ pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock($1::bigint)";
 
 /// Everything the planner needs to know, in one round trip.
 /// `$1` user name, `$2` managed group, `$3` names of roles the plan may grant, `$4` session id,
-/// `$5` the user's creator role (NULL without `creator_roles`).
+/// `$5` the creator role a new user gets (NULL without `creator_roles`).
 ///
 /// Prepared once per connection and run with a generic plan ([`crate::pg::AdminConnection`]),
 /// so every lookup is by an indexed key: names through `pg_roles.rolname`, memberships through
@@ -63,8 +63,9 @@ SELECT
            AND admin.revokes_own_grants_only
          ORDER BY m.roleid, m.grantor) AS foreign_grant_grantors,
   -- The creator role (creator_roles) runs the user's role statements on PostgreSQL 16+ for an
-  -- admin that is not a superuser: see plan::run_as_creator.
-  CASE WHEN admin.revokes_own_grants_only THEN $5::text END AS creator,
+  -- admin that is not a superuser: see plan::run_as_creator. An existing user's is the creator
+  -- role of the group holding ADMIN OPTION on it, whatever creator_roles says now.
+  CASE WHEN admin.revokes_own_grants_only THEN COALESCE(found.rolname::text, $5::text) END AS creator,
   EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
            WHERE m.roleid = u.oid AND m.member = creator.oid AND m.admin_option) AS creator_admins_user,
   ARRAY(SELECT DISTINCT pg_catalog.pg_get_userbyid(m.roleid)::text
@@ -113,7 +114,13 @@ FROM (SELECT a.oid,
         FROM pg_catalog.pg_roles a
        WHERE a.rolname = current_user) AS admin
 LEFT JOIN pg_catalog.pg_roles u ON u.rolname = $1::text
-LEFT JOIN pg_catalog.pg_roles creator ON creator.rolname = $5::text";
+LEFT JOIN LATERAL (SELECT c.rolname
+                     FROM pg_catalog.pg_auth_members m
+                     JOIN pg_catalog.pg_roles c ON c.oid = m.member
+                    WHERE m.roleid = u.oid AND m.admin_option
+                      AND pg_catalog.starts_with(c.rolname::text, $2::text || '-creator-')
+                    ORDER BY 1 LIMIT 1) AS found ON true
+LEFT JOIN pg_catalog.pg_roles creator ON creator.rolname = COALESCE(found.rolname::text, $5::text)";
 
 /// Schemas that are not PostgreSQL's own: objects there can carry `db_permissions`.
 macro_rules! user_schemas {

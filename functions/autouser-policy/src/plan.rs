@@ -47,8 +47,9 @@ pub struct ObservedState {
     /// The objects of the connected database, listed when object permissions are in play:
     /// the session has rules, or the ledger says privileges were granted in this database.
     pub objects: Option<ObjectState>,
-    /// The user's creator role ([`Target::creator`]) when it applies: PostgreSQL 16+ and an
-    /// admin that is not a superuser. See [`run_as_creator`].
+    /// The user's creator role when it applies (PostgreSQL 16+ and an admin that is not a
+    /// superuser): the one that created the user, or for a new user [`Target::creator`]. See
+    /// [`run_as_creator`].
     pub creator: Option<String>,
     /// The creator exists, the admin may `SET ROLE` to it, and it holds ADMIN OPTION on the
     /// managed group and on every role of the read that exists: nothing to prepare first.

@@ -171,3 +171,25 @@ async fn concurrent_first_starts_prepare_the_creators_once_and_all_succeed() {
     let expected = if major() >= 16 { 2 } else { 0 };
     assert_eq!(creators(&fx).await.len(), expected);
 }
+
+/// A user keeps the creator it was created under when `creator_roles` changes, or is set back
+/// to 0: its roles are still revoked at the end, by the creator that granted them.
+#[tokio::test]
+async fn a_user_keeps_its_creator_when_creator_roles_change() {
+    let mut fx = with_creators(Fixture::new("cr_change").await, 2);
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    for count in [7, 0] {
+        fx.extra_yaml = format!("creator_roles: {count}\n");
+        let session = format!("s-{count}");
+        fx.start(fx.event(&session, &alice, &["keep"])).await.unwrap();
+        assert_eq!(fx.state(&alice).await.unwrap().member_of, set(&[&fx.group, &fx.reader()]));
+        let end = fx.end(fx.event(&session, &alice, &["keep"])).await.unwrap();
+        assert_eq!(end.status, EndStatus::Deactivated, "{end:?}");
+        assert_eq!(end.reason, None, "nothing left unrevoked: {end:?}");
+        let state = fx.state(&alice).await.unwrap();
+        assert!(!state.login);
+        assert_eq!(state.member_of, set(&[&fx.group]), "with creator_roles: {count}");
+    }
+}
