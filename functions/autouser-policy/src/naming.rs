@@ -131,7 +131,8 @@ mod tests {
     #[test]
     fn creator_roles_are_stable_spread_and_reserved() {
         // Pinned: a user's creator never changes between releases.
-        assert_eq!(creator_role_for("grp", 64, "alice"), creator_role_for("grp", 64, "alice"));
+        // FNV-1a 64 of "pg-autouser creator\0alice", modulo 64 (computed independently).
+        assert_eq!(creator_role_for("grp", 64, "alice"), "grp-creator-63");
         let used: std::collections::BTreeSet<String> =
             (0..1000).map(|i| creator_role_for("grp", 8, &format!("user{i}"))).collect();
         assert_eq!(used.len(), 8, "{used:?}");

@@ -682,6 +682,9 @@ pub fn create_object_inheritor(t: &Target, inheritor: &str) -> Vec<Step> {
     ]
 }
 
+/// RDS's role for its master user's powers, which a policy may grant.
+const RDS_SUPERUSER: &str = "rds_superuser";
+
 /// Who runs a step of a user that has a creator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Runner {
@@ -738,6 +741,16 @@ pub fn run_as_creator(steps: Vec<Step>, t: &Target, state: &ObservedState) -> Ve
     let mut split = Vec::with_capacity(steps.len());
     for step in steps {
         match step {
+            // The admin grants rds_superuser as a member of it, not with ADMIN OPTION, which
+            // it could not hand to a creator.
+            Step::GrantRoles { roles, user } if user == t.db_user && roles.iter().any(|r| r == RDS_SUPERUSER) => {
+                let (by_admin, by_creator): (Vec<String>, Vec<String>) =
+                    roles.into_iter().partition(|role| role == RDS_SUPERUSER);
+                if !by_creator.is_empty() {
+                    split.push((Runner::Creator, Step::GrantRoles { roles: by_creator, user: user.clone() }));
+                }
+                split.push((Runner::Admin, Step::GrantRoles { roles: by_admin, user }));
+            }
             Step::RevokeRoles { roles, user } if user == t.db_user => {
                 let (by_creator, by_admin): (Vec<String>, Vec<String>) =
                     roles.into_iter().partition(|role| state.creator_grants.contains(role));
@@ -756,7 +769,7 @@ pub fn run_as_creator(steps: Vec<Step>, t: &Target, state: &ObservedState) -> Ve
         for (_, step) in &split {
             if let Step::GrantRoles { roles: granted, user } = step {
                 if *user == t.db_user {
-                    roles.extend(granted.iter().cloned());
+                    roles.extend(granted.iter().filter(|role| *role != RDS_SUPERUSER).cloned());
                 }
             }
         }
@@ -1037,6 +1050,36 @@ mod tests {
         assert_eq!(revokes, vec![(&vec!["reader".to_string()], true), (&vec!["writer".to_string()], false)]);
         let state = apply(state, &steps);
         assert_eq!(state.member_of, set(&["grp"]));
+    }
+
+    #[test]
+    fn with_a_creator_rds_superuser_is_still_granted_by_the_admin() {
+        let server =
+            ObservedState { existing_roles: set(&["reader", "rds_superuser"]), ..with_creator(fresh_server()) };
+        let req = start("s1", &["reader", "rds_superuser"], CreateDbUserMode::Keep);
+        let StartDecision::Apply { steps, .. } = plan_start(&req, &server, 10).unwrap() else { panic!("a plan") };
+        let Some(Step::PrepareCreator { roles, .. }) = steps.iter().find(|s| matches!(s, Step::PrepareCreator { .. }))
+        else {
+            panic!("{steps:?}")
+        };
+        assert_eq!(roles, &vec!["grp".to_string(), "reader".to_string()]);
+        let mut as_creator = false;
+        let mut grants = Vec::new();
+        for step in &steps {
+            match step {
+                Step::SetRole { role } => as_creator = role.is_some(),
+                Step::GrantRoles { roles, .. } => grants.push((roles.clone(), as_creator)),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            grants,
+            vec![(vec!["grp".to_string(), "reader".to_string()], true), (vec!["rds_superuser".to_string()], false)]
+        );
+        let state = apply(server, &steps);
+        assert_eq!(state.member_of, set(&["grp", "reader", "rds_superuser"]));
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!("keep") };
+        assert_eq!(apply(state, &steps).member_of, set(&["grp"]));
     }
 
     #[test]
