@@ -13,8 +13,8 @@ use tokio_postgres::Client;
 
 use crate::sql::{self, quote_ident};
 use crate::Error;
-use autouser_policy::config::{Config, DatabaseType, ResolvedDatabase, RDS_IAM_ROLE};
-use autouser_policy::plan::Step;
+use autouser_policy::config::{Config, DatabaseType, ResolvedDatabase, RDS_IAM_ROLE, RDS_SUPERUSER_ROLE};
+use autouser_policy::plan::{self, Step};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -234,12 +234,11 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
         .collect();
     let row = client.query_one(UNMANAGED_LOGINS, &[&config.managed_group]).await.map_err(failed)?;
     let uses_creators = config.creator_roles > 0 && admin.server_version_num >= 160000 && !admin.superuser;
-    // The object inheritor is the admin's (it takes its privileges); rds_superuser is never
-    // granted by a CREATEROLE admin.
+    // The object inheritor is the admin's (it takes its privileges).
     let creator_roles_held: Vec<String> = if uses_creators {
         names
             .iter()
-            .filter(|r| **r != config.object_inheritor && **r != "rds_superuser")
+            .filter(|r| **r != config.object_inheritor && plan::creator_may_hold(r))
             .map(|r| r.to_string())
             .collect()
     } else {
@@ -352,7 +351,7 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
             ));
             continue;
         };
-        if role == "rds_superuser" {
+        if role == RDS_SUPERUSER_ROLE {
             let ok = facts.admin.superuser || role_facts.admin_is_member;
             findings.push(Finding::warn(
                 check,
@@ -361,7 +360,7 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
                      requires",
                     if ok { "is" } else { "is NOT" }
                 ),
-                (!ok).then(|| grant_with_admin("rds_superuser")),
+                (!ok).then(|| grant_with_admin(RDS_SUPERUSER_ROLE)),
             ));
             continue;
         }

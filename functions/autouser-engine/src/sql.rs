@@ -32,6 +32,24 @@ pub fn quote_literal(value: &str) -> String {
 /// `$1` is [`user_lock_key`].
 pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock($1::bigint)";
 
+/// Whether the creator role with OID `$creator` lacks ADMIN OPTION on one of the roles named in
+/// the text array `$roles` that exist: what it must hold to grant them (and the group). One
+/// index lookup per name (`rolname = ANY`), whatever the number of roles.
+macro_rules! creator_lacks_admin_option {
+    ($creator:literal, $roles:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
+           WHERE r.rolname = ANY (",
+            $roles,
+            ")
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                              WHERE m.roleid = r.oid AND m.member = ",
+            $creator,
+            " AND m.admin_option))"
+        )
+    };
+}
+
 /// Everything the planner needs to know, in one round trip.
 /// `$1` user name, `$2` managed group, `$3` names of roles the plan may grant, `$4` session id,
 /// `$5` the creator role a new user gets (NULL without `creator_roles`).
@@ -39,7 +57,8 @@ pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock($1::bigint)";
 /// Prepared once per connection and run with a generic plan ([`crate::pg::AdminConnection`]),
 /// so every lookup is by an indexed key: names through `pg_roles.rolname`, memberships through
 /// `pg_auth_members.member`, and role names of OIDs through `pg_get_userbyid`.
-pub const READ_STATE: &str = "\
+pub const READ_STATE: &str = concat!(
+    "\
 SELECT
   u.oid IS NOT NULL AS user_exists,
   u.oid AS user_oid,
@@ -77,11 +96,9 @@ SELECT
   -- privilege, from evaluating pg_has_role.)
   creator.oid IS NOT NULL
     AND CASE WHEN admin.revokes_own_grants_only THEN pg_catalog.pg_has_role(admin.oid, creator.oid, 'SET') END
-    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                     WHERE (r.rolname = $2::text OR r.rolname = ANY ($3::text[]))
-                       AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
-                                        WHERE m.roleid = r.oid AND m.member = creator.oid AND m.admin_option))
-    AS creator_ready,
+    AND NOT ",
+    creator_lacks_admin_option!("creator.oid", "$3::text[] || $2::text"),
+    " AS creator_ready,
   EXISTS (SELECT 1 FROM pg_catalog.pg_roles g WHERE g.rolname = $2::text) AS group_exists,
   ARRAY(SELECT r.rolname::text
           FROM pg_catalog.unnest($3::text[]) AS wanted(name)
@@ -120,7 +137,8 @@ LEFT JOIN LATERAL (SELECT c.rolname
                     WHERE m.roleid = u.oid AND m.admin_option
                       AND pg_catalog.starts_with(c.rolname::text, $2::text || '-creator-')
                     ORDER BY 1 LIMIT 1) AS found ON true
-LEFT JOIN pg_catalog.pg_roles creator ON creator.rolname = COALESCE(found.rolname::text, $5::text)";
+LEFT JOIN pg_catalog.pg_roles creator ON creator.rolname = COALESCE(found.rolname::text, $5::text)"
+);
 
 /// Schemas that are not PostgreSQL's own: objects there can carry `db_permissions`.
 macro_rules! user_schemas {
@@ -511,18 +529,19 @@ SELECT a.rolinherit,
 /// Of the creator roles `$1`, those not ready for the current user (the admin): missing, not
 /// settable (`SET ROLE`) by it, or lacking ADMIN OPTION on one of the roles `$2` that exist.
 /// PostgreSQL 16+ only (the SET privilege). Preflight's, like `READ_STATE`'s `creator_ready`.
-pub const CREATORS_NOT_READY: &str = "\
+pub const CREATORS_NOT_READY: &str = concat!(
+    "\
 SELECT ARRAY(
   SELECT wanted.name
     FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS wanted(name, n)
     LEFT JOIN pg_catalog.pg_roles c ON c.rolname = wanted.name
    WHERE c.oid IS NULL
       OR NOT pg_catalog.pg_has_role(current_user, c.oid, 'SET')
-      OR EXISTS (SELECT 1 FROM pg_catalog.pg_roles r
-                  WHERE r.rolname = ANY ($2::text[])
-                    AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
-                                     WHERE m.roleid = r.oid AND m.member = c.oid AND m.admin_option))
-   ORDER BY wanted.n)";
+      OR ",
+    creator_lacks_admin_option!("c.oid", "$2::text[]"),
+    "
+   ORDER BY wanted.n)"
+);
 
 /// Whether the current user may create roles at all.
 pub const ADMIN_MAY_CREATE_ROLES: &str =

@@ -10,6 +10,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::config::RDS_SUPERUSER_ROLE;
 use crate::ledger::{is_pg_autouser_ledger, Ledger, SessionRecord};
 use crate::permissions::{
     self, KeptPrivileges, ObjectBatch, ObjectChanges, ObjectState, PermissionSummary, Ungrantable,
@@ -682,8 +683,27 @@ pub fn create_object_inheritor(t: &Target, inheritor: &str) -> Vec<Step> {
     ]
 }
 
-/// RDS's role for its master user's powers, which a policy may grant.
-const RDS_SUPERUSER: &str = "rds_superuser";
+/// Whether a creator role can be given ADMIN OPTION on `role`, to grant it. Not on
+/// `rds_superuser`: the admin grants it as a member of it, without ADMIN OPTION to hand on.
+pub fn creator_may_hold(role: &str) -> bool {
+    role != RDS_SUPERUSER_ROLE
+}
+
+/// One `GRANT` or `REVOKE` of the user's `roles` as up to two statements: those `by_creator`
+/// picks, run as the creator, then the others, run as the admin.
+fn split_by_runner(
+    split: &mut Vec<(Runner, Step)>,
+    roles: Vec<String>,
+    by_creator: impl Fn(&str) -> bool,
+    statement: impl Fn(Vec<String>) -> Step,
+) {
+    let (creators, admins): (Vec<String>, Vec<String>) = roles.into_iter().partition(|role| by_creator(role));
+    for (runs, roles) in [(Runner::Creator, creators), (Runner::Admin, admins)] {
+        if !roles.is_empty() {
+            split.push((runs, statement(roles)));
+        }
+    }
+}
 
 /// Who runs a step of a user that has a creator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -741,26 +761,18 @@ pub fn run_as_creator(steps: Vec<Step>, t: &Target, state: &ObservedState) -> Ve
     let mut split = Vec::with_capacity(steps.len());
     for step in steps {
         match step {
-            // The admin grants rds_superuser as a member of it, not with ADMIN OPTION, which
-            // it could not hand to a creator.
-            Step::GrantRoles { roles, user } if user == t.db_user && roles.iter().any(|r| r == RDS_SUPERUSER) => {
-                let (by_admin, by_creator): (Vec<String>, Vec<String>) =
-                    roles.into_iter().partition(|role| role == RDS_SUPERUSER);
-                if !by_creator.is_empty() {
-                    split.push((Runner::Creator, Step::GrantRoles { roles: by_creator, user: user.clone() }));
-                }
-                split.push((Runner::Admin, Step::GrantRoles { roles: by_admin, user }));
+            Step::GrantRoles { roles, user } if user == t.db_user => {
+                split_by_runner(&mut split, roles, creator_may_hold, |roles| Step::GrantRoles {
+                    roles,
+                    user: user.clone(),
+                })
             }
-            Step::RevokeRoles { roles, user } if user == t.db_user => {
-                let (by_creator, by_admin): (Vec<String>, Vec<String>) =
-                    roles.into_iter().partition(|role| state.creator_grants.contains(role));
-                if !by_creator.is_empty() {
-                    split.push((Runner::Creator, Step::RevokeRoles { roles: by_creator, user: user.clone() }));
-                }
-                if !by_admin.is_empty() {
-                    split.push((Runner::Admin, Step::RevokeRoles { roles: by_admin, user }));
-                }
-            }
+            Step::RevokeRoles { roles, user } if user == t.db_user => split_by_runner(
+                &mut split,
+                roles,
+                |role| state.creator_grants.contains(role),
+                |roles| Step::RevokeRoles { roles, user: user.clone() },
+            ),
             step => split.push((runner(&step), step)),
         }
     }
@@ -769,7 +781,7 @@ pub fn run_as_creator(steps: Vec<Step>, t: &Target, state: &ObservedState) -> Ve
         for (_, step) in &split {
             if let Step::GrantRoles { roles: granted, user } = step {
                 if *user == t.db_user {
-                    roles.extend(granted.iter().filter(|role| *role != RDS_SUPERUSER).cloned());
+                    roles.extend(granted.iter().filter(|role| creator_may_hold(role)).cloned());
                 }
             }
         }

@@ -54,10 +54,10 @@ impl Counted {
     }
 }
 
-#[tokio::test]
-async fn a_new_user_starts_in_one_round_trip() {
-    let c = Counted::new("rt_new").await;
-    c.fx.start(c.fx.event("s0", &c.fx.user("first"), &["keep"])).await.unwrap(); // creates the group
+/// After a first session (which creates the group, and prepares the creator role if any), a
+/// new user `alice` on a new connection starts in one round trip; she is returned.
+async fn a_new_user_starts_in_one_round_trip_after_a_first(c: &Counted) -> String {
+    c.fx.start(c.fx.event("s0", &c.fx.user("first"), &["keep"])).await.unwrap();
     let connection = c.connect().await;
     let alice = c.fx.user("alice");
     assert_eq!(c.start(&connection, "s1", &alice).await, 1);
@@ -65,6 +65,12 @@ async fn a_new_user_starts_in_one_round_trip() {
     assert!(state.login);
     assert_eq!(state.member_of, set(&[&c.fx.group, &c.fx.reader()]));
     assert!(state.comment.unwrap().contains("\"s1\""), "the ledger records the session");
+    alice
+}
+
+#[tokio::test]
+async fn a_new_user_starts_in_one_round_trip() {
+    a_new_user_starts_in_one_round_trip_after_a_first(&Counted::new("rt_new").await).await;
 }
 
 /// With `creator_roles` (one, so that every user has the same), once the creator is ready a
@@ -74,13 +80,7 @@ async fn with_a_creator_role_a_new_user_still_starts_in_one_round_trip() {
     let mut fx = Fixture::new("rt_creator").await;
     fx.extra_yaml = "creator_roles: 1\n".into();
     let c = Counted::with(fx);
-    c.fx.start(c.fx.event("s0", &c.fx.user("first"), &["keep"])).await.unwrap(); // prepares the creator
-    let connection = c.connect().await;
-    let alice = c.fx.user("alice");
-    assert_eq!(c.start(&connection, "s1", &alice).await, 1);
-    let state = c.fx.state(&alice).await.expect("alice exists");
-    assert!(state.login);
-    assert_eq!(state.member_of, set(&[&c.fx.group, &c.fx.reader()]));
+    let alice = a_new_user_starts_in_one_round_trip_after_a_first(&c).await;
     let creator_admins_alice: bool =
         c.fx.superuser
             .query_one(
