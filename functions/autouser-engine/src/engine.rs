@@ -9,7 +9,8 @@
 //!    transaction in which a statement failed into a rollback, so a failure anywhere leaves
 //!    nothing behind; the first failing statement tells us which step failed.
 //!
-//! A drop needs a third round trip, to fall back to `keep` when objects depend on the user.
+//! A drop commits in its second round trip too ([`run_pipelined_committing_with_the_last`]); it
+//! takes a third only to fall back to `keep` when objects depend on the user.
 //! Attempts that lose a race (serialization failure, deadlock, a concurrent catalog update,
 //! a duplicate role) are retried a bounded number of times with jittered backoff.
 
@@ -67,14 +68,16 @@ pub async fn session_start(connection: &AdminConnection, req: &StartRequest) -> 
     retrying(t, || start_once(connection, req)).await
 }
 
-/// The one-round-trip start of a new user: the user's lock, `CREATE ROLE … LOGIN`, the ledger
-/// (dated by the server's clock), `GRANT <group>, <roles> TO …` and the check that the group's
-/// comment does not list the session as ended, in one message and so in one implicit
-/// transaction ([`sql::locked_transaction`]). `None` when the admin is (or may be) a
-/// superuser: it could grant a superuser role, which the read path refuses, while PostgreSQL
-/// refuses that to any other admin. The login's report can be stale (the admin promoted on a
-/// live, pooled connection), so the transaction also checks the catalog and fails if the admin
-/// is a superuser now; the read path follows.
+/// The one-round-trip start of a new user: a check that the user does not exist yet, the
+/// user's lock, `CREATE ROLE … LOGIN`, the ledger (dated by the server's clock),
+/// `GRANT <group>, <roles> TO …` and the check that the group's comment does not list the
+/// session as ended, in one message and so in one implicit transaction
+/// ([`sql::locked_transaction`]). A returning user fails the first check without queueing
+/// for her lock, so she waits for it once, in the read path. `None` when the admin is (or may
+/// be) a superuser: it could grant a superuser role, which the read path refuses, while
+/// PostgreSQL refuses that to any other admin. The login's report can be stale (the admin
+/// promoted on a live, pooled connection), so the transaction also checks the catalog and
+/// fails if the admin is a superuser now; the read path follows.
 async fn create_in_one_round_trip(
     connection: &AdminConnection,
     req: &StartRequest,
@@ -97,7 +100,7 @@ async fn create_in_one_round_trip(
         return Ok(None);
     };
     // A failure rolls the implicit transaction back: nothing is left to undo.
-    let text = sql::locked_transaction(sql::user_lock_key(&t.db_user), &steps);
+    let text = sql::locked_transaction(&t.db_user, sql::user_lock_key(&t.db_user), &steps);
     connection.client().simple_query(&text).await?;
     connection.saw_user(&t.db_user, true);
     Ok(Some(start_outcome(req, &ledger, true, false, Vec::new())))
@@ -424,16 +427,19 @@ async fn run_end(
             statements.extend(hand_over_here.iter().map(Statement::Step));
             statements.extend(drop.iter().map(Statement::Step));
             statements.extend(after_drop.iter().map(Statement::Step));
-            match run_pipelined(client, &statements).await {
+            let dropped = outcome(EndStatus::Dropped, Some(mode), 0, &[], objects.clone());
+            match run_pipelined_committing_with_the_last(client, &statements).await {
                 Ok(()) => {
-                    let planned = outcome(EndStatus::Dropped, Some(mode), 0, &[], objects);
-                    commit(client, t).await.map_err(|failure| in_doubt(connection, t, failure, &planned))?;
                     connection.saw_user(&t.db_user, false);
-                    Ok(end_connections(client, req, state, planned).await)
+                    Ok(end_connections(client, req, state, dropped).await)
                 }
                 Err((statement, error)) => {
                     let blocked = match drop_blocked_by(&statement, &error) {
-                        None => return Err(end_step_failure(client, t, state, statement, error, revokes_failed).await),
+                        None => {
+                            let failure = end_step_failure(client, t, state, statement, error, revokes_failed).await;
+                            // The connection died with the COMMIT in flight: it may have applied.
+                            return Err(in_doubt(connection, t, failure, &dropped));
+                        }
                         Some(kind) => {
                             if let Err(error) = client.simple_query(sql::ROLLBACK_TO_DROP).await {
                                 return Err(step_failure(
@@ -925,6 +931,16 @@ async fn run_pipelined<'a>(
     statements: &[Statement<'a>],
 ) -> Result<(), (Statement<'a>, tokio_postgres::Error)> {
     let texts: Vec<String> = statements.iter().map(Statement::sql).collect();
+    send_pipelined(client, statements, &texts).await
+}
+
+/// Sends `texts`, one message each, at once; the first failure is reported as the statement
+/// at its position.
+async fn send_pipelined<'a>(
+    client: &Client,
+    statements: &[Statement<'a>],
+    texts: &[String],
+) -> Result<(), (Statement<'a>, tokio_postgres::Error)> {
     let results: Vec<Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>> =
         join_all(texts.iter().map(|text| client.simple_query(text))).await;
     for (statement, result) in statements.iter().zip(results) {
@@ -933,6 +949,24 @@ async fn run_pipelined<'a>(
         }
     }
     Ok(())
+}
+
+/// [`run_pipelined`], with the `COMMIT` in the last statement's message (`<last>; COMMIT`, one
+/// simple query). When all succeed, the transaction commits in this round trip, so the locks
+/// the last statements take (the managed group's comment, which every drop on the server
+/// writes) are never held while a reply crosses the network. When any statement fails, the
+/// rest of the last message is skipped: the `COMMIT` does not run and the transaction stays
+/// open, aborted, for a `ROLLBACK TO SAVEPOINT`. A failure of the `COMMIT` itself is reported
+/// as the last statement's.
+async fn run_pipelined_committing_with_the_last<'a>(
+    client: &Client,
+    statements: &[Statement<'a>],
+) -> Result<(), (Statement<'a>, tokio_postgres::Error)> {
+    let mut texts: Vec<String> = statements.iter().map(Statement::sql).collect();
+    let last = texts.last_mut().expect("statements to commit with");
+    last.push_str(";\n");
+    last.push_str(sql::COMMIT);
+    send_pipelined(client, statements, &texts).await
 }
 
 async fn run_and_commit(client: &Client, t: &Target, state: &ObservedState, steps: &[Step]) -> Result<(), Failure> {
@@ -990,16 +1024,6 @@ async fn end_step_failure(
         }
         _ => step_failure(client, t, state, statement, error).await,
     }
-}
-
-async fn commit(client: &Client, t: &Target) -> Result<(), Failure> {
-    client.simple_query(sql::COMMIT).await.map(drop).map_err(|error| {
-        if is_conflict(&error, None) {
-            Failure::Retry(crate::pg::error_chain(&error))
-        } else {
-            Failure::Fatal(postgres_error("COMMIT", t, error))
-        }
-    })
 }
 
 async fn rollback(client: &Client) {

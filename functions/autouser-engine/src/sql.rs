@@ -559,15 +559,12 @@ pub fn user_lock_key(db_user: &str) -> i64 {
     stable_hash::fnv1a_64(b"pg-autouser\0".iter().chain(db_user.as_bytes()).copied()) as i64
 }
 
-/// The user's lock and `steps` as one simple-query message. PostgreSQL runs the statements
-/// of one such message as one implicit transaction: committed after the last, rolled back
-/// entirely at the first error (the rest do not run). The key is an integer, so the lock
-/// needs no bind parameter.
-pub fn locked_transaction(lock_key: i64, steps: &[Step]) -> String {
-    let mut text = format!(
-        "SELECT pg_catalog.pg_advisory_xact_lock({lock_key});\nDO {}",
-        quote_literal(REFUSE_IF_ADMIN_IS_SUPERUSER)
-    );
+/// The one-round-trip start of a new user `user`: [`new_user_check`], the user's lock and
+/// `steps`, as one simple-query message. PostgreSQL runs the statements of one such message as
+/// one implicit transaction: committed after the last, rolled back entirely at the first error
+/// (the rest do not run). The key is an integer, so the lock needs no bind parameter.
+pub fn locked_transaction(user: &str, lock_key: i64, steps: &[Step]) -> String {
+    let mut text = format!("{};\nSELECT pg_catalog.pg_advisory_xact_lock({lock_key})", new_user_check(user));
     for step in steps {
         text.push_str(";\n");
         text.push_str(&render(step));
@@ -575,17 +572,34 @@ pub fn locked_transaction(lock_key: i64, steps: &[Step]) -> String {
     text
 }
 
-/// The body of a `DO` that fails (SQLSTATE 42501) when the admin is a superuser now. The one-round-trip start plans
-/// without reading which roles are superusers, which is safe only because PostgreSQL refuses a
-/// superuser role to any other admin; the server's `is_superuser` report at login can be stale
-/// on a pooled connection (the admin promoted since), so the transaction checks the catalog.
-/// On failure the start takes the read path, whose plan refuses superuser roles.
-const REFUSE_IF_ADMIN_IS_SUPERUSER: &str = "BEGIN \
-     IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN \
-       RAISE EXCEPTION 'pg-autouser: the admin is a superuser: a start reads the superuser roles first' \
-         USING ERRCODE = 'insufficient_privilege'; \
-     END IF; \
-   END";
+/// A `DO` that fails unless the one-round-trip start of `user` may go on, before it queues for
+/// the user's lock:
+/// - SQLSTATE 42501 when the admin is a superuser now. That start plans without reading which
+///   roles are superusers, which is safe only because PostgreSQL refuses a superuser role to
+///   any other admin; the server's `is_superuser` report at login can be stale on a pooled
+///   connection (the admin promoted since), so the transaction checks the catalog.
+/// - SQLSTATE 42710 when `user` exists: a returning user on a connection that has not seen
+///   her. Without this check the attempt would wait its turn for her lock only to fail at
+///   `CREATE ROLE`, and then wait again in the read path.
+///
+/// On either failure the start takes the read path. A user created after this check makes the
+/// `CREATE ROLE` fail, as before.
+fn new_user_check(user: &str) -> String {
+    let body = format!(
+        "BEGIN \
+           IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN \
+             RAISE EXCEPTION 'pg-autouser: the admin is a superuser: a start reads the superuser roles first' \
+               USING ERRCODE = 'insufficient_privilege'; \
+           END IF; \
+           IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {name}) THEN \
+             RAISE EXCEPTION 'pg-autouser: role % exists: a start reads its state first', {name} \
+               USING ERRCODE = 'duplicate_object'; \
+           END IF; \
+         END",
+        name = quote_literal(user),
+    );
+    format!("DO {}", quote_literal(&body))
+}
 
 /// The SQL of one plan step.
 pub fn render(step: &Step) -> String {
@@ -857,17 +871,18 @@ mod tests {
     use proptest::prelude::*;
 
     #[test]
-    fn locked_transaction_is_the_lock_the_superuser_check_then_the_steps_in_one_message() {
+    fn locked_transaction_is_the_new_user_check_the_lock_then_the_steps_in_one_message() {
         let steps = [
             Step::CreateUser { user: "al;ice".into() },
             Step::WriteLedger { user: "al;ice".into(), ledger: "{'x'}".into() },
             Step::GrantRoles { roles: vec!["grp".into(), "re\"ader".into()], user: "al;ice".into() },
         ];
-        let text = locked_transaction(-42, &steps);
-        let check = format!("DO {};\n", quote_literal(REFUSE_IF_ADMIN_IS_SUPERUSER));
-        assert!(text.contains("rolsuper") && text.contains(&check), "{text}");
+        let text = locked_transaction("al;ice", -42, &steps);
+        let check = format!("{};\n", new_user_check("al;ice"));
+        assert!(check.contains("rolsuper") && check.contains("rolname = ''al;ice''"), "{check}");
+        assert!(text.starts_with(&check), "{text}");
         assert_eq!(
-            text.replacen(&check, "", 1),
+            &text[check.len()..],
             "SELECT pg_catalog.pg_advisory_xact_lock(-42);\n\
              CREATE ROLE \"al;ice\" LOGIN;\n\
              COMMENT ON ROLE \"al;ice\" IS '{''x''}';\n\

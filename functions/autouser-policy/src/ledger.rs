@@ -147,21 +147,34 @@ pub fn is_pg_autouser_ledger(comment: Option<&str>) -> bool {
     ledger_json(comment).is_some()
 }
 
-/// The comment as JSON, when it is a pg-autouser ledger.
-fn ledger_json(comment: Option<&str>) -> Option<serde_json::Value> {
-    let value: serde_json::Value = serde_json::from_str(comment?).ok()?;
-    (value.get("managed_by").and_then(|v| v.as_str()) == Some(MANAGED_BY)).then_some(value)
+/// The two fields every pg-autouser ledger has, in any format; the rest is skipped unread.
+#[derive(Deserialize)]
+struct LedgerHeader {
+    managed_by: Option<String>,
+    format: Option<serde_json::Value>,
+}
+
+/// The comment and its header, when it is a pg-autouser ledger: a JSON object whose
+/// `managed_by` is ours. The header is read on its own so that a large ledger is parsed once,
+/// straight into a [`Ledger`], rather than into a JSON tree first.
+fn ledger_json(comment: Option<&str>) -> Option<(&str, LedgerHeader)> {
+    let comment = comment?;
+    if !comment.trim_start().starts_with("{") {
+        return None;
+    }
+    let header: LedgerHeader = serde_json::from_str(comment).ok()?;
+    (header.managed_by.as_deref() == Some(MANAGED_BY)).then_some((comment, header))
 }
 
 impl Ledger {
     /// Reads the ledger from a role comment. A missing or foreign comment is an empty ledger;
     /// a pg-autouser ledger that this build cannot read is an error, so it is never clobbered.
     pub fn from_comment(user: &str, comment: Option<&str>) -> Result<Ledger, LedgerError> {
-        let Some(value) = ledger_json(comment) else {
+        let Some((comment, header)) = ledger_json(comment) else {
             return Ok(Ledger::default());
         };
         let error = |detail: String, hint| LedgerError { user: user.to_string(), detail, hint };
-        match value.get("format").and_then(|v| v.as_u64()) {
+        match header.format.as_ref().and_then(|v| v.as_u64()) {
             Some(f)
                 if [FORMAT, FORMAT_WITH_OBJECTS, FORMAT_WITH_IDENTITY, FORMAT_WITH_HAND_OVER]
                     .map(u64::from)
@@ -176,7 +189,7 @@ impl Ledger {
                 ))
             }
         }
-        serde_json::from_value(value).map_err(|e| {
+        serde_json::from_str(comment).map_err(|e| {
             error(
                 e.to_string(),
                 "fix or remove the role's comment (COMMENT ON ROLE ... IS NULL) once no session is open",
@@ -245,7 +258,16 @@ mod tests {
 
     #[test]
     fn missing_or_foreign_comments_are_empty_ledgers() {
-        for comment in [None, Some("temp user"), Some(r#"{"a":1}"#), Some(r#"{"managed_by":"teleport"}"#)] {
+        for comment in [
+            None,
+            Some("temp user"),
+            Some(r#"{"a":1}"#),
+            Some(r#"{"managed_by":"teleport"}"#),
+            Some(r#"{"managed_by":7}"#),
+            // JSON, and in the order of a ledger's fields, but not an object.
+            Some(r#"["pg-autouser", 3]"#),
+            Some(r#"{"managed_by":"pg-autouser""#),
+        ] {
             assert!(!is_pg_autouser_ledger(comment), "{comment:?}");
         }
         assert!(is_pg_autouser_ledger(Some(&Ledger::default().to_comment())));
@@ -284,6 +306,9 @@ mod tests {
         let text = r#"{"managed_by":"pg-autouser","format":5,"revision":1,"sessions":{}}"#;
         let err = Ledger::from_comment("alice", Some(text)).unwrap_err();
         assert!(err.to_string().contains("alice"));
+        let text = r#"{"managed_by":"pg-autouser","format":"3","revision":1,"sessions":{}}"#;
+        let err = Ledger::from_comment("alice", Some(text)).unwrap_err();
+        assert!(err.to_string().contains("format None"), "{err}");
     }
 
     #[test]

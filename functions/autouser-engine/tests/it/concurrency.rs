@@ -11,21 +11,30 @@ use crate::fixture::Fixture;
 
 /// Each of `n` sessions of one user starts and then ends, all at once, half of them through a
 /// second database of the same server (so the advisory lock alone cannot serialise them).
+/// Each session has its own admin connection, opened first, as a burst of invocations finds
+/// warm Lambda containers: the calls contend for the user's lock, not for the test machine's
+/// CPU in 200 TLS handshakes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn parallel_sessions_of_one_user_never_lock_each_other_out() {
-    const SESSIONS: usize = 200;
+    const SESSIONS: usize = 100;
     let fx = Arc::new(Fixture::new("cc_one").await);
     fx.sql("CREATE DATABASE cc_one_other").await;
     let alice = fx.user("alice");
-    let calls = (0..SESSIONS).map(|i| {
+    let db_name = |i: usize| if i % 2 == 1 { "cc_one_other".to_string() } else { fx.db.clone() };
+    let config = fx.config();
+    let connections = join_all((0..SESSIONS).map(|i| {
+        let (fx, config, db_name) = (&fx, &config, db_name(i));
+        async move { fx.admin_client(config, &db_name).await.expect("admin connects") }
+    }))
+    .await;
+    let calls = connections.into_iter().enumerate().map(|(i, connection)| {
         let fx = fx.clone();
         let alice = alice.clone();
+        let db_name = db_name(i);
         tokio::spawn(async move {
             let mut event = fx.event(&format!("s{i}"), &alice, &["keep"]);
-            if i % 2 == 1 {
-                event["db_name"] = json!("cc_one_other");
-            }
-            let started = fx.start(event.clone()).await.map_err(|e| format!("start s{i}: {e}"))?;
+            event["db_name"] = json!(db_name);
+            let started = fx.start_on(&connection, event.clone()).await.map_err(|e| format!("start s{i}: {e}"))?;
             if !started.db_roles.contains(&fx.reader()) {
                 return Err(format!("start s{i} lacks the reader role"));
             }
@@ -34,7 +43,7 @@ async fn parallel_sessions_of_one_user_never_lock_each_other_out() {
             if !state.login {
                 return Err(format!("session s{i} is open but its user is locked"));
             }
-            fx.end(event).await.map_err(|e| format!("end s{i}: {e}"))?;
+            fx.end_on(&connection, event).await.map_err(|e| format!("end s{i}: {e}"))?;
             Ok::<(), String>(())
         })
     });
@@ -85,4 +94,44 @@ async fn a_thousand_users_at_concurrency_thirty_two_across_two_databases() {
         .unwrap()
         .get(0);
     assert_eq!(kept, (USERS / 2) as i64, "keep users stay (locked), drop users are gone");
+}
+
+/// A start of a user who exists, on a connection that has not seen her, first tries to create
+/// her in one round trip. That attempt must fail before it queues for her lock: under
+/// contention she waits in the queue once (in the read path), not twice.
+#[tokio::test]
+async fn a_returning_user_on_a_new_connection_queues_for_her_lock_once() {
+    let fx = Fixture::new("cc_queue").await;
+    let alice = fx.user("alice");
+    fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    let holder = crate::fixture::connect(crate::fixture::cluster().superuser(), &fx.db).await.unwrap();
+    let key = autouser_engine::sql::user_lock_key(&alice);
+    holder.execute("SELECT pg_advisory_lock($1)", &[&key]).await.unwrap();
+    let start = fx.start(fx.event("s2", &alice, &["keep"]));
+    let watch = async {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let waiting = loop {
+            let rows = holder
+                .query(
+                    "SELECT query FROM pg_stat_activity
+                      WHERE datname = $1 AND wait_event_type = 'Lock' AND wait_event = 'advisory'",
+                    &[&fx.db],
+                )
+                .await
+                .unwrap();
+            if let Some(row) = rows.first() {
+                break row.get::<_, String>(0);
+            }
+            assert!(std::time::Instant::now() < deadline, "the start never waited for her lock");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        };
+        holder.execute("SELECT pg_advisory_unlock($1)", &[&key]).await.unwrap();
+        waiting
+    };
+    let (started, waiting) = tokio::join!(start, watch);
+    let started = started.unwrap();
+    assert!(!started.created_user && started.open_sessions == 1, "{started:?}");
+    assert_eq!(waiting, autouser_engine::sql::LOCK_USER, "the statement that waited for her lock");
+    assert!(fx.state(&alice).await.unwrap().login);
 }

@@ -197,6 +197,28 @@ roles:{roles}
         engine::session_start(&client, &req).await
     }
 
+    /// A session-start on `connection`, an open admin connection to the event's database (as
+    /// a warm Lambda container keeps one).
+    pub async fn start_on(
+        &self,
+        connection: &AdminConnection,
+        event: serde_json::Value,
+    ) -> Result<StartOutcome, Error> {
+        let config = self.config();
+        let event = SessionEvent::from_value(event)?;
+        let db = request::database(&config, &event)?.resolve_static().expect("a static database");
+        engine::session_start(connection, &request::prepare_start(&config, &db, &event)?).await
+    }
+
+    /// A session-end on `connection`, as [`Fixture::start_on`]; its user holds no objects elsewhere.
+    pub async fn end_on(&self, connection: &AdminConnection, event: serde_json::Value) -> Result<EndOutcome, Error> {
+        let config = self.config();
+        let event = SessionEvent::from_value(event)?;
+        let db = request::database(&config, &event)?.resolve_static().expect("a static database");
+        let req = request::prepare_end(&config, &db, &event)?;
+        engine::session_end(connection, &req, &engine::NoOtherDatabases).await
+    }
+
     pub async fn end(&self, event: serde_json::Value) -> Result<EndOutcome, Error> {
         self.end_with(&self.config(), event).await
     }

@@ -45,7 +45,12 @@ impl Counted {
     }
 
     async fn end(&self, connection: &AdminConnection, session: &str, user: &str) -> u64 {
-        let event = SessionEvent::from_value(self.fx.event(session, user, &["keep"])).unwrap();
+        self.end_as(connection, session, user, "keep").await
+    }
+
+    /// [`Counted::end`] of a session of Teleport role `role`.
+    async fn end_as(&self, connection: &AdminConnection, session: &str, user: &str, role: &str) -> u64 {
+        let event = SessionEvent::from_value(self.fx.event(session, user, &[role])).unwrap();
         let db = request::database(&self.config, &event).unwrap().resolve_static().unwrap();
         let req = request::prepare_end(&self.config, &db, &event).unwrap();
         let before = self.counter.round_trips();
@@ -92,6 +97,28 @@ async fn with_a_creator_role_a_new_user_still_starts_in_one_round_trip() {
             .unwrap()
             .get(0);
     assert_eq!(creator_admins_alice, crate::fixture::major() >= 16);
+}
+
+/// A drop writes the managed group's record of ended sessions, which every other drop on the
+/// server waits for until the writer commits. The COMMIT goes in the same round trip, so no
+/// drop holds that record while a reply crosses the network: a drop takes two round trips,
+/// like any other end.
+#[tokio::test]
+async fn a_drop_commits_in_the_round_trip_that_records_its_end() {
+    let c = Counted::new("rt_drop").await;
+    let alice = c.fx.user("alice");
+    c.fx.start(c.fx.event("s1", &alice, &["drop"])).await.unwrap();
+    let connection = c.connect().await;
+    // 1 (prepare the catalog query) + 2 (read, then drop, record and commit).
+    assert_eq!(c.end_as(&connection, "s1", &alice, "drop").await, 3);
+    assert!(c.fx.state(&alice).await.is_none(), "alice is dropped");
+    let group_comment: String =
+        c.fx.superuser
+            .query_one("SELECT shobj_description(oid, 'pg_authid') FROM pg_roles WHERE rolname = $1", &[&c.fx.group])
+            .await
+            .unwrap()
+            .get(0);
+    assert!(group_comment.contains(&format!("\"{alice}\"\t\"s1\"")), "{group_comment}");
 }
 
 #[tokio::test]
