@@ -2,6 +2,7 @@
 //! PostgreSQL over TLS, and the footprint of the Lambda binaries. Prints Markdown tables for
 //! `BENCHMARKS.md`. Run it with `scripts/bench`, which builds what it measures.
 
+mod burst;
 mod lambda;
 mod objects;
 mod provisioning;
@@ -75,6 +76,13 @@ struct Args {
     /// and manages the users, as before).
     #[arg(long, default_value_t = 64)]
     scale_creator_roles: u32,
+    /// Only the burst benchmark: sessions of one user started all at once, then ended.
+    #[arg(long, conflicts_with_all = ["objects_only", "lambda_only", "reaper_only", "scale_only"])]
+    burst_only: bool,
+    /// The burst sizes (sessions of one user at once, one admin connection each; the test
+    /// server allows 300 connections).
+    #[arg(long, value_delimiter = ',', default_value = "10,50,100,200")]
+    burst_sessions: Vec<usize>,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -96,6 +104,11 @@ async fn run(args: &Args) -> Result<(), String> {
         let cluster = Cluster::start_with(&install, Durability::Production).map_err(|e| e.to_string())?;
         provisioning::prepare_server(&cluster).await.map_err(|e| e.to_string())?;
         return scale_table(&cluster, args, install.major()).await;
+    }
+    if args.burst_only {
+        let cluster = Cluster::start_with(&install, Durability::Production).map_err(|e| e.to_string())?;
+        provisioning::prepare_server(&cluster).await.map_err(|e| e.to_string())?;
+        return burst_table(&cluster, &args.burst_sessions).await.map_err(|e| e.to_string());
     }
     let one_table = args.objects_only || args.lambda_only || args.reaper_only;
     for durability in [Durability::Production, Durability::Test] {
@@ -294,6 +307,39 @@ async fn scale_table(cluster: &Cluster, args: &Args, major: u32) -> Result<(), S
     let end = growth(|t| &t.end);
     println!("scale start ratio {}/{}: {start:.2}", last.population, first.population);
     println!("scale end ratio {}/{}: {end:.2}", last.population, first.population);
+    Ok(())
+}
+
+/// Bursts of one user: per size, each call's latency and the burst's whole time.
+async fn burst_table(cluster: &Cluster, sizes: &[usize]) -> Result<(), autouser_engine::Error> {
+    let bursts = burst::measure(cluster, sizes).await?;
+    println!(
+        "## Bursts of one user, durable server
+"
+    );
+    println!(
+        "N sessions of one user started at once, each on its own admin connection opened \
+         beforehand (new connections: each one's first start), then all ended at once; every \
+         call's latency in ms, and the whole burst's. The first burst of each size creates its user, \
+         the second finds it kept. The calls take turns at the user's lock (timeout {} s).\n",
+        autouser_engine::pg::LOCK_TIMEOUT.as_secs()
+    );
+    println!("| sessions | user | start median | start max | all started in | end median | end max | all ended in |");
+    println!("|---:|---|---:|---:|---:|---:|---:|---:|");
+    for burst in &bursts {
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            burst.sessions,
+            if burst.user_existed { "kept" } else { "new" },
+            ms(burst.start.median()),
+            ms(burst.start.quantile(1.0)),
+            ms(burst.starts_took),
+            ms(burst.end.median()),
+            ms(burst.end.quantile(1.0)),
+            ms(burst.ends_took)
+        );
+    }
+    println!();
     Ok(())
 }
 
