@@ -99,9 +99,14 @@ async fn create_in_one_round_trip(
     else {
         return Ok(None);
     };
-    // A failure rolls the implicit transaction back: nothing is left to undo.
-    let text = sql::locked_transaction(&t.db_user, sql::user_lock_key(&t.db_user), &steps);
-    connection.client().simple_query(&text).await?;
+    // A failure rolls the implicit transaction back: nothing is left to undo. On a connection
+    // that has not made the creators' functions yet, they are made in the same flight, and
+    // this start runs its creator's statements after SET ROLE.
+    let creator_functions = connection.creator_functions();
+    let renderer = sql::Renderer::new(&creator_functions);
+    let text = sql::locked_transaction(&t.db_user, sql::user_lock_key(&t.db_user), &steps, renderer);
+    let ((), started) = tokio::join!(make_creator_functions(connection, t), connection.client().simple_query(&text));
+    started?;
     connection.saw_user(&t.db_user, true);
     Ok(Some(start_outcome(req, &ledger, true, false, Vec::new())))
 }
@@ -159,7 +164,7 @@ pub async fn lock_idle_user(connection: &AdminConnection, t: &Target, terminate:
         let client = connection.client();
         match plan::plan_lock(t, &state) {
             Ok(Some(steps)) => {
-                run_and_commit(client, t, &state, &steps).await?;
+                run_and_commit(connection, t, &state, &steps).await?;
                 if let (true, Some(oid)) = (terminate, state.user_oid) {
                     if let Err(error) = terminate_connections(client, oid).await {
                         tracing::warn!(db_user = %t.db_user, error = %crate::pg::error_chain(&error),
@@ -241,7 +246,7 @@ async fn start_once(connection: &AdminConnection, req: &StartRequest) -> Result<
             Ok(start_outcome(req, &ledger, false, true, db_permissions))
         }
         StartDecision::Apply { steps, ledger, created_user, db_permissions } => {
-            run_and_commit(client, t, &state, &steps).await?;
+            run_and_commit(connection, t, &state, &steps).await?;
             Ok(start_outcome(req, &ledger, created_user, false, db_permissions))
         }
     }
@@ -350,19 +355,19 @@ async fn run_end(
             Ok(outcome(EndStatus::Noop, None, 0, &[Some(reason.to_string())], ObjectCleanup::default()))
         }
         EndDecision::RecordEarly { steps, reason, open_sessions } => {
-            run_and_commit(client, t, state, &steps).await?;
+            run_and_commit(connection, t, state, &steps).await?;
             Ok(outcome(EndStatus::Noop, None, open_sessions, &[Some(reason.to_string())], ObjectCleanup::default()))
         }
         EndDecision::InUse { steps, ledger, mode, objects } => {
             let planned = outcome(EndStatus::InUse, Some(mode), ledger.sessions.len(), &[], objects);
-            run_end_and_commit(client, t, state, &steps, revokes_failed)
+            run_end_and_commit(connection, t, state, &steps, revokes_failed)
                 .await
                 .map_err(|failure| in_doubt(connection, t, failure, &planned))?;
             Ok(planned)
         }
         EndDecision::Deactivate { steps, mode, objects } => {
             let planned = outcome(EndStatus::Deactivated, Some(mode), 0, &[unrevocable_roles(t, state)], objects);
-            run_end_and_commit(client, t, state, &steps, revokes_failed)
+            run_end_and_commit(connection, t, state, &steps, revokes_failed)
                 .await
                 .map_err(|failure| in_doubt(connection, t, failure, &planned))?;
             Ok(end_connections(client, req, state, planned).await)
@@ -375,7 +380,7 @@ async fn run_end(
                 Some(inheritor) => {
                     // The user is NOLOGIN from here to the COMMIT, and this transaction holds its
                     // row: a start anywhere waits for the outcome, and sees it dropped or kept.
-                    if let Err((statement, error)) = run_pipelined(client, &statements).await {
+                    if let Err((statement, error)) = run_pipelined(connection, &statements).await {
                         return Err(end_step_failure(client, t, state, statement, error, revokes_failed).await);
                     }
                     statements.clear();
@@ -395,7 +400,7 @@ async fn run_end(
                     };
                     if !row.get::<_, bool>("inheritor_exists") {
                         rollback(client).await;
-                        create_object_inheritor(client, t, state, inheritor).await?;
+                        create_object_inheritor(connection, t, state, inheritor).await?;
                         return Err(Failure::Retry(format!("created the object inheritor {inheritor:?}")));
                     }
                     let elsewhere: Vec<String> = row.get("other_databases");
@@ -428,7 +433,7 @@ async fn run_end(
             statements.extend(drop.iter().map(Statement::Step));
             statements.extend(after_drop.iter().map(Statement::Step));
             let dropped = outcome(EndStatus::Dropped, Some(mode), 0, &[], objects.clone());
-            match run_pipelined_committing_with_the_last(client, &statements).await {
+            match run_pipelined_committing_with_the_last(connection, &statements).await {
                 Ok(()) => {
                     connection.saw_user(&t.db_user, false);
                     Ok(end_connections(client, req, state, dropped).await)
@@ -485,7 +490,7 @@ async fn keep_instead_of_drop(
     let mut statements = vec![Statement::Raw(sql::ROLLBACK_TO_DROP)];
     statements.extend(fallback.iter().map(Statement::Step));
     statements.push(Statement::Raw(sql::COMMIT));
-    if let Err((statement, error)) = run_pipelined(client, &statements).await {
+    if let Err((statement, error)) = run_pipelined(connection, &statements).await {
         let failure = step_failure(client, t, state, statement, error).await;
         return Err(in_doubt(connection, t, failure, &planned));
     }
@@ -651,16 +656,16 @@ const DEPENDENCIES_NAMED: usize = 5;
 /// Creates the object inheritor in a transaction of its own (see
 /// [`plan::create_object_inheritor`]); a concurrent creation is a lost race, retried.
 async fn create_object_inheritor(
-    client: &Client,
+    connection: &AdminConnection,
     t: &Target,
     state: &ObservedState,
     inheritor: &str,
 ) -> Result<(), Failure> {
-    if let Err(error) = client.simple_query(sql::BEGIN).await {
+    if let Err(error) = connection.simple_query(sql::BEGIN).await {
         return Err(Failure::Fatal(postgres_error("BEGIN", t, error)));
     }
     tracing::info!(%inheritor, "creating the object inheritor");
-    run_and_commit(client, t, state, &plan::create_object_inheritor(t, inheritor)).await
+    run_and_commit(connection, t, state, &plan::create_object_inheritor(t, inheritor)).await
 }
 
 /// Hands the user's objects in `db_name`, another database of the server, to the inheritor,
@@ -696,7 +701,7 @@ async fn hand_over_in(
     let mut statements = vec![Statement::Raw(sql::BEGIN)];
     statements.extend(steps.iter().map(Statement::Step));
     statements.push(Statement::Raw(sql::COMMIT));
-    let Err((statement, error)) = run_pipelined(client, &statements).await else {
+    let Err((statement, error)) = run_pipelined(&connection, &statements).await else {
         tracing::info!(db_user = %t.db_user, %db_name, %inheritor, "handed the user's objects over");
         return Ok(());
     };
@@ -915,23 +920,29 @@ enum Statement<'a> {
     Raw(&'static str),
 }
 
-impl Statement<'_> {
-    fn sql(&self) -> String {
-        match self {
-            Statement::Step(step) => sql::render(step),
-            Statement::Raw(text) => text.to_string(),
-        }
-    }
+/// `statements` as the SQL `connection` runs, in order, each with its text: a creator's
+/// statements as calls of its function where the connection has it ([`sql::Renderer`]), and the
+/// `SET LOCAL ROLE` steps those calls make needless left out.
+fn rendered<'a>(connection: &AdminConnection, statements: &[Statement<'a>]) -> (Vec<Statement<'a>>, Vec<String>) {
+    let creator_functions = connection.creator_functions();
+    let mut renderer = sql::Renderer::new(&creator_functions);
+    statements
+        .iter()
+        .filter_map(|statement| match statement {
+            Statement::Step(step) => renderer.render(step).map(|text| (*statement, text)),
+            Statement::Raw(text) => Some((*statement, text.to_string())),
+        })
+        .unzip()
 }
 
 /// Sends all statements at once and waits for all answers. Returns the first failure; the
 /// statements after it fail too, with "current transaction is aborted".
 async fn run_pipelined<'a>(
-    client: &Client,
+    connection: &AdminConnection,
     statements: &[Statement<'a>],
 ) -> Result<(), (Statement<'a>, tokio_postgres::Error)> {
-    let texts: Vec<String> = statements.iter().map(Statement::sql).collect();
-    send_pipelined(client, statements, &texts).await
+    let (statements, texts) = rendered(connection, statements);
+    send_pipelined(connection.client(), &statements, &texts).await
 }
 
 /// Sends `texts`, one message each, at once; the first failure is reported as the statement
@@ -959,28 +970,33 @@ async fn send_pipelined<'a>(
 /// open, aborted, for a `ROLLBACK TO SAVEPOINT`. A failure of the `COMMIT` itself is reported
 /// as the last statement's.
 async fn run_pipelined_committing_with_the_last<'a>(
-    client: &Client,
+    connection: &AdminConnection,
     statements: &[Statement<'a>],
 ) -> Result<(), (Statement<'a>, tokio_postgres::Error)> {
-    let mut texts: Vec<String> = statements.iter().map(Statement::sql).collect();
+    let (statements, mut texts) = rendered(connection, statements);
     let last = texts.last_mut().expect("statements to commit with");
     last.push_str(";\n");
     last.push_str(sql::COMMIT);
-    send_pipelined(client, statements, &texts).await
+    send_pipelined(connection.client(), &statements, &texts).await
 }
 
-async fn run_and_commit(client: &Client, t: &Target, state: &ObservedState, steps: &[Step]) -> Result<(), Failure> {
+async fn run_and_commit(
+    connection: &AdminConnection,
+    t: &Target,
+    state: &ObservedState,
+    steps: &[Step],
+) -> Result<(), Failure> {
     let mut statements: Vec<Statement> = steps.iter().map(Statement::Step).collect();
     statements.push(Statement::Raw(sql::COMMIT));
-    match run_pipelined(client, &statements).await {
+    match run_pipelined(connection, &statements).await {
         Ok(()) => Ok(()),
-        Err((statement, error)) => Err(step_failure(client, t, state, statement, error).await),
+        Err((statement, error)) => Err(step_failure(connection.client(), t, state, statement, error).await),
     }
 }
 
 /// [`run_and_commit`] for an end's steps: see [`end_step_failure`].
 async fn run_end_and_commit(
-    client: &Client,
+    connection: &AdminConnection,
     t: &Target,
     state: &ObservedState,
     steps: &[Step],
@@ -988,9 +1004,11 @@ async fn run_end_and_commit(
 ) -> Result<(), Failure> {
     let mut statements: Vec<Statement> = steps.iter().map(Statement::Step).collect();
     statements.push(Statement::Raw(sql::COMMIT));
-    match run_pipelined(client, &statements).await {
+    match run_pipelined(connection, &statements).await {
         Ok(()) => Ok(()),
-        Err((statement, error)) => Err(end_step_failure(client, t, state, statement, error, revokes_failed).await),
+        Err((statement, error)) => {
+            Err(end_step_failure(connection.client(), t, state, statement, error, revokes_failed).await)
+        }
     }
 }
 
@@ -1156,6 +1174,20 @@ async fn list_objects(
     Ok((schemas, objects))
 }
 
+/// Makes the creator roles' functions on `connection` when `t`'s statements may run as a
+/// creator (`creator_roles`, PostgreSQL 16+, an admin that is not a superuser): see
+/// [`sql::Renderer`]. A failure is only logged: the statements keep their `SET LOCAL ROLE`.
+async fn make_creator_functions(connection: &AdminConnection, t: &Target) {
+    let Some(creator) = &t.creator else { return };
+    if connection.admin_is_superuser() != Some(false) || connection.server_major().is_none_or(|major| major < 16) {
+        return;
+    }
+    if let Err(error) = connection.make_creator_functions(&t.managed_group, creator).await {
+        tracing::warn!(db_user = %t.db_user, error = %crate::pg::error_chain(&error),
+            "could not make the creator roles' functions: their statements run after SET ROLE, which costs more");
+    }
+}
+
 async fn begin_and_read(
     connection: &AdminConnection,
     t: &Target,
@@ -1178,6 +1210,8 @@ async fn begin_and_read(
     let lock_key = sql::user_lock_key(&t.db_user);
     let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&lock_key, Type::INT8)];
     let read_params: [&(dyn ToSql + Sync); 5] = [&t.db_user, &t.managed_group, &candidates, &t.session_id, &t.creator];
+    // In the same flight, ahead of the transaction: known before the plan is rendered.
+    let make_functions = make_creator_functions(connection, t);
     let begin = client.simple_query(sql::BEGIN);
     let lock = client.query_typed(sql::LOCK_USER, &lock_params);
     let read = client.query(read_state, &read_params);
@@ -1188,7 +1222,7 @@ async fn begin_and_read(
             _ => Ok(None),
         }
     };
-    let (begin, lock, read, objects) = tokio::join!(begin, lock, read, objects);
+    let ((), begin, lock, read, objects) = tokio::join!(make_functions, begin, lock, read, objects);
     let (row, objects) = match begin.and(lock).and(read).and_then(|rows| Ok((rows.into_iter().next(), objects?))) {
         Ok(read) => read,
         Err(error) => {

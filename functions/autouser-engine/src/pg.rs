@@ -3,13 +3,14 @@
 //! TLS is OpenSSL, as in libpq, and `tls.mode` means what libpq's `sslmode` means with the
 //! same files: see [`crate::tls`].
 
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 pub use crate::error::{error_chain, is_transient};
 use crate::tls::{self, ClientIdentity, FailureSlot};
@@ -181,6 +182,15 @@ pub struct AdminConnection {
     read_state: tokio::sync::OnceCell<tokio_postgres::Statement>,
     object_listing: tokio::sync::OnceCell<ObjectListingStatements>,
     existing_users: std::sync::Mutex<std::collections::HashSet<String>>,
+    creator_functions: std::sync::Mutex<Option<CreatorFunctions>>,
+}
+
+/// What [`AdminConnection::make_creator_functions`] found: the creator roles it looked at, and
+/// those whose function ([`sql::Renderer`]) the connection's temporary schema holds.
+#[derive(Debug, Clone, Default)]
+struct CreatorFunctions {
+    considered: BTreeSet<String>,
+    made: BTreeSet<String>,
 }
 
 /// The object listing queries, prepared.
@@ -254,6 +264,45 @@ impl AdminConnection {
             .await
     }
 
+    /// Makes the creator roles' functions ([`sql::make_creator_functions`], one round trip) when
+    /// this connection has not looked for them yet, or when `creator` was not among the
+    /// creators it looked at (one made since). Outside any transaction: the functions live as
+    /// long as the connection.
+    pub(crate) async fn make_creator_functions(&self, group: &str, creator: &str) -> Result<(), tokio_postgres::Error> {
+        let looked_at = self
+            .creator_functions
+            .lock()
+            .ok()
+            .and_then(|functions| functions.as_ref().map(|functions| functions.considered.contains(creator)));
+        if looked_at == Some(true) {
+            return Ok(());
+        }
+        let mut found = CreatorFunctions::default();
+        for message in self.client.simple_query(&sql::make_creator_functions(group)).await? {
+            if let SimpleQueryMessage::Row(row) = message {
+                let name = row.get("creator").unwrap_or_default().to_string();
+                if row.get("has_function") == Some("t") {
+                    found.made.insert(name.clone());
+                }
+                found.considered.insert(name);
+            }
+        }
+        tracing::debug!(made = ?found.made, considered = found.considered.len(), "creator functions");
+        if let Ok(mut functions) = self.creator_functions.lock() {
+            *functions = Some(found);
+        }
+        Ok(())
+    }
+
+    /// The creator roles whose function this connection has (see [`sql::Renderer`]).
+    pub(crate) fn creator_functions(&self) -> BTreeSet<String> {
+        self.creator_functions
+            .lock()
+            .ok()
+            .and_then(|functions| functions.as_ref().map(|functions| functions.made.clone()))
+            .unwrap_or_default()
+    }
+
     /// Whether `user` was seen to exist on this connection (and not seen dropped since).
     pub(crate) fn user_seen(&self, user: &str) -> bool {
         self.existing_users.lock().map(|users| users.contains(user)).unwrap_or(false)
@@ -283,6 +332,7 @@ pub async fn connect_admin(params: &ConnectParams<'_>) -> Result<AdminConnection
         read_state: tokio::sync::OnceCell::new(),
         object_listing: tokio::sync::OnceCell::new(),
         existing_users: std::sync::Mutex::new(std::collections::HashSet::new()),
+        creator_functions: std::sync::Mutex::new(None),
     })
 }
 

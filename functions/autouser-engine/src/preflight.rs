@@ -121,6 +121,8 @@ pub struct AdminFacts {
     pub inherit: bool,
     pub read_only: bool,
     pub in_recovery: bool,
+    /// The database preflight is connected to.
+    pub database: String,
 }
 
 /// What the server says about one role the admin must manage or grant.
@@ -152,6 +154,9 @@ pub struct ServerFacts {
     /// one of them).
     pub creator_roles_held: Vec<String>,
     pub creators_not_ready: Vec<String>,
+    /// Of those creators, the ones that exist and may not create temporary objects in this
+    /// database (`TEMP`), so get no function on the admin's connections (`sql::Renderer`).
+    pub creators_without_temp: Vec<String>,
 }
 
 impl ServerFacts {
@@ -165,7 +170,8 @@ SELECT current_user::text,
        pg_catalog.current_setting('server_version_num')::int,
        r.rolsuper, r.rolcreaterole, r.rolinherit,
        pg_catalog.current_setting('transaction_read_only') = 'on',
-       pg_catalog.pg_is_in_recovery()
+       pg_catalog.pg_is_in_recovery(),
+       pg_catalog.current_database()::text
   FROM pg_catalog.pg_roles r WHERE r.rolname = current_user";
 
 /// `$1`: role names. One row per name, whether the role exists or not.
@@ -216,6 +222,7 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
         inherit: row.get(4),
         read_only: row.get(5),
         in_recovery: row.get(6),
+        database: row.get(7),
     };
     let names: Vec<&str> = roles.iter().map(String::as_str).collect();
     let roles = client
@@ -244,11 +251,14 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
     } else {
         Vec::new()
     };
-    let creators_not_ready = if uses_creators {
+    let (creators_not_ready, creators_without_temp) = if uses_creators {
         let creators = config.creator_role_names();
-        client.query_one(sql::CREATORS_NOT_READY, &[&creators, &creator_roles_held]).await.map_err(failed)?.get(0)
+        let not_ready =
+            client.query_one(sql::CREATORS_NOT_READY, &[&creators, &creator_roles_held]).await.map_err(failed)?.get(0);
+        let without_temp = client.query_one(sql::CREATORS_WITHOUT_TEMP, &[&creators]).await.map_err(failed)?.get(0);
+        (not_ready, without_temp)
     } else {
-        Vec::new()
+        (Vec::new(), Vec::new())
     };
     Ok(ServerFacts {
         admin,
@@ -257,6 +267,7 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
         unmanaged_login_count: row.get(1),
         creator_roles_held,
         creators_not_ready,
+        creators_without_temp,
     })
 }
 
@@ -382,6 +393,9 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
     }
     if config.creator_roles > 0 {
         findings.push(creator_roles_finding(config, facts));
+        if let Some(finding) = creator_functions_finding(facts) {
+            findings.push(finding);
+        }
     }
     if facts.unmanaged_login_count > 0 {
         findings.push(Finding::warn(
@@ -403,6 +417,25 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
         ));
     }
     findings
+}
+
+/// `creator_functions`: a warning when some creators may not create temporary objects in this
+/// database. Their statements then run after `SET ROLE`, whose check walks every creator's
+/// users on PostgreSQL 16+: correct, but at the cost `creator_roles` is there to avoid.
+fn creator_functions_finding(facts: &ServerFacts) -> Option<Finding> {
+    let first = facts.creators_without_temp.first()?;
+    let creators: Vec<String> = facts.creators_without_temp.iter().map(|creator| quote_ident(creator)).collect();
+    Some(Finding::warn(
+        "creator_functions",
+        format!(
+            "{} creator role(s) may not create temporary objects in database {:?} (for example {first:?}): the \
+             admin reaches their statements through a function in its connection's temporary schema, and without \
+             TEMP they run after SET ROLE instead, whose check walks every creator's users",
+            creators.len(),
+            facts.admin.database,
+        ),
+        Some(format!("GRANT TEMP ON DATABASE {} TO {};", quote_ident(&facts.admin.database), creators.join(", "))),
+    ))
 }
 
 /// `creator_roles`: whether the creators are ready. A creator that is not is prepared by the
@@ -600,6 +633,7 @@ roles:
                 inherit: true,
                 read_only: false,
                 in_recovery: false,
+                database: "app".into(),
             },
             roles: roles
                 .iter()
@@ -616,6 +650,7 @@ roles:
             unmanaged_login_count: 0,
             creator_roles_held: Vec::new(),
             creators_not_ready: Vec::new(),
+            creators_without_temp: Vec::new(),
         }
     }
 

@@ -15,6 +15,7 @@ use autouser_policy::permissions::{
 };
 use autouser_policy::plan::Step;
 use autouser_policy::stable_hash;
+use std::collections::BTreeSet;
 
 /// Quotes a role or object name as a PostgreSQL identifier. The caller must have refused
 /// names with NUL bytes ([`autouser_policy::naming::validate_identifier`]).
@@ -91,11 +92,16 @@ SELECT
           FROM pg_catalog.pg_auth_members m
          WHERE m.member = u.oid AND m.grantor = creator.oid
          ORDER BY 1) AS creator_grants,
-  -- Ready: the admin may SET ROLE to the creator, and the creator holds ADMIN OPTION on the
-  -- group and on the roles of $3 that exist. (The CASE keeps PostgreSQL 15, which has no SET
-  -- privilege, from evaluating pg_has_role.)
+  -- Ready: the admin holds the membership in the creator that PrepareCreator grants (SET
+  -- TRUE), and the creator holds ADMIN OPTION on the group and on the roles of $3 that exist.
+  -- The membership row is read directly: pg_has_role(…, 'SET') would walk every role the admin
+  -- may SET to, and so every creator's memberships in its users (see creator_functions). Its
+  -- set_option is read through to_jsonb because PostgreSQL 15 has no such column, and
+  -- `creator` is NULL there.
   creator.oid IS NOT NULL
-    AND CASE WHEN admin.revokes_own_grants_only THEN pg_catalog.pg_has_role(admin.oid, creator.oid, 'SET') END
+    AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                 WHERE m.roleid = creator.oid AND m.member = admin.oid
+                   AND (pg_catalog.to_jsonb(m.*) ->> 'set_option')::boolean)
     AND NOT ",
     creator_lacks_admin_option!("creator.oid", "$3::text[] || $2::text"),
     " AS creator_ready,
@@ -543,6 +549,16 @@ SELECT ARRAY(
    ORDER BY wanted.n)"
 );
 
+/// Of the creator roles `$1`, those that exist and may not create temporary objects in this
+/// database: they get no function on the admin's connections here ([`make_creator_functions`]).
+pub const CREATORS_WITHOUT_TEMP: &str = "\
+SELECT ARRAY(
+  SELECT c.rolname::text
+    FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS wanted(name, n)
+    JOIN pg_catalog.pg_roles c ON c.rolname = wanted.name
+   WHERE NOT pg_catalog.has_database_privilege(c.oid, pg_catalog.current_database(), 'TEMP')
+   ORDER BY wanted.n)";
+
 /// Whether the current user may create roles at all.
 pub const ADMIN_MAY_CREATE_ROLES: &str =
     "SELECT rolcreaterole OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user";
@@ -563,11 +579,11 @@ pub fn user_lock_key(db_user: &str) -> i64 {
 /// `steps`, as one simple-query message. PostgreSQL runs the statements of one such message as
 /// one implicit transaction: committed after the last, rolled back entirely at the first error
 /// (the rest do not run). The key is an integer, so the lock needs no bind parameter.
-pub fn locked_transaction(user: &str, lock_key: i64, steps: &[Step]) -> String {
+pub fn locked_transaction(user: &str, lock_key: i64, steps: &[Step], mut renderer: Renderer) -> String {
     let mut text = format!("{};\nSELECT pg_catalog.pg_advisory_xact_lock({lock_key})", new_user_check(user));
-    for step in steps {
+    for sql in steps.iter().filter_map(|step| renderer.render(step)) {
         text.push_str(";\n");
-        text.push_str(&render(step));
+        text.push_str(&sql);
     }
     text
 }
@@ -642,6 +658,113 @@ pub fn render(step: &Step) -> String {
         Step::SetRole { role: None } => "SET LOCAL ROLE NONE".to_string(),
         Step::PrepareCreator { creator, roles } => prepare_creator(creator, roles),
     }
+}
+
+/// How a connection reaches the statements of a creator role (`creator_roles`). The plan marks
+/// them with [`Step::SetRole`], and `SET LOCAL ROLE <creator>` works everywhere; but on
+/// PostgreSQL 16+ the server checks it by walking every role the admin may SET to, which reads
+/// every creator's membership in each of its users (the whole population, after any change to
+/// `pg_auth_members`). A `SECURITY DEFINER` function owned by the creator runs the same
+/// statement as the creator, and calling it checks only the admin's `EXECUTE`.
+///
+/// [`make_creator_functions`] makes one per creator, in the connection's temporary schema:
+/// nothing is left in any database, and no other session can call them. `Renderer` then renders
+/// a creator's statements as calls of its function where the connection has it, and as
+/// `SET LOCAL ROLE` elsewhere.
+pub struct Renderer<'f> {
+    creator_functions: &'f BTreeSet<String>,
+    /// The creator whose function runs the steps being rendered.
+    through: Option<&'f str>,
+}
+
+impl<'f> Renderer<'f> {
+    /// A renderer for a connection whose temporary schema has the functions of `creator_functions`.
+    pub fn new(creator_functions: &'f BTreeSet<String>) -> Self {
+        Renderer { creator_functions, through: None }
+    }
+
+    /// The SQL of `step`, after the steps rendered before it. `None` for a [`Step::SetRole`] that
+    /// the creator's function makes needless: the steps up to the next `SetRole` are calls of it.
+    pub fn render(&mut self, step: &Step) -> Option<String> {
+        match step {
+            Step::SetRole { role: Some(role) } => {
+                self.through = self.creator_functions.get(role).map(String::as_str);
+                if self.through.is_some() {
+                    return None;
+                }
+            }
+            Step::SetRole { role: None } if self.through.take().is_some() => return None,
+            _ => {}
+        }
+        let text = render(step);
+        Some(match self.through {
+            Some(creator) => call_creator_function(creator, &text),
+            None => text,
+        })
+    }
+}
+
+/// `statement`, run as `creator` by its function (see [`Renderer`]).
+fn call_creator_function(creator: &str, statement: &str) -> String {
+    format!("SELECT pg_temp.{}({})", quote_ident(creator), quote_literal(statement))
+}
+
+/// Makes, in the connection's temporary schema, the function of each creator role of `group`
+/// (`<group>-creator-<k>`) that the admin may SET ROLE to and that has none yet: named as the
+/// creator, owned by it, `SECURITY DEFINER`, executable only by the admin (the session user),
+/// and running the one statement it is given. Its own implicit transaction, so the functions
+/// live as long as the connection. The `SET LOCAL ROLE` that creating them takes is checked
+/// once for all of them. A creator that may not create temporary objects in this database (no
+/// `TEMP` privilege: `PUBLIC` has it by default) gets no function, and its statements keep
+/// their `SET LOCAL ROLE`.
+///
+/// Then one row per such creator: `creator`, and `has_function`.
+pub fn make_creator_functions(group: &str) -> String {
+    let body = format!(
+        "DECLARE \
+           admin_oid constant oid := (SELECT a.oid FROM pg_catalog.pg_roles a WHERE a.rolname = session_user); \
+           creators text[]; \
+           creator_name text; \
+         BEGIN \
+           creators := ARRAY( \
+             SELECT c.rolname::text FROM pg_catalog.pg_roles c \
+              WHERE pg_catalog.starts_with(c.rolname::text, {group} || '-creator-') \
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
+                             WHERE m.roleid = c.oid AND m.member = admin_oid AND m.set_option) \
+                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p \
+                                 WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() AND p.proname = c.rolname) \
+              ORDER BY 1); \
+           FOREACH creator_name IN ARRAY creators LOOP \
+             BEGIN \
+               EXECUTE pg_catalog.format('SET LOCAL ROLE %I', creator_name); \
+               EXECUTE pg_catalog.format( \
+                 'CREATE FUNCTION pg_temp.%I(statement text) RETURNS void LANGUAGE plpgsql SECURITY DEFINER \
+                    SET search_path = pg_catalog, pg_temp AS %L', \
+                 creator_name, 'BEGIN EXECUTE statement; END'); \
+               EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION pg_temp.%I(text) FROM PUBLIC', creator_name); \
+               EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION pg_temp.%I(text) TO %I', creator_name, session_user); \
+               SET LOCAL ROLE NONE; \
+             EXCEPTION WHEN insufficient_privilege THEN NULL; \
+             END; \
+           END LOOP; \
+         END",
+        group = quote_literal(group),
+    );
+    format!(
+        "DO {};\n\
+         SELECT c.rolname::text AS creator, \
+                EXISTS (SELECT 1 FROM pg_catalog.pg_proc p \
+                         WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() AND p.proname = c.rolname \
+                           AND p.proowner = c.oid AND p.prosecdef) AS has_function \
+           FROM pg_catalog.pg_roles c \
+          WHERE pg_catalog.starts_with(c.rolname::text, {group} || '-creator-') \
+            AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
+                         WHERE m.roleid = c.oid AND m.member = (SELECT a.oid FROM pg_catalog.pg_roles a \
+                                                                 WHERE a.rolname = session_user) \
+                           AND m.set_option)",
+        quote_literal(&body),
+        group = quote_literal(group),
+    )
 }
 
 /// See [`Step::PrepareCreator`]: one `DO` block, as the admin, that changes only what is
@@ -877,7 +1000,7 @@ mod tests {
             Step::WriteLedger { user: "al;ice".into(), ledger: "{'x'}".into() },
             Step::GrantRoles { roles: vec!["grp".into(), "re\"ader".into()], user: "al;ice".into() },
         ];
-        let text = locked_transaction("al;ice", -42, &steps);
+        let text = locked_transaction("al;ice", -42, &steps, Renderer::new(&BTreeSet::new()));
         let check = format!("{};\n", new_user_check("al;ice"));
         assert!(check.contains("rolsuper") && check.contains("rolname = ''al;ice''"), "{check}");
         assert!(text.starts_with(&check), "{text}");
@@ -888,6 +1011,45 @@ mod tests {
              COMMENT ON ROLE \"al;ice\" IS '{''x''}';\n\
              GRANT \"grp\", \"re\"\"ader\" TO \"al;ice\""
         );
+    }
+
+    /// A creator's statements are calls of its function where the connection has it, with the
+    /// `SET LOCAL ROLE` steps left out; without it, or for another creator, they stay as they
+    /// are. The statement's own quoting survives the call's.
+    #[test]
+    fn a_creator_s_statements_are_calls_of_its_function_where_the_connection_has_it() {
+        let steps = [
+            Step::CreateGroup { group: "grp".into() },
+            Step::SetRole { role: Some("grp-creator-1".into()) },
+            Step::CreateUser { user: "o'neil".into() },
+            Step::GrantRoles { roles: vec!["grp".into()], user: "o'neil".into() },
+            Step::SetRole { role: None },
+            Step::GrantSchemaUsage { schemas: vec!["s".into()], user: "o'neil".into() },
+        ];
+        let rendered = |functions: &[&str]| -> Vec<String> {
+            let functions: BTreeSet<String> = functions.iter().map(|name| name.to_string()).collect();
+            let mut renderer = Renderer::new(&functions);
+            steps.iter().filter_map(|step| renderer.render(step)).collect()
+        };
+        assert_eq!(
+            rendered(&["grp-creator-1"]),
+            [
+                "CREATE ROLE \"grp\" NOLOGIN",
+                "SELECT pg_temp.\"grp-creator-1\"('CREATE ROLE \"o''neil\" LOGIN')",
+                "SELECT pg_temp.\"grp-creator-1\"('GRANT \"grp\" TO \"o''neil\"')",
+                "GRANT USAGE ON SCHEMA \"s\" TO \"o'neil\"",
+            ]
+        );
+        let with_set_role = [
+            "CREATE ROLE \"grp\" NOLOGIN",
+            "SET LOCAL ROLE \"grp-creator-1\"",
+            "CREATE ROLE \"o'neil\" LOGIN",
+            "GRANT \"grp\" TO \"o'neil\"",
+            "SET LOCAL ROLE NONE",
+            "GRANT USAGE ON SCHEMA \"s\" TO \"o'neil\"",
+        ];
+        assert_eq!(rendered(&[]), with_set_role);
+        assert_eq!(rendered(&["grp-creator-2"]), with_set_role);
     }
 
     /// No code outside this module puts a name or a value into SQL by hand: no call of the

@@ -5,7 +5,7 @@
 
 use autouser_policy::outcome::EndStatus;
 
-use crate::fixture::{cluster, connect, major, set, Fixture};
+use crate::fixture::{cluster, connect, major, q, set, Fixture};
 
 /// Who holds what on `user`, as `(role, member, grantor, admin_option)` rows of
 /// `pg_auth_members` where `user` is the role or the member.
@@ -192,4 +192,139 @@ async fn a_user_keeps_its_creator_when_creator_roles_change() {
         assert!(!state.login);
         assert_eq!(state.member_of, set(&[&fx.group]), "with creator_roles: {count}");
     }
+}
+
+/// How many times the server counted calls of the function named `creator`
+/// (`track_functions`), once the backend of `connection` has reported them: it reports at the
+/// end of a statement at most once a second, so each try runs one. Waits up to 10 s for the
+/// count to pass `more_than`.
+async fn function_calls(
+    in_db: &tokio_postgres::Client,
+    connection: &autouser_engine::pg::AdminConnection,
+    creator: &str,
+    more_than: i64,
+) -> i64 {
+    let mut calls = 0;
+    for _ in 0..50 {
+        connection.simple_query("SELECT 1").await.expect("the admin's connection");
+        calls = in_db
+            .query_one(
+                "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_user_functions WHERE funcname = $1",
+                &[&creator],
+            )
+            .await
+            .expect("function statistics")
+            .get(0);
+        if calls > more_than {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    calls
+}
+
+/// PostgreSQL 16+ checks `SET ROLE <creator>` by walking every creator's memberships, so on a
+/// connection that has made them, a creator's statements are calls of its function instead. The
+/// server counts those calls: a start and an end on a warm connection each make some. The
+/// function is the creator's, `SECURITY DEFINER`, in the connection's temporary schema, and
+/// only the admin may call it: another login role that names it is refused. On 15 there is none.
+#[tokio::test]
+async fn on_a_warm_connection_a_creators_statements_are_calls_of_its_function() {
+    let fx = with_creators(Fixture::new("cr_function").await, 1);
+    let config = fx.config();
+    let creator = format!("{}-creator-0", fx.group);
+    fx.sql(&format!("ALTER ROLE {} SET track_functions = 'pl'", q(&fx.admin))).await;
+    // The first start prepares the creator; the next, on a new connection, makes its function.
+    fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap();
+    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
+    fx.start_on(&connection, fx.event("s1", &fx.user("alice"), &["keep"])).await.unwrap();
+
+    // Functions and their statistics are per database.
+    let in_db = connect(cluster().superuser(), &fx.db).await.unwrap();
+    let functions = in_db
+        .query(
+            "SELECT p.pronamespace::regnamespace::text, p.proowner::regrole::text, p.prosecdef,
+                    p.proacl::text[]
+               FROM pg_proc p WHERE p.proname = $1",
+            &[&creator],
+        )
+        .await
+        .unwrap();
+    if major() < 16 {
+        assert!(functions.is_empty(), "no creator function before 16");
+        return;
+    }
+    assert_eq!(functions.len(), 1, "one function, on the admin's connection");
+    let (schema, owner, security_definer, acl): (String, String, bool, Vec<String>) =
+        (functions[0].get(0), functions[0].get(1), functions[0].get(2), functions[0].get(3));
+    assert!(schema.starts_with("pg_temp_"), "{schema}");
+    assert_eq!(owner, q(&creator));
+    assert!(security_definer);
+    let (creator_q, admin_q) = (q(&creator), fx.admin.clone());
+    assert_eq!(acl, [format!("{creator_q}=X/{creator_q}"), format!("{admin_q}=X/{creator_q}")]);
+
+    let bob = fx.user("bob");
+    fx.start_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
+    let after_start = function_calls(&in_db, &connection, &creator, 0).await;
+    assert!(after_start > 0, "bob's start called the creator's function");
+    fx.end_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
+    let after_end = function_calls(&in_db, &connection, &creator, after_start).await;
+    assert!(after_end > after_start, "bob's end called it too ({after_start} then {after_end})");
+    let state = fx.state(&bob).await.unwrap();
+    assert!(!state.login && state.member_of == set(&[&fx.group]), "bob is locked: {state:?}");
+
+    let outsider = format!("{}_outsider", fx.ns);
+    fx.sql(&format!("CREATE ROLE {} LOGIN", q(&outsider))).await;
+    let other = connect(&outsider, &fx.db).await.unwrap();
+    let call = format!("SELECT {schema}.{creator_q}('CREATE ROLE {}')", q(&fx.user("mallory")));
+    let refused = other.simple_query(&call).await.expect_err("an outsider may not call the admin's function");
+    assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused}");
+    assert!(fx.state(&fx.user("mallory")).await.is_none());
+}
+
+/// The functions of the creator roles live in the admin's temporary schema, which a creator may
+/// use only with `TEMP` on the database (`PUBLIC` has it by default). Where it was revoked,
+/// preflight warns and prints the `GRANT`; sessions meanwhile start and end, their creator's
+/// statements after `SET ROLE`. Once the `GRANT` has run, a new connection makes the function.
+#[tokio::test]
+async fn without_temp_on_the_database_a_creator_runs_after_set_role_and_preflight_prints_the_grant() {
+    let mut fx = with_creators(Fixture::new("cr_no_temp").await, 1);
+    fx.default_database = Some(fx.db.clone());
+    let config = fx.config();
+    let creator = format!("{}-creator-0", fx.group);
+    fx.sql(&format!("REVOKE TEMP ON DATABASE {} FROM PUBLIC", q(&fx.db))).await;
+    // The first start prepares the creator.
+    fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap();
+
+    let report = crate::preflight::preflight(&fx).await;
+    let warned = report.findings.iter().find(|finding| finding.check == "creator_functions");
+    if major() < 16 {
+        assert!(warned.is_none(), "creator roles are unused before 16: {}", report.to_text());
+        return;
+    }
+    let warned = warned.unwrap_or_else(|| panic!("a creator_functions finding: {}", report.to_text()));
+    assert_eq!(warned.status, autouser_engine::preflight::Status::Warn);
+    assert!(report.ready, "sessions work meanwhile: {}", report.to_text());
+    let grant = format!("GRANT TEMP ON DATABASE {} TO {};", q(&fx.db), q(&creator));
+    assert_eq!(warned.fix.as_deref(), Some(grant.as_str()), "{}", report.to_text());
+
+    let in_db = connect(cluster().superuser(), &fx.db).await.unwrap();
+    let count = |rows: Vec<tokio_postgres::Row>| rows.len();
+    let alice = fx.user("alice");
+    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
+    fx.start_on(&connection, fx.event("s1", &alice, &["keep"])).await.expect("a start through SET ROLE");
+    connect(&alice, &fx.db).await.expect("alice logs in");
+    fx.end_on(&connection, fx.event("s1", &alice, &["keep"])).await.expect("an end through SET ROLE");
+    assert!(!fx.state(&alice).await.unwrap().login, "alice is locked");
+    let find = "SELECT 1 FROM pg_proc WHERE proname = $1";
+    assert_eq!(count(in_db.query(find, &[&creator]).await.unwrap()), 0, "no function without TEMP");
+
+    fx.sql(&grant).await;
+    assert!(
+        crate::preflight::preflight(&fx).await.findings.iter().all(|finding| finding.check != "creator_functions"),
+        "no warning after the GRANT"
+    );
+    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
+    fx.start_on(&connection, fx.event("s2", &fx.user("bob"), &["keep"])).await.unwrap();
+    assert_eq!(count(in_db.query(find, &[&creator]).await.unwrap()), 1, "the new connection made the function");
 }
