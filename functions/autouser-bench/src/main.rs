@@ -74,7 +74,7 @@ struct Args {
     scale_iterations: usize,
     /// The config's `creator_roles` for our side of the scale benchmark (0: the admin creates
     /// and manages the users, as before).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 128)]
     scale_creator_roles: u32,
     /// Only the burst benchmark: sessions of one user started all at once, then ended.
     #[arg(long, conflicts_with_all = ["objects_only", "lambda_only", "reaper_only", "scale_only"])]
