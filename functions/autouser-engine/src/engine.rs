@@ -44,6 +44,7 @@ pub const MAX_ATTEMPTS: u32 = 12;
 /// the user exists after all (or the group, a role, or write access is missing), a statement
 /// of that transaction fails, nothing is kept, and the usual read-then-write attempt follows.
 pub async fn session_start(connection: &AdminConnection, req: &StartRequest) -> Result<StartOutcome, Error> {
+    connection.count_call();
     let t = &req.target;
     // Object permissions need the database's objects listed first: no one-round-trip start.
     if !connection.user_seen(&t.db_user) && req.db_permissions.is_none() {
@@ -151,6 +152,7 @@ pub async fn session_end(
     req: &EndRequest,
     others: &dyn OtherDatabases,
 ) -> Result<EndOutcome, Error> {
+    connection.count_call();
     let revokes_failed = std::sync::Mutex::new(None);
     let revokes_failed = &revokes_failed;
     retrying(&req.target, || end_once(connection, req, others, revokes_failed)).await
@@ -159,6 +161,7 @@ pub async fn session_end(
 /// Locks a managed user that has no open session (see [`plan::plan_lock`]), and with
 /// `terminate` ends its open connections. Returns whether it changed anything.
 pub async fn lock_idle_user(connection: &AdminConnection, t: &Target, terminate: bool) -> Result<bool, Error> {
+    connection.count_call();
     retrying(t, || async {
         let state = begin_and_read(connection, t, &[], None).await?;
         let client = connection.client();
@@ -286,6 +289,7 @@ pub async fn retry_blocked_drop(
     req: &EndRequest,
     others: &dyn OtherDatabases,
 ) -> Result<Option<EndOutcome>, Error> {
+    connection.count_call();
     let revokes_failed = std::sync::Mutex::new(None);
     retrying(&req.target, || async {
         let state = begin_and_read(connection, &req.target, &[], None).await?;
@@ -1176,10 +1180,15 @@ async fn list_objects(
 
 /// Makes the creator roles' functions on `connection` when `t`'s statements may run as a
 /// creator (`creator_roles`, PostgreSQL 16+, an admin that is not a superuser): see
-/// [`sql::Renderer`]. A failure is only logged: the statements keep their `SET LOCAL ROLE`.
+/// [`sql::Renderer`]. Not during a connection's first call, which runs its creator's
+/// statements after `SET ROLE` either way: a connection used for one call (the CLI's) would
+/// only pay for them. A failure is only logged: the statements keep their `SET LOCAL ROLE`.
 async fn make_creator_functions(connection: &AdminConnection, t: &Target) {
     let Some(creator) = &t.creator else { return };
     if connection.admin_is_superuser() != Some(false) || connection.server_major().is_none_or(|major| major < 16) {
+        return;
+    }
+    if connection.calls() < 2 {
         return;
     }
     if let Err(error) = connection.make_creator_functions(&t.managed_group, creator).await {

@@ -183,6 +183,8 @@ pub struct AdminConnection {
     object_listing: tokio::sync::OnceCell<ObjectListingStatements>,
     existing_users: std::sync::Mutex<std::collections::HashSet<String>>,
     creator_functions: std::sync::Mutex<Option<CreatorFunctions>>,
+    /// Session-starts, -ends and reaper actions begun on this connection.
+    calls: std::sync::atomic::AtomicU32,
 }
 
 /// What [`AdminConnection::make_creator_functions`] found: the creator roles it looked at, and
@@ -294,6 +296,16 @@ impl AdminConnection {
         Ok(())
     }
 
+    /// Counts a session-start, -end or reaper action begun on this connection.
+    pub(crate) fn count_call(&self) {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many session-starts, -ends and reaper actions were begun on this connection.
+    pub(crate) fn calls(&self) -> u32 {
+        self.calls.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The creator roles whose function this connection has (see [`sql::Renderer`]).
     pub(crate) fn creator_functions(&self) -> BTreeSet<String> {
         self.creator_functions
@@ -333,6 +345,7 @@ pub async fn connect_admin(params: &ConnectParams<'_>) -> Result<AdminConnection
         object_listing: tokio::sync::OnceCell::new(),
         existing_users: std::sync::Mutex::new(std::collections::HashSet::new()),
         creator_functions: std::sync::Mutex::new(None),
+        calls: std::sync::atomic::AtomicU32::new(0),
     })
 }
 

@@ -225,22 +225,28 @@ async fn function_calls(
 
 /// PostgreSQL 16+ checks `SET ROLE <creator>` by walking every creator's memberships, so on a
 /// connection that has made them, a creator's statements are calls of its function instead. The
-/// server counts those calls: a start and an end on a warm connection each make some. The
-/// function is the creator's, `SECURITY DEFINER`, in the connection's temporary schema, and
-/// only the admin may call it: another login role that names it is refused. On 15 there is none.
+/// server counts those calls: a start and an end on a warm connection each make some. A
+/// connection's first call makes none (the CLI's only call would not use them); its second
+/// does. The function is the creator's, `SECURITY DEFINER`, in the connection's temporary
+/// schema, and only the admin may call it: another login role that names it is refused. On 15
+/// there is none.
 #[tokio::test]
 async fn on_a_warm_connection_a_creators_statements_are_calls_of_its_function() {
     let fx = with_creators(Fixture::new("cr_function").await, 1);
     let config = fx.config();
     let creator = format!("{}-creator-0", fx.group);
     fx.sql(&format!("ALTER ROLE {} SET track_functions = 'pl'", q(&fx.admin))).await;
-    // The first start prepares the creator; the next, on a new connection, makes its function.
+    // The first start prepares the creator.
     fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap();
-    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
-    fx.start_on(&connection, fx.event("s1", &fx.user("alice"), &["keep"])).await.unwrap();
-
     // Functions and their statistics are per database.
     let in_db = connect(cluster().superuser(), &fx.db).await.unwrap();
+    let find = "SELECT 1 FROM pg_proc WHERE proname = $1";
+    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
+    let alice = fx.user("alice");
+    fx.start_on(&connection, fx.event("s1", &alice, &["keep"])).await.unwrap();
+    assert!(in_db.query(find, &[&creator]).await.unwrap().is_empty(), "a connection's first call makes none");
+    fx.end_on(&connection, fx.event("s1", &alice, &["keep"])).await.unwrap();
+
     let functions = in_db
         .query(
             "SELECT p.pronamespace::regnamespace::text, p.proowner::regrole::text, p.prosecdef,
@@ -285,7 +291,8 @@ async fn on_a_warm_connection_a_creators_statements_are_calls_of_its_function() 
 /// The functions of the creator roles live in the admin's temporary schema, which a creator may
 /// use only with `TEMP` on the database (`PUBLIC` has it by default). Where it was revoked,
 /// preflight warns and prints the `GRANT`; sessions meanwhile start and end, their creator's
-/// statements after `SET ROLE`. Once the `GRANT` has run, a new connection makes the function.
+/// statements after `SET ROLE`. Once the `GRANT` has run, a new connection makes the function
+/// (in its second call).
 #[tokio::test]
 async fn without_temp_on_the_database_a_creator_runs_after_set_role_and_preflight_prints_the_grant() {
     let mut fx = with_creators(Fixture::new("cr_no_temp").await, 1);
@@ -325,6 +332,8 @@ async fn without_temp_on_the_database_a_creator_runs_after_set_role_and_prefligh
         "no warning after the GRANT"
     );
     let connection = fx.admin_client(&config, &fx.db).await.unwrap();
-    fx.start_on(&connection, fx.event("s2", &fx.user("bob"), &["keep"])).await.unwrap();
+    let bob = fx.user("bob");
+    fx.start_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
+    fx.end_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
     assert_eq!(count(in_db.query(find, &[&creator]).await.unwrap()), 1, "the new connection made the function");
 }
