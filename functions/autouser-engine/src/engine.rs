@@ -1281,6 +1281,9 @@ async fn begin_and_read(
         creator_admins_user: row.get("creator_admins_user"),
         creator_grants: get("creator_grants").into_iter().collect(),
     };
+    if let Some(creator) = &state.creator {
+        connection.saw_creator_function(creator, row.get("creator_function"));
+    }
     connection.saw_user(&t.db_user, state.user_exists);
     Ok(state)
 }

@@ -182,16 +182,19 @@ pub struct AdminConnection {
     read_state: tokio::sync::OnceCell<tokio_postgres::Statement>,
     object_listing: tokio::sync::OnceCell<ObjectListingStatements>,
     existing_users: std::sync::Mutex<std::collections::HashSet<String>>,
-    creator_functions: std::sync::Mutex<Option<CreatorFunctions>>,
+    creator_functions: std::sync::Mutex<CreatorFunctions>,
     /// Session-starts, -ends and reaper actions begun on this connection.
     calls: std::sync::atomic::AtomicU32,
 }
 
-/// What [`AdminConnection::make_creator_functions`] found: the creator roles it looked at, and
-/// those whose function ([`sql::Renderer`]) the connection's temporary schema holds.
-#[derive(Debug, Clone, Default)]
+/// The creator roles' functions ([`sql::Renderer`]) of a connection.
+#[derive(Debug, Default)]
 struct CreatorFunctions {
+    /// [`AdminConnection::make_creator_functions`] ran.
+    looked: bool,
+    /// The creator roles it looked at.
     considered: BTreeSet<String>,
+    /// Those whose function the connection's temporary schema holds, as last seen.
     made: BTreeSet<String>,
 }
 
@@ -271,15 +274,11 @@ impl AdminConnection {
     /// creators it looked at (one made since). Outside any transaction: the functions live as
     /// long as the connection.
     pub(crate) async fn make_creator_functions(&self, group: &str, creator: &str) -> Result<(), tokio_postgres::Error> {
-        let looked_at = self
-            .creator_functions
-            .lock()
-            .ok()
-            .and_then(|functions| functions.as_ref().map(|functions| functions.considered.contains(creator)));
-        if looked_at == Some(true) {
+        let looked_at = self.creator_functions.lock().is_ok_and(|functions| functions.considered.contains(creator));
+        if looked_at {
             return Ok(());
         }
-        let mut found = CreatorFunctions::default();
+        let mut found = CreatorFunctions { looked: true, ..CreatorFunctions::default() };
         for message in self.client.simple_query(&sql::make_creator_functions(group)).await? {
             if let SimpleQueryMessage::Row(row) = message {
                 let name = row.get("creator").unwrap_or_default().to_string();
@@ -291,9 +290,26 @@ impl AdminConnection {
         }
         tracing::debug!(made = ?found.made, considered = found.considered.len(), "creator functions");
         if let Ok(mut functions) = self.creator_functions.lock() {
-            *functions = Some(found);
+            *functions = found;
         }
         Ok(())
+    }
+
+    /// Records what a transaction saw of `creator`'s function: whether the temporary schema of
+    /// the server session it ran in holds it. It can be gone though this connection made it
+    /// (`DISCARD TEMP`, or a pooler in transaction mode that hands the next transaction to
+    /// another server session); from then on the creator's statements run after `SET ROLE`.
+    pub(crate) fn saw_creator_function(&self, creator: &str, present: bool) {
+        let Ok(mut functions) = self.creator_functions.lock() else { return };
+        if !functions.looked {
+            return;
+        }
+        if present {
+            functions.made.insert(creator.to_string());
+        } else if functions.made.remove(creator) {
+            tracing::warn!(%creator, "the creator role's function is gone from the server session (DISCARD TEMP, \
+                or a pooler in transaction mode): its statements run after SET ROLE, which costs more");
+        }
     }
 
     /// Counts a session-start, -end or reaper action begun on this connection.
@@ -308,11 +324,7 @@ impl AdminConnection {
 
     /// The creator roles whose function this connection has (see [`sql::Renderer`]).
     pub(crate) fn creator_functions(&self) -> BTreeSet<String> {
-        self.creator_functions
-            .lock()
-            .ok()
-            .and_then(|functions| functions.as_ref().map(|functions| functions.made.clone()))
-            .unwrap_or_default()
+        self.creator_functions.lock().map(|functions| functions.made.clone()).unwrap_or_default()
     }
 
     /// Whether `user` was seen to exist on this connection (and not seen dropped since).
@@ -344,7 +356,7 @@ pub async fn connect_admin(params: &ConnectParams<'_>) -> Result<AdminConnection
         read_state: tokio::sync::OnceCell::new(),
         object_listing: tokio::sync::OnceCell::new(),
         existing_users: std::sync::Mutex::new(std::collections::HashSet::new()),
-        creator_functions: std::sync::Mutex::new(None),
+        creator_functions: std::sync::Mutex::new(CreatorFunctions::default()),
         calls: std::sync::atomic::AtomicU32::new(0),
     })
 }

@@ -105,6 +105,10 @@ SELECT
     AND NOT ",
     creator_lacks_admin_option!("creator.oid", "$3::text[] || $2::text"),
     " AS creator_ready,
+  -- The creator's function is in this server session's temporary schema (make_creator_functions).
+  EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+           WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() AND p.proname = creator.rolname
+             AND p.proowner = creator.oid AND p.prosecdef) AS creator_function,
   EXISTS (SELECT 1 FROM pg_catalog.pg_roles g WHERE g.rolname = $2::text) AS group_exists,
   ARRAY(SELECT r.rolname::text
           FROM pg_catalog.unnest($3::text[]) AS wanted(name)

@@ -337,3 +337,35 @@ async fn without_temp_on_the_database_a_creator_runs_after_set_role_and_prefligh
     fx.end_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
     assert_eq!(count(in_db.query(find, &[&creator]).await.unwrap()), 1, "the new connection made the function");
 }
+
+/// A creator's function can be gone from the server session though the connection made it:
+/// `DISCARD TEMP`, or a pooler in transaction mode that hands the next transaction to another
+/// server session. Each transaction checks that the function is there before calling it
+/// (`READ_STATE`), and a new user's one-round-trip start that calls a missing one fails whole
+/// and takes the read path: calls go on after `SET ROLE`, none fails.
+#[tokio::test]
+async fn a_creators_function_gone_from_the_session_costs_a_read_never_a_failure() {
+    let fx = with_creators(Fixture::new("cr_discard").await, 1);
+    let config = fx.config();
+    fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap();
+    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
+    let (alice, bob, carol) = (fx.user("alice"), fx.user("bob"), fx.user("carol"));
+    // Two calls: the second makes the functions.
+    fx.start_on(&connection, fx.event("s1", &alice, &["keep"])).await.unwrap();
+    fx.end_on(&connection, fx.event("s1", &alice, &["keep"])).await.unwrap();
+    fx.start_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
+
+    connection.simple_query("DISCARD TEMP").await.unwrap();
+    let started = fx.start_on(&connection, fx.event("s3", &carol, &["keep"])).await.expect("a new user's start");
+    assert!(started.created_user);
+    connect(&carol, &fx.db).await.expect("carol logs in");
+    fx.end_on(&connection, fx.event("s2", &bob, &["keep"])).await.expect("a kept user's end");
+    assert!(!fx.state(&bob).await.unwrap().login, "bob is locked");
+    fx.start_on(&connection, fx.event("s4", &bob, &["keep"])).await.expect("a kept user's start");
+    connect(&bob, &fx.db).await.expect("bob logs in again");
+    if major() >= 16 {
+        let creator = format!("{}-creator-0", fx.group);
+        let held = memberships(&fx, &carol).await;
+        assert!(held.contains(&(fx.group.clone(), carol.clone(), creator, false)), "{held:?}");
+    }
+}
