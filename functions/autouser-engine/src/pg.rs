@@ -190,9 +190,7 @@ pub struct AdminConnection {
 /// The creator roles' functions ([`sql::Renderer`]) of a connection.
 #[derive(Debug, Default)]
 struct CreatorFunctions {
-    /// [`AdminConnection::make_creator_functions`] ran.
-    looked: bool,
-    /// The creator roles it looked at.
+    /// The creator roles [`AdminConnection::make_creator_functions`] looked at.
     considered: BTreeSet<String>,
     /// Those whose function the connection's temporary schema holds, as last seen.
     made: BTreeSet<String>,
@@ -278,7 +276,7 @@ impl AdminConnection {
         if looked_at {
             return Ok(());
         }
-        let mut found = CreatorFunctions { looked: true, ..CreatorFunctions::default() };
+        let mut found = CreatorFunctions::default();
         for message in self.client.simple_query(&sql::make_creator_functions(group)).await? {
             if let SimpleQueryMessage::Row(row) = message {
                 let name = row.get("creator").unwrap_or_default().to_string();
@@ -301,9 +299,6 @@ impl AdminConnection {
     /// another server session); from then on the creator's statements run after `SET ROLE`.
     pub(crate) fn saw_creator_function(&self, creator: &str, present: bool) {
         let Ok(mut functions) = self.creator_functions.lock() else { return };
-        if !functions.looked {
-            return;
-        }
         if present {
             functions.made.insert(creator.to_string());
         } else if functions.made.remove(creator) {

@@ -253,10 +253,8 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
     };
     let (creators_not_ready, creators_without_temp) = if uses_creators {
         let creators = config.creator_role_names();
-        let not_ready =
-            client.query_one(sql::CREATORS_NOT_READY, &[&creators, &creator_roles_held]).await.map_err(failed)?.get(0);
-        let without_temp = client.query_one(sql::CREATORS_WITHOUT_TEMP, &[&creators]).await.map_err(failed)?.get(0);
-        (not_ready, without_temp)
+        let row = client.query_one(sql::CREATORS_NOT_READY, &[&creators, &creator_roles_held]).await.map_err(failed)?;
+        (row.get("not_ready"), row.get("without_temp"))
     } else {
         (Vec::new(), Vec::new())
     };

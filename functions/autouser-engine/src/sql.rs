@@ -51,6 +51,21 @@ macro_rules! creator_lacks_admin_option {
     };
 }
 
+/// Whether the function of the creator role `$creator` (a `pg_roles` row's alias), made by
+/// [`make_creator_functions`], is in this server session's temporary schema.
+macro_rules! creator_function_in_session {
+    ($creator:literal) => {
+        concat!(
+            "EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+           WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() AND p.proname = ",
+            $creator,
+            ".rolname AND p.proowner = ",
+            $creator,
+            ".oid AND p.prosecdef)"
+        )
+    };
+}
+
 /// Everything the planner needs to know, in one round trip.
 /// `$1` user name, `$2` managed group, `$3` names of roles the plan may grant, `$4` session id,
 /// `$5` the creator role a new user gets (NULL without `creator_roles`).
@@ -95,7 +110,7 @@ SELECT
   -- Ready: the admin holds the membership in the creator that PrepareCreator grants (SET
   -- TRUE), and the creator holds ADMIN OPTION on the group and on the roles of $3 that exist.
   -- The membership row is read directly: pg_has_role(…, 'SET') would walk every role the admin
-  -- may SET to, and so every creator's memberships in its users (see creator_functions). Its
+  -- may SET to, and so every creator's memberships in its users (see Renderer). Its
   -- set_option is read through to_jsonb because PostgreSQL 15 has no such column, and
   -- `creator` is NULL there.
   creator.oid IS NOT NULL
@@ -106,9 +121,9 @@ SELECT
     creator_lacks_admin_option!("creator.oid", "$3::text[] || $2::text"),
     " AS creator_ready,
   -- The creator's function is in this server session's temporary schema (make_creator_functions).
-  EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
-           WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() AND p.proname = creator.rolname
-             AND p.proowner = creator.oid AND p.prosecdef) AS creator_function,
+  ",
+    creator_function_in_session!("creator"),
+    " AS creator_function,
   EXISTS (SELECT 1 FROM pg_catalog.pg_roles g WHERE g.rolname = $2::text) AS group_exists,
   ARRAY(SELECT r.rolname::text
           FROM pg_catalog.unnest($3::text[]) AS wanted(name)
@@ -536,9 +551,12 @@ SELECT a.rolinherit,
   FROM pg_catalog.pg_roles a
  WHERE a.rolname = current_user";
 
-/// Of the creator roles `$1`, those not ready for the current user (the admin): missing, not
-/// settable (`SET ROLE`) by it, or lacking ADMIN OPTION on one of the roles `$2` that exist.
-/// PostgreSQL 16+ only (the SET privilege). Preflight's, like `READ_STATE`'s `creator_ready`.
+/// Of the creator roles `$1`: those not ready for the current user (the admin), that is
+/// missing, not settable (`SET ROLE`) by it, or lacking ADMIN OPTION on one of the roles `$2`
+/// that exist (`not_ready`); and those that exist and may not create temporary objects in this
+/// database, so get no function on the admin's connections here (`without_temp`,
+/// [`make_creator_functions`]). PostgreSQL 16+ only (the SET privilege). Preflight's, like
+/// `READ_STATE`'s `creator_ready`.
 pub const CREATORS_NOT_READY: &str = concat!(
     "\
 SELECT ARRAY(
@@ -550,18 +568,14 @@ SELECT ARRAY(
       OR ",
     creator_lacks_admin_option!("c.oid", "$2::text[]"),
     "
-   ORDER BY wanted.n)"
-);
-
-/// Of the creator roles `$1`, those that exist and may not create temporary objects in this
-/// database: they get no function on the admin's connections here ([`make_creator_functions`]).
-pub const CREATORS_WITHOUT_TEMP: &str = "\
-SELECT ARRAY(
+   ORDER BY wanted.n) AS not_ready,
+       ARRAY(
   SELECT c.rolname::text
     FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS wanted(name, n)
     JOIN pg_catalog.pg_roles c ON c.rolname = wanted.name
    WHERE NOT pg_catalog.has_database_privilege(c.oid, pg_catalog.current_database(), 'TEMP')
-   ORDER BY wanted.n)";
+   ORDER BY wanted.n) AS without_temp"
+);
 
 /// Whether the current user may create roles at all.
 pub const ADMIN_MAY_CREATE_ROLES: &str =
@@ -724,21 +738,23 @@ fn call_creator_function(creator: &str, statement: &str) -> String {
 ///
 /// Then one row per such creator: `creator`, and `has_function`.
 pub fn make_creator_functions(group: &str) -> String {
+    // The creators of `group` the admin (the session user) holds SET on, as `c`.
+    let settable = format!(
+        "SELECT c.rolname::text AS creator, {has_function} AS has_function \
+           FROM pg_catalog.pg_roles c \
+          WHERE pg_catalog.starts_with(c.rolname::text, {group} || '-creator-') \
+            AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
+                         WHERE m.roleid = c.oid AND m.set_option \
+                           AND m.member = (SELECT a.oid FROM pg_catalog.pg_roles a WHERE a.rolname = session_user))",
+        has_function = creator_function_in_session!("c"),
+        group = quote_literal(group),
+    );
     let body = format!(
         "DECLARE \
-           admin_oid constant oid := (SELECT a.oid FROM pg_catalog.pg_roles a WHERE a.rolname = session_user); \
-           creators text[]; \
            creator_name text; \
          BEGIN \
-           creators := ARRAY( \
-             SELECT c.rolname::text FROM pg_catalog.pg_roles c \
-              WHERE pg_catalog.starts_with(c.rolname::text, {group} || '-creator-') \
-                AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
-                             WHERE m.roleid = c.oid AND m.member = admin_oid AND m.set_option) \
-                AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p \
-                                 WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() AND p.proname = c.rolname) \
-              ORDER BY 1); \
-           FOREACH creator_name IN ARRAY creators LOOP \
+           FOREACH creator_name IN ARRAY ARRAY(SELECT settable.creator FROM ({settable}) AS settable \
+                                                WHERE NOT settable.has_function ORDER BY 1) LOOP \
              BEGIN \
                EXECUTE pg_catalog.format('SET LOCAL ROLE %I', creator_name); \
                EXECUTE pg_catalog.format( \
@@ -752,23 +768,8 @@ pub fn make_creator_functions(group: &str) -> String {
              END; \
            END LOOP; \
          END",
-        group = quote_literal(group),
     );
-    format!(
-        "DO {};\n\
-         SELECT c.rolname::text AS creator, \
-                EXISTS (SELECT 1 FROM pg_catalog.pg_proc p \
-                         WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() AND p.proname = c.rolname \
-                           AND p.proowner = c.oid AND p.prosecdef) AS has_function \
-           FROM pg_catalog.pg_roles c \
-          WHERE pg_catalog.starts_with(c.rolname::text, {group} || '-creator-') \
-            AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
-                         WHERE m.roleid = c.oid AND m.member = (SELECT a.oid FROM pg_catalog.pg_roles a \
-                                                                 WHERE a.rolname = session_user) \
-                           AND m.set_option)",
-        quote_literal(&body),
-        group = quote_literal(group),
-    )
+    format!("DO {};\n{settable}", quote_literal(&body))
 }
 
 /// See [`Step::PrepareCreator`]: one `DO` block, as the admin, that changes only what is

@@ -194,6 +194,11 @@ async fn a_user_keeps_its_creator_when_creator_roles_change() {
     }
 }
 
+/// How many functions named `creator` the database of `in_db` holds, in any schema.
+async fn functions_named(in_db: &tokio_postgres::Client, creator: &str) -> usize {
+    in_db.query("SELECT 1 FROM pg_proc WHERE proname = $1", &[&creator]).await.expect("functions").len()
+}
+
 /// How many times the server counted calls of the function named `creator`
 /// (`track_functions`), once the backend of `connection` has reported them: it reports at the
 /// end of a statement at most once a second, so each try runs one. Waits up to 10 s for the
@@ -240,11 +245,10 @@ async fn on_a_warm_connection_a_creators_statements_are_calls_of_its_function() 
     fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap();
     // Functions and their statistics are per database.
     let in_db = connect(cluster().superuser(), &fx.db).await.unwrap();
-    let find = "SELECT 1 FROM pg_proc WHERE proname = $1";
     let connection = fx.admin_client(&config, &fx.db).await.unwrap();
     let alice = fx.user("alice");
     fx.start_on(&connection, fx.event("s1", &alice, &["keep"])).await.unwrap();
-    assert!(in_db.query(find, &[&creator]).await.unwrap().is_empty(), "a connection's first call makes none");
+    assert_eq!(functions_named(&in_db, &creator).await, 0, "a connection's first call makes none");
     fx.end_on(&connection, fx.event("s1", &alice, &["keep"])).await.unwrap();
 
     let functions = in_db
@@ -316,15 +320,13 @@ async fn without_temp_on_the_database_a_creator_runs_after_set_role_and_prefligh
     assert_eq!(warned.fix.as_deref(), Some(grant.as_str()), "{}", report.to_text());
 
     let in_db = connect(cluster().superuser(), &fx.db).await.unwrap();
-    let count = |rows: Vec<tokio_postgres::Row>| rows.len();
     let alice = fx.user("alice");
     let connection = fx.admin_client(&config, &fx.db).await.unwrap();
     fx.start_on(&connection, fx.event("s1", &alice, &["keep"])).await.expect("a start through SET ROLE");
     connect(&alice, &fx.db).await.expect("alice logs in");
     fx.end_on(&connection, fx.event("s1", &alice, &["keep"])).await.expect("an end through SET ROLE");
     assert!(!fx.state(&alice).await.unwrap().login, "alice is locked");
-    let find = "SELECT 1 FROM pg_proc WHERE proname = $1";
-    assert_eq!(count(in_db.query(find, &[&creator]).await.unwrap()), 0, "no function without TEMP");
+    assert_eq!(functions_named(&in_db, &creator).await, 0, "no function without TEMP");
 
     fx.sql(&grant).await;
     assert!(
@@ -335,7 +337,7 @@ async fn without_temp_on_the_database_a_creator_runs_after_set_role_and_prefligh
     let bob = fx.user("bob");
     fx.start_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
     fx.end_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
-    assert_eq!(count(in_db.query(find, &[&creator]).await.unwrap()), 1, "the new connection made the function");
+    assert_eq!(functions_named(&in_db, &creator).await, 1, "the new connection made the function");
 }
 
 /// A creator's function can be gone from the server session though the connection made it:

@@ -10,7 +10,7 @@ use autouser_engine::{engine, Error};
 use autouser_policy::config::Config;
 use autouser_policy::event::SessionEvent;
 use autouser_policy::outcome::{EndOutcome, StartOutcome};
-use autouser_policy::request;
+use autouser_policy::request::{self, EndRequest, StartRequest};
 
 pub use scratch_login::test_cluster as cluster;
 
@@ -188,11 +188,23 @@ roles:{roles}
         self.start_with(&self.config(), event).await
     }
 
-    /// A session-start with `config` (one reaching the server through a proxy, say).
-    pub async fn start_with(&self, config: &Config, event: serde_json::Value) -> Result<StartOutcome, Error> {
+    /// The start request of `event` under `config`.
+    fn start_request(config: &Config, event: serde_json::Value) -> Result<StartRequest, Error> {
         let event = SessionEvent::from_value(event)?;
         let db = request::database(config, &event)?.resolve_static().expect("a static database");
-        let req = request::prepare_start(config, &db, &event)?;
+        Ok(request::prepare_start(config, &db, &event)?)
+    }
+
+    /// The end request of `event` under `config`.
+    fn end_request(config: &Config, event: serde_json::Value) -> Result<EndRequest, Error> {
+        let event = SessionEvent::from_value(event)?;
+        let db = request::database(config, &event)?.resolve_static().expect("a static database");
+        Ok(request::prepare_end(config, &db, &event)?)
+    }
+
+    /// A session-start with `config` (one reaching the server through a proxy, say).
+    pub async fn start_with(&self, config: &Config, event: serde_json::Value) -> Result<StartOutcome, Error> {
+        let req = Fixture::start_request(config, event)?;
         let client = self.admin_client(config, &req.target.admin_db_name).await?;
         engine::session_start(&client, &req).await
     }
@@ -204,18 +216,12 @@ roles:{roles}
         connection: &AdminConnection,
         event: serde_json::Value,
     ) -> Result<StartOutcome, Error> {
-        let config = self.config();
-        let event = SessionEvent::from_value(event)?;
-        let db = request::database(&config, &event)?.resolve_static().expect("a static database");
-        engine::session_start(connection, &request::prepare_start(&config, &db, &event)?).await
+        engine::session_start(connection, &Fixture::start_request(&self.config(), event)?).await
     }
 
     /// A session-end on `connection`, as [`Fixture::start_on`]; its user holds no objects elsewhere.
     pub async fn end_on(&self, connection: &AdminConnection, event: serde_json::Value) -> Result<EndOutcome, Error> {
-        let config = self.config();
-        let event = SessionEvent::from_value(event)?;
-        let db = request::database(&config, &event)?.resolve_static().expect("a static database");
-        let req = request::prepare_end(&config, &db, &event)?;
+        let req = Fixture::end_request(&self.config(), event)?;
         engine::session_end(connection, &req, &engine::NoOtherDatabases).await
     }
 
@@ -224,9 +230,7 @@ roles:{roles}
     }
 
     pub async fn end_with(&self, config: &Config, event: serde_json::Value) -> Result<EndOutcome, Error> {
-        let event = SessionEvent::from_value(event)?;
-        let db = request::database(config, &event)?.resolve_static().expect("a static database");
-        let req = request::prepare_end(config, &db, &event)?;
+        let req = Fixture::end_request(config, event)?;
         let client = self.admin_client(config, &req.target.admin_db_name).await?;
         let others = engine::ConnectWith(|db_name: String| async move { self.admin_client(config, &db_name).await });
         engine::session_end(&client, &req, &others).await
