@@ -66,11 +66,12 @@ pub async fn session_start(connection: &AdminConnection, req: &StartRequest) -> 
             }
         }
     }
-    retrying(t, || start_once(connection, req)).await
+    retrying(connection, t, || start_once(connection, req)).await
 }
 
 /// The one-round-trip start of a new user: a check that the user does not exist yet, the
-/// user's lock, `CREATE ROLE … LOGIN`, the ledger (dated by the server's clock),
+/// user's lock, a check that no role it grants is one a start refuses
+/// ([`sql::db_roles_check`]), `CREATE ROLE … LOGIN`, the ledger (dated by the server's clock),
 /// `GRANT <group>, <roles> TO …` and the check that the group's comment does not list the
 /// session as ended, in one message and so in one implicit transaction
 /// ([`sql::locked_transaction`]). A returning user fails the first check without queueing
@@ -105,7 +106,10 @@ async fn create_in_one_round_trip(
     // this start runs its creator's statements after SET ROLE.
     let creator_functions = connection.creator_functions();
     let renderer = sql::Renderer::new(&creator_functions);
-    let text = sql::locked_transaction(&t.db_user, sql::user_lock_key(&t.db_user), &steps, renderer);
+    // Nothing was read either about the roles it grants: the catalog is checked before them.
+    let wanted: Vec<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
+    let roles_check = sql::db_roles_check(&wanted, plan::RoleGuard::of(req));
+    let text = sql::locked_transaction(&t.db_user, sql::user_lock_key(&t.db_user), &roles_check, &steps, renderer);
     let ((), started) = tokio::join!(make_creator_functions(connection, t), connection.client().simple_query(&text));
     started?;
     connection.saw_user(&t.db_user, true);
@@ -155,14 +159,14 @@ pub async fn session_end(
     connection.count_call();
     let revokes_failed = std::sync::Mutex::new(None);
     let revokes_failed = &revokes_failed;
-    retrying(&req.target, || end_once(connection, req, others, revokes_failed)).await
+    retrying(connection, &req.target, || end_once(connection, req, others, revokes_failed)).await
 }
 
 /// Locks a managed user that has no open session (see [`plan::plan_lock`]), and with
 /// `terminate` ends its open connections. Returns whether it changed anything.
 pub async fn lock_idle_user(connection: &AdminConnection, t: &Target, terminate: bool) -> Result<bool, Error> {
     connection.count_call();
-    retrying(t, || async {
+    retrying(connection, t, || async {
         let state = begin_and_read(connection, t, &[], None).await?;
         let client = connection.client();
         match plan::plan_lock(t, &state) {
@@ -193,6 +197,10 @@ pub async fn lock_idle_user(connection: &AdminConnection, t: &Target, terminate:
 enum Failure {
     /// Lost a race; the next attempt will see the winner's result.
     Retry(String),
+    /// Timed out waiting for a lock on the user's row or objects, which only a transaction of
+    /// the user's own holds that long: [`retrying`] tries once more, and that attempt ends the
+    /// user's connections first. The error is the answer if it happens again.
+    HeldUp(Error),
     Fatal(Error),
 }
 
@@ -202,16 +210,29 @@ impl From<Error> for Failure {
     }
 }
 
-async fn retrying<T, F, Fut>(target: &Target, mut attempt: F) -> Result<T, Error>
+async fn retrying<T, F, Fut>(connection: &AdminConnection, target: &Target, mut attempt: F) -> Result<T, Error>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, Failure>>,
 {
     let mut last = String::new();
+    let mut held_up_before = false;
     for n in 1..=MAX_ATTEMPTS {
         match attempt().await {
             Ok(value) => return Ok(value),
             Err(Failure::Fatal(error)) => return Err(error),
+            // Once: the next attempt ends the user's connections first. Held up again, by
+            // something else, the caller hears it within two lock timeouts.
+            Err(Failure::HeldUp(error)) if held_up_before => {
+                connection.take_held_up_by(&target.db_user);
+                return Err(error);
+            }
+            Err(Failure::HeldUp(error)) => {
+                tracing::warn!(db_user = %target.db_user, error = %error,
+                    "a lock wait timed out; ending the user's connections before the next attempt");
+                held_up_before = true;
+                last = error.to_string();
+            }
             Err(Failure::Retry(reason)) => {
                 tracing::debug!(db_user = %target.db_user, attempt = n, %reason, "retrying after a conflict");
                 last = reason;
@@ -291,7 +312,7 @@ pub async fn retry_blocked_drop(
 ) -> Result<Option<EndOutcome>, Error> {
     connection.count_call();
     let revokes_failed = std::sync::Mutex::new(None);
-    retrying(&req.target, || async {
+    retrying(connection, &req.target, || async {
         let state = begin_and_read(connection, &req.target, &[], None).await?;
         let client = connection.client();
         match plan::plan_retry_drop(req, &state) {
@@ -385,7 +406,7 @@ async fn run_end(
                     // The user is NOLOGIN from here to the COMMIT, and this transaction holds its
                     // row: a start anywhere waits for the outcome, and sees it dropped or kept.
                     if let Err((statement, error)) = run_pipelined(connection, &statements).await {
-                        return Err(end_step_failure(client, t, state, statement, error, revokes_failed).await);
+                        return Err(end_step_failure(connection, t, state, statement, error, revokes_failed).await);
                     }
                     statements.clear();
                     let user_oid = state.user_oid.expect("a user to drop exists");
@@ -445,14 +466,15 @@ async fn run_end(
                 Err((statement, error)) => {
                     let blocked = match drop_blocked_by(&statement, &error) {
                         None => {
-                            let failure = end_step_failure(client, t, state, statement, error, revokes_failed).await;
+                            let failure =
+                                end_step_failure(connection, t, state, statement, error, revokes_failed).await;
                             // The connection died with the COMMIT in flight: it may have applied.
                             return Err(in_doubt(connection, t, failure, &dropped));
                         }
                         Some(kind) => {
                             if let Err(error) = client.simple_query(sql::ROLLBACK_TO_DROP).await {
                                 return Err(step_failure(
-                                    client,
+                                    connection,
                                     t,
                                     state,
                                     Statement::Raw(sql::ROLLBACK_TO_DROP),
@@ -495,7 +517,7 @@ async fn keep_instead_of_drop(
     statements.extend(fallback.iter().map(Statement::Step));
     statements.push(Statement::Raw(sql::COMMIT));
     if let Err((statement, error)) = run_pipelined(connection, &statements).await {
-        let failure = step_failure(client, t, state, statement, error).await;
+        let failure = step_failure(connection, t, state, statement, error).await;
         return Err(in_doubt(connection, t, failure, &planned));
     }
     Ok(end_connections(client, req, state, planned).await)
@@ -534,7 +556,9 @@ fn drop_blocked_by(statement: &Statement, error: &tokio_postgres::Error) -> Opti
         Statement::Step(Step::RecordEnded { .. }) if *code == SqlState::INSUFFICIENT_PRIVILEGE => {
             Some(DropBlockedKind::AdminLacksPrivilege)
         }
-        Statement::Step(Step::GrantRoles { .. } | Step::ReassignOwned { .. } | Step::DropOwned { .. }) => {
+        Statement::Step(
+            Step::GrantRoles { .. } | Step::DisarmOwned { .. } | Step::ReassignOwned { .. } | Step::DropOwned { .. },
+        ) => {
             if is_conflict(error, None) {
                 None
             } else if *code == SqlState::INSUFFICIENT_PRIVILEGE {
@@ -607,6 +631,30 @@ async fn explain_blocked_drop(
                 },
                 Err(_) => None,
             };
+            if let (None, Statement::Step(Step::ReassignOwned { .. }), Some(oid)) = (&fix, statement, state.user_oid) {
+                let schemas = client
+                    .query_typed(sql::INHERITOR_LACKS_CREATE, &[(&oid, Type::OID), (&inheritor, Type::TEXT)])
+                    .await
+                    .map(|rows| rows.iter().map(|row| row.get::<_, String>(0)).collect::<Vec<String>>());
+                if let Ok(schemas) = schemas.as_deref() {
+                    if !schemas.is_empty() {
+                        return DropBlocked {
+                            kind,
+                            db_name,
+                            detail: format!(
+                                "the object inheritor {inheritor:?} may not create in schema(s) {schemas:?}, where the \
+                                 user owns routines (or other objects whose new owner needs CREATE on their schema): {}",
+                                failed()
+                            ),
+                            fix: Some(format!(
+                                "GRANT CREATE ON SCHEMA {} TO {}",
+                                schemas.iter().map(|schema| sql::quote_ident(schema)).collect::<Vec<_>>().join(", "),
+                                sql::quote_ident(inheritor)
+                            )),
+                        };
+                    }
+                }
+            }
             DropBlocked { kind, db_name, detail: failed(), fix }
         }
         _ => DropBlocked { kind, db_name, detail: failed(), fix: None },
@@ -994,7 +1042,7 @@ async fn run_and_commit(
     statements.push(Statement::Raw(sql::COMMIT));
     match run_pipelined(connection, &statements).await {
         Ok(()) => Ok(()),
-        Err((statement, error)) => Err(step_failure(connection.client(), t, state, statement, error).await),
+        Err((statement, error)) => Err(step_failure(connection, t, state, statement, error).await),
     }
 }
 
@@ -1010,9 +1058,7 @@ async fn run_end_and_commit(
     statements.push(Statement::Raw(sql::COMMIT));
     match run_pipelined(connection, &statements).await {
         Ok(()) => Ok(()),
-        Err((statement, error)) => {
-            Err(end_step_failure(connection.client(), t, state, statement, error, revokes_failed).await)
-        }
+        Err((statement, error)) => Err(end_step_failure(connection, t, state, statement, error, revokes_failed).await),
     }
 }
 
@@ -1020,7 +1066,7 @@ async fn run_end_and_commit(
 /// foresee (not a lost race) is recorded in `revokes_failed` and retried, and the retry locks
 /// the user without the revokes, so that no privilege can keep a user able to log in.
 async fn end_step_failure(
-    client: &Client,
+    connection: &AdminConnection,
     t: &Target,
     state: &ObservedState,
     statement: Statement<'_>,
@@ -1031,7 +1077,7 @@ async fn end_step_failure(
         Statement::Step(step @ (Step::RevokeObjects { .. } | Step::RevokeSchemaUsage { .. }))
             if !is_conflict(&error, Some(step)) =>
         {
-            rollback(client).await;
+            rollback(connection.client()).await;
             let note = format!(
                 "{} failed in database {:?} ({}), so the user was locked without its object revokes: \
                  the privileges there remain, and the next start or end of this user there revokes them",
@@ -1044,7 +1090,7 @@ async fn end_step_failure(
             }
             Failure::Retry(note)
         }
-        _ => step_failure(client, t, state, statement, error).await,
+        _ => step_failure(connection, t, state, statement, error).await,
     }
 }
 
@@ -1223,6 +1269,17 @@ async fn begin_and_read(
     let make_functions = make_creator_functions(connection, t);
     let begin = client.simple_query(sql::BEGIN);
     let lock = client.query_typed(sql::LOCK_USER, &lock_params);
+    // After the lock, before the read: the user's connections that held up the last attempt
+    // are gone (with their locks) when this one reads and writes.
+    let end_holding = connection.take_held_up_by(&t.db_user);
+    let ended = async {
+        if !end_holding {
+            return Ok(None);
+        }
+        let params: [(&(dyn ToSql + Sync), Type); 2] = [(&t.db_user, Type::TEXT), (&t.managed_group, Type::TEXT)];
+        let row = client.query_typed(sql::END_HOLDING_CONNECTIONS, &params).await?;
+        Ok::<_, tokio_postgres::Error>(row.first().map(|row| row.get::<_, i32>(0)))
+    };
     let read = client.query(read_state, &read_params);
     // Listed after the lock, in the same round trip: what a concurrent call granted is seen.
     let objects = async {
@@ -1231,8 +1288,27 @@ async fn begin_and_read(
             _ => Ok(None),
         }
     };
-    let ((), begin, lock, read, objects) = tokio::join!(make_functions, begin, lock, read, objects);
-    let (row, objects) = match begin.and(lock).and(read).and_then(|rows| Ok((rows.into_iter().next(), objects?))) {
+    let ((), begin, lock, ended, read, objects) = tokio::join!(make_functions, begin, lock, ended, read, objects);
+    if let Err(error) = &ended {
+        if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
+            rollback(client).await;
+            return Err(Failure::Fatal(Error::PermissionDenied {
+                admin: t.admin.clone(),
+                action: format!("ending the connections of {:?}, which held up its own start or end", t.db_user),
+                detail: format!(
+                    "{}: run `GRANT pg_signal_backend TO {}`",
+                    crate::pg::error_chain(error),
+                    sql::quote_ident(&t.admin)
+                ),
+            }));
+        }
+    }
+    if let Ok(Some(ended)) = &ended {
+        tracing::warn!(db_user = %t.db_user, ended,
+            "ended the user's connections: one of them held up the last attempt with a lock");
+    }
+    let read = begin.and(lock).and(ended).and(read);
+    let (row, objects) = match read.and_then(|rows| Ok((rows.into_iter().next(), objects?))) {
         Ok(read) => read,
         Err(error) => {
             rollback(client).await;
@@ -1267,10 +1343,16 @@ async fn begin_and_read(
         user_can_login: row.get("user_can_login"),
         member_of: get("member_of").into_iter().collect(),
         ledger_comment: row.get("ledger"),
+        settings_in: get("settings_in").into_iter().collect(),
         foreign_grants: get("foreign_grant_roles").into_iter().zip(get("foreign_grant_grantors")).collect(),
         group_exists: row.get("group_exists"),
         existing_roles: get("existing_roles").into_iter().collect(),
-        superuser_roles: get("superuser_roles").into_iter().collect(),
+        reached_roles: get("reached_wanted")
+            .into_iter()
+            .zip(get("reached_role"))
+            .zip(get("reached_facts"))
+            .map(|((wanted, role), facts)| plan::ReachedRole { wanted, role, facts: sql::role_facts(&facts) })
+            .collect(),
         server_version_num: row.get("server_version_num"),
         read_only: row.get("read_only"),
         session_ended_in_group: row.get("session_ended_in_group"),
@@ -1338,12 +1420,13 @@ fn is_conflict(error: &tokio_postgres::Error, step: Option<&Step>) -> bool {
 /// Turns the failure of `statement` into a retry or a typed error. The transaction has ended
 /// (the pipelined COMMIT became a rollback) or is rolled back here.
 async fn step_failure(
-    client: &Client,
+    connection: &AdminConnection,
     t: &Target,
     state: &ObservedState,
     statement: Statement<'_>,
     error: tokio_postgres::Error,
 ) -> Failure {
+    let client = connection.client();
     rollback(client).await;
     let step = match statement {
         Statement::Step(step) => Some(step),
@@ -1351,6 +1434,13 @@ async fn step_failure(
     };
     if is_conflict(&error, step) {
         return Failure::Retry(crate::pg::error_chain(&error));
+    }
+    if error.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) && state.user_exists {
+        // Our calls hold a user's row for milliseconds, so a wait this long is for a
+        // transaction of the user's own (`ALTER ROLE self`, a lock on its objects): the next
+        // attempt ends its connections first, so the user cannot hold up its own end.
+        connection.held_up_by(&t.db_user);
+        return Failure::HeldUp(postgres_error(&describe(&statement), t, error));
     }
     let Some(code) = error.code().cloned() else {
         return Failure::Fatal(postgres_error(&describe(&statement), t, error));
@@ -1387,11 +1477,13 @@ async fn step_failure(
             },
             // PostgreSQL 16+ lets a CREATEROLE admin alter or drop only roles it holds
             // WITH ADMIN OPTION (it gets that option on the roles it creates).
-            Some(Step::SetLogin { user, .. } | Step::WriteLedger { user, .. } | Step::DropUser { user })
-                if state.server_version_num >= 160000 =>
-            {
-                Error::MissingAdminOption { admin, role: user.clone() }
-            }
+            Some(
+                Step::SetLogin { user, .. }
+                | Step::ClearPassword { user }
+                | Step::ResetSettings { user, .. }
+                | Step::WriteLedger { user, .. }
+                | Step::DropUser { user },
+            ) if state.server_version_num >= 160000 => Error::MissingAdminOption { admin, role: user.clone() },
             Some(Step::RecordEnded { group, .. }) if state.server_version_num >= 160000 => {
                 Error::MissingAdminOption { admin, role: group.clone() }
             }
@@ -1416,6 +1508,11 @@ fn describe(statement: &Statement<'_>) -> String {
         Statement::Step(Step::RevokeRoles { roles, user }) => format!("revoking roles {roles:?} from {user:?}"),
         Statement::Step(Step::SetLogin { user, login: true }) => format!("enabling LOGIN of {user:?}"),
         Statement::Step(Step::SetLogin { user, login: false }) => format!("setting NOLOGIN on {user:?}"),
+        Statement::Step(Step::ClearPassword { user }) => format!("clearing the password of {user:?}"),
+        Statement::Step(Step::ResetSettings { user, database: None }) => format!("resetting the settings of {user:?}"),
+        Statement::Step(Step::ResetSettings { user, database: Some(database) }) => {
+            format!("resetting the settings of {user:?} in database {database:?}")
+        }
         Statement::Step(Step::Guard { user, .. }) => format!("checking the ledger of {user:?}"),
         Statement::Step(Step::WriteLedger { user, .. }) => format!("writing the session ledger of {user:?}"),
         Statement::Step(Step::DropUser { user }) => format!("dropping database user {user:?}"),
@@ -1423,6 +1520,9 @@ fn describe(statement: &Statement<'_>) -> String {
             format!("reassigning what {user:?} owns to {inheritor:?}")
         }
         Statement::Step(Step::DropOwned { user }) => format!("revoking the privileges {user:?} holds (DROP OWNED)"),
+        Statement::Step(Step::DisarmOwned { user }) => {
+            format!("disarming what {user:?} owns (SECURITY INVOKER, security_invoker views, its grants revoked)")
+        }
         Statement::Step(Step::ReserveName { user }) => format!("reserving the role name {user:?}"),
         Statement::Step(Step::RecordEnded { group, user, .. }) => {
             format!("recording ended sessions of {user:?} in the comment of the managed group {group:?}")
@@ -1466,7 +1566,7 @@ pub async fn plan_call(
     use crate::dry_run::{Call, HandOver, PlannedCall};
     let t = call.target();
     let client = connection.client();
-    retrying(t, || async {
+    retrying(connection, t, || async {
         let planned = match call {
             Call::Start(req) => {
                 let candidates: Vec<String> = req.db_roles.union(&req.platform_roles).cloned().collect();

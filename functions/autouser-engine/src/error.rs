@@ -123,7 +123,7 @@ pub enum Error {
     UnknownDbRole { role: String, database: String },
 
     #[error("database role {role:?} is never granted by pg-autouser: {reason}")]
-    RefusedDbRole { role: String, reason: &'static str },
+    RefusedDbRole { role: String, reason: String },
 
     #[error(
         "admin {admin:?} lacks CONNECT on database {db_name:?}: run \

@@ -17,6 +17,13 @@ use crate::tls::{self, ClientIdentity, FailureSlot};
 use crate::{sql, Error};
 use autouser_policy::config::{AuthConfig, TlsConfig, TlsMode};
 
+/// The admin's `search_path`, set in every admin connection's startup options (which take
+/// precedence over the role's and the database's defaults): names resolve only to
+/// PostgreSQL's catalog. With the default (`"$user", public`) an operator or function a user
+/// planted in `public` that matches a call's argument types more exactly than the catalog's
+/// would run as the admin (CVE-2018-1058's class). `pg_temp` is named last so that it is never
+/// searched before the catalog (functions and operators are never looked up there at all).
+pub const ADMIN_SEARCH_PATH: &str = "pg_catalog,pg_temp";
 /// How long to wait for the server to accept a connection and finish the TLS handshake.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server-side bound of one statement; a hung statement fails instead of hanging the caller.
@@ -185,6 +192,9 @@ pub struct AdminConnection {
     creator_functions: std::sync::Mutex<CreatorFunctions>,
     /// Session-starts, -ends and reaper actions begun on this connection.
     calls: std::sync::atomic::AtomicU32,
+    /// Users whose call here last timed out waiting for a lock: the next attempt ends their
+    /// connections first ([`sql::END_HOLDING_CONNECTIONS`]).
+    held_up_by: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The creator roles' functions ([`sql::Renderer`]) of a connection.
@@ -327,6 +337,20 @@ impl AdminConnection {
         self.existing_users.lock().map(|users| users.contains(user)).unwrap_or(false)
     }
 
+    /// Remembers that a call for `user` timed out waiting for a lock, which only a transaction
+    /// of the user's own holds that long: see [`AdminConnection::take_held_up_by`].
+    pub(crate) fn held_up_by(&self, user: &str) {
+        if let Ok(mut users) = self.held_up_by.lock() {
+            users.insert(user.to_string());
+        }
+    }
+
+    /// Whether the last attempt for `user` was held up, forgetting it: the caller ends the
+    /// user's connections in this attempt.
+    pub(crate) fn take_held_up_by(&self, user: &str) -> bool {
+        self.held_up_by.lock().is_ok_and(|mut users| users.remove(user))
+    }
+
     /// Remembers whether `user` exists after what this connection read or did.
     pub(crate) fn saw_user(&self, user: &str, exists: bool) {
         let Ok(mut users) = self.existing_users.lock() else { return };
@@ -353,6 +377,7 @@ pub async fn connect_admin(params: &ConnectParams<'_>) -> Result<AdminConnection
         existing_users: std::sync::Mutex::new(std::collections::HashSet::new()),
         creator_functions: std::sync::Mutex::new(CreatorFunctions::default()),
         calls: std::sync::atomic::AtomicU32::new(0),
+        held_up_by: std::sync::Mutex::new(std::collections::HashSet::new()),
     })
 }
 
@@ -382,7 +407,7 @@ async fn open(params: &ConnectParams<'_>) -> Result<(Client, LoginReport), Error
         .tcp_user_timeout(TCP_USER_TIMEOUT)
         .options(format!(
             "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={} \
-             -c plan_cache_mode=force_generic_plan",
+             -c plan_cache_mode=force_generic_plan -c search_path={ADMIN_SEARCH_PATH}",
             STATEMENT_TIMEOUT.as_millis(),
             LOCK_TIMEOUT.as_millis(),
             STATEMENT_TIMEOUT.as_millis()

@@ -14,7 +14,8 @@ use tokio_postgres::Client;
 use crate::sql::{self, quote_ident};
 use crate::Error;
 use autouser_policy::config::{Config, DatabaseType, ResolvedDatabase, RDS_IAM_ROLE, RDS_SUPERUSER_ROLE};
-use autouser_policy::plan::{self, Step};
+use autouser_policy::plan::{self, ReachedRole, RoleGuard, Step};
+use autouser_policy::refusal::Refusal;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -157,6 +158,9 @@ pub struct ServerFacts {
     /// Of those creators, the ones that exist and may not create temporary objects in this
     /// database (`TEMP`), so get no function on the admin's connections (`sql::Renderer`).
     pub creators_without_temp: Vec<String>,
+    /// What the checked roles reach through membership, as a start reads it
+    /// ([`sql::REACHED_ROLES`]): a start refuses the roles [`plan::db_role_refusal`] names.
+    pub reached_roles: BTreeSet<ReachedRole>,
 }
 
 impl ServerFacts {
@@ -258,7 +262,15 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
     } else {
         (Vec::new(), Vec::new())
     };
+    let reached_roles = client
+        .query(sql::REACHED_ROLES, &[&names, &config.managed_group])
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|row| ReachedRole { wanted: row.get(0), role: row.get(1), facts: sql::role_facts(row.get(2)) })
+        .collect();
     Ok(ServerFacts {
+        reached_roles,
         admin,
         roles,
         unmanaged_logins: row.get(0),
@@ -360,6 +372,19 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
             ));
             continue;
         };
+        let guard = RoleGuard {
+            managed_group: &config.managed_group,
+            object_inheritor: &config.object_inheritor,
+            allowed_predefined: &config.allowed_predefined_roles,
+        };
+        if let Some(Refusal::RefusedDbRole { reason, .. }) = plan::db_role_refusal(guard, role, &facts.reached_roles) {
+            findings.push(Finding::warn(
+                check,
+                format!("pg-autouser never grants {role:?}, so sessions asking for it fail: {reason}"),
+                Some("remove it from the policy".into()),
+            ));
+            continue;
+        }
         if role == RDS_SUPERUSER_ROLE {
             let ok = facts.admin.superuser || role_facts.admin_is_member;
             findings.push(Finding::warn(
@@ -373,13 +398,7 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
             ));
             continue;
         }
-        if role_facts.superuser {
-            findings.push(Finding::warn(
-                check,
-                format!("{role:?} is a superuser role; pg-autouser never grants it, so sessions asking for it fail"),
-                Some("remove it from the policy".into()),
-            ));
-        } else if needs_admin_option && !role_facts.admin_option {
+        if needs_admin_option && !role_facts.admin_option {
             findings.push(Finding::fail(
                 check,
                 format!("admin {admin:?} lacks ADMIN OPTION on {role:?}, so it cannot grant it (PostgreSQL 16+)"),
@@ -649,6 +668,15 @@ roles:
             creator_roles_held: Vec::new(),
             creators_not_ready: Vec::new(),
             creators_without_temp: Vec::new(),
+            reached_roles: roles
+                .iter()
+                .filter(|(_, superuser, _, _)| *superuser)
+                .map(|(name, ..)| ReachedRole {
+                    wanted: name.to_string(),
+                    role: name.to_string(),
+                    facts: BTreeSet::from([plan::RoleFact::Superuser]),
+                })
+                .collect(),
         }
     }
 
@@ -671,6 +699,35 @@ roles:
             evaluate(&config, &db, &with).iter().find(|f| f.check == "db_role:rds_superuser").unwrap().fix,
             None
         );
+    }
+
+    #[test]
+    fn roles_a_start_refuses_are_a_warning_naming_why() {
+        let config = config("[app, pg_read_all_data, pg_monitor]");
+        let db = config.databases[0].resolve_static().unwrap();
+        let mut server = facts(160000, &[("rds_iam", false, true, true), ("app", false, true, true)]);
+        server
+            .roles
+            .extend(facts(160000, &[("pg_read_all_data", false, true, true), ("pg_monitor", false, true, true)]).roles);
+        let reach = |wanted: &str, role: &str, fact| ReachedRole {
+            wanted: wanted.into(),
+            role: role.into(),
+            facts: BTreeSet::from([fact]),
+        };
+        server.reached_roles.insert(reach("app", "pg_execute_server_program", plan::RoleFact::Predefined));
+        server.reached_roles.insert(reach("pg_read_all_data", "pg_read_all_data", plan::RoleFact::Predefined));
+        server.reached_roles.insert(reach("pg_monitor", "pg_monitor", plan::RoleFact::Predefined));
+        let findings = evaluate(&config, &db, &server);
+        let app = findings.iter().find(|f| f.check == "db_role:app").unwrap();
+        assert_eq!(app.status, Status::Warn);
+        assert!(app.detail.contains("member of \"pg_execute_server_program\""), "{app:?}");
+        assert_eq!(status_of(&findings, "db_role:pg_read_all_data"), Status::Warn);
+        // Allowed by the config: the admin can grant it.
+        let mut config = config;
+        config.allowed_predefined_roles.insert("pg_read_all_data".into());
+        let findings = evaluate(&config, &db, &server);
+        assert_eq!(status_of(&findings, "db_role:pg_read_all_data"), Status::Pass);
+        assert_eq!(status_of(&findings, "db_role:pg_monitor"), Status::Warn);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use autouser_policy::ledger::{ENDED_SESSIONS_HEADER, GROUP_ENDED_SESSIONS_KEPT, 
 use autouser_policy::permissions::{
     ObjectBatch, ObjectKind, ObjectRef, ROUTINE_PRIVILEGES, SEQUENCE_PRIVILEGES, TABLE_PRIVILEGES,
 };
-use autouser_policy::plan::Step;
+use autouser_policy::plan::{RoleFact, RoleGuard, Step};
 use autouser_policy::stable_hash;
 use std::collections::BTreeSet;
 
@@ -31,7 +31,42 @@ pub fn quote_literal(value: &str) -> String {
 /// Serialises provisioning of one database user across concurrent calls on one database.
 /// Advisory locks are per database; [`Step::Guard`] covers calls through other databases.
 /// `$1` is [`user_lock_key`].
-pub const LOCK_USER: &str = "SELECT pg_advisory_xact_lock($1::bigint)";
+///
+/// Any role may take an advisory lock, and the key is no secret (anyone can compute it, and
+/// `pg_locks` shows it while we hold it). So the call waits only for another admin session
+/// (ours: the same login role): when someone else holds the key, it goes on without it, and
+/// the user's `pg_authid` row (the first write of every call, then [`Step::Guard`]) serialises
+/// it, as it does calls through other databases. A user holding its own key, or another
+/// user's, holds up no start or end. The answer says which: `taken`, `waited` or `skipped`.
+pub const LOCK_USER: &str = "\
+SELECT CASE
+  WHEN pg_catalog.pg_try_advisory_xact_lock($1::bigint) THEN 'taken'::text
+  WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_locks l
+                 JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+                WHERE l.locktype = 'advisory'::text AND l.granted AND l.objsubid = 1::smallint
+                  AND l.classid = (($1::bigint >> 32) & 4294967295::bigint)::oid
+                  AND l.objid = ($1::bigint & 4294967295::bigint)::oid
+                  AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d
+                                     WHERE d.datname = pg_catalog.current_database())
+                  AND a.usename = session_user)
+    THEN (SELECT 'waited'::text FROM pg_catalog.pg_advisory_xact_lock($1::bigint) AS waited(v))
+  ELSE 'skipped'::text
+END AS user_lock";
+
+/// Ends every connection of the managed user `$1` (a member of the group `$2`; nobody else's)
+/// but our own, and waits up to 5 s for each to exit, so that the locks it held are released.
+/// Run in the first round trip of a call whose previous attempt timed out waiting for a lock
+/// (`lock_timeout`): a logged-in user can hold its own role's row (`BEGIN; ALTER ROLE self
+/// PASSWORD ...`) or its objects, and must not hold up its own end. Needs the admin to hold
+/// `pg_signal_backend` (or the user's privileges).
+pub const END_HOLDING_CONNECTIONS: &str = "\
+SELECT pg_catalog.count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(a.pid, 5000::bigint))::int
+  FROM pg_catalog.pg_stat_activity a
+  JOIN pg_catalog.pg_roles u ON u.oid = a.usesysid
+ WHERE u.rolname = $1::text AND a.pid <> pg_catalog.pg_backend_pid()
+   AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
+                 JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
+                WHERE m.member = u.oid AND g.rolname = $2::text)";
 
 /// Whether the creator role with OID `$creator` lacks ADMIN OPTION on one of the roles named in
 /// the text array `$roles` that exist: what it must hold to grant them (and the group). One
@@ -66,6 +101,72 @@ macro_rules! creator_function_in_session {
     };
 }
 
+/// Every role that a role named in the text array `$wanted` is, or is a member of (directly or
+/// through other roles), as rows `(wanted, role, facts)`; `facts` holds the words of
+/// [`role_facts`] that the catalog says of `role`, separated by spaces (empty: none).
+/// `managed_user` is a member of the managed group, whose name is the text `$group`. The walk
+/// goes up through `pg_auth_members`' index on the member, one lookup per role reached, and
+/// every name and OID through `pg_authid`'s indexes. See [`plan::db_role_refusal`].
+///
+/// [`plan::db_role_refusal`]: autouser_policy::plan::db_role_refusal
+macro_rules! reached_roles {
+    ($wanted:literal, $group:literal) => {
+        concat!(
+            "WITH RECURSIVE reach(wanted, roleid) AS (
+    SELECT r.rolname::text, r.oid
+      FROM pg_catalog.unnest(",
+            $wanted,
+            ") AS w(name)
+      JOIN pg_catalog.pg_roles r ON r.rolname = w.name
+  UNION
+    SELECT reach.wanted, m.roleid
+      FROM reach
+      JOIN pg_catalog.pg_auth_members m ON m.member = reach.roleid)
+SELECT reach.wanted, r.rolname::text AS role,
+       pg_catalog.concat_ws(' '::text,
+         CASE WHEN r.rolsuper THEN 'superuser'::text END,
+         CASE WHEN r.rolcreaterole THEN 'createrole'::text END,
+         CASE WHEN r.rolcreatedb THEN 'createdb'::text END,
+         CASE WHEN r.rolreplication THEN 'replication'::text END,
+         CASE WHEN r.rolbypassrls THEN 'bypassrls'::text END,
+         CASE WHEN r.oid < '16384'::pg_catalog.oid THEN 'predefined'::text END,
+         CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members g
+                            WHERE g.member = r.oid
+                              AND g.roleid = (SELECT gr.oid FROM pg_catalog.pg_roles gr WHERE gr.rolname = ",
+            $group,
+            "))
+              THEN 'managed_user'::text END) AS facts
+  FROM reach
+  JOIN pg_catalog.pg_roles r ON r.oid = reach.roleid"
+        )
+    };
+}
+
+/// For preflight: what each role named in the text array `$1` reaches, as `READ_STATE` reads
+/// it (`$2` the managed group), ordered by wanted role and reached role.
+pub const REACHED_ROLES: &str = concat!(
+    "SELECT r.wanted, r.role, r.facts FROM (",
+    reached_roles!("$1::text[]", "$2::text"),
+    ") AS r ORDER BY 1, 2"
+);
+
+/// The facts of a [`reached_roles!`] row, from its words.
+pub fn role_facts(words: &str) -> BTreeSet<RoleFact> {
+    words
+        .split_whitespace()
+        .map(|word| match word {
+            "superuser" => RoleFact::Superuser,
+            "createrole" => RoleFact::CreateRole,
+            "createdb" => RoleFact::CreateDb,
+            "replication" => RoleFact::Replication,
+            "bypassrls" => RoleFact::BypassRls,
+            "predefined" => RoleFact::Predefined,
+            "managed_user" => RoleFact::ManagedUser,
+            other => panic!("reached_roles! wrote a fact no one reads: {other:?}"),
+        })
+        .collect()
+}
+
 /// Everything the planner needs to know, in one round trip.
 /// `$1` user name, `$2` managed group, `$3` names of roles the plan may grant, `$4` session id,
 /// `$5` the creator role a new user gets (NULL without `creator_roles`).
@@ -85,6 +186,12 @@ SELECT
          ORDER BY 1) AS member_of,
   (SELECT d.description FROM pg_catalog.pg_shdescription d
     WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass) AS ledger,
+  -- The user's own defaults (ALTER ROLE self [IN DATABASE d] SET ...): '' for every database.
+  ARRAY(SELECT COALESCE(db.datname::text, ''::text)
+          FROM pg_catalog.pg_db_role_setting s
+          LEFT JOIN pg_catalog.pg_database db ON db.oid = s.setdatabase
+         WHERE s.setrole = u.oid
+         ORDER BY 1) AS settings_in,
   -- PostgreSQL 16+ lets a non-superuser revoke only the grants it made itself: the user's
   -- memberships granted by someone else, as two parallel arrays (role, grantor).
   ARRAY(SELECT pg_catalog.pg_get_userbyid(m.roleid)::text
@@ -109,7 +216,7 @@ SELECT
          ORDER BY 1) AS creator_grants,
   -- Ready: the admin holds the membership in the creator that PrepareCreator grants (SET
   -- TRUE), and the creator holds ADMIN OPTION on the group and on the roles of $3 that exist.
-  -- The membership row is read directly: pg_has_role(…, 'SET') would walk every role the admin
+  -- The membership row is read directly: pg_has_role(..., 'SET') would walk every role the admin
   -- may SET to, and so every creator's memberships in its users (see Renderer). Its
   -- set_option is read through to_jsonb because PostgreSQL 15 has no such column, and
   -- `creator` is NULL there.
@@ -129,11 +236,10 @@ SELECT
           FROM pg_catalog.unnest($3::text[]) AS wanted(name)
           JOIN pg_catalog.pg_roles r ON r.rolname = wanted.name
          ORDER BY 1) AS existing_roles,
-  ARRAY(SELECT r.rolname::text
-          FROM pg_catalog.unnest($3::text[]) AS wanted(name)
-          JOIN pg_catalog.pg_roles r ON r.rolname = wanted.name
-         WHERE r.rolsuper
-         ORDER BY 1) AS superuser_roles,
+  -- What the roles of $3 reach through membership, as three parallel arrays (see reached_roles!).
+  COALESCE(reached.wanted, '{}'::text[]) AS reached_wanted,
+  COALESCE(reached.role, '{}'::text[]) AS reached_role,
+  COALESCE(reached.facts, '{}'::text[]) AS reached_facts,
   -- The managed group's comment records this session as ended (see ENDED_SESSIONS_HEADER):
   -- a line `<user>\t<session>\t<time>`, the names as JSON strings, after a newline.
   EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
@@ -162,7 +268,13 @@ LEFT JOIN LATERAL (SELECT c.rolname
                     WHERE m.roleid = u.oid AND m.admin_option
                       AND pg_catalog.starts_with(c.rolname::text, $2::text || '-creator-')
                     ORDER BY 1 LIMIT 1) AS found ON true
-LEFT JOIN pg_catalog.pg_roles creator ON creator.rolname = COALESCE(found.rolname::text, $5::text)"
+LEFT JOIN pg_catalog.pg_roles creator ON creator.rolname = COALESCE(found.rolname::text, $5::text)
+CROSS JOIN (SELECT pg_catalog.array_agg(r.wanted ORDER BY r.wanted, r.role) AS wanted,
+                   pg_catalog.array_agg(r.role ORDER BY r.wanted, r.role) AS role,
+                   pg_catalog.array_agg(r.facts ORDER BY r.wanted, r.role) AS facts
+              FROM (",
+    reached_roles!("$3::text[]", "$2::text"),
+    ") AS r) AS reached"
 );
 
 /// Schemas that are not PostgreSQL's own: objects there can carry `db_permissions`.
@@ -551,6 +663,35 @@ SELECT a.rolinherit,
   FROM pg_catalog.pg_roles a
  WHERE a.rolname = current_user";
 
+/// Why `REASSIGN OWNED` was refused with 42501 on a schema: the schemas holding objects of the
+/// user (OID `$1`) whose owner change needs the new owner's `CREATE` on their schema
+/// (PostgreSQL's generic `ALTER ... OWNER`: routines, aggregates, operators and their classes
+/// and families, collations, conversions, statistics, text search dictionaries and
+/// configurations; not relations or types), where the inheritor (`$2`) lacks it.
+pub const INHERITOR_LACKS_CREATE: &str = "\
+SELECT n.nspname::pg_catalog.text
+  FROM pg_catalog.pg_namespace n
+ WHERE n.oid IN (SELECT p.pronamespace FROM pg_catalog.pg_proc p WHERE p.proowner = $1::pg_catalog.oid
+                 UNION ALL
+                 SELECT o.oprnamespace FROM pg_catalog.pg_operator o WHERE o.oprowner = $1::pg_catalog.oid
+                 UNION ALL
+                 SELECT c.opcnamespace FROM pg_catalog.pg_opclass c WHERE c.opcowner = $1::pg_catalog.oid
+                 UNION ALL
+                 SELECT f.opfnamespace FROM pg_catalog.pg_opfamily f WHERE f.opfowner = $1::pg_catalog.oid
+                 UNION ALL
+                 SELECT c.collnamespace FROM pg_catalog.pg_collation c WHERE c.collowner = $1::pg_catalog.oid
+                 UNION ALL
+                 SELECT c.connamespace FROM pg_catalog.pg_conversion c WHERE c.conowner = $1::pg_catalog.oid
+                 UNION ALL
+                 SELECT s.stxnamespace FROM pg_catalog.pg_statistic_ext s WHERE s.stxowner = $1::pg_catalog.oid
+                 UNION ALL
+                 SELECT d.dictnamespace FROM pg_catalog.pg_ts_dict d WHERE d.dictowner = $1::pg_catalog.oid
+                 UNION ALL
+                 SELECT c.cfgnamespace FROM pg_catalog.pg_ts_config c WHERE c.cfgowner = $1::pg_catalog.oid)
+   AND NOT pg_catalog.pg_is_other_temp_schema(n.oid)
+   AND NOT pg_catalog.has_schema_privilege($2::pg_catalog.name, n.oid, 'CREATE'::pg_catalog.text)
+ ORDER BY 1";
+
 /// Of the creator roles `$1`: those not ready for the current user (the admin), that is
 /// missing, not settable (`SET ROLE`) by it, or lacking ADMIN OPTION on one of the roles `$2`
 /// that exist (`not_ready`); and those that exist and may not create temporary objects in this
@@ -593,12 +734,21 @@ pub fn user_lock_key(db_user: &str) -> i64 {
     stable_hash::fnv1a_64(b"pg-autouser\0".iter().chain(db_user.as_bytes()).copied()) as i64
 }
 
-/// The one-round-trip start of a new user `user`: [`new_user_check`], the user's lock and
-/// `steps`, as one simple-query message. PostgreSQL runs the statements of one such message as
-/// one implicit transaction: committed after the last, rolled back entirely at the first error
-/// (the rest do not run). The key is an integer, so the lock needs no bind parameter.
-pub fn locked_transaction(user: &str, lock_key: i64, steps: &[Step], mut renderer: Renderer) -> String {
-    let mut text = format!("{};\nSELECT pg_catalog.pg_advisory_xact_lock({lock_key})", new_user_check(user));
+/// The one-round-trip start of a new user `user`: [`new_user_check`], the user's lock,
+/// `roles_check` ([`db_roles_check`]) and `steps`, as one simple-query message. PostgreSQL
+/// runs the statements of one such message as one implicit transaction: committed after the
+/// last, rolled back entirely at the first error (the rest do not run). The key is an
+/// integer, so the lock needs no bind parameter. The lock comes early in the text, which is
+/// what `pg_stat_activity` shows of a waiting call (its first 1,024 bytes by default).
+pub fn locked_transaction(
+    user: &str,
+    lock_key: i64,
+    roles_check: &str,
+    steps: &[Step],
+    mut renderer: Renderer,
+) -> String {
+    let lock = LOCK_USER.replace("$1::bigint", &format!("({lock_key})::bigint"));
+    let mut text = format!("{};\n{lock};\n{roles_check}", new_user_check(user));
     for sql in steps.iter().filter_map(|step| renderer.render(step)) {
         text.push_str(";\n");
         text.push_str(&sql);
@@ -635,6 +785,37 @@ fn new_user_check(user: &str) -> String {
     format!("DO {}", quote_literal(&body))
 }
 
+/// A `DO` that fails with SQLSTATE 42501 when a start would refuse one of `roles` (see
+/// [`autouser_policy::plan::db_role_refusal`]): the one-round-trip start of a new user reads
+/// nothing, so it checks the catalog in the same message, before its `GRANT`. The same walk as
+/// `READ_STATE`'s ([`reached_roles!`]) and the same rules; on a failure the start takes the read
+/// path, whose plan refuses the role and says why.
+pub fn db_roles_check(roles: &[String], guard: RoleGuard<'_>) -> String {
+    let array = |names: Vec<String>| format!("ARRAY[{}]::text[]", names.join(", "));
+    let body = format!(
+        "DECLARE \
+           v_wanted text[] := {wanted}; \
+           v_group text := {group}; \
+           v_allowed text[] := {allowed}; \
+         BEGIN \
+           IF EXISTS (SELECT 1 FROM ({reached}) AS reached \
+                       WHERE (reached.facts <> ''::text \
+                              AND NOT (reached.facts = 'predefined'::text AND reached.role = ANY (v_allowed))) \
+                          OR reached.role = {inheritor}::text OR reached.role = v_group \
+                          OR pg_catalog.starts_with(reached.role, v_group || '-creator-'::text)) THEN \
+             RAISE EXCEPTION 'pg-autouser: a role the policy grants may be refused: a start reads them first' \
+               USING ERRCODE = 'insufficient_privilege'; \
+           END IF; \
+         END",
+        wanted = array(roles.iter().map(|role| quote_literal(role)).collect()),
+        group = quote_literal(guard.managed_group),
+        allowed = array(guard.allowed_predefined.iter().map(|role| quote_literal(role)).collect()),
+        reached = reached_roles!("v_wanted", "v_group"),
+        inheritor = quote_literal(guard.object_inheritor),
+    );
+    format!("DO {}", quote_literal(&body))
+}
+
 /// The SQL of one plan step.
 pub fn render(step: &Step) -> String {
     match step {
@@ -650,6 +831,11 @@ pub fn render(step: &Step) -> String {
         Step::SetLogin { user, login } => {
             format!("ALTER ROLE {} WITH {}", quote_ident(user), if *login { "LOGIN" } else { "NOLOGIN" })
         }
+        Step::ClearPassword { user } => format!("ALTER ROLE {} PASSWORD NULL", quote_ident(user)),
+        Step::ResetSettings { user, database: None } => format!("ALTER ROLE {} RESET ALL", quote_ident(user)),
+        Step::ResetSettings { user, database: Some(database) } => {
+            format!("ALTER ROLE {} IN DATABASE {} RESET ALL", quote_ident(user), quote_ident(database))
+        }
         Step::Guard { user, expected_ledger } => guard(user, expected_ledger.as_deref()),
         Step::WriteLedger { user, ledger } => write_ledger(user, ledger),
         Step::DropUser { user } => format!("DROP ROLE {}", quote_ident(user)),
@@ -657,6 +843,7 @@ pub fn render(step: &Step) -> String {
             format!("REASSIGN OWNED BY {} TO {}", quote_ident(user), quote_ident(inheritor))
         }
         Step::DropOwned { user } => format!("DROP OWNED BY {}", quote_ident(user)),
+        Step::DisarmOwned { user } => disarm_owned(user),
         Step::ReserveName { user } => reserve_name(user),
         Step::RecordEnded { group, user, sessions, window_secs } => record_ended(group, user, sessions, *window_secs),
         Step::RefuseIfEnded { group, user, session } => refuse_if_ended(group, user, session),
@@ -870,6 +1057,108 @@ const SERVER_NOW: &str = "pg_catalog.floor(pg_catalog.date_part('epoch', pg_cata
 /// ([`autouser_policy::naming::validate_db_user`]).
 pub const ENDED_SESSIONS_LOCK_ROLE: &str = autouser_policy::naming::ENDED_SESSIONS_LOCK_ROLE;
 
+/// See [`Step::DisarmOwned`]: one `DO` block over what `user` owns in the connected database
+/// (another session's temporary objects left out: they go with that session). Objects are
+/// named by the server (`regprocedure`, `regclass`, `regtype`, `regnamespace`, `%I`), grantees
+/// through `quote_ident`, and every privilege is revoked `CASCADE`, so that grants made with a
+/// grant option the user gave go too. Its SQL resolves only to `pg_catalog`.
+fn disarm_owned(user: &str) -> String {
+    let body = format!(
+        r#"DECLARE
+  owner_oid pg_catalog.oid := (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = {name}::pg_catalog.name);
+  item record;
+BEGIN
+  -- SECURITY DEFINER routines run as their owner: from now on, as their caller.
+  FOR item IN SELECT p.oid::pg_catalog.regprocedure AS routine
+                FROM pg_catalog.pg_proc p
+               WHERE p.proowner = owner_oid AND p.prosecdef
+                 AND NOT pg_catalog.pg_is_other_temp_schema(p.pronamespace) LOOP
+    EXECUTE pg_catalog.format('ALTER ROUTINE %s SECURITY INVOKER', item.routine);
+  END LOOP;
+  -- Views read their relations with their owner's privileges: from now on, their reader's.
+  -- Tables' triggers run as whoever writes them (a cascade from a foreign key: their owner).
+  FOR item IN SELECT c.oid::pg_catalog.regclass AS relation, c.relkind = 'v'::pg_catalog."char" AS is_view
+                FROM pg_catalog.pg_class c
+               WHERE c.relowner = owner_oid
+                 AND (c.relkind = 'v'::pg_catalog."char"
+                      OR (c.relhastriggers AND c.relkind = ANY ('{{r,p,f}}'::pg_catalog."char"[])))
+                 AND NOT pg_catalog.pg_is_other_temp_schema(c.relnamespace) LOOP
+    IF item.is_view THEN
+      EXECUTE pg_catalog.format('ALTER VIEW %s SET (security_invoker = true)', item.relation);
+    ELSE
+      EXECUTE pg_catalog.format('ALTER TABLE %s DISABLE TRIGGER USER', item.relation);
+    END IF;
+  END LOOP;
+  -- Rules run with the table owner's privileges (a view's other than its SELECT, too: those
+  -- cannot be disabled, and no one but the owner may write the view once it is revoked below).
+  FOR item IN SELECT r.ev_class::pg_catalog.regclass AS relation, r.rulename
+                FROM pg_catalog.pg_rewrite r
+                JOIN pg_catalog.pg_class c ON c.oid = r.ev_class
+               WHERE c.relowner = owner_oid AND c.relkind = ANY ('{{r,p,f}}'::pg_catalog."char"[])
+                 AND r.ev_enabled <> 'D'::pg_catalog."char"
+                 AND NOT pg_catalog.pg_is_other_temp_schema(c.relnamespace) LOOP
+    EXECUTE pg_catalog.format('ALTER TABLE %s DISABLE RULE %I', item.relation, item.rulename);
+  END LOOP;
+  -- Every privilege on the user's objects, from every role but the owner; on routines, from
+  -- the owner too (default privileges included: PUBLIC's EXECUTE and USAGE on types).
+  FOR item IN
+    SELECT o.kind, o.name,
+           pg_catalog.string_agg(DISTINCT CASE WHEN g.grantee = 0::pg_catalog.oid THEN 'PUBLIC'::pg_catalog.text
+                                          ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(g.grantee)::pg_catalog.text)
+                                          END, ', '::pg_catalog.text) AS grantees
+      FROM (SELECT 'ROUTINE'::pg_catalog.text AS kind, p.oid::pg_catalog.regprocedure::pg_catalog.text AS name,
+                   COALESCE(p.proacl, pg_catalog.acldefault('f'::pg_catalog."char", p.proowner)) AS acl,
+                   true AS owner_too
+              FROM pg_catalog.pg_proc p
+             WHERE p.proowner = owner_oid AND NOT pg_catalog.pg_is_other_temp_schema(p.pronamespace)
+            UNION ALL
+            SELECT CASE WHEN c.relkind = 'S'::pg_catalog."char" THEN 'SEQUENCE'::pg_catalog.text
+                        ELSE 'TABLE'::pg_catalog.text END,
+                   c.oid::pg_catalog.regclass::pg_catalog.text, acl.acl, false
+              FROM pg_catalog.pg_class c
+             CROSS JOIN LATERAL (SELECT c.relacl
+                                 UNION ALL
+                                 -- A table's REVOKE revokes its columns' privileges too.
+                                 SELECT a.attacl FROM pg_catalog.pg_attribute a
+                                  WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL) AS acl(acl)
+             WHERE c.relowner = owner_oid AND c.relkind = ANY ('{{r,p,v,m,S,f}}'::pg_catalog."char"[])
+               AND NOT pg_catalog.pg_is_other_temp_schema(c.relnamespace)
+            UNION ALL
+            SELECT 'SCHEMA'::pg_catalog.text, n.oid::pg_catalog.regnamespace::pg_catalog.text, n.nspacl, false
+              FROM pg_catalog.pg_namespace n
+             WHERE n.nspowner = owner_oid
+            UNION ALL
+            -- Types that take privileges of their own: not arrays, multiranges or the row
+            -- types of relations other than composite types.
+            SELECT 'TYPE'::pg_catalog.text, t.oid::pg_catalog.regtype::pg_catalog.text,
+                   COALESCE(t.typacl, pg_catalog.acldefault('T'::pg_catalog."char", t.typowner)), false
+              FROM pg_catalog.pg_type t
+             WHERE t.typowner = owner_oid AND t.typtype <> 'm'::pg_catalog."char"
+               AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_type e WHERE e.typarray = t.oid)
+               AND (t.typrelid = 0::pg_catalog.oid
+                    OR EXISTS (SELECT 1 FROM pg_catalog.pg_class c
+                                WHERE c.oid = t.typrelid AND c.relkind = 'c'::pg_catalog."char"))
+               AND NOT pg_catalog.pg_is_other_temp_schema(t.typnamespace)
+            UNION ALL
+            SELECT 'LARGE OBJECT'::pg_catalog.text, l.oid::pg_catalog.text, l.lomacl, false
+              FROM pg_catalog.pg_largeobject_metadata l
+             WHERE l.lomowner = owner_oid
+            UNION ALL
+            SELECT 'FOREIGN SERVER'::pg_catalog.text, pg_catalog.quote_ident(s.srvname::pg_catalog.text), s.srvacl, false
+              FROM pg_catalog.pg_foreign_server s
+             WHERE s.srvowner = owner_oid) AS o
+     CROSS JOIN LATERAL pg_catalog.aclexplode(o.acl) AS g
+     WHERE g.grantee <> owner_oid OR o.owner_too
+     GROUP BY o.kind, o.name
+  LOOP
+    EXECUTE pg_catalog.format('REVOKE ALL ON %s %s FROM %s CASCADE', item.kind, item.name, item.grantees);
+  END LOOP;
+END"#,
+        name = quote_literal(user),
+    );
+    format!("DO {}", quote_literal(&body))
+}
+
 fn reserve_name(user: &str) -> String {
     format!("CREATE ROLE {user} NOLOGIN; DROP ROLE {user}", user = quote_ident(user))
 }
@@ -1005,13 +1294,16 @@ mod tests {
             Step::WriteLedger { user: "al;ice".into(), ledger: "{'x'}".into() },
             Step::GrantRoles { roles: vec!["grp".into(), "re\"ader".into()], user: "al;ice".into() },
         ];
-        let text = locked_transaction("al;ice", -42, &steps, Renderer::new(&BTreeSet::new()));
+        let text = locked_transaction("al;ice", -42, "DO 'roles'", &steps, Renderer::new(&BTreeSet::new()));
         let check = format!("{};\n", new_user_check("al;ice"));
         assert!(check.contains("rolsuper") && check.contains("rolname = ''al;ice''"), "{check}");
         assert!(text.starts_with(&check), "{text}");
+        let lock = LOCK_USER.replace("$1::bigint", "(-42)::bigint");
+        assert!(!lock.contains('$') && lock.contains("pg_try_advisory_xact_lock((-42)::bigint)"), "{lock}");
         assert_eq!(
-            &text[check.len()..],
-            "SELECT pg_catalog.pg_advisory_xact_lock(-42);\n\
+            text[check.len()..].replacen(&format!("{lock};\n"), "<lock>;\n", 1),
+            "<lock>;\n\
+             DO 'roles';\n\
              CREATE ROLE \"al;ice\" LOGIN;\n\
              COMMENT ON ROLE \"al;ice\" IS '{''x''}';\n\
              GRANT \"grp\", \"re\"\"ader\" TO \"al;ice\""
@@ -1114,6 +1406,114 @@ mod tests {
         assert!(wraps_an_interpolation(r#"format!("GRANT x TO \"{user}\"")"#));
         assert!(wraps_an_interpolation("format!(\"PASSWORD '{password}'\")"));
         assert!(!wraps_an_interpolation(r#"role("{allow: {db_roles: [\"{{internal.a}}\"]}}")"#));
+    }
+
+    /// The string literals of a Rust source: `"..."` with its escapes and `r#"..."#`; comments
+    /// and character literals skipped. Enough for this crate's sources, which the test reads.
+    fn string_literals(source: &str) -> Vec<(usize, String)> {
+        let bytes = source.as_bytes();
+        let (mut found, mut at, mut line) = (Vec::new(), 0, 1);
+        while at < bytes.len() {
+            match bytes[at] {
+                b'\n' => line += 1,
+                b'/' if bytes.get(at + 1) == Some(&b'/') => {
+                    while at < bytes.len() && bytes[at] != b'\n' {
+                        at += 1;
+                    }
+                    continue;
+                }
+                b'\'' if bytes.get(at + 2) == Some(&b'\'') || bytes.get(at + 1) == Some(&b'\\') => {
+                    // A character literal ('x', '\n', '\''): skip to its closing quote.
+                    at += if bytes[at + 1] == b'\\' { 3 } else { 2 };
+                    while at < bytes.len() && bytes[at] != b'\'' {
+                        at += 1;
+                    }
+                }
+                b'r' if bytes.get(at + 1) == Some(&b'#') || bytes.get(at + 1) == Some(&b'"') => {
+                    let hashes = bytes[at + 1..].iter().take_while(|b| **b == b'#').count();
+                    if bytes.get(at + 1 + hashes) == Some(&b'"') && !bytes[at - 1].is_ascii_alphanumeric() {
+                        let start = at + 2 + hashes;
+                        let close = format!("\"{}", "#".repeat(hashes));
+                        let end = start + source[start..].find(&close).expect("a closed raw string");
+                        found.push((line, source[start..end].to_string()));
+                        line += source[start..end].matches('\n').count();
+                        at = end + close.len();
+                        continue;
+                    }
+                }
+                b'"' => {
+                    let start = at + 1;
+                    at += 1;
+                    while bytes[at] != b'"' {
+                        at += if bytes[at] == b'\\' { 2 } else { 1 };
+                    }
+                    found.push((line, source[start..at].to_string()));
+                    line += source[start..at].matches('\n').count();
+                }
+                _ => {}
+            }
+            at += 1;
+        }
+        found
+    }
+
+    /// SQL text stays ASCII: a database whose encoding cannot hold a character (`LATIN1` and
+    /// `...`, say) refuses the whole statement, comments included. Every string literal of the
+    /// engine's sources that the server could receive (one that reads like SQL) is checked.
+    #[test]
+    fn sql_text_is_ascii() {
+        let sql_words = ["SELECT ", "ALTER ", "GRANT ", "REVOKE ", "CREATE ", "DROP ", "COMMENT ", "DO ", "BEGIN"];
+        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut offences = Vec::new();
+        let mut checked = 0;
+        for entry in std::fs::read_dir(&src).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            for (line, literal) in string_literals(&std::fs::read_to_string(&path).unwrap()) {
+                if sql_words.iter().any(|word| literal.contains(word)) {
+                    checked += 1;
+                    if !literal.is_ascii() {
+                        offences.push(format!("{}:{line}: {}", path.display(), literal.trim()));
+                    }
+                }
+            }
+        }
+        assert!(checked > 50, "found the SQL literals ({checked})");
+        assert!(offences.is_empty(), "SQL text must be ASCII:\n{}", offences.join("\n"));
+        // The reader finds what the test relies on.
+        let sample =
+            "let a = 'x'; // \"not a string\"\nconst Q: &str = \"SELECT 1 -- \\\" \u{2026}\";\nr#\"DO $$ \"x\" $$\"#";
+        let literals = string_literals(sample);
+        assert_eq!(literals.len(), 2, "{literals:?}");
+        assert!(!literals[0].1.is_ascii() && literals[0].0 == 2);
+        assert_eq!(literals[1], (3, "DO $$ \"x\" $$".to_string()));
+    }
+
+    #[test]
+    fn every_fact_the_role_walk_writes_is_read_and_the_check_quotes_every_name() {
+        let words: Vec<&str> = READ_STATE
+            .split("THEN '")
+            .skip(1)
+            .filter_map(|rest| rest.split_once("'::text END").map(|(word, _)| word))
+            .collect();
+        assert_eq!(words.len(), 7, "{words:?}");
+        for word in &words {
+            assert_eq!(role_facts(word).len(), 1, "{word}");
+        }
+        assert!(REACHED_ROLES.contains("WITH RECURSIVE") && READ_STATE.contains("AS reached_facts"));
+        let allowed = BTreeSet::from(["pg_read_all_data".to_string()]);
+        let guard = RoleGuard { managed_group: "g'rp", object_inheritor: "he'ir", allowed_predefined: &allowed };
+        let check = db_roles_check(&["a'b".to_string(), "c".to_string()], guard);
+        // The body is itself a literal: every quote inside it is doubled once more.
+        assert!(check.starts_with("DO '") && check.is_ascii(), "{check}");
+        for expected in
+            ["ARRAY[''a''''b'', ''c'']::text[]", "''g''''rp''", "''he''''ir''::text", "ARRAY[''pg_read_all_data'']"]
+        {
+            assert!(check.contains(expected), "{expected} in {check}");
+        }
+        assert!(db_roles_check(&[], guard).contains("v_wanted text[] := ARRAY[]::text[]"));
     }
 
     #[test]

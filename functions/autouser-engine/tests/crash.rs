@@ -78,7 +78,7 @@ impl Blocker {
     /// What the waiting call's current statement contains.
     fn waiting_statement(self) -> &'static str {
         match self {
-            Blocker::UserLock => "pg_advisory_xact_lock",
+            Blocker::UserLock => "advisory_xact_lock",
             Blocker::LedgerWrite => "COMMENT ON ROLE",
         }
     }
@@ -116,7 +116,12 @@ async fn kill_while_blocked(
     let context =
         format!("{} of {session} killed while waiting behind {blocker:?}", if start { "start" } else { "end" });
     let before = assert_consistent(cluster, user, &context).await;
-    let holder = support::connect_as(cluster, cluster.superuser()).await;
+    // Another call of ours holds the user's lock (a lock held by anyone else is not waited
+    // for); a superuser holds the user's comment.
+    let holder = match blocker {
+        Blocker::UserLock => support::connect_as(cluster, ADMIN).await,
+        Blocker::LedgerWrite => support::connect_as(cluster, cluster.superuser()).await,
+    };
     blocker.hold(&holder, user).await;
     let mut call = tokio::spawn({
         let (config, user, session) = (config.clone(), user.to_string(), session.to_string());

@@ -5,7 +5,7 @@
 //! into a silently ignored setting. Relative file paths are resolved against the directory of
 //! the configuration file.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -90,6 +90,9 @@ pub struct Config {
     /// admin does). Each user belongs to one, by its name's hash
     /// ([`naming::creator_role_for`]).
     pub creator_roles: u32,
+    /// PostgreSQL's predefined roles (`pg_*`) that policies may grant; every other predefined
+    /// role, and every role that is a member of one, is refused (`RefusedDbRole`).
+    pub allowed_predefined_roles: BTreeSet<String>,
 }
 
 impl Config {
@@ -103,6 +106,10 @@ impl Config {
         (0..self.creator_roles).map(|index| naming::creator_role_name(&self.managed_group, index)).collect()
     }
 }
+
+/// Predefined roles that read, write or run anything as the server's operating system
+/// account: `allowed_predefined_roles` refuses them.
+const SERVER_ACCOUNT_ROLES: &[&str] = &["pg_execute_server_program", "pg_read_server_files", "pg_write_server_files"];
 
 /// The default `max_session_duration`: Teleport's default maximum session TTL.
 pub const DEFAULT_MAX_SESSION_DURATION: std::time::Duration = std::time::Duration::from_secs(12 * 3600);
@@ -412,6 +419,10 @@ struct RawConfig {
     #[serde(default)]
     #[schemars(range(max = 1024))]
     creator_roles: u32,
+    /// PostgreSQL's predefined roles (`pg_*`, such as `pg_read_all_data`) that policies may
+    /// grant. Any other predefined role, or a role that is a member of one, is refused.
+    #[serde(default)]
+    allowed_predefined_roles: Vec<String>,
 }
 
 /// A database: a static address (`uri`) or an RDS instance or Aurora cluster (`rds`).
@@ -551,7 +562,25 @@ impl RawConfig {
                 )
             })?;
         }
+        let mut allowed_predefined_roles = BTreeSet::new();
+        for (index, role) in self.allowed_predefined_roles.into_iter().enumerate() {
+            let field = format!("allowed_predefined_roles[{index}]");
+            naming::validate_identifier(&role).map_err(|e| invalid(field.clone(), e.to_string()))?;
+            if !role.starts_with("pg_") {
+                return Err(invalid(field, format!("{role:?} is not a predefined role of PostgreSQL (pg_*)")));
+            }
+            if SERVER_ACCOUNT_ROLES.contains(&role.as_str()) {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{role:?} gives the server's operating system account, as much as superuser: never granted"
+                    ),
+                ));
+            }
+            allowed_predefined_roles.insert(role);
+        }
         Ok(Config {
+            allowed_predefined_roles,
             creator_roles: self.creator_roles,
             max_session_duration,
             redelivery_window,
@@ -1026,6 +1055,21 @@ databases:
         }
         let writer = EXAMPLE.replace("localhost:5432", "orders.cluster-abc123.us-east-1.rds.amazonaws.com");
         assert!(parse(&writer).is_ok());
+    }
+
+    #[test]
+    fn allowed_predefined_roles_are_pg_roles_that_do_not_reach_the_os_account() {
+        assert!(parse(EXAMPLE).unwrap().allowed_predefined_roles.is_empty());
+        let config = parse(&format!("allowed_predefined_roles: [pg_read_all_data, pg_monitor]\n{EXAMPLE}")).unwrap();
+        assert_eq!(config.allowed_predefined_roles.iter().collect::<Vec<_>>(), ["pg_monitor", "pg_read_all_data"]);
+        for (list, why) in [
+            ("[reader]", "not a predefined role"),
+            ("[pg_execute_server_program]", "operating system"),
+            ("[pg_read_all_data, pg_write_server_files]", "allowed_predefined_roles[1]"),
+        ] {
+            let err = parse(&format!("allowed_predefined_roles: {list}\n{EXAMPLE}")).unwrap_err().to_string();
+            assert!(err.contains(why), "{list}: {err}");
+        }
     }
 
     #[test]

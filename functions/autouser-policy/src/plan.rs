@@ -30,14 +30,18 @@ pub struct ObservedState {
     pub member_of: BTreeSet<String>,
     /// The user's role comment, where the ledger lives.
     pub ledger_comment: Option<String>,
+    /// Where the user has role-level settings (`pg_db_role_setting`): database names, and `""`
+    /// for those of every database. Cleared whenever the user is locked or unlocked.
+    pub settings_in: BTreeSet<String>,
     /// Memberships of the user that the admin cannot revoke (PostgreSQL 16+: granted by
     /// another role), as `(role, grantor)`.
     pub foreign_grants: BTreeSet<(String, String)>,
     pub group_exists: bool,
     /// Which of the roles the plan may grant exist.
     pub existing_roles: BTreeSet<String>,
-    /// Which of the roles the plan may grant are superusers.
-    pub superuser_roles: BTreeSet<String>,
+    /// Every role that a role the plan may grant is, or is a member of (directly or through
+    /// other roles), with what the catalog says about it: see [`db_role_refusal`].
+    pub reached_roles: BTreeSet<ReachedRole>,
     pub server_version_num: i32,
     pub read_only: bool,
     /// The managed group's comment records this session as ended (its user was dropped, or
@@ -62,9 +66,100 @@ pub struct ObservedState {
     pub creator_grants: BTreeSet<String>,
 }
 
+/// A role that a wanted role `wanted` is (`role == wanted`) or is a member of, directly or
+/// through other roles: whoever is granted `wanted` may `SET ROLE` to it or has its privileges.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReachedRole {
+    pub wanted: String,
+    pub role: String,
+    pub facts: BTreeSet<RoleFact>,
+}
+
+/// What the catalog says about a role that makes it more than a role's privileges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum RoleFact {
+    Superuser,
+    /// A member of the managed group: another person's user (or a role made to look like one).
+    ManagedUser,
+    CreateRole,
+    CreateDb,
+    Replication,
+    BypassRls,
+    /// One of PostgreSQL's own roles, made by `initdb` (OID below 16384).
+    Predefined,
+}
+
+/// What a start checks the wanted roles against, besides the catalog's facts.
+#[derive(Debug, Clone, Copy)]
+pub struct RoleGuard<'a> {
+    pub managed_group: &'a str,
+    pub object_inheritor: &'a str,
+    /// `allowed_predefined_roles`.
+    pub allowed_predefined: &'a BTreeSet<String>,
+}
+
+impl<'a> RoleGuard<'a> {
+    pub fn of(req: &'a StartRequest) -> RoleGuard<'a> {
+        RoleGuard {
+            managed_group: &req.target.managed_group,
+            object_inheritor: &req.object_inheritor,
+            allowed_predefined: &req.allowed_predefined_roles,
+        }
+    }
+
+    /// Why `reached.role` makes granting `reached.wanted` unsafe, if it does.
+    fn why(&self, reached: &ReachedRole) -> Option<String> {
+        let role = &reached.role;
+        let has = |fact| reached.facts.contains(&fact);
+        let what = if has(RoleFact::Superuser) {
+            "a superuser role".to_string()
+        } else if crate::naming::is_creator_role_name(self.managed_group, role) {
+            "a creator role of the managed group, which creates and manages its users".to_string()
+        } else if role == self.object_inheritor {
+            "the object inheritor, which owns the objects of dropped users".to_string()
+        } else if role == self.managed_group {
+            "the managed group, which every managed user already has".to_string()
+        } else if has(RoleFact::ManagedUser) {
+            "a member of the managed group (another person's user)".to_string()
+        } else if let Some(attribute) = [
+            (RoleFact::CreateRole, "CREATEROLE"),
+            (RoleFact::CreateDb, "CREATEDB"),
+            (RoleFact::Replication, "REPLICATION"),
+            (RoleFact::BypassRls, "BYPASSRLS"),
+        ]
+        .into_iter()
+        .find_map(|(fact, attribute)| has(fact).then_some(attribute))
+        {
+            format!("a role WITH {attribute}")
+        } else if has(RoleFact::Predefined) && !self.allowed_predefined.contains(role) {
+            "a predefined role of PostgreSQL that allowed_predefined_roles does not list".to_string()
+        } else {
+            return None;
+        };
+        Some(if *role == reached.wanted {
+            format!("it is {what}: whoever is granted it may SET ROLE to it")
+        } else {
+            format!(
+                "it is a member of {role:?}, directly or through other roles, which is {what}: whoever is granted \
+                 it may SET ROLE to {role:?}"
+            )
+        })
+    }
+}
+
+/// Why granting `wanted` is refused, from the roles it reaches (`reached`, as read, any
+/// wanted role's): the role itself first, then what it is a member of, by name.
+pub fn db_role_refusal(guard: RoleGuard<'_>, wanted: &str, reached: &BTreeSet<ReachedRole>) -> Option<Refusal> {
+    let mut mine: Vec<&ReachedRole> = reached.iter().filter(|r| r.wanted == wanted).collect();
+    mine.sort_by_key(|r| (r.role != wanted, &r.role));
+    let reason = mine.into_iter().find_map(|r| guard.why(r))?;
+    Some(Refusal::RefusedDbRole { role: wanted.to_string(), reason })
+}
+
 impl ObservedState {
     /// What a session-start for a user that does not exist yet expects to find: the group
-    /// and every wanted role present, none of them a superuser, a writable server. The
+    /// and every wanted role present, none of them refused ([`db_role_refusal`]: the
+    /// one-round-trip start checks that in SQL), a writable server. The
     /// one-round-trip start ([`crate::engine`]) plans from this instead of reading; any
     /// difference makes one of its statements fail, and it falls back to reading.
     ///
@@ -107,6 +202,18 @@ pub enum Step {
         user: String,
         login: bool,
     },
+    /// `ALTER ROLE ... PASSWORD NULL`: a user may set its own password while logged in, and
+    /// with it log in later around the proxy. Follows every [`Step::SetLogin`].
+    ClearPassword {
+        user: String,
+    },
+    /// `ALTER ROLE ... [IN DATABASE <database>] RESET ALL`: the defaults a user may set for
+    /// itself while logged in (`ALTER ROLE self SET ...`), which would shape its next session.
+    /// `database` `None`: those of every database.
+    ResetSettings {
+        user: String,
+        database: Option<String>,
+    },
     Guard {
         user: String,
         expected_ledger: Option<String>,
@@ -127,6 +234,16 @@ pub enum Step {
     /// `DROP OWNED`, after [`Step::ReassignOwned`]: revokes the privileges `user` holds in the
     /// connected database and on shared objects (it owns nothing there any more).
     DropOwned {
+        user: String,
+    },
+    /// Before [`Step::ReassignOwned`], while the admin holds `user`'s privileges: makes what
+    /// `user` owns in the connected database lend nothing once the inheritor owns it.
+    /// `SECURITY DEFINER` routines become `SECURITY INVOKER`, views `security_invoker`, user
+    /// triggers and rules of its tables are disabled, every privilege on its objects is revoked
+    /// from every role but the owner, and `EXECUTE` on its routines from the owner too: no one
+    /// but a superuser (or whoever an operator grants it to) runs the code it left, and nothing
+    /// of it runs as the inheritor.
+    DisarmOwned {
         user: String,
     },
     /// Takes the role name `user` for this transaction without creating it (`CREATE ROLE`,
@@ -345,11 +462,8 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
         if !state.existing_roles.contains(role) {
             return Err(Refusal::UnknownDbRole { role: role.clone(), database: t.database.clone() });
         }
-        if state.superuser_roles.contains(role) {
-            return Err(Refusal::RefusedDbRole {
-                role: role.clone(),
-                reason: "it is a superuser role, and a member could SET ROLE to it",
-            });
+        if let Some(refusal) = db_role_refusal(RoleGuard::of(req), role, &state.reached_roles) {
+            return Err(refusal);
         }
     }
     let stray = |role: &String| !wanted.contains(role) && *role != t.managed_group;
@@ -658,13 +772,15 @@ pub fn plan_lock(t: &Target, state: &ObservedState) -> Result<Option<Vec<Step>>,
 
 /// The steps that hand the objects of a user whose drop is planned to `inheritor`, in one
 /// database: the admin takes the user's privileges (`REASSIGN OWNED` and `DROP OWNED` need
-/// them; PostgreSQL 16+ gives a role's creator only ADMIN OPTION on it), reassigns, and
-/// revokes what is left. In a database other than the end's own (`elsewhere`), the admin gives
+/// them; PostgreSQL 16+ gives a role's creator only ADMIN OPTION on it), disarms what the
+/// user owns ([`Step::DisarmOwned`]: nothing handed over runs as the inheritor or lends its
+/// rights), reassigns, and revokes what is left. In a database other than the end's own (`elsewhere`), the admin gives
 /// the membership back before that transaction commits; in the end's own, the drop removes it.
 pub fn hand_over_objects(t: &Target, state: &ObservedState, inheritor: &str, elsewhere: bool) -> Vec<Step> {
     let user = &t.db_user;
     let mut steps = vec![
         Step::GrantRoles { roles: vec![user.clone()], user: t.admin.clone() },
+        Step::DisarmOwned { user: user.clone() },
         Step::ReassignOwned { user: user.clone(), inheritor: inheritor.to_string() },
         Step::DropOwned { user: user.clone() },
     ];
@@ -718,6 +834,8 @@ fn runner(step: &Step) -> Runner {
     match step {
         Step::CreateUser { .. }
         | Step::SetLogin { .. }
+        | Step::ClearPassword { .. }
+        | Step::ResetSettings { .. }
         | Step::WriteLedger { .. }
         | Step::DropUser { .. }
         | Step::ReserveName { .. }
@@ -728,6 +846,7 @@ fn runner(step: &Step) -> Runner {
         // The group and the inheritor are the admin's; objects are granted with the admin's
         // grant options; `REASSIGN OWNED` needs the admin's privileges of both roles.
         Step::CreateGroup { .. }
+        | Step::DisarmOwned { .. }
         | Step::ReassignOwned { .. }
         | Step::DropOwned { .. }
         | Step::GrantObjects { .. }
@@ -810,11 +929,20 @@ pub fn run_as_creator(steps: Vec<Step>, t: &Target, state: &ObservedState) -> Ve
     out
 }
 
+/// The first writes of a call for an existing user: `LOGIN` or `NOLOGIN`, the ledger guard,
+/// then what the user may have set on its own role while logged in cleared: its password and
+/// its defaults.
 fn lock_and_guard(user: &str, login: bool, state: &ObservedState) -> Vec<Step> {
-    vec![
+    let mut steps = vec![
         Step::SetLogin { user: user.to_string(), login },
         Step::Guard { user: user.to_string(), expected_ledger: state.ledger_comment.clone() },
-    ]
+        Step::ClearPassword { user: user.to_string() },
+    ];
+    steps.extend(state.settings_in.iter().map(|database| Step::ResetSettings {
+        user: user.to_string(),
+        database: (!database.is_empty()).then(|| database.clone()),
+    }));
+    steps
 }
 
 fn record_ended(req: &EndRequest, sessions: Vec<String>) -> Step {
@@ -857,6 +985,8 @@ mod tests {
             db_roles: roles.iter().map(|r| r.to_string()).collect(),
             platform_roles: BTreeSet::new(),
             db_permissions: None,
+            object_inheritor: "heir".into(),
+            allowed_predefined_roles: BTreeSet::new(),
         }
     }
 
@@ -917,6 +1047,10 @@ mod tests {
                     state.creator_ready = true;
                 }
                 Step::SetLogin { login, .. } => state.user_can_login = *login,
+                Step::ClearPassword { .. } => {}
+                Step::ResetSettings { database, .. } => {
+                    state.settings_in.remove(database.as_deref().unwrap_or_default());
+                }
                 Step::WriteLedger { ledger, .. } => state.ledger_comment = Some(ledger.clone()),
                 Step::Guard { expected_ledger, .. } => assert_eq!(expected_ledger, &state.ledger_comment),
                 Step::DropUser { .. } => {
@@ -931,7 +1065,7 @@ mod tests {
                 }
                 Step::ReserveName { .. } => assert!(!state.user_exists),
                 // Ownership is not part of the observed state.
-                Step::ReassignOwned { .. } | Step::DropOwned { .. } => {}
+                Step::DisarmOwned { .. } | Step::ReassignOwned { .. } | Step::DropOwned { .. } => {}
                 // The group's comment is the server's business; the tests of crate::sql and
                 // the integration tests check it.
                 Step::RecordEnded { .. } => state.session_ended_in_group = true,
@@ -1113,6 +1247,75 @@ mod tests {
             panic!("expected a plan")
         };
         assert!(!steps.iter().any(|step| matches!(step, Step::SetRole { .. })), "{steps:?}");
+    }
+
+    /// The disarming runs once the admin holds the user's privileges (which altering and
+    /// revoking as the owner need) and before `REASSIGN OWNED`, while the objects are still
+    /// the user's and so told apart from what the inheritor already owns.
+    #[test]
+    fn a_hand_over_disarms_the_users_objects_as_the_admin_between_taking_its_privileges_and_reassigning() {
+        let state = started(fresh_server(), &start("s1", &["writer"], CreateDbUserMode::BestEffortReassignAndDrop));
+        let t = target("s1");
+        let take = Step::GrantRoles { roles: vec!["alice".into()], user: "teleport-admin".into() };
+        let disarm = Step::DisarmOwned { user: "alice".into() };
+        let reassign = Step::ReassignOwned { user: "alice".into(), inheritor: "heir".into() };
+        let drop_owned = Step::DropOwned { user: "alice".into() };
+        assert_eq!(
+            hand_over_objects(&t, &state, "heir", false),
+            vec![take.clone(), disarm.clone(), reassign.clone(), drop_owned.clone()]
+        );
+        let give_back = Step::RevokeRoles { roles: vec!["alice".into()], user: "teleport-admin".into() };
+        assert_eq!(hand_over_objects(&t, &state, "heir", true), vec![take, disarm, reassign, drop_owned, give_back]);
+
+        // With a creator, the creator grants the user's privileges; the disarming, like the
+        // reassignment, is the admin's.
+        let state = started(
+            with_creator(fresh_server()),
+            &start("s1", &["writer"], CreateDbUserMode::BestEffortReassignAndDrop),
+        );
+        for elsewhere in [false, true] {
+            let steps = hand_over_objects(&t, &state, "heir", elsewhere);
+            let mut as_creator = false;
+            let mut seen = Vec::new();
+            for step in &steps {
+                match step {
+                    Step::SetRole { role } => as_creator = role.is_some(),
+                    Step::GrantRoles { .. } => seen.push(("take", as_creator)),
+                    Step::DisarmOwned { user } => {
+                        assert_eq!(user, "alice");
+                        seen.push(("disarm", as_creator))
+                    }
+                    Step::ReassignOwned { .. } => seen.push(("reassign", as_creator)),
+                    Step::DropOwned { .. } => seen.push(("drop owned", as_creator)),
+                    _ => {}
+                }
+            }
+            assert_eq!(
+                seen,
+                vec![("take", true), ("disarm", false), ("reassign", false), ("drop owned", false)],
+                "{steps:?}"
+            );
+            assert_eq!(steps.iter().filter(|step| matches!(step, Step::DisarmOwned { .. })).count(), 1);
+        }
+    }
+
+    /// An end that drops without handing over (`best_effort_drop`) disarms nothing: the drop
+    /// fails on the objects instead, and the user is kept.
+    #[test]
+    fn only_a_hand_over_disarms() {
+        for mode in
+            [CreateDbUserMode::Keep, CreateDbUserMode::BestEffortDrop, CreateDbUserMode::BestEffortReassignAndDrop]
+        {
+            let state = started(fresh_server(), &start("s1", &["writer"], mode));
+            let steps: Vec<Step> = match plan_end(&end("s1"), &state).unwrap() {
+                EndDecision::Deactivate { steps, .. } => steps,
+                EndDecision::Drop { before_drop, drop, after_drop, fallback, .. } => {
+                    [before_drop, drop, after_drop, fallback].concat()
+                }
+                other => panic!("{other:?}"),
+            };
+            assert!(!steps.iter().any(|step| matches!(step, Step::DisarmOwned { .. })), "{mode:?}: {steps:?}");
+        }
     }
 
     #[test]
@@ -1320,9 +1523,91 @@ mod tests {
     fn missing_and_superuser_roles_are_refused() {
         let err = plan_start(&start("s1", &["ghost"], CreateDbUserMode::Keep), &fresh_server(), 0).unwrap_err();
         assert!(matches!(err, Refusal::UnknownDbRole { .. }));
-        let state = ObservedState { superuser_roles: set(&["reader"]), ..fresh_server() };
+        let state =
+            ObservedState { reached_roles: reached("reader", "reader", &[RoleFact::Superuser]), ..fresh_server() };
         let err = plan_start(&start("s1", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap_err();
         assert!(matches!(err, Refusal::RefusedDbRole { .. }));
+    }
+
+    /// `wanted` reaches `role`, which has `facts`.
+    fn reached(wanted: &str, role: &str, facts: &[RoleFact]) -> BTreeSet<ReachedRole> {
+        BTreeSet::from([ReachedRole {
+            wanted: wanted.into(),
+            role: role.into(),
+            facts: facts.iter().copied().collect(),
+        }])
+    }
+
+    /// The reason `reader`'s grant is refused with when it reaches `role` with `facts`, or
+    /// `None` when the start goes ahead; `allowed` is `allowed_predefined_roles`.
+    fn refusal_reaching(role: &str, facts: &[RoleFact], allowed: &[&str]) -> Option<String> {
+        let mut req = start("s1", &["reader"], CreateDbUserMode::Keep);
+        req.allowed_predefined_roles = set(allowed);
+        let mut reached_roles = reached("reader", "reader", &[]);
+        reached_roles.extend(reached("reader", role, facts));
+        // Another wanted role's facts are not reader's.
+        reached_roles.extend(reached("other", "other", &[RoleFact::Superuser]));
+        let state = ObservedState { reached_roles, ..fresh_server() };
+        match plan_start(&req, &state, 0) {
+            Ok(_) => None,
+            Err(Refusal::RefusedDbRole { role, reason }) => {
+                assert_eq!(role, "reader");
+                Some(reason)
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_wanted_role_reaching_a_powerful_role_is_refused_naming_why() {
+        use RoleFact::*;
+        for (facts, why) in [
+            (vec![Superuser], "a superuser role"),
+            (vec![CreateRole], "WITH CREATEROLE"),
+            (vec![CreateDb], "WITH CREATEDB"),
+            (vec![Replication], "WITH REPLICATION"),
+            (vec![BypassRls], "WITH BYPASSRLS"),
+            (vec![ManagedUser], "another person's user"),
+            (vec![Predefined], "allowed_predefined_roles does not list"),
+            // The strongest reason first.
+            (vec![Predefined, CreateRole, Superuser], "a superuser role"),
+        ] {
+            let reason = refusal_reaching("pg_power", &facts, &[]).unwrap_or_else(|| panic!("{facts:?} granted"));
+            assert!(reason.contains(why), "{facts:?}: {reason}");
+            assert!(reason.contains("it is a member of \"pg_power\""), "{reason}");
+        }
+        // Roles of ours, by name: a creator (whatever its attributes) and the inheritor.
+        let reason = refusal_reaching("grp-creator-3", &[CreateRole, ManagedUser], &[]).unwrap();
+        assert!(reason.contains("a creator role"), "{reason}");
+        assert!(refusal_reaching("heir", &[], &[]).unwrap().contains("object inheritor"));
+        // Harmless roles, and a predefined role the config allows.
+        assert_eq!(refusal_reaching("app_ro", &[], &[]), None);
+        assert_eq!(refusal_reaching("pg_read_all_data", &[Predefined], &["pg_read_all_data"]), None);
+        assert!(refusal_reaching("pg_read_all_data", &[Predefined, CreateRole], &["pg_read_all_data"]).is_some());
+        assert!(refusal_reaching("pg_monitor", &[Predefined], &["pg_read_all_data"]).is_some());
+    }
+
+    #[test]
+    fn the_wanted_role_itself_is_named_first() {
+        let mut req = start("s1", &["reader"], CreateDbUserMode::Keep);
+        req.db_roles = set(&["reader"]);
+        let mut reached_roles = reached("reader", "reader", &[RoleFact::CreateDb]);
+        reached_roles.extend(reached("reader", "a_super", &[RoleFact::Superuser]));
+        let err = plan_start(&req, &ObservedState { reached_roles, ..fresh_server() }, 0).unwrap_err();
+        let Refusal::RefusedDbRole { role, reason } = err else { panic!("{err:?}") };
+        assert_eq!(
+            (role.as_str(), reason.as_str()),
+            ("reader", "it is a role WITH CREATEDB: whoever is granted it may SET ROLE to it")
+        );
+    }
+
+    #[test]
+    fn a_role_refused_since_a_users_last_start_is_refused_to_its_next_session() {
+        let state = started(fresh_server(), &start("s1", &["writer"], CreateDbUserMode::Keep));
+        // Someone made writer a member of the managed group meanwhile.
+        let state = ObservedState { reached_roles: reached("writer", "writer", &[RoleFact::ManagedUser]), ..state };
+        let req = start("s2", &["writer"], CreateDbUserMode::Keep);
+        assert!(matches!(plan_start(&req, &state, 0), Err(Refusal::RefusedDbRole { role, .. }) if role == "writer"));
     }
 
     #[test]
@@ -1541,5 +1826,39 @@ mod tests {
         };
         assert!(matches!(steps[0], Step::SetLogin { login: true, .. }));
         assert!(matches!(steps[1], Step::Guard { .. }));
+    }
+
+    /// What a user set on its own role while logged in goes wherever `LOGIN` changes: at a
+    /// start that unlocks it, at the end that locks it, and when the reaper locks it.
+    #[test]
+    fn every_lock_and_unlock_clears_the_password_and_the_user_s_defaults() {
+        let mut state = started(fresh_server(), &start("s1", &["reader"], CreateDbUserMode::Keep));
+        state.settings_in = BTreeSet::from([String::new(), "app".to_string()]);
+        let cleared = |steps: &[Step]| {
+            let user = || "alice".to_string();
+            assert_eq!(
+                steps[2..5],
+                [
+                    Step::ClearPassword { user: user() },
+                    Step::ResetSettings { user: user(), database: None },
+                    Step::ResetSettings { user: user(), database: Some("app".into()) },
+                ],
+                "{steps:#?}"
+            );
+        };
+        let StartDecision::Apply { steps, .. } =
+            plan_start(&start("s2", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap()
+        else {
+            panic!()
+        };
+        cleared(&steps);
+        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!() };
+        cleared(&steps);
+        let mut idle = state.clone();
+        let mut ledger = Ledger::from_comment("alice", state.ledger_comment.as_deref()).unwrap();
+        ledger.sessions.clear();
+        idle.ledger_comment = Some(ledger.to_comment());
+        let steps = plan_lock(&end("s1").target, &idle).unwrap().expect("the reaper locks an idle user");
+        cleared(&steps);
     }
 }

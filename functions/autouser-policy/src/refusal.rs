@@ -48,7 +48,7 @@ pub enum Refusal {
     /// A role the policy grants does not exist.
     UnknownDbRole { role: String, database: String },
     /// A role pg-autouser never grants, and why.
-    RefusedDbRole { role: String, reason: &'static str },
+    RefusedDbRole { role: String, reason: String },
     /// The server is read-only.
     ReadOnlyEndpoint { endpoint: String },
 }

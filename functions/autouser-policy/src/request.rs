@@ -46,6 +46,10 @@ pub struct StartRequest {
     pub platform_roles: BTreeSet<String>,
     /// Object permission rules, granted in `db_name`.
     pub db_permissions: Option<ObjectRules>,
+    /// The object inheritor (`object_inheritor`): never granted, nor a role that reaches it.
+    pub object_inheritor: String,
+    /// The predefined roles policies may grant (`allowed_predefined_roles`).
+    pub allowed_predefined_roles: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -115,7 +119,7 @@ pub fn prepare_start(config: &Config, db: &ResolvedDatabase, event: &SessionEven
             source: Box::new(source),
         })?;
     for role in &grant.db_roles {
-        let refused = |reason| Err(Refusal::RefusedDbRole { role: role.clone(), reason });
+        let refused = |reason: &str| Err(Refusal::RefusedDbRole { role: role.clone(), reason: reason.to_string() });
         if *role == target.admin {
             return refused("it is the admin user");
         }
@@ -141,6 +145,8 @@ pub fn prepare_start(config: &Config, db: &ResolvedDatabase, event: &SessionEven
         db_roles: grant.db_roles,
         platform_roles,
         db_permissions: grant.db_permissions,
+        object_inheritor: config.object_inheritor.clone(),
+        allowed_predefined_roles: config.allowed_predefined_roles.clone(),
     })
 }
 

@@ -105,7 +105,8 @@ async fn a_returning_user_on_a_new_connection_queues_for_her_lock_once() {
     let alice = fx.user("alice");
     fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
     fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
-    let holder = crate::fixture::connect(crate::fixture::cluster().superuser(), &fx.db).await.unwrap();
+    // Another call of ours (the same admin) holds her lock.
+    let holder = fx.admin_client(&fx.config(), &fx.db).await.unwrap();
     let key = autouser_engine::sql::user_lock_key(&alice);
     holder.execute("SELECT pg_advisory_lock($1)", &[&key]).await.unwrap();
     let start = fx.start(fx.event("s2", &alice, &["keep"]));

@@ -248,7 +248,7 @@ async fn a_session_is_dated_by_the_servers_clock() {
     assert!((before..=after).contains(&started_at), "{before} <= {started_at} <= {after}");
 
     // This connection has seen alice: the start reads under her lock, which another holds.
-    let holder = crate::fixture::connect("postgres", &fx.db).await.unwrap();
+    let holder = fx.admin_client(&config, &fx.db).await.unwrap();
     holder.execute("SELECT pg_advisory_lock($1)", &[&sql::user_lock_key(&alice)]).await.unwrap();
     let began = server_now(&fx).await;
     let s2 = prepare("s2");

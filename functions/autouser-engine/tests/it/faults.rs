@@ -99,13 +99,14 @@ async fn events_out_of_order() {
     assert_eq!(assert_consistent(&fx, &bob, "start after end").await, Some((false, 0)));
 }
 
-/// Another connection holds the user's lock (a stuck transaction): the start waits at most
-/// the lock timeout per attempt and fails with a transient error instead of hanging.
+/// Another call of ours holds the user's lock (a stuck transaction of the same admin): the
+/// start waits at most the lock timeout per attempt and fails with a transient error instead
+/// of hanging. (A lock held by anyone else is not waited for: `hostile`.)
 #[tokio::test]
 async fn a_held_lock_times_out_as_a_transient_error() {
     let fx = Fixture::new("ft_lock").await;
     let alice = fx.user("alice");
-    let holder = crate::fixture::connect(cluster().superuser(), &fx.db).await.unwrap();
+    let holder = fx.admin_client(&fx.config(), &fx.db).await.unwrap();
     holder.execute("SELECT pg_advisory_lock($1)", &[&autouser_engine::sql::user_lock_key(&alice)]).await.unwrap();
     let began = Instant::now();
     let err = fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap_err();

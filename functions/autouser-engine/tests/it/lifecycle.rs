@@ -112,7 +112,10 @@ async fn end_with_dependent_objects_falls_back_to_keep() {
     let alice = fx.user("alice");
     fx.start(fx.event("s1", &alice, &["drop"])).await.unwrap();
     let client = crate::fixture::connect("postgres", &fx.db).await.unwrap();
-    client.batch_execute(&format!("CREATE TABLE notes (x int); GRANT SELECT ON notes TO {}", q(&alice))).await.unwrap();
+    client
+        .batch_execute(&format!("CREATE TABLE public.notes (x int); GRANT SELECT ON public.notes TO {}", q(&alice)))
+        .await
+        .unwrap();
     let out = fx.end(fx.event("s1", &alice, &["drop"])).await.unwrap();
     assert_eq!(out.status, EndStatus::Deactivated);
     assert!(out.reason.unwrap().contains("depend"));

@@ -290,7 +290,9 @@ async fn a_hand_over_reaches_another_database_through_the_pool() {
         let user = format!("ly_{person}");
         let there = scratch_login::connect(cluster(), &user, "ly_b").await.unwrap();
         there
-            .batch_execute(&format!("CREATE TABLE {person}_notes (body text); INSERT INTO {person}_notes VALUES ('x')"))
+            .batch_execute(&format!(
+                "CREATE TABLE public.{person}_notes (body text); INSERT INTO public.{person}_notes VALUES ('x')"
+            ))
             .await
             .unwrap();
         drop(there);
