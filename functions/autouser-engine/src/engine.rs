@@ -151,6 +151,12 @@ fn start_outcome(
 ///
 /// `others` reaches the server's other databases, where a `best_effort_reassign_and_drop`
 /// end hands over the user's objects.
+///
+/// An end that the user's own connections held up and that could not finish even so (the
+/// admin may not end them, or the user held it up again) is recorded as ended in the managed
+/// group's comment before the error is returned: from then on no start opens that session
+/// again, and the reaper closes it at its next run, connected or not
+/// ([`crate::reaper::decide`]).
 pub async fn session_end(
     connection: &AdminConnection,
     req: &EndRequest,
@@ -159,7 +165,37 @@ pub async fn session_end(
     connection.count_call();
     let revokes_failed = std::sync::Mutex::new(None);
     let revokes_failed = &revokes_failed;
-    retrying(connection, &req.target, || end_once(connection, req, others, revokes_failed)).await
+    let held_up = std::sync::atomic::AtomicBool::new(false);
+    let result = retrying(connection, &req.target, || async {
+        let attempt = end_once(connection, req, others, revokes_failed).await;
+        if matches!(attempt, Err(Failure::HeldUp(_))) {
+            held_up.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        attempt
+    })
+    .await;
+    if result.is_err() && held_up.load(std::sync::atomic::Ordering::Relaxed) {
+        record_unfinished_end(connection, req).await;
+    }
+    result
+}
+
+/// Records the session of `req` as ended in the managed group's comment, in a transaction of
+/// its own that touches nothing of the user's (whose row its connections hold): see
+/// [`session_end`]. A failure is logged; the end's own error is what the caller hears.
+async fn record_unfinished_end(connection: &AdminConnection, req: &EndRequest) {
+    let t = &req.target;
+    let record = plan::record_unfinished_end(req);
+    let statements = [Statement::Raw(sql::BEGIN), Statement::Step(&record), Statement::Raw(sql::COMMIT)];
+    match run_pipelined(connection, &statements).await {
+        Ok(()) => tracing::warn!(db_user = %t.db_user, session_id = %t.session_id,
+            "the end could not finish: it is recorded in the managed group's comment, and the reaper closes the session"),
+        Err((_, error)) => {
+            rollback(connection.client()).await;
+            tracing::error!(db_user = %t.db_user, session_id = %t.session_id, error = %crate::pg::error_chain(&error),
+                "the end could not finish, and could not be recorded for the reaper either");
+        }
+    }
 }
 
 /// Locks a managed user that has no open session (see [`plan::plan_lock`]), and with

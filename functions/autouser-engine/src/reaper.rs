@@ -5,6 +5,9 @@
 //! - a session older than `max_session_duration` whose user has no live connection on the
 //!   server is closed as its session-end would have (the mode recorded at its start);
 //! - a session that old whose user is still connected is left open and reported;
+//! - a session whose end was delivered but could not finish (the user's own connections held
+//!   it up: [`engine::session_end`] then lists it in the managed group's comment) is closed
+//!   whatever its age, connected or not, and the user's connections are ended;
 //! - a managed user that can log in with no open session is locked (`NOLOGIN`, roles
 //!   stripped, as `keep` does);
 //! - with `retry_blocked_drops`, a locked user whose last end recorded a blocked drop, and that
@@ -23,6 +26,7 @@
 //! A run given a stop time starts no action after it: what is left is counted as deferred,
 //! and the next run decides it again.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -33,7 +37,7 @@ use crate::pg::AdminConnection;
 use crate::sql;
 use crate::Error;
 use autouser_policy::config::{Config, ResolvedDatabase};
-use autouser_policy::ledger::{is_pg_autouser_ledger, Ledger, SessionRecord};
+use autouser_policy::ledger::{self, is_pg_autouser_ledger, Ledger, SessionRecord};
 use autouser_policy::outcome::EndStatus;
 use autouser_policy::policy::CreateDbUserMode;
 use autouser_policy::request::{EndRequest, Target};
@@ -46,13 +50,27 @@ pub struct ManagedUser {
     pub ledger: Option<String>,
     /// Live connections of the user on the whole server.
     pub connections: i32,
+    /// Its sessions that the managed group's comment lists as ended: their end was delivered
+    /// and could not finish ([`engine::session_end`]).
+    pub ended_unfinished: BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
-    Close { user: String, session_id: String, record: SessionRecord },
-    Lock { user: String },
-    RetryDrop { user: String },
+    /// `unfinished`: the session's end was delivered and could not finish; the user's
+    /// connections are ended with it.
+    Close {
+        user: String,
+        session_id: String,
+        record: SessionRecord,
+        unfinished: bool,
+    },
+    Lock {
+        user: String,
+    },
+    RetryDrop {
+        user: String,
+    },
 }
 
 /// What [`decide`] found.
@@ -150,8 +168,12 @@ pub fn decide(users: &[ManagedUser], now: u64, max_session_duration: Duration, r
             }
         };
         let expired = |record: &SessionRecord| record.started_at.saturating_add(max_session_duration.as_secs()) <= now;
-        for (session_id, record) in ledger.sessions.iter().filter(|(_, record)| expired(record)) {
-            if user.connections > 0 {
+        for (session_id, record) in &ledger.sessions {
+            let unfinished = user.ended_unfinished.contains(session_id);
+            if !unfinished && !expired(record) {
+                continue;
+            }
+            if user.connections > 0 && !unfinished {
                 decisions.left_open.push(LeftOpen {
                     db_user: user.name.clone(),
                     session_id: session_id.clone(),
@@ -163,6 +185,7 @@ pub fn decide(users: &[ManagedUser], now: u64, max_session_duration: Duration, r
                     user: user.name.clone(),
                     session_id: session_id.clone(),
                     record: record.clone(),
+                    unfinished,
                 });
             }
         }
@@ -194,17 +217,30 @@ where
     Fut: Future<Output = Result<AdminConnection, Error>> + Send,
 {
     let others = engine::ConnectWith(&connect_to);
-    let rows =
-        connection.client().query(sql::LIST_MANAGED_USERS, &[&config.managed_group]).await.map_err(|source| {
-            Error::Postgres { action: "listing the managed users".into(), endpoint: db.endpoint(), source }
-        })?;
+    let client = connection.client();
+    let listing_failed =
+        |source| Error::Postgres { action: "listing the managed users".into(), endpoint: db.endpoint(), source };
+    let group_param: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&config.managed_group];
+    let (rows, group) = tokio::join!(
+        client.query(sql::LIST_MANAGED_USERS, &group_param),
+        client.query(sql::GROUP_COMMENT, &group_param)
+    );
+    let (rows, group) = (rows.map_err(listing_failed)?, group.map_err(listing_failed)?);
+    let group_comment: Option<String> = group.first().and_then(|row| row.get("comment"));
+    let ended_in_group = ledger::ended_in_group(group_comment.as_deref());
     let users: Vec<ManagedUser> = rows
         .iter()
-        .map(|row| ManagedUser {
-            name: row.get("name"),
-            can_login: row.get("can_login"),
-            ledger: row.get("ledger"),
-            connections: row.get("connections"),
+        .map(|row| {
+            let name: String = row.get("name");
+            let ended_unfinished =
+                ended_in_group.iter().filter(|(user, _)| *user == name).map(|(_, session)| session.clone()).collect();
+            ManagedUser {
+                can_login: row.get("can_login"),
+                ledger: row.get("ledger"),
+                connections: row.get("connections"),
+                ended_unfinished,
+                name,
+            }
         })
         .collect();
     let decisions = decide(&users, now, config.max_session_duration, config.retry_blocked_drops);
@@ -246,7 +282,7 @@ where
             break;
         }
         match action {
-            Action::Close { user, session_id, record } => {
+            Action::Close { user, session_id, record, unfinished } => {
                 let mut target = target(&user, &session_id, &record.database, &record.db_name);
                 // Object privileges are revoked by an end in the session's own database: where
                 // the session was granted some, whatever the policy says now.
@@ -260,7 +296,7 @@ where
                 let request = EndRequest {
                     target,
                     revokes_db_permissions,
-                    terminate_connections,
+                    terminate_connections: terminate_connections || unfinished,
                     redelivery_window_secs: config.redelivery_window.as_secs(),
                     object_inheritor: config.object_inheritor.clone(),
                 };
@@ -380,7 +416,7 @@ mod tests {
     }
 
     fn user(name: &str, can_login: bool, ledger: Option<String>, connections: i32) -> ManagedUser {
-        ManagedUser { name: name.into(), can_login, ledger, connections }
+        ManagedUser { name: name.into(), can_login, ledger, connections, ended_unfinished: BTreeSet::new() }
     }
 
     const HOUR: u64 = 3600;
@@ -410,6 +446,20 @@ mod tests {
         assert_eq!(decisions.failed.len(), 1);
         assert_eq!(decisions.failed[0].db_user, "broken");
         assert_eq!(decisions.unowned_logins, vec!["teleports".to_string()]);
+    }
+
+    /// A session whose end was delivered and could not finish is closed now, whatever its age,
+    /// and although its user is connected; the user's other sessions wait for their own end.
+    #[test]
+    fn a_session_whose_end_could_not_finish_is_closed_connected_or_not() {
+        let now = 100 * HOUR;
+        let mut held_up = user("held", true, ledger(&[("s1", now - HOUR), ("s2", now - HOUR)]), 3);
+        held_up.ended_unfinished = BTreeSet::from(["s1".to_string(), "gone".to_string()]);
+        let decisions = decide(&[held_up], now, Duration::from_secs(12 * HOUR), false);
+        assert_eq!(decisions.actions.len(), 1, "{decisions:?}");
+        assert!(matches!(&decisions.actions[0],
+            Action::Close { user, session_id, unfinished: true, .. } if user == "held" && session_id == "s1"));
+        assert!(decisions.left_open.is_empty(), "{decisions:?}");
     }
 
     #[test]

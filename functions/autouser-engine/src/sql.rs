@@ -561,6 +561,14 @@ WHERE u.oid IN (SELECT m.member FROM pg_catalog.pg_auth_members m
   AND NOT pg_catalog.starts_with(u.rolname::text, $1::text || '-creator-')
 ORDER BY 1";
 
+/// The managed group's (`$1`) comment, where the sessions ended without a ledger to record
+/// them are listed ([`autouser_policy::ledger::ENDED_SESSIONS_HEADER`]).
+pub const GROUP_COMMENT: &str = "\
+SELECT (SELECT d.description FROM pg_catalog.pg_shdescription d
+         WHERE d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass) AS comment
+  FROM pg_catalog.pg_roles g
+ WHERE g.rolname = $1::text";
+
 /// What `autouser status` shows of a database, in one query whatever the number of users:
 /// one row per direct member of the managed group `$1` (but the admin, as in
 /// [`LIST_MANAGED_USERS`]), with whether it can log in, its comment (the ledger), its direct

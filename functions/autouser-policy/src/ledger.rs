@@ -56,6 +56,23 @@ pub const GROUP_ENDED_SESSIONS_KEPT: u32 = 2000;
 /// start).
 pub const STARTED_AT_SERVER_CLOCK: u64 = u64::MAX;
 
+/// The sessions the managed group's comment records as ended, as `(user, session id)`: see
+/// [`ENDED_SESSIONS_HEADER`]. A comment without the header records none; a line that does
+/// not read as one is skipped.
+pub fn ended_in_group(comment: Option<&str>) -> BTreeSet<(String, String)> {
+    let Some(rest) = comment.and_then(|comment| comment.strip_prefix(ENDED_SESSIONS_HEADER)) else {
+        return BTreeSet::new();
+    };
+    rest.lines()
+        .filter_map(|line| {
+            let mut fields = line.split('\t');
+            let user: String = serde_json::from_str(fields.next()?).ok()?;
+            let session: String = serde_json::from_str(fields.next()?).ok()?;
+            Some((user, session))
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ledger {
@@ -254,6 +271,18 @@ mod tests {
             .sessions
             .insert("s1".into(), SessionRecord { mode: CreateDbUserMode::BestEffortReassignAndDrop, ..record() });
         assert_eq!(Ledger::from_comment("u", Some(&ledger.to_comment())).unwrap().format, FORMAT_WITH_HAND_OVER);
+    }
+
+    #[test]
+    fn the_group_s_comment_reads_as_the_ended_sessions_it_lists() {
+        let comment = format!(
+            "{ENDED_SESSIONS_HEADER}\n\"al\\tice\"\t\"s1\"\t1700000000\n\"bob\"\t\"s\\n2\"\t1700000001\nnot a line"
+        );
+        let ended = ended_in_group(Some(&comment));
+        let expected = [("al\tice", "s1"), ("bob", "s\n2")].map(|(u, s)| (u.to_string(), s.to_string()));
+        assert_eq!(ended, BTreeSet::from(expected));
+        assert!(ended_in_group(Some("provisioned by Teleport")).is_empty());
+        assert!(ended_in_group(None).is_empty());
     }
 
     #[test]

@@ -407,6 +407,11 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
         _ => None,
     };
     let fingerprint = objects.map(|(rules, _)| rules.fingerprint());
+    // The group's comment lists a session still open in the ledger when its end was delivered
+    // and could not finish (the reaper closes it): it is over all the same.
+    if state.session_ended_in_group {
+        return Err(Refusal::SessionAlreadyEnded { session_id: t.session_id.clone(), user: t.db_user.clone() });
+    }
     if let Some(record) = ledger.sessions.get(&t.session_id) {
         let mut held = record.db_roles.union(&req.platform_roles).cloned().collect::<BTreeSet<_>>();
         held.insert(t.managed_group.clone());
@@ -430,7 +435,7 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
             });
             return Ok(StartDecision::AlreadyActive { ledger, db_permissions });
         }
-    } else if ledger.was_ended(&t.session_id) || state.session_ended_in_group {
+    } else if ledger.was_ended(&t.session_id) {
         return Err(Refusal::SessionAlreadyEnded { session_id: t.session_id.clone(), user: t.db_user.clone() });
     }
     if let Some(other) = ledger.sessions.iter().find(|(id, s)| **id != t.session_id && s.db_roles != req.db_roles) {
@@ -943,6 +948,13 @@ fn lock_and_guard(user: &str, login: bool, state: &ObservedState) -> Vec<Step> {
         database: (!database.is_empty()).then(|| database.clone()),
     }));
     steps
+}
+
+/// The record, in the managed group's comment, of an end that was delivered but could not
+/// finish (the user's connections held it up): no start opens the session again, and the
+/// reaper closes it.
+pub fn record_unfinished_end(req: &EndRequest) -> Step {
+    record_ended(req, vec![req.target.session_id.clone()])
 }
 
 fn record_ended(req: &EndRequest, sessions: Vec<String>) -> Step {

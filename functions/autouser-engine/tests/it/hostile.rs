@@ -384,9 +384,11 @@ async fn a_user_holding_its_own_role_row_does_not_hold_up_its_end() {
 }
 
 /// Without `pg_signal_backend`, the admin cannot end the holding connection: the end fails
-/// with an error that names the grant.
+/// with an error that names the grant, and records the session as ended in the managed
+/// group's comment. No start opens it again, and the reaper's next run closes it although
+/// the user is still connected and the session young, then ends the user's connections.
 #[tokio::test]
-async fn ending_a_holding_connection_without_pg_signal_backend_names_the_grant() {
+async fn an_end_the_user_held_up_for_good_is_finished_by_the_reaper() {
     let fx = trapped_fixture("ho_nosignal").await;
     fx.sql(&format!("REVOKE pg_signal_backend FROM {}", q(&fx.admin))).await;
     let alice = fx.user("alice");
@@ -395,6 +397,22 @@ async fn ending_a_holding_connection_without_pg_signal_backend_names_the_grant()
     session.batch_execute(&format!("BEGIN; ALTER ROLE {} PASSWORD 'x'", q(&alice))).await.unwrap();
     let err = fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap_err();
     assert!(err.to_string().contains("GRANT pg_signal_backend TO"), "{err}");
+    let refused = fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap_err();
+    assert!(matches!(refused, autouser_engine::Error::SessionAlreadyEnded { .. }), "{refused}");
+
+    // The user lets go of the row (its password set) and stays connected; the operator runs
+    // the grant the error named.
+    session.batch_execute("COMMIT").await.unwrap();
+    assert!(has_password(&fx, &alice).await && fx.state(&alice).await.unwrap().login);
+    fx.sql(&format!("GRANT pg_signal_backend TO {}", q(&fx.admin))).await;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let reaped = fx.reap(now).await;
+    assert_eq!(reaped.closed.len(), 1, "{reaped:?}");
+    assert_eq!(reaped.closed[0].status, EndStatus::Deactivated, "{reaped:?}");
+    assert!(reaped.left_open.is_empty(), "{reaped:?}");
+    assert!(session.batch_execute("SELECT 1").await.is_err(), "the user's connection outlived the reaper");
+    assert!(!fx.state(&alice).await.unwrap().login);
+    assert!(!has_password(&fx, &alice).await);
 }
 
 /// What a user set on its own role while logged in (a password, defaults for every database
