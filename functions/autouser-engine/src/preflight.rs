@@ -194,15 +194,14 @@ const UNMANAGED_LOGINS: &str = "\
 WITH unmanaged AS (
   SELECT r.rolname FROM pg_catalog.pg_roles r
    WHERE r.rolcanlogin AND NOT r.rolsuper AND r.rolname <> current_user
-     AND r.rolname !~ '^(pg_|rds)'
+     AND r.rolname::pg_catalog.text !~ '^(pg_|rds)'::pg_catalog.text
      AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
                        JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
                       WHERE m.member = r.oid AND g.rolname = $1::text))
 SELECT ARRAY(SELECT rolname::text FROM unmanaged ORDER BY 1 LIMIT 10), (SELECT count(*) FROM unmanaged)";
 
-/// The roles preflight asks about on `db`: the managed group, `rds_iam` on RDS,
-/// `rds_superuser` when the policy grants it, every literal role the policy could grant, and
-/// the object inheritor when the policy hands objects to it.
+/// The roles preflight asks about on `db`: the managed group, `rds_iam` on RDS, every literal
+/// role the policy could grant, and the object inheritor when the policy hands objects to it.
 pub fn roles_to_check(config: &Config, db: &ResolvedDatabase) -> BTreeSet<String> {
     let mut roles = config.policy.grantable_roles(&db.labels).literal;
     roles.insert(config.managed_group.clone());

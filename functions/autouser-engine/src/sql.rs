@@ -185,7 +185,7 @@ SELECT
          WHERE m.member = u.oid
          ORDER BY 1) AS member_of,
   (SELECT d.description FROM pg_catalog.pg_shdescription d
-    WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass) AS ledger,
+    WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid) AS ledger,
   -- The user's own defaults (ALTER ROLE self [IN DATABASE d] SET ...): '' for every database.
   ARRAY(SELECT COALESCE(db.datname::text, ''::text)
           FROM pg_catalog.pg_db_role_setting s
@@ -225,7 +225,7 @@ SELECT
                  WHERE m.roleid = creator.oid AND m.member = admin.oid
                    AND (pg_catalog.to_jsonb(m.*) ->> 'set_option')::boolean)
     AND NOT ",
-    creator_lacks_admin_option!("creator.oid", "$3::text[] || $2::text"),
+    creator_lacks_admin_option!("creator.oid", "pg_catalog.array_append($3::text[], $2::text)"),
     " AS creator_ready,
   -- The creator's function is in this server session's temporary schema (make_creator_functions).
   ",
@@ -244,7 +244,7 @@ SELECT
   -- a line `<user>\t<session>\t<time>`, the names as JSON strings, after a newline.
   EXISTS (SELECT 1 FROM pg_catalog.pg_roles g
             JOIN pg_catalog.pg_shdescription d
-              ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+              ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid
            WHERE g.rolname = $2::text
              AND d.description LIKE 'pg-autouser ended sessions v1' || pg_catalog.chr(10) || '%'
              AND pg_catalog.strpos(d.description, pg_catalog.chr(10) || pg_catalog.to_json($1::text)::text
@@ -284,7 +284,7 @@ macro_rules! user_schemas {
             $alias,
             ".nspname NOT IN ('pg_catalog', 'information_schema') AND ",
             $alias,
-            ".nspname !~ '^pg_(toast|temp_|toast_temp_)'"
+            ".nspname::pg_catalog.text !~ '^pg_(toast|temp_|toast_temp_)'::pg_catalog.text"
         )
     };
 }
@@ -374,10 +374,10 @@ macro_rules! held_by_user {
     ($class:literal) => {
         concat!(
             "SELECT d.objid FROM pg_catalog.pg_shdepend d
-   WHERE d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND d.refobjid = (SELECT oid FROM u)
+   WHERE d.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid AND d.refobjid = (SELECT oid FROM u)
      AND d.deptype = 'a' AND d.classid = '",
             $class,
-            "'::pg_catalog.regclass
+            "'::pg_catalog.regclass::pg_catalog.oid
      AND d.dbid = (SELECT db.oid FROM pg_catalog.pg_database db WHERE db.datname = pg_catalog.current_database())"
         )
     };
@@ -551,7 +551,7 @@ ORDER BY 2, 3, 4"
 pub const LIST_MANAGED_USERS: &str = "\
 SELECT u.rolname::text AS name, u.rolcanlogin AS can_login,
   (SELECT d.description FROM pg_catalog.pg_shdescription d
-    WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass) AS ledger,
+    WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid) AS ledger,
   (SELECT pg_catalog.count(*) FROM pg_catalog.pg_stat_activity a WHERE a.usesysid = u.oid)::int AS connections
 FROM pg_catalog.pg_roles u
 WHERE u.oid IN (SELECT m.member FROM pg_catalog.pg_auth_members m
@@ -565,7 +565,7 @@ ORDER BY 1";
 /// them are listed ([`autouser_policy::ledger::ENDED_SESSIONS_HEADER`]).
 pub const GROUP_COMMENT: &str = "\
 SELECT (SELECT d.description FROM pg_catalog.pg_shdescription d
-         WHERE d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass) AS comment
+         WHERE d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid) AS comment
   FROM pg_catalog.pg_roles g
  WHERE g.rolname = $1::text";
 
@@ -582,7 +582,7 @@ WITH admin AS (SELECT a.oid, a.rolsuper FROM pg_catalog.pg_roles a WHERE a.rolna
 unmanaged AS (
   SELECT ARRAY(SELECT r.rolname::text FROM pg_catalog.pg_roles r
                 WHERE r.rolcanlogin AND NOT r.rolsuper AND r.rolname <> current_user
-                  AND r.rolname !~ '^(pg_|rds)'
+                  AND r.rolname::pg_catalog.text !~ '^(pg_|rds)'::pg_catalog.text
                   AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m
                                     JOIN pg_catalog.pg_roles g ON g.oid = m.roleid
                                    WHERE m.member = r.oid AND g.rolname = $1::text)
@@ -591,7 +591,7 @@ SELECT unmanaged.names AS unmanaged_logins,
   u.rolname::text AS name,
   COALESCE(u.rolcanlogin, false) AS can_login,
   (SELECT d.description FROM pg_catalog.pg_shdescription d
-    WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass) AS ledger,
+    WHERE d.objoid = u.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid) AS ledger,
   ARRAY(SELECT DISTINCT pg_catalog.pg_get_userbyid(m.roleid)::text
           FROM pg_catalog.pg_auth_members m
          WHERE m.member = u.oid
@@ -641,7 +641,7 @@ SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = $2::text) A
                FROM pg_catalog.pg_database d
               WHERE d.datname <> pg_catalog.current_database()
                 AND d.oid IN (SELECT s.dbid FROM pg_catalog.pg_shdepend s
-                               WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass
+                               WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid
                                  AND s.refobjid = $1::oid)
               ORDER BY 1) AS other_databases";
 
@@ -659,7 +659,7 @@ SELECT CASE WHEN s.dbid IN (0, here.oid)
   FROM pg_catalog.pg_shdepend s
  CROSS JOIN (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()) AS here
   LEFT JOIN pg_catalog.pg_database d ON d.oid = s.dbid
- WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass AND s.refobjid = $1::oid
+ WHERE s.refclassid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid AND s.refobjid = $1::oid
  ORDER BY 2 NULLS FIRST, 3 DESC, 1";
 
 /// Why `REASSIGN OWNED` or `DROP OWNED` was refused: whether the current user inherits
@@ -1044,7 +1044,7 @@ fn write_ledger(user: &str, ledger: &str) -> String {
         "BEGIN \
            EXECUTE pg_catalog.format('COMMENT ON ROLE %I IS %L', {name}, \
              pg_catalog.replace({ledger}, {placeholder}, \
-               '\"started_at\":' || {SERVER_NOW})); \
+               '\"started_at\":'::pg_catalog.text || ({SERVER_NOW})::pg_catalog.text)); \
          END",
         name = quote_literal(user),
         ledger = quote_literal(ledger),
@@ -1199,13 +1199,13 @@ fn record_ended(group: &str, user: &str, sessions: &[String], window_secs: u64) 
            SELECT d.description INTO current_comment \
              FROM pg_catalog.pg_roles g \
              JOIN pg_catalog.pg_shdescription d \
-               ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+               ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid \
             WHERE g.rolname = {group_name}; \
            IF current_comment IS NULL OR current_comment NOT LIKE header || pg_catalog.chr(10) || '%' THEN \
              current_comment := header; \
            END IF; \
            WITH added AS ( \
-             SELECT {new_prefix} || {SERVER_NOW} AS line, {SERVER_NOW} AS ended_at \
+             SELECT {new_prefix} || ({SERVER_NOW})::pg_catalog.text AS line, {SERVER_NOW} AS ended_at \
                FROM pg_catalog.unnest(ARRAY[{sessions}]::text[]) AS s(session) \
            ), earlier AS ( \
              SELECT l.line, pg_catalog.split_part(l.line, pg_catalog.chr(9), 3)::bigint AS ended_at \
@@ -1248,7 +1248,7 @@ fn refuse_if_ended(group: &str, user: &str, session: &str) -> String {
         "BEGIN \
            IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles g \
                         JOIN pg_catalog.pg_shdescription d \
-                          ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                          ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid \
                        WHERE g.rolname = {group_name} \
                          AND d.description LIKE {header} || pg_catalog.chr(10) || '%' \
                          AND pg_catalog.strpos(d.description, pg_catalog.chr(10) || {prefix}) > 0) THEN \
@@ -1279,7 +1279,7 @@ fn guard(user: &str, expected_ledger: Option<&str>) -> String {
            IF (SELECT d.description \
                  FROM pg_catalog.pg_roles r \
                  JOIN pg_catalog.pg_shdescription d \
-                   ON d.objoid = r.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass \
+                   ON d.objoid = r.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid \
                 WHERE r.rolname = {name}) IS DISTINCT FROM {expected} THEN \
              RAISE EXCEPTION 'pg-autouser: the ledger of role % changed concurrently', {name} \
                USING ERRCODE = 'serialization_failure'; \

@@ -276,6 +276,52 @@ async fn the_admin_runs_none_of_the_user_s_operators_or_functions() {
     assert!(fired.is_empty(), "nobody else ran SQL here: {fired:?}");
 }
 
+/// The second line of defence: our SQL names PostgreSQL's operators and functions with exact
+/// types, so it resolves to the catalog even on a connection whose `search_path` is the
+/// default again (a pooler that drops startup options, say). The calls run on one admin
+/// connection that sets it back, on a database full of traps.
+#[tokio::test]
+async fn our_sql_resolves_to_the_catalog_even_without_the_pinned_search_path() {
+    let fx = trapped_fixture("ho_unpinned").await;
+    let config = fx.config();
+    let db = config.databases[0].resolve_static().unwrap();
+    plant_traps(&fx).await;
+    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
+    connection.batch_execute("SET search_path = \"$user\", public").await.unwrap();
+    let (_, facts) = autouser_engine::preflight::check(&connection, &config, &db).await.unwrap();
+    autouser_engine::preflight::bootstrap(&connection, &config, &facts).await.unwrap();
+
+    let (alice, carol, erin) = (fx.user("alice"), fx.user("carol"), fx.user("erin"));
+    for (session, user, role) in
+        [("a1", &alice, "keep"), ("a2", &alice, "keep"), ("c1", &carol, "drops"), ("e1", &erin, "objects")]
+    {
+        fx.start_on(&connection, fx.event(session, user, &[role])).await.unwrap();
+    }
+    connect(&alice, &fx.db)
+        .await
+        .unwrap()
+        .batch_execute(&format!("ALTER ROLE {} SET work_mem = '1MB'", q(&alice)))
+        .await
+        .unwrap();
+    let event = SessionEvent::from_value(fx.event("a3", &alice, &["keep"])).unwrap();
+    let start = request::prepare_start(&config, &db, &event).unwrap();
+    engine::plan_call(&connection, autouser_engine::dry_run::Call::Start(&start)).await.unwrap();
+    autouser_engine::status::status(&connection, &config, &db).await.unwrap();
+    for (session, user, role, status) in [
+        ("a2", &alice, "keep", EndStatus::InUse),
+        ("a1", &alice, "keep", EndStatus::Deactivated),
+        ("c1", &carol, "drops", EndStatus::Dropped),
+        ("e1", &erin, "objects", EndStatus::Deactivated),
+        ("zz", &fx.user("nobody"), "keep", EndStatus::Noop),
+    ] {
+        let ended = fx.end_on(&connection, fx.event(session, user, &[role])).await.unwrap();
+        assert_eq!(ended.status, status, "{ended:?}");
+    }
+
+    let fired = traps_fired(&fx).await;
+    assert!(fired.is_empty(), "the admin ran the user's code: {fired:?}");
+}
+
 /// The attack as it was found: a user with `CREATE` on `public` plants `text || bigint`
 /// (what the ledger's statement uses), whose function creates a login role and, on 15,
 /// grants the user `pg_execute_server_program` when the admin runs it. Another user's start
