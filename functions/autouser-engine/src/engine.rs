@@ -408,6 +408,13 @@ async fn run_end(
             unrevoked_db_permissions: objects.kept.summary,
             terminated_connections: None,
             drop_blocked: None,
+            // Reset by the steps of an end that keeps the user (`plan::lock_and_guard`).
+            cleared_settings: match status {
+                EndStatus::InUse | EndStatus::Deactivated => {
+                    state.settings_in.iter().map(|database| (!database.is_empty()).then(|| database.clone())).collect()
+                }
+                EndStatus::Dropped | EndStatus::Noop => Vec::new(),
+            },
         }
     };
     match decision {

@@ -74,6 +74,11 @@ pub struct EndOutcome {
     /// of dropping it; `reason` says the same in words.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub drop_blocked: Option<DropBlocked>,
+    /// Defaults the user had set on its own role while logged in (`ALTER ROLE self [IN
+    /// DATABASE d] SET ...`) that the end reset: the database's name, or `null` for those of
+    /// every database. (Its password is cleared by every end that keeps the user, always.)
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cleared_settings: Vec<Option<String>>,
 }
 
 /// What stopped a drop. The user is locked as in `keep` either way.

@@ -479,6 +479,7 @@ async fn a_password_and_defaults_the_user_set_do_not_outlive_the_session() {
 
     let ended = fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
     assert_eq!(ended.status, EndStatus::Deactivated);
+    assert_eq!(ended.cleared_settings, [None, Some(fx.db.clone())], "the outcome says what was reset");
     assert!(!has_password(&fx, &alice).await, "the password outlived the session");
     assert_eq!(settings_of(&fx, &alice).await, 0, "the defaults outlived the session");
 
