@@ -1,10 +1,10 @@
 //! Preflight: checks, as the admin, what the first session-start would otherwise find out
 //! the hard way, each with the exact SQL (or AWS step) that fixes it.
 //!
-//! [`read_facts`] asks the server in two queries; [`evaluate`] turns the facts into findings
-//! without I/O; [`connection_failure`] turns a failed login into a finding; [`bootstrap`]
-//! creates the managed group, and the object inheritor when the policy hands objects to it,
-//! when they are missing.
+//! [`read_facts`] asks the server in a few catalog queries; [`evaluate`] turns the facts into
+//! findings without I/O; [`connection_failure`] turns a failed login into a finding;
+//! [`bootstrap`] creates the managed group, and the object inheritor when the policy hands
+//! objects to it, when they are missing.
 
 use std::collections::BTreeSet;
 
@@ -13,7 +13,7 @@ use tokio_postgres::Client;
 
 use crate::sql::{self, quote_ident};
 use crate::Error;
-use autouser_policy::config::{Config, DatabaseType, ResolvedDatabase, RDS_IAM_ROLE, RDS_SUPERUSER_ROLE};
+use autouser_policy::config::{Config, DatabaseType, ResolvedDatabase, RDS_IAM_ROLE};
 use autouser_policy::plan::{self, ReachedRole, RoleGuard, Step};
 use autouser_policy::refusal::Refusal;
 
@@ -124,6 +124,10 @@ pub struct AdminFacts {
     pub in_recovery: bool,
     /// The database preflight is connected to.
     pub database: String,
+    /// The admin has the privileges of `pg_signal_backend` (`pg_has_role(…, 'USAGE')`), which
+    /// ending a user's connections needs: a start or end that the user holds up with a lock,
+    /// and `terminate_connections`.
+    pub signal_backend: bool,
 }
 
 /// What the server says about one role the admin must manage or grant.
@@ -132,8 +136,6 @@ pub struct RoleFacts {
     pub name: String,
     pub exists: bool,
     pub superuser: bool,
-    /// The admin is a member of it (directly or not).
-    pub admin_is_member: bool,
     /// The admin holds it WITH ADMIN OPTION (or is a superuser).
     pub admin_option: bool,
     /// The admin has its privileges (`pg_has_role(…, 'USAGE')`), as `REASSIGN OWNED` to it
@@ -175,13 +177,13 @@ SELECT current_user::text,
        r.rolsuper, r.rolcreaterole, r.rolinherit,
        pg_catalog.current_setting('transaction_read_only') = 'on',
        pg_catalog.pg_is_in_recovery(),
-       pg_catalog.current_database()::text
+       pg_catalog.current_database()::text,
+       pg_catalog.pg_has_role(current_user, 'pg_signal_backend'::name, 'USAGE')
   FROM pg_catalog.pg_roles r WHERE r.rolname = current_user";
 
 /// `$1`: role names. One row per name, whether the role exists or not.
 const ROLE_FACTS: &str = "\
 SELECT n.name, r.oid IS NOT NULL, COALESCE(r.rolsuper, false),
-       r.oid IS NOT NULL AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER'),
        r.oid IS NOT NULL AND pg_catalog.pg_has_role(current_user, r.oid, 'MEMBER WITH ADMIN OPTION'),
        r.oid IS NOT NULL AND pg_catalog.pg_has_role(current_user, r.oid, 'USAGE')
   FROM pg_catalog.unnest($1::text[]) AS n(name)
@@ -226,6 +228,7 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
         read_only: row.get(5),
         in_recovery: row.get(6),
         database: row.get(7),
+        signal_backend: row.get(8),
     };
     let names: Vec<&str> = roles.iter().map(String::as_str).collect();
     let roles = client
@@ -237,18 +240,27 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
             name: row.get(0),
             exists: row.get(1),
             superuser: row.get(2),
-            admin_is_member: row.get(3),
-            admin_option: row.get(4),
-            admin_has_privileges: row.get(5),
+            admin_option: row.get(3),
+            admin_has_privileges: row.get(4),
         })
         .collect();
     let row = client.query_one(UNMANAGED_LOGINS, &[&config.managed_group]).await.map_err(failed)?;
+    let reached_roles: BTreeSet<ReachedRole> = client
+        .query(sql::REACHED_ROLES, &[&names, &config.managed_group])
+        .await
+        .map_err(failed)?
+        .iter()
+        .map(|row| ReachedRole { wanted: row.get(0), role: row.get(1), facts: sql::role_facts(row.get(2)) })
+        .collect();
     let uses_creators = config.creator_roles > 0 && admin.server_version_num >= 160000 && !admin.superuser;
-    // The object inheritor is the admin's (it takes its privileges).
+    // The managed group and what sessions may be granted: not the object inheritor (the
+    // admin's, it takes its privileges), nor a role a start refuses, which nobody grants.
     let creator_roles_held: Vec<String> = if uses_creators {
         names
             .iter()
-            .filter(|r| **r != config.object_inheritor && plan::creator_may_hold(r))
+            .filter(|r| {
+                **r == config.managed_group || plan::db_role_refusal(role_guard(config), r, &reached_roles).is_none()
+            })
             .map(|r| r.to_string())
             .collect()
     } else {
@@ -261,13 +273,6 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
     } else {
         (Vec::new(), Vec::new())
     };
-    let reached_roles = client
-        .query(sql::REACHED_ROLES, &[&names, &config.managed_group])
-        .await
-        .map_err(failed)?
-        .iter()
-        .map(|row| ReachedRole { wanted: row.get(0), role: row.get(1), facts: sql::role_facts(row.get(2)) })
-        .collect();
     Ok(ServerFacts {
         reached_roles,
         admin,
@@ -278,6 +283,15 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
         creators_not_ready,
         creators_without_temp,
     })
+}
+
+/// What a start checks wanted roles against, besides the catalog ([`plan::db_role_refusal`]).
+fn role_guard(config: &Config) -> RoleGuard<'_> {
+    RoleGuard {
+        managed_group: &config.managed_group,
+        object_inheritor: &config.object_inheritor,
+        allowed_predefined: &config.allowed_predefined_roles,
+    }
 }
 
 /// The findings for `db` given what the server said. Pure.
@@ -306,6 +320,22 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
             "createrole",
             format!("admin {admin:?} cannot create roles"),
             format!("ALTER ROLE {admin_sql} CREATEROLE;"),
+        ));
+    }
+
+    // A warning: sessions work, but a user can then hold up its own start or end. Bootstrap
+    // cannot fix it (the admin cannot grant itself a predefined role).
+    if facts.admin.superuser || facts.admin.signal_backend {
+        findings.push(Finding::pass("signal_backend", "the admin can end a managed user's connections"));
+    } else {
+        findings.push(Finding::warn(
+            "signal_backend",
+            format!(
+                "admin {admin:?} lacks the privileges of pg_signal_backend, so it cannot end a user's connections: \
+                 a start or end that the user holds up with a lock (an open transaction on its own role) fails, \
+                 and terminate_connections leaves ended users connected"
+            ),
+            Some(format!("GRANT pg_signal_backend TO {admin_sql};")),
         ));
     }
 
@@ -371,29 +401,13 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
             ));
             continue;
         };
-        let guard = RoleGuard {
-            managed_group: &config.managed_group,
-            object_inheritor: &config.object_inheritor,
-            allowed_predefined: &config.allowed_predefined_roles,
-        };
-        if let Some(Refusal::RefusedDbRole { reason, .. }) = plan::db_role_refusal(guard, role, &facts.reached_roles) {
+        if let Some(Refusal::RefusedDbRole { reason, .. }) =
+            plan::db_role_refusal(role_guard(config), role, &facts.reached_roles)
+        {
             findings.push(Finding::warn(
                 check,
                 format!("pg-autouser never grants {role:?}, so sessions asking for it fail: {reason}"),
                 Some("remove it from the policy".into()),
-            ));
-            continue;
-        }
-        if role == RDS_SUPERUSER_ROLE {
-            let ok = facts.admin.superuser || role_facts.admin_is_member;
-            findings.push(Finding::warn(
-                check,
-                format!(
-                    "the policy can grant rds_superuser; the admin {} a member of rds_superuser, which granting it \
-                     requires",
-                    if ok { "is" } else { "is NOT" }
-                ),
-                (!ok).then(|| grant_with_admin(RDS_SUPERUSER_ROLE)),
             ));
             continue;
         }
@@ -650,16 +664,16 @@ roles:
                 read_only: false,
                 in_recovery: false,
                 database: "app".into(),
+                signal_backend: true,
             },
             roles: roles
                 .iter()
-                .map(|(name, superuser, admin_is_member, admin_option)| RoleFacts {
+                .map(|(name, superuser, admin_has_privileges, admin_option)| RoleFacts {
                     name: name.to_string(),
                     exists: true,
                     superuser: *superuser,
-                    admin_is_member: *admin_is_member,
                     admin_option: *admin_option,
-                    admin_has_privileges: *admin_is_member,
+                    admin_has_privileges: *admin_has_privileges,
                 })
                 .collect(),
             unmanaged_logins: Vec::new(),
@@ -684,20 +698,21 @@ roles:
     }
 
     #[test]
-    fn rds_superuser_in_the_policy_needs_an_rds_superuser_admin() {
+    fn rds_superuser_in_the_policy_is_never_granted_whatever_the_admin_holds() {
+        // RDS makes rds_superuser WITH CREATEROLE and CREATEDB: refused like any such role.
         let config = config("[rds_superuser]");
         let db = config.databases[0].resolve_static().unwrap();
-        let without = facts(160000, &[("rds_iam", false, true, true), ("rds_superuser", false, false, false)]);
-        let findings = evaluate(&config, &db, &without);
+        let mut server = facts(160000, &[("rds_iam", false, true, true), ("rds_superuser", false, true, true)]);
+        server.reached_roles.insert(ReachedRole {
+            wanted: "rds_superuser".into(),
+            role: "rds_superuser".into(),
+            facts: BTreeSet::from([plan::RoleFact::CreateRole, plan::RoleFact::CreateDb]),
+        });
+        let findings = evaluate(&config, &db, &server);
         let finding = findings.iter().find(|f| f.check == "db_role:rds_superuser").unwrap();
         assert_eq!(finding.status, Status::Warn);
-        assert!(finding.detail.contains("is NOT a member"), "{finding:?}");
-        assert_eq!(finding.fix.as_deref(), Some("GRANT \"rds_superuser\" TO \"admin\" WITH ADMIN OPTION;"));
-        let with = facts(160000, &[("rds_iam", false, true, true), ("rds_superuser", false, true, true)]);
-        assert_eq!(
-            evaluate(&config, &db, &with).iter().find(|f| f.check == "db_role:rds_superuser").unwrap().fix,
-            None
-        );
+        assert!(finding.detail.contains("never grants") && finding.detail.contains("CREATEROLE"), "{finding:?}");
+        assert_eq!(finding.fix.as_deref(), Some("remove it from the policy"));
     }
 
     #[test]
@@ -753,6 +768,25 @@ roles:
         assert!(Report::new(&db, findings).ready, "a warning does not block");
         let findings = evaluate(&config, &db, &facts(170000, &[("rds_iam", false, true, true)]));
         assert!(findings.iter().all(|f| f.check != "unmanaged_users"));
+    }
+
+    #[test]
+    fn an_admin_without_pg_signal_backend_is_a_warning_with_the_grant() {
+        let config = config("[]");
+        let db = config.databases[0].resolve_static().unwrap();
+        let mut server = facts(170000, &[("rds_iam", false, true, true)]);
+        assert_eq!(status_of(&evaluate(&config, &db, &server), "signal_backend"), Status::Pass);
+        server.admin.signal_backend = false;
+        server.admin.admin = "team \"admin\"".into();
+        let findings = evaluate(&config, &db, &server);
+        let warning = findings.iter().find(|f| f.check == "signal_backend").unwrap();
+        assert_eq!(warning.status, Status::Warn);
+        assert!(warning.detail.contains("pg_signal_backend"), "{warning:?}");
+        assert_eq!(warning.fix.as_deref(), Some("GRANT pg_signal_backend TO \"team \"\"admin\"\"\";"));
+        assert!(Report::new(&db, findings).ready, "sessions work meanwhile");
+        // A superuser has every role's privileges.
+        server.admin.superuser = true;
+        assert_eq!(status_of(&evaluate(&config, &db, &server), "signal_backend"), Status::Pass);
     }
 
     #[test]

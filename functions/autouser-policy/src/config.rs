@@ -23,10 +23,6 @@ pub const DEFAULT_PORT: u16 = 5432;
 /// Role PostgreSQL on RDS requires for IAM authentication.
 pub const RDS_IAM_ROLE: &str = "rds_iam";
 
-/// RDS's role for the master user's powers, which a policy may grant (the admin must be a
-/// member of it).
-pub const RDS_SUPERUSER_ROLE: &str = "rds_superuser";
-
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]

@@ -10,7 +10,6 @@
 
 use std::collections::BTreeSet;
 
-use crate::config::RDS_SUPERUSER_ROLE;
 use crate::ledger::{is_pg_autouser_ledger, Ledger, SessionRecord};
 use crate::permissions::{
     self, KeptPrivileges, ObjectBatch, ObjectChanges, ObjectState, PermissionSummary, Ungrantable,
@@ -804,14 +803,8 @@ pub fn create_object_inheritor(t: &Target, inheritor: &str) -> Vec<Step> {
     ]
 }
 
-/// Whether a creator role can be given ADMIN OPTION on `role`, to grant it. Not on
-/// `rds_superuser`: the admin grants it as a member of it, without ADMIN OPTION to hand on.
-pub fn creator_may_hold(role: &str) -> bool {
-    role != RDS_SUPERUSER_ROLE
-}
-
-/// One `GRANT` or `REVOKE` of the user's `roles` as up to two statements: those `by_creator`
-/// picks, run as the creator, then the others, run as the admin.
+/// One `REVOKE` of the user's `roles` as up to two statements: those `by_creator` picks, run
+/// as the creator, then the others, run as the admin.
 fn split_by_runner(
     split: &mut Vec<(Runner, Step)>,
     roles: Vec<String>,
@@ -885,12 +878,6 @@ pub fn run_as_creator(steps: Vec<Step>, t: &Target, state: &ObservedState) -> Ve
     let mut split = Vec::with_capacity(steps.len());
     for step in steps {
         match step {
-            Step::GrantRoles { roles, user } if user == t.db_user => {
-                split_by_runner(&mut split, roles, creator_may_hold, |roles| Step::GrantRoles {
-                    roles,
-                    user: user.clone(),
-                })
-            }
             Step::RevokeRoles { roles, user } if user == t.db_user => split_by_runner(
                 &mut split,
                 roles,
@@ -905,7 +892,7 @@ pub fn run_as_creator(steps: Vec<Step>, t: &Target, state: &ObservedState) -> Ve
         for (_, step) in &split {
             if let Step::GrantRoles { roles: granted, user } = step {
                 if *user == t.db_user {
-                    roles.extend(granted.iter().filter(|role| creator_may_hold(role)).cloned());
+                    roles.extend(granted.iter().cloned());
                 }
             }
         }
@@ -1211,33 +1198,17 @@ mod tests {
     }
 
     #[test]
-    fn with_a_creator_rds_superuser_is_still_granted_by_the_admin() {
-        let server =
-            ObservedState { existing_roles: set(&["reader", "rds_superuser"]), ..with_creator(fresh_server()) };
-        let req = start("s1", &["reader", "rds_superuser"], CreateDbUserMode::Keep);
-        let StartDecision::Apply { steps, .. } = plan_start(&req, &server, 10).unwrap() else { panic!("a plan") };
-        let Some(Step::PrepareCreator { roles, .. }) = steps.iter().find(|s| matches!(s, Step::PrepareCreator { .. }))
-        else {
-            panic!("{steps:?}")
+    fn with_a_creator_rds_superuser_is_refused_before_anything_runs() {
+        // RDS makes rds_superuser WITH CREATEROLE and CREATEDB: no creator, nor the admin,
+        // ever grants it, so neither needs to hold it.
+        let server = ObservedState {
+            existing_roles: set(&["reader", "rds_superuser"]),
+            reached_roles: reached("rds_superuser", "rds_superuser", &[RoleFact::CreateRole, RoleFact::CreateDb]),
+            ..with_creator(fresh_server())
         };
-        assert_eq!(roles, &vec!["grp".to_string(), "reader".to_string()]);
-        let mut as_creator = false;
-        let mut grants = Vec::new();
-        for step in &steps {
-            match step {
-                Step::SetRole { role } => as_creator = role.is_some(),
-                Step::GrantRoles { roles, .. } => grants.push((roles.clone(), as_creator)),
-                _ => {}
-            }
-        }
-        assert_eq!(
-            grants,
-            vec![(vec!["grp".to_string(), "reader".to_string()], true), (vec!["rds_superuser".to_string()], false)]
-        );
-        let state = apply(server, &steps);
-        assert_eq!(state.member_of, set(&["grp", "reader", "rds_superuser"]));
-        let EndDecision::Deactivate { steps, .. } = plan_end(&end("s1"), &state).unwrap() else { panic!("keep") };
-        assert_eq!(apply(state, &steps).member_of, set(&["grp"]));
+        let req = start("s1", &["reader", "rds_superuser"], CreateDbUserMode::Keep);
+        let err = plan_start(&req, &server, 10).unwrap_err();
+        assert!(matches!(&err, Refusal::RefusedDbRole { role, .. } if role == "rds_superuser"), "{err:?}");
     }
 
     #[test]

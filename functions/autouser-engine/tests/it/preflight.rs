@@ -155,6 +155,33 @@ async fn rds_iam_without_admin_option_is_fixed_by_the_printed_sql() {
     a_session_starts(&fx).await;
 }
 
+/// Without `pg_signal_backend` a user can hold up its own end (`hostile.rs`): a warning whose
+/// fix, run as a superuser, makes it pass.
+#[tokio::test]
+async fn missing_pg_signal_backend_is_a_warning_fixed_by_the_printed_grant() {
+    let fx = Fixture::new("pf_signal").await;
+    let report = preflight(&fx).await;
+    let signal = finding(&report, "signal_backend");
+    assert_eq!(signal.status, Status::Warn, "{}", report.to_text());
+    assert!(report.ready, "sessions work meanwhile: {}", report.to_text());
+    let fix = format!("GRANT pg_signal_backend TO {};", q(&fx.admin));
+    assert_eq!(signal.fix.as_deref(), Some(fix.as_str()));
+    fx.sql(&fix).await;
+    let after = preflight(&fx).await;
+    assert_eq!(finding(&after, "signal_backend").status, Status::Pass, "{}", after.to_text());
+    // Held through another role, as the README's admin setup may do it, it counts too.
+    fx.sql(&format!("REVOKE pg_signal_backend FROM {}", q(&fx.admin))).await;
+    let via = format!("{}_signallers", fx.ns);
+    fx.sql(&format!(
+        "CREATE ROLE {via} NOLOGIN; GRANT pg_signal_backend TO {via}; GRANT {via} TO {admin}",
+        via = q(&via),
+        admin = q(&fx.admin)
+    ))
+    .await;
+    assert_eq!(finding(&preflight(&fx).await, "signal_backend").status, Status::Pass);
+    a_session_starts(&fx).await;
+}
+
 #[tokio::test]
 async fn missing_connect_is_a_login_failure_fixed_by_the_printed_grant() {
     let mut fx = Fixture::new("pf_connect").await;
@@ -230,4 +257,41 @@ async fn preflight_checks_the_creator_roles_and_bootstrap_or_the_fix_prepares_th
         fx.start(fx.event("s2", &bob, &["keep"])).await.expect("a session of a user of another creator");
         fx.end(fx.event("s2", &bob, &["keep"])).await.expect("and its end");
     }
+}
+
+/// `creator_roles`: a creator is never given a role a start refuses (here a superuser role,
+/// which only a superuser could hand on): bootstrap prepares the creators all the same, and
+/// they are then ready.
+#[tokio::test]
+async fn creators_are_not_prepared_with_a_role_a_start_refuses() {
+    if major() < 16 {
+        return;
+    }
+    let mut fx = Fixture::new("pf_creators_refused").await;
+    fx.extra_yaml = "creator_roles: 2\n".into();
+    fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap();
+    let boss = format!("{}_boss", fx.ns);
+    fx.sql(&format!("CREATE ROLE {} NOLOGIN SUPERUSER", q(&boss))).await;
+    let reader = fx.reader();
+    let fx = fx.with_roles(&format!(
+        r#"
+  - kind: role
+    version: v7
+    metadata: {{name: keep}}
+    spec:
+      options: {{create_db_user_mode: keep}}
+      allow: {{db_labels: {{env: test}}, db_names: ["*"], db_roles: ["{reader}", "{boss}"]}}
+"#
+    ));
+    let config = fx.config();
+    let db = config.databases[0].resolve_static().unwrap();
+    let client = fx.admin_client(&config, "postgres").await.unwrap();
+    let (report, facts) = preflight::check(&client, &config, &db).await.unwrap();
+    assert_eq!(finding(&report, &format!("db_role:{boss}")).status, Status::Warn, "{}", report.to_text());
+    assert!(facts.creator_roles_held.contains(&reader), "{:?}", facts.creator_roles_held);
+    assert!(!facts.creator_roles_held.contains(&boss), "{:?}", facts.creator_roles_held);
+    let ran = preflight::bootstrap(&client, &config, &facts).await.expect("bootstrap prepares the creators");
+    assert!(!ran.is_empty() && ran.iter().all(|statement| !statement.contains(&boss)), "{ran:?}");
+    let after = preflight(&fx).await;
+    assert_eq!(finding(&after, "creator_roles").status, Status::Pass, "{}", after.to_text());
 }
