@@ -43,6 +43,19 @@ pub fn tls_settings(db: &ResolvedDatabase) -> Result<TlsSettings, Error> {
     }
 }
 
+/// How [`AwsContext::from_env`] retries AWS calls (Secrets Manager, RDS, SSM, S3, EventBridge):
+/// the SDK's standard mode, 3 attempts, jittered exponential backoff from 1 s, each wait at
+/// most 2 s. A throttled call is answered within about 3 s of waiting, which fits a session
+/// function's 30 s (its own bounds take 21: connect 11 s, lock wait 10 s); a throttling that
+/// outlasts it is a transient error, retried later by Lambda or SQS. Explicit, not read from
+/// the environment, so that the function's time budget is the one the template was sized for.
+pub fn retry_config() -> aws_config::retry::RetryConfig {
+    aws_config::retry::RetryConfig::standard()
+        .with_max_attempts(3)
+        .with_initial_backoff(std::time::Duration::from_secs(1))
+        .with_max_backoff(std::time::Duration::from_secs(2))
+}
+
 /// AWS clients and caches, shared by every session of a process.
 pub struct AwsContext {
     sdk: SdkConfig,
@@ -57,9 +70,10 @@ pub struct AwsContext {
 
 impl AwsContext {
     /// From the environment: the default credentials chain and region, and
-    /// `AWS_ENDPOINT_URL` when set (a local emulator).
+    /// `AWS_ENDPOINT_URL` when set (a local emulator); AWS calls retried as [`retry_config`]
+    /// says, whatever `AWS_MAX_ATTEMPTS`, `AWS_RETRY_MODE` or a profile say.
     pub async fn from_env() -> AwsContext {
-        AwsContext::new(aws_config::load_defaults(BehaviorVersion::latest()).await)
+        AwsContext::new(aws_config::defaults(BehaviorVersion::latest()).retry_config(retry_config()).load().await)
     }
 
     pub fn new(sdk: SdkConfig) -> AwsContext {

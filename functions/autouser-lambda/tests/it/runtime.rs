@@ -1,7 +1,8 @@
 //! End to end through the real Lambda runtime API: `cargo lambda watch --only-lambda-apis`
 //! emulates the Lambda control plane, the four function binaries of the workspace build poll
-//! it as Lambda runs them (`AWS_LAMBDA_RUNTIME_API`), and they are invoked with
-//! `cargo lambda invoke`; the test looks at the database.
+//! it as Lambda runs them (`AWS_LAMBDA_RUNTIME_API`), with AWS emulated by `moto_server`, and
+//! each of the four is invoked with `cargo lambda invoke`; the test looks at their answers,
+//! the database and the discovery function's reports on the bus.
 //!
 //! The binaries are those `cargo build --workspace --all-targets` put beside this test
 //! (scripts/test builds so); the test refuses binaries older than the sources they are built
@@ -14,9 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
+use scratch_aws::Moto;
 use serde_json::{json, Value};
 
-use crate::{can_login, config_yaml, eventbridge, session, superuser};
+use crate::audit::{bus_into_queue, drain};
+use crate::{can_login, cluster, config_yaml, eventbridge, session, superuser};
 
 /// The functions this test runs, as the template names their binaries.
 const FUNCTIONS: [&str; 4] = ["session-start", "session-end", "discovery", "reaper"];
@@ -95,7 +98,9 @@ fn function_binary(name: &str, newest_source: SystemTime) -> PathBuf {
 }
 
 /// `cargo lambda watch --only-lambda-apis` on a free loopback port, and the four function
-/// binaries polling it; every process (with its process group) is killed on drop.
+/// binaries polling it; every process (with its process group) is killed on drop. Each function
+/// reads `config_yaml`, but discovery reads `discovery_config_yaml` and has `discovery_vars`
+/// too.
 struct Watch {
     emulator: Child,
     functions: Vec<Child>,
@@ -108,10 +113,12 @@ fn free_port() -> u16 {
 }
 
 impl Watch {
-    fn start(config_yaml: &str) -> Watch {
+    fn start(config_yaml: &str, discovery_config_yaml: &str, discovery_vars: &[(&str, String)]) -> Watch {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("autouser.yaml");
         std::fs::write(&config, config_yaml).unwrap();
+        let discovery_config = dir.path().join("discovery.yaml");
+        std::fs::write(&discovery_config, discovery_config_yaml).unwrap();
         let logs_dir = dir.path().to_path_buf();
         let log = move |name: &str| std::fs::File::create(logs_dir.join(format!("{name}.log"))).unwrap();
         let port = free_port();
@@ -133,8 +140,9 @@ impl Watch {
         }
         let newest_source = newest_function_source();
         for name in FUNCTIONS {
-            // The environment Lambda gives a function, and the config; nothing of this
-            // process's own environment (AWS profiles, proxies) reaches it.
+            // The environment Lambda gives a function (credentials and region: the
+            // emulator's), and the config; nothing of this process's own environment (AWS
+            // profiles, proxies) reaches it.
             let mut command = Command::new(function_binary(name, newest_source));
             command
                 .env_clear()
@@ -142,13 +150,16 @@ impl Watch {
                 .env("AWS_LAMBDA_FUNCTION_NAME", name)
                 .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
                 .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-                .env("AWS_REGION", "us-east-1")
+                .envs(Moto::global().env())
                 .env("AWS_EC2_METADATA_DISABLED", "true")
                 .env("AUTOUSER_CONFIG_FILE", &config)
                 .stdin(Stdio::null())
                 .stdout(log(name))
                 .stderr(log(name))
                 .process_group(0);
+            if name == "discovery" {
+                command.env("AUTOUSER_CONFIG_FILE", &discovery_config).envs(discovery_vars.iter().cloned());
+            }
             let child = scratch_postgres::spawn_tied_to_this_process(command)
                 .unwrap_or_else(|e| panic!("{name} starts: {e}\n{}", watch.logs()));
             watch.functions.push(child);
@@ -224,15 +235,72 @@ impl Drop for Watch {
     }
 }
 
+/// The region of the emulator where discovery finds its database, used by no other test.
+const DISCOVERY_REGION: &str = "sa-east-1";
+
 #[tokio::test(flavor = "multi_thread")]
 async fn functions_run_under_the_lambda_runtime_api() {
     let config = config_yaml("lt").await;
     superuser().await.batch_execute("CREATE ROLE lt_mallory LOGIN").await.unwrap();
-    let watch = tokio::task::spawn_blocking(move || Watch::start(&config)).await.unwrap();
+    // Discovery's world: an RDS instance tagged with the admin `lt_admin`, reporting the local
+    // cluster's port, and its entry in discovery's config (reached through `hostaddr`, the
+    // admin's client certificate); the cluster has RDS's `rds_iam`, which the admin can grant.
+    superuser()
+        .await
+        .batch_execute(
+            "DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+             GRANT rds_iam TO lt_admin WITH ADMIN OPTION;",
+        )
+        .await
+        .unwrap();
+    let tags = [("teleport.dev/db-admin", "lt_admin")];
+    Moto::global().create_postgres_instance(DISCOVERY_REGION, "lt-disc", false, Some(cluster().port()), &tags).await;
+    let cert = cluster().client_cert("lt_admin").unwrap();
+    let rds_entry = format!(
+        "  - name: lt-rds\n    rds: {{instance_id: lt-disc, region: {DISCOVERY_REGION}, hostaddr: 127.0.0.1}}\n    \
+         auth: {{method: cert, cert_file: {:?}, key_file: {:?}}}\n    tls: {{mode: verify-ca, ca_file: {:?}}}\n",
+        cert.cert_path.display().to_string(),
+        cert.key_path.display().to_string(),
+        cluster().ca_cert_path().display().to_string(),
+    );
+    let discovery_config = config.replacen("\nroles:", &format!("\n{rds_entry}roles:"), 1);
+    assert_ne!(discovery_config, config);
+    let reports = bus_into_queue("lt-discovery-reports").await;
+    let discovery_vars = [
+        ("AUTOUSER_DISCOVERY_REGIONS", DISCOVERY_REGION.to_string()),
+        ("AUTOUSER_AUDIT_EVENT_BUS", "lt-discovery-reports".to_string()),
+        ("AUTOUSER_AUDIT_SOURCE", "lt-discovery-reports.audit".to_string()),
+    ];
+    let watch =
+        tokio::task::spawn_blocking(move || Watch::start(&config, &discovery_config, &discovery_vars)).await.unwrap();
     let invoke = |function: &'static str, payload: Value| {
         let watch = &watch;
         tokio::task::block_in_place(move || watch.invoke(function, &payload))
     };
+
+    // Discovery, as its schedule invokes it, finds the tagged instance, logs in to it as its
+    // admin, checks it and creates the managed group, which nothing had made yet.
+    assert_eq!(can_login("lt_grp").await, None);
+    let schedule = json!({"version": "0", "id": "d1", "detail-type": "Scheduled Event", "source": "aws.events",
+                          "account": "123456789012", "time": "2026-11-29T04:00:00Z", "region": "us-east-1",
+                          "resources": ["arn:aws:events:us-east-1:123456789012:rule/discovery"], "detail": {}});
+    let discovered = invoke("discovery", schedule).unwrap_or_else(|e| panic!("{e}\n{}", watch.logs()));
+    assert_eq!(
+        discovered,
+        json!({"ready": 1, "needs_attention": 0, "skipped": 0, "not_managed": 0, "failed_regions": [],
+               "events_rejected": 0}),
+        "{}",
+        watch.logs()
+    );
+    assert_eq!(can_login("lt_grp").await, Some(false), "discovery bootstrapped the managed group");
+    let events = drain(&reports).await;
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["detail-type"], "Database Ready", "{events:#?}");
+    let report = &events[0]["detail"];
+    assert_eq!(report["database"], "lt-rds", "{report}");
+    assert_eq!(report["resource"], format!("RDS instance lt-disc in {DISCOVERY_REGION}"), "{report}");
+    assert_eq!(report["bootstrapped"], json!(["CREATE ROLE \"lt_grp\" NOLOGIN"]), "{report}");
+    assert_eq!(report["preflight"]["ready"], true, "{report}");
 
     // A direct invoke answers with the CLI's result.
     let started =
