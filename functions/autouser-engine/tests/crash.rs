@@ -178,9 +178,16 @@ async fn a_server_killed_mid_start_or_end_leaves_a_consistent_user_and_the_retry
     kill_after_commit(&mut cluster, &config, (user, "s3"), false).await;
 
     // Delays from the call to the kill: before the connection, through the login, into the
-    // transaction and past it, wherever this machine's speed puts them.
-    let mut interrupted = 0;
-    for (n, delay_ms) in [0u64, 2, 4, 6, 8, 10, 13, 16, 20, 30].into_iter().enumerate() {
+    // transaction and past it, wherever this machine's speed puts them. Both outcomes must
+    // happen: calls the kill interrupted, and calls that completed before it. A slow machine
+    // gets longer delays until a call completes, within a bound.
+    let (mut interrupted, mut completed) = (0, 0);
+    let fixed = [0u64, 2, 4, 6, 8, 10, 13, 16, 20, 30];
+    let longer = [50u64, 80, 130, 200, 320, 500, 800, 1300, 2000, 3000];
+    for (n, delay_ms) in fixed.into_iter().chain(longer).enumerate() {
+        if n >= fixed.len() && interrupted > 0 && completed > 0 {
+            break;
+        }
         let user = format!("crash_user_{n}");
         for (step, start) in [("start", true), ("end", false)] {
             let context = format!("{step} killed after {delay_ms} ms");
@@ -192,6 +199,8 @@ async fn a_server_killed_mid_start_or_end_leaves_a_consistent_user_and_the_retry
             cluster.kill().unwrap();
             if call.await.unwrap().is_err() {
                 interrupted += 1;
+            } else {
+                completed += 1;
             }
             cluster.restart().unwrap();
             assert_consistent(&cluster, &user, &context).await;
@@ -200,5 +209,7 @@ async fn a_server_killed_mid_start_or_end_leaves_a_consistent_user_and_the_retry
             assert_eq!(state, Some((start, usize::from(start))), "{context}: the retry completed the {step}");
         }
     }
-    eprintln!("{interrupted} of 20 calls at fixed delays were interrupted by the kill");
+    eprintln!("of the calls killed after a delay, {interrupted} were interrupted and {completed} completed first");
+    assert!(interrupted > 0, "no kill interrupted a call: every delay was too long");
+    assert!(completed > 0, "no call completed before its kill, even after {} ms", longer[longer.len() - 1]);
 }

@@ -9,7 +9,7 @@ use crate::fixture::{cluster, connect, major, q, set, Fixture};
 
 /// Who holds what on `user`, as `(role, member, grantor, admin_option)` rows of
 /// `pg_auth_members` where `user` is the role or the member.
-async fn memberships(fx: &Fixture, user: &str) -> Vec<(String, String, String, bool)> {
+pub(crate) async fn memberships(fx: &Fixture, user: &str) -> Vec<(String, String, String, bool)> {
     let rows = fx
         .superuser
         .query(

@@ -248,19 +248,42 @@ async fn a_session_is_dated_by_the_servers_clock() {
     assert!((before..=after).contains(&started_at), "{before} <= {started_at} <= {after}");
 
     // This connection has seen alice: the start reads under her lock, which another holds.
+    let key = sql::user_lock_key(&alice);
     let holder = fx.admin_client(&config, &fx.db).await.unwrap();
-    holder.execute("SELECT pg_advisory_lock($1)", &[&sql::user_lock_key(&alice)]).await.unwrap();
-    let began = server_now(&fx).await;
+    holder.execute("SELECT pg_advisory_lock($1)", &[&key]).await.unwrap();
     let s2 = prepare("s2");
     let start = engine::session_start(&connection, &s2);
+    // Both times are read on the server while the start waits: its transaction's start, and
+    // the moment the lock is released, at least 3 s later. No caller's clock, no tolerance.
     let release = async {
+        let began = transaction_waiting_for(&fx, key).await;
         tokio::time::sleep(Duration::from_secs(3)).await;
-        holder.execute("SELECT pg_advisory_unlock($1)", &[&sql::user_lock_key(&alice)]).await.unwrap();
+        let released = server_now(&fx).await;
+        holder.execute("SELECT pg_advisory_unlock($1)", &[&key]).await.unwrap();
+        (began, released)
     };
-    let (started, ()) = tokio::join!(start, release);
+    let (started, (began, released)) = tokio::join!(start, release);
     started.unwrap();
+    assert!(began + 3 <= released, "the start waited from {began} to {released}");
     let started_at = ledger(&fx, &alice).await["sessions"]["s2"]["started_at"].as_u64().unwrap();
-    assert!(started_at <= began + 1, "started_at {started_at} is not the transaction's start ({began})");
+    assert_eq!(started_at, began, "started_at is not the start of the transaction that waited until {released}");
+}
+
+/// When the transaction waiting for the advisory lock `key` began (`xact_start`, Unix seconds
+/// of the server's clock, as `now()` in it reads): polled until one waits, within 10 s.
+async fn transaction_waiting_for(fx: &Fixture, key: i64) -> u64 {
+    let query = "SELECT floor(extract(epoch FROM a.xact_start))::bigint
+                   FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                  WHERE l.locktype = 'advisory' AND NOT l.granted AND l.objsubid = 1
+                    AND l.classid = $1 AND l.objid = $2";
+    let (classid, objid) = ((key >> 32) as u32, key as u32);
+    for _ in 0..1000 {
+        if let Some(row) = fx.superuser.query(query, &[&classid, &objid]).await.unwrap().first() {
+            return row.get::<_, i64>(0) as u64;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no transaction waited for the user's lock within 10 s");
 }
 
 /// The lines of the managed group's comment after its header.

@@ -220,17 +220,28 @@ async fn assert_superuser_role_refused(fx: &Fixture) {
     assert!(fx.state(&alice).await.is_none());
 }
 
+/// A `tls.ca_file` holding a real CA, but not the one that issued the server's certificate:
+/// the chain cannot be verified, as psql (`sslmode=verify-full`) refuses it with "certificate
+/// verify failed", and the error says which certificate did not lead to the configured CA.
 #[tokio::test]
 async fn wrong_ca_fails_the_tls_handshake() {
     let fx = Fixture::new("er_tls").await;
+    fx.admin_client(&fx.config(), &fx.db).await.expect("the cluster's own CA verifies the server");
     let mut config = fx.config();
-    let other_ca = rcgen_free_ca();
-    let db = &mut config.databases[0];
-    let path = std::env::temp_dir().join("er_tls_wrong_ca.pem");
-    std::fs::write(&path, other_ca).unwrap();
-    db.tls.ca_file = Some(path);
+    let dir = tempfile::tempdir().unwrap();
+    other_ca(dir.path(), "another scratch-postgres CA");
+    config.databases[0].tls.ca_file = Some(dir.path().join("other_ca.pem"));
     let err = fx.admin_client(&config, &fx.db).await.expect_err("the handshake fails");
-    assert!(err.to_string().contains("TLS"), "{err}");
+    let message = err.to_string();
+    // The server sends its chain up to its CA, which is self-signed and not the file's.
+    for says in [
+        "TLS handshake failed",
+        "(CN=scratch-postgres CA, issued by CN=scratch-postgres CA) does not lead to a CA in tls.ca_file",
+        "(self-signed certificate in certificate chain)",
+    ] {
+        assert!(message.contains(says), "{says:?} not in {message:?}");
+    }
+    assert!(!err.is_transient(), "a wrong CA does not fix itself: {err}");
 }
 
 /// A server that answers the TLS request with "N" (no TLS) is never talked to in plain text:
@@ -274,7 +285,17 @@ async fn a_server_refusing_tls_is_never_used_in_plain_text() {
     }
 }
 
-/// A CA that did not sign the server's certificate: the client certificate of the superuser.
-fn rcgen_free_ca() -> String {
-    crate::fixture::cluster().client_cert("postgres").unwrap().cert_pem
+/// A self-signed CA named `cn`, made with the `openssl` command line as an operator makes one
+/// (the PostgreSQL manual's recipe, with an EC key), in `dir`: it issued nothing the server has.
+fn other_ca(dir: &std::path::Path, cn: &str) -> String {
+    let output = std::process::Command::new("openssl")
+        .args(["req", "-new", "-x509", "-days", "365", "-nodes", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-keyout", "other_ca.key", "-out", "other_ca.pem"])
+        .args(["-subj", &format!("/CN={cn}"), "-addext", "basicConstraints=critical,CA:TRUE"])
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("the openssl command line (scripts/install-deps installs it)");
+    assert!(output.status.success(), "openssl: {}", String::from_utf8_lossy(&output.stderr));
+    std::fs::read_to_string(dir.join("other_ca.pem")).unwrap()
 }

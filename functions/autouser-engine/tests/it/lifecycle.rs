@@ -285,8 +285,20 @@ async fn existing_managed_user_without_ledger_is_adopted() {
     .await;
     fx.give_admin_option(&fx.group).await;
     fx.give_admin_option(&alice).await;
-    fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
-    assert!(fx.state(&alice).await.unwrap().login);
+    let out = fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
+    assert!(!out.created_user, "the existing role is used: {out:?}");
+    let state = fx.state(&alice).await.unwrap();
+    assert!(state.login);
+    assert_eq!(state.member_of, set(&[&fx.group, &fx.reader()]));
+    // Adopted: the operator's comment is replaced by a ledger of ours, which owns the role
+    // for this person and records the session, so that its end locks the user again.
+    let comment = state.comment.expect("a comment");
+    let ledger = autouser_policy::ledger::Ledger::from_comment(&alice, Some(&comment)).unwrap();
+    assert_eq!(ledger.managed_by, autouser_policy::ledger::MANAGED_BY, "{comment}");
+    assert_eq!(ledger.sessions.keys().collect::<Vec<_>>(), ["s1"], "{comment}");
+    assert_eq!(ledger.identity.map(|who| who.user), Some(alice.clone()), "{comment}");
+    assert_eq!(fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap().status, EndStatus::Deactivated);
+    assert!(!fx.state(&alice).await.unwrap().login, "the adopted user is locked at the end");
 }
 
 #[tokio::test]

@@ -218,11 +218,16 @@ async fn unknown_database_and_role_are_named() {
     let event = r#"{"session_id": "s1", "user": "u", "roles": ["devs"], "database": "nope", "db_name": "postgres"}"#;
     let output = autouser(&["session-start", "--config", &config, "--event", "-"], Some(event));
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("\"nope\""), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(
+        message.contains("[UnknownDatabase]") && message.contains("database \"nope\" is not in the config"),
+        "{message}"
+    );
     let event = r#"{"session_id": "s1", "user": "u", "roles": ["ops"], "database": "main", "db_name": "postgres"}"#;
     let output = autouser(&["session-start", "--config", &config, "--event", "-"], Some(event));
     assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("ops"), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("[PolicyDenied]") && message.contains("role \"ops\" is not in the policy"), "{message}");
 }
 
 #[tokio::test]

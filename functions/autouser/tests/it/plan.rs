@@ -46,7 +46,17 @@ async fn a_plan_of_a_new_users_start_lists_its_creation_and_grants_and_creates_n
     assert_eq!(sql.first().map(String::as_str), Some("BEGIN ISOLATION LEVEL READ COMMITTED"), "{sql:?}");
     assert!(sql.contains(&r#"CREATE ROLE "pl_new_alice" LOGIN"#.to_string()), "{sql:?}");
     assert!(sql.contains(&r#"GRANT "pl_new_grp", "pl_new_reader" TO "pl_new_alice""#.to_string()), "{sql:?}");
-    assert!(sql.iter().any(|s| s.starts_with(r#"COMMENT ON ROLE "pl_new_alice""#) || s.contains("pl_new_alice")));
+    // The ledger is written in the same transaction: the new user's comment records session s1.
+    let comment = sql
+        .iter()
+        .find_map(|s| s.strip_prefix(r#"COMMENT ON ROLE "pl_new_alice" IS '"#)?.strip_suffix('\''))
+        .unwrap_or_else(|| panic!("no ledger write in {sql:?}"));
+    let ledger: Value = serde_json::from_str(&comment.replace("''", "'")).unwrap_or_else(|e| panic!("{comment}: {e}"));
+    assert_eq!(ledger["managed_by"], "pg-autouser", "{ledger}");
+    assert_eq!(ledger["identity"]["user"], "pl_new_alice", "{ledger}");
+    let session = &ledger["sessions"]["s1"];
+    assert_eq!(session["mode"], "keep", "{ledger}");
+    assert_eq!(session["db_roles"], serde_json::json!(["pl_new_reader"]), "{ledger}");
     assert_eq!(sql.last().map(String::as_str), Some("COMMIT"));
     assert_eq!(role("pl_new_alice").await, None, "the plan created the user");
 
