@@ -36,6 +36,10 @@ pub const FORMAT_WITH_IDENTITY: u32 = 3;
 /// The format of a ledger that records a `best_effort_reassign_and_drop` session or a drop
 /// that was blocked ([`Ledger::blocked_drop`]). Earlier releases refuse it and say to upgrade.
 pub const FORMAT_WITH_HAND_OVER: u32 = 4;
+/// The format of a ledger that records the defaults its user had set on its own role, which
+/// the write reset ([`Ledger::cleared_settings`]). Earlier releases refuse it and say to
+/// upgrade.
+pub const FORMAT_WITH_CLEARED: u32 = 5;
 /// How many ended session ids are remembered, so a start redelivered after its end is refused.
 pub const ENDED_SESSIONS_KEPT: usize = 32;
 
@@ -98,6 +102,11 @@ pub struct Ledger {
     /// `retry_blocked_drops`, the reaper tries that drop again; a new session clears it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub blocked_drop: Option<CreateDbUserMode>,
+    /// The defaults the user had set on its own role while logged in (`ALTER ROLE self [IN
+    /// DATABASE d] SET ...`) that this write's transaction reset: database names, `None` for
+    /// those of every database. Empty when there were none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cleared_settings: Vec<Option<String>>,
 }
 
 /// Who a database user is: the person's name and, for people from another cluster, that
@@ -153,6 +162,7 @@ impl Default for Ledger {
             object_databases: BTreeSet::new(),
             identity: None,
             blocked_drop: None,
+            cleared_settings: Vec::new(),
         }
     }
 }
@@ -193,14 +203,14 @@ impl Ledger {
         let error = |detail: String, hint| LedgerError { user: user.to_string(), detail, hint };
         match header.format.as_ref().and_then(|v| v.as_u64()) {
             Some(f)
-                if [FORMAT, FORMAT_WITH_OBJECTS, FORMAT_WITH_IDENTITY, FORMAT_WITH_HAND_OVER]
+                if [FORMAT, FORMAT_WITH_OBJECTS, FORMAT_WITH_IDENTITY, FORMAT_WITH_HAND_OVER, FORMAT_WITH_CLEARED]
                     .map(u64::from)
                     .contains(&f) => {}
             other => {
                 return Err(error(
                     format!(
                         "format {other:?}, this build reads formats {FORMAT}, {FORMAT_WITH_OBJECTS}, \
-                         {FORMAT_WITH_IDENTITY} and {FORMAT_WITH_HAND_OVER}"
+                         {FORMAT_WITH_IDENTITY}, {FORMAT_WITH_HAND_OVER} and {FORMAT_WITH_CLEARED}"
                     ),
                     "upgrade pg-autouser everywhere that manages this server",
                 ))
@@ -220,6 +230,7 @@ impl Ledger {
         let hands_over = self.blocked_drop.is_some()
             || self.sessions.values().any(|s| s.mode == CreateDbUserMode::BestEffortReassignAndDrop);
         let format = match (&self.identity, with_objects) {
+            _ if !self.cleared_settings.is_empty() => FORMAT_WITH_CLEARED,
             _ if hands_over => FORMAT_WITH_HAND_OVER,
             (Some(_), _) => FORMAT_WITH_IDENTITY,
             (None, true) => FORMAT_WITH_OBJECTS,
@@ -332,7 +343,7 @@ mod tests {
 
     #[test]
     fn future_format_is_an_error_not_a_reset() {
-        let text = r#"{"managed_by":"pg-autouser","format":5,"revision":1,"sessions":{}}"#;
+        let text = r#"{"managed_by":"pg-autouser","format":6,"revision":1,"sessions":{}}"#;
         let err = Ledger::from_comment("alice", Some(text)).unwrap_err();
         assert!(err.to_string().contains("alice"));
         let text = r#"{"managed_by":"pg-autouser","format":"3","revision":1,"sessions":{}}"#;

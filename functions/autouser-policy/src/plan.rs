@@ -508,7 +508,7 @@ pub fn plan_start(req: &StartRequest, state: &ObservedState, now: u64) -> Result
         // The ledger right after the guard, before any membership change: PostgreSQL 16+
         // recomputes the admin's memberships (one per user it created) for the first privilege
         // check after each membership change, so writes that check privileges go first.
-        steps.extend(lock_and_guard(user, true, state));
+        steps.extend(lock_and_guard(user, true, state, &mut ledger));
         steps.push(write_ledger(user, &ledger));
         let strays: Vec<String> = state.member_of.iter().filter(|r| stray(r)).cloned().collect();
         if !strays.is_empty() {
@@ -654,7 +654,7 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
         }
         ledger.record_end(&t.session_id);
         ledger.revision += 1;
-        let mut steps = lock_and_guard(user, state.user_can_login, state);
+        let mut steps = lock_and_guard(user, state.user_can_login, state, &mut ledger);
         steps.push(write_ledger(user, &ledger));
         return Ok(EndDecision::RecordEarly {
             steps: run_as_creator(steps, t, state),
@@ -670,14 +670,14 @@ pub fn plan_end(req: &EndRequest, state: &ObservedState) -> Result<EndDecision, 
     let (revoke_objects, objects) = object_cleanup(user, &mut ledger, state);
 
     if !ledger.sessions.is_empty() {
-        let mut steps = lock_and_guard(user, true, state);
+        let mut steps = lock_and_guard(user, true, state, &mut ledger);
         steps.push(write_ledger(user, &ledger));
         steps.extend(revoke_objects);
         let steps = run_as_creator(steps, t, state);
         return Ok(EndDecision::InUse { steps, ledger, mode: record.mode, objects });
     }
     // Object privileges go before the drop: they are dependencies that would block it.
-    let mut before = lock_and_guard(user, false, state);
+    let mut before = lock_and_guard(user, false, state, &mut ledger);
     before.extend(revoke_objects);
     Ok(match record.mode {
         mode @ (CreateDbUserMode::BestEffortDrop | CreateDbUserMode::BestEffortReassignAndDrop) => {
@@ -745,7 +745,7 @@ pub fn plan_retry_drop(req: &EndRequest, state: &ObservedState) -> Result<Option
         return Err(Refusal::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
     }
     ledger.revision += 1;
-    let before = lock_and_guard(&t.db_user, false, state);
+    let before = lock_and_guard(&t.db_user, false, state, &mut ledger);
     Ok(Some(drop_decision(req, state, mode, before, ledger, ObjectCleanup::default())))
 }
 
@@ -759,7 +759,7 @@ pub fn plan_lock(t: &Target, state: &ObservedState) -> Result<Option<Vec<Step>>,
     {
         return Ok(None);
     }
-    let ledger = Ledger::from_comment(&t.db_user, state.ledger_comment.as_deref())?;
+    let mut ledger = Ledger::from_comment(&t.db_user, state.ledger_comment.as_deref())?;
     let held: Vec<String> = state.member_of.iter().filter(|r| **r != t.managed_group).cloned().collect();
     if !ledger.sessions.is_empty() || (!state.user_can_login && held.is_empty()) {
         return Ok(None);
@@ -767,7 +767,11 @@ pub fn plan_lock(t: &Target, state: &ObservedState) -> Result<Option<Vec<Step>>,
     if state.read_only {
         return Err(Refusal::ReadOnlyEndpoint { endpoint: t.endpoint.clone() });
     }
-    let mut steps = lock_and_guard(&t.db_user, false, state);
+    let mut steps = lock_and_guard(&t.db_user, false, state, &mut ledger);
+    if !ledger.cleared_settings.is_empty() {
+        ledger.revision += 1;
+        steps.push(write_ledger(&t.db_user, &ledger));
+    }
     if !held.is_empty() {
         steps.push(Step::RevokeRoles { roles: held, user: t.db_user.clone() });
     }
@@ -923,8 +927,10 @@ pub fn run_as_creator(steps: Vec<Step>, t: &Target, state: &ObservedState) -> Ve
 
 /// The first writes of a call for an existing user: `LOGIN` or `NOLOGIN`, the ledger guard,
 /// then what the user may have set on its own role while logged in cleared: its password and
-/// its defaults.
-fn lock_and_guard(user: &str, login: bool, state: &ObservedState) -> Vec<Step> {
+/// its defaults, which `ledger` (the one the call writes) records.
+fn lock_and_guard(user: &str, login: bool, state: &ObservedState, ledger: &mut Ledger) -> Vec<Step> {
+    ledger.cleared_settings =
+        state.settings_in.iter().map(|database| (!database.is_empty()).then(|| database.clone())).collect();
     let mut steps = vec![
         Step::SetLogin { user: user.to_string(), login },
         Step::Guard { user: user.to_string(), expected_ledger: state.ledger_comment.clone() },
@@ -1828,6 +1834,14 @@ mod tests {
                 ],
                 "{steps:#?}"
             );
+            // The ledger the call writes records what was reset.
+            let written = steps.iter().find_map(|step| match step {
+                Step::WriteLedger { ledger, .. } => Some(Ledger::from_comment("alice", Some(ledger)).unwrap()),
+                _ => None,
+            });
+            let written = written.expect("a ledger write");
+            assert_eq!(written.cleared_settings, [None, Some("app".to_string())]);
+            assert_eq!(written.format, crate::ledger::FORMAT_WITH_CLEARED);
         };
         let StartDecision::Apply { steps, .. } =
             plan_start(&start("s2", &["reader"], CreateDbUserMode::Keep), &state, 0).unwrap()

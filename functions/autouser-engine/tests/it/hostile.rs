@@ -480,6 +480,9 @@ async fn a_password_and_defaults_the_user_set_do_not_outlive_the_session() {
     let ended = fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
     assert_eq!(ended.status, EndStatus::Deactivated);
     assert_eq!(ended.cleared_settings, [None, Some(fx.db.clone())], "the outcome says what was reset");
+    let ledger = fx.state(&alice).await.unwrap().comment.unwrap();
+    let ledger: serde_json::Value = serde_json::from_str(&ledger).unwrap();
+    assert_eq!(ledger["cleared_settings"], serde_json::json!([null, fx.db]), "so does the ledger: {ledger}");
     assert!(!has_password(&fx, &alice).await, "the password outlived the session");
     assert_eq!(settings_of(&fx, &alice).await, 0, "the defaults outlived the session");
 
