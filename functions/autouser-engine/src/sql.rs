@@ -1293,6 +1293,7 @@ fn guard(user: &str, expected_ledger: Option<&str>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::properties::{cases, Reach};
     use proptest::prelude::*;
 
     #[test]
@@ -1659,30 +1660,46 @@ mod tests {
         Some(out)
     }
 
-    proptest! {
-        #![proptest_config(crate::properties::cases())]
+    #[test]
+    fn quoted_identifiers_read_back_to_the_name() {
+        let reach = Reach::new("quoted_identifiers_read_back_to_the_name");
+        proptest!(cases(), |(name in "[^\\x00]{0,64}")| {
+            reach.case();
+            let read_back = unquote_ident(&quote_ident(&name));
+            reach.reached();
+            prop_assert_eq!(read_back, Some(name));
+        });
+        reach.check();
+    }
 
-        #[test]
-        fn quoted_identifiers_read_back_to_the_name(name in "[^\\x00]{0,64}") {
-            prop_assert_eq!(unquote_ident(&quote_ident(&name)), Some(name));
-        }
+    #[test]
+    fn quoted_literals_read_back_to_the_value() {
+        let reach = Reach::new("quoted_literals_read_back_to_the_value");
+        proptest!(cases(), |(value in "[^\\x00]{0,64}")| {
+            reach.case();
+            let read_back = unquote_literal(&quote_literal(&value));
+            reach.reached();
+            prop_assert_eq!(read_back, Some(value));
+        });
+        reach.check();
+    }
 
-        #[test]
-        fn quoted_literals_read_back_to_the_value(value in "[^\\x00]{0,64}") {
-            prop_assert_eq!(unquote_literal(&quote_literal(&value)), Some(value));
-        }
-
-        #[test]
-        fn hostile_names_stay_inside_one_identifier(
+    #[test]
+    fn hostile_names_stay_inside_one_identifier() {
+        let reach = Reach::new("hostile_names_stay_inside_one_identifier");
+        proptest!(cases(), |(
             name in proptest::collection::vec(prop_oneof![
                 Just("\"".to_string()), Just("'".to_string()), Just(";".to_string()),
                 Just("\\".to_string()), Just("$$".to_string()), Just("--".to_string()),
                 "\\PC{1,3}",
             ], 0..12).prop_map(|parts| parts.concat())
-        ) {
+        )| {
+            reach.case();
             let sql = render(&Step::RevokeRoles { roles: vec![name.clone()], user: "u".into() });
             let quoted = sql.strip_prefix("REVOKE ").unwrap().strip_suffix(" FROM \"u\"").unwrap();
+            reach.reached();
             prop_assert_eq!(unquote_ident(quoted), Some(name));
-        }
+        });
+        reach.check();
     }
 }

@@ -126,6 +126,7 @@ pub fn validate_db_user(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::properties::{cases, Reach};
     use proptest::prelude::*;
 
     #[test]
@@ -198,33 +199,45 @@ mod tests {
         assert!(validate_db_user("rdsx", "teleport-admin", "teleport-auto-user", "teleport-object-inheritor").is_ok());
     }
 
-    proptest! {
-        #![proptest_config(crate::properties::cases())]
-
-        #[test]
-        fn remote_name_contains_user_and_origin(
-            user in "\\PC{1,20}", origin in "\\PC{1,20}", cluster in "\\PC{1,20}"
-        ) {
+    #[test]
+    fn remote_name_contains_user_and_origin() {
+        let reach = Reach::new("remote_name_contains_user_and_origin");
+        proptest!(cases(), |(user in "\\PC{1,20}", origin in "\\PC{1,20}", cluster in "\\PC{1,20}")| {
+            reach.case();
             let name = db_user_name(&user, Some(&origin), Some(&cluster));
+            reach.reached();
             if origin == cluster {
                 prop_assert_eq!(name, user);
             } else {
                 prop_assert_eq!(name, format!("remote-{user}-{origin}"));
             }
-        }
+        });
+        reach.check();
+    }
 
-        #[test]
-        fn validation_accepts_exactly_what_postgres_stores_untruncated(name in "\\PC{0,40}") {
+    #[test]
+    fn validation_accepts_exactly_what_postgres_stores_untruncated() {
+        let reach = Reach::new("validation_accepts_exactly_what_postgres_stores_untruncated");
+        proptest!(cases(), |(name in "\\PC{0,40}")| {
+            reach.case();
             let ok = validate_identifier(&name).is_ok();
             let storable = !name.is_empty() && !name.contains('\0') && name.len() <= MAX_IDENTIFIER_BYTES;
+            reach.reached();
             prop_assert_eq!(ok, storable);
-        }
+        });
+        reach.check();
+    }
 
-        #[test]
-        fn remote_names_never_collide_with_reserved_prefixes(user in "[a-z]{1,10}", origin in "[a-z]{1,10}") {
+    #[test]
+    fn remote_names_never_collide_with_reserved_prefixes() {
+        let reach = Reach::new("remote_names_never_collide_with_reserved_prefixes");
+        proptest!(cases(), |(user in "[a-z]{1,10}", origin in "[a-z]{1,10}")| {
             let name = db_user_name(&user, Some(&origin), Some("local"));
             prop_assume!(origin != "local");
+            reach.case();
+            reach.reached();
             prop_assert!(validate_db_user(&name, "teleport-admin", "teleport-auto-user", "teleport-object-inheritor").is_ok());
-        }
+        });
+        reach.check();
     }
 }
