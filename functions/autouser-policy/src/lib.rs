@@ -23,6 +23,8 @@ pub mod plan;
 pub mod policy;
 #[cfg(test)]
 mod properties;
+#[doc(hidden)]
+pub mod property_reach;
 pub mod refusal;
 pub mod request;
 pub mod stable_hash;

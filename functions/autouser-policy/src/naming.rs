@@ -126,7 +126,8 @@ pub fn validate_db_user(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::properties::{cases, Reach};
+    use crate::properties::cases;
+    use crate::property_reach::Reach;
     use proptest::prelude::*;
 
     #[test]
