@@ -318,6 +318,13 @@ pub fn set(items: &[&str]) -> BTreeSet<String> {
     items.iter().map(|s| s.to_string()).collect()
 }
 
+/// Runs `statements` as the superuser in database `db` (the fixture's `sql` runs them in
+/// `postgres`).
+pub async fn as_superuser(db: &str, statements: &str) {
+    let client = connect(cluster().superuser(), db).await.expect("superuser connects");
+    client.batch_execute(statements).await.unwrap_or_else(|e| panic!("{statements}: {e:?}"));
+}
+
 /// Connects to the test cluster as `user` with a client certificate.
 pub async fn connect(user: &str, dbname: &str) -> Result<Client, Error> {
     scratch_login::connect(cluster(), user, dbname).await

@@ -5,7 +5,7 @@
 
 use autouser_policy::outcome::{DropBlockedKind, EndStatus};
 
-use crate::fixture::{cluster, connect, major, q, Fixture};
+use crate::fixture::{as_superuser, cluster, connect, major, q, Fixture};
 
 /// A fixture whose `writers` role (mode `mode`) gives `<ns>_writer`, which may create in the
 /// `public` schema of the test's database and of a second database `<ns>_b`; the inheritor is
@@ -41,11 +41,6 @@ fn heir(fx: &Fixture) -> String {
 
 fn other_db(fx: &Fixture) -> String {
     format!("{}_b", fx.ns)
-}
-
-async fn as_superuser(db: &str, statements: &str) {
-    let client = connect(cluster().superuser(), db).await.expect("superuser connects");
-    client.batch_execute(statements).await.unwrap_or_else(|e| panic!("{statements}: {e:?}"));
 }
 
 /// Logs in as `user` and creates, in the test's database, a table with rows, a sequence that

@@ -14,7 +14,7 @@ use autouser_policy::event::SessionEvent;
 use autouser_policy::outcome::EndStatus;
 use autouser_policy::request;
 
-use crate::fixture::{cluster, connect, q, Fixture};
+use crate::fixture::{as_superuser, cluster, connect, q, Fixture};
 
 /// Operators whose `pg_catalog` versions are polymorphic or need an implicit cast for these
 /// argument types, so that an operator of exactly these types in a schema on the default
@@ -111,11 +111,11 @@ async fn plant_traps(fx: &Fixture) {
         }
     }
     text.push_str("RESET ROLE;");
-    superuser_in(&fx.db, &text).await;
+    as_superuser(&fx.db, &text).await;
 
     // The traps work: a session with the default search_path runs them instead of the
     // catalog's operators. Without this, a test that finds none fired would prove nothing.
-    superuser_in(
+    as_superuser(
         &fx.db,
         "SET search_path = \"$user\", public;
          SELECT 'a'::text || 1::bigint, ARRAY['a']::text[] || 'b'::text, 1::oid = 1::integer,
@@ -124,7 +124,7 @@ async fn plant_traps(fx: &Fixture) {
     .await;
     let fired = traps_fired(fx).await;
     assert_eq!(fired.len(), 4, "the traps shadow the catalog on the default search_path: {fired:?}");
-    superuser_in(&fx.db, &format!("TRUNCATE {TRAP_LOG}")).await;
+    as_superuser(&fx.db, &format!("TRUNCATE {TRAP_LOG}")).await;
 }
 
 /// The traps that ran since planting: `(trap, ran as, session role)`.
@@ -135,11 +135,6 @@ async fn traps_fired(fx: &Fixture) -> Vec<(String, String, String)> {
         .await
         .unwrap();
     rows.iter().map(|row| (row.get(0), row.get(1), row.get(2))).collect()
-}
-
-async fn superuser_in(db: &str, statements: &str) {
-    let client = connect(cluster().superuser(), db).await.expect("superuser connects");
-    client.batch_execute(statements).await.unwrap_or_else(|e| panic!("{statements}: {e:?}"));
 }
 
 /// A fixture whose policy also has `heirs` (the writer role, handing objects to `<ns>_heir`)
@@ -191,7 +186,7 @@ async fn trapped_fixture(ns: &str) -> Fixture {
     fx.extra_yaml = format!("object_inheritor: {:?}\ncreator_roles: 2\n", format!("{ns}_heir"));
     // Ending a user's connections needs it (the README's admin setup grants it).
     fx.sql(&format!("GRANT pg_signal_backend TO {}", q(&fx.admin))).await;
-    superuser_in(
+    as_superuser(
         &fx.db,
         &format!(
             "GRANT USAGE, CREATE ON SCHEMA public TO {writer};

@@ -9,7 +9,7 @@
 use autouser_engine::tokio_postgres::{Client, SimpleQueryMessage};
 use autouser_policy::outcome::{DropBlockedKind, EndStatus};
 
-use crate::fixture::{cluster, connect, major, q, Fixture};
+use crate::fixture::{as_superuser, cluster, connect, major, q, Fixture};
 
 /// What the inheritor alone may read.
 const SECRET: &str = "classified";
@@ -73,11 +73,6 @@ fn mallory(fx: &Fixture) -> String {
 
 fn other_db(fx: &Fixture) -> String {
     format!("{}_b", fx.ns)
-}
-
-async fn as_superuser(db: &str, statements: &str) {
-    let client = connect(cluster().superuser(), db).await.expect("superuser connects");
-    client.batch_execute(statements).await.unwrap_or_else(|e| panic!("{statements}: {e:?}"));
 }
 
 /// Every text value `sql` answers, or its error.
