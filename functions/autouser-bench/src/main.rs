@@ -73,9 +73,9 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     scale_iterations: usize,
     /// The config's `creator_roles` for our side of the scale benchmark (0: the admin creates
-    /// and manages the users, as before).
-    #[arg(long, default_value_t = 128)]
-    scale_creator_roles: u32,
+    /// and manages the users). Without it, the config's default.
+    #[arg(long)]
+    scale_creator_roles: Option<u32>,
     /// Only the burst benchmark: sessions of one user started all at once, then ended.
     #[arg(long, conflicts_with_all = ["objects_only", "lambda_only", "reaper_only", "scale_only"])]
     burst_only: bool,
@@ -111,6 +111,7 @@ async fn run(args: &Args) -> Result<(), String> {
         return burst_table(&cluster, &args.burst_sessions).await.map_err(|e| e.to_string());
     }
     let one_table = args.objects_only || args.lambda_only || args.reaper_only;
+    let mut durable_ratios = None;
     for durability in [Durability::Production, Durability::Test] {
         if one_table && durability == Durability::Test {
             continue;
@@ -126,7 +127,10 @@ async fn run(args: &Args) -> Result<(), String> {
                 Durability::Production => println!("## Provisioning, durable server (fsync=on, the default)\n"),
                 Durability::Test => println!("## Provisioning, fsync=off (the server's commit cost removed)\n"),
             }
-            provisioning_tables(&cluster, args, run).await.map_err(|e| e.to_string())?;
+            let ratios = provisioning_tables(&cluster, args, run).await.map_err(|e| e.to_string())?;
+            if durability == Durability::Production {
+                durable_ratios = Some(ratios);
+            }
         }
         if durability == Durability::Production {
             if !one_table {
@@ -143,7 +147,37 @@ async fn run(args: &Args) -> Result<(), String> {
             }
         }
     }
+    if let Some(ratios) = durable_ratios {
+        ratios.print();
+    }
     Ok(())
+}
+
+/// The concurrency levels of the throughput measurement.
+const CONCURRENCY: [usize; 3] = [1, 8, 32];
+
+/// Ours over the baseline (medians) in the provisioning tables: the lines the main run ends
+/// with, for its durable server.
+struct ProvisioningRatios {
+    warm_start: f64,
+    warm_end: f64,
+    /// Users per second, at each of [`CONCURRENCY`].
+    throughput: [f64; CONCURRENCY.len()],
+}
+
+impl ProvisioningRatios {
+    fn print(&self) {
+        println!("warm start ratio: {:.2}", self.warm_start);
+        println!("warm end ratio: {:.2}", self.warm_end);
+        for (concurrency, ratio) in CONCURRENCY.into_iter().zip(self.throughput) {
+            println!("throughput ratio c{concurrency}: {ratio:.2}");
+        }
+    }
+}
+
+/// Ours over the baseline, medians.
+fn median_ratio(ours: &Samples, baseline: &Samples) -> f64 {
+    ours.median().as_secs_f64() / baseline.median().as_secs_f64()
 }
 
 fn machine() -> String {
@@ -162,7 +196,11 @@ fn machine() -> String {
     )
 }
 
-async fn provisioning_tables(cluster: &Cluster, args: &Args, run: &str) -> Result<(), autouser_engine::Error> {
+async fn provisioning_tables(
+    cluster: &Cluster,
+    args: &Args,
+    run: &str,
+) -> Result<ProvisioningRatios, autouser_engine::Error> {
     let target = Target::new(cluster, cluster.port())?;
     let n = args.iterations;
     let [ours, baseline] = provisioning::warm(&target, n, run).await?;
@@ -178,6 +216,11 @@ async fn provisioning_tables(cluster: &Cluster, args: &Args, run: &str) -> Resul
     latency_row("warm session-start", &ours.start, &baseline.start);
     latency_row("warm session-end (keep)", &ours.end, &baseline.end);
     latency_row("cold session-start (new TLS connection)", &ours_cold, &baseline_cold);
+    let mut ratios = ProvisioningRatios {
+        warm_start: median_ratio(&ours.start, &baseline.start),
+        warm_end: median_ratio(&ours.end, &baseline.end),
+        throughput: [0.0; CONCURRENCY.len()],
+    };
     println!();
     println!(
         "Throughput: {} distinct users started and ended, one connection per worker; median of {} \
@@ -186,7 +229,7 @@ async fn provisioning_tables(cluster: &Cluster, args: &Args, run: &str) -> Resul
     );
     println!("| concurrency | ours users/s | baseline users/s | ratio (medians) | ours errors | baseline errors |");
     println!("|---:|---:|---:|---:|---:|---:|");
-    for concurrency in [1, 8, 32] {
+    for (level, concurrency) in CONCURRENCY.into_iter().enumerate() {
         let mut rates = [Vec::new(), Vec::new()];
         let mut errors = [0, 0];
         for _ in 0..args.repeats {
@@ -205,6 +248,7 @@ async fn provisioning_tables(cluster: &Cluster, args: &Args, run: &str) -> Resul
             r.sort_by(f64::total_cmp);
             (r[r.len() / 2], r[0], r[r.len() - 1])
         });
+        ratios.throughput[level] = ours.0 / baseline.0;
         println!(
             "| {concurrency} | {:.0} [{:.0}–{:.0}] | {:.0} [{:.0}–{:.0}] | {} | {} | {} |",
             ours.0,
@@ -219,7 +263,7 @@ async fn provisioning_tables(cluster: &Cluster, args: &Args, run: &str) -> Resul
         );
     }
     println!();
-    Ok(())
+    Ok(ratios)
 }
 
 /// `SELECT` on every table of one schema, granted at start and revoked at end.
@@ -255,7 +299,7 @@ async fn object_table(cluster: &Cluster, args: &Args) -> Result<(), autouser_eng
     Ok(())
 }
 
-/// Session latency at each population of kept users, and the two ratio lines the tooling reads.
+/// Session latency at each population of kept users, and the three ratio lines the tooling reads.
 async fn scale_table(cluster: &Cluster, args: &Args, major: u32) -> Result<(), String> {
     let sizes = &args.scale_users;
     if sizes.is_empty() || sizes.windows(2).any(|pair| pair[0] >= pair[1]) || args.scale_iterations == 0 {
@@ -265,25 +309,36 @@ async fn scale_table(cluster: &Cluster, args: &Args, major: u32) -> Result<(), S
         ));
     }
     let began = std::time::Instant::now();
-    let times = scale::measure(cluster, sizes, args.scale_iterations, args.scale_creator_roles).await?;
-    println!("## Scale, durable server, PostgreSQL {major}, `creator_roles: {}`\n", args.scale_creator_roles);
+    let scale = scale::measure(cluster, sizes, args.scale_iterations, args.scale_creator_roles).await?;
+    let times = &scale.sizes;
+    // The value our side used, from the loaded config; "(default)" when the option was not given.
+    let creator_roles = match args.scale_creator_roles {
+        Some(_) => format!("creator_roles: {}", scale.creator_roles),
+        None => format!("creator_roles: {} (default)", scale.creator_roles),
+    };
+    println!("## Scale, durable server, PostgreSQL {major}, {creator_roles}\n");
     println!(
         "Warm latency (one admin connection per side) with N kept users on the server (started and \
          ended in `keep` through our engine, four connections at a time), {} users per side and \
-         operation at each size; medians and p99 in ms. The whole run took {:.0} s.\n",
+         operation at each size; then {} cold calls per side, alternating: a new TLS admin connection \
+         and a new user's start on it (timed together), then that user's end (the connection's second \
+         call). Medians and p99 in ms. The whole run took {:.0} s.\n",
         args.scale_iterations,
+        scale::COLD_ITERATIONS,
         began.elapsed().as_secs_f64()
     );
     println!(
         "| kept users | built in s | operation | ours median | ours p99 | baseline median | baseline p99 | ratio (median) |"
     );
     println!("|---:|---:|---|---:|---:|---:|---:|---:|");
-    for size in &times {
+    for size in times {
         let [ours, baseline] = &size.sides;
         for (name, ours, baseline) in [
             ("session-start, new user", &ours.new_start, &baseline.new_start),
             ("session-start, kept user", &ours.kept_start, &baseline.kept_start),
             ("session-end (keep)", &ours.end, &baseline.end),
+            ("cold session-start, new user (new TLS connection)", &ours.cold_start, &baseline.cold_start),
+            ("cold session-end (keep; the connection's second call)", &ours.cold_end, &baseline.cold_end),
         ] {
             println!(
                 "| {} | {:.1} | {name} | {} | {} | {} | {} | {} |",
@@ -305,8 +360,11 @@ async fn scale_table(cluster: &Cluster, args: &Args, major: u32) -> Result<(), S
     // A start's ratio is the worse of a new user's and a kept user's.
     let start = growth(|t| &t.new_start).max(growth(|t| &t.kept_start));
     let end = growth(|t| &t.end);
-    println!("scale start ratio {}/{}: {start:.2}", last.population, first.population);
-    println!("scale end ratio {}/{}: {end:.2}", last.population, first.population);
+    let cold_start = growth(|t| &t.cold_start);
+    let sizes = format!("{}/{}", last.population, first.population);
+    println!("scale start ratio {sizes}: {start:.2}");
+    println!("scale end ratio {sizes}: {end:.2}");
+    println!("scale cold start ratio {sizes}: {cold_start:.2}");
     Ok(())
 }
 

@@ -47,10 +47,12 @@ pub struct Target {
     tls: TlsSettings,
 }
 
-/// Creates the admin, the two roles and the managed group on a fresh cluster.
+/// Creates the admin, the two roles and the managed group on a fresh cluster, and the
+/// schema of the creator roles' functions, as the README's admin setup does.
 pub async fn prepare_server(cluster: &Cluster) -> Result<(), Error> {
     let superuser = connect_as(cluster, cluster.superuser()).await?;
     let mut sql = format!("CREATE ROLE {ADMIN} LOGIN CREATEROLE;");
+    sql.push_str(&format!("CREATE SCHEMA {} AUTHORIZATION {ADMIN};", quote_ident(GROUP)));
     for role in ROLES {
         sql.push_str(&format!("CREATE ROLE {role};"));
         if cluster.major() >= 16 {

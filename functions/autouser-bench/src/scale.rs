@@ -2,7 +2,8 @@
 //! population of kept users (each started and ended in `keep`, as a few thousand engineers
 //! leave it within months) is built up to each size in turn, and at each size warm
 //! session-starts of new users, warm session-starts of kept users and warm session-ends are
-//! timed, ours and the baseline's.
+//! timed, ours and the baseline's, then cold calls: a new TLS connection, a new user's start and
+//! its end on it.
 //!
 //! From PostgreSQL 16 every role statement of a CREATEROLE admin walks the roles it created
 //! (BENCHMARKS.md, "What dominates at scale"); the ratio of ours at the largest size to ours at
@@ -22,12 +23,19 @@ use crate::stats::Samples;
 /// Connections that build the population, each starting and ending users one after another.
 const POPULATION_CONCURRENCY: usize = 4;
 
+/// Cold calls per side at each size: a new connection, a new user's start and its end.
+pub const COLD_ITERATIONS: usize = 20;
+
 /// One side's latencies at one size.
 #[derive(Default)]
 pub struct SideTimes {
     pub new_start: Samples,
     pub kept_start: Samples,
     pub end: Samples,
+    /// A new TLS admin connection and a new user's start on it, together.
+    pub cold_start: Samples,
+    /// That user's end, the new connection's second call.
+    pub cold_end: Samples,
 }
 
 /// Both sides' latencies with `population` kept users on the server.
@@ -38,20 +46,31 @@ pub struct SizeTimes {
     pub built_in: std::time::Duration,
 }
 
+/// A whole scale run: the `creator_roles` our side's config ended up with, and each size's
+/// latencies.
+pub struct ScaleTimes {
+    pub creator_roles: u32,
+    pub sizes: Vec<SizeTimes>,
+}
+
 /// For each size of `sizes` (ascending), the population grown to it, then `iterations` new
 /// users per side started (timed), ended (timed), started again as kept users (timed) and
-/// ended again. Our side runs with the config's `creator_roles` set to `creator_roles`; the
-/// baseline's statements are the admin's own, whatever it is.
+/// ended again, then [`COLD_ITERATIONS`] cold calls per side, alternating: a new connection
+/// and a new user's start on it (timed together), then its end (timed). Our side runs with
+/// the config's `creator_roles` set to `creator_roles`, or, without it, with the config's
+/// default; the baseline's statements are the admin's own, whatever it is.
 pub async fn measure(
     cluster: &Cluster,
     sizes: &[usize],
     iterations: usize,
-    creator_roles: u32,
-) -> Result<Vec<SizeTimes>, String> {
+    creator_roles: Option<u32>,
+) -> Result<ScaleTimes, String> {
     let failed = |step: &str, e: autouser_engine::Error| format!("scale benchmark, {step}: {e}");
-    let config = crate::provisioning::config_text(cluster, cluster.port()).map_err(|e| failed("config", e))?;
-    let target = Target::from_config_text(&format!("{config}creator_roles: {creator_roles}\n"))
-        .map_err(|e| failed("config", e))?;
+    let mut config = crate::provisioning::config_text(cluster, cluster.port()).map_err(|e| failed("config", e))?;
+    if let Some(creator_roles) = creator_roles {
+        config.push_str(&format!("creator_roles: {creator_roles}\n"));
+    }
+    let target = Target::from_config_text(&config).map_err(|e| failed("config", e))?;
     let sides = [Side::Ours, Side::Baseline];
     // As discovery does on a deployment: preflight, then bootstrap, which prepares every
     // creator role, so that no measured start pays for preparing one.
@@ -94,9 +113,23 @@ pub async fn measure(
                 end_restarted(&target, side, client, &user(i)).await?;
             }
         }
+        // Cold calls, as a new Lambda container's first two: the two sides alternate, so that
+        // both see the same server state.
+        for i in 0..COLD_ITERATIONS {
+            for (n, side) in sides.into_iter().enumerate() {
+                let user = format!("scale-{size}-{}-cold-{i}", side.name());
+                let began = Instant::now();
+                let client = target.connect().await.map_err(|e| failed("cold connection", e))?;
+                target.start(side, &client, &user).await.map_err(|e| failed("cold start", e))?;
+                times[n].cold_start.push(began.elapsed());
+                let began = Instant::now();
+                target.end(side, &client, &user).await.map_err(|e| failed("cold end", e))?;
+                times[n].cold_end.push(began.elapsed());
+            }
+        }
         results.push(SizeTimes { population: size, sides: times, built_in });
     }
-    Ok(results)
+    Ok(ScaleTimes { creator_roles: target.config.creator_roles, sizes: results })
 }
 
 /// A kept user's next session (`<user>-again`): ours through the engine, the baseline's by its
