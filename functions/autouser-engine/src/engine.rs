@@ -44,7 +44,6 @@ pub const MAX_ATTEMPTS: u32 = 12;
 /// the user exists after all (or the group, a role, or write access is missing), a statement
 /// of that transaction fails, nothing is kept, and the usual read-then-write attempt follows.
 pub async fn session_start(connection: &AdminConnection, req: &StartRequest) -> Result<StartOutcome, Error> {
-    connection.count_call();
     let t = &req.target;
     // Object permissions need the database's objects listed first: no one-round-trip start.
     if !connection.user_seen(&t.db_user) && req.db_permissions.is_none() {
@@ -101,17 +100,15 @@ async fn create_in_one_round_trip(
     else {
         return Ok(None);
     };
-    // A failure rolls the implicit transaction back: nothing is left to undo. On a connection
-    // that has not made the creators' functions yet, they are made in the same flight, and
-    // this start runs its creator's statements after SET ROLE.
-    let creator_functions = connection.creator_functions();
-    let renderer = sql::Renderer::new(&creator_functions);
+    // A failure rolls the implicit transaction back: nothing is left to undo. That includes a
+    // call of a creator's function that is not there: the read path then finds out why.
+    let without_function = connection.creators_without_function();
+    let renderer = sql::Renderer::new(&t.managed_group, &without_function);
     // Nothing was read either about the roles it grants: the catalog is checked before them.
     let wanted: Vec<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
     let roles_check = sql::db_roles_check(&wanted, plan::RoleGuard::of(req));
     let text = sql::locked_transaction(&t.db_user, sql::user_lock_key(&t.db_user), &roles_check, &steps, renderer);
-    let ((), started) = tokio::join!(make_creator_functions(connection, t), connection.client().simple_query(&text));
-    started?;
+    connection.client().simple_query(&text).await?;
     connection.saw_user(&t.db_user, true);
     Ok(Some(start_outcome(req, &ledger, true, false, Vec::new())))
 }
@@ -162,7 +159,6 @@ pub async fn session_end(
     req: &EndRequest,
     others: &dyn OtherDatabases,
 ) -> Result<EndOutcome, Error> {
-    connection.count_call();
     let revokes_failed = std::sync::Mutex::new(None);
     let revokes_failed = &revokes_failed;
     let held_up = std::sync::atomic::AtomicBool::new(false);
@@ -187,7 +183,7 @@ async fn record_unfinished_end(connection: &AdminConnection, req: &EndRequest) {
     let t = &req.target;
     let record = plan::record_unfinished_end(req);
     let statements = [Statement::Raw(sql::BEGIN), Statement::Step(&record), Statement::Raw(sql::COMMIT)];
-    match run_pipelined(connection, &statements).await {
+    match run_pipelined(connection, Some(&t.managed_group), &statements).await {
         Ok(()) => tracing::warn!(db_user = %t.db_user, session_id = %t.session_id,
             "the end could not finish: it is recorded in the managed group's comment, and the reaper closes the session"),
         Err((_, error)) => {
@@ -201,7 +197,6 @@ async fn record_unfinished_end(connection: &AdminConnection, req: &EndRequest) {
 /// Locks a managed user that has no open session (see [`plan::plan_lock`]), and with
 /// `terminate` ends its open connections. Returns whether it changed anything.
 pub async fn lock_idle_user(connection: &AdminConnection, t: &Target, terminate: bool) -> Result<bool, Error> {
-    connection.count_call();
     retrying(connection, t, || async {
         let state = begin_and_read(connection, t, &[], None).await?;
         let client = connection.client();
@@ -346,7 +341,6 @@ pub async fn retry_blocked_drop(
     req: &EndRequest,
     others: &dyn OtherDatabases,
 ) -> Result<Option<EndOutcome>, Error> {
-    connection.count_call();
     let revokes_failed = std::sync::Mutex::new(None);
     retrying(connection, &req.target, || async {
         let state = begin_and_read(connection, &req.target, &[], None).await?;
@@ -448,7 +442,9 @@ async fn run_end(
                 Some(inheritor) => {
                     // The user is NOLOGIN from here to the COMMIT, and this transaction holds its
                     // row: a start anywhere waits for the outcome, and sees it dropped or kept.
-                    if let Err((statement, error)) = run_pipelined(connection, &statements).await {
+                    if let Err((statement, error)) =
+                        run_pipelined(connection, Some(&t.managed_group), &statements).await
+                    {
                         return Err(end_step_failure(connection, t, state, statement, error, revokes_failed).await);
                     }
                     statements.clear();
@@ -501,7 +497,7 @@ async fn run_end(
             statements.extend(drop.iter().map(Statement::Step));
             statements.extend(after_drop.iter().map(Statement::Step));
             let dropped = outcome(EndStatus::Dropped, Some(mode), 0, &[], objects.clone());
-            match run_pipelined_committing_with_the_last(connection, &statements).await {
+            match run_pipelined_committing_with_the_last(connection, Some(&t.managed_group), &statements).await {
                 Ok(()) => {
                     connection.saw_user(&t.db_user, false);
                     Ok(end_connections(client, req, state, dropped).await)
@@ -559,7 +555,7 @@ async fn keep_instead_of_drop(
     let mut statements = vec![Statement::Raw(sql::ROLLBACK_TO_DROP)];
     statements.extend(fallback.iter().map(Statement::Step));
     statements.push(Statement::Raw(sql::COMMIT));
-    if let Err((statement, error)) = run_pipelined(connection, &statements).await {
+    if let Err((statement, error)) = run_pipelined(connection, Some(&t.managed_group), &statements).await {
         let failure = step_failure(connection, t, state, statement, error).await;
         return Err(in_doubt(connection, t, failure, &planned));
     }
@@ -796,7 +792,7 @@ async fn hand_over_in(
     let mut statements = vec![Statement::Raw(sql::BEGIN)];
     statements.extend(steps.iter().map(Statement::Step));
     statements.push(Statement::Raw(sql::COMMIT));
-    let Err((statement, error)) = run_pipelined(&connection, &statements).await else {
+    let Err((statement, error)) = run_pipelined(&connection, None, &statements).await else {
         tracing::info!(db_user = %t.db_user, %db_name, %inheritor, "handed the user's objects over");
         return Ok(());
     };
@@ -1018,9 +1014,19 @@ enum Statement<'a> {
 /// `statements` as the SQL `connection` runs, in order, each with its text: a creator's
 /// statements as calls of its function where the connection has it ([`sql::Renderer`]), and the
 /// `SET LOCAL ROLE` steps those calls make needless left out.
-fn rendered<'a>(connection: &AdminConnection, statements: &[Statement<'a>]) -> (Vec<Statement<'a>>, Vec<String>) {
-    let creator_functions = connection.creator_functions();
-    let mut renderer = sql::Renderer::new(&creator_functions);
+///
+/// `functions_schema`: where this database keeps the creators' functions (the managed group's
+/// name); `None` on a connection to another database, whose statements run after `SET ROLE`.
+fn rendered<'a>(
+    connection: &AdminConnection,
+    functions_schema: Option<&str>,
+    statements: &[Statement<'a>],
+) -> (Vec<Statement<'a>>, Vec<String>) {
+    let without_function = match functions_schema {
+        Some(_) => connection.creators_without_function(),
+        None => sql::CreatorsWithoutFunction::All,
+    };
+    let mut renderer = sql::Renderer::new(functions_schema.unwrap_or_default(), &without_function);
     statements
         .iter()
         .filter_map(|statement| match statement {
@@ -1034,9 +1040,10 @@ fn rendered<'a>(connection: &AdminConnection, statements: &[Statement<'a>]) -> (
 /// statements after it fail too, with "current transaction is aborted".
 async fn run_pipelined<'a>(
     connection: &AdminConnection,
+    functions_schema: Option<&str>,
     statements: &[Statement<'a>],
 ) -> Result<(), (Statement<'a>, tokio_postgres::Error)> {
-    let (statements, texts) = rendered(connection, statements);
+    let (statements, texts) = rendered(connection, functions_schema, statements);
     send_pipelined(connection.client(), &statements, &texts).await
 }
 
@@ -1066,9 +1073,10 @@ async fn send_pipelined<'a>(
 /// as the last statement's.
 async fn run_pipelined_committing_with_the_last<'a>(
     connection: &AdminConnection,
+    functions_schema: Option<&str>,
     statements: &[Statement<'a>],
 ) -> Result<(), (Statement<'a>, tokio_postgres::Error)> {
-    let (statements, mut texts) = rendered(connection, statements);
+    let (statements, mut texts) = rendered(connection, functions_schema, statements);
     let last = texts.last_mut().expect("statements to commit with");
     last.push_str(";\n");
     last.push_str(sql::COMMIT);
@@ -1083,7 +1091,7 @@ async fn run_and_commit(
 ) -> Result<(), Failure> {
     let mut statements: Vec<Statement> = steps.iter().map(Statement::Step).collect();
     statements.push(Statement::Raw(sql::COMMIT));
-    match run_pipelined(connection, &statements).await {
+    match run_pipelined(connection, Some(&t.managed_group), &statements).await {
         Ok(()) => Ok(()),
         Err((statement, error)) => Err(step_failure(connection, t, state, statement, error).await),
     }
@@ -1099,7 +1107,7 @@ async fn run_end_and_commit(
 ) -> Result<(), Failure> {
     let mut statements: Vec<Statement> = steps.iter().map(Statement::Step).collect();
     statements.push(Statement::Raw(sql::COMMIT));
-    match run_pipelined(connection, &statements).await {
+    match run_pipelined(connection, Some(&t.managed_group), &statements).await {
         Ok(()) => Ok(()),
         Err((statement, error)) => Err(end_step_failure(connection, t, state, statement, error, revokes_failed).await),
     }
@@ -1267,25 +1275,6 @@ async fn list_objects(
     Ok((schemas, objects))
 }
 
-/// Makes the creator roles' functions on `connection` when `t`'s statements may run as a
-/// creator (`creator_roles`, PostgreSQL 16+, an admin that is not a superuser): see
-/// [`sql::Renderer`]. Not during a connection's first call, which runs its creator's
-/// statements after `SET ROLE` either way: a connection used for one call (the CLI's) would
-/// only pay for them. A failure is only logged: the statements keep their `SET LOCAL ROLE`.
-async fn make_creator_functions(connection: &AdminConnection, t: &Target) {
-    let Some(creator) = &t.creator else { return };
-    if connection.admin_is_superuser() != Some(false) || connection.server_major().is_none_or(|major| major < 16) {
-        return;
-    }
-    if connection.calls() < 2 {
-        return;
-    }
-    if let Err(error) = connection.make_creator_functions(&t.managed_group, creator).await {
-        tracing::warn!(db_user = %t.db_user, error = %crate::pg::error_chain(&error),
-            "could not make the creator roles' functions: their statements run after SET ROLE, which costs more");
-    }
-}
-
 async fn begin_and_read(
     connection: &AdminConnection,
     t: &Target,
@@ -1308,8 +1297,6 @@ async fn begin_and_read(
     let lock_key = sql::user_lock_key(&t.db_user);
     let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&lock_key, Type::INT8)];
     let read_params: [&(dyn ToSql + Sync); 5] = [&t.db_user, &t.managed_group, &candidates, &t.session_id, &t.creator];
-    // In the same flight, ahead of the transaction: known before the plan is rendered.
-    let make_functions = make_creator_functions(connection, t);
     let begin = client.simple_query(sql::BEGIN);
     let lock = client.query_typed(sql::LOCK_USER, &lock_params);
     // After the lock, before the read: the user's connections that held up the last attempt
@@ -1331,7 +1318,7 @@ async fn begin_and_read(
             _ => Ok(None),
         }
     };
-    let ((), begin, lock, ended, read, objects) = tokio::join!(make_functions, begin, lock, ended, read, objects);
+    let (begin, lock, ended, read, objects) = tokio::join!(begin, lock, ended, read, objects);
     if let Err(error) = &ended {
         if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
             rollback(client).await;
@@ -1407,7 +1394,7 @@ async fn begin_and_read(
         creator_grants: get("creator_grants").into_iter().collect(),
     };
     if let Some(creator) = &state.creator {
-        connection.saw_creator_function(creator, row.get("creator_function"));
+        connection.saw_creator_function(creator, row.get("creator_function"), state.creator_ready);
     }
     connection.saw_user(&t.db_user, state.user_exists);
     Ok(state)
@@ -1587,7 +1574,7 @@ fn describe(statement: &Statement<'_>) -> String {
         }
         Statement::Step(Step::SetRole { role: Some(role) }) => format!("switching to the creator role {role:?}"),
         Statement::Step(Step::SetRole { role: None }) => "switching back to the admin".to_string(),
-        Statement::Step(Step::PrepareCreator { creator, roles }) => {
+        Statement::Step(Step::PrepareCreator { creator, roles, .. }) => {
             format!("preparing the creator role {creator:?} (ADMIN OPTION on {roles:?})")
         }
         Statement::Raw(text) => (*text).to_string(),

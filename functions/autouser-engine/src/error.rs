@@ -190,6 +190,20 @@ pub enum Error {
     #[error("cannot reach {endpoint}: {detail}")]
     Unreachable { endpoint: String, detail: String },
 
+    /// The server refused the admin's login for want of a connection slot (SQLSTATE 53300)
+    /// every time it was tried ([`crate::pg::LOGIN_ATTEMPTS`], with backoff).
+    #[error(
+        "{endpoint} has no connection slot for admin {admin:?}: the server said {detail:?} (SQLSTATE 53300) \
+         to {attempts} attempt(s) with backoff; this is retried later, and to make room raise the \
+         server's max_connections, lower the session functions' concurrency limit (SessionFunctionConcurrency \
+         in template.yaml, sessionFunctionConcurrency in the CDK construct), or, if the admin's own \
+         CONNECTION LIMIT ran out, set it to what `autouser preflight` recommends \
+         (`ALTER ROLE {admin_sql} CONNECTION LIMIT <n>;`), which also keeps a burst of sessions from \
+         taking the applications' slots",
+        admin_sql = quote_ident(admin)
+    )]
+    TooManyConnections { admin: String, endpoint: String, detail: String, attempts: u32 },
+
     /// The connection closed while a session-end's COMMIT was in flight: it may have been
     /// applied. `planned` is the outcome it had if it was; [`crate::engine::confirm_end`] runs
     /// the end again on a new connection and finds out.
@@ -287,6 +301,7 @@ impl Error {
             Error::Credentials(_) => "CredentialsInvalid",
             Error::DependencyUnavailable { .. } => "DependencyUnavailable",
             Error::Unreachable { .. } | Error::EndUnconfirmed { .. } => "DatabaseUnreachable",
+            Error::TooManyConnections { .. } => "TooManyConnections",
             Error::Contention { .. } => "Contention",
             Error::Ledger(_) => "LedgerUnreadable",
             Error::PermissionDenied { .. } => "PermissionDenied",
@@ -301,6 +316,7 @@ impl Error {
         match self {
             Error::Unreachable { .. }
             | Error::EndUnconfirmed { .. }
+            | Error::TooManyConnections { .. }
             | Error::Contention { .. }
             | Error::DependencyUnavailable { .. } => true,
             Error::Postgres { source, .. } => is_transient(source),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio_postgres::config::SslMode;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
 pub use crate::error::{error_chain, is_transient};
 use crate::tls::{self, ClientIdentity, FailureSlot};
@@ -44,6 +44,37 @@ pub const KEEPALIVES_IDLE: Duration = Duration::from_secs(5);
 /// pooled connection costs well under the session functions' 30 s timeout (template.yaml).
 pub const KEEPALIVES_INTERVAL: Duration = Duration::from_secs(2);
 pub const KEEPALIVES_RETRIES: u32 = 3;
+/// Logins the server refuses for want of a connection slot (`too_many_connections` 53300: its
+/// `max_connections`, a database's or the admin's `CONNECTION LIMIT`), for want of resources
+/// (53000), or because it is starting or stopping (`cannot_connect_now` 57P03) are tried this
+/// many times in all: a burst of cold containers often finds a slot a moment later.
+pub const LOGIN_ATTEMPTS: u32 = 3;
+/// The waits between those attempts: exponential backoff with full jitter, a random time up
+/// to `LOGIN_BACKOFF_BASE × 2^(n-1)` (never more than [`LOGIN_BACKOFF_CAP`]) before retry `n`,
+/// so that the containers of a burst do not come back in step. At most 100 + 200 ms with
+/// three attempts: with the attempts themselves, well within the session functions' 30 s.
+pub const LOGIN_BACKOFF_BASE: Duration = Duration::from_millis(100);
+pub const LOGIN_BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// A retry begins only within this time of the first attempt, so that a login takes at most
+/// this and one [`CONNECT_TIMEOUT`] (a server slow to refuse is not waited on three times).
+pub const LOGIN_RETRY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Admin logins retried in this process because the server had no slot or was not accepting
+/// connections ([`LOGIN_ATTEMPTS`]).
+static LOGIN_RETRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many admin logins this process has retried because the server refused them for want
+/// of a connection slot or resources, or while starting or stopping (for logs and tests).
+pub fn login_retries() -> u64 {
+    LOGIN_RETRIES.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The wait before retry `retry` (1 for the first) of a refused login: full jitter, a uniform
+/// random time between zero and the exponential backoff's ceiling.
+fn login_backoff(retry: u32) -> Duration {
+    let ceiling = LOGIN_BACKOFF_BASE.saturating_mul(1 << retry.saturating_sub(1).min(16)).min(LOGIN_BACKOFF_CAP);
+    Duration::from_micros(rand::random_range(0..=ceiling.as_micros() as u64))
+}
 
 /// The admin's secret. `Debug` never shows it.
 #[derive(Clone, PartialEq, Eq)]
@@ -189,21 +220,11 @@ pub struct AdminConnection {
     read_state: tokio::sync::OnceCell<tokio_postgres::Statement>,
     object_listing: tokio::sync::OnceCell<ObjectListingStatements>,
     existing_users: std::sync::Mutex<std::collections::HashSet<String>>,
-    creator_functions: std::sync::Mutex<CreatorFunctions>,
-    /// Session-starts, -ends and reaper actions begun on this connection.
-    calls: std::sync::atomic::AtomicU32,
+    /// The creators whose function this connection saw missing ([`sql::Renderer`]).
+    without_function: std::sync::Mutex<sql::CreatorsWithoutFunction>,
     /// Users whose call here last timed out waiting for a lock: the next attempt ends their
     /// connections first ([`sql::END_HOLDING_CONNECTIONS`]).
     held_up_by: std::sync::Mutex<std::collections::HashSet<String>>,
-}
-
-/// The creator roles' functions ([`sql::Renderer`]) of a connection.
-#[derive(Debug, Default)]
-struct CreatorFunctions {
-    /// The creator roles [`AdminConnection::make_creator_functions`] looked at.
-    considered: BTreeSet<String>,
-    /// Those whose function the connection's temporary schema holds, as last seen.
-    made: BTreeSet<String>,
 }
 
 /// The object listing queries, prepared.
@@ -277,59 +298,41 @@ impl AdminConnection {
             .await
     }
 
-    /// Makes the creator roles' functions ([`sql::make_creator_functions`], one round trip) when
-    /// this connection has not looked for them yet, or when `creator` was not among the
-    /// creators it looked at (one made since). Outside any transaction: the functions live as
-    /// long as the connection.
-    pub(crate) async fn make_creator_functions(&self, group: &str, creator: &str) -> Result<(), tokio_postgres::Error> {
-        let looked_at = self.creator_functions.lock().is_ok_and(|functions| functions.considered.contains(creator));
-        if looked_at {
-            return Ok(());
-        }
-        let mut found = CreatorFunctions::default();
-        for message in self.client.simple_query(&sql::make_creator_functions(group)).await? {
-            if let SimpleQueryMessage::Row(row) = message {
-                let name = row.get("creator").unwrap_or_default().to_string();
-                if row.get("has_function") == Some("t") {
-                    found.made.insert(name.clone());
-                }
-                found.considered.insert(name);
+    /// Records what a transaction saw of `creator`'s function ([`sql::Renderer`]): whether the
+    /// admin may call it, and whether the creator is ready (then a missing function means the
+    /// functions cannot be made in this database: preflight's `creator_functions`). From then
+    /// on the statements of a creator without one run after `SET ROLE`; a creator not ready gets
+    /// its function from [`autouser_policy::plan::Step::PrepareCreator`] in the same
+    /// transaction only where it can be made, so that transaction uses `SET ROLE` too.
+    pub(crate) fn saw_creator_function(&self, creator: &str, callable: bool, ready: bool) {
+        use sql::CreatorsWithoutFunction as Without;
+        let Ok(mut without) = self.without_function.lock() else { return };
+        let next = match (&*without, callable, ready) {
+            (Without::All, true, _) => Without::None,
+            (Without::All, false, _) => Without::All,
+            (_, false, true) => {
+                tracing::warn!(%creator, "the creator roles' functions cannot be made in this database (see preflight's \
+                    creator_functions): their statements run after SET ROLE, which costs more at scale");
+                Without::All
             }
-        }
-        tracing::debug!(made = ?found.made, considered = found.considered.len(), "creator functions");
-        if let Ok(mut functions) = self.creator_functions.lock() {
-            *functions = found;
-        }
-        Ok(())
+            (Without::None, true, _) => Without::None,
+            (Without::None, false, false) => Without::Some(BTreeSet::from([creator.to_string()])),
+            (Without::Some(creators), callable, _) => {
+                let mut creators = creators.clone();
+                if callable {
+                    creators.remove(creator);
+                } else {
+                    creators.insert(creator.to_string());
+                }
+                Without::Some(creators)
+            }
+        };
+        *without = next;
     }
 
-    /// Records what a transaction saw of `creator`'s function: whether the temporary schema of
-    /// the server session it ran in holds it. It can be gone though this connection made it
-    /// (`DISCARD TEMP`, or a pooler in transaction mode that hands the next transaction to
-    /// another server session); from then on the creator's statements run after `SET ROLE`.
-    pub(crate) fn saw_creator_function(&self, creator: &str, present: bool) {
-        let Ok(mut functions) = self.creator_functions.lock() else { return };
-        if present {
-            functions.made.insert(creator.to_string());
-        } else if functions.made.remove(creator) {
-            tracing::warn!(%creator, "the creator role's function is gone from the server session (DISCARD TEMP, \
-                or a pooler in transaction mode): its statements run after SET ROLE, which costs more");
-        }
-    }
-
-    /// Counts a session-start, -end or reaper action begun on this connection.
-    pub(crate) fn count_call(&self) {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// How many session-starts, -ends and reaper actions were begun on this connection.
-    pub(crate) fn calls(&self) -> u32 {
-        self.calls.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The creator roles whose function this connection has (see [`sql::Renderer`]).
-    pub(crate) fn creator_functions(&self) -> BTreeSet<String> {
-        self.creator_functions.lock().map(|functions| functions.made.clone()).unwrap_or_default()
+    /// The creators whose statements this connection runs after `SET ROLE` ([`sql::Renderer`]).
+    pub(crate) fn creators_without_function(&self) -> sql::CreatorsWithoutFunction {
+        self.without_function.lock().map(|without| without.clone()).unwrap_or_default()
     }
 
     /// Whether `user` was seen to exist on this connection (and not seen dropped since).
@@ -375,8 +378,7 @@ pub async fn connect_admin(params: &ConnectParams<'_>) -> Result<AdminConnection
         read_state: tokio::sync::OnceCell::new(),
         object_listing: tokio::sync::OnceCell::new(),
         existing_users: std::sync::Mutex::new(std::collections::HashSet::new()),
-        creator_functions: std::sync::Mutex::new(CreatorFunctions::default()),
-        calls: std::sync::atomic::AtomicU32::new(0),
+        without_function: std::sync::Mutex::new(sql::CreatorsWithoutFunction::None),
         held_up_by: std::sync::Mutex::new(std::collections::HashSet::new()),
     })
 }
@@ -387,11 +389,43 @@ pub async fn connect(params: &ConnectParams<'_>) -> Result<Client, Error> {
 }
 
 /// The client, driven on the current tokio runtime, and the server's `is_superuser` report.
+/// A login the server refuses for want of a slot, or while starting or stopping, is tried
+/// again ([`LOGIN_ATTEMPTS`], [`login_backoff`]).
 async fn open(params: &ConnectParams<'_>) -> Result<(Client, LoginReport), Error> {
     let endpoint = params.endpoint();
     if params.tls.mode != TlsMode::VerifyFull {
         tracing::warn!(%endpoint, mode = ?params.tls.mode, "TLS verification is lowered by configuration (tls.mode)");
     }
+    let began = tokio::time::Instant::now();
+    let mut attempts = 1;
+    loop {
+        let failure = match open_once(params, &endpoint).await {
+            Ok(opened) => return Ok(opened),
+            Err(failure) => failure,
+        };
+        let wait = login_backoff(attempts);
+        let retry = attempts < LOGIN_ATTEMPTS && began.elapsed() + wait < LOGIN_RETRY_WINDOW;
+        if let Some(code) = failure.refused_for_now().filter(|_| retry) {
+            LOGIN_RETRIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(%endpoint, admin = %params.user, sqlstate = code, attempt = attempts,
+                wait_ms = wait.as_millis() as u64, "the server refused the admin's login for now; retrying");
+            tokio::time::sleep(wait).await;
+            attempts += 1;
+            continue;
+        }
+        return Err(match failure {
+            ConnectFailure::Setup(error) => error,
+            ConnectFailure::Postgres(error) => classify_connect_error(error, params, endpoint, None, attempts),
+            ConnectFailure::Tls { error, failure } => {
+                let verify_failure = failure.lock().ok().and_then(|slot| slot.clone());
+                classify_connect_error(error, params, endpoint, verify_failure, attempts)
+            }
+        });
+    }
+}
+
+/// One login attempt.
+async fn open_once(params: &ConnectParams<'_>, endpoint: &str) -> Result<(Client, LoginReport), ConnectFailure> {
     let mut config = tokio_postgres::Config::new();
     config
         .host(params.host)
@@ -442,21 +476,13 @@ async fn open(params: &ConnectParams<'_>) -> Result<(Client, LoginReport), Error
             Ok((client, report))
         }
     };
-    let result: Result<(Client, LoginReport), ConnectFailure> =
-        match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), connecting).await {
-            Ok(result) => result,
-            Err(_) => {
-                return Err(Error::Unreachable { endpoint, detail: "timed out connecting".into() });
-            }
-        };
-    result.map_err(|failure| match failure {
-        ConnectFailure::Setup(error) => error,
-        ConnectFailure::Postgres(error) => classify_connect_error(error, params, endpoint, None),
-        ConnectFailure::Tls { error, failure } => {
-            let verify_failure = failure.lock().ok().and_then(|slot| slot.clone());
-            classify_connect_error(error, params, endpoint, verify_failure)
-        }
-    })
+    match tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_secs(1), connecting).await {
+        Ok(result) => result,
+        Err(_) => Err(ConnectFailure::Setup(Error::Unreachable {
+            endpoint: endpoint.to_string(),
+            detail: "timed out connecting".into(),
+        })),
+    }
 }
 
 /// What the server reports about the session at login.
@@ -500,6 +526,20 @@ enum ConnectFailure {
     },
 }
 
+impl ConnectFailure {
+    /// The SQLSTATE of a login the server refused for now and may accept in a moment: no
+    /// connection slot (53300), no resources (53000), starting up or shutting down (57P03).
+    fn refused_for_now(&self) -> Option<&str> {
+        let error = match self {
+            ConnectFailure::Setup(_) => return None,
+            ConnectFailure::Postgres(error) | ConnectFailure::Tls { error, .. } => error,
+        };
+        let code = error.as_db_error()?.code();
+        let for_now = [SqlState::TOO_MANY_CONNECTIONS, SqlState::INSUFFICIENT_RESOURCES, SqlState::CANNOT_CONNECT_NOW];
+        for_now.contains(code).then(|| code.code())
+    }
+}
+
 impl From<tokio_postgres::Error> for ConnectFailure {
     fn from(e: tokio_postgres::Error) -> Self {
         ConnectFailure::Postgres(e)
@@ -512,11 +552,14 @@ impl From<Error> for ConnectFailure {
     }
 }
 
+/// The error of a failed login; `attempts`: how many were made ([`LOGIN_ATTEMPTS`] when the
+/// server kept refusing them for now).
 fn classify_connect_error(
     error: tokio_postgres::Error,
     params: &ConnectParams<'_>,
     endpoint: String,
     verify_failure: Option<tls::VerifyFailure>,
+    attempts: u32,
 ) -> Error {
     let admin = params.user.to_string();
     if let Some(failure) = verify_failure {
@@ -533,6 +576,9 @@ fn classify_connect_error(
         }
         if *code == SqlState::INVALID_CATALOG_NAME {
             return Error::DatabaseNotFound { db_name: params.dbname.to_string(), endpoint };
+        }
+        if *code == SqlState::TOO_MANY_CONNECTIONS {
+            return Error::TooManyConnections { admin, endpoint, detail: db.message().to_string(), attempts };
         }
         if *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION || *code == SqlState::INVALID_PASSWORD {
             let hint = match params.credentials {

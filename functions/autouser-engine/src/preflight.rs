@@ -143,9 +143,57 @@ pub struct RoleFacts {
     pub admin_has_privileges: bool,
 }
 
+/// The default concurrency limit (reserved concurrency) of each session function,
+/// session-start and session-end: `SessionFunctionConcurrency` in template.yaml,
+/// `sessionFunctionConcurrency` in the CDK construct. A warm container holds one admin
+/// connection per database it served, so this bounds the connections a burst takes.
+pub const SESSION_FUNCTION_CONCURRENCY: i32 = 20;
+
+/// Admin connections besides the session functions' that preflight's `connection_limit`
+/// leaves room for: the reaper's, discovery's and an operator's `autouser` CLI.
+pub const OTHER_ADMIN_CONNECTIONS: i32 = 4;
+
+/// The server's connection slots and the admin's limit ([`sql::CONNECTION_BUDGET`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionFacts {
+    /// The admin's `CONNECTION LIMIT` (`rolconnlimit`); -1: none.
+    pub admin_limit: i32,
+    pub max_connections: i32,
+    pub superuser_reserved: i32,
+    /// `reserved_connections` (PostgreSQL 16+; 0 before).
+    pub reserved: i32,
+}
+
+impl ConnectionFacts {
+    /// The slots roles other than superusers (and, on 16+, `pg_use_reserved_connections`) may
+    /// use: the applications' and the admin's.
+    pub fn open_slots(&self) -> i32 {
+        (self.max_connections - self.superuser_reserved - self.reserved).max(0)
+    }
+
+    /// The most preflight lets the admin take: a quarter of the open slots (at least one).
+    pub fn admin_share(&self) -> i32 {
+        (self.open_slots() / 4).max(1)
+    }
+
+    /// The admin's connections at the session functions' default concurrency: one per warm
+    /// container of session-start and of session-end, and the others'.
+    pub fn wanted() -> i32 {
+        2 * SESSION_FUNCTION_CONCURRENCY + OTHER_ADMIN_CONNECTIONS
+    }
+
+    /// The `CONNECTION LIMIT` preflight recommends: [`ConnectionFacts::wanted`], but no more
+    /// than [`ConnectionFacts::admin_share`].
+    pub fn recommended_limit(&self) -> i32 {
+        ConnectionFacts::wanted().min(self.admin_share())
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerFacts {
     pub admin: AdminFacts,
+    /// The admin's `CONNECTION LIMIT` and the server's slots.
+    pub connections: ConnectionFacts,
     pub roles: Vec<RoleFacts>,
     /// Login roles outside the managed group (not superusers, not the admin, not built-in),
     /// the first few by name, and how many there are.
@@ -153,13 +201,17 @@ pub struct ServerFacts {
     pub unmanaged_login_count: i64,
     /// With `creator_roles` on PostgreSQL 16+ and an admin that is not a superuser: the roles
     /// each creator must hold WITH ADMIN OPTION (those of the check that the creators grant),
-    /// and the creators that are not ready (missing, not settable by the admin, or lacking
-    /// one of them).
+    /// the creators that exist and are not ready (not settable by the admin, lacking one of
+    /// them, or without their function where it can be made), and how many do not exist yet
+    /// (the first session of each makes it).
     pub creator_roles_held: Vec<String>,
     pub creators_not_ready: Vec<String>,
-    /// Of those creators, the ones that exist and may not create temporary objects in this
-    /// database (`TEMP`), so get no function on the admin's connections (`sql::Renderer`).
-    pub creators_without_temp: Vec<String>,
+    pub creators_missing: i32,
+    /// The owner of the schema that keeps the creators' functions (named as the managed
+    /// group; `None`: there is none), and whether the admin can make the functions there
+    /// (`sql::Renderer`).
+    pub functions_schema_owner: Option<String>,
+    pub creator_functions_makeable: bool,
     /// What the checked roles reach through membership, as a start reads it
     /// ([`sql::REACHED_ROLES`]): a start refuses the roles [`plan::db_role_refusal`] names.
     pub reached_roles: BTreeSet<ReachedRole>,
@@ -230,6 +282,13 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
         database: row.get(7),
         signal_backend: row.get(8),
     };
+    let row = client.query_one(sql::CONNECTION_BUDGET, &[]).await.map_err(failed)?;
+    let connections = ConnectionFacts {
+        admin_limit: row.get("admin_limit"),
+        max_connections: row.get("max_connections"),
+        superuser_reserved: row.get("superuser_reserved"),
+        reserved: row.get("reserved"),
+    };
     let names: Vec<&str> = roles.iter().map(String::as_str).collect();
     let roles = client
         .query(ROLE_FACTS, &[&names])
@@ -266,22 +325,28 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
     } else {
         Vec::new()
     };
-    let (creators_not_ready, creators_without_temp) = if uses_creators {
+    let (creators_not_ready, creators_missing, functions_schema_owner, creator_functions_makeable) = if uses_creators {
         let creators = config.creator_role_names();
-        let row = client.query_one(sql::CREATORS_NOT_READY, &[&creators, &creator_roles_held]).await.map_err(failed)?;
-        (row.get("not_ready"), row.get("without_temp"))
+        let row = client
+            .query_one(sql::CREATORS_NOT_READY, &[&creators, &creator_roles_held, &config.managed_group])
+            .await
+            .map_err(failed)?;
+        (row.get("not_ready"), row.get("missing"), row.get("schema_owner"), row.get("functions_makeable"))
     } else {
-        (Vec::new(), Vec::new())
+        (Vec::new(), 0, None, true)
     };
     Ok(ServerFacts {
         reached_roles,
         admin,
+        connections,
         roles,
         unmanaged_logins: row.get(0),
         unmanaged_login_count: row.get(1),
         creator_roles_held,
         creators_not_ready,
-        creators_without_temp,
+        creators_missing,
+        functions_schema_owner,
+        creator_functions_makeable,
     })
 }
 
@@ -338,6 +403,8 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
             Some(format!("GRANT pg_signal_backend TO {admin_sql};")),
         ));
     }
+
+    findings.push(connection_limit_finding(facts));
 
     if db.db_type == DatabaseType::Rds {
         match facts.role(RDS_IAM_ROLE) {
@@ -423,8 +490,8 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
     }
     if config.creator_roles > 0 {
         findings.push(creator_roles_finding(config, facts));
-        if let Some(finding) = creator_functions_finding(facts) {
-            findings.push(finding);
+        if facts.admin.server_version_num >= 160000 && !facts.admin.superuser {
+            findings.push(creator_functions_finding(config, facts));
         }
     }
     if facts.unmanaged_login_count > 0 {
@@ -449,28 +516,49 @@ pub fn evaluate(config: &Config, db: &ResolvedDatabase, facts: &ServerFacts) -> 
     findings
 }
 
-/// `creator_functions`: a warning when some creators may not create temporary objects in this
-/// database. Their statements then run after `SET ROLE`, whose check walks every creator's
-/// users on PostgreSQL 16+: correct, but at the cost `creator_roles` is there to avoid.
-fn creator_functions_finding(facts: &ServerFacts) -> Option<Finding> {
-    let first = facts.creators_without_temp.first()?;
-    let creators: Vec<String> = facts.creators_without_temp.iter().map(|creator| quote_ident(creator)).collect();
-    Some(Finding::warn(
-        "creator_functions",
-        format!(
-            "{} creator role(s) may not create temporary objects in database {:?} (for example {first:?}): the \
-             admin reaches their statements through a function in its connection's temporary schema, and without \
-             TEMP they run after SET ROLE instead, whose check walks every creator's users",
-            creators.len(),
-            facts.admin.database,
+/// `creator_functions`: a warning when the admin cannot make the creators' functions in this
+/// database: the schema named as the managed group is missing and the admin may not create
+/// it, or it belongs to another role. The creators' statements then run after `SET ROLE`,
+/// whose check walks every creator's users on PostgreSQL 16+: correct, but at the cost
+/// `creator_roles` is there to avoid.
+fn creator_functions_finding(config: &Config, facts: &ServerFacts) -> Finding {
+    const CHECK: &str = "creator_functions";
+    let (schema, admin) = (quote_ident(&config.managed_group), quote_ident(&facts.admin.admin));
+    if facts.creator_functions_makeable {
+        let place = match &facts.functions_schema_owner {
+            Some(_) => format!("in the admin's schema {:?}", config.managed_group),
+            None => format!("in the schema {:?}, which the first session creates", config.managed_group),
+        };
+        return Finding::pass(CHECK, format!("the admin runs each creator's statements through its function {place}"));
+    }
+    let (problem, fix) = match &facts.functions_schema_owner {
+        Some(owner) => (
+            format!("the schema {:?} belongs to {owner:?}, not to the admin", config.managed_group),
+            format!("ALTER SCHEMA {schema} OWNER TO {admin};"),
         ),
-        Some(format!("GRANT TEMP ON DATABASE {} TO {};", quote_ident(&facts.admin.database), creators.join(", "))),
-    ))
+        None => (
+            format!(
+                "there is no schema {:?}, and the admin may not create one in database {:?}",
+                config.managed_group, facts.admin.database
+            ),
+            format!("CREATE SCHEMA {schema} AUTHORIZATION {admin};"),
+        ),
+    };
+    Finding::warn(
+        CHECK,
+        format!(
+            "{problem}: the admin runs each creator's statements through a function there, and without it they \
+             run after SET ROLE, whose check walks every creator's users (slower with every user kept)"
+        ),
+        Some(fix),
+    )
 }
 
-/// `creator_roles`: whether the creators are ready. A creator that is not is prepared by the
-/// first session that needs it (as the admin, at the cost of one walk of the admin's
-/// memberships), or by bootstrap; the fix prepares them all now, as a superuser.
+/// `creator_roles`: whether the creators that exist are ready. One that is not (a role added
+/// to the policy since, a function missing) is prepared by the first session that needs it (as
+/// the admin, at the cost of one walk of the admin's memberships), or by bootstrap; the fix
+/// prepares them now, as a superuser. Creators that do not exist yet are made by the first
+/// session of each: nothing to do.
 fn creator_roles_finding(config: &Config, facts: &ServerFacts) -> Finding {
     const CHECK: &str = "creator_roles";
     let count = config.creator_roles;
@@ -486,11 +574,13 @@ fn creator_roles_finding(config: &Config, facts: &ServerFacts) -> Finding {
             "the admin is a superuser, whose role statements check no memberships: creator roles are unused",
         );
     }
+    let existing = i64::from(count) - i64::from(facts.creators_missing);
     if facts.creators_not_ready.is_empty() {
         return Finding::pass(
             CHECK,
             format!(
-                "the {count} creator roles exist, the admin may SET ROLE to each, and each holds ADMIN OPTION on {:?}",
+                "{existing} of the {count} creator roles exist, each ready: the admin may SET ROLE to it, and it holds \
+                 ADMIN OPTION on {:?}; the first session of each of the others makes it",
                 facts.creator_roles_held
             ),
         );
@@ -503,8 +593,7 @@ fn creator_roles_finding(config: &Config, facts: &ServerFacts) -> Finding {
         .map(|creator| {
             let creator = quote_ident(creator);
             format!(
-                "CREATE ROLE {creator} NOLOGIN CREATEROLE; GRANT {creator} TO {admin} WITH INHERIT FALSE, SET TRUE; \
-                 GRANT {} TO {creator} WITH ADMIN OPTION;",
+                "GRANT {creator} TO {admin} WITH INHERIT FALSE, SET TRUE; GRANT {} TO {creator} WITH ADMIN OPTION;",
                 held.join(", ")
             )
         })
@@ -512,9 +601,9 @@ fn creator_roles_finding(config: &Config, facts: &ServerFacts) -> Finding {
     Finding::warn(
         CHECK,
         format!(
-            "{} of the {count} creator roles are not ready (for example {:?}): the first session of each prepares \
-             it, which costs that session a walk of every user the admin created; discovery's bootstrap \
-             prepares them all, or run the fix (leave out CREATE ROLE for those that exist)",
+            "{} of the {existing} creator roles that exist are not ready (for example {:?}): the next session of each \
+             prepares it, which costs that session a walk of every user the admin created; discovery's bootstrap \
+             prepares them all (their functions included), or run the fix",
             facts.creators_not_ready.len(),
             facts.creators_not_ready[0]
         ),
@@ -564,6 +653,85 @@ fn object_inheritor_finding(config: &Config, facts: &ServerFacts) -> Finding {
     }
 }
 
+/// `connection_limit`: whether the admin's `CONNECTION LIMIT` keeps a burst of sessions from
+/// taking the applications' connection slots. Each warm Lambda container holds one admin
+/// connection, so a burst of cold session-starts (and ends) opens up to the session functions'
+/// concurrency limits' worth; the limit caps them whatever the concurrency, and a login it
+/// refuses (53300) is retried, then fails as `TooManyConnections`, a transient error.
+fn connection_limit_finding(facts: &ServerFacts) -> Finding {
+    const CHECK: &str = "connection_limit";
+    let budget = &facts.connections;
+    let (admin, limit) = (&facts.admin.admin, budget.admin_limit);
+    let (open, share, wanted, recommended) =
+        (budget.open_slots(), budget.admin_share(), ConnectionFacts::wanted(), budget.recommended_limit());
+    let slots = format!(
+        "{open} slots open to the applications and the admin (max_connections {} less {} reserved for superusers{})",
+        budget.max_connections,
+        budget.superuser_reserved,
+        if budget.reserved > 0 { format!(" and {} by reserved_connections", budget.reserved) } else { String::new() }
+    );
+    let sizing = format!(
+        "the recommended limit, {recommended}, is the lesser of the {wanted} connections the session functions \
+         hold at their default concurrency limit ({SESSION_FUNCTION_CONCURRENCY} each for session-start and \
+         session-end, one per warm container, and {OTHER_ADMIN_CONNECTIONS} for the reaper, discovery and the CLI) \
+         and a quarter ({share}) of the {slots}{}",
+        if recommended < wanted {
+            format!(
+                "; lower SessionFunctionConcurrency to {} to match, so that containers seldom wait for a slot",
+                ((recommended - OTHER_ADMIN_CONNECTIONS) / 2).max(1)
+            )
+        } else {
+            String::new()
+        }
+    );
+    let fix = Some(format!("ALTER ROLE {} CONNECTION LIMIT {recommended};", quote_ident(admin)));
+    if facts.admin.superuser {
+        return Finding::warn(
+            CHECK,
+            format!(
+                "admin {admin:?} is a superuser, whose CONNECTION LIMIT PostgreSQL does not enforce and who may take \
+                 the slots reserved for superusers: only the session functions' concurrency limit bounds the \
+                 connections a burst of sessions opens (of {slots})"
+            ),
+            Some(
+                "log in as an admin that is not a superuser (CREATEROLE suffices), or lower SessionFunctionConcurrency"
+                    .into(),
+            ),
+        );
+    }
+    if limit < 0 {
+        return Finding::warn(
+            CHECK,
+            format!(
+                "admin {admin:?} has no CONNECTION LIMIT, so a burst of session-starts from cold Lambda containers \
+                 (one admin connection each) can take the connection slots of the database's applications; \
+                 {sizing}"
+            ),
+            fix,
+        );
+    }
+    if limit > share {
+        return Finding::warn(
+            CHECK,
+            format!(
+                "admin {admin:?} has CONNECTION LIMIT {limit}, more than a quarter of the {slots}, so a burst of \
+                 sessions can take the applications' slots; {sizing}"
+            ),
+            fix,
+        );
+    }
+    let short = if limit < wanted {
+        format!(
+            "; fewer than the {wanted} connections the session functions hold at their default concurrency limit, \
+             so in a burst some logins wait for a slot, are retried, and fail as TooManyConnections (transient) when \
+             none frees"
+        )
+    } else {
+        String::new()
+    };
+    Finding::pass(CHECK, format!("admin {admin:?} has CONNECTION LIMIT {limit} of the {slots}{short}"))
+}
+
 /// The finding for an admin that could not log in (or whose database could not be resolved).
 pub fn connection_failure(error: &Error) -> Finding {
     let fix = match error {
@@ -581,6 +749,11 @@ pub fn connection_failure(error: &Error) -> Finding {
                 .into(),
         ),
         Error::Unreachable { .. } => Some("check the endpoint, security groups and routes from the function".into()),
+        Error::TooManyConnections { .. } => Some(
+            "retry when connections free up; to make room, raise max_connections, lower the session functions' \
+             concurrency limit (SessionFunctionConcurrency), or raise the admin's CONNECTION LIMIT if it ran out"
+                .into(),
+        ),
         _ => None,
     };
     Finding { check: "login".into(), status: Status::Fail, detail: error.to_string(), fix }
@@ -608,7 +781,11 @@ pub async fn bootstrap(client: &Client, config: &Config, facts: &ServerFacts) ->
         ran.extend(create(client, &steps, "creating the object inheritor").await?);
     }
     for creator in &facts.creators_not_ready {
-        let steps = [Step::PrepareCreator { creator: creator.clone(), roles: facts.creator_roles_held.clone() }];
+        let steps = [Step::PrepareCreator {
+            creator: creator.clone(),
+            roles: facts.creator_roles_held.clone(),
+            schema: config.managed_group.clone(),
+        }];
         ran.extend(create(client, &steps, "preparing a creator role").await?);
     }
     Ok(ran)
@@ -666,6 +843,7 @@ roles:
                 database: "app".into(),
                 signal_backend: true,
             },
+            connections: ConnectionFacts { admin_limit: 44, max_connections: 400, superuser_reserved: 3, reserved: 0 },
             roles: roles
                 .iter()
                 .map(|(name, superuser, admin_has_privileges, admin_option)| RoleFacts {
@@ -680,7 +858,9 @@ roles:
             unmanaged_login_count: 0,
             creator_roles_held: Vec::new(),
             creators_not_ready: Vec::new(),
-            creators_without_temp: Vec::new(),
+            creators_missing: 0,
+            functions_schema_owner: None,
+            creator_functions_makeable: true,
             reached_roles: roles
                 .iter()
                 .filter(|(_, superuser, _, _)| *superuser)
@@ -787,6 +967,64 @@ roles:
         // A superuser has every role's privileges.
         server.admin.superuser = true;
         assert_eq!(status_of(&evaluate(&config, &db, &server), "signal_backend"), Status::Pass);
+    }
+
+    /// No CONNECTION LIMIT is a warning whose fix sets the recommended one: the session
+    /// functions' connections at their default concurrency, at most a quarter of the slots open
+    /// to ordinary roles; a limit within that quarter passes, one above it is a warning again.
+    #[test]
+    fn the_admin_s_connection_limit_is_checked_against_the_server_s_slots() {
+        let config = config("[]");
+        let db = config.databases[0].resolve_static().unwrap();
+        let mut server = facts(170000, &[("rds_iam", false, true, true)]);
+        let finding = |server: &ServerFacts| {
+            evaluate(&config, &db, server).into_iter().find(|f| f.check == "connection_limit").unwrap()
+        };
+        assert_eq!(finding(&server).status, Status::Pass, "{:?}", finding(&server));
+
+        server.connections.admin_limit = -1;
+        let unlimited = finding(&server);
+        assert_eq!(unlimited.status, Status::Warn);
+        assert_eq!(unlimited.fix.as_deref(), Some("ALTER ROLE \"admin\" CONNECTION LIMIT 44;"));
+        assert!(unlimited.detail.contains("no CONNECTION LIMIT"), "{unlimited:?}");
+        assert!(unlimited.detail.contains("397 slots"), "{unlimited:?}");
+        assert!(Report::new(&db, evaluate(&config, &db, &server)).ready, "sessions work meanwhile");
+
+        // A small server: a quarter of its open slots, and the concurrency that fits it.
+        server.connections =
+            ConnectionFacts { admin_limit: -1, max_connections: 100, superuser_reserved: 3, reserved: 5 };
+        let small = finding(&server);
+        assert_eq!(small.fix.as_deref(), Some("ALTER ROLE \"admin\" CONNECTION LIMIT 23;"), "{small:?}");
+        assert!(small.detail.contains("lower SessionFunctionConcurrency to 9"), "{small:?}");
+        assert!(small.detail.contains("5 by reserved_connections"), "{small:?}");
+        server.connections.admin_limit = 23;
+        assert_eq!(finding(&server).status, Status::Pass);
+        server.connections.admin_limit = 10;
+        let low = finding(&server);
+        assert_eq!(low.status, Status::Pass);
+        assert!(low.detail.contains("TooManyConnections"), "{low:?}");
+        server.connections.admin_limit = 30;
+        assert_eq!(finding(&server).status, Status::Warn, "above a quarter of the slots");
+
+        // A superuser's limit is not enforced.
+        server.admin.superuser = true;
+        server.connections.admin_limit = 10;
+        let superuser = finding(&server);
+        assert_eq!(superuser.status, Status::Warn);
+        assert!(superuser.detail.contains("does not enforce"), "{superuser:?}");
+    }
+
+    /// `SESSION_FUNCTION_CONCURRENCY` is the default the deployment templates set.
+    #[test]
+    fn the_recommended_limit_follows_the_templates_default_concurrency() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let template = std::fs::read_to_string(root.join("template.yaml")).unwrap();
+        let parameter = template.split("  SessionFunctionConcurrency:\n").nth(1).expect("the template's parameter");
+        let default = parameter.lines().find_map(|line| line.trim().strip_prefix("Default: ")).unwrap();
+        assert_eq!(default, SESSION_FUNCTION_CONCURRENCY.to_string());
+        let construct = std::fs::read_to_string(root.join("infra/lib/index.ts")).unwrap();
+        let wanted = format!("DEFAULT_SESSION_FUNCTION_CONCURRENCY = {SESSION_FUNCTION_CONCURRENCY};");
+        assert!(construct.contains(&wanted), "infra/lib/index.ts has no {wanted}");
     }
 
     #[test]

@@ -86,17 +86,44 @@ macro_rules! creator_lacks_admin_option {
     };
 }
 
-/// Whether the function of the creator role `$creator` (a `pg_roles` row's alias), made by
-/// [`make_creator_functions`], is in this server session's temporary schema.
-macro_rules! creator_function_in_session {
-    ($creator:literal) => {
+/// Whether the current user (the admin) may call the function of the creator role `$creator`
+/// (a `pg_roles` row's alias) that [`Step::PrepareCreator`] makes: in the schema named by the
+/// text `$schema` (the managed group's name) that the role of OID `$admin` owns, owned by the
+/// creator, `SECURITY DEFINER`. One lookup by the function's name.
+macro_rules! creator_function_callable {
+    ($creator:literal, $schema:literal, $admin:literal) => {
         concat!(
             "EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
-           WHERE p.pronamespace = pg_catalog.pg_my_temp_schema() AND p.proname = ",
+           JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+          WHERE p.proname = ",
             $creator,
-            ".rolname AND p.proowner = ",
+            ".rolname AND n.nspname = ",
+            $schema,
+            " AND n.nspowner = ",
+            $admin,
+            " AND p.proowner = ",
             $creator,
-            ".oid AND p.prosecdef)"
+            ".oid AND p.prosecdef
+            AND pg_catalog.has_function_privilege(p.oid, 'EXECUTE'::pg_catalog.text))"
+        )
+    };
+}
+
+/// Whether [`Step::PrepareCreator`] can make the creators' functions: the schema named by the
+/// text `$schema` is the admin's (the role of OID `$admin`), or is missing and the admin may
+/// create schemas in this database.
+macro_rules! creator_functions_makeable {
+    ($schema:literal, $admin:literal) => {
+        concat!(
+            "(EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = ",
+            $schema,
+            " AND n.nspowner = ",
+            $admin,
+            ")
+      OR (NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = ",
+            $schema,
+            ")
+          AND pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE'::pg_catalog.text)))"
         )
     };
 }
@@ -215,7 +242,8 @@ SELECT
          WHERE m.member = u.oid AND m.grantor = creator.oid
          ORDER BY 1) AS creator_grants,
   -- Ready: the admin holds the membership in the creator that PrepareCreator grants (SET
-  -- TRUE), and the creator holds ADMIN OPTION on the group and on the roles of $3 that exist.
+  -- TRUE), the creator holds ADMIN OPTION on the group and on the roles of $3 that exist, and
+  -- its function is there, unless PrepareCreator could not make it (see Renderer).
   -- The membership row is read directly: pg_has_role(..., 'SET') would walk every role the admin
   -- may SET to, and so every creator's memberships in its users (see Renderer). Its
   -- set_option is read through to_jsonb because PostgreSQL 15 has no such column, and
@@ -226,10 +254,16 @@ SELECT
                    AND (pg_catalog.to_jsonb(m.*) ->> 'set_option')::boolean)
     AND NOT ",
     creator_lacks_admin_option!("creator.oid", "pg_catalog.array_append($3::text[], $2::text)"),
-    " AS creator_ready,
-  -- The creator's function is in this server session's temporary schema (make_creator_functions).
-  ",
-    creator_function_in_session!("creator"),
+    "
+    AND (",
+    creator_function_callable!("creator", "$2::text", "admin.oid"),
+    "
+         OR NOT ",
+    creator_functions_makeable!("$2::text", "admin.oid"),
+    ") AS creator_ready,
+  -- The admin may call the creator's function (see Renderer).
+  creator.oid IS NOT NULL AND ",
+    creator_function_callable!("creator", "$2::text", "admin.oid"),
     " AS creator_function,
   EXISTS (SELECT 1 FROM pg_catalog.pg_roles g WHERE g.rolname = $2::text) AS group_exists,
   ARRAY(SELECT r.rolname::text
@@ -700,31 +734,49 @@ SELECT n.nspname::pg_catalog.text
    AND NOT pg_catalog.has_schema_privilege($2::pg_catalog.name, n.oid, 'CREATE'::pg_catalog.text)
  ORDER BY 1";
 
-/// Of the creator roles `$1`: those not ready for the current user (the admin), that is
-/// missing, not settable (`SET ROLE`) by it, or lacking ADMIN OPTION on one of the roles `$2`
-/// that exist (`not_ready`); and those that exist and may not create temporary objects in this
-/// database, so get no function on the admin's connections here (`without_temp`,
-/// [`make_creator_functions`]). PostgreSQL 16+ only (the SET privilege). Preflight's, like
-/// `READ_STATE`'s `creator_ready`.
+/// Of the creator roles `$1` that exist, those not ready for the current user (the admin):
+/// not settable (`SET ROLE`) by it, lacking ADMIN OPTION on one of the roles `$2` that exist,
+/// or without their function where [`Step::PrepareCreator`] can make it (`not_ready`); how
+/// many of `$1` do not exist yet (`missing`: the first session of each makes it); the owner of
+/// the functions' schema, named `$3` (`schema_owner`, NULL when there is none); and whether
+/// the creators' functions can be made (`functions_makeable`). PostgreSQL 16+ only (the SET
+/// privilege). Preflight's, like `READ_STATE`'s `creator_ready`.
 pub const CREATORS_NOT_READY: &str = concat!(
     "\
 SELECT ARRAY(
-  SELECT wanted.name
-    FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS wanted(name, n)
-    LEFT JOIN pg_catalog.pg_roles c ON c.rolname = wanted.name
-   WHERE c.oid IS NULL
-      OR NOT pg_catalog.pg_has_role(current_user, c.oid, 'SET')
-      OR ",
-    creator_lacks_admin_option!("c.oid", "$2::text[]"),
-    "
-   ORDER BY wanted.n) AS not_ready,
-       ARRAY(
   SELECT c.rolname::text
     FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS wanted(name, n)
     JOIN pg_catalog.pg_roles c ON c.rolname = wanted.name
-   WHERE NOT pg_catalog.has_database_privilege(c.oid, pg_catalog.current_database(), 'TEMP')
-   ORDER BY wanted.n) AS without_temp"
+   WHERE NOT pg_catalog.pg_has_role(current_user, c.oid, 'SET'::pg_catalog.text)
+      OR ",
+    creator_lacks_admin_option!("c.oid", "$2::text[]"),
+    "
+      OR (NOT ",
+    creator_function_callable!("c", "$3::text", "admin.oid"),
+    " AND ",
+    creator_functions_makeable!("$3::text", "admin.oid"),
+    ")
+   ORDER BY wanted.n) AS not_ready,
+       (SELECT pg_catalog.count(*)::int
+          FROM pg_catalog.unnest($1::text[]) AS wanted(name)
+         WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles c WHERE c.rolname = wanted.name)) AS missing,
+       (SELECT pg_catalog.pg_get_userbyid(n.nspowner)::text
+          FROM pg_catalog.pg_namespace n WHERE n.nspname = $3::text) AS schema_owner,
+       ",
+    creator_functions_makeable!("$3::text", "admin.oid"),
+    " AS functions_makeable
+  FROM (SELECT a.oid FROM pg_catalog.pg_roles a WHERE a.rolname = current_user) AS admin"
 );
+
+/// Preflight's `connection_limit`: the current user's (the admin's) `CONNECTION LIMIT` (-1:
+/// none), the server's `max_connections`, and the slots kept from ordinary roles:
+/// `superuser_reserved_connections`, and `reserved_connections` (PostgreSQL 16+; 0 before).
+pub const CONNECTION_BUDGET: &str = "\
+SELECT r.rolconnlimit AS admin_limit,
+       pg_catalog.current_setting('max_connections')::int AS max_connections,
+       pg_catalog.current_setting('superuser_reserved_connections')::int AS superuser_reserved,
+       COALESCE(pg_catalog.current_setting('reserved_connections', true), '0')::int AS reserved
+  FROM pg_catalog.pg_roles r WHERE r.rolname = current_user";
 
 /// Whether the current user may create roles at all.
 pub const ADMIN_MAY_CREATE_ROLES: &str =
@@ -869,7 +921,7 @@ pub fn render(step: &Step) -> String {
         }
         Step::SetRole { role: Some(role) } => format!("SET LOCAL ROLE {}", quote_ident(role)),
         Step::SetRole { role: None } => "SET LOCAL ROLE NONE".to_string(),
-        Step::PrepareCreator { creator, roles } => prepare_creator(creator, roles),
+        Step::PrepareCreator { creator, roles, schema } => prepare_creator(creator, roles, schema),
     }
 }
 
@@ -878,22 +930,50 @@ pub fn render(step: &Step) -> String {
 /// PostgreSQL 16+ the server checks it by walking every role the admin may SET to, which reads
 /// every creator's membership in each of its users (the whole population, after any change to
 /// `pg_auth_members`). A `SECURITY DEFINER` function owned by the creator runs the same
-/// statement as the creator, and calling it checks only the admin's `EXECUTE`.
+/// statement as the creator, and calling it checks only the admin's `EXECUTE`, which walks
+/// nothing.
 ///
-/// [`make_creator_functions`] makes one per creator, in the connection's temporary schema:
-/// nothing is left in any database, and no other session can call them. `Renderer` then renders
-/// a creator's statements as calls of its function where the connection has it, and as
-/// `SET LOCAL ROLE` elsewhere.
+/// [`Step::PrepareCreator`] makes one per creator, once per database, in the schema named as
+/// the managed group that the admin owns. `Renderer` renders a creator's statements as calls of
+/// its function, and as `SET LOCAL ROLE` for the creators in `without_function`: those whose
+/// function the connection saw missing (see [`crate::pg::AdminConnection`]).
 pub struct Renderer<'f> {
-    creator_functions: &'f BTreeSet<String>,
+    schema: &'f str,
+    without_function: &'f CreatorsWithoutFunction,
     /// The creator whose function runs the steps being rendered.
-    through: Option<&'f str>,
+    through: Option<String>,
+}
+
+/// The creators whose statements a connection runs after `SET ROLE`: see [`Renderer`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum CreatorsWithoutFunction {
+    /// None: every creator's function is called (the default, until a transaction sees
+    /// otherwise; a call of a missing function fails its transaction, which a one-round-trip
+    /// start takes as "read first").
+    #[default]
+    None,
+    /// These.
+    Some(BTreeSet<String>),
+    /// All: the functions cannot be made in this database (see preflight's
+    /// `creator_functions`).
+    All,
+}
+
+impl CreatorsWithoutFunction {
+    fn includes(&self, creator: &str) -> bool {
+        match self {
+            CreatorsWithoutFunction::None => false,
+            CreatorsWithoutFunction::Some(creators) => creators.contains(creator),
+            CreatorsWithoutFunction::All => true,
+        }
+    }
 }
 
 impl<'f> Renderer<'f> {
-    /// A renderer for a connection whose temporary schema has the functions of `creator_functions`.
-    pub fn new(creator_functions: &'f BTreeSet<String>) -> Self {
-        Renderer { creator_functions, through: None }
+    /// A renderer for a connection to a database whose creators' functions are in `schema`,
+    /// but for `without_function`.
+    pub fn new(schema: &'f str, without_function: &'f CreatorsWithoutFunction) -> Self {
+        Renderer { schema, without_function, through: None }
     }
 
     /// The SQL of `step`, after the steps rendered before it. `None` for a [`Step::SetRole`] that
@@ -901,7 +981,7 @@ impl<'f> Renderer<'f> {
     pub fn render(&mut self, step: &Step) -> Option<String> {
         match step {
             Step::SetRole { role: Some(role) } => {
-                self.through = self.creator_functions.get(role).map(String::as_str);
+                self.through = (!self.without_function.includes(role)).then(|| role.clone());
                 if self.through.is_some() {
                     return None;
                 }
@@ -910,71 +990,39 @@ impl<'f> Renderer<'f> {
             _ => {}
         }
         let text = render(step);
-        Some(match self.through {
-            Some(creator) => call_creator_function(creator, &text),
+        Some(match &self.through {
+            Some(creator) => call_creator_function(self.schema, creator, &text),
             None => text,
         })
     }
 }
 
-/// `statement`, run as `creator` by its function (see [`Renderer`]).
-fn call_creator_function(creator: &str, statement: &str) -> String {
-    format!("SELECT pg_temp.{}({})", quote_ident(creator), quote_literal(statement))
+/// `statement`, run as `creator` by its function in `schema` (see [`Renderer`]).
+fn call_creator_function(schema: &str, creator: &str, statement: &str) -> String {
+    format!("SELECT {}.{}({})", quote_ident(schema), quote_ident(creator), quote_literal(statement))
 }
 
-/// Makes, in the connection's temporary schema, the function of each creator role of `group`
-/// (`<group>-creator-<k>`) that the admin may SET ROLE to and that has none yet: named as the
-/// creator, owned by it, `SECURITY DEFINER`, executable only by the admin (the session user),
-/// and running the one statement it is given. Its own implicit transaction, so the functions
-/// live as long as the connection. The `SET LOCAL ROLE` that creating them takes is checked
-/// once for all of them. A creator that may not create temporary objects in this database (no
-/// `TEMP` privilege: `PUBLIC` has it by default) gets no function, and its statements keep
-/// their `SET LOCAL ROLE`.
-///
-/// Then one row per such creator: `creator`, and `has_function`.
-pub fn make_creator_functions(group: &str) -> String {
-    // The creators of `group` the admin (the session user) holds SET on, as `c`.
-    let settable = format!(
-        "SELECT c.rolname::text AS creator, {has_function} AS has_function \
-           FROM pg_catalog.pg_roles c \
-          WHERE pg_catalog.starts_with(c.rolname::text, {group} || '-creator-') \
-            AND EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
-                         WHERE m.roleid = c.oid AND m.set_option \
-                           AND m.member = (SELECT a.oid FROM pg_catalog.pg_roles a WHERE a.rolname = session_user))",
-        has_function = creator_function_in_session!("c"),
-        group = quote_literal(group),
-    );
-    let body = format!(
-        "DECLARE \
-           creator_name text; \
-         BEGIN \
-           FOREACH creator_name IN ARRAY ARRAY(SELECT settable.creator FROM ({settable}) AS settable \
-                                                WHERE NOT settable.has_function ORDER BY 1) LOOP \
-             BEGIN \
-               EXECUTE pg_catalog.format('SET LOCAL ROLE %I', creator_name); \
-               EXECUTE pg_catalog.format( \
-                 'CREATE FUNCTION pg_temp.%I(statement text) RETURNS void LANGUAGE plpgsql SECURITY DEFINER \
-                    SET search_path = pg_catalog, pg_temp AS %L', \
-                 creator_name, 'BEGIN EXECUTE statement; END'); \
-               EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION pg_temp.%I(text) FROM PUBLIC', creator_name); \
-               EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION pg_temp.%I(text) TO %I', creator_name, session_user); \
-               SET LOCAL ROLE NONE; \
-             EXCEPTION WHEN insufficient_privilege THEN NULL; \
-             END; \
-           END LOOP; \
-         END",
-    );
-    format!("DO {};\n{settable}", quote_literal(&body))
-}
+/// The body of each creator's function: the one statement it is given, run as the creator.
+const CREATOR_FUNCTION_BODY: &str = "BEGIN EXECUTE statement; END";
 
 /// See [`Step::PrepareCreator`]: one `DO` block, as the admin, that changes only what is
-/// missing. A concurrent creation of the creator (another user's start) is waited for and
-/// taken as done. PostgreSQL 16+ only (`set_option`).
-fn prepare_creator(creator: &str, roles: &[String]) -> String {
+/// missing. A concurrent creation of the creator, the schema or the function (another user's
+/// start) is waited for and taken as done. PostgreSQL 16+ only (`set_option`).
+///
+/// The schema comes before the roles: its `GRANT` updates the schema's row, which the next
+/// preparation waits for until this transaction ends, so no preparation may hold a role's
+/// lock (`GRANT <group> TO <creator>` takes the group's) while it waits there. The function is
+/// made as the creator (`SET LOCAL ROLE`, whose check walks the admin's memberships once), so
+/// that it owns it: `SECURITY DEFINER` and the pinned `search_path`,
+/// `EXECUTE` revoked from `PUBLIC` and granted to the admin alone. The creator gets `USAGE` and `CREATE` on
+/// the schema for that; nobody else gets anything on it.
+fn prepare_creator(creator: &str, roles: &[String], schema: &str) -> String {
     let roles: Vec<String> = roles.iter().map(|role| quote_literal(role)).collect();
     let body = format!(
         "DECLARE \
            creator_name constant text := {creator}; \
+           schema_name constant text := {schema}; \
+           admin_name constant text := current_user; \
            creator_oid oid; \
            admin_oid oid := (SELECT a.oid FROM pg_catalog.pg_roles a WHERE a.rolname = current_user); \
            role_name text; \
@@ -988,7 +1036,32 @@ fn prepare_creator(creator: &str, roles: &[String]) -> String {
              SELECT r.oid INTO creator_oid FROM pg_catalog.pg_roles r WHERE r.rolname = creator_name; \
            END IF; \
            IF NOT pg_catalog.pg_has_role(admin_oid, creator_oid, 'SET') THEN \
-             EXECUTE pg_catalog.format('GRANT %I TO %I WITH INHERIT FALSE, SET TRUE', creator_name, current_user); \
+             EXECUTE pg_catalog.format('GRANT %I TO %I WITH INHERIT FALSE, SET TRUE', creator_name, admin_name); \
+           END IF; \
+           IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n WHERE n.nspname = schema_name) \
+              AND pg_catalog.has_database_privilege(pg_catalog.current_database(), 'CREATE') THEN \
+             BEGIN \
+               EXECUTE pg_catalog.format('CREATE SCHEMA %I', schema_name); \
+             EXCEPTION WHEN duplicate_schema OR unique_violation THEN NULL; \
+             END; \
+           END IF; \
+           IF EXISTS (SELECT 1 FROM pg_catalog.pg_namespace n \
+                       WHERE n.nspname = schema_name AND n.nspowner = admin_oid) THEN \
+             IF NOT pg_catalog.has_schema_privilege(creator_oid, schema_name, 'USAGE, CREATE') THEN \
+               EXECUTE pg_catalog.format('GRANT USAGE, CREATE ON SCHEMA %I TO %I', schema_name, creator_name); \
+             END IF; \
+             EXECUTE pg_catalog.format('SET LOCAL ROLE %I', creator_name); \
+             BEGIN \
+               EXECUTE pg_catalog.format( \
+                 'CREATE OR REPLACE FUNCTION %I.%I(statement text) RETURNS void LANGUAGE plpgsql \
+                    SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS %L', \
+                 schema_name, creator_name, {function_body}); \
+               EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION %I.%I(text) FROM PUBLIC', schema_name, creator_name); \
+               EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %I.%I(text) TO %I', \
+                 schema_name, creator_name, admin_name); \
+             EXCEPTION WHEN duplicate_function OR unique_violation THEN NULL; \
+             END; \
+             SET LOCAL ROLE NONE; \
            END IF; \
            FOR role_name IN \
              SELECT r.rolname FROM pg_catalog.pg_roles r \
@@ -1001,7 +1074,9 @@ fn prepare_creator(creator: &str, roles: &[String]) -> String {
            END LOOP; \
          END",
         creator = quote_literal(creator),
+        schema = quote_literal(schema),
         roles = roles.join(", "),
+        function_body = quote_literal(CREATOR_FUNCTION_BODY),
     );
     format!("DO {}", quote_literal(&body))
 }
@@ -1303,7 +1378,13 @@ mod tests {
             Step::WriteLedger { user: "al;ice".into(), ledger: "{'x'}".into() },
             Step::GrantRoles { roles: vec!["grp".into(), "re\"ader".into()], user: "al;ice".into() },
         ];
-        let text = locked_transaction("al;ice", -42, "DO 'roles'", &steps, Renderer::new(&BTreeSet::new()));
+        let text = locked_transaction(
+            "al;ice",
+            -42,
+            "DO 'roles'",
+            &steps,
+            Renderer::new("grp", &CreatorsWithoutFunction::None),
+        );
         let check = format!("{};\n", new_user_check("al;ice"));
         assert!(check.contains("rolsuper") && check.contains("rolname = ''al;ice''"), "{check}");
         assert!(text.starts_with(&check), "{text}");
@@ -1319,11 +1400,12 @@ mod tests {
         );
     }
 
-    /// A creator's statements are calls of its function where the connection has it, with the
-    /// `SET LOCAL ROLE` steps left out; without it, or for another creator, they stay as they
-    /// are. The statement's own quoting survives the call's.
+    /// A creator's statements are calls of its function in the group's schema, with the `SET
+    /// LOCAL ROLE` steps left out; for a creator the connection saw without one, or for all
+    /// where the functions cannot be made, they stay as they are. The statement's own quoting
+    /// survives the call's.
     #[test]
-    fn a_creator_s_statements_are_calls_of_its_function_where_the_connection_has_it() {
+    fn a_creator_s_statements_are_calls_of_its_function_unless_it_has_none() {
         let steps = [
             Step::CreateGroup { group: "grp".into() },
             Step::SetRole { role: Some("grp-creator-1".into()) },
@@ -1332,20 +1414,19 @@ mod tests {
             Step::SetRole { role: None },
             Step::GrantSchemaUsage { schemas: vec!["s".into()], user: "o'neil".into() },
         ];
-        let rendered = |functions: &[&str]| -> Vec<String> {
-            let functions: BTreeSet<String> = functions.iter().map(|name| name.to_string()).collect();
-            let mut renderer = Renderer::new(&functions);
+        let rendered = |without: CreatorsWithoutFunction| -> Vec<String> {
+            let mut renderer = Renderer::new("g\"rp", &without);
             steps.iter().filter_map(|step| renderer.render(step)).collect()
         };
-        assert_eq!(
-            rendered(&["grp-creator-1"]),
-            [
-                "CREATE ROLE \"grp\" NOLOGIN",
-                "SELECT pg_temp.\"grp-creator-1\"('CREATE ROLE \"o''neil\" LOGIN')",
-                "SELECT pg_temp.\"grp-creator-1\"('GRANT \"grp\" TO \"o''neil\"')",
-                "GRANT USAGE ON SCHEMA \"s\" TO \"o'neil\"",
-            ]
-        );
+        let through_function = [
+            "CREATE ROLE \"grp\" NOLOGIN",
+            "SELECT \"g\"\"rp\".\"grp-creator-1\"('CREATE ROLE \"o''neil\" LOGIN')",
+            "SELECT \"g\"\"rp\".\"grp-creator-1\"('GRANT \"grp\" TO \"o''neil\"')",
+            "GRANT USAGE ON SCHEMA \"s\" TO \"o'neil\"",
+        ];
+        assert_eq!(rendered(CreatorsWithoutFunction::None), through_function);
+        let other = CreatorsWithoutFunction::Some(BTreeSet::from(["grp-creator-2".to_string()]));
+        assert_eq!(rendered(other), through_function);
         let with_set_role = [
             "CREATE ROLE \"grp\" NOLOGIN",
             "SET LOCAL ROLE \"grp-creator-1\"",
@@ -1354,8 +1435,9 @@ mod tests {
             "SET LOCAL ROLE NONE",
             "GRANT USAGE ON SCHEMA \"s\" TO \"o'neil\"",
         ];
-        assert_eq!(rendered(&[]), with_set_role);
-        assert_eq!(rendered(&["grp-creator-2"]), with_set_role);
+        let this_one = CreatorsWithoutFunction::Some(BTreeSet::from(["grp-creator-1".to_string()]));
+        assert_eq!(rendered(this_one), with_set_role);
+        assert_eq!(rendered(CreatorsWithoutFunction::All), with_set_role);
     }
 
     /// No code outside this module puts a name or a value into SQL by hand: no call of the

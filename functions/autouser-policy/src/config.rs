@@ -83,12 +83,22 @@ pub struct Config {
     /// the blocked end recorded. Off by default: see the README.
     pub retry_blocked_drops: bool,
     /// How many creator roles create and manage the users on PostgreSQL 16+ (0: none, the
-    /// admin does). Each user belongs to one, by its name's hash
-    /// ([`naming::creator_role_for`]).
+    /// admin does; [`DEFAULT_CREATOR_ROLES`] unless set). Each user belongs to one, by its
+    /// name's hash ([`naming::creator_role_for`]).
     pub creator_roles: u32,
     /// PostgreSQL's predefined roles (`pg_*`) that policies may grant; every other predefined
     /// role, and every role that is a member of one, is refused (`RefusedDbRole`).
     pub allowed_predefined_roles: BTreeSet<String>,
+}
+
+/// `creator_roles` unless the config sets it. Creators are made as users need them, and each
+/// is made once, so a start that makes one costs more: 128 are all made within the first few
+/// hundred users, and keep each creator's share under 80 users up to 10,000 (BENCHMARKS.md,
+/// "Scale"). Larger populations set more, up to [`naming::MAX_CREATOR_ROLES`].
+pub const DEFAULT_CREATOR_ROLES: u32 = 128;
+
+fn default_creator_roles() -> u32 {
+    DEFAULT_CREATOR_ROLES
 }
 
 impl Config {
@@ -409,10 +419,11 @@ struct RawConfig {
     /// The reaper retries the drop of a user an end locked because its drop was blocked.
     #[serde(default)]
     retry_blocked_drops: bool,
-    /// On PostgreSQL 16+, this many NOLOGIN CREATEROLE roles create and manage the users,
-    /// each its share, so that role statements cost the same at 10,000 users as at 100
-    /// (default 0: the admin does, as before).
-    #[serde(default)]
+    /// On PostgreSQL 16+, up to this many NOLOGIN CREATEROLE roles create and manage the
+    /// users, each its share, so that role statements cost the same at 10,000 users as at 100
+    /// (default 128; about one per 80 users kept). Each is made by the first session that
+    /// needs it. 0: the admin does everything, slower with every user kept.
+    #[serde(default = "default_creator_roles")]
     #[schemars(range(max = 1024))]
     creator_roles: u32,
     /// PostgreSQL's predefined roles (`pg_*`, such as `pg_read_all_data`) that policies may

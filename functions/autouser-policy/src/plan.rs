@@ -290,11 +290,15 @@ pub enum Step {
         role: Option<String>,
     },
     /// As the admin, makes `creator` ready where it is not: creates it (`NOLOGIN CREATEROLE`),
-    /// gives the admin a membership in it with SET and without INHERIT, and gives it ADMIN
-    /// OPTION on each of `roles`. Placed by [`run_as_creator`].
+    /// gives the admin a membership in it with SET and without INHERIT, gives it ADMIN OPTION
+    /// on each of `roles`, and makes its function in the schema `schema` (named as the managed
+    /// group, owned by the admin; created where the admin may): owned by the creator,
+    /// `SECURITY DEFINER`, executable by the admin alone, through which the admin runs the
+    /// creator's statements without `SET ROLE`. Placed by [`run_as_creator`].
     PrepareCreator {
         creator: String,
         roles: Vec<String>,
+        schema: String,
     },
 }
 
@@ -879,6 +883,13 @@ pub fn run_as_creator(steps: Vec<Step>, t: &Target, state: &ObservedState) -> Ve
     if state.user_exists && !state.creator_admins_user {
         return steps;
     }
+    // No user and none to create (an end that only records its session as ended): the creator
+    // is not needed, and preparing one here would take the group's lock before the ended
+    // sessions' (RecordEnded takes them the other way round), which deadlocks with another end.
+    let creates_user = steps.iter().any(|step| matches!(step, Step::CreateUser { .. }));
+    if !state.user_exists && !creates_user && !state.creator_ready {
+        return steps;
+    }
     let mut split = Vec::with_capacity(steps.len());
     for step in steps {
         match step {
@@ -900,7 +911,11 @@ pub fn run_as_creator(steps: Vec<Step>, t: &Target, state: &ObservedState) -> Ve
                 }
             }
         }
-        Step::PrepareCreator { creator: creator.clone(), roles: roles.into_iter().collect() }
+        Step::PrepareCreator {
+            creator: creator.clone(),
+            roles: roles.into_iter().collect(),
+            schema: t.managed_group.clone(),
+        }
     });
     let mut as_creator = false;
     let mut out = Vec::with_capacity(split.len() + 4);
@@ -1146,7 +1161,11 @@ mod tests {
         // The group is new: the creator gets ADMIN OPTION on it, and on the granted role.
         assert_eq!(
             steps[1],
-            Step::PrepareCreator { creator: "grp-creator-1".into(), roles: vec!["grp".into(), "reader".into()] }
+            Step::PrepareCreator {
+                creator: "grp-creator-1".into(),
+                roles: vec!["grp".into(), "reader".into()],
+                schema: "grp".into()
+            }
         );
         assert_eq!(steps[2], Step::SetRole { role: creator.clone() });
         assert_eq!(steps[3], Step::CreateUser { user: "alice".into() });

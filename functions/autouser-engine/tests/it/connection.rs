@@ -1,9 +1,10 @@
 //! The admin's TCP connection: a pooled connection to a host that vanished must fail in
-//! seconds, not hang until Lambda ends the invocation.
+//! seconds, not hang until Lambda ends the invocation; a login refused for want of a
+//! connection slot is retried, then fails as a transient error.
 
 use std::process::Command;
 
-use crate::fixture::Fixture;
+use crate::fixture::{q, Fixture};
 
 /// The kernel's view of the client side of a connection, by its local port (`ss -o`).
 fn socket_timers(client_port: i32) -> String {
@@ -191,4 +192,48 @@ async fn a_query_to_a_host_that_vanished_fails_within_the_tcp_user_timeout() {
         waited >= autouser_engine::pg::TCP_USER_TIMEOUT - std::time::Duration::from_secs(1),
         "it failed after {waited:?}, before the user timeout: something else ended it"
     );
+}
+
+/// A burst of cold containers finds no connection slot (SQLSTATE 53300, here the admin's own
+/// CONNECTION LIMIT 1 taken by a connection held open): the login is retried with backoff
+/// (`pg::LOGIN_ATTEMPTS`), then the start fails as `TooManyConnections`, a transient error that
+/// quotes the server and says what to do. A slot that frees during the backoff is taken.
+#[tokio::test]
+async fn a_login_refused_for_want_of_a_slot_is_retried_then_fails_as_transient() {
+    use autouser_engine::{pg, Error};
+    let fx = Fixture::new("cn_slots").await;
+    fx.sql(&format!("ALTER ROLE {} CONNECTION LIMIT 1", q(&fx.admin))).await;
+    let held = fx.admin_client(&fx.config(), &fx.db).await.expect("the admin's one slot");
+    let alice = fx.user("alice");
+
+    let retried_before = pg::login_retries();
+    let err = fx.start(fx.event("s1", &alice, &["keep"])).await.expect_err("no slot for a second connection");
+    assert_eq!(err.kind(), "TooManyConnections", "{err}");
+    assert!(err.is_transient(), "{err}");
+    let Error::TooManyConnections { attempts, .. } = &err else { panic!("{err:?}") };
+    assert_eq!(*attempts, pg::LOGIN_ATTEMPTS, "{err}");
+    // Other tests of this process may retry logins too, never fewer.
+    let retried = pg::login_retries() - retried_before;
+    assert!(retried >= u64::from(pg::LOGIN_ATTEMPTS - 1), "{retried} retries counted");
+    let message = err.to_string();
+    assert!(message.contains("too many connections for role"), "the server's word is quoted: {message}");
+    for advice in ["max_connections", "SessionFunctionConcurrency", "CONNECTION LIMIT"] {
+        assert!(message.contains(advice), "no {advice} in {message}");
+    }
+    assert_eq!(fx.state(&alice).await, None, "nothing was done");
+
+    // The held connection is closed once the next start has been refused (it is then waiting
+    // out its backoff): a later attempt gets the slot.
+    let retried_before = pg::login_retries();
+    let release = tokio::spawn(async move {
+        while pg::login_retries() == retried_before {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        drop(held);
+    });
+    let started = fx.start(fx.event("s1", &alice, &["keep"])).await.expect("the start takes the freed slot");
+    assert!(started.created_user, "{started:?}");
+    release.await.unwrap();
+    assert!(pg::login_retries() > retried_before, "the start was refused first, then retried");
+    assert!(fx.state(&alice).await.is_some_and(|state| state.login));
 }

@@ -5,7 +5,7 @@
 
 use autouser_policy::outcome::EndStatus;
 
-use crate::fixture::{cluster, connect, major, q, set, Fixture};
+use crate::fixture::{as_superuser, cluster, connect, major, q, set, Fixture};
 
 /// Who holds what on `user`, as `(role, member, grantor, admin_option)` rows of
 /// `pg_auth_members` where `user` is the role or the member.
@@ -109,7 +109,8 @@ async fn users_are_created_granted_locked_and_dropped_by_their_creator() {
 
 #[tokio::test]
 async fn a_user_created_before_creator_roles_were_set_keeps_working_as_the_admins() {
-    let fx = Fixture::new("cr_upgrade").await;
+    let mut fx = Fixture::new("cr_upgrade").await;
+    fx.extra_yaml = "creator_roles: 0\n".into();
     let alice = fx.user("alice");
     fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
     fx.end(fx.event("s1", &alice, &["keep"])).await.unwrap();
@@ -228,33 +229,26 @@ async fn function_calls(
     calls
 }
 
-/// PostgreSQL 16+ checks `SET ROLE <creator>` by walking every creator's memberships, so on a
-/// connection that has made them, a creator's statements are calls of its function instead. The
-/// server counts those calls: a start and an end on a warm connection each make some. A
-/// connection's first call makes none (the CLI's only call would not use them); its second
-/// does. The function is the creator's, `SECURITY DEFINER`, in the connection's temporary
-/// schema, and only the admin may call it: another login role that names it is refused. On 15
-/// there is none.
+/// PostgreSQL 16+ checks `SET ROLE <creator>` by walking every creator's memberships, so a
+/// creator's statements are calls of its function instead, from a connection's first call on.
+/// The server counts those calls. The function is made once, with the creator, in the schema
+/// named as the managed group that the admin owns: the creator's, `SECURITY DEFINER`, and only
+/// the admin may call it: another login role that names it is refused, and so is the user. On
+/// 15 there is none.
 #[tokio::test]
-async fn on_a_warm_connection_a_creators_statements_are_calls_of_its_function() {
+async fn a_creators_statements_are_calls_of_its_function_from_a_connections_first_call() {
     let fx = with_creators(Fixture::new("cr_function").await, 1);
     let config = fx.config();
     let creator = format!("{}-creator-0", fx.group);
     fx.sql(&format!("ALTER ROLE {} SET track_functions = 'pl'", q(&fx.admin))).await;
-    // The first start prepares the creator.
+    // The first start prepares the creator, and makes its function.
     fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap();
     // Functions and their statistics are per database.
     let in_db = connect(cluster().superuser(), &fx.db).await.unwrap();
-    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
-    let alice = fx.user("alice");
-    fx.start_on(&connection, fx.event("s1", &alice, &["keep"])).await.unwrap();
-    assert_eq!(functions_named(&in_db, &creator).await, 0, "a connection's first call makes none");
-    fx.end_on(&connection, fx.event("s1", &alice, &["keep"])).await.unwrap();
-
     let functions = in_db
         .query(
             "SELECT p.pronamespace::regnamespace::text, p.proowner::regrole::text, p.prosecdef,
-                    p.proacl::text[]
+                    p.proacl::text[], p.proconfig
                FROM pg_proc p WHERE p.proname = $1",
             &[&creator],
         )
@@ -264,19 +258,22 @@ async fn on_a_warm_connection_a_creators_statements_are_calls_of_its_function() 
         assert!(functions.is_empty(), "no creator function before 16");
         return;
     }
-    assert_eq!(functions.len(), 1, "one function, on the admin's connection");
-    let (schema, owner, security_definer, acl): (String, String, bool, Vec<String>) =
-        (functions[0].get(0), functions[0].get(1), functions[0].get(2), functions[0].get(3));
-    assert!(schema.starts_with("pg_temp_"), "{schema}");
+    assert_eq!(functions.len(), 1, "one function, in the group's schema");
+    let (schema, owner, security_definer, acl, settings): (String, String, bool, Vec<String>, Vec<String>) =
+        (functions[0].get(0), functions[0].get(1), functions[0].get(2), functions[0].get(3), functions[0].get(4));
+    assert_eq!(schema, fx.group, "named as the group");
     assert_eq!(owner, q(&creator));
     assert!(security_definer);
+    assert_eq!(settings, ["search_path=pg_catalog, pg_temp"]);
     let (creator_q, admin_q) = (q(&creator), fx.admin.clone());
     assert_eq!(acl, [format!("{creator_q}=X/{creator_q}"), format!("{admin_q}=X/{creator_q}")]);
 
+    // A new connection's first call, a new user's start, then its end: both call it.
+    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
     let bob = fx.user("bob");
     fx.start_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
     let after_start = function_calls(&in_db, &connection, &creator, 0).await;
-    assert!(after_start > 0, "bob's start called the creator's function");
+    assert!(after_start > 0, "bob's start, the connection's first call, called the creator's function");
     fx.end_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
     let after_end = function_calls(&in_db, &connection, &creator, after_start).await;
     assert!(after_end > after_start, "bob's end called it too ({after_start} then {after_end})");
@@ -285,25 +282,29 @@ async fn on_a_warm_connection_a_creators_statements_are_calls_of_its_function() 
 
     let outsider = format!("{}_outsider", fx.ns);
     fx.sql(&format!("CREATE ROLE {} LOGIN", q(&outsider))).await;
-    let other = connect(&outsider, &fx.db).await.unwrap();
-    let call = format!("SELECT {schema}.{creator_q}('CREATE ROLE {}')", q(&fx.user("mallory")));
-    let refused = other.simple_query(&call).await.expect_err("an outsider may not call the admin's function");
-    assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused}");
+    let alice = fx.user("alice");
+    fx.start(fx.event("s3", &alice, &["keep"])).await.unwrap();
+    for caller in [&outsider, &alice] {
+        let other = connect(caller, &fx.db).await.unwrap();
+        let call = format!("SELECT {schema}.{creator_q}('CREATE ROLE {}')", q(&fx.user("mallory")));
+        let refused = other.simple_query(&call).await.expect_err("only the admin may call the function");
+        assert_eq!(refused.code(), Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE), "{refused}");
+    }
     assert!(fx.state(&fx.user("mallory")).await.is_none());
 }
 
-/// The functions of the creator roles live in the admin's temporary schema, which a creator may
-/// use only with `TEMP` on the database (`PUBLIC` has it by default). Where it was revoked,
-/// preflight warns and prints the `GRANT`; sessions meanwhile start and end, their creator's
-/// statements after `SET ROLE`. Once the `GRANT` has run, a new connection makes the function
-/// (in its second call).
+/// The creators' functions live in the schema named as the managed group, which the README's
+/// admin setup creates for the admin. Without it (and without `CREATE` on the database, with
+/// which the first session creates it), preflight warns and prints the fix; sessions meanwhile
+/// start and end, their creator's statements after `SET ROLE`. Once the fix has run, the next
+/// session makes the function.
 #[tokio::test]
-async fn without_temp_on_the_database_a_creator_runs_after_set_role_and_preflight_prints_the_grant() {
-    let mut fx = with_creators(Fixture::new("cr_no_temp").await, 1);
+async fn without_the_functions_schema_a_creator_runs_after_set_role_and_preflight_prints_the_fix() {
+    let mut fx = with_creators(Fixture::new("cr_no_schema").await, 1);
     fx.default_database = Some(fx.db.clone());
     let config = fx.config();
     let creator = format!("{}-creator-0", fx.group);
-    fx.sql(&format!("REVOKE TEMP ON DATABASE {} FROM PUBLIC", q(&fx.db))).await;
+    as_superuser(&fx.db, &format!("DROP SCHEMA {}", q(&fx.group))).await;
     // The first start prepares the creator.
     fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap();
 
@@ -314,10 +315,10 @@ async fn without_temp_on_the_database_a_creator_runs_after_set_role_and_prefligh
         return;
     }
     let warned = warned.unwrap_or_else(|| panic!("a creator_functions finding: {}", report.to_text()));
-    assert_eq!(warned.status, autouser_engine::preflight::Status::Warn);
+    assert_eq!(warned.status, autouser_engine::preflight::Status::Warn, "{}", report.to_text());
     assert!(report.ready, "sessions work meanwhile: {}", report.to_text());
-    let grant = format!("GRANT TEMP ON DATABASE {} TO {};", q(&fx.db), q(&creator));
-    assert_eq!(warned.fix.as_deref(), Some(grant.as_str()), "{}", report.to_text());
+    let fix = format!("CREATE SCHEMA {} AUTHORIZATION {};", q(&fx.group), q(&fx.admin));
+    assert_eq!(warned.fix.as_deref(), Some(fix.as_str()), "{}", report.to_text());
 
     let in_db = connect(cluster().superuser(), &fx.db).await.unwrap();
     let alice = fx.user("alice");
@@ -326,38 +327,61 @@ async fn without_temp_on_the_database_a_creator_runs_after_set_role_and_prefligh
     connect(&alice, &fx.db).await.expect("alice logs in");
     fx.end_on(&connection, fx.event("s1", &alice, &["keep"])).await.expect("an end through SET ROLE");
     assert!(!fx.state(&alice).await.unwrap().login, "alice is locked");
-    assert_eq!(functions_named(&in_db, &creator).await, 0, "no function without TEMP");
+    assert_eq!(functions_named(&in_db, &creator).await, 0, "no function without the schema");
 
-    fx.sql(&grant).await;
-    assert!(
-        crate::preflight::preflight(&fx).await.findings.iter().all(|finding| finding.check != "creator_functions"),
-        "no warning after the GRANT"
-    );
-    let connection = fx.admin_client(&config, &fx.db).await.unwrap();
+    as_superuser(&fx.db, &fix).await;
+    let after = crate::preflight::preflight(&fx).await;
+    let passed = after.findings.iter().find(|finding| finding.check == "creator_functions").expect("the check");
+    assert_eq!(passed.status, autouser_engine::preflight::Status::Pass, "{}", after.to_text());
     let bob = fx.user("bob");
     fx.start_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
     fx.end_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
-    assert_eq!(functions_named(&in_db, &creator).await, 1, "the new connection made the function");
+    assert_eq!(functions_named(&in_db, &creator).await, 1, "the next session made the function");
 }
 
-/// A creator's function can be gone from the server session though the connection made it:
-/// `DISCARD TEMP`, or a pooler in transaction mode that hands the next transaction to another
-/// server session. Each transaction checks that the function is there before calling it
-/// (`READ_STATE`), and a new user's one-round-trip start that calls a missing one fails whole
-/// and takes the read path: calls go on after `SET ROLE`, none fails.
+/// With `CREATE` on the database instead of the schema, the first session that prepares a
+/// creator creates the schema, for the admin, and the function in it.
 #[tokio::test]
-async fn a_creators_function_gone_from_the_session_costs_a_read_never_a_failure() {
-    let fx = with_creators(Fixture::new("cr_discard").await, 1);
+async fn with_create_on_the_database_the_first_session_creates_the_functions_schema() {
+    let fx = with_creators(Fixture::new("cr_make_schema").await, 1);
+    as_superuser(&fx.db, &format!("DROP SCHEMA {}", q(&fx.group))).await;
+    fx.sql(&format!("GRANT CREATE ON DATABASE {} TO {}", q(&fx.db), q(&fx.admin))).await;
+    fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap();
+    let in_db = connect(cluster().superuser(), &fx.db).await.unwrap();
+    let owner: Option<String> = in_db
+        .query_opt("SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = $1", &[&fx.group])
+        .await
+        .unwrap()
+        .map(|row| row.get(0));
+    let creator = format!("{}-creator-0", fx.group);
+    if major() < 16 {
+        assert_eq!(owner, None, "no schema before 16");
+        return;
+    }
+    assert_eq!(owner, Some(fx.admin.clone()));
+    assert_eq!(functions_named(&in_db, &creator).await, 1);
+}
+
+/// A creator's function can be gone though it was there (an operator dropped it). A
+/// transaction checks that the function is there before calling it (`READ_STATE`), and a new
+/// user's one-round-trip start that calls a missing one fails whole and takes the read path,
+/// which makes the function again: no call fails.
+#[tokio::test]
+async fn a_creators_function_gone_costs_a_read_never_a_failure() {
+    let fx = with_creators(Fixture::new("cr_gone").await, 1);
     let config = fx.config();
     fx.start(fx.event("s0", &fx.user("first"), &["keep"])).await.unwrap();
     let connection = fx.admin_client(&config, &fx.db).await.unwrap();
     let (alice, bob, carol) = (fx.user("alice"), fx.user("bob"), fx.user("carol"));
-    // Two calls: the second makes the functions.
     fx.start_on(&connection, fx.event("s1", &alice, &["keep"])).await.unwrap();
     fx.end_on(&connection, fx.event("s1", &alice, &["keep"])).await.unwrap();
     fx.start_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
 
-    connection.simple_query("DISCARD TEMP").await.unwrap();
+    let creator = format!("{}-creator-0", fx.group);
+    let in_db = connect(cluster().superuser(), &fx.db).await.unwrap();
+    if major() >= 16 {
+        as_superuser(&fx.db, &format!("DROP FUNCTION {}.{}(text)", q(&fx.group), q(&creator))).await;
+    }
     let started = fx.start_on(&connection, fx.event("s3", &carol, &["keep"])).await.expect("a new user's start");
     assert!(started.created_user);
     connect(&carol, &fx.db).await.expect("carol logs in");
@@ -366,7 +390,7 @@ async fn a_creators_function_gone_from_the_session_costs_a_read_never_a_failure(
     fx.start_on(&connection, fx.event("s4", &bob, &["keep"])).await.expect("a kept user's start");
     connect(&bob, &fx.db).await.expect("bob logs in again");
     if major() >= 16 {
-        let creator = format!("{}-creator-0", fx.group);
+        assert_eq!(functions_named(&in_db, &creator).await, 1, "made again");
         let held = memberships(&fx, &carol).await;
         assert!(held.contains(&(fx.group.clone(), carol.clone(), creator, false)), "{held:?}");
     }

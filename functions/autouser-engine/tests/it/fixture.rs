@@ -79,6 +79,8 @@ impl Fixture {
         };
         fixture.give_admin_option(&reader).await;
         fixture.give_admin_option(&writer).await;
+        // The README's admin setup: the schema that keeps the creator roles' functions.
+        as_superuser(ns, &format!("CREATE SCHEMA {} AUTHORIZATION {}", q(&fixture.group), q(&fixture.admin))).await;
         fixture.with_roles(&format!(
             r#"
   - kind: role
@@ -170,10 +172,23 @@ roles:{roles}
             admin = self.admin,
             ca = cluster.ca_cert_path().display().to_string(),
             roles = self.roles_yaml,
-            extra = self.extra_yaml,
+            extra = self.extra_yaml_with_legacy_mode(),
         );
         Config::parse(scratch_login::schema_checked(&text), std::path::Path::new("/"))
             .unwrap_or_else(|e| panic!("{e}\n{text}"))
+    }
+
+    /// `extra_yaml`, with `creator_roles: 0` added when `AUTOUSER_TEST_ADMIN_ONLY=1` and the
+    /// test does not set it: the run of the suite's focused subset in the admin-only mode
+    /// (scripts/test). Any other value of the variable is refused, so a typo cannot run the
+    /// default mode under the admin-only mode's name.
+    fn extra_yaml_with_legacy_mode(&self) -> String {
+        match std::env::var("AUTOUSER_TEST_ADMIN_ONLY").as_deref() {
+            Err(_) => self.extra_yaml.clone(),
+            Ok("1") if self.extra_yaml.contains("creator_roles:") => self.extra_yaml.clone(),
+            Ok("1") => format!("{}\ncreator_roles: 0\n", self.extra_yaml),
+            Ok(other) => panic!("AUTOUSER_TEST_ADMIN_ONLY is {other:?}: set it to 1, or leave it unset"),
+        }
     }
 
     /// A start event JSON for `user` (a full name), session `session`, on this test's database.

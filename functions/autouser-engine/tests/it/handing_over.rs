@@ -90,7 +90,8 @@ fn owned_by(owner: &str, names: &[&str]) -> Vec<(String, String)> {
 
 #[tokio::test]
 async fn a_user_with_objects_in_two_databases_is_dropped_and_the_inheritor_owns_them_with_their_data() {
-    let fx = writers_fixture("ho_two", "best_effort_reassign_and_drop").await;
+    let mut fx = writers_fixture("ho_two", "best_effort_reassign_and_drop").await;
+    fx.extra_yaml.push_str("creator_roles: 0\n");
     hands_over_in_two_databases_and_drops(&fx, &fx.admin).await;
 }
 
