@@ -23,7 +23,9 @@
   metrics.rs, or a dead-letter queue's depth; it shows every alarm of the template, each
   dead-letter queue, latency p50 and p99, and every metric of the outcomes, the reaper and
   discovery;
-- no IAM statement has a wildcard action or a bare "*" resource.
+- no IAM statement has a wildcard action or a bare "*" resource;
+- session-start and session-end reserve SessionFunctionConcurrency each (0: unreserved), whose
+  default is the one preflight sizes the admin's CONNECTION LIMIT from (preflight.rs).
 
 Run with the project's virtualenv: .deps/venv/bin/python tests/test_template.py
 Exits non-zero, naming each problem, when a check fails.
@@ -569,6 +571,36 @@ def check_roles(template, all_problems):
         print("ok: one role per function, each action an SDK call the code makes")
 
 
+PREFLIGHT_SOURCE = ROOT / "functions" / "autouser-engine" / "src" / "preflight.rs"
+
+
+def check_concurrency(template, problems):
+    """The session functions' reserved concurrency bounds the admin connections of a burst."""
+    found = []
+    parameter = template["Parameters"].get("SessionFunctionConcurrency")
+    if parameter is None:
+        found.append("no parameter SessionFunctionConcurrency")
+    else:
+        if parameter.get("Type") != "Number" or parameter.get("MinValue") != 0:
+            found.append(f"SessionFunctionConcurrency: {parameter}, expected a Number from 0")
+        rust = re.search(r"pub const SESSION_FUNCTION_CONCURRENCY: i32 = (\d+);", PREFLIGHT_SOURCE.read_text())
+        if rust is None or parameter.get("Default") != int(rust.group(1)):
+            found.append(f"SessionFunctionConcurrency defaults to {parameter.get('Default')}, preflight.rs sizes "
+                         f"the CONNECTION LIMIT for {rust and rust.group(1)}")
+    condition = template.get("Conditions", {}).get("ReserveSessionConcurrency")
+    if condition != {"Fn::Not": [{"Fn::Equals": [{"Ref": "SessionFunctionConcurrency"}, "0"]}]}:
+        found.append(f"ReserveSessionConcurrency: {condition}, expected SessionFunctionConcurrency not 0")
+    expected = {"Fn::If": ["ReserveSessionConcurrency", {"Ref": "SessionFunctionConcurrency"}, {"Ref": "AWS::NoValue"}]}
+    for name, function in of_type(template, "AWS::Serverless::Function").items():
+        reserved = function["Properties"].get("ReservedConcurrentExecutions")
+        wanted = expected if name in ("SessionStartFunction", "SessionEndFunction") else None
+        if reserved != wanted:
+            found.append(f"{name}: ReservedConcurrentExecutions {reserved}, expected {wanted}")
+    problems.extend(found)
+    if not found:
+        print("ok: session-start and session-end reserve SessionFunctionConcurrency each (0: unreserved)")
+
+
 def main():
     template = cfn_yaml.load(str(TEMPLATE))
     problems = []
@@ -580,6 +612,7 @@ def main():
     check_roles(template, problems)
     check_alarms(template, problems)
     check_config_source(template, problems)
+    check_concurrency(template, problems)
     dashboard_problems = []
     check_dashboard(template, dashboard_problems)
     if not dashboard_problems:

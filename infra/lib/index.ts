@@ -99,11 +99,23 @@ export interface AutoUserProvisionerProps {
   readonly manifestPath?: string;
   /** The CloudWatch dashboard's name; default: one CloudFormation generates. */
   readonly dashboardName?: string;
+  /**
+   * The reserved concurrency of session-start and of session-end, each: how many containers of
+   * each run at once, so how many admin connections a burst of sessions opens on a database
+   * (one per warm container); invocations beyond it are throttled and retried. Default 20; 0
+   * leaves both unreserved, in the account's shared pool. Size the admin's CONNECTION LIMIT to
+   * match: `autouser preflight` recommends one (the README's "Connections under bursts").
+   */
+  readonly sessionFunctionConcurrency?: number;
 }
+
+/** `sessionFunctionConcurrency`'s default (preflight.rs sizes the admin's CONNECTION LIMIT from it). */
+const DEFAULT_SESSION_FUNCTION_CONCURRENCY = 20;
 
 // Memory and timeouts as recommended in BENCHMARKS.md: 512 MB buys the CPU share that keeps a
 // warm start's own CPU time (under 1 ms on a full core) small; 30 s outlasts the functions'
-// own bounds (connect 11 s, lock wait 10 s), which end a stuck call with a typed error.
+// own bounds (connect 11 s, 13 s with the retries of a login refused for want of a slot, lock
+// wait 10 s), which end a stuck call with a typed error.
 const FUNCTIONS = {
   sessionStart: { binary: 'session-start', memorySize: 512, timeout: Duration.seconds(30) },
   sessionEnd: { binary: 'session-end', memorySize: 512, timeout: Duration.seconds(30) },
@@ -172,6 +184,10 @@ export class AutoUserProvisioner extends Construct {
       RUST_LOG: 'info',
     };
     const code = functionsCode(props);
+    const sessionConcurrency = props.sessionFunctionConcurrency ?? DEFAULT_SESSION_FUNCTION_CONCURRENCY;
+    if (!Number.isInteger(sessionConcurrency) || sessionConcurrency < 0) {
+      throw new Error(`AutoUserProvisioner: sessionFunctionConcurrency must be a whole number from 0, not ${sessionConcurrency}`);
+    }
     const make = (name: keyof typeof FUNCTIONS, extra: Record<string, string> = {}) => {
       const spec = FUNCTIONS[name];
       const role = new iam.Role(this, `${name}Role`, {
@@ -186,6 +202,9 @@ export class AutoUserProvisioner extends Construct {
         architecture: props.architecture ?? lambda.Architecture.ARM_64,
         memorySize: spec.memorySize,
         timeout: spec.timeout,
+        // Bounds the admin connections a burst of cold containers opens (0: unreserved).
+        reservedConcurrentExecutions: (name === 'sessionStart' || name === 'sessionEnd') && sessionConcurrency > 0
+          ? sessionConcurrency : undefined,
         role,
         vpc: props.vpc,
         vpcSubnets: props.vpcSubnets,

@@ -671,3 +671,20 @@ test('exactly one config source', () => {
     configObject: { bucket: s3.Bucket.fromBucketName(stack, 'B', 'configs'), key: 'k' },
   }), /exactly one/);
 });
+
+test('session-start and session-end reserve sessionFunctionConcurrency each (default 20; 0: unreserved)', () => {
+  const reserved = (stored: Template) => Object.fromEntries(
+    (Object.values(stored.findResources('AWS::Lambda::Function')) as any[])
+      .map((fn) => [fn.Properties.Description, fn.Properties.ReservedConcurrentExecutions]));
+  assert.deepEqual(reserved(template), {
+    'pg-autouser session-start': 20,
+    'pg-autouser session-end': 20,
+    'pg-autouser discovery': undefined,
+    'pg-autouser reaper': undefined,
+  });
+  const five = reserved(synthWith({ config: 'databases: []', sessionFunctionConcurrency: 5 }));
+  assert.deepEqual([five['pg-autouser session-start'], five['pg-autouser session-end']], [5, 5]);
+  const unreserved = reserved(synthWith({ config: 'databases: []', sessionFunctionConcurrency: 0 }));
+  assert.ok(Object.values(unreserved).every((value) => value === undefined), JSON.stringify(unreserved));
+  assert.throws(() => synthWith({ config: 'databases: []', sessionFunctionConcurrency: -1 }), /whole number from 0/);
+});
