@@ -103,12 +103,15 @@ async fn create_in_one_round_trip(
     // A failure rolls the implicit transaction back: nothing is left to undo. That includes a
     // call of a creator's function that is not there: the read path then finds out why.
     let without_function = connection.creators_without_function();
-    let renderer = sql::Renderer::new(&t.managed_group, &without_function);
+    let renderer =
+        sql::Renderer::new(&t.managed_group, &without_function).with_check_functions(connection.has_check_functions());
     // Nothing was read either about the roles it grants: the catalog is checked before them.
     let wanted: Vec<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
     let roles_check = sql::db_roles_check(&wanted, plan::RoleGuard::of(req));
     let text = sql::locked_transaction(&t.db_user, sql::user_lock_key(&t.db_user), &roles_check, &steps, renderer);
-    connection.client().simple_query(&text).await?;
+    // The check functions, where the connection has not made them yet, go first in the flight.
+    let ((), started) = tokio::join!(connection.make_check_functions(), connection.client().simple_query(&text));
+    started?;
     connection.saw_user(&t.db_user, true);
     Ok(Some(start_outcome(req, &ledger, true, false, Vec::new())))
 }
@@ -1026,7 +1029,8 @@ fn rendered<'a>(
         Some(_) => connection.creators_without_function(),
         None => sql::CreatorsWithoutFunction::All,
     };
-    let mut renderer = sql::Renderer::new(functions_schema.unwrap_or_default(), &without_function);
+    let mut renderer = sql::Renderer::new(functions_schema.unwrap_or_default(), &without_function)
+        .with_check_functions(connection.has_check_functions());
     statements
         .iter()
         .filter_map(|statement| match statement {
@@ -1289,16 +1293,18 @@ async fn begin_and_read(
             Failure::Fatal(postgres_error("reading the user's state", t, error))
         }
     };
-    let read_state = connection.read_state().await.map_err(failure)?;
+    let statements = connection.read_statements().await.map_err(failure)?;
     let listing_statements = match listing {
         Some(_) => Some(connection.object_listing().await.map_err(failure)?),
         None => None,
     };
     let lock_key = sql::user_lock_key(&t.db_user);
-    let lock_params: [(&(dyn ToSql + Sync), Type); 1] = [(&lock_key, Type::INT8)];
     let read_params: [&(dyn ToSql + Sync); 5] = [&t.db_user, &t.managed_group, &candidates, &t.session_id, &t.creator];
+    // First in the flight, outside the transaction, where the connection has not made them.
+    let make_check_functions = connection.make_check_functions();
     let begin = client.simple_query(sql::BEGIN);
-    let lock = client.query_typed(sql::LOCK_USER, &lock_params);
+    let lock_params: [&(dyn ToSql + Sync); 1] = [&lock_key];
+    let lock = client.query(&statements.lock_user, &lock_params);
     // After the lock, before the read: the user's connections that held up the last attempt
     // are gone (with their locks) when this one reads and writes.
     let end_holding = connection.take_held_up_by(&t.db_user);
@@ -1310,7 +1316,7 @@ async fn begin_and_read(
         let row = client.query_typed(sql::END_HOLDING_CONNECTIONS, &params).await?;
         Ok::<_, tokio_postgres::Error>(row.first().map(|row| row.get::<_, i32>(0)))
     };
-    let read = client.query(read_state, &read_params);
+    let read = client.query(&statements.read_state, &read_params);
     // Listed after the lock, in the same round trip: what a concurrent call granted is seen.
     let objects = async {
         match (listing, listing_statements) {
@@ -1318,7 +1324,7 @@ async fn begin_and_read(
             _ => Ok(None),
         }
     };
-    let (begin, lock, ended, read, objects) = tokio::join!(begin, lock, ended, read, objects);
+    let ((), begin, lock, ended, read, objects) = tokio::join!(make_check_functions, begin, lock, ended, read, objects);
     if let Err(error) = &ended {
         if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) {
             rollback(client).await;
@@ -1396,6 +1402,7 @@ async fn begin_and_read(
     if let Some(creator) = &state.creator {
         connection.saw_creator_function(creator, row.get("creator_function"), state.creator_ready);
     }
+    connection.saw_check_functions(row.get("check_functions"));
     connection.saw_user(&t.db_user, state.user_exists);
     Ok(state)
 }

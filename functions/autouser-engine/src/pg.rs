@@ -205,8 +205,8 @@ impl<'a> ConnectParams<'a> {
 }
 
 /// An admin connection as the engine uses it: the client (it derefs to it), whether the admin
-/// is a superuser (from the server's startup report, so it costs no query), the catalog query
-/// [`sql::READ_STATE`] prepared at its first use, and the users this connection has seen exist.
+/// is a superuser (from the server's startup report, so it costs no query), the user's lock
+/// and the catalog query ([`sql::LOCK_USER`], [`sql::READ_STATE`]) prepared at their first use, and the users this connection has seen exist.
 ///
 /// Planning the catalog query costs several times more than running it, so a connection
 /// reused across calls (the Lambda pool) plans it once: the admin's connections use
@@ -217,14 +217,35 @@ pub struct AdminConnection {
     client: Client,
     admin_is_superuser: Option<bool>,
     server_major: Option<u32>,
-    read_state: tokio::sync::OnceCell<tokio_postgres::Statement>,
+    read_state: tokio::sync::OnceCell<ReadStatements>,
     object_listing: tokio::sync::OnceCell<ObjectListingStatements>,
     existing_users: std::sync::Mutex<std::collections::HashSet<String>>,
     /// The creators whose function this connection saw missing ([`sql::Renderer`]).
     without_function: std::sync::Mutex<sql::CreatorsWithoutFunction>,
+    /// Whether the server session has the check functions ([`sql::Check`]).
+    check_functions: std::sync::Mutex<CheckFunctions>,
     /// Users whose call here last timed out waiting for a lock: the next attempt ends their
     /// connections first ([`sql::END_HOLDING_CONNECTIONS`]).
     held_up_by: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// Where a connection stands with the check functions ([`sql::make_check_functions`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CheckFunctions {
+    /// Not made yet, or gone from the server session since: the next call makes them.
+    NotMade,
+    Made,
+    /// The admin may not create temporary objects in this database: the checks stay `DO`
+    /// blocks on this connection.
+    Unavailable,
+}
+
+/// The queries every call's first round trip runs, prepared together.
+pub(crate) struct ReadStatements {
+    /// [`sql::LOCK_USER`]: planning its views (`pg_locks`, `pg_stat_activity`) each time cost
+    /// more than the rest of a warm call's statements on the server.
+    pub lock_user: tokio_postgres::Statement,
+    pub read_state: tokio_postgres::Statement,
 }
 
 /// The object listing queries, prepared.
@@ -270,12 +291,18 @@ impl AdminConnection {
         self.server_major
     }
 
-    /// [`sql::READ_STATE`], prepared on its first use (one round trip).
-    pub(crate) async fn read_state(&self) -> Result<&tokio_postgres::Statement, tokio_postgres::Error> {
+    /// [`sql::LOCK_USER`] and [`sql::READ_STATE`], prepared on their first use (one round trip).
+    pub(crate) async fn read_statements(&self) -> Result<&ReadStatements, tokio_postgres::Error> {
         self.read_state
-            .get_or_try_init(|| {
-                self.client
-                    .prepare_typed(sql::READ_STATE, &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY, Type::TEXT, Type::TEXT])
+            .get_or_try_init(|| async {
+                let (lock_user, read_state) = tokio::try_join!(
+                    self.client.prepare_typed(sql::LOCK_USER, &[Type::INT8]),
+                    self.client.prepare_typed(
+                        sql::READ_STATE,
+                        &[Type::TEXT, Type::TEXT, Type::TEXT_ARRAY, Type::TEXT, Type::TEXT]
+                    ),
+                )?;
+                Ok(ReadStatements { lock_user, read_state })
             })
             .await
     }
@@ -330,6 +357,49 @@ impl AdminConnection {
         *without = next;
     }
 
+    /// Makes the check functions ([`sql::make_check_functions`]) unless the connection has them,
+    /// outside any transaction: a call sends it first in its first flight, so it costs no
+    /// round trip. A failure is only logged: the checks stay `DO` blocks.
+    pub(crate) async fn make_check_functions(&self) {
+        if self.check_functions.lock().map_or(true, |state| *state != CheckFunctions::NotMade) {
+            return;
+        }
+        let made = self.client.batch_execute(&sql::make_check_functions()).await;
+        let next = match &made {
+            Ok(()) => CheckFunctions::Made,
+            Err(error) if error.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+                tracing::warn!(error = %error_chain(error), "the admin may not create temporary objects in this \
+                    database (TEMP): its checks run as DO blocks, which cost more");
+                CheckFunctions::Unavailable
+            }
+            Err(error) => {
+                tracing::debug!(error = %error_chain(error), "could not make the check functions");
+                CheckFunctions::NotMade
+            }
+        };
+        if let Ok(mut state) = self.check_functions.lock() {
+            *state = next;
+        }
+    }
+
+    /// Whether the connection has made the check functions (see [`sql::Check`]).
+    pub(crate) fn has_check_functions(&self) -> bool {
+        self.check_functions.lock().is_ok_and(|state| *state == CheckFunctions::Made)
+    }
+
+    /// Records whether a transaction's server session had the check functions. They can be
+    /// gone though this connection made them (`DISCARD TEMP`, or a pooler in transaction mode
+    /// that hands the next transaction to another server session): that transaction runs its
+    /// checks as `DO` blocks, and the next call makes them again.
+    pub(crate) fn saw_check_functions(&self, present: bool) {
+        let Ok(mut state) = self.check_functions.lock() else { return };
+        match (*state, present) {
+            (CheckFunctions::Unavailable, false) => {}
+            (_, true) => *state = CheckFunctions::Made,
+            (_, false) => *state = CheckFunctions::NotMade,
+        }
+    }
+
     /// The creators whose statements this connection runs after `SET ROLE` ([`sql::Renderer`]).
     pub(crate) fn creators_without_function(&self) -> sql::CreatorsWithoutFunction {
         self.without_function.lock().map(|without| without.clone()).unwrap_or_default()
@@ -379,6 +449,7 @@ pub async fn connect_admin(params: &ConnectParams<'_>) -> Result<AdminConnection
         object_listing: tokio::sync::OnceCell::new(),
         existing_users: std::sync::Mutex::new(std::collections::HashSet::new()),
         without_function: std::sync::Mutex::new(sql::CreatorsWithoutFunction::None),
+        check_functions: std::sync::Mutex::new(CheckFunctions::NotMade),
         held_up_by: std::sync::Mutex::new(std::collections::HashSet::new()),
     })
 }

@@ -289,6 +289,11 @@ SELECT
   pg_catalog.current_setting('server_version_num')::int AS server_version_num,
   pg_catalog.current_database()::text AS current_database,
   current_user::text AS admin,
+  -- This server session has the check functions (make_check_functions; the name is
+  -- CHECK_FUNCTIONS_MADE).
+  EXISTS (SELECT 1 FROM pg_catalog.pg_proc p
+           WHERE p.pronamespace = pg_catalog.pg_my_temp_schema()
+             AND p.proname = 'autouser_guard_v1'::pg_catalog.name) AS check_functions,
   pg_catalog.current_setting('transaction_read_only') = 'on' AS read_only
 FROM (SELECT a.oid,
              pg_catalog.current_setting('server_version_num')::int >= 160000 AND NOT a.rolsuper
@@ -803,12 +808,16 @@ pub fn user_lock_key(db_user: &str) -> i64 {
 pub fn locked_transaction(
     user: &str,
     lock_key: i64,
-    roles_check: &str,
+    roles_check: &CheckCall,
     steps: &[Step],
     mut renderer: Renderer,
 ) -> String {
-    let lock = LOCK_USER.replace("$1::bigint", &format!("({lock_key})::bigint"));
-    let mut text = format!("{};\n{lock};\n{roles_check}", new_user_check(user));
+    let functions = renderer.check_functions;
+    let lock = match functions {
+        true => CheckCall { check: &LOCK_USER_FUNCTION, args: vec![format!("({lock_key})")] }.render(true),
+        false => LOCK_USER.replace("$1::bigint", &format!("({lock_key})::bigint")),
+    };
+    let mut text = format!("{};\n{lock};\n{}", new_user_check(user).render(functions), roles_check.render(functions));
     for sql in steps.iter().filter_map(|step| renderer.render(step)) {
         text.push_str(";\n");
         text.push_str(&sql);
@@ -828,56 +837,162 @@ pub fn locked_transaction(
 ///
 /// On either failure the start takes the read path. A user created after this check makes the
 /// `CREATE ROLE` fail, as before.
-fn new_user_check(user: &str) -> String {
-    let body = format!(
-        "BEGIN \
-           IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN \
-             RAISE EXCEPTION 'pg-autouser: the admin is a superuser: a start reads the superuser roles first' \
-               USING ERRCODE = 'insufficient_privilege'; \
-           END IF; \
-           IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = {name}) THEN \
-             RAISE EXCEPTION 'pg-autouser: role % exists: a start reads its state first', {name} \
-               USING ERRCODE = 'duplicate_object'; \
-           END IF; \
-         END",
-        name = quote_literal(user),
-    );
-    format!("DO {}", quote_literal(&body))
+fn new_user_check(user: &str) -> CheckCall {
+    CheckCall { check: &NEW_USER_CHECK, args: vec![quote_literal(user)] }
 }
+
+const NEW_USER_CHECK: Check = Check {
+    name: "autouser_new_user_check_v1",
+    params: &[("p_user", "text")],
+    returns: "void",
+    body: "BEGIN \
+             IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN \
+               RAISE EXCEPTION 'pg-autouser: the admin is a superuser: a start reads the superuser roles first' \
+                 USING ERRCODE = 'insufficient_privilege'; \
+             END IF; \
+             IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles WHERE rolname = p_user) THEN \
+               RAISE EXCEPTION 'pg-autouser: role % exists: a start reads its state first', p_user \
+                 USING ERRCODE = 'duplicate_object'; \
+             END IF; \
+           END",
+};
 
 /// A `DO` that fails with SQLSTATE 42501 when a start would refuse one of `roles` (see
 /// [`autouser_policy::plan::db_role_refusal`]): the one-round-trip start of a new user reads
 /// nothing, so it checks the catalog in the same message, before its `GRANT`. The same walk as
 /// `READ_STATE`'s ([`reached_roles!`]) and the same rules; on a failure the start takes the read
 /// path, whose plan refuses the role and says why.
-pub fn db_roles_check(roles: &[String], guard: RoleGuard<'_>) -> String {
+pub fn db_roles_check(roles: &[String], guard: RoleGuard<'_>) -> CheckCall {
     let array = |names: Vec<String>| format!("ARRAY[{}]::text[]", names.join(", "));
-    let body = format!(
-        "DECLARE \
-           v_wanted text[] := {wanted}; \
-           v_group text := {group}; \
-           v_allowed text[] := {allowed}; \
-         BEGIN \
-           IF EXISTS (SELECT 1 FROM ({reached}) AS reached \
+    CheckCall {
+        check: &DB_ROLES_CHECK,
+        args: vec![
+            array(roles.iter().map(|role| quote_literal(role)).collect()),
+            quote_literal(guard.managed_group),
+            array(guard.allowed_predefined.iter().map(|role| quote_literal(role)).collect()),
+            quote_literal(guard.object_inheritor),
+        ],
+    }
+}
+
+const DB_ROLES_CHECK: Check = Check {
+    name: "autouser_db_roles_check_v1",
+    params: &[("v_wanted", "text[]"), ("v_group", "text"), ("v_allowed", "text[]"), ("v_inheritor", "text")],
+    returns: "void",
+    body: concat!(
+        "BEGIN \
+           IF EXISTS (SELECT 1 FROM (",
+        reached_roles!("v_wanted", "v_group"),
+        ") AS reached \
                        WHERE (reached.facts <> ''::text \
                               AND NOT (reached.facts = 'predefined'::text AND reached.role = ANY (v_allowed))) \
-                          OR reached.role = {inheritor}::text OR reached.role = v_group \
+                          OR reached.role = v_inheritor OR reached.role = v_group \
                           OR pg_catalog.starts_with(reached.role, v_group || '-creator-'::text)) THEN \
              RAISE EXCEPTION 'pg-autouser: a role the policy grants may be refused: a start reads them first' \
                USING ERRCODE = 'insufficient_privilege'; \
            END IF; \
-         END",
-        wanted = array(roles.iter().map(|role| quote_literal(role)).collect()),
-        group = quote_literal(guard.managed_group),
-        allowed = array(guard.allowed_predefined.iter().map(|role| quote_literal(role)).collect()),
-        reached = reached_roles!("v_wanted", "v_group"),
-        inheritor = quote_literal(guard.object_inheritor),
-    );
-    format!("DO {}", quote_literal(&body))
+         END"
+    ),
+};
+
+/// A check a transaction runs among its statements, which fails the transaction (with its
+/// own SQLSTATE and message) when it must not go on: a PL/pgSQL body over named parameters.
+///
+/// PL/pgSQL plans the queries of a `DO` block at every run, and some of these (the walk of
+/// [`DB_ROLES_CHECK`], the lock's views) cost more to plan than everything else a warm call
+/// runs. A function's plans are kept for the session. So a connection makes the checks once, as
+/// functions in its own temporary schema ([`make_check_functions`]), and calls them; until it
+/// has (its first call), or where it cannot (no `TEMP` on the database), it runs the same
+/// body as a `DO` block with the values declared ([`CheckCall::render`]).
+pub struct Check {
+    name: &'static str,
+    params: &'static [(&'static str, &'static str)],
+    returns: &'static str,
+    body: &'static str,
 }
 
-/// The SQL of one plan step.
+/// A [`Check`] with its arguments, as SQL literals in the order of its parameters.
+pub struct CheckCall {
+    check: &'static Check,
+    args: Vec<String>,
+}
+
+impl CheckCall {
+    /// The check as a call of its function in the connection's temporary schema, or, without
+    /// `functions`, as a `DO` block.
+    pub fn render(&self, functions: bool) -> String {
+        let values = self.check.params.iter().zip(&self.args);
+        if functions {
+            let args: Vec<String> = values.map(|((_, ty), arg)| format!("({arg})::{ty}")).collect();
+            return format!("SELECT pg_temp.{}({})", self.check.name, args.join(", "));
+        }
+        let declarations: String = values.map(|((name, ty), arg)| format!("{name} {ty} := {arg}; ")).collect();
+        format!("DO {}", quote_literal(&format!("DECLARE {declarations}{}", self.check.body)))
+    }
+}
+
+/// The checks a connection makes as functions, the last made last ([`CHECK_FUNCTIONS_MADE`]).
+const CHECKS: [&Check; 5] = [&NEW_USER_CHECK, &DB_ROLES_CHECK, &REFUSE_IF_ENDED, &LOCK_USER_FUNCTION, &GUARD];
+
+/// The name of the function [`make_check_functions`] makes last: `READ_STATE` looks for it to
+/// tell whether the connection's server session has them all.
+pub const CHECK_FUNCTIONS_MADE: &str = "autouser_guard_v1";
+
+/// Makes the [`CHECKS`] as functions in the connection's temporary schema, in one implicit
+/// transaction: owned by the admin, run as the caller (the admin), the `search_path` pinned,
+/// and reachable by no other session. Needs `TEMP` on the database (`PUBLIC` has it by
+/// default): without it the checks stay `DO` blocks.
+pub fn make_check_functions() -> String {
+    CHECKS
+        .iter()
+        .map(|check| {
+            let params: Vec<String> = check.params.iter().map(|(name, ty)| format!("{name} {ty}")).collect();
+            format!(
+                "CREATE OR REPLACE FUNCTION pg_temp.{}({}) RETURNS {} LANGUAGE plpgsql \
+                 SET search_path = pg_catalog, pg_temp AS {}",
+                check.name,
+                params.join(", "),
+                check.returns,
+                quote_literal(check.body)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(";\n")
+}
+
+/// [`LOCK_USER`] as a function, for the one-round-trip start: the views it reads only when the
+/// lock is taken by someone else are then planned only then, once per connection.
+const LOCK_USER_FUNCTION: Check = Check {
+    name: "autouser_lock_user_v1",
+    params: &[("p_key", "bigint")],
+    returns: "text",
+    body: "BEGIN \
+             IF pg_catalog.pg_try_advisory_xact_lock(p_key) THEN \
+               RETURN 'taken'; \
+             END IF; \
+             IF EXISTS (SELECT 1 FROM pg_catalog.pg_locks l \
+                          JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid \
+                         WHERE l.locktype = 'advisory'::text AND l.granted AND l.objsubid = 1::smallint \
+                           AND l.classid = ((p_key >> 32) & 4294967295::bigint)::oid \
+                           AND l.objid = (p_key & 4294967295::bigint)::oid \
+                           AND l.database = (SELECT d.oid FROM pg_catalog.pg_database d \
+                                              WHERE d.datname = pg_catalog.current_database()) \
+                           AND a.usename = session_user) THEN \
+               PERFORM pg_catalog.pg_advisory_xact_lock(p_key); \
+               RETURN 'waited'; \
+             END IF; \
+             RETURN 'skipped'; \
+           END",
+};
+
+/// The SQL of one plan step, its checks as `DO` blocks.
 pub fn render(step: &Step) -> String {
+    render_with(step, false)
+}
+
+/// The SQL of one plan step, its checks as calls of their functions when `check_functions`
+/// (see [`Check`]).
+fn render_with(step: &Step, check_functions: bool) -> String {
     match step {
         Step::CreateGroup { group } => format!("CREATE ROLE {} NOLOGIN", quote_ident(group)),
         Step::CreateUser { user } => format!("CREATE ROLE {} LOGIN", quote_ident(user)),
@@ -896,7 +1011,7 @@ pub fn render(step: &Step) -> String {
         Step::ResetSettings { user, database: Some(database) } => {
             format!("ALTER ROLE {} IN DATABASE {} RESET ALL", quote_ident(user), quote_ident(database))
         }
-        Step::Guard { user, expected_ledger } => guard(user, expected_ledger.as_deref()),
+        Step::Guard { user, expected_ledger } => guard(user, expected_ledger.as_deref()).render(check_functions),
         Step::WriteLedger { user, ledger } => write_ledger(user, ledger),
         Step::DropUser { user } => format!("DROP ROLE {}", quote_ident(user)),
         Step::ReassignOwned { user, inheritor } => {
@@ -906,7 +1021,7 @@ pub fn render(step: &Step) -> String {
         Step::DisarmOwned { user } => disarm_owned(user),
         Step::ReserveName { user } => reserve_name(user),
         Step::RecordEnded { group, user, sessions, window_secs } => record_ended(group, user, sessions, *window_secs),
-        Step::RefuseIfEnded { group, user, session } => refuse_if_ended(group, user, session),
+        Step::RefuseIfEnded { group, user, session } => refuse_if_ended(group, user, session).render(check_functions),
         Step::GrantObjects { batch, user } => {
             format!("GRANT {} TO {}", privilege_on_objects(batch), quote_ident(user))
         }
@@ -940,6 +1055,8 @@ pub fn render(step: &Step) -> String {
 pub struct Renderer<'f> {
     schema: &'f str,
     without_function: &'f CreatorsWithoutFunction,
+    /// Whether the connection has made the [`CHECKS`] as functions.
+    check_functions: bool,
     /// The creator whose function runs the steps being rendered.
     through: Option<String>,
 }
@@ -973,7 +1090,13 @@ impl<'f> Renderer<'f> {
     /// A renderer for a connection to a database whose creators' functions are in `schema`,
     /// but for `without_function`.
     pub fn new(schema: &'f str, without_function: &'f CreatorsWithoutFunction) -> Self {
-        Renderer { schema, without_function, through: None }
+        Renderer { schema, without_function, check_functions: false, through: None }
+    }
+
+    /// The same, on a connection that has made the [`CHECKS`] as functions when
+    /// `check_functions`.
+    pub fn with_check_functions(self, check_functions: bool) -> Self {
+        Renderer { check_functions, ..self }
     }
 
     /// The SQL of `step`, after the steps rendered before it. `None` for a [`Step::SetRole`] that
@@ -989,7 +1112,7 @@ impl<'f> Renderer<'f> {
             Step::SetRole { role: None } if self.through.take().is_some() => return None,
             _ => {}
         }
-        let text = render(step);
+        let text = render_with(step, self.check_functions);
         Some(match &self.through {
             Some(creator) => call_creator_function(self.schema, creator, &text),
             None => text,
@@ -1318,27 +1441,36 @@ fn record_ended(group: &str, user: &str, sessions: &[String], window_secs: u64) 
 
 /// See [`Step::RefuseIfEnded`]: the check of `READ_STATE`'s `session_ended_in_group`, failing
 /// with SQLSTATE 40001.
-fn refuse_if_ended(group: &str, user: &str, session: &str) -> String {
-    let body = format!(
-        "BEGIN \
+fn refuse_if_ended(group: &str, user: &str, session: &str) -> CheckCall {
+    CheckCall {
+        check: &REFUSE_IF_ENDED,
+        args: vec![
+            quote_literal(group),
+            quote_literal(user),
+            quote_literal(session),
+            quote_literal(ENDED_SESSIONS_HEADER),
+        ],
+    }
+}
+
+const REFUSE_IF_ENDED: Check = Check {
+    name: "autouser_refuse_if_ended_v1",
+    params: &[("p_group", "text"), ("p_user", "text"), ("p_session", "text"), ("p_header", "text")],
+    returns: "void",
+    body: "BEGIN \
            IF EXISTS (SELECT 1 FROM pg_catalog.pg_roles g \
                         JOIN pg_catalog.pg_shdescription d \
                           ON d.objoid = g.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid \
-                       WHERE g.rolname = {group_name} \
-                         AND d.description LIKE {header} || pg_catalog.chr(10) || '%' \
-                         AND pg_catalog.strpos(d.description, pg_catalog.chr(10) || {prefix}) > 0) THEN \
-             RAISE EXCEPTION 'pg-autouser: session % of role % has already ended', {session_name}, {user_name} \
+                       WHERE g.rolname = p_group \
+                         AND d.description LIKE p_header || pg_catalog.chr(10) || '%' \
+                         AND pg_catalog.strpos(d.description, pg_catalog.chr(10) \
+                               || pg_catalog.to_json(p_user)::text || pg_catalog.chr(9) \
+                               || pg_catalog.to_json(p_session)::text || pg_catalog.chr(9)) > 0) THEN \
+             RAISE EXCEPTION 'pg-autouser: session % of role % has already ended', p_session, p_user \
                USING ERRCODE = 'serialization_failure'; \
            END IF; \
          END",
-        group_name = quote_literal(group),
-        header = quote_literal(ENDED_SESSIONS_HEADER),
-        prefix = ended_line_prefix(&quote_literal(user), &quote_literal(session)),
-        session_name = quote_literal(session),
-        user_name = quote_literal(user),
-    );
-    format!("DO {}", quote_literal(&body))
-}
+};
 
 /// Fails with SQLSTATE 40001 (retried) when the user's ledger is no longer what the plan was
 /// computed from. Runs after the plan's first write to the user's `pg_authid` row, which
@@ -1347,29 +1479,55 @@ fn refuse_if_ended(group: &str, user: &str, session: &str) -> String {
 ///
 /// The body is passed as an ordinary string literal rather than dollar-quoted, because a
 /// dollar-quote tag could appear inside a user name.
-fn guard(user: &str, expected_ledger: Option<&str>) -> String {
+fn guard(user: &str, expected_ledger: Option<&str>) -> CheckCall {
     let expected = expected_ledger.map_or_else(|| "NULL".to_string(), quote_literal);
-    let body = format!(
-        "BEGIN \
-           IF (SELECT d.description \
-                 FROM pg_catalog.pg_roles r \
-                 JOIN pg_catalog.pg_shdescription d \
-                   ON d.objoid = r.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid \
-                WHERE r.rolname = {name}) IS DISTINCT FROM {expected} THEN \
-             RAISE EXCEPTION 'pg-autouser: the ledger of role % changed concurrently', {name} \
-               USING ERRCODE = 'serialization_failure'; \
-           END IF; \
-         END",
-        name = quote_literal(user),
-    );
-    format!("DO {}", quote_literal(&body))
+    CheckCall { check: &GUARD, args: vec![quote_literal(user), expected] }
 }
+
+const GUARD: Check = Check {
+    name: "autouser_guard_v1",
+    params: &[("p_user", "text"), ("p_expected", "text")],
+    returns: "void",
+    body: "BEGIN \
+             IF (SELECT d.description \
+                   FROM pg_catalog.pg_roles r \
+                   JOIN pg_catalog.pg_shdescription d \
+                     ON d.objoid = r.oid AND d.classoid = 'pg_catalog.pg_authid'::pg_catalog.regclass::pg_catalog.oid \
+                  WHERE r.rolname = p_user) IS DISTINCT FROM p_expected THEN \
+               RAISE EXCEPTION 'pg-autouser: the ledger of role % changed concurrently', p_user \
+                 USING ERRCODE = 'serialization_failure'; \
+             END IF; \
+           END",
+};
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::properties::{cases, Reach};
     use proptest::prelude::*;
+
+    /// `READ_STATE` looks for the function made last, by name.
+    #[test]
+    fn read_state_looks_for_the_last_check_function() {
+        assert_eq!(CHECKS.last().map(|check| check.name), Some(CHECK_FUNCTIONS_MADE));
+        assert!(READ_STATE.contains(&format!("p.proname = '{CHECK_FUNCTIONS_MADE}'::pg_catalog.name")));
+    }
+
+    /// A check's `DO` block declares its parameters with the values, and its call passes them,
+    /// typed, to the function of the same body.
+    #[test]
+    fn a_check_is_a_do_block_or_a_call_of_its_function() {
+        let check = guard("o'neil", None);
+        assert_eq!(check.render(true), "SELECT pg_temp.autouser_guard_v1(('o''neil')::text, (NULL)::text)");
+        let block = check.render(false);
+        let declared = "DO 'DECLARE p_user text := ''o''''neil''; p_expected text := NULL; BEGIN";
+        assert!(block.starts_with(declared), "{block}");
+        assert!(block.contains("RAISE EXCEPTION"), "{block}");
+        let made = make_check_functions();
+        for check in CHECKS {
+            assert!(made.contains(&format!("CREATE OR REPLACE FUNCTION pg_temp.{}(", check.name)), "{made}");
+        }
+    }
 
     #[test]
     fn locked_transaction_is_the_new_user_check_the_lock_then_the_steps_in_one_message() {
@@ -1378,25 +1536,33 @@ mod tests {
             Step::WriteLedger { user: "al;ice".into(), ledger: "{'x'}".into() },
             Step::GrantRoles { roles: vec!["grp".into(), "re\"ader".into()], user: "al;ice".into() },
         ];
-        let text = locked_transaction(
-            "al;ice",
-            -42,
-            "DO 'roles'",
-            &steps,
-            Renderer::new("grp", &CreatorsWithoutFunction::None),
-        );
-        let check = format!("{};\n", new_user_check("al;ice"));
-        assert!(check.contains("rolsuper") && check.contains("rolname = ''al;ice''"), "{check}");
-        assert!(text.starts_with(&check), "{text}");
-        let lock = LOCK_USER.replace("$1::bigint", "(-42)::bigint");
-        assert!(!lock.contains('$') && lock.contains("pg_try_advisory_xact_lock((-42)::bigint)"), "{lock}");
+        let allowed = BTreeSet::new();
+        let guard = RoleGuard { managed_group: "grp", object_inheritor: "heir", allowed_predefined: &allowed };
+        let roles_check = db_roles_check(&["re\"ader".to_string()], guard);
+        for functions in [false, true] {
+            let without_function = CreatorsWithoutFunction::None;
+            let renderer = Renderer::new("grp", &without_function).with_check_functions(functions);
+            let text = locked_transaction("al;ice", -42, &roles_check, &steps, renderer);
+            let check = new_user_check("al;ice").render(functions);
+            let lock = match functions {
+                false => LOCK_USER.replace("$1::bigint", "(-42)::bigint"),
+                true => "SELECT pg_temp.autouser_lock_user_v1(((-42))::bigint)".to_string(),
+            };
+            assert!(!lock.contains('$') && lock.contains("(-42)"), "{lock}");
+            let expected = format!(
+                "{check};\n{lock};\n{};\n\
+                 CREATE ROLE \"al;ice\" LOGIN;\n\
+                 COMMENT ON ROLE \"al;ice\" IS '{{''x''}}';\n\
+                 GRANT \"grp\", \"re\"\"ader\" TO \"al;ice\"",
+                roles_check.render(functions)
+            );
+            assert_eq!(text, expected);
+        }
+        let check = new_user_check("al;ice").render(false);
+        assert!(check.contains("rolsuper") && check.contains("p_user text := ''al;ice''"), "{check}");
         assert_eq!(
-            text[check.len()..].replacen(&format!("{lock};\n"), "<lock>;\n", 1),
-            "<lock>;\n\
-             DO 'roles';\n\
-             CREATE ROLE \"al;ice\" LOGIN;\n\
-             COMMENT ON ROLE \"al;ice\" IS '{''x''}';\n\
-             GRANT \"grp\", \"re\"\"ader\" TO \"al;ice\""
+            new_user_check("al;ice").render(true),
+            "SELECT pg_temp.autouser_new_user_check_v1(('al;ice')::text)"
         );
     }
 
@@ -1596,15 +1762,18 @@ mod tests {
         assert!(REACHED_ROLES.contains("WITH RECURSIVE") && READ_STATE.contains("AS reached_facts"));
         let allowed = BTreeSet::from(["pg_read_all_data".to_string()]);
         let guard = RoleGuard { managed_group: "g'rp", object_inheritor: "he'ir", allowed_predefined: &allowed };
-        let check = db_roles_check(&["a'b".to_string(), "c".to_string()], guard);
+        let check = db_roles_check(&["a'b".to_string(), "c".to_string()], guard).render(false);
         // The body is itself a literal: every quote inside it is doubled once more.
         assert!(check.starts_with("DO '") && check.is_ascii(), "{check}");
-        for expected in
-            ["ARRAY[''a''''b'', ''c'']::text[]", "''g''''rp''", "''he''''ir''::text", "ARRAY[''pg_read_all_data'']"]
-        {
+        for expected in [
+            "ARRAY[''a''''b'', ''c'']::text[]",
+            "''g''''rp''",
+            "v_inheritor text := ''he''''ir''",
+            "ARRAY[''pg_read_all_data'']",
+        ] {
             assert!(check.contains(expected), "{expected} in {check}");
         }
-        assert!(db_roles_check(&[], guard).contains("v_wanted text[] := ARRAY[]::text[]"));
+        assert!(db_roles_check(&[], guard).render(false).contains("v_wanted text[] := ARRAY[]::text[]"));
     }
 
     #[test]
@@ -1697,8 +1866,8 @@ mod tests {
     #[test]
     fn guard_survives_dollar_quotes_in_names() {
         let sql = render(&Step::Guard { user: "$$x$$'".into(), expected_ledger: None });
-        assert!(sql.starts_with("DO '"));
-        assert!(sql.contains("IS DISTINCT FROM NULL"));
+        assert!(sql.starts_with("DO 'DECLARE p_user text := ''$$x$$''''''; p_expected text := NULL; BEGIN"), "{sql}");
+        assert!(sql.contains("IS DISTINCT FROM p_expected"), "{sql}");
     }
 
     #[test]

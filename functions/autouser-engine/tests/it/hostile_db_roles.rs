@@ -223,21 +223,26 @@ async fn the_one_round_trip_check_fails_on_what_the_plan_refuses() {
         allowed_predefined: &allowed,
     };
     let check = |roles: &[&str]| sql::db_roles_check(&roles.iter().map(|r| r.to_string()).collect::<Vec<_>>(), guard);
-    for refused in [bob.as_str(), via.as_str(), "pg_monitor", "postgres", &config.object_inheritor, &fx.group] {
-        let error = connection
-            .client()
-            .batch_execute(&check(&[&fx.reader(), refused]))
-            .await
-            .expect_err(&format!("{refused} is refused"));
-        assert_eq!(
-            error.code(),
-            Some(&autouser_engine::tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
-            "{refused}: {error:?}"
-        );
+    // As a DO block, and as a call of the function a connection makes of it.
+    connection.client().batch_execute(&sql::make_check_functions()).await.unwrap();
+    for functions in [false, true] {
+        for refused in [bob.as_str(), via.as_str(), "pg_monitor", "postgres", &config.object_inheritor, &fx.group] {
+            let error = connection
+                .client()
+                .batch_execute(&check(&[&fx.reader(), refused]).render(functions))
+                .await
+                .expect_err(&format!("{refused} is refused"));
+            assert_eq!(
+                error.code(),
+                Some(&autouser_engine::tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE),
+                "{refused} (functions: {functions}): {error:?}"
+            );
+        }
+        let granted = [fx.reader(), fx.writer(), "pg_read_all_data".to_string(), fx.user("nobody")];
+        let granted: Vec<&str> = granted.iter().map(String::as_str).collect();
+        connection.client().batch_execute(&check(&granted).render(functions)).await.unwrap();
+        connection.client().batch_execute(&check(&[]).render(functions)).await.unwrap();
     }
-    let granted = [fx.reader(), fx.writer(), "pg_read_all_data".to_string(), fx.user("nobody")];
-    connection.client().batch_execute(&check(&granted.iter().map(String::as_str).collect::<Vec<_>>())).await.unwrap();
-    connection.client().batch_execute(&check(&[])).await.unwrap();
 }
 
 /// Preflight lists the policy's literal roles that a start would refuse, and why.

@@ -1,6 +1,7 @@
 //! Engine tests against a real PostgreSQL. The version is the one `AUTOUSER_PG_BIN` points at;
 //! `scripts/test` runs this binary once per supported version.
 
+mod checks;
 mod concurrency;
 mod connection;
 mod creators;
