@@ -202,11 +202,11 @@ pub struct ServerFacts {
     /// With `creator_roles` on PostgreSQL 16+ and an admin that is not a superuser: the roles
     /// each creator must hold WITH ADMIN OPTION (those of the check that the creators grant),
     /// the creators that exist and are not ready (not settable by the admin, lacking one of
-    /// them, or without their function where it can be made), and how many do not exist yet
-    /// (the first session of each makes it).
+    /// them, or without their function where it can be made), and those that do not exist yet
+    /// (the first session of each makes it; bootstrap makes them all).
     pub creator_roles_held: Vec<String>,
     pub creators_not_ready: Vec<String>,
-    pub creators_missing: i32,
+    pub creators_missing: Vec<String>,
     /// The owner of the schema that keeps the creators' functions (named as the managed
     /// group; `None`: there is none), and whether the admin can make the functions there
     /// (`sql::Renderer`).
@@ -333,7 +333,7 @@ pub async fn read_facts(client: &Client, config: &Config, roles: &BTreeSet<Strin
             .map_err(failed)?;
         (row.get("not_ready"), row.get("missing"), row.get("schema_owner"), row.get("functions_makeable"))
     } else {
-        (Vec::new(), 0, None, true)
+        (Vec::new(), Vec::new(), None, true)
     };
     Ok(ServerFacts {
         reached_roles,
@@ -558,7 +558,7 @@ fn creator_functions_finding(config: &Config, facts: &ServerFacts) -> Finding {
 /// to the policy since, a function missing) is prepared by the first session that needs it (as
 /// the admin, at the cost of one walk of the admin's memberships), or by bootstrap; the fix
 /// prepares them now, as a superuser. Creators that do not exist yet are made by the first
-/// session of each: nothing to do.
+/// session of each, or by bootstrap: nothing to fix.
 fn creator_roles_finding(config: &Config, facts: &ServerFacts) -> Finding {
     const CHECK: &str = "creator_roles";
     let count = config.creator_roles;
@@ -574,13 +574,14 @@ fn creator_roles_finding(config: &Config, facts: &ServerFacts) -> Finding {
             "the admin is a superuser, whose role statements check no memberships: creator roles are unused",
         );
     }
-    let existing = i64::from(count) - i64::from(facts.creators_missing);
+    let existing = count as usize - facts.creators_missing.len();
     if facts.creators_not_ready.is_empty() {
         return Finding::pass(
             CHECK,
             format!(
                 "{existing} of the {count} creator roles exist, each ready: the admin may SET ROLE to it, and it holds \
-                 ADMIN OPTION on {:?}; the first session of each of the others makes it",
+                 ADMIN OPTION on {:?}; the first session of each of the others makes it (discovery's bootstrap makes \
+                 them all)",
                 facts.creator_roles_held
             ),
         );
@@ -780,7 +781,8 @@ pub async fn bootstrap(client: &Client, config: &Config, facts: &ServerFacts) ->
         ];
         ran.extend(create(client, &steps, "creating the object inheritor").await?);
     }
-    for creator in &facts.creators_not_ready {
+    // The missing ones too: made here, they cost no session its preparation.
+    for creator in facts.creators_not_ready.iter().chain(&facts.creators_missing) {
         let steps = [Step::PrepareCreator {
             creator: creator.clone(),
             roles: facts.creator_roles_held.clone(),
@@ -858,7 +860,7 @@ roles:
             unmanaged_login_count: 0,
             creator_roles_held: Vec::new(),
             creators_not_ready: Vec::new(),
-            creators_missing: 0,
+            creators_missing: Vec::new(),
             functions_schema_owner: None,
             creator_functions_makeable: true,
             reached_roles: roles

@@ -742,7 +742,7 @@ SELECT n.nspname::pg_catalog.text
 /// Of the creator roles `$1` that exist, those not ready for the current user (the admin):
 /// not settable (`SET ROLE`) by it, lacking ADMIN OPTION on one of the roles `$2` that exist,
 /// or without their function where [`Step::PrepareCreator`] can make it (`not_ready`); how
-/// many of `$1` do not exist yet (`missing`: the first session of each makes it); the owner of
+/// those of `$1` that do not exist yet (`missing`: the first session of each makes it); the owner of
 /// the functions' schema, named `$3` (`schema_owner`, NULL when there is none); and whether
 /// the creators' functions can be made (`functions_makeable`). PostgreSQL 16+ only (the SET
 /// privilege). Preflight's, like `READ_STATE`'s `creator_ready`.
@@ -762,9 +762,10 @@ SELECT ARRAY(
     creator_functions_makeable!("$3::text", "admin.oid"),
     ")
    ORDER BY wanted.n) AS not_ready,
-       (SELECT pg_catalog.count(*)::int
-          FROM pg_catalog.unnest($1::text[]) AS wanted(name)
-         WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles c WHERE c.rolname = wanted.name)) AS missing,
+       ARRAY(SELECT wanted.name
+               FROM pg_catalog.unnest($1::text[]) WITH ORDINALITY AS wanted(name, n)
+              WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles c WHERE c.rolname = wanted.name)
+              ORDER BY wanted.n) AS missing,
        (SELECT pg_catalog.pg_get_userbyid(n.nspowner)::text
           FROM pg_catalog.pg_namespace n WHERE n.nspname = $3::text) AS schema_owner,
        ",
@@ -1132,6 +1133,10 @@ const CREATOR_FUNCTION_BODY: &str = "BEGIN EXECUTE statement; END";
 /// missing. A concurrent creation of the creator, the schema or the function (another user's
 /// start) is waited for and taken as done. PostgreSQL 16+ only (`set_option`).
 ///
+/// Each `GRANT` of a role takes that role's lock until commit, so the roles are granted in the
+/// order a start's `GRANT` takes them: the managed group (named as the schema) first, then
+/// the others by name; in any other order, a preparation and a start of a user of a ready
+/// creator deadlock (seen at 32 concurrent starts with a role named before the group).
 /// The schema comes before the roles: its `GRANT` updates the schema's row, which the next
 /// preparation waits for until this transaction ends, so no preparation may hold a role's
 /// lock (`GRANT <group> TO <creator>` takes the group's) while it waits there. The function is
@@ -1191,7 +1196,7 @@ fn prepare_creator(creator: &str, roles: &[String], schema: &str) -> String {
               WHERE r.rolname = ANY (ARRAY[{roles}]::text[]) \
                 AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m \
                                  WHERE m.roleid = r.oid AND m.member = creator_oid AND m.admin_option) \
-              ORDER BY 1 \
+              ORDER BY r.rolname::text <> schema_name, r.rolname \
            LOOP \
              EXECUTE pg_catalog.format('GRANT %I TO %I WITH ADMIN OPTION', role_name, creator_name); \
            END LOOP; \

@@ -57,7 +57,14 @@ async fn a_ready_database_passes_and_bootstrap_creates_the_group() {
     let client = fx.admin_client(&config, "postgres").await.unwrap();
     let (_, facts) = preflight::check(&client, &config, &db).await.unwrap();
     let ran = preflight::bootstrap(&client, &config, &facts).await.unwrap();
-    assert_eq!(ran, [format!("CREATE ROLE {} NOLOGIN", q(&fx.group))]);
+    assert_eq!(ran[0], format!("CREATE ROLE {} NOLOGIN", q(&fx.group)));
+    // Then, on 16+, every creator role of the config, so that no session pays for preparing one.
+    let creators = if major() >= 16 { config.creator_roles as usize } else { 0 };
+    assert_eq!(ran.len(), 1 + creators, "the group, then {creators} creators");
+    for (index, statement) in ran[1..].iter().enumerate() {
+        let creator = format!("{}-creator-{index}", fx.group);
+        assert!(statement.starts_with(&format!("DO 'DECLARE creator_name constant text := ''{creator}''")));
+    }
     let (after, facts) = preflight::check(&client, &config, &db).await.unwrap();
     assert!(after.ready && finding(&after, "managed_group").detail.contains("exists"), "{}", after.to_text());
     assert!(preflight::bootstrap(&client, &config, &facts).await.unwrap().is_empty(), "bootstrap is idempotent");
@@ -288,8 +295,9 @@ async fn preflight_checks_the_creator_roles_and_bootstrap_or_the_fix_prepares_th
             let db = config.databases[0].resolve_static().unwrap();
             let client = fx.admin_client(&config, "postgres").await.unwrap();
             let (_, facts) = preflight::check(&client, &config, &db).await.unwrap();
+            // The one not ready, and the two that do not exist yet.
             let ran = preflight::bootstrap(&client, &config, &facts).await.unwrap();
-            assert_eq!(ran.len(), 1, "{ran:?}");
+            assert_eq!(ran.len(), 3, "{ran:?}");
         } else {
             let fix = creators.fix.clone().expect("a fix");
             assert!(fix.contains(&format!("GRANT {} TO {}", q(&creator), q(&fx.admin))), "{fix}");
