@@ -781,14 +781,12 @@ pub async fn bootstrap(client: &Client, config: &Config, facts: &ServerFacts) ->
         ];
         ran.extend(create(client, &steps, "creating the object inheritor").await?);
     }
-    // The missing ones too: made here, they cost no session its preparation.
-    for creator in facts.creators_not_ready.iter().chain(&facts.creators_missing) {
-        let steps = [Step::PrepareCreator {
-            creator: creator.clone(),
-            roles: facts.creator_roles_held.clone(),
-            schema: config.managed_group.clone(),
-        }];
-        ran.extend(create(client, &steps, "preparing a creator role").await?);
+    // The missing ones too: made here, they cost no session its preparation. One statement
+    // for them all, so that the report (discovery's event) stays small.
+    let creators: Vec<String> = facts.creators_not_ready.iter().chain(&facts.creators_missing).cloned().collect();
+    if !creators.is_empty() {
+        let statement = sql::prepare_creators(&creators, &facts.creator_roles_held, &config.managed_group);
+        ran.extend(run_in_a_transaction(client, vec![statement], "preparing the creator roles").await?);
     }
     Ok(ran)
 }
@@ -796,7 +794,12 @@ pub async fn bootstrap(client: &Client, config: &Config, facts: &ServerFacts) ->
 /// Runs `steps` in one transaction; nothing when the role was created meanwhile (by a
 /// session: what we wanted). The statements it ran.
 async fn create(client: &Client, steps: &[Step], action: &str) -> Result<Vec<String>, Error> {
-    let statements: Vec<String> = steps.iter().map(sql::render).collect();
+    run_in_a_transaction(client, steps.iter().map(sql::render).collect(), action).await
+}
+
+/// Runs `statements` in one transaction; nothing when a role was created meanwhile (by a
+/// session: what we wanted). The statements it ran.
+async fn run_in_a_transaction(client: &Client, statements: Vec<String>, action: &str) -> Result<Vec<String>, Error> {
     match client.batch_execute(&format!("BEGIN; {}; COMMIT", statements.join("; "))).await {
         Ok(()) => Ok(statements),
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::DUPLICATE_OBJECT) => {

@@ -1140,8 +1140,8 @@ fn call_creator_function(schema: &str, creator: &str, statement: &str) -> String
 /// The body of each creator's function: the one statement it is given, run as the creator.
 const CREATOR_FUNCTION_BODY: &str = "BEGIN EXECUTE statement; END";
 
-/// See [`Step::PrepareCreator`]: one `DO` block, as the admin, that changes only what is
-/// missing. A concurrent creation of the creator, the schema or the function (another user's
+/// See [`Step::PrepareCreator`], for each of `creators` in turn (bootstrap's one statement
+/// for them all): one `DO` block, as the admin, that changes only what is missing. A concurrent creation of the creator, the schema or the function (another user's
 /// start) is waited for and taken as done. PostgreSQL 16+ only (`set_option`).
 ///
 /// Each `GRANT` of a role takes that role's lock until commit, so the roles are granted in the
@@ -1155,17 +1155,19 @@ const CREATOR_FUNCTION_BODY: &str = "BEGIN EXECUTE statement; END";
 /// that it owns it: `SECURITY DEFINER` and the pinned `search_path`,
 /// `EXECUTE` revoked from `PUBLIC` and granted to the admin alone. The creator gets `USAGE` and `CREATE` on
 /// the schema for that; nobody else gets anything on it.
-fn prepare_creator(creator: &str, roles: &[String], schema: &str) -> String {
+pub fn prepare_creators(creators: &[String], roles: &[String], schema: &str) -> String {
+    let creators: Vec<String> = creators.iter().map(|creator| quote_literal(creator)).collect();
     let roles: Vec<String> = roles.iter().map(|role| quote_literal(role)).collect();
     let body = format!(
         "DECLARE \
-           creator_name constant text := {creator}; \
+           creator_name text; \
            schema_name constant text := {schema}; \
            admin_name constant text := current_user; \
            creator_oid oid; \
            admin_oid oid := (SELECT a.oid FROM pg_catalog.pg_roles a WHERE a.rolname = current_user); \
            role_name text; \
          BEGIN \
+          FOREACH creator_name IN ARRAY ARRAY[{creators}]::text[] LOOP \
            SELECT r.oid INTO creator_oid FROM pg_catalog.pg_roles r WHERE r.rolname = creator_name; \
            IF creator_oid IS NULL THEN \
              BEGIN \
@@ -1211,13 +1213,19 @@ fn prepare_creator(creator: &str, roles: &[String], schema: &str) -> String {
            LOOP \
              EXECUTE pg_catalog.format('GRANT %I TO %I WITH ADMIN OPTION', role_name, creator_name); \
            END LOOP; \
+          END LOOP; \
          END",
-        creator = quote_literal(creator),
+        creators = creators.join(", "),
         schema = quote_literal(schema),
         roles = roles.join(", "),
         function_body = quote_literal(CREATOR_FUNCTION_BODY),
     );
     format!("DO {}", quote_literal(&body))
+}
+
+/// [`prepare_creators`] for one creator: see [`Step::PrepareCreator`].
+fn prepare_creator(creator: &str, roles: &[String], schema: &str) -> String {
+    prepare_creators(&[creator.to_string()], roles, schema)
 }
 
 fn quote_idents(names: &[String]) -> String {

@@ -83,7 +83,10 @@ databases:
     assert!(attention["reason"].as_str().unwrap().contains("IAM database authentication is disabled"), "{attention}");
     let ready = &events[1]["detail"];
     assert_eq!(ready["database"], "ready");
-    assert_eq!(ready["bootstrapped"], json!(["CREATE ROLE \"ld_disc_group\" NOLOGIN"]));
+    // The group, then (PostgreSQL 16+, the default config) every creator role in one statement.
+    let bootstrapped = ready["bootstrapped"].as_array().unwrap();
+    assert_eq!(bootstrapped[0], json!("CREATE ROLE \"ld_disc_group\" NOLOGIN"), "{ready}");
+    assert_bootstrapped_creators(&bootstrapped[1..], "ld_disc_group");
     assert_eq!(ready["preflight"]["ready"], true);
 
     // Someone removes the admin tag: CloudTrail's event names the resource.
@@ -106,4 +109,18 @@ databases:
     let not_managed = events.iter().find(|e| e["detail-type"] == "Database Not Managed").expect("a Not Managed event");
     assert_eq!(not_managed["detail"]["database"], "ready");
     assert!(not_managed["detail"]["reason"].as_str().unwrap().contains("teleport.dev/db-admin"), "{not_managed}");
+}
+
+/// `statements` (after the group's creation in a report's `bootstrapped`) are one statement that
+/// prepares the default config's creator roles of `group` on PostgreSQL 16+, and none before.
+pub(crate) fn assert_bootstrapped_creators(statements: &[serde_json::Value], group: &str) {
+    if scratch_login::test_cluster().major() < 16 {
+        assert!(statements.is_empty(), "{statements:?}");
+        return;
+    }
+    assert_eq!(statements.len(), 1, "{statements:?}");
+    let statement = statements[0].as_str().unwrap();
+    for index in 0..autouser_policy::config::DEFAULT_CREATOR_ROLES {
+        assert!(statement.contains(&format!("''{group}-creator-{index}''")), "creator {index}: {statement}");
+    }
 }

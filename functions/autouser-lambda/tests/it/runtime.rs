@@ -299,7 +299,9 @@ async fn functions_run_under_the_lambda_runtime_api() {
     let report = &events[0]["detail"];
     assert_eq!(report["database"], "lt-rds", "{report}");
     assert_eq!(report["resource"], format!("RDS instance lt-disc in {DISCOVERY_REGION}"), "{report}");
-    assert_eq!(report["bootstrapped"], json!(["CREATE ROLE \"lt_grp\" NOLOGIN"]), "{report}");
+    let bootstrapped = report["bootstrapped"].as_array().unwrap();
+    assert_eq!(bootstrapped[0], json!("CREATE ROLE \"lt_grp\" NOLOGIN"), "{report}");
+    crate::discovery::assert_bootstrapped_creators(&bootstrapped[1..], "lt_grp");
     assert_eq!(report["preflight"]["ready"], true, "{report}");
 
     // A direct invoke answers with the CLI's result.
