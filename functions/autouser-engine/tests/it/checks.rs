@@ -4,35 +4,7 @@
 //! block's queries are planned at every run, a function's once per connection. Where they
 //! cannot be made, or are gone, the same checks run as `DO` blocks, and no call fails.
 
-use crate::fixture::{cluster, connect, q, Fixture};
-
-/// The calls the server counted of the check function `name` (`track_functions`), once the
-/// backend of `connection` has reported them: it reports at the end of a statement at most
-/// once a second, so each try runs one. Waits up to 10 s for the count to pass `more_than`.
-async fn calls_of(
-    in_db: &tokio_postgres::Client,
-    connection: &autouser_engine::pg::AdminConnection,
-    name: &str,
-    more_than: i64,
-) -> i64 {
-    let mut calls = 0;
-    for _ in 0..50 {
-        connection.simple_query("SELECT 1").await.expect("the admin's connection");
-        calls = in_db
-            .query_one(
-                "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_user_functions WHERE funcname = $1",
-                &[&name],
-            )
-            .await
-            .expect("function statistics")
-            .get(0);
-        if calls > more_than {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    calls
-}
+use crate::fixture::{cluster, connect, function_calls, q, Fixture};
 
 /// A connection's first call makes the check functions; its later starts and ends call them.
 /// They live in the connection's temporary schema, which no other session can reach.
@@ -62,12 +34,12 @@ async fn a_connection_makes_its_checks_once_and_calls_them() {
     // A new user's start (one round trip): the new-user check, the lock and the roles check.
     fx.start_on(&connection, fx.event("s2", &bob, &["keep"])).await.unwrap();
     for name in ["autouser_new_user_check_v1", "autouser_lock_user_v1", "autouser_db_roles_check_v1"] {
-        assert!(calls_of(&in_db, &connection, name, 0).await > 0, "{name} was called");
+        assert!(function_calls(&in_db, &connection, name, 0).await > 0, "{name} was called");
     }
     // A kept user's start and an end: the ledger's guard.
     fx.start_on(&connection, fx.event("s3", &alice, &["keep"])).await.unwrap();
     fx.end_on(&connection, fx.event("s3", &alice, &["keep"])).await.unwrap();
-    assert!(calls_of(&in_db, &connection, "autouser_guard_v1", 1).await > 1, "the guard was called");
+    assert!(function_calls(&in_db, &connection, "autouser_guard_v1", 1).await > 1, "the guard was called");
     assert!(connect(&bob, &fx.db).await.is_ok(), "bob logs in");
     assert!(connect(&alice, &fx.db).await.is_err(), "alice is locked");
 

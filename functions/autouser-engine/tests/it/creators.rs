@@ -5,7 +5,7 @@
 
 use autouser_policy::outcome::EndStatus;
 
-use crate::fixture::{as_superuser, cluster, connect, major, q, set, Fixture};
+use crate::fixture::{as_superuser, cluster, connect, function_calls, major, q, set, Fixture};
 
 /// Who holds what on `user`, as `(role, member, grantor, admin_option)` rows of
 /// `pg_auth_members` where `user` is the role or the member.
@@ -198,35 +198,6 @@ async fn a_user_keeps_its_creator_when_creator_roles_change() {
 /// How many functions named `creator` the database of `in_db` holds, in any schema.
 async fn functions_named(in_db: &tokio_postgres::Client, creator: &str) -> usize {
     in_db.query("SELECT 1 FROM pg_proc WHERE proname = $1", &[&creator]).await.expect("functions").len()
-}
-
-/// How many times the server counted calls of the function named `creator`
-/// (`track_functions`), once the backend of `connection` has reported them: it reports at the
-/// end of a statement at most once a second, so each try runs one. Waits up to 10 s for the
-/// count to pass `more_than`.
-async fn function_calls(
-    in_db: &tokio_postgres::Client,
-    connection: &autouser_engine::pg::AdminConnection,
-    creator: &str,
-    more_than: i64,
-) -> i64 {
-    let mut calls = 0;
-    for _ in 0..50 {
-        connection.simple_query("SELECT 1").await.expect("the admin's connection");
-        calls = in_db
-            .query_one(
-                "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_user_functions WHERE funcname = $1",
-                &[&creator],
-            )
-            .await
-            .expect("function statistics")
-            .get(0);
-        if calls > more_than {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    }
-    calls
 }
 
 /// PostgreSQL 16+ checks `SET ROLE <creator>` by walking every creator's memberships, so a

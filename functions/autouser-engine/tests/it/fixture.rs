@@ -344,3 +344,27 @@ pub async fn as_superuser(db: &str, statements: &str) {
 pub async fn connect(user: &str, dbname: &str) -> Result<Client, Error> {
     scratch_login::connect(cluster(), user, dbname).await
 }
+
+/// How many times the server counted calls of the functions named `name` (`track_functions`
+/// must be on for the caller), once the backend of `connection` has reported them: it reports
+/// at the end of a statement at most once a second, so each try runs one. Waits up to 10 s for
+/// the count to pass `more_than`.
+pub async fn function_calls(in_db: &Client, connection: &AdminConnection, name: &str, more_than: i64) -> i64 {
+    let mut calls = 0;
+    for _ in 0..50 {
+        connection.simple_query("SELECT 1").await.expect("the admin's connection");
+        calls = in_db
+            .query_one(
+                "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_user_functions WHERE funcname = $1",
+                &[&name],
+            )
+            .await
+            .expect("function statistics")
+            .get(0);
+        if calls > more_than {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    calls
+}
