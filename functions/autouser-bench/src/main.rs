@@ -79,6 +79,10 @@ struct Args {
     /// Only the burst benchmark: sessions of one user started all at once, then ended.
     #[arg(long, conflicts_with_all = ["objects_only", "lambda_only", "reaper_only", "scale_only"])]
     burst_only: bool,
+    /// Only the provisioning tables of the durable server (warm, cold, throughput) and the
+    /// ratio lines the main run ends with.
+    #[arg(long, conflicts_with_all = ["objects_only", "lambda_only", "reaper_only", "scale_only", "burst_only"])]
+    provisioning_only: bool,
     /// The burst sizes (sessions of one user at once, one admin connection each; the test
     /// server allows 300 connections).
     #[arg(long, value_delimiter = ',', default_value = "10,50,100,200")]
@@ -109,6 +113,14 @@ async fn run(args: &Args) -> Result<(), String> {
         let cluster = Cluster::start_with(&install, Durability::Production).map_err(|e| e.to_string())?;
         provisioning::prepare_server(&cluster).await.map_err(|e| e.to_string())?;
         return burst_table(&cluster, &args.burst_sessions).await.map_err(|e| e.to_string());
+    }
+    if args.provisioning_only {
+        let cluster = Cluster::start_with(&install, Durability::Production).map_err(|e| e.to_string())?;
+        provisioning::prepare_server(&cluster).await.map_err(|e| e.to_string())?;
+        println!("## Provisioning, durable server (fsync=on, the default)\n");
+        let ratios = provisioning_tables(&cluster, args, "p").await.map_err(|e| e.to_string())?;
+        ratios.print();
+        return Ok(());
     }
     let one_table = args.objects_only || args.lambda_only || args.reaper_only;
     let mut durable_ratios = None;
