@@ -243,6 +243,8 @@ mod tests {
             admin_user: AdminUser { name: "teleport-admin".into(), default_database: None },
             auth: AuthConfig::Iam { region: None },
             tls: TlsConfig { mode: TlsMode::VerifyFull, ca_file: ca_file.map(Into::into) },
+            writer: None,
+            replica_wait: autouser_policy::config::DEFAULT_REPLICA_WAIT,
         }
     }
 

@@ -257,6 +257,8 @@ fn apply_facts_with(
         admin_user,
         auth: db.auth.clone(),
         tls: db.tls.clone(),
+        writer: None,
+        replica_wait: db.replica_wait,
     })
 }
 

@@ -7,6 +7,7 @@ mod lambda;
 mod objects;
 mod provisioning;
 mod reaper;
+mod replica;
 mod scale;
 mod stats;
 
@@ -79,6 +80,10 @@ struct Args {
     /// Only the burst benchmark: sessions of one user started all at once, then ended.
     #[arg(long, conflicts_with_all = ["objects_only", "lambda_only", "reaper_only", "scale_only"])]
     burst_only: bool,
+    /// Only the read replica benchmark: starts and ends on a hot standby's entry (changes on its
+    /// primary, then the wait for the standby's replay) against the same on the primary's.
+    #[arg(long, conflicts_with_all = ["objects_only", "lambda_only", "reaper_only", "scale_only", "burst_only"])]
+    replica_only: bool,
     /// Only the provisioning tables of the durable server (warm, cold, throughput) and the
     /// ratio lines the main run ends with.
     #[arg(long, conflicts_with_all = ["objects_only", "lambda_only", "reaper_only", "scale_only", "burst_only"])]
@@ -113,6 +118,12 @@ async fn run(args: &Args) -> Result<(), String> {
         let cluster = Cluster::start_with(&install, Durability::Production).map_err(|e| e.to_string())?;
         provisioning::prepare_server(&cluster).await.map_err(|e| e.to_string())?;
         return burst_table(&cluster, &args.burst_sessions).await.map_err(|e| e.to_string());
+    }
+    if args.replica_only {
+        let mut cluster = Cluster::start_with(&install, Durability::Production).map_err(|e| e.to_string())?;
+        provisioning::prepare_server(&cluster).await.map_err(|e| e.to_string())?;
+        let standby = cluster.start_standby().map_err(|e| e.to_string())?;
+        return replica_table(&cluster, &standby, args.iterations).await.map_err(|e| e.to_string());
     }
     if args.provisioning_only {
         let cluster = Cluster::start_with(&install, Durability::Production).map_err(|e| e.to_string())?;
@@ -410,6 +421,24 @@ async fn burst_table(cluster: &Cluster, sizes: &[usize]) -> Result<(), autouser_
         );
     }
     println!();
+    Ok(())
+}
+
+async fn replica_table(primary: &Cluster, standby: &Cluster, iterations: usize) -> Result<(), autouser_engine::Error> {
+    let measured = replica::measure(primary, standby, iterations).await?;
+    println!("## Sessions on a read replica, durable server\n");
+    println!(
+        "A hot standby streaming from the server, at idle replication. {iterations} new users per side, \
+         alternating; warm admin connections. A replica's call runs on its writer (the primary), \
+         then waits until the standby has replayed the commit. Medians and p99 in ms.\n"
+    );
+    println!("| operation | replica median | replica p99 | primary median | primary p99 | ratio (median) |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    latency_row("session-start", &measured.replica_start, &measured.primary_start);
+    latency_row("session-end (keep)", &measured.replica_end, &measured.primary_end);
+    println!();
+    println!("replica start ratio: {:.2}", median_ratio(&measured.replica_start, &measured.primary_start));
+    println!("replica end ratio: {:.2}", median_ratio(&measured.replica_end, &measured.primary_end));
     Ok(())
 }
 

@@ -90,6 +90,15 @@ pub fn config_text(cluster: &Cluster, port: u16) -> Result<String, Error> {
     config_with_grants(cluster, port, &format!("db_roles: [{}, {}]", ROLES[0], ROLES[1]))
 }
 
+/// The config of a read replica's entry: sessions on `standby`, changes on its writer at
+/// `writer_port`, with the benchmark's policy.
+pub fn replica_config_text(standby: &Cluster, writer_port: u16) -> Result<String, Error> {
+    let entry = scratch_login::database_yaml(standby, standby.port(), "main", ADMIN)?;
+    let entry = format!("{entry}    primary: {{uri: \"localhost:{writer_port}\"}}\n");
+    let grants = format!("db_roles: [{}, {}]", ROLES[0], ROLES[1]);
+    Ok(scratch_login::one_role_config_yaml(GROUP, &entry, "bench", "keep", &grants))
+}
+
 /// The benchmark config whose one role, `bench` (mode `keep`, every database), grants what
 /// `grants` says (YAML under `allow`: `db_roles: [...]`, `db_permissions: [...]`).
 pub fn config_with_grants(cluster: &Cluster, port: u16, grants: &str) -> Result<String, Error> {
@@ -114,6 +123,13 @@ impl Target {
     /// A new TLS admin connection, by the same client library and settings for both sides.
     pub async fn connect(&self) -> Result<AdminConnection, Error> {
         self.connect_to("postgres").await
+    }
+
+    /// A new TLS admin connection to the entry's writer (a read replica's entry).
+    pub async fn connect_writer(&self) -> Result<AdminConnection, Error> {
+        let writer = self.database.writer_database().expect("a read replica's entry names its writer");
+        let tls = TlsSettings::from_config(&writer.tls)?;
+        pg::connect_admin(&ConnectParams::admin_of(&writer, "postgres", &tls, &self.credentials)).await
     }
 
     pub async fn connect_to(&self, dbname: &str) -> Result<AdminConnection, Error> {
@@ -150,7 +166,7 @@ impl Target {
     }
 }
 
-fn session_event(user: &str, session: &str) -> serde_json::Value {
+pub fn session_event(user: &str, session: &str) -> serde_json::Value {
     serde_json::json!({
         "session_id": session, "user": user, "roles": ["bench"],
         "database": "main", "db_name": "postgres",

@@ -108,10 +108,18 @@ async fn create_in_one_round_trip(
     // Nothing was read either about the roles it grants: the catalog is checked before them.
     let wanted: Vec<String> = req.db_roles.union(&req.platform_roles).cloned().collect();
     let roles_check = sql::db_roles_check(&wanted, plan::RoleGuard::of(req));
-    let text = sql::locked_transaction(&t.db_user, sql::user_lock_key(&t.db_user), &roles_check, &steps, renderer);
+    let mut text = sql::locked_transaction(&t.db_user, sql::user_lock_key(&t.db_user), &roles_check, &steps, renderer);
+    if connection.captures_commit_lsn() {
+        // The message's implicit transaction commits at the explicit COMMIT, and the WAL
+        // position is read after it, in the same round trip.
+        text.push_str(";\n");
+        text.push_str(sql::COMMIT);
+        text.push_str(";\n");
+        text.push_str(sql::COMMIT_LSN);
+    }
     // The check functions, where the connection has not made them yet, go first in the flight.
     let ((), started) = tokio::join!(connection.make_check_functions(), connection.client().simple_query(&text));
-    started?;
+    connection.saw_commit_lsn(&started?);
     connection.saw_user(&t.db_user, true);
     Ok(Some(start_outcome(req, &ledger, true, false, Vec::new())))
 }
@@ -412,6 +420,7 @@ async fn run_end(
                 }
                 EndStatus::Dropped | EndStatus::Noop => Vec::new(),
             },
+            replica_replayed: None,
         }
     };
     match decision {
@@ -1035,6 +1044,9 @@ fn rendered<'a>(
         .iter()
         .filter_map(|statement| match statement {
             Statement::Step(step) => renderer.render(step).map(|text| (*statement, text)),
+            Statement::Raw(text) if *text == sql::COMMIT && connection.captures_commit_lsn() => {
+                Some((*statement, format!("{text};\n{}", sql::COMMIT_LSN)))
+            }
             Statement::Raw(text) => Some((*statement, text.to_string())),
         })
         .unzip()
@@ -1048,21 +1060,22 @@ async fn run_pipelined<'a>(
     statements: &[Statement<'a>],
 ) -> Result<(), (Statement<'a>, tokio_postgres::Error)> {
     let (statements, texts) = rendered(connection, functions_schema, statements);
-    send_pipelined(connection.client(), &statements, &texts).await
+    send_pipelined(connection, &statements, &texts).await
 }
 
 /// Sends `texts`, one message each, at once; the first failure is reported as the statement
 /// at its position.
 async fn send_pipelined<'a>(
-    client: &Client,
+    connection: &AdminConnection,
     statements: &[Statement<'a>],
     texts: &[String],
 ) -> Result<(), (Statement<'a>, tokio_postgres::Error)> {
     let results: Vec<Result<Vec<SimpleQueryMessage>, tokio_postgres::Error>> =
-        join_all(texts.iter().map(|text| client.simple_query(text))).await;
+        join_all(texts.iter().map(|text| connection.client().simple_query(text))).await;
     for (statement, result) in statements.iter().zip(results) {
-        if let Err(error) = result {
-            return Err((*statement, error));
+        match result {
+            Ok(messages) => connection.saw_commit_lsn(&messages),
+            Err(error) => return Err((*statement, error)),
         }
     }
     Ok(())
@@ -1084,7 +1097,11 @@ async fn run_pipelined_committing_with_the_last<'a>(
     let last = texts.last_mut().expect("statements to commit with");
     last.push_str(";\n");
     last.push_str(sql::COMMIT);
-    send_pipelined(connection.client(), &statements, &texts).await
+    if connection.captures_commit_lsn() {
+        last.push_str(";\n");
+        last.push_str(sql::COMMIT_LSN);
+    }
+    send_pipelined(connection, &statements, &texts).await
 }
 
 async fn run_and_commit(

@@ -160,6 +160,23 @@ pub enum Error {
     ReadOnlyEndpoint { endpoint: String },
 
     #[error(
+        "the read replica {replica} has not replayed the writer's changes within {bound:?} ({}): the \
+         user is provisioned on the writer; a retry waits again without redoing it. {}",
+        match behind_bytes { Some(bytes) => format!("{bytes} bytes behind"), None => "its position unknown".to_string() },
+        if *paused { "Replay is paused on the replica (pg_is_wal_replay_paused()): resume it with \
+            SELECT pg_wal_replay_resume()" } else { "If it lags often, raise the entry's replica_wait or \
+            look at the replica's replication (pg_stat_wal_receiver)" }
+    )]
+    ReplicaBehind { replica: String, behind_bytes: Option<i64>, paused: bool, bound: std::time::Duration },
+
+    #[error(
+        "{endpoint} is configured as a read replica (primary:) but is not in recovery, so it does not \
+         receive the writer's changes (promoted?): point uri at a standby of the writer, or remove \
+         primary: if it is now the writer"
+    )]
+    NotAReplica { endpoint: String },
+
+    #[error(
         "database {database:?} ({resource}) has no tag {tag:?}, so pg-autouser does not manage it: \
          tag it with the admin user's name to enable provisioning (removing the tag is how \
          provisioning is turned off, for example before a Blue/Green switchover)"
@@ -294,6 +311,8 @@ impl Error {
             Error::MissingAdminOption { .. } => "MissingAdminOption",
             Error::MissingCreateRole { .. } => "MissingCreateRole",
             Error::ReadOnlyEndpoint { .. } => "ReadOnlyEndpoint",
+            Error::ReplicaBehind { .. } => "ReplicaBehind",
+            Error::NotAReplica { .. } => "NotAReplica",
             Error::AdminAuthFailed { .. } => "AdminAuthFailed",
             Error::NotManaged { .. } => "NotManaged",
             Error::IamAuthDisabled { .. } => "IamAuthDisabled",
@@ -318,6 +337,7 @@ impl Error {
             | Error::EndUnconfirmed { .. }
             | Error::TooManyConnections { .. }
             | Error::Contention { .. }
+            | Error::ReplicaBehind { .. }
             | Error::DependencyUnavailable { .. } => true,
             Error::Postgres { source, .. } => is_transient(source),
             _ => false,

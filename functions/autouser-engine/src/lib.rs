@@ -14,6 +14,7 @@ pub mod preflight;
 #[cfg(test)]
 mod properties;
 pub mod reaper;
+pub mod replica;
 pub mod sql;
 pub mod status;
 mod tls;

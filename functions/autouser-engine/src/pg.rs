@@ -227,6 +227,10 @@ pub struct AdminConnection {
     /// Users whose call here last timed out waiting for a lock: the next attempt ends their
     /// connections first ([`sql::END_HOLDING_CONNECTIONS`]).
     held_up_by: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Set on a read replica's writer: every `COMMIT` this connection sends is followed, in the
+    /// same message, by [`sql::COMMIT_LSN`], whose answer is kept for [`AdminConnection::take_commit_lsn`].
+    captures_commit_lsn: std::sync::atomic::AtomicBool,
+    commit_lsn: std::sync::Mutex<Option<String>>,
 }
 
 /// Where a connection stands with the check functions ([`sql::make_check_functions`]).
@@ -405,6 +409,36 @@ impl AdminConnection {
         self.without_function.lock().map(|without| without.clone()).unwrap_or_default()
     }
 
+    /// From now on, every `COMMIT` this connection sends asks in the same message for the
+    /// server's WAL position after it ([`sql::COMMIT_LSN`]): a read replica's writer, whose
+    /// callers wait for the replica to replay that far, at no added round trip.
+    pub fn capture_commit_lsn(&self) {
+        self.captures_commit_lsn.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(crate) fn captures_commit_lsn(&self) -> bool {
+        self.captures_commit_lsn.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Keeps the WAL position a [`sql::COMMIT_LSN`] in `messages` answered, if any.
+    pub(crate) fn saw_commit_lsn(&self, messages: &[tokio_postgres::SimpleQueryMessage]) {
+        for message in messages {
+            if let tokio_postgres::SimpleQueryMessage::Row(row) = message {
+                if row.columns().first().is_some_and(|c| c.name() == sql::COMMIT_LSN_COLUMN) {
+                    if let (Some(lsn), Ok(mut kept)) = (row.get(0), self.commit_lsn.lock()) {
+                        *kept = Some(lsn.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The WAL position after the last `COMMIT` this connection sent since the last take, when
+    /// it captures them ([`AdminConnection::capture_commit_lsn`]).
+    pub fn take_commit_lsn(&self) -> Option<String> {
+        self.commit_lsn.lock().ok().and_then(|mut kept| kept.take())
+    }
+
     /// Whether `user` was seen to exist on this connection (and not seen dropped since).
     pub(crate) fn user_seen(&self, user: &str) -> bool {
         self.existing_users.lock().map(|users| users.contains(user)).unwrap_or(false)
@@ -451,6 +485,8 @@ pub async fn connect_admin(params: &ConnectParams<'_>) -> Result<AdminConnection
         without_function: std::sync::Mutex::new(sql::CreatorsWithoutFunction::None),
         check_functions: std::sync::Mutex::new(CheckFunctions::NotMade),
         held_up_by: std::sync::Mutex::new(std::collections::HashSet::new()),
+        captures_commit_lsn: std::sync::atomic::AtomicBool::new(false),
+        commit_lsn: std::sync::Mutex::new(None),
     })
 }
 

@@ -60,6 +60,51 @@ pub struct Report {
     pub findings: Vec<Finding>,
 }
 
+/// The check of a read replica's entry on the replica: the admin logs in there (its role
+/// replicated from the writer), and the endpoint is a standby in recovery, replaying.
+pub async fn check_replica(replica: Result<&Client, &Error>, db: &ResolvedDatabase) -> Finding {
+    let endpoint = db.endpoint();
+    let client = match replica {
+        Ok(client) => client,
+        Err(error) => {
+            return Finding::fail(
+                "replica",
+                format!("the admin cannot log in to the read replica {endpoint}: {error}"),
+                "the admin's role and credentials replicate from the writer: fix the login there (see the \
+                 writer's checks), and check the replica's pg_hba.conf",
+            );
+        }
+    };
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.pg_is_in_recovery() AS in_recovery,
+                    CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_is_wal_replay_paused()
+                         ELSE false END AS paused",
+            &[],
+        )
+        .await;
+    match row {
+        Err(error) => Finding::fail("replica", format!("reading the replica {endpoint}: {error}"), "retry"),
+        Ok(row) if !row.get::<_, bool>("in_recovery") => Finding::fail(
+            "replica",
+            format!("{endpoint} is not in recovery: it does not receive the writer's changes"),
+            "point uri at a standby of the writer, or remove primary: if this endpoint is now the writer",
+        ),
+        Ok(row) if row.get::<_, bool>("paused") => Finding {
+            check: "replica".into(),
+            status: Status::Warn,
+            detail: format!(
+                "{endpoint} is a standby, but its replay is paused: starts answer ReplicaBehind until it resumes"
+            ),
+            fix: Some("SELECT pg_wal_replay_resume() on the replica".into()),
+        },
+        Ok(_) => Finding::pass(
+            "replica",
+            format!("{endpoint} is a standby in recovery: sessions log in there, the admin's changes are made on the writer"),
+        ),
+    }
+}
+
 impl Report {
     pub fn new(db: &ResolvedDatabase, findings: Vec<Finding>) -> Report {
         Report {
@@ -74,6 +119,17 @@ impl Report {
     /// The report of an admin that could not log in.
     pub fn login_failed(db: &ResolvedDatabase, error: &Error) -> Report {
         Report::new(db, vec![connection_failure(error)])
+    }
+
+    /// The report of a read replica's entry: the writer's checks (`writer`, the report on the
+    /// writer), then `replica`, the finding on the replica itself. Named after the entry, at
+    /// both endpoints.
+    pub fn of_replica(db: &ResolvedDatabase, writer: Report, replica: Finding) -> Report {
+        let mut findings = writer.findings;
+        findings.push(replica);
+        let mut report = Report::new(db, findings);
+        report.endpoint = format!("{} (sessions), writer {}", db.endpoint(), writer.endpoint);
+        report
     }
 
     /// For people: one line per check, fixes indented below failures and warnings.

@@ -34,6 +34,7 @@ use serde::Serialize;
 
 use crate::engine;
 use crate::pg::AdminConnection;
+use crate::replica::{self, Replica};
 use crate::sql;
 use crate::Error;
 use autouser_policy::config::{Config, ResolvedDatabase};
@@ -203,11 +204,17 @@ pub fn decide(users: &[ManagedUser], now: u64, max_session_duration: Duration, r
 /// One run on `db`, over `connection` (logged in to `admin_db_name`), as of `now` (Unix
 /// seconds). When the policy grants object permissions, a session is closed in its own
 /// database, through `connect_to`. No action starts after `stop_at`.
+///
+/// For a read replica's entry, `connection` and `connect_to` reach its writer, and `replica`
+/// the replica, where the users' sessions are: their connections there count as live, and a
+/// close waits for the replica and ends them there too ([`replica::session_end`]).
+#[allow(clippy::too_many_arguments)]
 pub async fn reap<C, Fut>(
     connection: &AdminConnection,
     admin_db_name: &str,
     config: &Config,
     db: &ResolvedDatabase,
+    replica: Option<&Replica<'_>>,
     now: u64,
     stop_at: Option<Instant>,
     connect_to: C,
@@ -228,7 +235,7 @@ where
     let (rows, group) = (rows.map_err(listing_failed)?, group.map_err(listing_failed)?);
     let group_comment: Option<String> = group.first().and_then(|row| row.get("comment"));
     let ended_in_group = ledger::ended_in_group(group_comment.as_deref());
-    let users: Vec<ManagedUser> = rows
+    let mut users: Vec<ManagedUser> = rows
         .iter()
         .map(|row| {
             let name: String = row.get("name");
@@ -243,6 +250,21 @@ where
             }
         })
         .collect();
+    if let Some(replica) = replica {
+        let names: Vec<&str> = users.iter().map(|user| user.name.as_str()).collect();
+        let rows =
+            replica.client.query(sql::CONNECTIONS_BY_USER, &[&names]).await.map_err(|source| Error::Postgres {
+                action: "counting the users' connections".into(),
+                endpoint: replica.endpoint.clone(),
+                source,
+            })?;
+        for row in rows {
+            let (name, connections): (String, i32) = (row.get(0), row.get(1));
+            if let Some(user) = users.iter_mut().find(|user| user.name == name) {
+                user.connections += connections;
+            }
+        }
+    }
     let decisions = decide(&users, now, config.max_session_duration, config.retry_blocked_drops);
     let mut report = ReapReport {
         database: db.name.clone(),
@@ -300,9 +322,12 @@ where
                     redelivery_window_secs: config.redelivery_window.as_secs(),
                     object_inheritor: config.object_inheritor.clone(),
                 };
-                let result = match connection {
-                    Ok(connection) => engine::session_end(connection, &request, &others).await,
-                    Err(error) => Err(error),
+                let result = match (connection, replica) {
+                    (Ok(connection), None) => engine::session_end(connection, &request, &others).await,
+                    (Ok(connection), Some(replica)) => {
+                        replica::session_end(connection, replica, &request, &others).await
+                    }
+                    (Err(error), _) => Err(error),
                 };
                 // The close may have been applied: a new connection finds out, so that what it
                 // did is reported (and audited).

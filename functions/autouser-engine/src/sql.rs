@@ -611,6 +611,14 @@ WHERE u.oid IN (SELECT m.member FROM pg_catalog.pg_auth_members m
   AND NOT pg_catalog.starts_with(u.rolname::text, $1::text || '-creator-')
 ORDER BY 1";
 
+/// The live connections of each of the users named in `$1` that has any: on a read replica,
+/// where the managed users' sessions are, for the reaper.
+pub const CONNECTIONS_BY_USER: &str = "\
+SELECT a.usename::text, pg_catalog.count(*)::int
+  FROM pg_catalog.pg_stat_activity a
+ WHERE a.usename = ANY ($1::text[])
+ GROUP BY a.usename";
+
 /// The managed group's (`$1`) comment, where the sessions ended without a ledger to record
 /// them are listed ([`autouser_policy::ledger::ENDED_SESSIONS_HEADER`]).
 pub const GROUP_COMMENT: &str = "\
@@ -801,6 +809,39 @@ pub const ADMIN_MAY_CREATE_ROLES: &str =
 
 pub const BEGIN: &str = "BEGIN ISOLATION LEVEL READ COMMITTED";
 pub const COMMIT: &str = "COMMIT";
+
+/// The OID of the role named `$1`, if it exists.
+pub const ROLE_OID: &str = "SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = $1::text";
+
+/// On a read replica: whether it is in recovery (a standby), whether it has replayed the WAL
+/// position `$1`, whether replay is paused, and how many bytes it is behind `$1`.
+pub const REPLAY_PROGRESS: &str = "\
+SELECT pg_catalog.pg_is_in_recovery() AS in_recovery,
+       COALESCE(pg_catalog.pg_last_wal_replay_lsn() >= $1::text::pg_catalog.pg_lsn, false) AS replayed,
+       CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_is_wal_replay_paused() ELSE false END AS paused,
+       pg_catalog.pg_wal_lsn_diff($1::text::pg_catalog.pg_lsn, pg_catalog.pg_last_wal_replay_lsn())::bigint
+         AS behind_bytes";
+
+/// The name of [`COMMIT_LSN`]'s column, by which its answer is found among a message's.
+pub const COMMIT_LSN_COLUMN: &str = "autouser_commit_lsn";
+
+/// Sent after a `COMMIT`, in the same message, on a read replica's writer: the WAL position
+/// once the commit is written, which the replica must replay before the session's login finds
+/// what the commit did. It runs in a transaction of its own, after the `COMMIT` (of the block,
+/// or of the message's implicit transaction), and not at all when a statement before it failed.
+///
+/// The insert position, not the write or flush position: with `synchronous_commit = off` the
+/// commit answers before its WAL is flushed. But where the last record ended exactly at a page
+/// boundary, the insert position is past the next page's header (24 bytes, or 40 at a segment's
+/// start), where no record ends until another is written; a replica replays only to the
+/// boundary, and on an idle server would never seem to catch up. So the header is taken off.
+pub const COMMIT_LSN: &str = "\
+SELECT (w.lsn - CASE WHEN (w.lsn - '0/0'::pg_catalog.pg_lsn) % w.segment = 40 THEN 40
+                     WHEN (w.lsn - '0/0'::pg_catalog.pg_lsn) % w.page = 24 THEN 24
+                     ELSE 0 END)::pg_catalog.text AS autouser_commit_lsn
+  FROM (SELECT pg_catalog.pg_current_wal_insert_lsn() AS lsn,
+               pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size'))::numeric AS segment,
+               pg_catalog.current_setting('wal_block_size')::numeric AS page) AS w";
 pub const ROLLBACK: &str = "ROLLBACK";
 pub const SAVEPOINT_DROP: &str = "SAVEPOINT autouser_drop";
 pub const ROLLBACK_TO_DROP: &str = "ROLLBACK TO SAVEPOINT autouser_drop";

@@ -23,7 +23,7 @@ fn config(cluster: &Cluster) -> Config {
 #[tokio::test]
 async fn a_hot_standby_is_read_only_for_preflight_and_sessions() {
     let install = PgInstall::from_env().expect("a PostgreSQL installation (see scripts/install-deps)");
-    let primary = Cluster::start(&install).unwrap();
+    let mut primary = Cluster::start(&install).unwrap();
     connect_as(&primary, "postgres").await.batch_execute("CREATE ROLE standby_admin LOGIN CREATEROLE").await.unwrap();
     let standby = primary.start_standby().expect("a standby of the primary (pg_basebackup)");
 

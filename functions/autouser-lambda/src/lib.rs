@@ -25,7 +25,7 @@ use std::time::{Instant, SystemTime};
 use audit::Auditor;
 use autouser_aws::config_store::ConfigLocation;
 use autouser_aws::AwsContext;
-use autouser_engine::{engine, Error};
+use autouser_engine::{engine, replica, Error};
 use autouser_policy::config::{Config, Overrides};
 use autouser_policy::event::SessionEvent;
 use autouser_policy::request;
@@ -395,24 +395,68 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
             Function::SessionStart => {
                 let req = request::prepare_start(config, &db, &event)?;
                 tracing::Span::current().record("db_user", req.target.db_user.as_str());
-                let outcome = state
-                    .pool
-                    .with_admin(&state.aws, &db, &req.target.admin_db_name, |connection| {
-                        let req = &req;
-                        async move { engine::session_start(&connection, req).await }
-                    })
-                    .await?;
+                let outcome = match db.writer_database() {
+                    None => {
+                        state
+                            .pool
+                            .with_admin(&state.aws, &db, &req.target.admin_db_name, |connection| {
+                                let req = &req;
+                                async move { engine::session_start(&connection, req).await }
+                            })
+                            .await?
+                    }
+                    // A read replica: the changes on its writer, then the wait for the replica.
+                    Some(writer_db) => {
+                        let dbname = &req.target.admin_db_name;
+                        let replica_connection = state.pool.with_admin(&state.aws, &db, dbname, |c| async { Ok(c) }).await?;
+                        state
+                            .pool
+                            .with_admin(&state.aws, &writer_db, dbname, |writer| {
+                                let (req, db, replica_connection) = (&req, &db, &replica_connection);
+                                async move {
+                                    let replica = replica::Replica {
+                                        client: replica_connection.client(),
+                                        endpoint: db.endpoint(),
+                                        wait: db.replica_wait,
+                                    };
+                                    replica::session_start(&writer, &replica, req).await
+                                }
+                            })
+                            .await?
+                    }
+                };
                 serde_json::to_value(outcome)
             }
             Function::SessionEnd => {
                 let req = request::prepare_end(config, &db, &event)?;
                 tracing::Span::current().record("db_user", req.target.db_user.as_str());
-                let others = state.pool.other_databases(&state.aws, &db);
+                // A read replica's changes are made on its writer, with the writer's other databases.
+                let writer_db = db.writer_database();
+                let acted_on = writer_db.as_ref().unwrap_or(&db);
+                let others = state.pool.other_databases(&state.aws, acted_on);
+                let replica_connection = match writer_db {
+                    None => None,
+                    Some(_) => Some(
+                        state.pool.with_admin(&state.aws, &db, &req.target.admin_db_name, |c| async { Ok(c) }).await?,
+                    ),
+                };
                 let ended = state
                     .pool
-                    .with_admin(&state.aws, &db, &req.target.admin_db_name, |connection| {
-                        let (req, others) = (&req, &others);
-                        async move { engine::session_end(&connection, req, others).await }
+                    .with_admin(&state.aws, acted_on, &req.target.admin_db_name, |connection| {
+                        let (req, others, db, replica_connection) = (&req, &others, &db, &replica_connection);
+                        async move {
+                            match replica_connection {
+                                None => engine::session_end(&connection, req, others).await,
+                                Some(replica_connection) => {
+                                    let replica = replica::Replica {
+                                        client: replica_connection.client(),
+                                        endpoint: db.endpoint(),
+                                        wait: db.replica_wait,
+                                    };
+                                    replica::session_end(&connection, &replica, req, others).await
+                                }
+                            }
+                        }
                     })
                     .await;
                 let outcome = match ended {
@@ -422,7 +466,7 @@ async fn process_event_unboxed(state: &State, function: Function, event: Value) 
                         tracing::warn!(%detail, "the connection closed during the session-end's COMMIT; running it again");
                         state
                             .pool
-                            .with_admin(&state.aws, &db, &req.target.admin_db_name, |connection| {
+                            .with_admin(&state.aws, acted_on, &req.target.admin_db_name, |connection| {
                                 let (req, others, planned) = (&req, &others, planned.clone());
                                 async move { engine::confirm_end(&connection, req, others, *planned).await }
                             })

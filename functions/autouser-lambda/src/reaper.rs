@@ -203,12 +203,22 @@ impl Reaper {
         Box::pin(async move {
             let db = self.aws.resolve_database_for_end(config, db_config).await?;
             let admin_db_name = preflight::admin_database(&db);
-            let connection = self.aws.connect_admin(&db, admin_db_name).await?;
-            let connect_to = |db_name: String| {
-                let db = &db;
-                async move { self.aws.connect_admin(db, &db_name).await }
+            // A read replica's entry: the reaper acts on its writer, and counts and ends the
+            // users' connections on the replica.
+            let writer_db = db.writer_database();
+            let acted_on = writer_db.as_ref().unwrap_or(&db);
+            let connection = self.aws.connect_admin(acted_on, admin_db_name).await?;
+            let replica_connection = match writer_db {
+                Some(_) => Some(self.aws.connect_admin(&db, admin_db_name).await?),
+                None => None,
             };
-            reaper::reap(&connection, admin_db_name, config, &db, now, stop_at, connect_to).await
+            let replica = replica_connection.as_ref().map(|c| autouser_engine::replica::Replica {
+                client: c.client(),
+                endpoint: db.endpoint(),
+                wait: db.replica_wait,
+            });
+            let connect_to = |db_name: String| async move { self.aws.connect_admin(acted_on, &db_name).await };
+            reaper::reap(&connection, admin_db_name, config, &db, replica.as_ref(), now, stop_at, connect_to).await
         })
     }
 

@@ -148,6 +148,37 @@ pub struct DatabaseConfig {
     pub fallback_admin_user: Option<AdminUser>,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    /// Self-hosted read replicas: the writer the admin makes its changes on (`primary:`).
+    pub primary: Option<WriterEndpoint>,
+    /// How long a session call on a read replica waits for it to replay the writer's commit.
+    pub replica_wait: std::time::Duration,
+    /// Whether sessions on a read replica are provisioned through its writer; `false` refuses
+    /// them (`ReadOnlyEndpoint`).
+    pub allow_replica: bool,
+}
+
+/// The default `replica_wait`.
+pub const DEFAULT_REPLICA_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The writer of a read replica: where the admin creates, locks and drops users, which reach
+/// the replica by replication.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriterEndpoint {
+    pub host: String,
+    pub port: u16,
+    /// Where to connect when it differs from what `host` resolves to.
+    pub hostaddr: Option<IpAddr>,
+    pub tls: TlsConfig,
+    /// The admin's credentials on the writer when they differ from the replica's: an IAM token
+    /// signed for the writer's region, for an RDS replica of a writer in another region.
+    pub auth: Option<AuthConfig>,
+}
+
+impl WriterEndpoint {
+    /// `host:port`, for messages.
+    pub fn endpoint(&self) -> String {
+        host_port(&self.host, self.port)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -212,6 +243,11 @@ pub struct ResolvedDatabase {
     pub admin_user: AdminUser,
     pub auth: AuthConfig,
     pub tls: TlsConfig,
+    /// Set when this endpoint is a read replica: sessions log in here, and the admin makes
+    /// its changes on the writer, then waits up to `replica_wait` for this endpoint to replay
+    /// them.
+    pub writer: Option<WriterEndpoint>,
+    pub replica_wait: std::time::Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
@@ -339,6 +375,9 @@ impl DatabaseConfig {
             admin_user: None,
             fallback_admin_user: None,
             tls: TlsConfig { mode: TlsMode::VerifyFull, ca_file: None },
+            primary: None,
+            replica_wait: DEFAULT_REPLICA_WAIT,
+            allow_replica: true,
         }
     }
 
@@ -358,6 +397,8 @@ impl DatabaseConfig {
             admin_user: admin_user.clone(),
             auth: self.auth.clone(),
             tls: self.tls.clone(),
+            writer: self.primary.clone(),
+            replica_wait: self.replica_wait,
         })
     }
 }
@@ -370,11 +411,32 @@ impl ResolvedDatabase {
 
     /// `host:port`, for messages.
     pub fn endpoint(&self) -> String {
-        if self.host.contains(':') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
+        host_port(&self.host, self.port)
+    }
+
+    /// The writer's view of this database: the same admin, credentials and labels at the
+    /// writer's address (credentials for the writer's region when the writer says so).
+    /// `None` when this endpoint is the writer.
+    pub fn writer_database(&self) -> Option<ResolvedDatabase> {
+        let writer = self.writer.as_ref()?;
+        Some(ResolvedDatabase {
+            host: writer.host.clone(),
+            port: writer.port,
+            hostaddr: writer.hostaddr,
+            tls: writer.tls.clone(),
+            auth: writer.auth.clone().unwrap_or_else(|| self.auth.clone()),
+            writer: None,
+            ..self.clone()
+        })
+    }
+}
+
+/// `host:port`, or `[v6]:port`.
+fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -454,6 +516,28 @@ struct RawDatabase {
     /// `rds:` databases only: the admin of ends and the reaper once the admin tag is removed.
     fallback_admin_user: Option<AdminUser>,
     auth: Option<RawAuth>,
+    tls: Option<RawTls>,
+    /// `uri:` databases that are a read replica: where its writer is. Sessions use `uri`; the
+    /// admin makes its changes on the writer and waits for the replica to replay them.
+    primary: Option<RawPrimary>,
+    /// How long a session call on a read replica waits for the replica to replay the writer's
+    /// commit (default `10s`; units s, m, h, d); past it the call fails with `ReplicaBehind`,
+    /// which is transient.
+    #[schemars(regex(pattern = DURATION_PATTERN))]
+    replica_wait: Option<String>,
+    /// `false`: refuse sessions on read replicas and reader endpoints (`ReadOnlyEndpoint`)
+    /// instead of provisioning them through the writer (default `true`).
+    allow_replica: Option<bool>,
+}
+
+/// The writer of a self-hosted read replica.
+#[derive(Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(rename = "Primary")]
+struct RawPrimary {
+    /// `host`, `host:port`, `[v6]:port` or `postgres://host:port`, without credentials.
+    uri: String,
+    /// TLS to the writer; the entry's `tls` when absent.
     tls: Option<RawTls>,
 }
 
@@ -729,6 +813,34 @@ impl RawDatabase {
             None => TlsConfig { mode: TlsMode::VerifyFull, ca_file: None },
             Some(raw) => TlsConfig { mode: raw.mode, ca_file: raw.ca_file.map(|p| base_dir.join(p)) },
         };
+        let primary = match (self.primary, &location) {
+            (None, _) => None,
+            (Some(_), Location::Rds(_)) => {
+                return Err(invalid(
+                    format!("{at}.primary"),
+                    "is for uri: databases; an rds: read replica's writer is found through the RDS API",
+                ));
+            }
+            (Some(raw), Location::Static { .. }) => {
+                let (host, port) = parse_uri(&raw.uri).map_err(|m| invalid(format!("{at}.primary.uri"), m))?;
+                let tls = match raw.tls {
+                    None => tls.clone(),
+                    Some(raw) => TlsConfig { mode: raw.mode, ca_file: raw.ca_file.map(|p| base_dir.join(p)) },
+                };
+                Some(WriterEndpoint { host, port, hostaddr: None, tls, auth: None })
+            }
+        };
+        let replica_wait = match &self.replica_wait {
+            None => DEFAULT_REPLICA_WAIT,
+            Some(text) => parse_duration(text).map_err(|m| invalid(format!("{at}.replica_wait"), m))?,
+        };
+        let allow_replica = self.allow_replica.unwrap_or(true);
+        if primary.is_some() && !allow_replica {
+            return Err(invalid(
+                format!("{at}.primary"),
+                "names a writer, but allow_replica is false: remove one of them",
+            ));
+        }
         // RDS databases are verified against the RDS CA bundle shipped with pg-autouser.
         if db_type == DatabaseType::SelfHosted
             && matches!(tls.mode, TlsMode::VerifyFull | TlsMode::VerifyCa)
@@ -752,6 +864,9 @@ impl RawDatabase {
             fallback_admin_user: self.fallback_admin_user,
             auth,
             tls,
+            primary,
+            replica_wait,
+            allow_replica,
         })
     }
 }

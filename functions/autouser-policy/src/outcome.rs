@@ -79,6 +79,10 @@ pub struct EndOutcome {
     /// every database. (Its password is cleared by every end that keeps the user, always.)
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub cleared_settings: Vec<Option<String>>,
+    /// Sessions on a read replica: whether the replica had replayed the end within the
+    /// entry's `replica_wait`. `false`: until it does, the user can still log in there.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replica_replayed: Option<bool>,
 }
 
 /// What stopped a drop. The user is locked as in `keep` either way.

@@ -55,6 +55,18 @@ pub struct DatabaseStatus {
     /// Members of the managed group able to log in whose comment holds no pg-autouser ledger:
     /// provisioned by someone else (Teleport itself, a second admin).
     pub unowned_logins: Vec<String>,
+    /// A read replica's entry: the replica sessions log in to, and the writer whose catalog
+    /// was read (the users are the same on both once the replica has replayed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_replica: Option<ReadReplica>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ReadReplica {
+    /// `host:port` of the replica.
+    pub replica: String,
+    /// `host:port` of its writer.
+    pub writer: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -134,6 +146,7 @@ pub fn status(facts: &DatabaseFacts, rules: &StatusRules) -> DatabaseStatus {
         users,
         unmanaged_logins: facts.unmanaged_logins.clone(),
         unowned_logins,
+        read_replica: None,
     }
 }
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use autouser_aws::AwsContext;
 use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams, TlsSettings};
-use autouser_engine::{engine, preflight, Error};
+use autouser_engine::{engine, preflight, replica, Error};
 use autouser_policy::config::{AuthConfig, Config, DatabaseConfig, Location, ResolvedDatabase};
 use autouser_policy::event::SessionEvent;
 use autouser_policy::{request, Refusal};
@@ -55,8 +55,20 @@ pub async fn session_start(config: &Path, event: &Path, aws: &AwsSetup) -> Resul
     let (config, event) = load(config, event)?;
     let (db, aws) = resolve(&config, &event, aws, Purpose::Start).await?;
     let req = request::prepare_start(&config, &db, &event)?;
-    let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
-    let outcome = engine::session_start(&connection, &req).await?;
+    let outcome = match db.writer_database() {
+        None => {
+            let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
+            engine::session_start(&connection, &req).await?
+        }
+        Some(writer_db) => {
+            let (writer, replica) = tokio::try_join!(
+                connect(aws.as_ref(), &writer_db, &req.target.admin_db_name),
+                connect(aws.as_ref(), &db, &req.target.admin_db_name)
+            )?;
+            let replica = replica::Replica { client: replica.client(), endpoint: db.endpoint(), wait: db.replica_wait };
+            replica::session_start(&writer, &replica, &req).await?
+        }
+    };
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
 }
 
@@ -64,10 +76,23 @@ pub async fn session_end(config: &Path, event: &Path, aws: &AwsSetup) -> Result<
     let (config, event) = load(config, event)?;
     let (db, aws) = resolve(&config, &event, aws, Purpose::End).await?;
     let req = request::prepare_end(&config, &db, &event)?;
-    let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
-    let (aws, db) = (aws.as_ref(), &db);
-    let others = engine::ConnectWith(|db_name: String| async move { connect(aws, db, &db_name).await });
-    let outcome = engine::session_end(&connection, &req, &others).await?;
+    let writer_db = db.writer_database();
+    // A read replica's changes are made on its writer, with the writer's other databases.
+    let (aws, acted_on) = (aws.as_ref(), writer_db.as_ref().unwrap_or(&db));
+    let connection = connect(aws, acted_on, &req.target.admin_db_name).await?;
+    let others = engine::ConnectWith(|db_name: String| async move { connect(aws, acted_on, &db_name).await });
+    let outcome = match writer_db {
+        None => engine::session_end(&connection, &req, &others).await?,
+        Some(_) => {
+            let replica_connection = connect(aws, &db, &req.target.admin_db_name).await?;
+            let replica = replica::Replica {
+                client: replica_connection.client(),
+                endpoint: db.endpoint(),
+                wait: db.replica_wait,
+            };
+            replica::session_end(&connection, &replica, &req, &others).await?
+        }
+    };
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
 }
 
@@ -77,10 +102,19 @@ pub async fn preflight(config: &Path, database: &str, json: bool, aws: &AwsSetup
     let db_config =
         config.database(database).ok_or_else(|| Error::UnknownDatabase { database: database.to_string() })?;
     let (db, aws) = resolve_database(&config, db_config, aws, Purpose::Start).await?;
-    let report = match connect(aws.as_ref(), &db, preflight::admin_database(&db)).await {
-        Ok(client) => preflight::check(&client, &config, &db).await?.0,
-        Err(error) => preflight::Report::login_failed(&db, &error),
+    // A read replica's entry: the checks on its writer, where the admin makes its changes,
+    // and the replica's own.
+    let writer_db = db.writer_database();
+    let acted_on = writer_db.as_ref().unwrap_or(&db);
+    let mut report = match connect(aws.as_ref(), acted_on, preflight::admin_database(acted_on)).await {
+        Ok(client) => preflight::check(&client, &config, acted_on).await?.0,
+        Err(error) => preflight::Report::login_failed(acted_on, &error),
     };
+    if writer_db.is_some() {
+        let replica = connect(aws.as_ref(), &db, preflight::admin_database(&db)).await;
+        let finding = preflight::check_replica(replica.as_ref().map(|c| c.client()), &db).await;
+        report = preflight::Report::of_replica(&db, report, finding);
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
     } else {
@@ -163,12 +197,26 @@ async fn reap_database(
 ) -> Result<autouser_engine::reaper::ReapReport, Error> {
     let (db, aws) = resolve_database(config, db_config, setup, Purpose::End).await?;
     let admin_db_name = preflight::admin_database(&db);
-    let connection = connect(aws.as_ref(), &db, admin_db_name).await?;
-    let connect_to = |db_name: String| {
-        let (aws, db) = (aws.as_ref(), &db);
-        async move { connect(aws, db, &db_name).await }
+    // A read replica's entry: the reaper acts on its writer, and counts and ends the users'
+    // connections on the replica.
+    let writer_db = db.writer_database();
+    let acted_on = writer_db.as_ref().unwrap_or(&db);
+    let connection = connect(aws.as_ref(), acted_on, admin_db_name).await?;
+    let replica_connection = match writer_db {
+        Some(_) => Some(connect(aws.as_ref(), &db, admin_db_name).await?),
+        None => None,
     };
-    autouser_engine::reaper::reap(&connection, admin_db_name, config, &db, now, None, connect_to).await
+    let replica = replica_connection.as_ref().map(|c| replica::Replica {
+        client: c.client(),
+        endpoint: db.endpoint(),
+        wait: db.replica_wait,
+    });
+    let connect_to = |db_name: String| {
+        let aws = aws.as_ref();
+        async move { connect(aws, acted_on, &db_name).await }
+    };
+    autouser_engine::reaper::reap(&connection, admin_db_name, config, &db, replica.as_ref(), now, None, connect_to)
+        .await
 }
 
 /// Which call `plan` plans.
@@ -206,16 +254,22 @@ pub async fn plan(
                     requested_db_roles: event.db_roles.as_deref(),
                 })
                 .expect("prepare_start evaluated it");
-            let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
+            let connection = connect(aws.as_ref(), writer_or(&db).as_ref(), &req.target.admin_db_name).await?;
             let planned = engine::plan_call(&connection, autouser_engine::dry_run::Call::Start(&req)).await?;
             crate::view::start_review(&req, &grant, &event, &db, planned)
         }
         PlannedKind::SessionEnd => {
             let req = request::prepare_end(&config, &db, &event)?;
-            let connection = connect(aws.as_ref(), &db, &req.target.admin_db_name).await?;
+            let connection = connect(aws.as_ref(), writer_or(&db).as_ref(), &req.target.admin_db_name).await?;
             let planned = engine::plan_call(&connection, autouser_engine::dry_run::Call::End(&req)).await?;
             crate::view::end_review(&req, planned)
         }
+    };
+    let review = crate::view::Review {
+        read_replica: db
+            .writer_database()
+            .map(|writer| autouser_policy::status::ReadReplica { replica: db.endpoint(), writer: writer.endpoint() }),
+        ..review
     };
     if json {
         Ok(Some(serde_json::to_string(&review).expect("reviews serialise")))
@@ -273,8 +327,22 @@ async fn status_of(
     setup: &AwsSetup,
 ) -> Result<autouser_policy::status::DatabaseStatus, Error> {
     let (db, aws) = resolve_database(config, db_config, setup, Purpose::End).await?;
-    let connection = connect(aws.as_ref(), &db, preflight::admin_database(&db)).await?;
-    autouser_engine::status::status(&connection, config, &db).await
+    // A read replica's entry: the writer's catalog, which the replica follows.
+    let writer_db = db.writer_database();
+    let acted_on = writer_db.as_ref().unwrap_or(&db);
+    let connection = connect(aws.as_ref(), acted_on, preflight::admin_database(acted_on)).await?;
+    let mut status = autouser_engine::status::status(&connection, config, &db).await?;
+    status.read_replica = writer_db
+        .map(|writer| autouser_policy::status::ReadReplica { replica: db.endpoint(), writer: writer.endpoint() });
+    Ok(status)
+}
+
+/// Where the admin makes its changes for `db`: its writer when `db` is a read replica.
+fn writer_or(db: &ResolvedDatabase) -> std::borrow::Cow<'_, ResolvedDatabase> {
+    match db.writer_database() {
+        Some(writer) => std::borrow::Cow::Owned(writer),
+        None => std::borrow::Cow::Borrowed(db),
+    }
 }
 
 /// The configured database named `database`, or all of them.

@@ -42,8 +42,12 @@ pub fn status_text(reports: &[DatabaseReport]) -> String {
             }
         };
         let drifting = status.users.iter().filter(|u| !u.drift.is_empty()).count();
+        let read_on = match &status.read_replica {
+            Some(replica) => format!(" (read replica {}, read on its writer {})", replica.replica, replica.writer),
+            None => String::new(),
+        };
         out.push_str(&format!(
-            "database {}: {} managed user(s), {} able to log in, {} with drift\n",
+            "database {}{read_on}: {} managed user(s), {} able to log in, {} with drift\n",
             status.database,
             status.users.len(),
             status.users.iter().filter(|u| u.can_login).count(),
@@ -133,6 +137,10 @@ pub struct Review {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub hand_over: Vec<HandOverIn>,
     pub notes: Vec<String>,
+    /// A read replica's entry: the writer the statements would run on, and the replica whose
+    /// replay the answer would wait for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub read_replica: Option<autouser_policy::status::ReadReplica>,
 }
 
 #[derive(Debug, Serialize)]
@@ -245,6 +253,7 @@ pub fn start_review(
         fallback_statements: Vec::new(),
         hand_over: Vec::new(),
         notes,
+        read_replica: None,
     }
 }
 
@@ -365,6 +374,7 @@ pub fn end_review(req: &EndRequest, planned: PlannedCall) -> Review {
         fallback_statements,
         hand_over: hand_over_in,
         notes,
+        read_replica: None,
     }
 }
 
@@ -375,6 +385,13 @@ impl Review {
             "plan {}: session {:?} of database user {:?} on database {:?} (db_name {:?})\n\n",
             self.call, self.session_id, self.db_user, self.database, self.db_name
         );
+        if let Some(replica) = &self.read_replica {
+            out.push_str(&format!(
+                "read replica {}: the statements run on its writer {}, and the answer waits until the replica has \
+                 replayed them\n\n",
+                replica.replica, replica.writer
+            ));
+        }
         out.push_str(&format!("decision: {}\n", d.action));
         if let Some(mode) = d.mode {
             out.push_str(&format!("  mode: {}\n", mode_name(mode)));

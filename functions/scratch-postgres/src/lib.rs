@@ -240,21 +240,14 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// A hot standby of this cluster: `pg_basebackup` over the local socket, then a server in
-    /// recovery streaming from this one, on its own free port, with the same CA and server
-    /// certificate (client certificates of either cluster work on both). Needs `pg_basebackup`
-    /// in the installation (Debian's packages have it; the npm embedded builds do not).
-    pub fn start_standby(&self) -> Result<Cluster, Error> {
+    /// A hot standby of this cluster: a server in recovery streaming from this one, on its own
+    /// free port, with the same CA and server certificate (client certificates of either
+    /// cluster work on both). Its base is `pg_basebackup -R` over the local socket where the
+    /// installation has it (Debian's packages); the npm embedded builds have no client
+    /// programs, so there it is a copy of this cluster's data directory taken while the server
+    /// is stopped cleanly, with what `-R` writes (`standby.signal`, `primary_conninfo`).
+    pub fn start_standby(&mut self) -> Result<Cluster, Error> {
         let basebackup = self.install.bin_dir.join("pg_basebackup");
-        if !basebackup.is_file() {
-            return Err(Error::Command {
-                what: "pg_basebackup".into(),
-                detail: format!(
-                    "{} is missing: a standby needs an installation with pg_basebackup (Debian's postgresql-15)",
-                    basebackup.display()
-                ),
-            });
-        }
         let owner = self.owner;
         let dir = tempfile::Builder::new().prefix("scratch-standby-").tempdir().map_err(io("creating a temp dir"))?;
         leftovers::track(dir.path()).map_err(io("naming the owner of the standby's directory"))?;
@@ -267,23 +260,17 @@ impl Cluster {
         }
         chown(dir.path(), owner)?;
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).map_err(io("chmod temp dir"))?;
-        let mut command = Command::new(basebackup);
-        command
-            .arg("-h")
-            .arg(self.dir.path())
-            .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-X", "stream", "-R", "--no-sync", "-D"])
-            .arg(dir.path().join("data"))
-            .stdin(Stdio::null());
-        let output = as_owner(&mut command, owner).output().map_err(io("running pg_basebackup"))?;
-        if !output.status.success() {
-            return Err(Error::Command {
-                what: "pg_basebackup".into(),
-                detail: format!(
-                    "{}{}",
-                    String::from_utf8_lossy(&output.stdout),
-                    String::from_utf8_lossy(&output.stderr)
-                ),
-            });
+        if basebackup.is_file() {
+            let mut command = Command::new(basebackup);
+            command
+                .arg("-h")
+                .arg(self.dir.path())
+                .args(["-p", &self.port.to_string(), "-U", SUPERUSER, "-X", "stream", "-R", "--no-sync", "-D"])
+                .arg(dir.path().join("data"))
+                .stdin(Stdio::null());
+            run_as_owner(&mut command, owner, "pg_basebackup")?;
+        } else {
+            self.copy_data_while_stopped(&dir.path().join("data"))?;
         }
         let mut standby = Cluster {
             install: self.install.clone(),
@@ -386,6 +373,31 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(20));
         }
         Ok(())
+    }
+
+    /// Stops the server cleanly (a fast shutdown, which ends with a checkpoint), copies its
+    /// data directory to `to` as a standby's (`standby.signal`, and `primary_conninfo` naming
+    /// this server's socket), and starts the server again on its port.
+    fn copy_data_while_stopped(&mut self, to: &Path) -> Result<(), Error> {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: a signal to the postmaster of ours.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGINT) };
+            child.wait().map_err(io("waiting for the server to stop"))?;
+            leftovers::server_stopped(self.dir.path());
+        }
+        let data = self.dir.path().join("data");
+        let copied = run_as_owner(Command::new("cp").arg("-a").arg(&data).arg(to), self.owner, "cp -a");
+        self.launch()?;
+        copied?;
+        write_file(&to.join("standby.signal"), "", 0o600, self.owner)?;
+        let auto_conf = to.join("postgresql.auto.conf");
+        let mut settings = std::fs::read_to_string(&auto_conf).unwrap_or_default();
+        settings.push_str(&format!(
+            "primary_conninfo = 'host=''{}'' port={} user={SUPERUSER}'\n",
+            self.dir.path().display(),
+            self.port
+        ));
+        write_file(&auto_conf, &settings, 0o600, self.owner)
     }
 
     /// Starts the server again on the same port after [`Cluster::kill`].
@@ -560,6 +572,18 @@ fn server_owner() -> Result<Option<(u32, u32)>, Error> {
     // SAFETY: non-null, points to a valid passwd record.
     let (uid, gid) = unsafe { ((*entry).pw_uid, (*entry).pw_gid) };
     Ok(Some((uid, gid)))
+}
+
+/// Runs `command` as the server's owner; a failure carries what it printed.
+fn run_as_owner(command: &mut Command, owner: Option<(u32, u32)>, what: &str) -> Result<(), Error> {
+    let output = as_owner(command.stdin(Stdio::null()), owner).output().map_err(io("running a command"))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error::Command {
+        what: what.into(),
+        detail: format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)),
+    })
 }
 
 fn as_owner(command: &mut Command, owner: Option<(u32, u32)>) -> &mut Command {

@@ -74,6 +74,8 @@ async fn every_boto3_vector_is_reproduced_byte_for_byte() {
             admin_user: AdminUser { name: v.user.clone(), default_database: None },
             auth: AuthConfig::Iam { region: Some(v.region.clone()) },
             tls: TlsConfig { mode: TlsMode::VerifyFull, ca_file: None },
+            writer: None,
+            replica_wait: autouser_policy::config::DEFAULT_REPLICA_WAIT,
         };
         let AdminCredentials::Password(token) = AwsContext::new(sdk).admin_credentials(&db).await.unwrap() else {
             panic!("an IAM admin's credentials are a password")

@@ -76,6 +76,8 @@ async fn child(spec: &str) {
         admin_user: AdminUser { name: admin.into(), default_database: None },
         auth: AuthConfig::PasswordSecret { secret_arn: arn.into() },
         tls: TlsConfig { mode: TlsMode::VerifyFull, ca_file: None },
+        writer: None,
+        replica_wait: autouser_policy::config::DEFAULT_REPLICA_WAIT,
     };
     let aws = AwsContext::from_env().await;
     let started = Instant::now();

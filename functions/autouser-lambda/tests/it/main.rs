@@ -5,6 +5,7 @@ mod batches;
 mod config_source;
 mod discovery;
 mod reaper;
+mod replica;
 mod runtime;
 
 use autouser_aws::{AwsContext, SdkConfig};
