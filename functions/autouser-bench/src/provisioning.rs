@@ -199,6 +199,22 @@ pub fn baseline_end_sql(user: &str) -> String {
     format!("BEGIN; REVOKE {} FROM {user}; ALTER ROLE {user} NOLOGIN; COMMIT", roles.join(", "))
 }
 
+/// Runs `sql` (one statement, its own transaction) and answers the WAL position after its
+/// commit ([`autouser_engine::sql::COMMIT_LSN`]), in one message.
+pub async fn commit_and_read_lsn(client: &Client, sql: &str) -> Result<String, Error> {
+    let messages = client
+        .simple_query(&format!("{sql}; {}", autouser_engine::sql::COMMIT_LSN))
+        .await
+        .map_err(|e| Error::Unreachable { endpoint: "benchmark server".into(), detail: e.to_string() })?;
+    messages
+        .iter()
+        .find_map(|message| match message {
+            autouser_engine::tokio_postgres::SimpleQueryMessage::Row(row) => row.get(0).map(str::to_string),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Unreachable { endpoint: "benchmark server".into(), detail: "no WAL position".into() })
+}
+
 pub async fn batch(client: &Client, sql: &str) -> Result<(), Error> {
     client.batch_execute(sql).await.map_err(|e| Error::Unreachable {
         endpoint: "benchmark server".into(),

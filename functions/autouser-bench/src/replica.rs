@@ -6,6 +6,7 @@
 use std::time::Instant;
 
 use autouser_engine::replica::{self, Replica};
+use autouser_engine::sql::quote_ident;
 use autouser_engine::Error;
 use scratch_postgres::Cluster;
 
@@ -13,12 +14,15 @@ use crate::provisioning::{self, Target};
 use crate::stats::Samples;
 
 /// Starts then ends of new users, `iterations` per side, alternating: on the primary's entry,
-/// and on the standby's entry (whose writer is the primary).
+/// and on the standby's entry (whose writer is the primary); and the bare replication wait.
 pub struct Measured {
     pub primary_start: Samples,
     pub replica_start: Samples,
     pub primary_end: Samples,
     pub replica_end: Samples,
+    /// The replication itself: from a one-statement commit on the primary (its WAL position
+    /// read after it) until the standby has replayed it, by the same wait.
+    pub replay: Samples,
 }
 
 pub async fn measure(primary: &Cluster, standby: &Cluster, iterations: usize) -> Result<Measured, Error> {
@@ -37,7 +41,18 @@ pub async fn measure(primary: &Cluster, standby: &Cluster, iterations: usize) ->
         replica_start: Samples::default(),
         primary_end: Samples::default(),
         replica_end: Samples::default(),
+        replay: Samples::default(),
     };
+    for i in 0..iterations {
+        // The schema of the creator roles' functions, which the admin owns.
+        let comment = format!("COMMENT ON SCHEMA {} IS 'replay {i}'", quote_ident(provisioning::GROUP));
+        let lsn = provisioning::commit_and_read_lsn(writer.client(), &comment).await?;
+        let began = Instant::now();
+        if replica::wait_for_replay(&replica, &lsn).await? != replica::Replay::Done {
+            return Err(Error::Unreachable { endpoint: replica.endpoint.clone(), detail: "did not replay".into() });
+        }
+        measured.replay.push(began.elapsed());
+    }
     for i in 0..iterations {
         let user = format!("replica-bench-primary-{i}");
         let began = Instant::now();

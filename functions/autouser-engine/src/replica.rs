@@ -36,10 +36,13 @@ pub enum Replay {
     Behind { behind_bytes: Option<i64>, paused: bool },
 }
 
-/// The pause between two polls of the replica: short for the first polls, since a replica at
-/// idle replication replays a commit within milliseconds; then doubling, up to the longest.
+/// How the replica is polled. A replica at idle replication replays a commit within a
+/// millisecond or so, less than the timer's resolution: the first polls follow each other
+/// without a pause (each is a round trip to the replica), then come 1 ms apart, then the pause
+/// doubles up to the longest.
+const POLLS_WITHOUT_PAUSE: u32 = 5;
 const FIRST_POLL_PAUSE: Duration = Duration::from_millis(1);
-const SHORT_POLLS: u32 = 10;
+const SHORT_POLLS: u32 = 15;
 const LONGEST_POLL_PAUSE: Duration = Duration::from_millis(50);
 
 /// A session-start on a read replica: [`engine::session_start`] on the writer, then the wait.
@@ -139,6 +142,9 @@ pub async fn wait_for_replay(replica: &Replica<'_>, lsn: &str) -> Result<Replay,
         let now = Instant::now();
         if paused || now >= deadline {
             return Ok(behind);
+        }
+        if polls <= POLLS_WITHOUT_PAUSE {
+            continue;
         }
         tokio::time::sleep(pause.min(deadline - now)).await;
         if polls >= SHORT_POLLS {
