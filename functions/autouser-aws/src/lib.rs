@@ -7,6 +7,7 @@
 
 pub mod config_store;
 pub mod discovery;
+pub mod jwks;
 pub mod rds;
 pub mod rds_token;
 pub mod secret;

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 
 use autouser_policy::config::ConfigError;
 use autouser_policy::event::EventError;
+use autouser_policy::identity::Check;
 use autouser_policy::ledger::{Identity, LedgerError};
 use autouser_policy::naming::NameError;
 use autouser_policy::outcome::EndOutcome;
@@ -34,6 +35,9 @@ pub enum Error {
 
     #[error("session of {person:?} refused: {source}")]
     InvalidUserName { person: String, source: NameError },
+
+    #[error("identity not verified (check `{check}`): {detail}; nothing was changed")]
+    IdentityUnverified { check: Check, detail: String },
 
     #[error("database {database:?} is not in the config: add it under `databases` or fix the event's `database`")]
     UnknownDatabase { database: String },
@@ -282,6 +286,7 @@ impl From<Refusal> for Error {
             Refusal::UnknownDbRole { role, database } => Error::UnknownDbRole { role, database },
             Refusal::RefusedDbRole { role, reason } => Error::RefusedDbRole { role, reason },
             Refusal::ReadOnlyEndpoint { endpoint } => Error::ReadOnlyEndpoint { endpoint },
+            Refusal::IdentityUnverified { check, detail } => Error::IdentityUnverified { check, detail },
         }
     }
 }
@@ -295,6 +300,7 @@ impl Error {
             Error::Policy { .. } => "PolicyDenied",
             Error::InvalidUserName { .. } => "InvalidUserName",
             Error::UnknownDatabase { .. } => "UnknownDatabase",
+            Error::IdentityUnverified { .. } => "IdentityUnverified",
             Error::UserConflict { .. } => "UserConflict",
             Error::IdentityConflict { .. } => "IdentityConflict",
             Error::RolesMismatch { .. } => "RolesMismatch",
@@ -388,5 +394,14 @@ mod tests {
         assert_eq!(err.kind(), "IdentityConflict");
         assert!(err.to_string().contains("local user \"alice\""), "{err}");
         assert!(err.to_string().contains("user \"alice\" of cluster \"root\""), "{err}");
+    }
+
+    #[test]
+    fn an_unverified_identity_is_permanent_and_names_its_check() {
+        let err =
+            Error::from(Refusal::IdentityUnverified { check: Check::Expired, detail: "the token has expired".into() });
+        assert_eq!(err.kind(), "IdentityUnverified");
+        assert!(!err.is_transient());
+        assert!(err.to_string().contains("check `expired`"), "{err}");
     }
 }

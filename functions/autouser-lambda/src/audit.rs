@@ -21,6 +21,7 @@
 
 use autouser_aws::SdkConfig;
 use autouser_engine::reaper::{Closed, RetriedDrop};
+use autouser_policy::identity::VerifiedIdentity;
 use autouser_policy::outcome::EndStatus;
 use serde_json::{json, Value};
 
@@ -42,7 +43,14 @@ fn from_event(event: Option<&Value>, field: &str) -> Value {
     event.and_then(|e| e.get(field)).cloned().unwrap_or(Value::Null)
 }
 
-fn detail(function: Function, event: Option<&Value>) -> serde_json::Map<String, Value> {
+/// The fields every session audit event has. With a verified identity token, the person and
+/// their access roles are the token's, and `identity` names the issuer and the token's `sub`
+/// and `jti` (never the token); without one, there is no `identity` and they are the event's.
+fn detail(
+    function: Function,
+    event: Option<&Value>,
+    verified: Option<&VerifiedIdentity>,
+) -> serde_json::Map<String, Value> {
     let mut detail = serde_json::Map::new();
     detail.insert("function".into(), Value::from(function.name()));
     for field in ["session_id", "user", "origin_cluster", "database", "db_name"] {
@@ -50,18 +58,31 @@ fn detail(function: Function, event: Option<&Value>) -> serde_json::Map<String, 
     }
     // The person's access roles, as the event names them.
     detail.insert("access_roles".into(), from_event(event, "roles"));
+    if let Some(verified) = verified {
+        detail.insert("user".into(), Value::from(verified.user.clone()));
+        if let Some(roles) = &verified.roles {
+            detail.insert("access_roles".into(), json!(roles));
+        }
+        let identity = json!({"issuer": verified.issuer, "sub": verified.subject, "jti": verified.token_id});
+        detail.insert("identity".into(), identity);
+    }
     detail
 }
 
 /// The audit event of a successful outcome, if it is one worth auditing. Pure.
-pub fn of_outcome(function: Function, event: &Value, outcome: &Value) -> Option<AuditEvent> {
+pub fn of_outcome(
+    function: Function,
+    event: &Value,
+    verified: Option<&VerifiedIdentity>,
+    outcome: &Value,
+) -> Option<AuditEvent> {
     let detail_type = match outcome.get("status").and_then(Value::as_str)? {
         "active" => "Database User Activated",
         "deactivated" => "Database User Deactivated",
         "dropped" => "Database User Dropped",
         _ => return None,
     };
-    let mut detail = detail(function, Some(event));
+    let mut detail = detail(function, Some(event), verified);
     detail.insert("db_user".into(), outcome.get("db_user").cloned().unwrap_or(Value::Null));
     // The database roles the user holds from now on: the session's roles when activated,
     // none when deactivated or dropped.
@@ -84,8 +105,14 @@ pub fn of_outcome(function: Function, event: &Value, outcome: &Value) -> Option<
 
 /// The audit event of a refusal of kind `kind`. `event` is the session event when there is
 /// one to read. Pure.
-pub fn of_refusal(function: Function, event: Option<&Value>, kind: &str, reason: &str) -> AuditEvent {
-    let mut detail = detail(function, event);
+pub fn of_refusal(
+    function: Function,
+    event: Option<&Value>,
+    verified: Option<&VerifiedIdentity>,
+    kind: &str,
+    reason: &str,
+) -> AuditEvent {
+    let mut detail = detail(function, event, verified);
     detail.insert("db_user".into(), Value::Null);
     detail.insert("roles".into(), from_event(event, "db_roles"));
     detail.insert("mode".into(), Value::Null);
@@ -213,7 +240,7 @@ mod tests {
         let outcome = json!({"status": "active", "db_user": "alice", "mode": "keep",
                              "db_roles": ["reader"], "base_roles": ["teleport-auto-user"],
                              "already_active": false});
-        let audit = of_outcome(Function::SessionStart, &session(), &outcome).unwrap();
+        let audit = of_outcome(Function::SessionStart, &session(), None, &outcome).unwrap();
         assert_eq!(audit.detail_type, "Database User Activated");
         assert_eq!(
             audit.detail,
@@ -226,15 +253,39 @@ mod tests {
     #[test]
     fn session_ends_are_audited_only_when_the_user_changes() {
         let end = |status: &str| {
-            of_outcome(Function::SessionEnd, &session(), &json!({"status": status, "db_user": "alice"}))
+            of_outcome(Function::SessionEnd, &session(), None, &json!({"status": status, "db_user": "alice"}))
                 .map(|a| a.detail_type)
         };
         assert_eq!(end("deactivated"), Some("Database User Deactivated"));
         assert_eq!(end("dropped"), Some("Database User Dropped"));
         assert_eq!(end("in_use"), None);
         assert_eq!(end("noop"), None);
-        let dropped = of_outcome(Function::SessionEnd, &session(), &json!({"status": "dropped"})).unwrap();
+        let dropped = of_outcome(Function::SessionEnd, &session(), None, &json!({"status": "dropped"})).unwrap();
         assert_eq!(dropped.detail["roles"], json!([]));
+    }
+
+    #[test]
+    fn a_verified_identity_names_the_issuer_and_token_ids_never_the_token() {
+        let event = json!({"session_id": "s1", "identity_token": "header.payload.signature",
+                           "database": "orders", "db_name": "app"});
+        let verified = VerifiedIdentity {
+            issuer: "teleport.example.com".into(),
+            subject: Some("alice".into()),
+            token_id: Some("jti-1".into()),
+            user: "alice".into(),
+            roles: Some(vec!["devs".into()]),
+            traits: None,
+            session_id: None,
+        };
+        let outcome = json!({"status": "active", "db_user": "alice", "db_roles": ["reader"]});
+        let audit = of_outcome(Function::SessionStart, &event, Some(&verified), &outcome).unwrap();
+        assert_eq!(audit.detail["user"], "alice");
+        assert_eq!(audit.detail["access_roles"], json!(["devs"]));
+        assert_eq!(audit.detail["identity"], json!({"issuer": "teleport.example.com", "sub": "alice", "jti": "jti-1"}));
+        assert!(!audit.detail.to_string().contains("payload"), "{}", audit.detail);
+        let refused = of_refusal(Function::SessionStart, Some(&event), None, "IdentityUnverified", "expired");
+        assert!(refused.detail.get("identity").is_none());
+        assert!(!refused.detail.to_string().contains("payload"), "{}", refused.detail);
     }
 
     #[test]
@@ -242,6 +293,7 @@ mod tests {
         let audit = of_refusal(
             Function::SessionStart,
             Some(&json!({"user": "mallory", "database": 7})),
+            None,
             "EventInvalid",
             "event field `session_id` is missing",
         );
@@ -251,7 +303,7 @@ mod tests {
         assert_eq!(audit.detail["session_id"], Value::Null);
         assert_eq!(audit.detail["kind"], "EventInvalid");
         assert_eq!(audit.detail["reason"], "event field `session_id` is missing");
-        let unreadable = of_refusal(Function::SessionEnd, None, "EventInvalid", "not JSON");
+        let unreadable = of_refusal(Function::SessionEnd, None, None, "EventInvalid", "not JSON");
         assert_eq!(unreadable.detail["function"], "session-end");
     }
 
@@ -263,13 +315,13 @@ mod tests {
             "reason": "the user's objects could not be handed over in database \"reports\"",
             "drop_blocked": {"kind": "cannot_connect", "db_name": "reports", "detail": "no CONNECT",
                              "fix": "GRANT CONNECT ON DATABASE \"reports\" TO \"admin\""}});
-        let audit = of_outcome(Function::SessionEnd, &event, &outcome).unwrap();
+        let audit = of_outcome(Function::SessionEnd, &event, None, &outcome).unwrap();
         assert_eq!(audit.detail_type, "Database User Deactivated");
         assert_eq!(audit.detail["drop_blocked"]["kind"], "cannot_connect");
         assert_eq!(audit.detail["drop_blocked"]["fix"], "GRANT CONNECT ON DATABASE \"reports\" TO \"admin\"");
         assert_eq!(audit.detail["reason"], outcome["reason"]);
         let plain = json!({"status": "deactivated", "db_user": "alice", "mode": "keep"});
-        assert!(of_outcome(Function::SessionEnd, &event, &plain).unwrap().detail.get("drop_blocked").is_none());
+        assert!(of_outcome(Function::SessionEnd, &event, None, &plain).unwrap().detail.get("drop_blocked").is_none());
     }
 
     #[test]

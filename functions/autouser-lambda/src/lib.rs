@@ -24,10 +24,12 @@ use std::time::{Instant, SystemTime};
 
 use audit::Auditor;
 use autouser_aws::config_store::ConfigLocation;
+use autouser_aws::jwks::JwksCache;
 use autouser_aws::AwsContext;
 use autouser_engine::{engine, replica, Error};
 use autouser_policy::config::{Config, Overrides};
 use autouser_policy::event::SessionEvent;
+use autouser_policy::identity::{self, VerifiedIdentity};
 use autouser_policy::request;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::{json, Value};
@@ -54,6 +56,8 @@ pub struct State {
     pool: pool::Pool,
     event_source: String,
     auditor: Auditor,
+    /// The identity providers' keys of `jwks_uri` issuers, kept across warm invocations.
+    jwks: JwksCache,
 }
 
 /// Why a container cannot start; logged, and Lambda reports an init error.
@@ -195,7 +199,14 @@ impl State {
     }
 
     fn with_live_config(config: live_config::LiveConfig, aws: AwsContext, event_source: String) -> State {
-        State { config, aws, pool: pool::Pool::default(), event_source, auditor: Auditor::log_only() }
+        State {
+            config,
+            aws,
+            pool: pool::Pool::default(),
+            event_source,
+            auditor: Auditor::log_only(),
+            jwks: JwksCache::new(),
+        }
     }
 
     /// The config in use now (read again from SSM or S3 when its TTL has passed).
@@ -205,6 +216,11 @@ impl State {
 
     pub fn with_auditor(self, auditor: Auditor) -> State {
         State { auditor, ..self }
+    }
+
+    /// The same state fetching `jwks_uri` keys through `jwks` (a private CA's roots).
+    pub fn with_jwks(self, jwks: JwksCache) -> State {
+        State { jwks, ..self }
     }
 
     /// Admin connections opened since the container started (for tests and metrics).
@@ -328,9 +344,15 @@ fn user_of(event: &Value) -> Option<(String, Option<String>)> {
 /// starts, not ends), a writer demoted by a failover, an admin login refused (RDS IAM
 /// throttling looks like that), a config or privilege being fixed. It is retried until its
 /// queue gives it to the dead-letter queue, which alarms, rather than dropped. Only a
-/// malformed event or a person's name that can never be a user is the event's own.
+/// malformed event, a person's name that can never be a user, or an identity token that
+/// failed verification (a forged or expired token never becomes valid; keys that could not be
+/// read may) is the event's own.
 pub fn is_retried(function: Function, error: &Error) -> bool {
-    let events_own = matches!(error, Error::Event(_) | Error::InvalidUserName { .. });
+    let events_own = match error {
+        Error::Event(_) | Error::InvalidUserName { .. } => true,
+        Error::IdentityUnverified { check, .. } => *check != identity::Check::Keys,
+        _ => false,
+    };
     error.is_transient() || (function == Function::SessionEnd && !events_own)
 }
 
@@ -338,20 +360,25 @@ pub fn is_retried(function: Function, error: &Error) -> bool {
 async fn refuse_unreadable(state: &State, function: Function, message_id: Option<&str>, reason: &str) {
     tracing::warn!(message_id, error = reason, "refused an invocation it cannot read");
     metrics::refusal(function, "EventInvalid");
-    state.auditor.record(function.name(), audit::of_refusal(function, None, "EventInvalid", reason)).await;
+    state.auditor.record(function.name(), audit::of_refusal(function, None, None, "EventInvalid", reason)).await;
 }
 
-/// One session event: decide, connect (from the pool), apply. Logs, counts and audits the
-/// outcome.
+/// One session event: its identity verified (`identity:`), then decide, connect (from the
+/// pool), apply. Logs, counts and audits the outcome.
 async fn process(state: &State, function: Function, event: Value) -> Result<Value, Error> {
     let started = Instant::now();
-    let result = process_event(state, function, event.clone()).await;
+    let config = state.config().await;
+    let (verified, result) = match authenticate(state, &config, function, event.clone()).await {
+        Ok((session, verified)) => (verified, process_event(state, config, function, session).await),
+        Err(e) => (None, Err(e)),
+    };
+    let verified = verified.as_ref();
     match &result {
         Ok(outcome) => {
             let status = outcome.get("status").and_then(Value::as_str).unwrap_or_default();
             tracing::info!(status, "session event applied");
             metrics::outcome(function, status, started.elapsed());
-            if let Some(audit) = audit::of_outcome(function, &event, outcome) {
+            if let Some(audit) = audit::of_outcome(function, &event, verified, outcome) {
                 state.auditor.record(function.name(), audit).await;
             }
         }
@@ -362,27 +389,52 @@ async fn process(state: &State, function: Function, event: Value) -> Result<Valu
         Err(e) => {
             tracing::warn!(kind = e.kind(), error = %e, "session refused");
             metrics::refusal(function, e.kind());
-            let audit = audit::of_refusal(function, Some(&event), e.kind(), &e.to_string());
+            let audit = audit::of_refusal(function, Some(&event), verified, e.kind(), &e.to_string());
             state.auditor.record(function.name(), audit).await;
         }
     }
     result
 }
 
+/// The session event with its identity token verified and applied (`identity:` in the
+/// config): the person, roles and traits are the token's. The token goes no further. A
+/// `jwks_uri`'s keys come from the container's cache.
+async fn authenticate(
+    state: &State,
+    config: &Config,
+    function: Function,
+    event: Value,
+) -> Result<(SessionEvent, Option<VerifiedIdentity>), Error> {
+    let event = SessionEvent::from_value(event)?;
+    let purpose = match function {
+        Function::SessionStart => identity::Purpose::Start,
+        Function::SessionEnd => identity::Purpose::End,
+    };
+    state
+        .jwks
+        .authenticate(Some(&state.aws), config.identity.as_ref(), event, purpose)
+        .await
+        .map_err(|unverified| Error::from(autouser_policy::Refusal::from(unverified)))
+}
+
 /// Boxed: the engine's futures are deep, and an unboxed chain overflows the compiler's layout
 /// recursion limit in the function binaries.
 fn process_event(
     state: &State,
+    config: std::sync::Arc<Config>,
     function: Function,
-    event: Value,
+    event: SessionEvent,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Value, Error>> + Send + '_>> {
-    Box::pin(process_event_unboxed(state, function, event))
+    Box::pin(process_event_unboxed(state, config, function, event))
 }
 
-async fn process_event_unboxed(state: &State, function: Function, event: Value) -> Result<Value, Error> {
-    let event = SessionEvent::from_value(event)?;
+async fn process_event_unboxed(
+    state: &State,
+    config: std::sync::Arc<Config>,
+    function: Function,
+    event: SessionEvent,
+) -> Result<Value, Error> {
     let span = tracing::info_span!("session", session_id = %event.session_id, database = %event.database, db_user = tracing::field::Empty);
-    let config = state.config().await;
     async {
         let config = &*config;
         let db = request::database(config, &event)?;
@@ -536,6 +588,17 @@ roles: []
     fn settings(vars: &[(&str, &str)]) -> Result<Settings, InitError> {
         let vars: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Settings::from_vars(|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn a_refused_identity_token_is_not_retried_unless_its_keys_could_not_be_read() {
+        let refused = |check| Error::IdentityUnverified { check, detail: String::new() };
+        for function in [Function::SessionStart, Function::SessionEnd] {
+            assert!(!is_retried(function, &refused(identity::Check::Signature)));
+            assert!(!is_retried(function, &refused(identity::Check::Expired)));
+        }
+        assert!(is_retried(Function::SessionEnd, &refused(identity::Check::Keys)));
+        assert!(!is_retried(Function::SessionStart, &refused(identity::Check::Keys)));
     }
 
     #[test]

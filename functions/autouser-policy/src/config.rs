@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
+use crate::identity::{IdentityConfig, RawIdentity};
 use crate::naming;
 use crate::permissions::ImportRule;
 use crate::policy::{Policy, PolicyError, Role};
@@ -89,6 +90,9 @@ pub struct Config {
     /// PostgreSQL's predefined roles (`pg_*`) that policies may grant; every other predefined
     /// role, and every role that is a member of one, is refused (`RefusedDbRole`).
     pub allowed_predefined_roles: BTreeSet<String>,
+    /// Signed identity (`identity:`): the issuers whose tokens say who a person is. `None`:
+    /// events are taken on trust.
+    pub identity: Option<IdentityConfig>,
 }
 
 /// `creator_roles` unless the config sets it. Creators are made as users need them, and each
@@ -492,6 +496,8 @@ struct RawConfig {
     /// grant. Any other predefined role, or a role that is a member of one, is refused.
     #[serde(default)]
     allowed_predefined_roles: Vec<String>,
+    /// Signed identity: act only on who an identity provider's token says the person is.
+    identity: Option<RawIdentity>,
 }
 
 /// A database: a static address (`uri`) or an RDS instance or Aurora cluster (`rds`).
@@ -670,7 +676,12 @@ impl RawConfig {
             }
             allowed_predefined_roles.insert(role);
         }
+        let identity = match self.identity {
+            None => None,
+            Some(raw) => Some(raw.validate(base_dir).map_err(|(field, message)| invalid(field, message))?),
+        };
         Ok(Config {
+            identity,
             allowed_predefined_roles,
             creator_roles: self.creator_roles,
             max_session_duration,

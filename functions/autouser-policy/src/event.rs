@@ -16,11 +16,13 @@ pub const MAX_SESSION_ID_BYTES: usize = 256;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 #[schemars(title = "pg-autouser session event")]
+#[schemars(extend("anyOf" = [{"required": ["user"]}, {"required": ["identity_token"]}]))]
 pub struct SessionEvent {
     /// At most 256 bytes.
     #[schemars(length(min = 1, max = MAX_SESSION_ID_BYTES))]
     pub session_id: String,
-    /// The person's name.
+    /// The person's name. May be left out when `identity_token` is sent: the token's is used.
+    #[serde(default)]
     #[schemars(length(min = 1))]
     pub user: String,
     /// Cluster the person logged in to; differs from ours for people from a remote cluster.
@@ -38,6 +40,22 @@ pub struct SessionEvent {
     pub db_name: String,
     /// A subset of the allowed database roles the person asked for.
     pub db_roles: Option<Vec<String>>,
+    /// A JWT the identity provider signed for the person (`identity:` in the config). The
+    /// event's `user`, `roles` and `traits` must equal its claims, or be left out and are
+    /// taken from it. Never logged nor audited.
+    pub identity_token: Option<IdentityToken>,
+}
+
+/// A JWT (`header.payload.signature`, base64url) signed by a configured identity provider.
+// Its `Debug` never shows the token, so that no log line can hold it.
+#[derive(Clone, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct IdentityToken(#[schemars(length(min = 1))] pub String);
+
+impl std::fmt::Debug for IdentityToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "IdentityToken(<{} bytes, not shown>)", self.0.len())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -80,12 +98,18 @@ impl SessionEvent {
 
     fn validate(&self) -> Result<(), EventError> {
         let invalid = |field, problem: &str| Err(EventError::Invalid { field, problem: problem.into() });
-        for (field, value) in [
-            ("session_id", &self.session_id),
-            ("user", &self.user),
-            ("database", &self.database),
-            ("db_name", &self.db_name),
-        ] {
+        if self.user.is_empty() && self.identity_token.is_none() {
+            return invalid("user", "is missing: name the person, or send their identity_token");
+        }
+        if self.identity_token.as_ref().is_some_and(|token| token.0.is_empty()) {
+            return invalid("identity_token", "is empty: send the token, or leave the field out");
+        }
+        let user = (!self.user.is_empty()).then_some(("user", &self.user));
+        for (field, value) in
+            [("session_id", &self.session_id), ("database", &self.database), ("db_name", &self.db_name)]
+                .into_iter()
+                .chain(user)
+        {
             if value.is_empty() {
                 return invalid(field, "is empty");
             }

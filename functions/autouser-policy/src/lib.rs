@@ -14,6 +14,7 @@
 
 pub mod config;
 pub mod event;
+pub mod identity;
 pub mod label_match;
 pub mod ledger;
 pub mod naming;

@@ -9,6 +9,7 @@
 use std::collections::BTreeSet;
 
 use crate::event::EventError;
+use crate::identity::{Check, Unverified};
 use crate::ledger::{Identity, LedgerError};
 use crate::naming::NameError;
 use crate::permissions::UngrantableObject;
@@ -51,6 +52,14 @@ pub enum Refusal {
     RefusedDbRole { role: String, reason: String },
     /// The server is read-only.
     ReadOnlyEndpoint { endpoint: String },
+    /// The event's identity token is missing or failed a check (`identity:`).
+    IdentityUnverified { check: Check, detail: String },
+}
+
+impl From<Unverified> for Refusal {
+    fn from(error: Unverified) -> Self {
+        Refusal::IdentityUnverified { check: error.check, detail: error.detail }
+    }
 }
 
 impl From<EventError> for Refusal {

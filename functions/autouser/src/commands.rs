@@ -8,6 +8,7 @@ use autouser_engine::pg::{self, AdminConnection, AdminCredentials, ConnectParams
 use autouser_engine::{engine, preflight, replica, Error};
 use autouser_policy::config::{AuthConfig, Config, DatabaseConfig, Location, ResolvedDatabase};
 use autouser_policy::event::SessionEvent;
+use autouser_policy::identity;
 use autouser_policy::{request, Refusal};
 
 /// Where AWS configuration comes from: the environment (the CLI), or given (the demo, which
@@ -52,7 +53,7 @@ impl From<Refusal> for Failure {
 }
 
 pub async fn session_start(config: &Path, event: &Path, aws: &AwsSetup) -> Result<Option<String>, Failure> {
-    let (config, event) = load(config, event)?;
+    let (config, event) = load(config, event, Purpose::Start, aws).await?;
     let (db, aws) = resolve(&config, &event, aws, Purpose::Start).await?;
     let req = request::prepare_start(&config, &db, &event)?;
     let outcome = match db.writer_database() {
@@ -73,7 +74,7 @@ pub async fn session_start(config: &Path, event: &Path, aws: &AwsSetup) -> Resul
 }
 
 pub async fn session_end(config: &Path, event: &Path, aws: &AwsSetup) -> Result<Option<String>, Failure> {
-    let (config, event) = load(config, event)?;
+    let (config, event) = load(config, event, Purpose::End, aws).await?;
     let (db, aws) = resolve(&config, &event, aws, Purpose::End).await?;
     let req = request::prepare_end(&config, &db, &event)?;
     let writer_db = db.writer_database();
@@ -236,8 +237,8 @@ pub async fn plan(
     json: bool,
     aws: &AwsSetup,
 ) -> Result<Option<String>, Failure> {
-    let (config, event) = load(config, event)?;
     let purpose = if kind == PlannedKind::SessionStart { Purpose::Start } else { Purpose::End };
+    let (config, event) = load(config, event, purpose, aws).await?;
     let (db, aws) = resolve(&config, &event, aws, purpose).await?;
     let review = match kind {
         PlannedKind::SessionStart => {
@@ -395,7 +396,16 @@ async fn resolve_database(
     Ok((resolved, Some(aws)))
 }
 
-fn load(config: &Path, event: &Path) -> Result<(Config, SessionEvent), Failure> {
+/// The config and the event, its identity token verified (`identity:`): the event returned
+/// names the person, roles and traits the token does. The token is dropped here.
+/// A `jwks_uri`'s keys are fetched over HTTPS, trusting the system's roots (`SSL_CERT_FILE`).
+/// Keys kept in SSM or S3 are read through `setup`'s AWS configuration.
+async fn load(
+    config: &Path,
+    event: &Path,
+    purpose: Purpose,
+    setup: &AwsSetup,
+) -> Result<(Config, SessionEvent), Failure> {
     let config = Config::load(config).map_err(Error::from)?;
     let text = if event == Path::new("-") {
         let mut text = String::new();
@@ -411,6 +421,20 @@ fn load(config: &Path, event: &Path) -> Result<(Config, SessionEvent), Failure> 
         })?
     };
     let event = SessionEvent::from_json(&text).map_err(Error::from)?;
+    let purpose = match purpose {
+        Purpose::Start => identity::Purpose::Start,
+        Purpose::End => identity::Purpose::End,
+    };
+    let keys_in_aws = config.identity.as_ref().is_some_and(|identity| {
+        identity.issuers.iter().any(|issuer| {
+            matches!(issuer.keys, identity::KeySource::SsmParameter(_) | identity::KeySource::S3Object(_))
+        })
+    });
+    let aws = if keys_in_aws { Some(setup.context().await) } else { None };
+    let (event, _) = autouser_aws::jwks::JwksCache::new()
+        .authenticate(aws.as_ref(), config.identity.as_ref(), event, purpose)
+        .await
+        .map_err(Refusal::from)?;
     Ok((config, event))
 }
 

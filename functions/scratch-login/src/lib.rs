@@ -153,6 +153,120 @@ pub fn schema_checked(text: &str) -> &str {
     text
 }
 
+/// Signed identity fixtures (`identity:`): keys made by the `openssl` command line, their JWKS
+/// and tokens made by PyJWT, by `tests/identity/make_tokens.py` in the `.deps/venv` that
+/// `scripts/install-deps` makes. A missing tool fails the test.
+pub struct IdentityFixtures {
+    pub dir: std::path::PathBuf,
+    /// `jwks.json`: the RS256, ES256 and EdDSA keys (kids `rsa-1`, `ec-1`, `ed-1`).
+    pub jwks_file: std::path::PathBuf,
+    pub teleport_issuer: String,
+    pub oidc_issuer: String,
+    pub audience: String,
+    tokens: serde_json::Map<String, serde_json::Value>,
+}
+
+impl IdentityFixtures {
+    /// Keys, JWKS and tokens for `user` with `roles`, in `dir`. The tokens: `teleport_<alg>`
+    /// and `oidc_<alg>` (RS256, ES256, EdDSA) valid; `expired`, `not_yet_valid`,
+    /// `wrong_iss`, `wrong_aud`, `unknown_kid`, `unknown_issuer`, `tampered_payload`,
+    /// `tampered_signature`, `alg_none`, `hs256_public_key` refused; `other_user`, valid for
+    /// `<user>_other`.
+    pub fn make(dir: &Path, user: &str, roles: &[&str]) -> IdentityFixtures {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let python = root.join(".deps/venv/bin/python");
+        let (teleport_issuer, oidc_issuer, audience) =
+            ("teleport.example.com".to_string(), "https://idp.example.com".to_string(), "pg-autouser".to_string());
+        let spec = serde_json::json!({"user": user, "roles": roles, "teleport_issuer": teleport_issuer,
+                                      "oidc_issuer": oidc_issuer, "audience": audience});
+        let output = std::process::Command::new(&python)
+            .arg(root.join("tests/identity/make_tokens.py"))
+            .arg(dir)
+            .arg(spec.to_string())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {} (run scripts/install-deps): {e}", python.display()));
+        assert!(
+            output.status.success(),
+            "make_tokens.py failed (run scripts/install-deps for PyJWT and openssl): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let tokens = std::fs::read_to_string(dir.join("tokens.json")).expect("make_tokens.py wrote tokens.json");
+        let serde_json::Value::Object(tokens) = serde_json::from_str(&tokens).unwrap() else {
+            panic!("tokens.json is not an object")
+        };
+        IdentityFixtures {
+            jwks_file: dir.join("jwks.json"),
+            dir: dir.into(),
+            teleport_issuer,
+            oidc_issuer,
+            audience,
+            tokens,
+        }
+    }
+
+    /// The token named `name` (see [`IdentityFixtures::make`]).
+    pub fn token(&self, name: &str) -> String {
+        self.tokens.get(name).and_then(|t| t.as_str()).unwrap_or_else(|| panic!("no token {name}")).to_string()
+    }
+
+    /// The `identity:` block trusting both issuers with the fixtures' JWKS: the `teleport`
+    /// preset and the `oidc` preset; `required` and `required_for_end` as given.
+    pub fn identity_yaml(&self, required: bool, required_for_end: bool) -> String {
+        format!(
+            "identity:\n  required: {required}\n  required_for_end: {required_for_end}\n  issuers:\n    \
+             - {{preset: teleport, issuer: {}, audience: {}, jwks_file: {}}}\n    \
+             - {{preset: oidc, issuer: \"{}\", audience: {}, jwks_file: {}, leeway_seconds: 30}}\n",
+            self.teleport_issuer,
+            self.audience,
+            self.jwks_file.display(),
+            self.oidc_issuer,
+            self.audience,
+            self.jwks_file.display()
+        )
+    }
+}
+
+/// A directory served over HTTPS on 127.0.0.1 by `tests/identity/serve_jwks.py`, with a CA of
+/// its own (made by the `openssl` command line), as an identity provider serves its JWKS.
+/// Stopped when dropped.
+pub struct JwksServer {
+    pub port: u16,
+    /// The CA that signed the server's certificate (for `localhost` and 127.0.0.1).
+    pub ca_file: std::path::PathBuf,
+    child: std::process::Child,
+}
+
+impl JwksServer {
+    pub fn start(dir: &Path) -> JwksServer {
+        use std::io::BufRead;
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let python = root.join(".deps/venv/bin/python");
+        let mut child = std::process::Command::new(&python)
+            .arg(root.join("tests/identity/serve_jwks.py"))
+            .arg(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {} (run scripts/install-deps): {e}", python.display()));
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.trim().parse().unwrap_or_else(|_| panic!("serve_jwks.py did not print its port: {line:?}"));
+        JwksServer { port, ca_file: dir.join("ca.pem"), child }
+    }
+
+    /// The URL of `name` in the served directory.
+    pub fn url(&self, name: &str) -> String {
+        format!("https://localhost:{}/{name}", self.port)
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

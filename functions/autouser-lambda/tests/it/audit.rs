@@ -182,10 +182,10 @@ async fn many_events_recorded_at_once_all_arrive_or_are_each_logged_as_lost() {
 /// Log output captured in memory (the test runs on one thread, so a thread-local subscriber
 /// sees all of it).
 #[derive(Clone, Default)]
-struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+pub(crate) struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
 
 impl LogBuffer {
-    fn text(&self) -> String {
+    pub(crate) fn text(&self) -> String {
         String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
     }
 }

@@ -4,6 +4,7 @@ mod audit;
 mod batches;
 mod config_source;
 mod discovery;
+mod identity;
 mod reaper;
 mod replica;
 mod runtime;

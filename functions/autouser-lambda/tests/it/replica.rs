@@ -34,21 +34,27 @@ async fn a_replica_entry_starts_and_ends_through_the_writer_and_waits_for_the_st
     let entry = format!("{entry}    primary: {{uri: \"localhost:{}\"}}\n", primary.port());
     let config = scratch_login::one_role_config_yaml("lrep_grp", &entry, "devs", "keep", "db_roles: [lrep_reader]");
     let state = State::new(parse_config(&config), crate::no_aws(), "autouser".into());
-    let event = |session: &str| {
-        json!({"session_id": session, "user": "lrep_alice", "roles": ["devs"], "database": "main", "db_name": "postgres"})
-    };
+    let event = |session: &str| json!({"session_id": session, "user": "lrep_alice", "roles": ["devs"], "database": "main", "db_name": "postgres"});
 
     for session in ["s1", "s2"] {
         let started = invoke(&state, Function::SessionStart, event(session)).await.unwrap();
         assert_eq!(started["status"], "active", "{started}");
-        assert_eq!(can_login_on(&standby, "lrep_alice").await, Some(true), "the standby has the user when the start answers");
+        assert_eq!(
+            can_login_on(&standby, "lrep_alice").await,
+            Some(true),
+            "the standby has the user when the start answers"
+        );
     }
     let ended = invoke(&state, Function::SessionEnd, event("s1")).await.unwrap();
     assert_eq!(ended["status"], "in_use", "{ended}");
     let ended = invoke(&state, Function::SessionEnd, event("s2")).await.unwrap();
     assert_eq!(ended["status"], "deactivated", "{ended}");
     assert_eq!(ended["replica_replayed"], true, "{ended}");
-    assert_eq!(can_login_on(&standby, "lrep_alice").await, Some(false), "the standby has the lock when the end answers");
+    assert_eq!(
+        can_login_on(&standby, "lrep_alice").await,
+        Some(false),
+        "the standby has the lock when the end answers"
+    );
     assert_eq!(can_login_on(&primary, "lrep_alice").await, Some(false));
     // One connection to each endpoint, kept across the four invocations.
     assert_eq!(state.connections_opened(), 2);
