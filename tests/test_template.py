@@ -506,6 +506,7 @@ def check_bus_policy(template, problems):
 SDK_CALLS = {
     "rds:DescribeDBInstances": ".describe_db_instances()",
     "rds:DescribeDBClusters": ".describe_db_clusters()",
+    "rds:DescribeGlobalClusters": ".describe_global_clusters()",
     "rds:ListTagsForResource": ".list_tags_for_resource()",
     "events:PutEvents": ".put_events()",
     "secretsmanager:GetSecretValue": ".get_secret_value()",

@@ -416,6 +416,15 @@ export class AutoUserProvisioner extends Construct {
         stack.formatArn({ service: 'rds', region: '*', resource: 'cluster', resourceName: '*', arnFormat: ArnFormat.COLON_RESOURCE_NAME }),
       ],
     }));
+    // An Aurora global database's secondary cluster is provisioned through the global
+    // database's writer cluster, which only DescribeGlobalClusters names.
+    policy.addStatements(new iam.PolicyStatement({
+      sid: 'DescribeGlobalDatabases',
+      actions: ['rds:DescribeGlobalClusters'],
+      resources: [
+        stack.formatArn({ service: 'rds', region: '', resource: 'global-cluster', resourceName: '*', arnFormat: ArnFormat.COLON_RESOURCE_NAME }),
+      ],
+    }));
     policy.addStatements(new iam.PolicyStatement({
       sid: 'PutAuditEventsAndReports',
       actions: ['events:PutEvents'],

@@ -82,6 +82,14 @@ const ACKNOWLEDGED: { id: string; reason: string; holds: (flagged: Flagged[]) =>
     },
   },
   {
+    id: 'AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:rds::123456789012:global-cluster:*]',
+    reason: 'A global database secondary is provisioned through the global database\'s writer, found by describing the global clusters.',
+    holds: (flagged) => {
+      assert.deepEqual(grantsOf(flagged, 'arn:<AWS::Partition>:rds::123456789012:global-cluster:*'),
+        ['rds:DescribeGlobalClusters'], 'every global database: described, nothing else');
+    },
+  },
+  {
     id: 'AwsSolutions-SQS3',
     reason: 'These queues are the dead-letter queues; they need none of their own.',
     holds: (flagged) => {

@@ -6,6 +6,11 @@
 //! A database is checked with its entry in the config when the config lists it (by resource
 //! and region), otherwise as [`DatabaseConfig::discovered`]: IAM authentication and TLS
 //! verified against the RDS CA bundle. One failing database or region never stops the others.
+//!
+//! A tagged read-only endpoint (a read replica, a tagged reader instance of a cluster, a replica
+//! or global secondary cluster) is reported with the writer that serves it: preflight checks
+//! the writer, where the admin makes its changes (and bootstrap runs there), and the endpoint
+//! itself (that it is in recovery). An entry with `allow_replica: false` is skipped.
 
 use autouser_engine::preflight::{self, Report};
 use autouser_policy::config::{Config, DatabaseConfig, Location, RdsLocator};
@@ -31,7 +36,8 @@ pub enum DiscoveryStatus {
     Ready,
     /// A check failed, or the admin could not log in: see `reason` and `preflight`.
     NeedsAttention,
-    /// Tagged, but not a database sessions can use (a read replica); see `reason`.
+    /// Tagged, but its entry refuses sessions on it (a read replica with `allow_replica:
+    /// false`); see `reason`.
     Skipped,
     /// The resource no longer carries the admin tag (or no longer exists).
     NotManaged,
@@ -45,6 +51,11 @@ pub struct DiscoveredDatabase {
     pub resource: String,
     pub region: String,
     pub status: DiscoveryStatus,
+    /// For a read replica or reader: the writer that serves it, where the admin makes its
+    /// changes (`RDS instance <id> in <region> at <host>:<port>`), or the writer the RDS API
+    /// names when the function could not look it up (see `reason`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub writer: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -62,6 +73,7 @@ impl DiscoveredDatabase {
             resource,
             region,
             status: DiscoveryStatus::NeedsAttention,
+            writer: None,
             reason: None,
             preflight: None,
             bootstrapped: Vec::new(),
@@ -111,7 +123,10 @@ impl DiscoveryReport {
                 DiscoveryStatus::Skipped => "skipped",
                 DiscoveryStatus::NotManaged => "not managed",
             };
-            text.push_str(&format!("{} ({}): {status}", db.database, db.resource));
+            match &db.writer {
+                Some(writer) => text.push_str(&format!("{} ({}, writer {writer}): {status}", db.database, db.resource)),
+                None => text.push_str(&format!("{} ({}): {status}", db.database, db.resource)),
+            }
             if let Some(reason) = &db.reason {
                 text.push_str(&format!(": {reason}"));
             }
@@ -175,7 +190,7 @@ impl AwsContext {
         let db_config = database_config(config, &locator);
         match self.describe(&locator).await {
             Ok(facts) if facts.tags.get(&config.tag_keys.admin_user).is_some_and(|a| !a.is_empty()) => {
-                self.examine(config, TaggedDatabase { locator, facts }, bootstrap).await
+                self.examine(config, TaggedDatabase { locator, facts, read_only: false }, bootstrap).await
             }
             Ok(facts) => {
                 let mut entry = DiscoveredDatabase::new(db_config.name, facts.description, locator.region);
@@ -202,12 +217,33 @@ impl AwsContext {
             found.facts.description.clone(),
             found.locator.region.clone(),
         );
-        if let Some(reason) = &found.facts.read_only_reason {
-            entry.status = DiscoveryStatus::Skipped;
-            entry.reason = Some(format!("{reason}: sessions use the primary"));
-            return entry;
+        // A listed read-only endpoint: its writer is looked up now, one database at a time.
+        let facts = if found.read_only {
+            match self.describe(&found.locator).await {
+                Ok(facts) => facts,
+                Err(e) => {
+                    entry.reason = Some(e.to_string());
+                    return entry;
+                }
+            }
+        } else {
+            found.facts
+        };
+        if let Some(replica) = &facts.replica {
+            entry.writer = Some(match &replica.writer {
+                Ok(writer) => writer.to_text(),
+                Err(unreached) => unreached.writer.clone(),
+            });
+            if !db_config.allow_replica {
+                entry.status = DiscoveryStatus::Skipped;
+                entry.reason = Some(format!(
+                    "{}: its entry has allow_replica: false, so sessions on it are refused",
+                    replica.reason
+                ));
+                return entry;
+            }
         }
-        let db = match apply_facts(&db_config, &config.tag_keys, found.facts) {
+        let db = match apply_facts(&db_config, &config.tag_keys, facts) {
             Ok(mut db) => {
                 if let Location::Rds(configured) = &db_config.location {
                     db.hostaddr = configured.hostaddr;
@@ -219,15 +255,19 @@ impl AwsContext {
                 return entry;
             }
         };
-        let client = match self.connect_admin(&db, preflight::admin_database(&db)).await {
+        // A read-only endpoint's checks and bootstrap are on its writer, then its own check.
+        let writer_db = db.writer_database();
+        let acted_on = writer_db.as_ref().unwrap_or(&db);
+        let client = match self.connect_admin(acted_on, preflight::admin_database(acted_on)).await {
             Ok(client) => client,
             Err(e) => {
-                entry.reason = Some(format!("the admin cannot log in: {e}"));
-                entry.preflight = Some(Report::login_failed(&db, &e));
+                let at = if writer_db.is_some() { " to the writer" } else { "" };
+                entry.reason = Some(format!("the admin cannot log in{at}: {e}"));
+                entry.preflight = Some(Report::login_failed(acted_on, &e));
                 return entry;
             }
         };
-        let (report, facts) = match preflight::check(&client, config, &db).await {
+        let (mut report, facts) = match preflight::check(&client, config, acted_on).await {
             Ok(checked) => checked,
             Err(e) => {
                 entry.reason = Some(format!("preflight could not run: {e}"));
@@ -239,6 +279,11 @@ impl AwsContext {
                 Ok(statements) => entry.bootstrapped = statements,
                 Err(e) => entry.reason = Some(format!("bootstrap failed: {e}")),
             }
+        }
+        if writer_db.is_some() {
+            let replica = self.connect_admin(&db, preflight::admin_database(&db)).await;
+            let finding = preflight::check_replica(replica.as_ref().map(|c| c.client()), &db).await;
+            report = Report::of_replica(&db, report, finding);
         }
         if report.ready && entry.reason.is_none() {
             entry.status = DiscoveryStatus::Ready;

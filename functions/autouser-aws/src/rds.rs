@@ -1,6 +1,13 @@
 //! Resolving `rds:` databases: the endpoint (the writer, for Aurora), the admin and its default
 //! database from tags, all tags as policy labels.
 //!
+//! A read-only endpoint (a read replica, an Aurora reader instance, a replica or global
+//! secondary cluster) resolves with the writer the RDS API names for it, described where the
+//! API names it (another region, for a cross-region replica): sessions log in to the endpoint,
+//! the admin makes its changes on the writer. A writer the function cannot look up is
+//! `WriterUnreachable`, never a guess; `allow_replica: false` keeps refusing such endpoints
+//! (`ReadOnlyEndpoint`).
+//!
 //! A resource without the admin tag is not managed: removing the tag is how an operator turns
 //! provisioning off (before an RDS Blue/Green switchover, say).
 
@@ -10,6 +17,7 @@ use std::time::{Duration, Instant};
 use autouser_engine::Error;
 use autouser_policy::config::{
     AdminUser, AuthConfig, Config, DatabaseConfig, Location, RdsLocator, RdsResource, ResolvedDatabase, TagKeys,
+    WriterEndpoint,
 };
 use aws_sdk_rds::error::SdkError;
 use aws_sdk_rds::types::Tag;
@@ -27,8 +35,104 @@ pub struct RdsFacts {
     pub port: u16,
     pub iam_auth_enabled: bool,
     pub tags: BTreeMap<String, String>,
-    /// Why this endpoint cannot take writes (a read replica), if so.
-    pub read_only_reason: Option<String>,
+    /// Set when this endpoint cannot take writes (a read replica, an Aurora reader instance, a
+    /// replica or secondary cluster): why, and the writer that serves it.
+    pub replica: Option<ReplicaFacts>,
+}
+
+/// A read-only endpoint and the writer its changes come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaFacts {
+    /// Why the endpoint is read-only, for messages: `it is a read replica of orders-main`.
+    pub reason: String,
+    /// The writer as the RDS API names it, or why the function could not look it up.
+    pub writer: Result<RdsWriter, UnreachedWriter>,
+}
+
+/// The writer of a read-only endpoint: where the admin creates, locks and drops users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdsWriter {
+    /// `RDS instance <id> in <region>` or `Aurora cluster <id> in <region>`.
+    pub description: String,
+    pub host: String,
+    pub port: u16,
+    /// The writer's region: an IAM token for it is signed for this region.
+    pub region: String,
+    pub iam_auth_enabled: bool,
+}
+
+impl RdsWriter {
+    /// `<description> at <host>:<port>`, for reports.
+    pub fn to_text(&self) -> String {
+        format!("{} at {}:{}", self.description, self.host, self.port)
+    }
+}
+
+/// A writer the RDS API names that the function could not look up: a source in an account or
+/// region it may not describe, a deleted source. Permanent: the RDS API being unavailable is an
+/// error of the lookup instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnreachedWriter {
+    /// The writer as the RDS API names it (an id or ARN), or which global database's writer.
+    pub writer: String,
+    pub detail: String,
+}
+
+/// A writer lookup that the RDS API answered: the writer, or why it is out of reach.
+type Lookup<T> = Result<T, UnreachedWriter>;
+
+/// The most replication hops followed from a read-only endpoint to its writer (RDS allows
+/// cascading read replicas a few levels deep; an Aurora reader adds its cluster).
+const MAX_REPLICATION_HOPS: usize = 6;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SourceKind {
+    Instance,
+    Cluster,
+}
+
+/// A replication source as the RDS API names it: an id in the replica's region, or an ARN,
+/// which the Describe calls take as it is (in the ARN's region).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Source {
+    kind: SourceKind,
+    region: String,
+    identifier: String,
+}
+
+impl Source {
+    /// `name` is an id of a `kind` resource in `region`, or an RDS ARN
+    /// (`arn:<partition>:rds:<region>:<account>:db:<id>` or `…:cluster:<id>`).
+    fn parse(name: &str, region: &str, kind: SourceKind) -> Lookup<Source> {
+        if !name.starts_with("arn:") {
+            return Ok(Source { kind, region: region.to_string(), identifier: name.to_string() });
+        }
+        let parts: Vec<&str> = name.splitn(7, ':').collect();
+        let (region, kind) = match parts.as_slice() {
+            [_, _, "rds", region, _, "db", _] if !region.is_empty() => (region, SourceKind::Instance),
+            [_, _, "rds", region, _, "cluster", _] if !region.is_empty() => (region, SourceKind::Cluster),
+            _ => {
+                return Err(UnreachedWriter {
+                    writer: name.to_string(),
+                    detail: "not the ARN of an RDS instance or cluster".into(),
+                })
+            }
+        };
+        Ok(Source { kind, region: region.to_string(), identifier: name.to_string() })
+    }
+
+    /// For messages: the ARN, or `RDS instance <id> in <region>`.
+    fn name(&self) -> String {
+        match (self.identifier.starts_with("arn:"), self.kind) {
+            (true, _) => self.identifier.clone(),
+            (false, SourceKind::Instance) => describe(&RdsResource::Instance(self.identifier.clone()), &self.region),
+            (false, SourceKind::Cluster) => describe(&RdsResource::Cluster(self.identifier.clone()), &self.region),
+        }
+    }
+
+    fn unreached(&self, detail: String) -> UnreachedWriter {
+        UnreachedWriter { writer: self.name(), detail }
+    }
 }
 
 impl AwsContext {
@@ -65,7 +169,10 @@ impl AwsContext {
             Some((at, facts)) if at.elapsed() < RESOLUTION_TTL => facts,
             _ => {
                 let facts = self.describe(locator).await?;
-                self.rds_cache.lock().expect("rds cache lock").insert(key.clone(), (Instant::now(), facts.clone()));
+                // A writer out of reach is looked up again next time: the operator is fixing it.
+                if !matches!(&facts.replica, Some(ReplicaFacts { writer: Err(_), .. })) {
+                    self.rds_cache.lock().expect("rds cache lock").insert(key.clone(), (Instant::now(), facts.clone()));
+                }
                 facts
             }
         };
@@ -88,13 +195,10 @@ impl AwsContext {
         self.rds_cache.lock().expect("rds cache lock").clear();
     }
 
+    /// The facts of a resource, with the writer of a read-only one looked up.
     pub(crate) async fn describe(&self, locator: &RdsLocator) -> Result<RdsFacts, Error> {
         let client = self.rds_client(&locator.region);
         let region = &locator.region;
-        let still_creating = |description: String| Error::DependencyUnavailable {
-            what: description,
-            detail: "has no endpoint yet (still creating?)".into(),
-        };
         match &locator.resource {
             RdsResource::Instance(id) => {
                 let output = client
@@ -104,13 +208,24 @@ impl AwsContext {
                     .await
                     .map_err(|e| rds_error("DescribeDBInstances", id, region, e))?;
                 let instance = output.db_instances().first().ok_or_else(|| not_found("instance", id, region))?;
-                if let Some(cluster) = instance.db_cluster_identifier() {
-                    return Err(Error::Credentials(format!(
-                        "RDS instance {id} in {region} belongs to Aurora cluster {cluster}: configure \
-                         rds: {{cluster_id: {cluster}}} so that sessions always reach the cluster's writer"
-                    )));
+                if let Some(cluster_id) = instance.db_cluster_identifier() {
+                    let output = self
+                        .rds_client(region)
+                        .describe_db_clusters()
+                        .db_cluster_identifier(cluster_id)
+                        .send()
+                        .await
+                        .map_err(|e| rds_error("DescribeDBClusters", cluster_id, region, e))?;
+                    let cluster =
+                        output.db_clusters().first().ok_or_else(|| not_found("cluster", cluster_id, region))?;
+                    return self.cluster_reader_facts(id, region, instance, cluster).await;
                 }
-                instance_facts(id, region, instance).ok_or_else(|| still_creating(format!("RDS instance {id}")))
+                let mut facts = instance_facts(id, region, instance)
+                    .ok_or_else(|| still_creating(describe(&locator.resource, region)))?;
+                if let Some((reason, source)) = instance_upstream(region, instance) {
+                    facts.replica = Some(ReplicaFacts { reason, writer: self.follow(source).await? });
+                }
+                Ok(facts)
             }
             RdsResource::Cluster(id) => {
                 let output = client
@@ -121,9 +236,201 @@ impl AwsContext {
                     .map_err(|e| rds_error("DescribeDBClusters", id, region, e))?;
                 let cluster = output.db_clusters().first().ok_or_else(|| not_found("cluster", id, region))?;
                 // Always the cluster (writer) endpoint, never the reader endpoint.
-                cluster_facts(id, region, cluster).ok_or_else(|| still_creating(format!("Aurora cluster {id}")))
+                let mut facts = cluster_facts(id, region, cluster)
+                    .ok_or_else(|| still_creating(describe(&locator.resource, region)))?;
+                if let Some((reason, source)) = self.cluster_upstream(region, cluster).await? {
+                    facts.replica = Some(ReplicaFacts { reason, writer: self.follow(source).await? });
+                }
+                Ok(facts)
             }
         }
+    }
+
+    /// An instance of a cluster (an Aurora reader, or a reader of a Multi-AZ DB cluster):
+    /// sessions use the instance's endpoint, the admin makes its changes on the cluster's
+    /// writer endpoint. IAM authentication is the cluster's; the tags are the cluster's, the
+    /// instance's own added and taking precedence. The cluster's writer instance is refused:
+    /// its entry would stop reaching the writer at the next failover.
+    async fn cluster_reader_facts(
+        &self,
+        id: &str,
+        region: &str,
+        instance: &aws_sdk_rds::types::DbInstance,
+        cluster: &aws_sdk_rds::types::DbCluster,
+    ) -> Result<RdsFacts, Error> {
+        let cluster_id = cluster.db_cluster_identifier().unwrap_or_default();
+        if !is_cluster_reader(id, cluster) {
+            return Err(Error::Credentials(format!(
+                "RDS instance {id} in {region} is the writer of cluster {cluster_id}: configure \
+                 rds: {{cluster_id: {cluster_id}}} so that sessions follow the writer through a failover \
+                 (an instance_id entry of a cluster is for a reader instance)"
+            )));
+        }
+        let resource = RdsResource::Instance(id.to_string());
+        let mut facts =
+            instance_facts(id, region, instance).ok_or_else(|| still_creating(describe(&resource, region)))?;
+        facts.iam_auth_enabled = cluster.iam_database_authentication_enabled().unwrap_or(false);
+        let mut merged = tags(cluster.tag_list());
+        merged.append(&mut facts.tags);
+        facts.tags = merged;
+        let writer = match self.cluster_upstream(region, cluster).await? {
+            // A reader of a replica or secondary cluster: that cluster's writer, upstream.
+            Some((_, source)) => self.follow(source).await?,
+            None => {
+                let cluster_resource = RdsResource::Cluster(cluster_id.to_string());
+                let own = cluster_facts(cluster_id, region, cluster)
+                    .ok_or_else(|| still_creating(describe(&cluster_resource, region)))?;
+                Ok(writer_of(own, region))
+            }
+        };
+        facts.replica = Some(ReplicaFacts { reason: format!("it is a reader of cluster {cluster_id}"), writer });
+        Ok(facts)
+    }
+
+    /// What a cluster replicates from, if anything: a read replica cluster's source
+    /// (`ReplicationSourceIdentifier`), or the writer cluster of the Aurora global database
+    /// it is a secondary of. `None` for a cluster that takes writes.
+    async fn cluster_upstream(
+        &self,
+        region: &str,
+        cluster: &aws_sdk_rds::types::DbCluster,
+    ) -> Result<Option<(String, Lookup<Source>)>, Error> {
+        if let Some(source) = cluster.replication_source_identifier() {
+            return Ok(Some((
+                format!("it is a read replica cluster of {source}"),
+                Source::parse(source, region, SourceKind::Cluster),
+            )));
+        }
+        let Some(global) = cluster.global_cluster_identifier() else { return Ok(None) };
+        // The id, also when the API gives the global cluster's ARN.
+        let global_id = global.rsplit(':').next().unwrap_or(global);
+        let reason = format!("it is a secondary cluster of Aurora global database {global_id}");
+        let unreached = |detail: String| UnreachedWriter {
+            writer: format!("the writer cluster of Aurora global database {global_id}"),
+            detail,
+        };
+        let arn = cluster.db_cluster_arn().unwrap_or_default();
+        let output = match self
+            .rds_client(region)
+            .describe_global_clusters()
+            .global_cluster_identifier(global_id)
+            .send()
+            .await
+        {
+            Ok(output) => output,
+            Err(error) => {
+                // Without rds:DescribeGlobalClusters (which deployments before replica support
+                // did not grant) the cluster's role is unknown. It is taken as configured, as
+                // it was before: the admin acts on its own endpoint, which takes the writes if
+                // it is the primary cluster, and refuses them (ReadOnlyEndpoint) if it is a
+                // secondary. No other writer is guessed at.
+                let detail = writer_lookup_failure("DescribeGlobalClusters", global_id, region, error)?;
+                tracing::warn!(cluster = %arn, global_database = %global_id, %detail,
+                    "cannot tell whether this cluster is its global database's writer: the admin acts on the \
+                     cluster itself; a secondary cluster refuses that (ReadOnlyEndpoint) until the function may \
+                     call rds:DescribeGlobalClusters");
+                return Ok(None);
+            }
+        };
+        let members = output
+            .global_clusters()
+            .iter()
+            .map(|g| g.global_cluster_members())
+            .find(|members| members.iter().any(|m| m.db_cluster_arn() == Some(arn)));
+        let Some(members) = members else {
+            let detail = format!("DescribeGlobalClusters {global_id} does not list {arn} among its members");
+            return Ok(Some((reason, Err(unreached(detail)))));
+        };
+        if members.iter().any(|m| m.db_cluster_arn() == Some(arn) && m.is_writer() == Some(true)) {
+            return Ok(None);
+        }
+        match members.iter().find(|m| m.is_writer() == Some(true)).and_then(|m| m.db_cluster_arn()) {
+            Some(writer) => Ok(Some((reason, Source::parse(writer, region, SourceKind::Cluster)))),
+            None => Err(Error::DependencyUnavailable {
+                what: format!("Aurora global database {global_id}"),
+                detail: "has no writer cluster now (a switchover or failover in progress?)".into(),
+            }),
+        }
+    }
+
+    /// The writer at the end of the replication chain that starts at `source`, each hop
+    /// described where the RDS API names it (an ARN's region).
+    async fn follow(&self, source: Lookup<Source>) -> Result<Lookup<RdsWriter>, Error> {
+        let first = match &source {
+            Ok(source) => source.name(),
+            Err(unreached) => return Ok(Err(unreached.clone())),
+        };
+        let mut next = source;
+        for _ in 0..MAX_REPLICATION_HOPS {
+            let source = match next {
+                Ok(source) => source,
+                Err(unreached) => return Ok(Err(unreached)),
+            };
+            let client = self.rds_client(&source.region);
+            let region = source.region.as_str();
+            next = match source.kind {
+                SourceKind::Instance => {
+                    let found = client.describe_db_instances().db_instance_identifier(&source.identifier).send().await;
+                    let instance = match found {
+                        Ok(output) => output.db_instances().first().cloned(),
+                        Err(error) => {
+                            let detail =
+                                writer_lookup_failure("DescribeDBInstances", &source.identifier, region, error)?;
+                            return Ok(Err(source.unreached(detail)));
+                        }
+                    };
+                    let Some(instance) = instance else {
+                        return Ok(Err(
+                            source.unreached(format!("DescribeDBInstances in {region} found no such instance"))
+                        ));
+                    };
+                    let id = instance.db_instance_identifier().unwrap_or_default().to_string();
+                    if let Some(cluster) = instance.db_cluster_identifier() {
+                        // By ARN, in the instance's account: never a namesake in this one.
+                        let identifier = match instance.db_instance_arn().and_then(|arn| arn.rsplit_once(":db:")) {
+                            Some((prefix, _)) => format!("{prefix}:cluster:{cluster}"),
+                            None => cluster.to_string(),
+                        };
+                        Ok(Source { kind: SourceKind::Cluster, region: region.to_string(), identifier })
+                    } else if let Some((_, upstream)) = instance_upstream(region, &instance) {
+                        upstream
+                    } else {
+                        let resource = describe(&RdsResource::Instance(id.clone()), region);
+                        let facts = instance_facts(&id, region, &instance).ok_or_else(|| still_creating(resource))?;
+                        return Ok(Ok(writer_of(facts, region)));
+                    }
+                }
+                SourceKind::Cluster => {
+                    let found = client.describe_db_clusters().db_cluster_identifier(&source.identifier).send().await;
+                    let cluster = match found {
+                        Ok(output) => output.db_clusters().first().cloned(),
+                        Err(error) => {
+                            let detail =
+                                writer_lookup_failure("DescribeDBClusters", &source.identifier, region, error)?;
+                            return Ok(Err(source.unreached(detail)));
+                        }
+                    };
+                    let Some(cluster) = cluster else {
+                        return Ok(Err(
+                            source.unreached(format!("DescribeDBClusters in {region} found no such cluster"))
+                        ));
+                    };
+                    match self.cluster_upstream(region, &cluster).await? {
+                        Some((_, upstream)) => upstream,
+                        None => {
+                            let id = cluster.db_cluster_identifier().unwrap_or_default().to_string();
+                            let resource = describe(&RdsResource::Cluster(id.clone()), region);
+                            let facts = cluster_facts(&id, region, &cluster).ok_or_else(|| still_creating(resource))?;
+                            return Ok(Ok(writer_of(facts, region)));
+                        }
+                    }
+                }
+            };
+        }
+        Ok(Err(UnreachedWriter {
+            writer: first,
+            detail: format!("no writer within {MAX_REPLICATION_HOPS} replication hops"),
+        }))
     }
 }
 
@@ -132,38 +439,52 @@ impl AwsContext {
 pub struct TaggedDatabase {
     pub locator: RdsLocator,
     pub facts: RdsFacts,
+    /// Maybe read-only: a read replica, a reader instance of a cluster, a replica cluster or a
+    /// member of an Aurora global database. `facts` say nothing of a writer yet:
+    /// [`AwsContext::describe`] looks it up (discovery does, when it examines the database).
+    pub read_only: bool,
 }
 
 impl AwsContext {
     /// Every PostgreSQL instance and Aurora PostgreSQL cluster in `region` that carries the
-    /// admin tag, paging through all of them. Aurora instances are left out: their cluster is
-    /// what sessions use.
+    /// admin tag, paging through all of them. A cluster's instances are left out (the cluster
+    /// is what sessions use), except reader instances that carry the admin tag themselves.
     pub async fn list_tagged_databases(&self, region: &str, tag_keys: &TagKeys) -> Result<Vec<TaggedDatabase>, Error> {
         let client = self.rds_client(region);
         let locator = |resource| RdsLocator { resource, region: region.to_string(), hostaddr: None };
+        let tagged = |facts: &RdsFacts| facts.tags.get(&tag_keys.admin_user).is_some_and(|a| !a.is_empty());
         let mut found = Vec::new();
-        let mut instances = client.describe_db_instances().into_paginator().items().send();
-        while let Some(instance) = instances.next().await {
-            let instance = instance.map_err(|e| rds_error("DescribeDBInstances", "(all)", region, e))?;
-            let id = instance.db_instance_identifier().unwrap_or_default().to_string();
-            if instance.engine() != Some("postgres") || instance.db_cluster_identifier().is_some() {
-                continue;
-            }
-            let facts = instance_facts(&id, region, &instance);
-            if let Some(facts) = facts.filter(|f| f.tags.contains_key(&tag_keys.admin_user)) {
-                found.push(TaggedDatabase { locator: locator(RdsResource::Instance(id)), facts });
-            }
-        }
+        // The clusters first: which instances are their readers.
+        let mut readers = std::collections::HashSet::new();
         let mut clusters = client.describe_db_clusters().into_paginator().items().send();
         while let Some(cluster) = clusters.next().await {
             let cluster = cluster.map_err(|e| rds_error("DescribeDBClusters", "(all)", region, e))?;
             let id = cluster.db_cluster_identifier().unwrap_or_default().to_string();
+            for member in cluster.db_cluster_members() {
+                if member.is_cluster_writer() == Some(false) {
+                    readers.insert(member.db_instance_identifier().unwrap_or_default().to_ascii_lowercase());
+                }
+            }
             if cluster.engine() != Some("aurora-postgresql") {
                 continue;
             }
-            let facts = cluster_facts(&id, region, &cluster);
-            if let Some(facts) = facts.filter(|f| f.tags.contains_key(&tag_keys.admin_user)) {
-                found.push(TaggedDatabase { locator: locator(RdsResource::Cluster(id)), facts });
+            let read_only =
+                cluster.replication_source_identifier().is_some() || cluster.global_cluster_identifier().is_some();
+            if let Some(facts) = cluster_facts(&id, region, &cluster).filter(tagged) {
+                found.push(TaggedDatabase { locator: locator(RdsResource::Cluster(id)), facts, read_only });
+            }
+        }
+        let mut instances = client.describe_db_instances().into_paginator().items().send();
+        while let Some(instance) = instances.next().await {
+            let instance = instance.map_err(|e| rds_error("DescribeDBInstances", "(all)", region, e))?;
+            let id = instance.db_instance_identifier().unwrap_or_default().to_string();
+            let read_only = match (instance.engine(), instance.db_cluster_identifier()) {
+                (Some("postgres"), None) => instance_upstream(region, &instance).is_some(),
+                (Some("postgres" | "aurora-postgresql"), Some(_)) if readers.contains(&id.to_ascii_lowercase()) => true,
+                _ => continue,
+            };
+            if let Some(facts) = instance_facts(&id, region, &instance).filter(tagged) {
+                found.push(TaggedDatabase { locator: locator(RdsResource::Instance(id)), facts, read_only });
             }
         }
         Ok(found)
@@ -187,7 +508,11 @@ pub(crate) fn describe(resource: &RdsResource, region: &str) -> String {
     }
 }
 
-/// Facts of an instance; `None` while it has no endpoint yet.
+fn still_creating(description: String) -> Error {
+    Error::DependencyUnavailable { what: description, detail: "has no endpoint yet (still creating?)".into() }
+}
+
+/// Facts of an instance, without its writer; `None` while it has no endpoint yet.
 fn instance_facts(id: &str, region: &str, instance: &aws_sdk_rds::types::DbInstance) -> Option<RdsFacts> {
     let endpoint = instance.endpoint()?;
     Some(RdsFacts {
@@ -196,13 +521,12 @@ fn instance_facts(id: &str, region: &str, instance: &aws_sdk_rds::types::DbInsta
         port: endpoint.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
         iam_auth_enabled: instance.iam_database_authentication_enabled().unwrap_or(false),
         tags: tags(instance.tag_list()),
-        read_only_reason: instance
-            .read_replica_source_db_instance_identifier()
-            .map(|source| format!("it is a read replica of {source}")),
+        replica: None,
     })
 }
 
-/// Facts of a cluster, with its writer endpoint; `None` while it has none yet.
+/// Facts of a cluster with its cluster (writer) endpoint, without the writer it replicates
+/// from, if any; `None` while it has no endpoint yet.
 fn cluster_facts(id: &str, region: &str, cluster: &aws_sdk_rds::types::DbCluster) -> Option<RdsFacts> {
     Some(RdsFacts {
         description: describe(&RdsResource::Cluster(id.to_string()), region),
@@ -210,10 +534,40 @@ fn cluster_facts(id: &str, region: &str, cluster: &aws_sdk_rds::types::DbCluster
         port: cluster.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
         iam_auth_enabled: cluster.iam_database_authentication_enabled().unwrap_or(false),
         tags: tags(cluster.tag_list()),
-        read_only_reason: cluster
-            .replication_source_identifier()
-            .map(|source| format!("it is a read replica cluster of {source}")),
+        replica: None,
     })
+}
+
+/// What a standalone instance replicates from, if it is a read replica: its source instance
+/// (`ReadReplicaSourceDBInstanceIdentifier`) or cluster (`ReadReplicaSourceDBClusterIdentifier`).
+fn instance_upstream(region: &str, instance: &aws_sdk_rds::types::DbInstance) -> Option<(String, Lookup<Source>)> {
+    let (source, kind) = match (
+        instance.read_replica_source_db_instance_identifier(),
+        instance.read_replica_source_db_cluster_identifier(),
+    ) {
+        (Some(source), _) => (source, SourceKind::Instance),
+        (None, Some(source)) => (source, SourceKind::Cluster),
+        (None, None) => return None,
+    };
+    Some((format!("it is a read replica of {source}"), Source::parse(source, region, kind)))
+}
+
+/// Whether the cluster lists instance `id` as a member that is not its writer.
+fn is_cluster_reader(id: &str, cluster: &aws_sdk_rds::types::DbCluster) -> bool {
+    cluster.db_cluster_members().iter().any(|member| {
+        member.db_instance_identifier().is_some_and(|m| m.eq_ignore_ascii_case(id))
+            && member.is_cluster_writer() == Some(false)
+    })
+}
+
+fn writer_of(facts: RdsFacts, region: &str) -> RdsWriter {
+    RdsWriter {
+        description: facts.description,
+        host: facts.host,
+        port: facts.port,
+        region: region.to_string(),
+        iam_auth_enabled: facts.iam_auth_enabled,
+    }
 }
 
 /// Applies what RDS said to the configured database. Pure.
@@ -239,10 +593,36 @@ fn apply_facts_with(
             tag: tag_keys.admin_user.clone(),
         });
     };
-    if let Some(reason) = facts.read_only_reason {
-        return Err(Error::ReadOnlyEndpoint { endpoint: format!("{} ({reason})", facts.description) });
-    }
-    if matches!(db.auth, AuthConfig::Iam { .. }) && !facts.iam_auth_enabled {
+    let iam = matches!(db.auth, AuthConfig::Iam { .. });
+    let writer = match facts.replica {
+        None => None,
+        Some(replica) if !db.allow_replica => {
+            return Err(Error::ReadOnlyEndpoint {
+                endpoint: format!("{} ({}; the entry has allow_replica: false)", facts.description, replica.reason),
+            });
+        }
+        Some(ReplicaFacts { writer: Err(unreached), .. }) => {
+            return Err(Error::WriterUnreachable {
+                replica: facts.description,
+                writer: unreached.writer,
+                detail: unreached.detail,
+            });
+        }
+        Some(ReplicaFacts { writer: Ok(writer), .. }) => {
+            if iam && !writer.iam_auth_enabled {
+                return Err(Error::IamAuthDisabled { database: db.name.clone(), resource: writer.description });
+            }
+            // An IAM token is signed for the region of the endpoint it logs in to.
+            let auth = match &db.auth {
+                AuthConfig::Iam { region } if region.as_deref() != Some(writer.region.as_str()) => {
+                    Some(AuthConfig::Iam { region: Some(writer.region.clone()) })
+                }
+                _ => None,
+            };
+            Some(WriterEndpoint { host: writer.host, port: writer.port, hostaddr: None, tls: db.tls.clone(), auth })
+        }
+    };
+    if iam && !facts.iam_auth_enabled {
         return Err(Error::IamAuthDisabled { database: db.name.clone(), resource: facts.description });
     }
     autouser_policy::naming::validate_identifier(&admin_user.name)
@@ -257,7 +637,7 @@ fn apply_facts_with(
         admin_user,
         auth: db.auth.clone(),
         tls: db.tls.clone(),
-        writer: None,
+        writer,
         replica_wait: db.replica_wait,
     })
 }
@@ -268,6 +648,20 @@ fn tags(list: &[Tag]) -> BTreeMap<String, String> {
 
 fn not_found(kind: &str, id: &str, region: &str) -> Error {
     Error::Credentials(format!("RDS {kind} {id} was not found in {region}: check rds.{kind}_id and rds.region"))
+}
+
+/// A failed writer lookup: `Err` (transient, retried) when the RDS API is unavailable, else
+/// what it said, which makes the writer unreached.
+fn writer_lookup_failure<E, R>(operation: &str, id: &str, region: &str, error: SdkError<E, R>) -> Result<String, Error>
+where
+    E: aws_sdk_rds::error::ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug + 'static,
+{
+    let detail = format!("{operation} {id} in {region}: {}", crate::describe_sdk_error(&error));
+    if crate::is_transient(&error) {
+        return Err(Error::DependencyUnavailable { what: "the RDS API".into(), detail });
+    }
+    Ok(detail)
 }
 
 fn rds_error<E, R>(operation: &str, id: &str, region: &str, error: SdkError<E, R>) -> Error
@@ -304,7 +698,23 @@ mod tests {
             port: 5432,
             iam_auth_enabled: true,
             tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            read_only_reason: None,
+            replica: None,
+        }
+    }
+
+    fn replica_of(writer: Result<RdsWriter, UnreachedWriter>) -> RdsFacts {
+        let mut f = facts(&[("teleport.dev/db-admin", "a")]);
+        f.replica = Some(ReplicaFacts { reason: "it is a read replica of orders-main".into(), writer });
+        f
+    }
+
+    fn writer(region: &str) -> RdsWriter {
+        RdsWriter {
+            description: format!("RDS instance orders-main in {region}"),
+            host: format!("orders-main.abc.{region}.rds.amazonaws.com"),
+            port: 5433,
+            region: region.into(),
+            iam_auth_enabled: true,
         }
     }
 
@@ -349,9 +759,80 @@ mod tests {
     }
 
     #[test]
-    fn read_replicas_are_refused() {
-        let mut f = facts(&[("teleport.dev/db-admin", "a")]);
-        f.read_only_reason = Some("it is a read replica of orders-main".into());
-        assert_eq!(apply_facts(&db(iam()), &TagKeys::default(), f).unwrap_err().kind(), "ReadOnlyEndpoint");
+    fn a_read_replica_resolves_with_its_writer() {
+        let resolved = apply_facts(&db(iam()), &TagKeys::default(), replica_of(Ok(writer("us-east-1")))).unwrap();
+        assert_eq!(resolved.host, "orders-prod.abc.us-east-1.rds.amazonaws.com", "sessions use the replica");
+        let writer = resolved.writer.clone().expect("the writer");
+        assert_eq!((writer.host.as_str(), writer.port), ("orders-main.abc.us-east-1.rds.amazonaws.com", 5433));
+        assert_eq!(writer.auth, None, "the same region: the entry's credentials");
+        let on_writer = resolved.writer_database().unwrap();
+        assert_eq!(on_writer.host, "orders-main.abc.us-east-1.rds.amazonaws.com");
+        assert_eq!(on_writer.admin_user, resolved.admin_user);
+    }
+
+    #[test]
+    fn a_writer_in_another_region_gets_an_iam_token_for_its_region() {
+        let resolved = apply_facts(&db(iam()), &TagKeys::default(), replica_of(Ok(writer("eu-west-1")))).unwrap();
+        let on_writer = resolved.writer_database().unwrap();
+        assert_eq!(on_writer.auth, AuthConfig::Iam { region: Some("eu-west-1".into()) });
+        assert_eq!(resolved.auth, iam(), "the replica's own token stays in its region");
+        let password = AuthConfig::PasswordSecret { secret_arn: "arn:x".into() };
+        let resolved = apply_facts(&db(password.clone()), &TagKeys::default(), replica_of(Ok(writer("eu-west-1"))));
+        assert_eq!(resolved.unwrap().writer_database().unwrap().auth, password, "the role (and password) replicated");
+    }
+
+    #[test]
+    fn a_writer_without_iam_auth_is_refused_for_iam_admins() {
+        let mut w = writer("us-east-1");
+        w.iam_auth_enabled = false;
+        let err = apply_facts(&db(iam()), &TagKeys::default(), replica_of(Ok(w))).unwrap_err();
+        assert_eq!(err.kind(), "IamAuthDisabled");
+        assert!(err.to_string().contains("orders-main"), "names the writer: {err}");
+    }
+
+    #[test]
+    fn allow_replica_false_keeps_refusing_read_replicas() {
+        let mut config = db(iam());
+        config.allow_replica = false;
+        let err = apply_facts(&config, &TagKeys::default(), replica_of(Ok(writer("us-east-1")))).unwrap_err();
+        assert_eq!(err.kind(), "ReadOnlyEndpoint");
+        assert!(err.to_string().contains("read replica of orders-main"), "{err}");
+        let unreached = UnreachedWriter { writer: "x".into(), detail: "y".into() };
+        let err = apply_facts(&config, &TagKeys::default(), replica_of(Err(unreached))).unwrap_err();
+        assert_eq!(err.kind(), "ReadOnlyEndpoint", "refused before looking at the writer");
+    }
+
+    #[test]
+    fn an_unreached_writer_is_refused_permanently_naming_it() {
+        let unreached = UnreachedWriter {
+            writer: "arn:aws:rds:eu-west-1:210987654321:db:orders-main".into(),
+            detail: "DBInstanceNotFound".into(),
+        };
+        let err = apply_facts(&db(iam()), &TagKeys::default(), replica_of(Err(unreached))).unwrap_err();
+        assert_eq!(err.kind(), "WriterUnreachable");
+        assert!(!err.is_transient());
+        let text = err.to_string();
+        assert!(text.contains("arn:aws:rds:eu-west-1:210987654321:db:orders-main"), "{text}");
+        assert!(text.contains("RDS instance orders-prod in us-east-1"), "names the replica: {text}");
+        assert!(text.contains("DBInstanceNotFound"), "{text}");
+    }
+
+    #[test]
+    fn sources_are_ids_in_the_replicas_region_or_arns() {
+        let id = Source::parse("orders-main", "us-east-1", SourceKind::Instance).unwrap();
+        assert_eq!(
+            (id.kind, id.region.as_str(), id.name()),
+            (SourceKind::Instance, "us-east-1", "RDS instance orders-main in us-east-1".to_string())
+        );
+        let arn = "arn:aws:rds:eu-west-1:123456789012:cluster:orders";
+        let cluster = Source::parse(arn, "us-east-1", SourceKind::Instance).unwrap();
+        assert_eq!(
+            (cluster.kind, cluster.region.as_str(), cluster.identifier.as_str()),
+            (SourceKind::Cluster, "eu-west-1", arn)
+        );
+        let db = Source::parse("arn:aws-cn:rds:cn-north-1:123456789012:db:orders", "us-east-1", SourceKind::Cluster);
+        assert_eq!(db.unwrap().kind, SourceKind::Instance);
+        let odd = Source::parse("arn:aws:s3:::bucket", "us-east-1", SourceKind::Instance).unwrap_err();
+        assert_eq!(odd.writer, "arn:aws:s3:::bucket");
     }
 }

@@ -250,6 +250,17 @@ pub enum Error {
         #[source]
         source: tokio_postgres::Error,
     },
+
+    /// An RDS read replica or Aurora reader whose writer the RDS API names, but which the
+    /// function could not look up (another region or account it may not describe, a deleted
+    /// source): the session is refused rather than provisioned anywhere else.
+    #[error(
+        "{replica} is a read replica, and its writer {writer} could not be reached through the RDS API \
+         ({detail}): allow the function rds:DescribeDBInstances, rds:DescribeDBClusters and \
+         rds:DescribeGlobalClusters where the writer is (its region and account), or configure the writer's \
+         own entry, or set allow_replica: false to refuse sessions on the replica"
+    )]
+    WriterUnreachable { replica: String, writer: String, detail: String },
 }
 
 impl From<ConfigError> for Error {
@@ -331,6 +342,7 @@ impl Error {
             Error::Ledger(_) => "LedgerUnreadable",
             Error::PermissionDenied { .. } => "PermissionDenied",
             Error::Postgres { .. } => "DatabaseError",
+            Error::WriterUnreachable { .. } => "WriterUnreachable",
         }
     }
 

@@ -221,7 +221,9 @@ databases:
 
     // 851 instances and 150 clusters in the first region, 850 and 150 in the second: RDS
     // answers 100 per page. Tags come with the descriptions: no ListTagsForResource at all.
-    assert!(counter.calls("DescribeDBInstances") <= 9 + 9 + 2, "{counter:?}");
+    // The read replica is described again when it is examined, and so is its source (its
+    // writer): two calls more.
+    assert!(counter.calls("DescribeDBInstances") <= 9 + 9 + 2 + 2, "{counter:?}");
     assert!(counter.calls("DescribeDBClusters") <= 2 + 2 + 2, "{counter:?}");
     assert_eq!(counter.calls("ListTagsForResource"), 0, "{counter:?}");
 
@@ -239,9 +241,13 @@ databases:
     let noiam = by_id("pg-noiam");
     assert_eq!(noiam.status, DiscoveryStatus::NeedsAttention);
     assert!(noiam.reason.as_deref().unwrap().contains("--enable-iam-database-authentication"), "{noiam:?}");
+    // The read replica is reported with its writer, which is checked (and cannot be reached).
     let replica = by_id("pg-replica");
-    assert_eq!(replica.status, DiscoveryStatus::Skipped);
-    assert!(replica.reason.as_deref().unwrap().contains("read replica"), "{replica:?}");
+    assert_eq!(replica.status, DiscoveryStatus::NeedsAttention, "{replica:?}");
+    let source = format!("RDS instance pg-{region}-0 in {region} at pg-{region}-0.");
+    assert!(replica.writer.as_deref().unwrap().starts_with(&source), "{replica:?}");
+    assert!(replica.reason.as_deref().unwrap().starts_with("the admin cannot log in to the writer"), "{replica:?}");
+    assert_eq!(report.count(DiscoveryStatus::Skipped), 0);
     // The rest have endpoints nobody can reach from here: each needs attention on its own.
     let unreachable = by_id(&format!("apg-{}-0", REGIONS[1]));
     assert_eq!(unreachable.status, DiscoveryStatus::NeedsAttention);

@@ -5,6 +5,7 @@ mod cluster;
 mod discovery;
 mod golden;
 mod login;
+mod replicas;
 mod resolve;
 mod retries;
 mod secrets;
