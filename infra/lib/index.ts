@@ -2,7 +2,7 @@
 // them (session events through an SQS queue each, with hours of retries and a dead-letter
 // queue), the discovery triggers, the reaper's schedule, the bus policy that lets only the
 // proxies put session events, alarms, and a least-privilege role per function. It mirrors
-// template.yaml (whose comments give the arithmetic); see the README's Deployment section.
+// template.yaml (whose comments give the arithmetic); see docs/deployment.md.
 // The functions come from prebuilt zips (`functionsDir`), or are built from a Cargo workspace
 // with cargo-lambda-cdk's RustFunction (`manifestPath`, default this checkout's).
 
@@ -104,7 +104,7 @@ export interface AutoUserProvisionerProps {
    * each run at once, so how many admin connections a burst of sessions opens on a database
    * (one per warm container); invocations beyond it are throttled and retried. Default 20; 0
    * leaves both unreserved, in the account's shared pool. Size the admin's CONNECTION LIMIT to
-   * match: `autouser preflight` recommends one (the README's "Connections under bursts").
+   * match: `autouser preflight` recommends one (docs/deployment.md, "Connections under bursts").
    */
   readonly sessionFunctionConcurrency?: number;
 }

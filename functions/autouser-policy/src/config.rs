@@ -81,7 +81,7 @@ pub struct Config {
     pub terminate_connections: bool,
     /// The reaper retries the drop of a user that an end locked because its drop was blocked
     /// (`best_effort_drop` with dependent objects, a hand-over that could not run), in the mode
-    /// the blocked end recorded. Off by default: see the README.
+    /// the blocked end recorded. Off by default: see docs/policies.md.
     pub retry_blocked_drops: bool,
     /// How many creator roles create and manage the users on PostgreSQL 16+ (0: none, the
     /// admin does; [`DEFAULT_CREATOR_ROLES`] unless set). Each user belongs to one, by its

@@ -2,8 +2,10 @@
 //! - they are what the loader's types generate (`Config::json_schema`,
 //!   `SessionEvent::json_schema`); after changing the types, regenerate them with
 //!   `AUTOUSER_WRITE_SCHEMAS=1 cargo test -p autouser-policy --test schemas`;
-//! - every config and event of the README, and the role documents of `tests/teleport-roles`,
-//!   validate, and the loader accepts them too;
+//! - every config and event of the README and of the manual (`docs/**/*.md`), and the role
+//!   documents of `tests/teleport-roles`, validate, and the loader accepts them too;
+//! - `docs/reference/config.md`, the configuration reference, is what the config's schema
+//!   generates (rewritten by the same `AUTOUSER_WRITE_SCHEMAS=1`);
 //! - what the loader refuses as an unknown key, the schema refuses.
 //!
 //! `scripts/test` runs it: `cargo test -p autouser-policy --test schemas`.
@@ -25,29 +27,291 @@ fn render(schema: &schemars::Schema) -> String {
     format!("{}\n", serde_json::to_string_pretty(schema).unwrap())
 }
 
-fn check_committed(file: &str, schema: &schemars::Schema) {
-    let path = repository().join("schemas").join(file);
-    let generated = render(schema);
+/// Compares the committed file at `file` (relative to the repository) with `generated`, or,
+/// with `AUTOUSER_WRITE_SCHEMAS` set, rewrites it.
+fn check_committed(file: &str, generated: &str) {
+    let path = repository().join(file);
     if std::env::var_os("AUTOUSER_WRITE_SCHEMAS").is_some() {
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(&path, &generated).unwrap();
+        std::fs::write(&path, generated).unwrap();
         return;
     }
     let committed = std::fs::read_to_string(&path).unwrap_or_default();
     assert!(
         committed == generated,
-        "schemas/{file} is not what the types generate: regenerate it with `{REGENERATE}` and commit it"
+        "{file} is not what the types generate: regenerate it with `{REGENERATE}` and commit it"
     );
 }
 
 #[test]
 fn the_committed_config_schema_is_what_the_types_generate() {
-    check_committed("config.schema.json", &Config::json_schema());
+    check_committed("schemas/config.schema.json", &render(&Config::json_schema()));
 }
 
 #[test]
 fn the_committed_event_schema_is_what_the_types_generate() {
-    check_committed("event.schema.json", &SessionEvent::json_schema());
+    check_committed("schemas/event.schema.json", &render(&SessionEvent::json_schema()));
+}
+
+#[test]
+fn the_committed_config_reference_is_what_the_types_generate() {
+    let schema = serde_json::to_value(Config::json_schema()).unwrap();
+    check_committed("docs/reference/config.md", &reference::markdown(&schema));
+}
+
+/// The configuration reference, `docs/reference/config.md`: the config's JSON Schema as
+/// Markdown, one section per object type (the top level first, then each type in the order
+/// the top level reaches it), one table row per key.
+mod reference {
+    use std::collections::BTreeMap;
+
+    use serde_json::Value;
+
+    pub fn markdown(schema: &Value) -> String {
+        let defs = schema["$defs"].as_object().cloned().unwrap_or_default();
+        // Where each type is used, as key paths from the top level.
+        let mut used_at: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut order: Vec<String> = Vec::new();
+        walk_object(schema, "", &defs, &mut used_at, &mut order, &mut Vec::new());
+
+        let mut out = String::new();
+        out.push_str("# Configuration reference\n\n");
+        out.push_str(
+            "<!-- Generated from the config's types, as schemas/config.schema.json is. Do not edit: \
+             run `AUTOUSER_WRITE_SCHEMAS=1 cargo test -p autouser-policy --test schemas`. -->\n\n",
+        );
+        out.push_str(
+            "Every key of the config file, with its type, its default and its documentation. This \
+             page is generated from the same types as `schemas/config.schema.json` (the loader's); \
+             a test fails when it is out of date. The loader checks more than types: names, \
+             addresses, templates and patterns. For what the keys do together, read \
+             [Configuration](../configuration.md).\n\n",
+        );
+        out.push_str(
+            "A key that is not required may be left out (or set to `null`). Unless a section says \
+             otherwise, an unknown key is an error.\n\n",
+        );
+        out.push_str("## Top level\n\n");
+        section_body(schema, &mut out);
+        for name in &order {
+            let def = &defs[name];
+            out.push_str(&format!("## {name}\n\n"));
+            let paths = &used_at[name];
+            let shown: Vec<String> = paths.iter().map(|p| format!("`{p}`")).collect();
+            out.push_str(&format!("Used at: {}.\n\n", shown.join(", ")));
+            section_body(def, &mut out);
+        }
+        out
+    }
+
+    /// The description, the keys (or the values), and what else the type requires.
+    fn section_body(schema: &Value, out: &mut String) {
+        if let Some(description) = schema.get("description").and_then(Value::as_str) {
+            out.push_str(&format!("{}\n\n", one_line(description)));
+        }
+        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+            let required: Vec<&str> = schema
+                .get("required")
+                .and_then(Value::as_array)
+                .map(|r| r.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            out.push_str("| key | type | required | default | description |\n");
+            out.push_str("| --- | --- | --- | --- | --- |\n");
+            for (key, property) in properties {
+                let description = property.get("description").and_then(Value::as_str).map(one_line);
+                let default = property
+                    .get("default")
+                    .filter(|d| !d.is_null())
+                    .map(|d| format!("`{}`", literal(d)))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "| `{key}` | {} | {} | {default} | {} |\n",
+                    cell(&type_of(property)),
+                    if required.contains(&key.as_str()) { "yes" } else { "no" },
+                    cell(&description.unwrap_or_default()),
+                ));
+            }
+            out.push('\n');
+        }
+        let alternatives = schema.get("oneOf").or_else(|| schema.get("anyOf")).and_then(Value::as_array);
+        if let Some(values) = alternatives.filter(|a| a.iter().all(|v| v.get("const").is_some())) {
+            out.push_str("| value | meaning |\n| --- | --- |\n");
+            for value in values {
+                let description = value.get("description").and_then(Value::as_str).map(one_line);
+                out.push_str(&format!(
+                    "| `{}` | {} |\n",
+                    literal(&value["const"]),
+                    cell(&description.unwrap_or_default())
+                ));
+            }
+            out.push('\n');
+        } else if schema.get("properties").is_none() {
+            out.push_str(&format!("Type: {}.\n\n", type_of(schema)));
+        }
+        if let Some(one_of) = schema.get("oneOf").and_then(Value::as_array) {
+            let keys: Vec<String> = one_of
+                .iter()
+                .filter_map(|o| o.get("required").and_then(Value::as_array))
+                .flatten()
+                .filter_map(Value::as_str)
+                .map(|k| format!("`{k}`"))
+                .collect();
+            if !keys.is_empty() {
+                out.push_str(&format!("Exactly one of {} is given.\n\n", keys.join(", ")));
+            }
+        }
+        if schema.get("properties").is_some() {
+            match schema.get("additionalProperties") {
+                Some(Value::Bool(false)) => {}
+                _ if schema.get("propertyNames").is_some() => {
+                    out.push_str("Other keys are ignored, except unknown `db_*` keys, which are errors.\n\n")
+                }
+                _ => out.push_str("Other keys are ignored.\n\n"),
+            }
+        }
+    }
+
+    /// Records, for every type that `schema`'s keys reach, the paths it is used at, and the
+    /// order in which types are first reached.
+    fn walk_object(
+        schema: &Value,
+        path: &str,
+        defs: &serde_json::Map<String, Value>,
+        used_at: &mut BTreeMap<String, Vec<String>>,
+        order: &mut Vec<String>,
+        stack: &mut Vec<String>,
+    ) {
+        if let Some(properties) = schema.get("properties").and_then(Value::as_object) {
+            for (key, property) in properties {
+                let at = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                walk_value(property, &at, defs, used_at, order, stack);
+            }
+        }
+    }
+
+    fn walk_value(
+        schema: &Value,
+        path: &str,
+        defs: &serde_json::Map<String, Value>,
+        used_at: &mut BTreeMap<String, Vec<String>>,
+        order: &mut Vec<String>,
+        stack: &mut Vec<String>,
+    ) {
+        if let Some(name) = reference(schema) {
+            if !order.contains(&name) {
+                order.push(name.clone());
+            }
+            let paths = used_at.entry(name.clone()).or_default();
+            if !paths.iter().any(|p| p == path) {
+                paths.push(path.to_string());
+            }
+            if !stack.contains(&name) {
+                stack.push(name.clone());
+                walk_value(&defs[&name], path, defs, used_at, order, stack);
+                stack.pop();
+            }
+        }
+        for key in ["anyOf", "oneOf"] {
+            for option in schema.get(key).and_then(Value::as_array).into_iter().flatten() {
+                walk_value(option, path, defs, used_at, order, stack);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            walk_value(items, &format!("{path}[]"), defs, used_at, order, stack);
+        }
+        if let Some(values) = schema.get("additionalProperties").filter(|v| v.is_object()) {
+            walk_value(values, &format!("{path}.<key>"), defs, used_at, order, stack);
+        }
+        walk_object(schema, path, defs, used_at, order, stack);
+    }
+
+    fn reference(schema: &Value) -> Option<String> {
+        let target = schema.get("$ref")?.as_str()?;
+        Some(target.strip_prefix("#/$defs/").expect("a local reference").to_string())
+    }
+
+    /// A key's type as a reader writes it: `string`, `list of string`, a link to a type.
+    fn type_of(schema: &Value) -> String {
+        if let Some(name) = reference(schema) {
+            return format!("[{name}](#{})", name.to_lowercase());
+        }
+        if let Some(value) = schema.get("const") {
+            return format!("`{}`", literal(value));
+        }
+        if let Some(values) = schema.get("enum").and_then(Value::as_array) {
+            let values: Vec<String> = values.iter().map(|v| format!("`{}`", literal(v))).collect();
+            return format!("one of {}", values.join(", "));
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(options) = schema.get(key).and_then(Value::as_array) {
+                let types: Vec<String> =
+                    options.iter().filter(|o| o.get("type") != Some(&Value::from("null"))).map(type_of).collect();
+                if !types.is_empty() {
+                    return types.join(" or ");
+                }
+            }
+        }
+        let named = match schema.get("type") {
+            Some(Value::String(name)) => vec![name.as_str()],
+            Some(Value::Array(names)) => names.iter().filter_map(Value::as_str).filter(|n| *n != "null").collect(),
+            _ => vec![],
+        };
+        if named.is_empty() {
+            return "any".into();
+        }
+        let types: Vec<String> = named.iter().map(|name| one_type(name, schema)).collect();
+        let mut text = types.join(" or ");
+        let mut limits = Vec::new();
+        if schema.get("minLength").and_then(Value::as_u64) == Some(1) {
+            limits.push("not empty".to_string());
+        }
+        if let Some(n) = schema.get("minItems").and_then(Value::as_u64) {
+            limits.push(format!("at least {n}"));
+        }
+        match (schema.get("minimum"), schema.get("maximum")) {
+            (Some(min), Some(max)) => limits.push(format!("{min} to {max}")),
+            (Some(min), None) => limits.push(format!("at least {min}")),
+            (None, Some(max)) => limits.push(format!("at most {max}")),
+            (None, None) => {}
+        }
+        if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
+            limits.push(format!("matching `{pattern}`"));
+        }
+        if !limits.is_empty() {
+            text = format!("{text}, {}", limits.join(", "));
+        }
+        text
+    }
+
+    fn one_type(name: &str, schema: &Value) -> String {
+        match name {
+            "array" => format!("list of {}", schema.get("items").map(type_of).unwrap_or_else(|| "any".into())),
+            "object" => match schema.get("additionalProperties").filter(|v| v.is_object()) {
+                Some(values) => format!("map of string to {}", type_of(values)),
+                None => "object".into(),
+            },
+            "string" if schema.get("format").and_then(Value::as_str) == Some("ip") => "IP address".into(),
+            other => other.into(),
+        }
+    }
+
+    /// A value as it is written in YAML: a plain string unquoted, anything else as JSON.
+    fn literal(value: &Value) -> String {
+        match value {
+            Value::String(text) if !text.is_empty() => text.clone(),
+            other => other.to_string(),
+        }
+    }
+
+    /// A doc comment's lines joined into one paragraph.
+    fn one_line(text: &str) -> String {
+        text.lines().map(str::trim).collect::<Vec<_>>().join(" ")
+    }
+
+    /// Text safe in a table cell.
+    fn cell(text: &str) -> String {
+        text.replace('|', "\\|")
+    }
 }
 
 /// The validator of a committed schema, checked against the draft 2020-12 meta-schema.
@@ -70,31 +334,57 @@ fn yaml_to_json(text: &str) -> Value {
     serde_yaml_ng::from_str(text).unwrap_or_else(|e| panic!("not YAML: {e}\n{text}"))
 }
 
-/// The fenced blocks of `language` in the README, with the line each starts on.
-fn readme_blocks(language: &str) -> Vec<(usize, String)> {
-    let readme = std::fs::read_to_string(repository().join("README.md")).unwrap();
+/// The Markdown files whose examples are checked: README.md first, then every `.md` under
+/// `docs/`, in path order, as paths relative to the repository.
+fn documents() -> Vec<String> {
+    fn walk(dir: &Path, relative: &str, found: &mut Vec<String>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir).unwrap().map(|entry| entry.unwrap().path()).collect();
+        entries.sort();
+        for path in entries {
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            if path.is_dir() {
+                walk(&path, &format!("{relative}{name}/"), found);
+            } else if name.ends_with(".md") {
+                found.push(format!("{relative}{name}"));
+            }
+        }
+    }
+    let mut found = vec!["README.md".to_string()];
+    walk(&repository().join("docs"), "docs/", &mut found);
+    found
+}
+
+/// The fenced blocks of `language` in the README and the manual, each with the file and line
+/// it starts on (`docs/rds.md line 12`). Only unindented fences count: a block indented under
+/// a list item (the audit event's detail) is an excerpt, not an input.
+fn doc_blocks(language: &str) -> Vec<(String, String)> {
     let mut blocks = Vec::new();
-    let mut open: Option<(usize, String)> = None;
-    for (number, line) in readme.lines().enumerate() {
-        match &mut open {
-            None if line.trim_end() == format!("```{language}") => open = Some((number + 1, String::new())),
-            None => {}
-            Some(_) if line.starts_with("```") => blocks.push(open.take().unwrap()),
-            Some((_, text)) => {
-                text.push_str(line);
-                text.push('\n');
+    for file in documents() {
+        let text = std::fs::read_to_string(repository().join(&file)).unwrap();
+        let mut open: Option<(String, String)> = None;
+        for (number, line) in text.lines().enumerate() {
+            match &mut open {
+                None if line.trim_end() == format!("```{language}") => {
+                    open = Some((format!("{file} line {}", number + 1), String::new()))
+                }
+                None => {}
+                Some(_) if line.starts_with("```") => blocks.push(open.take().unwrap()),
+                Some((_, text)) => {
+                    text.push_str(line);
+                    text.push('\n');
+                }
             }
         }
     }
     blocks
 }
 
-/// The README's configs: every YAML block with a top-level key of the config. A block that
-/// shows one section (`roles:` with `import_rules:`) is checked as a config with the first
-/// block's `databases`.
-fn readme_configs() -> Vec<(usize, Value)> {
-    let blocks: Vec<(usize, Value)> =
-        readme_blocks("yaml").into_iter().map(|(line, text)| (line, yaml_to_json(&text))).collect();
+/// The configs of the README and the manual: every YAML block with a top-level key of the
+/// config. A block that shows one section (`roles:` with `import_rules:`) is checked as a
+/// config with the first block's `databases` (the README's).
+fn doc_configs() -> Vec<(String, Value)> {
+    let blocks: Vec<(String, Value)> =
+        doc_blocks("yaml").into_iter().map(|(place, text)| (place, yaml_to_json(&text))).collect();
     let databases = blocks
         .iter()
         .find_map(|(_, config)| config.get("databases").cloned())
@@ -104,29 +394,29 @@ fn readme_configs() -> Vec<(usize, Value)> {
         .filter(|(_, block)| {
             ["databases", "roles", "import_rules", "tag_keys"].iter().any(|key| block.get(key).is_some())
         })
-        .map(|(line, mut config)| {
+        .map(|(place, mut config)| {
             if config.get("databases").is_none() {
                 config["databases"] = databases.clone();
             }
-            (line, config)
+            (place, config)
         })
         .collect()
 }
 
 #[test]
-fn every_config_of_the_readme_validates_and_loads() {
+fn every_config_of_the_readme_and_the_manual_validates_and_loads() {
     let validator = validator("config.schema.json");
-    let configs = readme_configs();
-    assert!(configs.len() >= 3, "found the README's configs: {configs:?}");
-    for (line, config) in &configs {
+    let configs = doc_configs();
+    assert!(configs.len() >= 3, "found the README's and the manual's configs: {configs:?}");
+    for (place, config) in &configs {
         if let Some(errors) = errors(&validator, config) {
-            panic!("README.md line {line}: the config fails the schema: {errors}\n{config:#}");
+            panic!("{place}: the config fails the schema: {errors}\n{config:#}");
         }
-        // roles_file names a file the README does not ship: load the rest.
+        // roles_file names a file the docs do not ship: load the rest.
         let mut loaded = config.clone();
         loaded.as_object_mut().unwrap().remove("roles_file");
         Config::parse(&loaded.to_string(), Path::new("/etc/autouser"))
-            .unwrap_or_else(|e| panic!("README.md line {line}: the config validates but does not load: {e}"));
+            .unwrap_or_else(|e| panic!("{place}: the config validates but does not load: {e}"));
     }
 }
 
@@ -136,38 +426,40 @@ fn the_readme_shows_the_schema_line_editors_read() {
     assert!(readme.contains("# yaml-language-server: $schema="), "the README shows the yaml-language-server line");
 }
 
-/// The README's session events: each JSON block that is one, the `detail` of each that is an
-/// EventBridge event, and the payload of the `aws lambda invoke` example.
-fn readme_events() -> Vec<(usize, Value)> {
+/// The session events of the README and the manual: each JSON block that is one, the `detail`
+/// of each that is an EventBridge event, and the payload of the `aws lambda invoke` example.
+/// Every JSON block must be JSON.
+fn doc_events() -> Vec<(String, Value)> {
     let mut events = Vec::new();
-    for (line, text) in readme_blocks("json") {
-        let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("README.md line {line}: {e}"));
+    for (place, text) in doc_blocks("json") {
+        let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{place}: {e}"));
         if value.get("session_id").is_some() {
-            events.push((line, value));
+            events.push((place, value));
         } else if let Some(detail) = value.get("detail") {
-            events.push((line, detail.clone()));
+            events.push((place, detail.clone()));
         }
     }
-    for (line, text) in readme_blocks("sh") {
+    for (place, text) in doc_blocks("sh") {
         if let Some((_, rest)) = text.split_once("--payload '") {
             let payload = rest.split('\'').next().unwrap();
-            events.push((line, serde_json::from_str(payload).unwrap()));
+            let event = serde_json::from_str(payload).unwrap_or_else(|e| panic!("{place}: {e}"));
+            events.push((place, event));
         }
     }
     events
 }
 
 #[test]
-fn every_event_of_the_readme_validates_and_parses() {
+fn every_event_of_the_readme_and_the_manual_validates_and_parses() {
     let validator = validator("event.schema.json");
-    let events = readme_events();
-    assert!(events.len() >= 3, "found the README's events: {events:?}");
-    for (line, event) in &events {
+    let events = doc_events();
+    assert!(events.len() >= 3, "found the README's and the manual's events: {events:?}");
+    for (place, event) in &events {
         if let Some(errors) = errors(&validator, event) {
-            panic!("README.md line {line}: the event fails the schema: {errors}\n{event:#}");
+            panic!("{place}: the event fails the schema: {errors}\n{event:#}");
         }
         SessionEvent::from_value(event.clone())
-            .unwrap_or_else(|e| panic!("README.md line {line}: the event validates but does not parse: {e}"));
+            .unwrap_or_else(|e| panic!("{place}: the event validates but does not parse: {e}"));
     }
 }
 
@@ -197,7 +489,8 @@ fn the_teleport_role_fixtures_validate_as_roles_of_a_config() {
 
 /// The README's first config, without its `roles_file` (a file the README does not ship).
 fn first_readme_config() -> Value {
-    let mut config = readme_configs().remove(0).1;
+    let (place, mut config) = doc_configs().remove(0);
+    assert!(place.starts_with("README.md "), "the first config is the README's: {place}");
     config.as_object_mut().unwrap().remove("roles_file");
     config
 }
@@ -279,7 +572,7 @@ fn the_schema_refuses_what_the_loader_refuses_in_roles() {
 #[test]
 fn an_unknown_key_fails_the_event_schema_as_it_fails_the_parser() {
     let validator = validator("event.schema.json");
-    let (_, event) = readme_events().remove(0);
+    let (_, event) = doc_events().remove(0);
     assert!(errors(&validator, &event).is_none());
     for pointer in ["/db_role", "/traits/interna"] {
         let bad = with(&event, pointer, json!(["x"]));
