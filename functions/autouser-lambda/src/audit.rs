@@ -172,7 +172,7 @@ fn reaper_event(
     reason: String,
 ) -> AuditEvent {
     let detail = json!({
-        "function": crate::reaper::FUNCTION_NAME, "session_id": session_id, "user": null, "origin_cluster": null,
+        "function": crate::reaper_totals::FUNCTION_NAME, "session_id": session_id, "user": null, "origin_cluster": null,
         "database": database, "db_name": db_name, "access_roles": null, "db_user": db_user, "roles": [],
         "mode": mode, "reason": reason,
     });

@@ -18,6 +18,7 @@ pub mod live_config;
 pub mod metrics;
 pub mod pool;
 pub mod reaper;
+pub mod reaper_totals;
 
 use std::collections::HashSet;
 use std::time::{Instant, SystemTime};

@@ -124,7 +124,7 @@ pub fn discovery(report: &DiscoveryReport) {
 /// (their user is connected), members of the group able to log in that are not ours, and
 /// failures (databases not reached and actions that failed).
 /// Pure.
-pub fn reaper_line(totals: &crate::reaper::Totals, now: SystemTime) -> Value {
+pub fn reaper_line(totals: &crate::reaper_totals::Totals, now: SystemTime) -> Value {
     let counts = [
         ("SessionsReaped", totals.closed),
         ("UsersLocked", totals.locked),
@@ -134,10 +134,10 @@ pub fn reaper_line(totals: &crate::reaper::Totals, now: SystemTime) -> Value {
         ("ActionsDeferred", totals.deferred_actions),
         ("DatabasesDeferred", totals.deferred_databases),
     ];
-    counts_line(crate::reaper::FUNCTION_NAME, &counts, now)
+    counts_line(crate::reaper_totals::FUNCTION_NAME, &counts, now)
 }
 
-pub fn reaper(totals: &crate::reaper::Totals) {
+pub fn reaper(totals: &crate::reaper_totals::Totals) {
     println!("{}", reaper_line(totals, SystemTime::now()));
 }
 
@@ -194,7 +194,7 @@ mod tests {
 
     #[test]
     fn reaper_line_counts_what_the_run_did() {
-        let totals = crate::reaper::Totals {
+        let totals = crate::reaper_totals::Totals {
             closed: 2,
             locked: 1,
             left_open: 3,

@@ -31,10 +31,8 @@ use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
 
 use crate::audit::{self, Auditor};
+pub use crate::reaper_totals::{Totals, FUNCTION_NAME};
 use crate::{built_or_exit, init_tracing, FunctionError, InitError, Settings};
-
-/// The function's name, as in logs, metrics and audit events.
-pub const FUNCTION_NAME: &str = "reaper";
 
 /// Default number of databases reaped at the same time.
 pub const DEFAULT_CONCURRENCY: usize = 4;
@@ -51,22 +49,6 @@ pub enum DatabaseRun {
     NotReaped(Error),
     /// Not started: the run's stop time had come.
     Deferred,
-}
-
-/// What one run did, over all databases.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Totals {
-    pub closed: usize,
-    pub locked: usize,
-    pub left_open: usize,
-    /// Members of the managed group able to log in with no ledger of ours: reported, untouched.
-    pub unowned_logins: usize,
-    /// Databases not reached, and actions that failed.
-    pub failed: usize,
-    /// Closes and locks not started because the run's time was up.
-    pub deferred_actions: usize,
-    /// Databases not started because the run's time was up.
-    pub deferred_databases: usize,
 }
 
 impl Totals {

@@ -1,8 +1,8 @@
 //! The crate boundaries that ARCHITECTURE.md promises, checked:
 //! - the policy crate is pure: its normal dependencies, transitively (`cargo tree`), hold no
 //!   tokio, PostgreSQL, OpenSSL, rustls, hyper or AWS crate; the engine's hold no AWS crate;
-//! - inside the policy crate and inside the engine crate, no module imports one that imports
-//!   it back (`crate::<module>` references in the library code of `src/*.rs`, tests left out).
+//! - inside the policy, engine and Lambda crates, no module imports one that imports it back
+//!   (`crate::<module>` references in the library code of `src/*.rs`, tests left out).
 //!
 //! It lives here, beside the pure crate, so that it builds without the engine's dependencies.
 //! `scripts/test` runs it: `cargo test -p autouser-policy --test boundaries`.
@@ -75,6 +75,11 @@ fn no_module_of_the_policy_crate_imports_one_that_imports_it_back() {
 #[test]
 fn no_module_of_the_engine_crate_imports_one_that_imports_it_back() {
     assert_no_cycles(&functions_dir().join("autouser-engine/src"));
+}
+
+#[test]
+fn no_module_of_the_lambda_crate_imports_one_that_imports_it_back() {
+    assert_no_cycles(&functions_dir().join("autouser-lambda/src"));
 }
 
 #[test]
