@@ -27,7 +27,7 @@ def emitted_metrics():
     namespace = re.search(r'pub const NAMESPACE: &str = "([^"]+)";', source).group(1)
     sessions = re.findall(r'=> "([a-z-]+)"', rust_fn_body((LAMBDA_SOURCES / "input.rs").read_text(), "name"))
     reaper = re.search(r'pub const FUNCTION_NAME: &str = "([a-z-]+)";',
-                       (LAMBDA_SOURCES / "reaper.rs").read_text()).group(1)
+                       (LAMBDA_SOURCES / "reaper_totals.rs").read_text()).group(1)
     discovery_line = rust_fn_body(source, "discovery_line")
     discovery = re.search(r'counts_line\("([a-z-]+)"', discovery_line).group(1)
 

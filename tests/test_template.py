@@ -530,6 +530,8 @@ def check_config_source(template, problems):
         "ReadTheConfigParameter": ("HasConfigParameter", ["ssm:GetParameter"], "${ConfigSsmParameterName}"),
         "ReadTheConfigObject": ("HasConfigObject", ["s3:GetObject"], "${ConfigS3Bucket}/${ConfigS3Key}"),
         "DecryptTheConfig": ("HasConfigKmsKey", ["kms:Decrypt"], None),
+        "ReadTheJwksParameter": ("HasJwksParameter", ["ssm:GetParameter"], "${IdentityJwksSsmParameterName}"),
+        "ReadTheJwksObject": ("HasJwksObject", ["s3:GetObject"], "${IdentityJwksS3Bucket}/${IdentityJwksS3Key}"),
     }
     for sid, (condition, actions, resource) in expected.items():
         if sid not in conditional:
@@ -541,9 +543,9 @@ def check_config_source(template, problems):
             problems.append(f"FunctionsPolicy {sid}: {found_condition} {found_actions}, expected {condition} {actions}")
         text = json.dumps(statement["Resource"])
         if "*" in text or (resource and resource not in text):
-            problems.append(f"FunctionsPolicy {sid}: resource {text} is not exactly the config's")
+            problems.append(f"FunctionsPolicy {sid}: resource {text} is not exactly the config's (or JWKS's)")
     if not problems:
-        print("ok: the functions read the config's one SSM parameter or S3 object, nothing wider")
+        print("ok: the functions read the config's (and the JWKS's) one SSM parameter or S3 object, nothing wider")
 
 
 def check_roles(template, all_problems):

@@ -48,6 +48,13 @@ export interface AutoUserProvisionerProps {
   readonly configObject?: { readonly bucket: s3.IBucket; readonly key: string };
   /** The customer managed KMS key of the SecureString parameter or the S3 object, if any. */
   readonly configKey?: kms.IKey;
+  /**
+   * With signed identity: the SSM parameter holding an issuer's JWKS (the config's
+   * `jwks_ssm_parameter`). The functions may read this parameter only.
+   */
+  readonly identityJwksParameter?: ssm.IParameter;
+  /** With signed identity: the S3 object holding an issuer's JWKS (the config's `jwks_s3_uri`). */
+  readonly identityJwksObject?: { readonly bucket: s3.IBucket; readonly key: string };
   /** How often, at most, the functions check a stored config for a new version; default 1 minute. */
   readonly configTtl?: Duration;
   /** The managed group; default: the config's (`teleport-auto-user` unless it says otherwise). */
@@ -296,7 +303,7 @@ export class AutoUserProvisioner extends Construct {
     this.dashboard = this.makeDashboard(props.dashboardName);
   }
 
-  /** Read on the config's one parameter or object, and its key; nothing wider. */
+  /** Read on the config's one parameter or object, and its key, and on the JWKS's; nothing wider. */
   private configPolicy(policy: iam.ManagedPolicy, props: AutoUserProvisionerProps) {
     if (props.configParameter) {
       policy.addStatements(new iam.PolicyStatement({
@@ -317,6 +324,20 @@ export class AutoUserProvisioner extends Construct {
         sid: 'DecryptTheConfig',
         actions: ['kms:Decrypt'],
         resources: [props.configKey.keyArn],
+      }));
+    }
+    if (props.identityJwksParameter) {
+      policy.addStatements(new iam.PolicyStatement({
+        sid: 'ReadTheJwksParameter',
+        actions: ['ssm:GetParameter'],
+        resources: [props.identityJwksParameter.parameterArn],
+      }));
+    }
+    if (props.identityJwksObject) {
+      policy.addStatements(new iam.PolicyStatement({
+        sid: 'ReadTheJwksObject',
+        actions: ['s3:GetObject'],
+        resources: [props.identityJwksObject.bucket.arnForObjects(props.identityJwksObject.key)],
       }));
     }
   }

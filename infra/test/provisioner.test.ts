@@ -671,6 +671,24 @@ test('a config in an S3 object: its URI, and read on that object only', () => {
   assert.match(JSON.stringify(read.Resource), /:s3:::configs\/pg-autouser\/config\.yaml"/);
 });
 
+test('signed identity: read on the JWKS parameter and object only, and none without them', () => {
+  const stack = new Stack(new App(), 'Refs', { env: { account: '123456789012', region: 'us-east-1' } });
+  const stored = synthWith({
+    config: 'databases: []',
+    identityJwksParameter: ssm.StringParameter.fromStringParameterName(stack, 'J', '/idp/jwks'),
+    identityJwksObject: { bucket: s3.Bucket.fromBucketName(stack, 'JB', 'idp-keys'), key: 'teleport/jwks.json' },
+  });
+  const statements = policyStatements(stored);
+  const parameter = statements.find((s) => s.Sid === 'ReadTheJwksParameter');
+  assert.equal(parameter.Action, 'ssm:GetParameter');
+  assert.match(JSON.stringify(parameter.Resource), /:parameter\/idp\/jwks"/);
+  const object = statements.find((s) => s.Sid === 'ReadTheJwksObject');
+  assert.equal(object.Action, 's3:GetObject');
+  assert.match(JSON.stringify(object.Resource), /:s3:::idp-keys\/teleport\/jwks\.json"/);
+  const without = policyStatements(synthWith({ config: 'databases: []' }));
+  assert.ok(!without.some((s) => ['ReadTheJwksParameter', 'ReadTheJwksObject'].includes(s.Sid)));
+});
+
 test('exactly one config source', () => {
   assert.throws(() => synthWith({}), /exactly one of config, configParameter and configObject/);
   const stack = new Stack(new App(), 'Refs');

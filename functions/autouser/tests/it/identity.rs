@@ -102,6 +102,12 @@ async fn each_refused_token_names_its_check_and_changes_nothing() {
             "traits",
         ),
     ];
+    // The server logs every statement of the admin: a refused start must leave none (it is
+    // refused before the function logs in).
+    let admin = format!("{ns}_admin");
+    super::superuser_sql(&format!("ALTER ROLE \"{admin}\" SET log_statement = 'all'")).await;
+    let log = super::cluster().log_path();
+    let log_before = std::fs::metadata(&log).unwrap().len();
     for (case, start, check) in &cases {
         for command in ["session-start", "plan session-start"] {
             let mut args: Vec<&str> = command.split(' ').collect();
@@ -123,6 +129,22 @@ async fn each_refused_token_names_its_check_and_changes_nothing() {
     }
     assert!(!role_exists(&alice).await, "a refused start created the user");
     assert!(!role_exists(&format!("{ns}_mallory")).await, "a refused start created the user");
+    let admin_lines = |from: u64| {
+        let text = std::fs::read(&log).unwrap();
+        let text = String::from_utf8_lossy(&text[from as usize..]).to_string();
+        text.lines().filter(|line| line.contains(&format!("{admin}@"))).map(str::to_string).collect::<Vec<_>>()
+    };
+    let seen = admin_lines(log_before);
+    assert!(seen.is_empty(), "a refused start reached the database: {seen:#?}");
+    // The log does show the admin when a start is let through.
+    let log_before = std::fs::metadata(&log).unwrap().len();
+    let valid = event("logged", Some(&fixtures.token("teleport_RS256")), json!({}));
+    let started = stdout_json(&autouser(&["session-start", "--config", &config, "--event", "-"], Some(&valid)));
+    assert_eq!(started["status"], "active");
+    let seen = admin_lines(log_before);
+    assert!(seen.iter().any(|line| line.contains("statement:")), "the server logs the admin's statements: {seen:#?}");
+    let end = event("logged", None, json!({"user": alice}));
+    stdout_json(&autouser(&["session-end", "--config", &config, "--event", "-"], Some(&end)));
 
     // A token whose JWKS is not the issuer's: another JWKS file, same kid, other keys.
     let other = IdentityFixtures::make(&dir.path().join("other-idp"), &alice, &["devs"]);
