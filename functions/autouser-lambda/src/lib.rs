@@ -30,7 +30,7 @@ use autouser_aws::AwsContext;
 use autouser_engine::{engine, replica, Error};
 use autouser_policy::config::{Config, Overrides};
 use autouser_policy::event::SessionEvent;
-use autouser_policy::identity::{self, VerifiedIdentity};
+use autouser_policy::identity::{self, IdentityConfig, VerifiedIdentity};
 use autouser_policy::request;
 use lambda_runtime::{Diagnostic, LambdaEvent};
 use serde_json::{json, Value};
@@ -296,6 +296,7 @@ async fn process_batch(
 ) -> Value {
     let mut failures = Vec::new();
     let mut held_users = HashSet::new();
+    let config = state.config().await;
     for record in records {
         let remaining = deadline.map(|deadline| deadline.duration_since(SystemTime::now()).unwrap_or_default());
         if remaining.is_some_and(|remaining| remaining < RECORD_TIME_BUDGET) {
@@ -314,7 +315,7 @@ async fn process_batch(
                 continue;
             }
         };
-        let user = user_of(&event);
+        let user = user_of(&event, config.identity.as_ref());
         if user.as_ref().is_some_and(|user| held_users.contains(user)) {
             tracing::info!(
                 message_id = record.message_id,
@@ -331,10 +332,16 @@ async fn process_batch(
     json!({"batchItemFailures": failures})
 }
 
-/// The person an event is for (name and origin cluster), as far as the raw event says; an
-/// event without a name is refused when processed, so it holds nothing back.
-fn user_of(event: &Value) -> Option<(String, Option<String>)> {
-    let user = event.get("user")?.as_str()?.to_string();
+/// The person an event is for (name and origin cluster), as far as the raw event says, or,
+/// when it leaves the name out, as its identity token claims (unverified: this only orders
+/// records); an event without either is refused when processed, so it holds nothing back.
+fn user_of(event: &Value, identity: Option<&IdentityConfig>) -> Option<(String, Option<String>)> {
+    let named = event.get("user").and_then(Value::as_str).filter(|user| !user.is_empty()).map(str::to_string);
+    let claimed = || {
+        let token = event.get("identity_token")?.as_str()?;
+        identity?.claimed_user(token)
+    };
+    let user = named.or_else(claimed)?;
     let origin_cluster = event.get("origin_cluster").and_then(Value::as_str).map(str::to_string);
     Some((user, origin_cluster))
 }

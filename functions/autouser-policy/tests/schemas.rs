@@ -392,7 +392,7 @@ fn doc_configs() -> Vec<(String, Value)> {
     blocks
         .into_iter()
         .filter(|(_, block)| {
-            ["databases", "roles", "import_rules", "tag_keys"].iter().any(|key| block.get(key).is_some())
+            ["databases", "roles", "import_rules", "tag_keys", "identity"].iter().any(|key| block.get(key).is_some())
         })
         .map(|(place, mut config)| {
             if config.get("databases").is_none() {

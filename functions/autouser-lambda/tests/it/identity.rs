@@ -245,3 +245,23 @@ async fn keys_in_an_ssm_parameter_or_an_s3_object_verify_tokens() {
             .unwrap_err();
     assert!(err.message.contains("check `signature`"), "{}", err.message);
 }
+
+/// Records that leave `user` out for the token's stay in order too: the person the token
+/// names is held behind their first transient failure, and another person's record goes on.
+#[tokio::test]
+async fn a_batch_holds_a_tokens_person_behind_their_first_transient_failure() {
+    let ns = "lidb";
+    let dir = tempfile::tempdir().unwrap();
+    let (state, fixtures) = identity_state(ns, dir.path()).await;
+    let token = fixtures.token("teleport_RS256");
+    // `down` is a configured database nobody listens for: a transient failure.
+    let on_down = event("s1", Some(&token), json!({"database": "down"}));
+    let on_main = event("s2", Some(&token), json!({}));
+    let other = event("s3", Some(&fixtures.token("other_user")), json!({}));
+    let batch =
+        sqs(&[("m-down", on_down.to_string()), ("m-main", on_main.to_string()), ("m-other", other.to_string())]);
+    let response = invoke(&state, Function::SessionStart, batch).await.unwrap();
+    assert_eq!(response, json!({"batchItemFailures": [{"itemIdentifier": "m-down"}, {"itemIdentifier": "m-main"}]}));
+    assert_eq!(can_login(&format!("{ns}_alice")).await, None, "alice's later record was not applied");
+    assert_eq!(can_login(&format!("{ns}_alice_other")).await, Some(true), "another person's record goes on");
+}
