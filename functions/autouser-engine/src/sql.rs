@@ -1785,14 +1785,23 @@ mod tests {
     #[test]
     fn sql_text_is_ascii() {
         let sql_words = ["SELECT ", "ALTER ", "GRANT ", "REVOKE ", "CREATE ", "DROP ", "COMMENT ", "DO ", "BEGIN"];
-        let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        // Every file of the crate's sources, folder modules (`engine/`) included.
+        let mut dirs = vec![std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+        let mut files = Vec::new();
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    files.push(path);
+                }
+            }
+        }
+        assert!(files.iter().any(|path| path.ends_with("engine/mod.rs")), "read the folder modules: {files:?}");
         let mut offences = Vec::new();
         let mut checked = 0;
-        for entry in std::fs::read_dir(&src).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "rs") {
-                continue;
-            }
+        for path in files {
             for (line, literal) in string_literals(&std::fs::read_to_string(&path).unwrap()) {
                 if sql_words.iter().any(|word| literal.contains(word)) {
                     checked += 1;

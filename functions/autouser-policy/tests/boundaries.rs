@@ -2,7 +2,8 @@
 //! - the policy crate is pure: its normal dependencies, transitively (`cargo tree`), hold no
 //!   tokio, PostgreSQL, OpenSSL, rustls, hyper or AWS crate; the engine's hold no AWS crate;
 //! - inside the policy, engine and Lambda crates, no module imports one that imports it back
-//!   (`crate::<module>` references in the library code of `src/*.rs`, tests left out).
+//!   (`crate::<module>` references in the library code of `src/<module>.rs` and of every file of
+//!   a folder module `src/<module>/`, tests left out).
 //!
 //! It lives here, beside the pure crate, so that it builds without the engine's dependencies.
 //! `scripts/test` runs it: `cargo test -p autouser-policy --test boundaries`.
@@ -99,23 +100,77 @@ fn the_cycle_check_sees_grouped_imports_and_re_exports() {
     assert_eq!(find_cycle(&graph), Some(vec!["a".to_string(), "b".to_string(), "a".to_string()]));
 }
 
+#[test]
+fn the_cycle_check_reads_every_file_of_a_folder_module() {
+    let src = Path::new(env!("CARGO_TARGET_TMPDIR")).join("boundaries-folder-module/src");
+    let _ = std::fs::remove_dir_all(&src);
+    std::fs::create_dir_all(src.join("b/deep")).unwrap();
+    let write = |path: &str, text: &str| std::fs::write(src.join(path), text).unwrap();
+    write("lib.rs", "pub mod a;\npub mod b;\npub mod c;\n");
+    write("a.rs", "use crate::b::Thing;\n");
+    write("b/mod.rs", "mod deep;\nuse crate::c::Other;\n#[cfg(test)]\nmod tests { use crate::a; }\n");
+    write("b/deep/inner.rs", "fn f() { crate::b::g(); }\n");
+    write("c.rs", "");
+    let graph = module_graph(&src);
+    assert_eq!(graph["b"], BTreeSet::from(["c".to_string()]), "tests and self-references are left out");
+    assert_eq!(find_cycle(&graph), None);
+    // A file deep in the folder imports `a`, which imports `b`: a circle.
+    write("b/deep/inner.rs", "fn f() { crate::a::h(); }\n");
+    let graph = module_graph(&src);
+    assert_eq!(find_cycle(&graph), Some(vec!["a".to_string(), "b".to_string(), "a".to_string()]));
+}
+
 fn assert_no_cycles(src: &Path) {
-    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
-    let modules = library_modules(&lib);
+    let graph = module_graph(src);
+    let modules: Vec<&String> = graph.keys().collect();
     assert!(modules.len() >= 5, "read the modules of {}: {modules:?}", src.display());
-    let graph: BTreeMap<String, BTreeSet<String>> = modules
-        .keys()
-        .map(|module| {
-            let text = std::fs::read_to_string(src.join(format!("{module}.rs"))).unwrap();
-            (module.clone(), references(&text, module, &modules))
-        })
-        .collect();
     if let Some(cycle) = find_cycle(&graph) {
         panic!(
             "modules of {} import each other in a circle: {}; move what they share into a module of its own",
             src.display(),
             cycle.join(" -> ")
         );
+    }
+}
+
+/// Each library module of the crate at `src` with the modules it imports: the references of
+/// `src/<module>.rs` and of every `.rs` file under `src/<module>/` (a folder module, one module
+/// with all its files).
+fn module_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let modules = library_modules(&lib);
+    modules
+        .keys()
+        .map(|module| {
+            let mut files = Vec::new();
+            let file = src.join(format!("{module}.rs"));
+            if file.is_file() {
+                files.push(file);
+            }
+            rust_files(&src.join(module), &mut files);
+            assert!(!files.is_empty(), "found the source of module {module} in {}", src.display());
+            let imported = files
+                .iter()
+                .flat_map(|file| references(&std::fs::read_to_string(file).unwrap(), module, &modules))
+                .collect();
+            (module.clone(), imported)
+        })
+        .collect()
+}
+
+/// The `.rs` files under `dir`, at any depth (none when there is no such folder).
+fn rust_files(dir: &Path, files: &mut Vec<PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut paths: Vec<PathBuf> = entries.map(|entry| entry.unwrap().path()).collect();
+    paths.sort();
+    for path in paths {
+        if path.is_dir() {
+            rust_files(&path, files);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            files.push(path);
+        }
     }
 }
 
