@@ -276,6 +276,7 @@ mod tests {
             roles: Some(vec!["devs".into()]),
             traits: None,
             session_id: None,
+            origin_cluster: None,
         };
         let outcome = json!({"status": "active", "db_user": "alice", "db_roles": ["reader"]});
         let audit = of_outcome(Function::SessionStart, &event, Some(&verified), &outcome).unwrap();

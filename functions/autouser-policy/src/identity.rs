@@ -130,6 +130,9 @@ pub struct ClaimNames {
     /// A claim the event's `session_id` must equal (a `sid` or `nonce` the issuer binds to
     /// the session); `None` (the presets): the session id is not bound to the token.
     pub session_id: Option<String>,
+    /// A claim naming the cluster the person comes from (`remote-<user>-<cluster>`); `None`
+    /// (the presets): the token names no cluster, so the event may name none either.
+    pub origin_cluster: Option<String>,
 }
 
 impl Preset {
@@ -140,10 +143,15 @@ impl Preset {
                 roles: Some("roles".into()),
                 traits: Some("traits".into()),
                 session_id: None,
+                origin_cluster: None,
             },
-            Preset::Oidc => {
-                ClaimNames { user: "sub".into(), roles: Some("groups".into()), traits: None, session_id: None }
-            }
+            Preset::Oidc => ClaimNames {
+                user: "sub".into(),
+                roles: Some("groups".into()),
+                traits: None,
+                session_id: None,
+                origin_cluster: None,
+            },
         }
     }
 }
@@ -220,6 +228,11 @@ struct RawClaims {
     /// A claim the event's `session_id` must equal (such as `sid` or `nonce`); unset: not bound.
     #[schemars(length(min = 1))]
     session_id: Option<String>,
+    /// A claim naming the cluster the person comes from, which the event's `origin_cluster`
+    /// must equal; unset: the event may not name an origin cluster (a remote user's role name
+    /// would then rest on the caller's word).
+    #[schemars(length(min = 1))]
+    origin_cluster: Option<String>,
 }
 
 /// Longest accepted `leeway_seconds`.
@@ -311,9 +324,13 @@ impl RawIssuer {
         let preset = self.preset.unwrap_or(Preset::Oidc);
         let mut claims = preset.claims();
         if let Some(raw) = self.claims {
-            for (name, value) in
-                [("user", &raw.user), ("roles", &raw.roles), ("traits", &raw.traits), ("session_id", &raw.session_id)]
-            {
+            for (name, value) in [
+                ("user", &raw.user),
+                ("roles", &raw.roles),
+                ("traits", &raw.traits),
+                ("session_id", &raw.session_id),
+                ("origin_cluster", &raw.origin_cluster),
+            ] {
                 if value.as_deref() == Some("") {
                     return Err((field(&format!("claims.{name}")), "must not be empty".into()));
                 }
@@ -329,6 +346,9 @@ impl RawIssuer {
             }
             if raw.session_id.is_some() {
                 claims.session_id = raw.session_id;
+            }
+            if raw.origin_cluster.is_some() {
+                claims.origin_cluster = raw.origin_cluster;
             }
         }
         let leeway_seconds = self.leeway_seconds.unwrap_or(DEFAULT_LEEWAY_SECONDS);
@@ -407,6 +427,9 @@ pub enum Check {
     Traits,
     /// The event's `session_id` differs from the token's session claim (`claims.session_id`).
     SessionId,
+    /// The event's `origin_cluster` differs from the token's (`claims.origin_cluster`), or the
+    /// event names one and the token names none.
+    OriginCluster,
 }
 
 impl Check {
@@ -428,6 +451,7 @@ impl Check {
             Check::Roles => "roles",
             Check::Traits => "traits",
             Check::SessionId => "session_id",
+            Check::OriginCluster => "origin_cluster",
         }
     }
 }
@@ -462,6 +486,8 @@ pub struct VerifiedIdentity {
     pub traits: Option<Traits>,
     /// The session the token is bound to (`claims.session_id`), when configured.
     pub session_id: Option<String>,
+    /// The cluster the person comes from (`claims.origin_cluster`), when configured and present.
+    pub origin_cluster: Option<String>,
 }
 
 /// Reads the header's `alg` and the payload's `iss` without verifying anything, to pick the
@@ -686,8 +712,11 @@ fn identity_of(issuer: &IssuerConfig, claims: &Value) -> Result<VerifiedIdentity
             unverified(Check::Claims, format!("the token has no string claim `{name}` binding it to a session"))
         })?),
     };
+    // A token may name no cluster (a local person): the claim is optional.
+    let origin_cluster = names.origin_cluster.as_deref().and_then(text);
     Ok(VerifiedIdentity {
         session_id,
+        origin_cluster,
         issuer: issuer.issuer.clone(),
         subject: text("sub"),
         token_id: text("jti"),
@@ -798,6 +827,27 @@ fn bind(event: &mut SessionEvent, verified: &VerifiedIdentity, purpose: Purpose)
             ));
         }
     }
+    // The cluster is part of who the person is: `remote-<user>-<cluster>` is another person's
+    // role than `<user>`'s. Only the token may name it.
+    match (&event.origin_cluster, &verified.origin_cluster) {
+        (None, token) => event.origin_cluster = token.clone(),
+        (Some(named), Some(token)) if named == token => {}
+        (Some(named), token) => {
+            return Err(unverified(
+                Check::OriginCluster,
+                match token {
+                    Some(token) => format!(
+                        "the event's origin_cluster {named:?} differs from the token's {token:?}: leave it out, or send the token's"
+                    ),
+                    None => format!(
+                        "the event names origin_cluster {named:?}, which the token does not (issuer {:?}): leave it out, or \
+                         configure the issuer's claims.origin_cluster",
+                        verified.issuer
+                    ),
+                },
+            ));
+        }
+    }
     if event.user.is_empty() {
         event.user = verified.user.clone();
     } else if event.user != verified.user {
@@ -849,6 +899,47 @@ fn bind(event: &mut SessionEvent, verified: &VerifiedIdentity, purpose: Purpose)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn verified(origin_cluster: Option<&str>) -> VerifiedIdentity {
+        VerifiedIdentity {
+            issuer: "teleport.example.com".into(),
+            subject: None,
+            token_id: None,
+            user: "alice".into(),
+            roles: None,
+            traits: None,
+            session_id: None,
+            origin_cluster: origin_cluster.map(str::to_string),
+        }
+    }
+
+    fn session_event(origin_cluster: Option<&str>) -> SessionEvent {
+        let mut event = serde_json::json!({"session_id": "s1", "user": "alice", "database": "main", "db_name": "app"});
+        if let Some(cluster) = origin_cluster {
+            event["origin_cluster"] = serde_json::json!(cluster);
+        }
+        SessionEvent::from_value(event).unwrap()
+    }
+
+    /// `remote-alice-leaf` is another person's role than `alice`'s: only the token may name the
+    /// cluster.
+    #[test]
+    fn the_origin_cluster_is_the_tokens_or_none() {
+        let mut event = session_event(Some("leaf"));
+        let err = bind(&mut event, &verified(None), Purpose::Start).unwrap_err();
+        assert_eq!(err.check, Check::OriginCluster, "{err:?}");
+        let mut event = session_event(Some("leaf"));
+        let err = bind(&mut event, &verified(Some("root")), Purpose::End).unwrap_err();
+        assert_eq!(err.check, Check::OriginCluster, "{err:?}");
+        let mut event = session_event(None);
+        bind(&mut event, &verified(Some("leaf")), Purpose::Start).unwrap();
+        assert_eq!(event.origin_cluster.as_deref(), Some("leaf"), "taken from the token");
+        let mut event = session_event(Some("leaf"));
+        bind(&mut event, &verified(Some("leaf")), Purpose::Start).unwrap();
+        let mut event = session_event(None);
+        bind(&mut event, &verified(None), Purpose::Start).unwrap();
+        assert_eq!(event.origin_cluster, None);
+    }
 
     fn raw(yaml: &str) -> RawIdentity {
         serde_yaml_ng::from_str(yaml).unwrap()

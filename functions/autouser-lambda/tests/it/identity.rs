@@ -74,6 +74,8 @@ async fn each_refused_token_names_its_check_reaches_no_database_and_is_not_retri
         ("hs256_public_key", None, "algorithm"),
         ("teleport_RS256", Some(json!({"user": format!("{ns}_mallory")})), "user"),
         ("oidc_RS256", Some(json!({"roles": ["devs", "admins"]})), "roles"),
+        // The token names no cluster: the event may not make alice a remote person.
+        ("teleport_ES256", Some(json!({"origin_cluster": "leaf"})), "origin_cluster"),
     ];
     for (token, extra, check) in cases {
         let start = event("s1", Some(&fixtures.token(token)), extra.unwrap_or_else(|| json!({})));

@@ -93,6 +93,11 @@ async fn each_refused_token_names_its_check_and_changes_nothing() {
             "roles",
         ),
         (
+            "an origin cluster the token does not name",
+            event("s", Some(&fixtures.token("teleport_ES256")), json!({"origin_cluster": "leaf"})),
+            "origin_cluster",
+        ),
+        (
             "other traits in the event",
             event(
                 "s",
