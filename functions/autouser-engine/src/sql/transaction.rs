@@ -51,15 +51,25 @@ pub const COMMIT_LSN_COLUMN: &str = "autouser_commit_lsn";
 /// what the commit did. It runs in a transaction of its own, after the `COMMIT` (of the block,
 /// or of the message's implicit transaction), and not at all when a statement before it failed.
 ///
-/// The insert position, not the write or flush position: with `synchronous_commit = off` the
-/// commit answers before its WAL is flushed. But where the last record ended exactly at a page
-/// boundary, the insert position is past the next page's header (24 bytes, or 40 at a segment's
-/// start), where no record ends until another is written; a replica replays only to the
-/// boundary, and on an idle server would never seem to catch up. So the header is taken off.
+/// The flush position: a synchronous commit (`synchronous_commit` other than `off`, the
+/// default) answers once its record is flushed, and a replica receives only flushed WAL. The
+/// insert position may be past a record of another process that is not flushed yet: on an
+/// idle PostgreSQL 18, a 56-byte record stayed unflushed for seconds, and the replica, which
+/// had replayed everything flushed, seemed behind.
+///
+/// With `synchronous_commit = off` the commit answers before its WAL is flushed, so the insert
+/// position is taken instead (the WAL writer flushes an asynchronous commit within
+/// `3 × wal_writer_delay`). Where the last record ended exactly at a page boundary, the insert
+/// position is past the next page's header (24 bytes, or 40 at a segment's start), where no
+/// record ends until another is written; a replica replays only to the boundary, and on an idle
+/// server would never seem to catch up. So the header is taken off.
 pub const COMMIT_LSN: &str = "\
-SELECT (w.lsn - CASE WHEN (w.lsn - '0/0'::pg_catalog.pg_lsn) % w.segment = 40 THEN 40
-                     WHEN (w.lsn - '0/0'::pg_catalog.pg_lsn) % w.page = 24 THEN 24
-                     ELSE 0 END)::pg_catalog.text AS autouser_commit_lsn
+SELECT (CASE WHEN pg_catalog.current_setting('synchronous_commit') <> 'off'
+             THEN pg_catalog.pg_current_wal_flush_lsn()
+             ELSE w.lsn - CASE WHEN (w.lsn - '0/0'::pg_catalog.pg_lsn) % w.segment = 40 THEN 40
+                               WHEN (w.lsn - '0/0'::pg_catalog.pg_lsn) % w.page = 24 THEN 24
+                               ELSE 0 END
+        END)::pg_catalog.text AS autouser_commit_lsn
   FROM (SELECT pg_catalog.pg_current_wal_insert_lsn() AS lsn,
                pg_catalog.pg_size_bytes(pg_catalog.current_setting('wal_segment_size'))::numeric AS segment,
                pg_catalog.current_setting('wal_block_size')::numeric AS page) AS w";
