@@ -281,9 +281,12 @@ impl AwsContext {
             }
         }
         if writer_db.is_some() {
-            let replica = self.connect_admin(&db, preflight::admin_database(&db)).await;
-            let finding = preflight::check_replica(replica.as_ref().map(|c| c.client()), &db).await;
-            report = Report::of_replica(&db, report, finding);
+            let mut findings = Vec::new();
+            for replica_db in db.replica_databases() {
+                let replica = self.connect_admin(&replica_db, preflight::admin_database(&replica_db)).await;
+                findings.push(preflight::check_replica(replica.as_ref().map(|c| c.client()), &replica_db).await);
+            }
+            report = Report::of_replica(&db, report, findings);
         }
         if report.ready && entry.reason.is_none() {
             entry.status = DiscoveryStatus::Ready;

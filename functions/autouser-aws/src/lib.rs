@@ -246,6 +246,7 @@ mod tests {
             tls: TlsConfig { mode: TlsMode::VerifyFull, ca_file: ca_file.map(Into::into) },
             writer: None,
             replica_wait: autouser_policy::config::DEFAULT_REPLICA_WAIT,
+            reader_instances: None,
         }
     }
 

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use autouser_engine::Error;
 use autouser_policy::config::{
-    AdminUser, AuthConfig, Config, DatabaseConfig, Location, RdsLocator, RdsResource, ResolvedDatabase, TagKeys,
-    WriterEndpoint,
+    AdminUser, AuthConfig, Config, DatabaseConfig, Location, RdsLocator, RdsResource, ReaderInstance, ResolvedDatabase,
+    TagKeys, WriterEndpoint,
 };
 use aws_sdk_rds::error::SdkError;
 use aws_sdk_rds::types::Tag;
@@ -35,9 +35,11 @@ pub struct RdsFacts {
     pub port: u16,
     pub iam_auth_enabled: bool,
     pub tags: BTreeMap<String, String>,
-    /// Set when this endpoint cannot take writes (a read replica, an Aurora reader instance, a
-    /// replica or secondary cluster): why, and the writer that serves it.
+    /// Set when this endpoint cannot take writes (a read replica, an Aurora reader instance or
+    /// reader endpoint, a replica or secondary cluster): why, and the writer that serves it.
     pub replica: Option<ReplicaFacts>,
+    /// An Aurora reader endpoint's reader instances, which sessions may reach through it.
+    pub reader_instances: Option<Vec<ReaderInstance>>,
 }
 
 /// A read-only endpoint and the writer its changes come from.
@@ -243,7 +245,69 @@ impl AwsContext {
                 }
                 Ok(facts)
             }
+            RdsResource::ClusterReaders(id) => {
+                let output = client
+                    .describe_db_clusters()
+                    .db_cluster_identifier(id)
+                    .send()
+                    .await
+                    .map_err(|e| rds_error("DescribeDBClusters", id, region, e))?;
+                let cluster = output.db_clusters().first().ok_or_else(|| not_found("cluster", id, region))?;
+                self.cluster_readers_facts(id, region, cluster).await
+            }
         }
+    }
+
+    /// A cluster's reader endpoint: sessions log in through it to any of the cluster's readers,
+    /// and the admin makes its changes on the cluster's writer (upstream of a replica or
+    /// secondary cluster), then waits for every reader instance. The readers are those the
+    /// cluster lists as members that are not its writer and that have an endpoint; a cluster
+    /// without readers has none (its reader endpoint reaches the writer). IAM authentication
+    /// and the tags are the cluster's.
+    async fn cluster_readers_facts(
+        &self,
+        id: &str,
+        region: &str,
+        cluster: &aws_sdk_rds::types::DbCluster,
+    ) -> Result<RdsFacts, Error> {
+        let resource = RdsResource::ClusterReaders(id.to_string());
+        let own = cluster_facts(id, region, cluster).ok_or_else(|| still_creating(describe(&resource, region)))?;
+        let reader_endpoint =
+            cluster.reader_endpoint().ok_or_else(|| still_creating(describe(&resource, region)))?.to_string();
+        let members = aws_sdk_rds::types::Filter::builder().name("db-cluster-id").values(id).build();
+        let output = self
+            .rds_client(region)
+            .describe_db_instances()
+            .filters(members)
+            .send()
+            .await
+            .map_err(|e| rds_error("DescribeDBInstances", id, region, e))?;
+        let readers = output
+            .db_instances()
+            .iter()
+            .filter_map(|instance| {
+                let instance_id = instance.db_instance_identifier()?;
+                let endpoint = instance.endpoint()?;
+                is_cluster_reader(instance_id, cluster).then(|| ReaderInstance {
+                    id: instance_id.to_string(),
+                    host: endpoint.address().unwrap_or_default().to_string(),
+                    port: endpoint.port().and_then(|p| u16::try_from(p).ok()).unwrap_or(5432),
+                })
+            })
+            .filter(|reader| !reader.host.is_empty())
+            .collect();
+        let writer = match self.cluster_upstream(region, cluster).await? {
+            // The reader endpoint of a replica or secondary cluster: that cluster's writer, upstream.
+            Some((_, source)) => self.follow(source).await?,
+            None => Ok(writer_of(own.clone(), region)),
+        };
+        Ok(RdsFacts {
+            description: describe(&resource, region),
+            host: reader_endpoint,
+            replica: Some(ReplicaFacts { reason: format!("it is the reader endpoint of cluster {id}"), writer }),
+            reader_instances: Some(readers),
+            ..own
+        })
     }
 
     /// An instance of a cluster (an Aurora reader, or a reader of a Multi-AZ DB cluster):
@@ -505,6 +569,7 @@ pub(crate) fn describe(resource: &RdsResource, region: &str) -> String {
     match resource {
         RdsResource::Instance(id) => format!("RDS instance {id} in {region}"),
         RdsResource::Cluster(id) => format!("Aurora cluster {id} in {region}"),
+        RdsResource::ClusterReaders(id) => format!("the reader endpoint of Aurora cluster {id} in {region}"),
     }
 }
 
@@ -522,6 +587,7 @@ fn instance_facts(id: &str, region: &str, instance: &aws_sdk_rds::types::DbInsta
         iam_auth_enabled: instance.iam_database_authentication_enabled().unwrap_or(false),
         tags: tags(instance.tag_list()),
         replica: None,
+        reader_instances: None,
     })
 }
 
@@ -535,6 +601,7 @@ fn cluster_facts(id: &str, region: &str, cluster: &aws_sdk_rds::types::DbCluster
         iam_auth_enabled: cluster.iam_database_authentication_enabled().unwrap_or(false),
         tags: tags(cluster.tag_list()),
         replica: None,
+        reader_instances: None,
     })
 }
 
@@ -639,6 +706,7 @@ fn apply_facts_with(
         tls: db.tls.clone(),
         writer,
         replica_wait: db.replica_wait,
+        reader_instances: facts.reader_instances,
     })
 }
 
@@ -699,6 +767,7 @@ mod tests {
             iam_auth_enabled: true,
             tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             replica: None,
+            reader_instances: None,
         }
     }
 

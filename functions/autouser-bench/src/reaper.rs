@@ -81,7 +81,7 @@ async fn timed_run(target: &Target, connection: &AdminConnection, now: u64) -> R
     let connect_to = |db_name: String| async move { target.connect_to(&db_name).await };
     let began = Instant::now();
     let report =
-        reaper::reap(connection, "postgres", &target.config, &target.database, None, now, None, connect_to).await?;
+        reaper::reap(connection, "postgres", &target.config, &target.database, &[], now, None, connect_to).await?;
     Ok((began.elapsed(), report))
 }
 

@@ -32,7 +32,7 @@ pub async fn measure(primary: &Cluster, standby: &Cluster, iterations: usize) ->
     let writer = on_replica.connect_writer().await?;
     let replica_connection = on_replica.connect().await?;
     let replica = Replica {
-        client: replica_connection.client(),
+        client: Ok(replica_connection.client()),
         endpoint: on_replica.database.endpoint(),
         wait: on_replica.database.replica_wait,
     };
@@ -64,7 +64,7 @@ pub async fn measure(primary: &Cluster, standby: &Cluster, iterations: usize) ->
         let event = autouser_policy::event::SessionEvent::from_value(event)?;
         let req = autouser_policy::request::prepare_start(&on_replica.config, &on_replica.database, &event)?;
         let began = Instant::now();
-        replica::session_start(&writer, &replica, &req).await?;
+        replica::session_start(&writer, std::slice::from_ref(&replica), &req).await?;
         measured.replica_start.push(began.elapsed());
     }
     for i in 0..iterations {
@@ -78,7 +78,8 @@ pub async fn measure(primary: &Cluster, standby: &Cluster, iterations: usize) ->
         let event = autouser_policy::event::SessionEvent::from_value(event)?;
         let req = autouser_policy::request::prepare_end(&on_replica.config, &on_replica.database, &event)?;
         let began = Instant::now();
-        replica::session_end(&writer, &replica, &req, &autouser_engine::engine::NoOtherDatabases).await?;
+        replica::session_end(&writer, std::slice::from_ref(&replica), &req, &autouser_engine::engine::NoOtherDatabases)
+            .await?;
         measured.replica_end.push(began.elapsed());
     }
     Ok(measured)

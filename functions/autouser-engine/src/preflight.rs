@@ -122,11 +122,11 @@ impl Report {
     }
 
     /// The report of a read replica's entry: the writer's checks (`writer`, the report on the
-    /// writer), then `replica`, the finding on the replica itself. Named after the entry, at
-    /// both endpoints.
-    pub fn of_replica(db: &ResolvedDatabase, writer: Report, replica: Finding) -> Report {
+    /// writer), then `replicas`, the findings on each replica the sessions may log in to
+    /// ([`check_replica`]). Named after the entry, at both endpoints.
+    pub fn of_replica(db: &ResolvedDatabase, writer: Report, replicas: Vec<Finding>) -> Report {
         let mut findings = writer.findings;
-        findings.push(replica);
+        findings.extend(replicas);
         let mut report = Report::new(db, findings);
         report.endpoint = format!("{} (sessions), writer {}", db.endpoint(), writer.endpoint);
         report

@@ -30,10 +30,11 @@ use std::collections::BTreeSet;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use futures_util::future::join_all;
 use serde::Serialize;
 
 use crate::engine;
-use crate::pg::AdminConnection;
+use crate::pg::{error_chain, AdminConnection};
 use crate::replica::{self, Replica};
 use crate::sql;
 use crate::Error;
@@ -205,16 +206,17 @@ pub fn decide(users: &[ManagedUser], now: u64, max_session_duration: Duration, r
 /// seconds). When the policy grants object permissions, a session is closed in its own
 /// database, through `connect_to`. No action starts after `stop_at`.
 ///
-/// For a read replica's entry, `connection` and `connect_to` reach its writer, and `replica`
-/// the replica, where the users' sessions are: their connections there count as live, and a
-/// close waits for the replica and ends them there too ([`replica::session_end`]).
+/// For a read replica's entry, `connection` and `connect_to` reach its writer, and `replicas`
+/// the replicas, where the users' sessions are (empty for any other entry): their connections
+/// there count as live, and a close waits for the replicas and ends them there too
+/// ([`replica::session_end`]).
 #[allow(clippy::too_many_arguments)]
 pub async fn reap<C, Fut>(
     connection: &AdminConnection,
     admin_db_name: &str,
     config: &Config,
     db: &ResolvedDatabase,
-    replica: Option<&Replica<'_>>,
+    replicas: &[Replica<'_>],
     now: u64,
     stop_at: Option<Instant>,
     connect_to: C,
@@ -250,19 +252,29 @@ where
             }
         })
         .collect();
-    if let Some(replica) = replica {
-        let names: Vec<&str> = users.iter().map(|user| user.name.as_str()).collect();
-        let rows =
-            replica.client.query(sql::CONNECTIONS_BY_USER, &[&names]).await.map_err(|source| Error::Postgres {
-                action: "counting the users' connections".into(),
-                endpoint: replica.endpoint.clone(),
-                source,
-            })?;
-        for row in rows {
-            let (name, connections): (String, i32) = (row.get(0), row.get(1));
-            if let Some(user) = users.iter_mut().find(|user| user.name == name) {
-                user.connections += connections;
-            }
+    // The users' connections on the replicas. A replica the admin cannot read counts none there
+    // (a warning says so): an expired session is then closed even if the user is connected to
+    // it, which locks the user rather than leave it able to log in.
+    let names: Vec<&str> = users.iter().map(|user| user.name.as_str()).collect();
+    let counted = join_all(replicas.iter().map(|replica| {
+        let names = &names;
+        async move {
+            let counted = match replica.client {
+                Ok(client) => client.query(sql::CONNECTIONS_BY_USER, &[names]).await.map_err(|e| error_chain(&e)),
+                Err(error) => Err(error.to_string()),
+            };
+            counted.unwrap_or_else(|error| {
+                tracing::warn!(replica = %replica.endpoint, %error,
+                    "cannot count the users' connections on the read replica; counting none there");
+                Vec::new()
+            })
+        }
+    }))
+    .await;
+    for row in counted.into_iter().flatten() {
+        let (name, connections): (String, i32) = (row.get(0), row.get(1));
+        if let Some(user) = users.iter_mut().find(|user| user.name == name) {
+            user.connections += connections;
         }
     }
     let decisions = decide(&users, now, config.max_session_duration, config.retry_blocked_drops);
@@ -322,19 +334,20 @@ where
                     redelivery_window_secs: config.redelivery_window.as_secs(),
                     object_inheritor: config.object_inheritor.clone(),
                 };
-                let result = match (connection, replica) {
-                    (Ok(connection), None) => engine::session_end(connection, &request, &others).await,
-                    (Ok(connection), Some(replica)) => {
-                        replica::session_end(connection, replica, &request, &others).await
-                    }
-                    (Err(error), _) => Err(error),
+                let result = match connection {
+                    Ok(connection) if replicas.is_empty() => engine::session_end(connection, &request, &others).await,
+                    Ok(connection) => replica::session_end(connection, replicas, &request, &others).await,
+                    Err(error) => Err(error),
                 };
                 // The close may have been applied: a new connection finds out, so that what it
                 // did is reported (and audited).
                 let result = match result {
                     Err(Error::EndUnconfirmed { planned, .. }) => {
                         match connect_to(request.target.admin_db_name.clone()).await {
-                            Ok(fresh) => engine::confirm_end(&fresh, &request, &others, *planned).await,
+                            Ok(fresh) if replicas.is_empty() => {
+                                engine::confirm_end(&fresh, &request, &others, *planned).await
+                            }
+                            Ok(fresh) => replica::confirm_end(&fresh, replicas, &request, &others, *planned).await,
                             Err(error) => Err(error),
                         }
                     }

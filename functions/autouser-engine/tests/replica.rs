@@ -105,7 +105,9 @@ fn psql_login(standby: &Cluster, user: &str) -> Output {
 async fn start(writer: &AdminConnection, replica: &replica::Replica<'_>, config: &Config, user: &str, session: &str) {
     let (db, _) = databases(config);
     let req = request::prepare_start(config, &db, &event(user, session)).unwrap();
-    replica::session_start(writer, replica, &req).await.unwrap_or_else(|e| panic!("start of {user}: {e}"));
+    replica::session_start(writer, std::slice::from_ref(replica), &req)
+        .await
+        .unwrap_or_else(|e| panic!("start of {user}: {e}"));
 }
 
 /// The ledger's revision of `user` on the primary.
@@ -128,7 +130,7 @@ async fn sessions_on_a_hot_standby_are_provisioned_through_the_primary() {
     let writer = connect_as(&primary, ADMIN).await;
     let replica_connection = connect_as(&standby, ADMIN).await;
     let replica =
-        replica::Replica { client: replica_connection.client(), endpoint: db.endpoint(), wait: db.replica_wait };
+        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
     let finding = preflight::check_replica(Ok(replica_connection.client()), &db).await;
     assert_eq!(finding.status, Status::Pass, "{finding:?}");
 
@@ -156,7 +158,8 @@ async fn sessions_on_a_hot_standby_are_provisioned_through_the_primary() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let req = request::prepare_end(&config, &db, &event(user, "s0")).unwrap();
-    let outcome = replica::session_end(&writer, &replica, &req, &engine::NoOtherDatabases).await.unwrap();
+    let outcome =
+        replica::session_end(&writer, std::slice::from_ref(&replica), &req, &engine::NoOtherDatabases).await.unwrap();
     assert_eq!(outcome.status, EndStatus::Deactivated);
     assert_eq!(outcome.replica_replayed, Some(true), "{outcome:?}");
     assert!(outcome.terminated_connections.is_some_and(|n| n >= 1), "{outcome:?}");
@@ -183,7 +186,7 @@ async fn a_paused_standby_answers_replica_behind_and_the_retry_only_waits() {
     let writer = support::connect_to(&writer_db, "postgres").await;
     let replica_connection = connect_as(&standby, ADMIN).await;
     let replica =
-        replica::Replica { client: replica_connection.client(), endpoint: db.endpoint(), wait: db.replica_wait };
+        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
 
     // A first start of a new user on a warm writer connection is one round trip to the writer,
     // the replica's wait included, once bootstrap has prepared the creator roles (16+), as
@@ -199,7 +202,7 @@ async fn a_paused_standby_answers_replica_behind_and_the_retry_only_waits() {
     on_standby.batch_execute("SELECT pg_wal_replay_pause()").await.unwrap();
     let req = request::prepare_start(&config, &db, &event("replica_paused", "p1")).unwrap();
     let began = Instant::now();
-    let error = replica::session_start(&writer, &replica, &req).await.unwrap_err();
+    let error = replica::session_start(&writer, std::slice::from_ref(&replica), &req).await.unwrap_err();
     assert!(began.elapsed() < db.replica_wait, "a paused replica is reported without waiting out the bound");
     let Error::ReplicaBehind { paused: true, replica: ref named, .. } = error else { panic!("{error:?}") };
     assert_eq!(named, &db.endpoint());
@@ -208,7 +211,7 @@ async fn a_paused_standby_answers_replica_behind_and_the_retry_only_waits() {
     assert_eq!(revision(&primary, "replica_paused").await, 1, "the writer has the user");
 
     on_standby.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
-    replica::session_start(&writer, &replica, &req).await.unwrap();
+    replica::session_start(&writer, std::slice::from_ref(&replica), &req).await.unwrap();
     assert_eq!(revision(&primary, "replica_paused").await, 1, "the retry changed nothing on the writer");
     assert!(psql_login(&standby, "replica_paused").status.success());
 }
@@ -222,9 +225,9 @@ async fn a_replica_entry_whose_standby_was_promoted_is_refused() {
     connect_as(&standby, "postgres").await.batch_execute("SELECT pg_promote()").await.unwrap();
     let replica_connection = connect_as(&standby, ADMIN).await;
     let replica =
-        replica::Replica { client: replica_connection.client(), endpoint: db.endpoint(), wait: db.replica_wait };
+        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
     let req = request::prepare_start(&config, &db, &event("replica_promoted", "s1")).unwrap();
-    let error = replica::session_start(&writer, &replica, &req).await.unwrap_err();
+    let error = replica::session_start(&writer, std::slice::from_ref(&replica), &req).await.unwrap_err();
     assert!(matches!(error, Error::NotAReplica { .. }), "{error:?}");
     let finding = preflight::check_replica(Ok(replica_connection.client()), &db).await;
     assert_eq!(finding.status, Status::Fail, "{finding:?}");
@@ -243,7 +246,7 @@ async fn the_reaper_counts_connections_on_the_replica_and_closes_through_the_wri
     let writer = connect_as(&primary, ADMIN).await;
     let replica_connection = connect_as(&standby, ADMIN).await;
     let replica =
-        replica::Replica { client: replica_connection.client(), endpoint: db.endpoint(), wait: db.replica_wait };
+        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
     let user = "replica_reaped";
     start(&writer, &replica, &config, user, "r1").await;
     let mut open =
@@ -261,9 +264,18 @@ async fn the_reaper_counts_connections_on_the_replica_and_closes_through_the_wri
             let writer_db = &writer_db;
             async move { Ok(support::connect_to(writer_db, &db_name).await) }
         };
-        autouser_engine::reaper::reap(&writer, "postgres", &config, &db, Some(&replica), later, None, connect_to)
-            .await
-            .unwrap()
+        autouser_engine::reaper::reap(
+            &writer,
+            "postgres",
+            &config,
+            &db,
+            std::slice::from_ref(&replica),
+            later,
+            None,
+            connect_to,
+        )
+        .await
+        .unwrap()
     };
     let report = reap().await;
     assert!(report.closed.is_empty(), "{report:?}");
@@ -287,4 +299,265 @@ async fn the_reaper_counts_connections_on_the_replica_and_closes_through_the_wri
     assert_eq!(report.closed[0].status, EndStatus::Deactivated, "{report:?}");
     let login = psql_login(&standby, user);
     assert!(!login.status.success(), "the reaper's lock has reached the standby when it answers");
+}
+
+/// The user as an attacker on the replica: it holds a lock there, in an open transaction, that
+/// the replay of an application's change on the writer must wait for (`TRUNCATE` takes an
+/// `ACCESS EXCLUSIVE` lock, which the standby replays). On a replica that lets queries hold
+/// replay back without limit (`max_standby_streaming_delay = -1`, as analytics replicas are set),
+/// every later commit waits behind it, the end's lock included: the user would keep its access
+/// on the replica. The end ends the user's connections on the replica once the replica lags,
+/// which frees the replay, and answers when the lock has replayed.
+#[tokio::test]
+async fn a_user_holding_back_replay_on_the_replica_cannot_keep_its_access() {
+    let Pair { primary, standby } = pair().await;
+    let config = config(&standby, primary.port(), "4s");
+    let (db, _) = databases(&config);
+    let superuser = connect_as(&primary, "postgres").await;
+    superuser
+        .batch_execute("CREATE TABLE public.app_orders (id int); GRANT SELECT ON public.app_orders TO replica_reader;")
+        .await
+        .unwrap();
+    let on_standby = connect_as(&standby, "postgres").await;
+    on_standby.batch_execute("ALTER SYSTEM SET max_standby_streaming_delay = -1").await.unwrap();
+    on_standby.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let writer = connect_as(&primary, ADMIN).await;
+    let replica_connection = connect_as(&standby, ADMIN).await;
+    let replica =
+        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
+    let user = "replica_holder";
+    start(&writer, &replica, &config, user, "h1").await;
+
+    // The user's transaction on the standby holds its lock on the table.
+    let mut holder = psql(&standby, user, "BEGIN; SELECT count(*) FROM public.app_orders; SELECT pg_sleep(120)")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let held = "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
+                 WHERE a.usename = $1 AND l.relation = 'public.app_orders'::regclass AND l.granted";
+    while on_standby.query(held, &[&user]).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the user's transaction did not take its lock on the standby");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // An application's change on the writer, whose replay waits for the user's lock.
+    superuser.batch_execute("TRUNCATE public.app_orders").await.unwrap();
+
+    let req = request::prepare_end(&config, &db, &event(user, "h1")).unwrap();
+    let outcome =
+        replica::session_end(&writer, std::slice::from_ref(&replica), &req, &engine::NoOtherDatabases).await.unwrap();
+    assert_eq!(outcome.status, EndStatus::Deactivated);
+    assert_eq!(outcome.replica_replayed, Some(true), "the lock must reach the replica before the answer: {outcome:?}");
+    assert!(outcome.terminated_connections.is_some_and(|n| n >= 1), "{outcome:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while holder.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the user's transaction on the standby is still open after the end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let login = psql_login(&standby, user);
+    assert!(!login.status.success(), "a login to the standby after the end must be refused");
+    assert!(String::from_utf8_lossy(&login.stderr).contains("not permitted to log in"), "{login:?}");
+}
+
+/// An end whose COMMIT on the writer is applied but whose reply is lost never reached the
+/// replica: `replica::confirm_end`, on a new connection to the writer, finds the end applied,
+/// then waits for the replay and ends the user's connections on the replica, as the end would
+/// have.
+#[tokio::test]
+async fn an_end_whose_commit_reply_is_lost_is_finished_on_the_replica_by_the_rerun() {
+    let Pair { primary, standby } = pair().await;
+    let proxy = RoundTripCounter::start(([127, 0, 0, 1], primary.port()).into()).unwrap();
+    let config = config(&standby, proxy.port(), "10s");
+    let (db, _) = databases(&config);
+    let through_proxy = support::connect_to(&db.writer_database().unwrap(), "postgres").await;
+    let replica_connection = connect_as(&standby, ADMIN).await;
+    let replica =
+        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
+    // A warm connection (its statements prepared by another user's end) ends a session in two
+    // round trips to the writer: the read, then the changes and COMMIT.
+    for user in ["replica_warm", "replica_lost"] {
+        start(&through_proxy, &replica, &config, user, "l1").await;
+    }
+    let warm = request::prepare_end(&config, &db, &event("replica_warm", "l1")).unwrap();
+    replica::session_end(&through_proxy, std::slice::from_ref(&replica), &warm, &engine::NoOtherDatabases)
+        .await
+        .unwrap();
+
+    let user = "replica_lost";
+    let mut open =
+        psql(&standby, user, "SELECT pg_sleep(60)").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let on_standby = connect_as(&standby, "postgres").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while on_standby.query("SELECT 1 FROM pg_stat_activity WHERE usename = $1", &[&user]).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the user's psql did not connect to the standby");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let req = request::prepare_end(&config, &db, &event(user, "l1")).unwrap();
+    proxy.lose_the_reply_to_burst(2);
+    let error = replica::session_end(&through_proxy, std::slice::from_ref(&replica), &req, &engine::NoOtherDatabases)
+        .await
+        .unwrap_err();
+    assert_eq!(proxy.replies_lost(), 1);
+    let Error::EndUnconfirmed { planned, .. } = error else { panic!("{error:?}") };
+    assert!(open.try_wait().unwrap().is_none(), "the first run did not reach the replica");
+
+    let fresh = connect_as(&primary, ADMIN).await;
+    let confirmed =
+        replica::confirm_end(&fresh, std::slice::from_ref(&replica), &req, &engine::NoOtherDatabases, *planned)
+            .await
+            .unwrap();
+    assert_eq!(confirmed.status, EndStatus::Deactivated, "{confirmed:?}");
+    assert!(confirmed.reason.as_deref().unwrap_or_default().contains("COMMIT reply was lost"), "{confirmed:?}");
+    assert_eq!(confirmed.replica_replayed, Some(true), "{confirmed:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the user's psql on the standby is still open after the rerun");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let login = psql_login(&standby, user);
+    assert!(!login.status.success(), "a login to the standby after the end must be refused");
+}
+
+/// Behind an Aurora reader endpoint, a session may log in to any of the readers: a call waits
+/// for every one of them. Two standbys of one primary stand for two readers: with one paused,
+/// the start names that one; once it resumes, the person logs in to either, and an end closes
+/// the person's connection wherever it is and refuses logins on both.
+#[tokio::test]
+async fn a_session_behind_a_reader_endpoint_waits_for_every_reader() {
+    let Pair { mut primary, standby } = pair().await;
+    let second = primary.start_standby().expect("a second standby of the primary");
+    let config = config(&standby, primary.port(), "3s");
+    let (db, _) = databases(&config);
+    let writer = connect_as(&primary, ADMIN).await;
+    let (first_connection, second_connection) = (connect_as(&standby, ADMIN).await, connect_as(&second, ADMIN).await);
+    let second_endpoint = format!("localhost:{}", second.port());
+    let replicas = [
+        replica::Replica { client: Ok(first_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait },
+        replica::Replica {
+            client: Ok(second_connection.client()),
+            endpoint: second_endpoint.clone(),
+            wait: db.replica_wait,
+        },
+    ];
+
+    // Without pg_basebackup (npm's builds), the second standby's copy restarted the primary:
+    // the first streams again once its receiver has reconnected (within 5 s), and replays a
+    // change made after the restart.
+    let on_primary = connect_as(&primary, "postgres").await;
+    on_primary.batch_execute("CREATE TABLE public.after_the_restart ()").await.unwrap();
+    let primary_lsn: String = on_primary.query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let patient = replica::Replica {
+        client: Ok(first_connection.client()),
+        endpoint: db.endpoint(),
+        wait: Duration::from_secs(30),
+    };
+    assert_eq!(replica::wait_for_replay(&patient, &primary_lsn).await.unwrap(), replica::Replay::Done);
+
+    let on_second = connect_as(&second, "postgres").await;
+    on_second.batch_execute("SELECT pg_wal_replay_pause()").await.unwrap();
+    let user = "replica_reader_endpoint";
+    let req = request::prepare_start(&config, &db, &event(user, "e1")).unwrap();
+    let error = replica::session_start(&writer, &replicas, &req).await.unwrap_err();
+    let Error::ReplicaBehind { replica: ref named, paused: true, .. } = error else { panic!("{error:?}") };
+    assert_eq!(named, &second_endpoint, "the reader that has not replayed is named");
+    on_second.batch_execute("SELECT pg_wal_replay_resume()").await.unwrap();
+    replica::session_start(&writer, &replicas, &req).await.unwrap();
+    for reader in [&standby, &second] {
+        let login = psql_login(reader, user);
+        assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
+    }
+
+    let mut open =
+        psql(&second, user, "SELECT pg_sleep(60)").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while on_second.query("SELECT 1 FROM pg_stat_activity WHERE usename = $1", &[&user]).await.unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the user's psql did not connect to the second standby");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let req = request::prepare_end(&config, &db, &event(user, "e1")).unwrap();
+    let outcome = replica::session_end(&writer, &replicas, &req, &engine::NoOtherDatabases).await.unwrap();
+    assert_eq!(outcome.status, EndStatus::Deactivated);
+    assert_eq!(outcome.replica_replayed, Some(true), "{outcome:?}");
+    assert_eq!(outcome.terminated_connections, Some(1), "{outcome:?}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while open.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "the user's psql on the second standby is still open after the end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for reader in [&standby, &second] {
+        assert!(!psql_login(reader, user).status.success(), "a login to a reader after the end must be refused");
+    }
+}
+
+/// With `synchronous_commit = off` on the writer, a commit answers before its WAL is flushed:
+/// the position waited for is where the commit was inserted, not the flush position, which may
+/// still be before it. Each start is followed by a login to the standby, which finds the role.
+#[tokio::test]
+async fn starts_on_a_writer_with_asynchronous_commit_wait_for_their_commit() {
+    let Pair { primary, standby } = pair().await;
+    let superuser = connect_as(&primary, "postgres").await;
+    superuser.batch_execute("ALTER SYSTEM SET synchronous_commit = off").await.unwrap();
+    superuser.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let config = config(&standby, primary.port(), "10s");
+    let (db, _) = databases(&config);
+    let writer = connect_as(&primary, ADMIN).await;
+    let setting: String = writer.client().query_one("SHOW synchronous_commit", &[]).await.unwrap().get(0);
+    assert_eq!(setting, "off");
+    let replica_connection = connect_as(&standby, ADMIN).await;
+    let replica =
+        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
+    for i in 0..20 {
+        let user = format!("replica_async_{i}");
+        start(&writer, &replica, &config, &user, "a1").await;
+        let login = psql_login(&standby, &user);
+        assert!(login.status.success(), "iteration {i}: {}", String::from_utf8_lossy(&login.stderr));
+    }
+}
+
+/// A replica the admin cannot reach stops neither a start nor an end on the writer: the end
+/// locks the user there and answers `replica_replayed: false`, and the lock reaches the replica
+/// when it is back. An unreachable reader behind an Aurora reader endpoint would otherwise
+/// keep every session of the cluster open.
+#[tokio::test]
+async fn a_replica_that_is_down_stops_no_call_on_the_writer() {
+    let Pair { primary, mut standby } = pair().await;
+    let config = config(&standby, primary.port(), "4s");
+    let (db, _) = databases(&config);
+    let writer = connect_as(&primary, ADMIN).await;
+    let user = "replica_down";
+    {
+        let replica_connection = connect_as(&standby, ADMIN).await;
+        let replica = replica::Replica {
+            client: Ok(replica_connection.client()),
+            endpoint: db.endpoint(),
+            wait: db.replica_wait,
+        };
+        start(&writer, &replica, &config, user, "d1").await;
+        standby.kill().unwrap();
+        // The admin's connection to the replica is gone: its reads fail.
+        let req = request::prepare_end(&config, &db, &event(user, "d1")).unwrap();
+        let outcome = replica::session_end(&writer, std::slice::from_ref(&replica), &req, &engine::NoOtherDatabases)
+            .await
+            .unwrap();
+        assert_eq!(outcome.status, EndStatus::Deactivated, "{outcome:?}");
+        assert_eq!(outcome.replica_replayed, Some(false), "{outcome:?}");
+    }
+    // The admin cannot log in to it at all: a start is not held up either.
+    let refused = Error::Unreachable { endpoint: db.endpoint(), detail: "connection refused".into() };
+    let replica = replica::Replica { client: Err(&refused), endpoint: db.endpoint(), wait: db.replica_wait };
+    start(&writer, &replica, &config, "replica_down_2", "d2").await;
+
+    standby.restart().unwrap();
+    let replica_connection = connect_as(&standby, ADMIN).await;
+    let lsn: String = writer.client().query_one("SELECT pg_current_wal_lsn()::text", &[]).await.unwrap().get(0);
+    let patient = replica::Replica {
+        client: Ok(replica_connection.client()),
+        endpoint: db.endpoint(),
+        wait: Duration::from_secs(30),
+    };
+    assert_eq!(replica::wait_for_replay(&patient, &lsn).await.unwrap(), replica::Replay::Done);
+    let login = psql_login(&standby, user);
+    assert!(String::from_utf8_lossy(&login.stderr).contains("not permitted to log in"), "{login:?}");
+    assert!(psql_login(&standby, "replica_down_2").status.success(), "the start reached the replica once it was back");
 }

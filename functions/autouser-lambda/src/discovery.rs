@@ -92,9 +92,7 @@ impl Discovery {
         let config = self.config.get(&self.aws).await;
         let mut report = self.aws.discover(&config, &self.options).await;
         if let Trigger::TagChange(locator) = trigger {
-            let id = match &locator.resource {
-                RdsResource::Instance(id) | RdsResource::Cluster(id) => id.clone(),
-            };
+            let id = locator.resource.id().to_string();
             let listed =
                 report.databases.iter().any(|d| d.region == locator.region && d.resource.contains(&format!(" {id} ")));
             if !listed {

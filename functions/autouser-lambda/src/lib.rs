@@ -38,6 +38,7 @@ use tracing::Instrument;
 
 pub use input::Function;
 use input::Invocation;
+use pool::replicas;
 
 /// Default `source` of the EventBridge events the functions accept.
 pub const DEFAULT_EVENT_SOURCE: &str = "autouser";
@@ -468,19 +469,12 @@ async fn process_event_unboxed(
                     // A read replica: the changes on its writer, then the wait for the replica.
                     Some(writer_db) => {
                         let dbname = &req.target.admin_db_name;
-                        let replica_connection = state.pool.with_admin(&state.aws, &db, dbname, |c| async { Ok(c) }).await?;
+                        let replica_connections = state.pool.replica_connections(&state.aws, &db, dbname).await;
                         state
                             .pool
                             .with_admin(&state.aws, &writer_db, dbname, |writer| {
-                                let (req, db, replica_connection) = (&req, &db, &replica_connection);
-                                async move {
-                                    let replica = replica::Replica {
-                                        client: replica_connection.client(),
-                                        endpoint: db.endpoint(),
-                                        wait: db.replica_wait,
-                                    };
-                                    replica::session_start(&writer, &replica, req).await
-                                }
+                                let (req, replica_connections) = (&req, &replica_connections);
+                                async move { replica::session_start(&writer, &replicas(replica_connections), req).await }
                             })
                             .await?
                     }
@@ -494,27 +488,16 @@ async fn process_event_unboxed(
                 let writer_db = db.writer_database();
                 let acted_on = writer_db.as_ref().unwrap_or(&db);
                 let others = state.pool.other_databases(&state.aws, acted_on);
-                let replica_connection = match writer_db {
-                    None => None,
-                    Some(_) => Some(
-                        state.pool.with_admin(&state.aws, &db, &req.target.admin_db_name, |c| async { Ok(c) }).await?,
-                    ),
-                };
+                let replica_connections = state.pool.replica_connections(&state.aws, &db, &req.target.admin_db_name).await;
                 let ended = state
                     .pool
                     .with_admin(&state.aws, acted_on, &req.target.admin_db_name, |connection| {
-                        let (req, others, db, replica_connection) = (&req, &others, &db, &replica_connection);
+                        let (req, others, replica_connections) = (&req, &others, &replica_connections);
                         async move {
-                            match replica_connection {
-                                None => engine::session_end(&connection, req, others).await,
-                                Some(replica_connection) => {
-                                    let replica = replica::Replica {
-                                        client: replica_connection.client(),
-                                        endpoint: db.endpoint(),
-                                        wait: db.replica_wait,
-                                    };
-                                    replica::session_end(&connection, &replica, req, others).await
-                                }
+                            if replica_connections.is_empty() {
+                                engine::session_end(&connection, req, others).await
+                            } else {
+                                replica::session_end(&connection, &replicas(replica_connections), req, others).await
                             }
                         }
                     })
@@ -528,7 +511,15 @@ async fn process_event_unboxed(
                             .pool
                             .with_admin(&state.aws, acted_on, &req.target.admin_db_name, |connection| {
                                 let (req, others, planned) = (&req, &others, planned.clone());
-                                async move { engine::confirm_end(&connection, req, others, *planned).await }
+                                let replica_connections = &replica_connections;
+                                async move {
+                                    if replica_connections.is_empty() {
+                                        engine::confirm_end(&connection, req, others, *planned).await
+                                    } else {
+                                        let replicas = replicas(replica_connections);
+                                        replica::confirm_end(&connection, &replicas, req, others, *planned).await
+                                    }
+                                }
                             })
                             .await?
                     }

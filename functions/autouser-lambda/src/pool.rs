@@ -86,6 +86,24 @@ impl Pool {
         PooledDatabases { pool: self, aws, db }
     }
 
+    /// The admin's connections to every replica a session on `db` may log in to
+    /// ([`ResolvedDatabase::replica_databases`]), each with the replica it reaches, or why the
+    /// admin could not log in; none for an entry that is not a replica's. A replica the admin
+    /// cannot reach does not stop a call on the writer.
+    pub async fn replica_connections(
+        &self,
+        aws: &AwsContext,
+        db: &ResolvedDatabase,
+        dbname: &str,
+    ) -> Vec<ReplicaConnection> {
+        let mut connections = Vec::new();
+        for replica in db.replica_databases() {
+            let connection = self.with_admin(aws, &replica, dbname, |connection| async { Ok(connection) }).await;
+            connections.push(ReplicaConnection { replica, connection });
+        }
+        connections
+    }
+
     /// A live connection, and whether it was reused.
     async fn connection(
         &self,
@@ -127,6 +145,18 @@ impl Pool {
     pub fn opened(&self) -> usize {
         self.opened.load(Ordering::Relaxed)
     }
+}
+
+/// A replica of an entry, and the admin's connection to it, or why the admin could not log in
+/// ([`Pool::replica_connections`]).
+pub struct ReplicaConnection {
+    pub replica: ResolvedDatabase,
+    pub connection: Result<Arc<AdminConnection>, Error>,
+}
+
+/// The engine's view of `connections`.
+pub fn replicas(connections: &[ReplicaConnection]) -> Vec<autouser_engine::replica::Replica<'_>> {
+    connections.iter().map(|c| autouser_engine::replica::Replica::of(c.connection.as_deref(), &c.replica)).collect()
 }
 
 /// See [`Pool::other_databases`].

@@ -20,6 +20,7 @@
 //! over several runs, each reported in full. Each database is reported (logs, audit events)
 //! as soon as it is done.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use autouser_aws::AwsContext;
@@ -31,6 +32,7 @@ use lambda_runtime::LambdaEvent;
 use serde_json::{json, Value};
 
 use crate::audit::{self, Auditor};
+use crate::pool::{self, ReplicaConnection};
 pub use crate::reaper_totals::{Totals, FUNCTION_NAME};
 use crate::{built_or_exit, init_tracing, FunctionError, InitError, Settings};
 
@@ -190,17 +192,14 @@ impl Reaper {
             let writer_db = db.writer_database();
             let acted_on = writer_db.as_ref().unwrap_or(&db);
             let connection = self.aws.connect_admin(acted_on, admin_db_name).await?;
-            let replica_connection = match writer_db {
-                Some(_) => Some(self.aws.connect_admin(&db, admin_db_name).await?),
-                None => None,
-            };
-            let replica = replica_connection.as_ref().map(|c| autouser_engine::replica::Replica {
-                client: c.client(),
-                endpoint: db.endpoint(),
-                wait: db.replica_wait,
-            });
+            let mut replica_connections = Vec::new();
+            for replica in db.replica_databases() {
+                let connection = self.aws.connect_admin(&replica, admin_db_name).await.map(Arc::new);
+                replica_connections.push(ReplicaConnection { replica, connection });
+            }
+            let replicas = pool::replicas(&replica_connections);
             let connect_to = |db_name: String| async move { self.aws.connect_admin(acted_on, &db_name).await };
-            reaper::reap(&connection, admin_db_name, config, &db, replica.as_ref(), now, stop_at, connect_to).await
+            reaper::reap(&connection, admin_db_name, config, &db, &replicas, now, stop_at, connect_to).await
         })
     }
 

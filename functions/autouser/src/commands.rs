@@ -10,6 +10,7 @@ use autouser_policy::config::{AuthConfig, Config, DatabaseConfig, Location, Reso
 use autouser_policy::event::SessionEvent;
 use autouser_policy::identity;
 use autouser_policy::{request, Refusal};
+use futures_util::future::join_all;
 
 /// Where AWS configuration comes from: the environment (the CLI), or given (the demo, which
 /// points it at a local emulator).
@@ -62,12 +63,12 @@ pub async fn session_start(config: &Path, event: &Path, aws: &AwsSetup) -> Resul
             engine::session_start(&connection, &req).await?
         }
         Some(writer_db) => {
-            let (writer, replica) = tokio::try_join!(
+            let (writer, replica_connections) = tokio::join!(
                 connect(aws.as_ref(), &writer_db, &req.target.admin_db_name),
-                connect(aws.as_ref(), &db, &req.target.admin_db_name)
-            )?;
-            let replica = replica::Replica { client: replica.client(), endpoint: db.endpoint(), wait: db.replica_wait };
-            replica::session_start(&writer, &replica, &req).await?
+                connect_replicas(aws.as_ref(), &db, &req.target.admin_db_name)
+            );
+            let writer = writer?;
+            replica::session_start(&writer, &replicas(&db, &replica_connections), &req).await?
         }
     };
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
@@ -85,13 +86,8 @@ pub async fn session_end(config: &Path, event: &Path, aws: &AwsSetup) -> Result<
     let outcome = match writer_db {
         None => engine::session_end(&connection, &req, &others).await?,
         Some(_) => {
-            let replica_connection = connect(aws, &db, &req.target.admin_db_name).await?;
-            let replica = replica::Replica {
-                client: replica_connection.client(),
-                endpoint: db.endpoint(),
-                wait: db.replica_wait,
-            };
-            replica::session_end(&connection, &replica, &req, &others).await?
+            let replica_connections = connect_replicas(aws, &db, &req.target.admin_db_name).await;
+            replica::session_end(&connection, &replicas(&db, &replica_connections), &req, &others).await?
         }
     };
     Ok(Some(serde_json::to_string(&outcome).expect("outcomes serialise")))
@@ -112,9 +108,12 @@ pub async fn preflight(config: &Path, database: &str, json: bool, aws: &AwsSetup
         Err(error) => preflight::Report::login_failed(acted_on, &error),
     };
     if writer_db.is_some() {
-        let replica = connect(aws.as_ref(), &db, preflight::admin_database(&db)).await;
-        let finding = preflight::check_replica(replica.as_ref().map(|c| c.client()), &db).await;
-        report = preflight::Report::of_replica(&db, report, finding);
+        let mut findings = Vec::new();
+        for replica_db in db.replica_databases() {
+            let replica = connect(aws.as_ref(), &replica_db, preflight::admin_database(&replica_db)).await;
+            findings.push(preflight::check_replica(replica.as_ref().map(|c| c.client()), &replica_db).await);
+        }
+        report = preflight::Report::of_replica(&db, report, findings);
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&report).expect("reports serialise"));
@@ -203,21 +202,13 @@ async fn reap_database(
     let writer_db = db.writer_database();
     let acted_on = writer_db.as_ref().unwrap_or(&db);
     let connection = connect(aws.as_ref(), acted_on, admin_db_name).await?;
-    let replica_connection = match writer_db {
-        Some(_) => Some(connect(aws.as_ref(), &db, admin_db_name).await?),
-        None => None,
-    };
-    let replica = replica_connection.as_ref().map(|c| replica::Replica {
-        client: c.client(),
-        endpoint: db.endpoint(),
-        wait: db.replica_wait,
-    });
+    let replica_connections = connect_replicas(aws.as_ref(), &db, admin_db_name).await;
     let connect_to = |db_name: String| {
         let aws = aws.as_ref();
         async move { connect(aws, acted_on, &db_name).await }
     };
-    autouser_engine::reaper::reap(&connection, admin_db_name, config, &db, replica.as_ref(), now, None, connect_to)
-        .await
+    let replicas = replicas(&db, &replica_connections);
+    autouser_engine::reaper::reap(&connection, admin_db_name, config, &db, &replicas, now, None, connect_to).await
 }
 
 /// Which call `plan` plans.
@@ -436,6 +427,26 @@ async fn load(
         .await
         .map_err(Refusal::from)?;
     Ok((config, event))
+}
+
+/// The admin's connections to every replica a session on `db` may log in to
+/// ([`ResolvedDatabase::replica_databases`]), or why each failed; none for an entry that is
+/// not a replica's. A replica the admin cannot reach does not stop a call on the writer.
+async fn connect_replicas(
+    aws: Option<&AwsContext>,
+    db: &ResolvedDatabase,
+    dbname: &str,
+) -> Vec<Result<AdminConnection, Error>> {
+    join_all(db.replica_databases().iter().map(|replica| connect(aws, replica, dbname))).await
+}
+
+/// The replicas of `db` over their `connections` (from [`connect_replicas`]).
+fn replicas<'a>(db: &ResolvedDatabase, connections: &'a [Result<AdminConnection, Error>]) -> Vec<replica::Replica<'a>> {
+    db.replica_databases()
+        .iter()
+        .zip(connections)
+        .map(|(replica, connection)| replica::Replica::of(connection.as_ref(), replica))
+        .collect()
 }
 
 async fn connect(aws: Option<&AwsContext>, db: &ResolvedDatabase, dbname: &str) -> Result<AdminConnection, Error> {

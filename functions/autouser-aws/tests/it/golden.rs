@@ -76,6 +76,7 @@ async fn every_boto3_vector_is_reproduced_byte_for_byte() {
             tls: TlsConfig { mode: TlsMode::VerifyFull, ca_file: None },
             writer: None,
             replica_wait: autouser_policy::config::DEFAULT_REPLICA_WAIT,
+            reader_instances: None,
         };
         let AdminCredentials::Password(token) = AwsContext::new(sdk).admin_credentials(&db).await.unwrap() else {
             panic!("an IAM admin's credentials are a password")

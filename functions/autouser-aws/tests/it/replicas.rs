@@ -191,6 +191,45 @@ async fn an_aurora_reader_instance_resolves_with_its_clusters_writer_endpoint() 
     assert!(err.to_string().contains("cluster_id: ar-cluster"), "{err}");
 }
 
+/// An Aurora reader endpoint (`cluster_id` with `endpoint: reader`): sessions log in through
+/// the cluster's reader endpoint, the admin acts on its writer endpoint, and the calls wait for
+/// each reader instance, which the reader endpoint may send a session to.
+#[tokio::test]
+async fn an_aurora_reader_endpoint_resolves_with_its_writer_and_every_reader_instance() {
+    const REGION: &str = "us-west-1";
+    aurora(REGION, "re-cluster", &["re-writer", "re-reader-1", "re-reader-2"], &[]).await;
+    let cluster_endpoint = endpoint_of(REGION, "cluster", "re-cluster").await;
+    let readers = [endpoint_of(REGION, "db", "re-reader-1").await, endpoint_of(REGION, "db", "re-reader-2").await];
+
+    let db = resolve(&format!("{{cluster_id: re-cluster, region: {REGION}, endpoint: reader}}")).await.unwrap();
+    assert!(db.host.starts_with("re-cluster.cluster-ro-"), "sessions use the reader endpoint: {}", db.host);
+    assert_eq!(db.labels.get(ADMIN_TAG).map(String::as_str), Some("teleport-admin"), "the cluster's tags");
+    let (writer, on_writer) = writer_of(&db);
+    assert_eq!(writer, cluster_endpoint, "the cluster (writer) endpoint, which follows failovers");
+    assert!(iam_token(&on_writer).await.starts_with(&format!("{}:{}/", writer.0, writer.1)));
+    let mut waited_for: Vec<(String, u16)> =
+        db.replica_databases().iter().map(|replica| (replica.host.clone(), replica.port)).collect();
+    waited_for.sort();
+    assert_eq!(waited_for, readers, "every reader instance, not the writer instance");
+    for replica in db.replica_databases() {
+        assert!(iam_token(&replica).await.starts_with(&format!("{}:{}/", replica.host, replica.port)));
+    }
+
+    // A cluster without readers: its reader endpoint reaches the writer, with nothing to wait for.
+    aurora(REGION, "re-alone", &["re-alone-writer"], &[]).await;
+    let db = resolve(&format!("{{cluster_id: re-alone, region: {REGION}, endpoint: reader}}")).await.unwrap();
+    assert!(db.writer.is_some());
+    assert_eq!(db.replica_databases(), Vec::new());
+
+    // allow_replica: false refuses it, as any read-only endpoint.
+    let aws = AwsContext::new(Moto::global().sdk_config(None).await);
+    let rds = format!("{{cluster_id: re-cluster, region: {REGION}, endpoint: reader}}");
+    let config = config_with(&rds, "    allow_replica: false\n");
+    let err = aws.resolve_database(&config, &config.databases[0]).await.unwrap_err();
+    assert_eq!(err.kind(), "ReadOnlyEndpoint", "{err}");
+    assert!(err.to_string().contains("reader endpoint of cluster re-cluster"), "{err}");
+}
+
 #[tokio::test]
 async fn a_cross_region_replica_resolves_with_its_writer_in_the_sources_region() {
     const REGION: &str = "us-west-1";

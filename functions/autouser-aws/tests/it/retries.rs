@@ -78,6 +78,7 @@ async fn child(spec: &str) {
         tls: TlsConfig { mode: TlsMode::VerifyFull, ca_file: None },
         writer: None,
         replica_wait: autouser_policy::config::DEFAULT_REPLICA_WAIT,
+        reader_instances: None,
     };
     let aws = AwsContext::from_env().await;
     let started = Instant::now();

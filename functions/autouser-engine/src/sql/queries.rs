@@ -25,6 +25,15 @@ SELECT pg_catalog.count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(a.pid))
   FROM pg_catalog.pg_stat_activity a
  WHERE a.usesysid = $1::oid AND a.pid <> pg_catalog.pg_backend_pid()";
 
+/// [`TERMINATE_CONNECTIONS`], each awaited until its backend has exited, for at most a second
+/// (`pg_terminate_backend`'s timeout, PostgreSQL 14+): a backend still exiting is not counted,
+/// and is counted by a later call that finds it. Used on a read replica, whose user's
+/// connections may be ended twice in one session-end.
+pub const TERMINATE_CONNECTIONS_AWAITED: &str = "\
+SELECT pg_catalog.count(*) FILTER (WHERE pg_catalog.pg_terminate_backend(a.pid, 1000))::int
+  FROM pg_catalog.pg_stat_activity a
+ WHERE a.usesysid = $1::oid AND a.pid <> pg_catalog.pg_backend_pid()";
+
 /// For an end that hands a user's objects to the object inheritor: whether the inheritor
 /// (`$2`) exists, and the other databases of the server where the user (OID `$1`) owns objects
 /// or holds privileges, from the shared dependencies (`pg_shdepend`).

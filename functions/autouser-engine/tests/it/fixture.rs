@@ -281,7 +281,7 @@ roles:{roles}
         let db = config.databases[0].resolve_static().expect("a static database");
         let connection = self.admin_client(&config, admin_db_name).await.unwrap();
         let connect_to = |db_name: String| async move { self.admin_client(&self.config(), &db_name).await };
-        autouser_engine::reaper::reap(&connection, admin_db_name, &config, &db, None, now, stop_at, connect_to)
+        autouser_engine::reaper::reap(&connection, admin_db_name, &config, &db, &[], now, stop_at, connect_to)
             .await
             .unwrap()
     }

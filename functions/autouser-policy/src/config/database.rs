@@ -94,6 +94,18 @@ pub struct RdsLocator {
 pub enum RdsResource {
     Instance(String),
     Cluster(String),
+    /// The reader endpoint of an Aurora cluster (`cluster_id` with `endpoint: reader`): sessions
+    /// on any of its readers, provisioned through the writer.
+    ClusterReaders(String),
+}
+
+impl RdsResource {
+    /// The instance's or cluster's identifier.
+    pub fn id(&self) -> &str {
+        match self {
+            RdsResource::Instance(id) | RdsResource::Cluster(id) | RdsResource::ClusterReaders(id) => id,
+        }
+    }
 }
 
 /// Tags of RDS resources that name the admin and its default database.
@@ -142,6 +154,20 @@ pub struct ResolvedDatabase {
     /// them.
     pub writer: Option<WriterEndpoint>,
     pub replica_wait: std::time::Duration,
+    /// Set when this endpoint is an Aurora reader endpoint, which spreads connections over the
+    /// cluster's readers: the reader instances, each of which must have replayed the writer's
+    /// change before a call answers. Empty when the cluster has no reader (the reader endpoint
+    /// then reaches the writer). `None` for any other endpoint.
+    pub reader_instances: Option<Vec<ReaderInstance>>,
+}
+
+/// A reader instance behind an Aurora reader endpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderInstance {
+    /// The instance's identifier.
+    pub id: String,
+    pub host: String,
+    pub port: u16,
 }
 
 impl Config {
@@ -162,7 +188,7 @@ impl DatabaseConfig {
     /// IAM authentication, TLS verified against the RDS CA bundle, admin from the tags.
     pub fn discovered(locator: RdsLocator) -> DatabaseConfig {
         let name = match &locator.resource {
-            RdsResource::Instance(id) | RdsResource::Cluster(id) => id.clone(),
+            RdsResource::Instance(id) | RdsResource::Cluster(id) | RdsResource::ClusterReaders(id) => id.clone(),
         };
         DatabaseConfig {
             name,
@@ -197,6 +223,7 @@ impl DatabaseConfig {
             tls: self.tls.clone(),
             writer: self.primary.clone(),
             replica_wait: self.replica_wait,
+            reader_instances: None,
         })
     }
 }
@@ -224,8 +251,32 @@ impl ResolvedDatabase {
             tls: writer.tls.clone(),
             auth: writer.auth.clone().unwrap_or_else(|| self.auth.clone()),
             writer: None,
+            reader_instances: None,
             ..self.clone()
         })
+    }
+
+    /// The replicas a session on this entry may log in to, each of which must have replayed
+    /// the writer's change before a call answers: the entry's own endpoint for a read replica,
+    /// or each reader instance behind an Aurora reader endpoint. Empty when this endpoint is
+    /// the writer, or a reader endpoint of a cluster without readers.
+    pub fn replica_databases(&self) -> Vec<ResolvedDatabase> {
+        if self.writer.is_none() {
+            return Vec::new();
+        }
+        let Some(readers) = &self.reader_instances else {
+            return vec![self.clone()];
+        };
+        readers
+            .iter()
+            .map(|reader| ResolvedDatabase {
+                host: reader.host.clone(),
+                port: reader.port,
+                hostaddr: None,
+                reader_instances: None,
+                ..self.clone()
+            })
+            .collect()
     }
 }
 
@@ -299,6 +350,19 @@ struct RawRds {
     region: String,
     /// Connect to this address instead of the endpoint's name (libpq's `hostaddr`).
     hostaddr: Option<IpAddr>,
+    /// With `cluster_id`: which of the cluster's endpoints sessions use. `writer` (the default)
+    /// is the cluster endpoint; `reader` is its reader endpoint, which spreads sessions over the
+    /// readers: the admin makes its changes on the writer and waits for every reader instance
+    /// to replay them.
+    endpoint: Option<ClusterEndpoint>,
+}
+
+/// An Aurora cluster's endpoint that sessions use.
+#[derive(Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+enum ClusterEndpoint {
+    Writer,
+    Reader,
 }
 
 impl RawDatabase {
@@ -318,8 +382,9 @@ impl RawDatabase {
                     return Err(invalid(
                         format!("{at}.uri"),
                         format!(
-                            "{host} is an Aurora {kind} endpoint; automatic user provisioning is not compatible with \
-                             Aurora reader endpoints: use the cluster (writer) endpoint, or rds: {{cluster_id: …}}"
+                            "{host} is an Aurora {kind} endpoint, which spreads sessions over several instances: \
+                             name the cluster instead, rds: {{cluster_id: …, endpoint: reader}} for its reader \
+                             endpoint, so that the admin finds its writer and waits for every reader"
                         ),
                     ));
                 }
@@ -435,9 +500,16 @@ impl RawDatabase {
 
 impl RawRds {
     fn validate(self, at: &str) -> Result<RdsLocator, ConfigError> {
-        let resource = match (self.instance_id, self.cluster_id) {
-            (Some(id), None) if !id.is_empty() => RdsResource::Instance(id),
-            (None, Some(id)) if !id.is_empty() => RdsResource::Cluster(id),
+        let resource = match (self.instance_id, self.cluster_id, self.endpoint) {
+            (Some(_), None, Some(_)) => {
+                return Err(invalid(
+                    format!("{at}.endpoint"),
+                    "is for Aurora clusters (cluster_id); an instance_id entry is that instance's endpoint",
+                ))
+            }
+            (Some(id), None, None) if !id.is_empty() => RdsResource::Instance(id),
+            (None, Some(id), Some(ClusterEndpoint::Reader)) if !id.is_empty() => RdsResource::ClusterReaders(id),
+            (None, Some(id), None | Some(ClusterEndpoint::Writer)) if !id.is_empty() => RdsResource::Cluster(id),
             _ => return Err(invalid(at, "needs exactly one of instance_id or cluster_id")),
         };
         if self.region.is_empty() {
@@ -581,6 +653,48 @@ databases:
         }
         let writer = EXAMPLE.replace("localhost:5432", "orders.cluster-abc123.us-east-1.rds.amazonaws.com");
         assert!(parse(&writer).is_ok());
+    }
+
+    #[test]
+    fn an_aurora_reader_endpoint_is_a_cluster_with_endpoint_reader() {
+        let entry = |rds: &str| format!("databases:\n  - name: r\n    rds: {rds}\n");
+        let config = parse(&entry("{cluster_id: analytics, region: us-east-1, endpoint: reader}")).unwrap();
+        let Location::Rds(locator) = &config.databases[0].location else { panic!("an rds: entry") };
+        assert_eq!(locator.resource, RdsResource::ClusterReaders("analytics".into()));
+        let config = parse(&entry("{cluster_id: analytics, region: us-east-1, endpoint: writer}")).unwrap();
+        let Location::Rds(locator) = &config.databases[0].location else { panic!("an rds: entry") };
+        assert_eq!(locator.resource, RdsResource::Cluster("analytics".into()));
+        let err = parse(&entry("{instance_id: orders, region: us-east-1, endpoint: reader}")).unwrap_err();
+        assert!(err.to_string().contains("databases[0].rds.endpoint"), "{err}");
+        assert!(parse(&entry("{cluster_id: a, region: us-east-1, endpoint: custom}")).is_err());
+    }
+
+    #[test]
+    fn the_replicas_of_an_entry_are_itself_or_the_readers_behind_its_reader_endpoint() {
+        let config = parse(EXAMPLE).unwrap();
+        let primary = config.databases[0].resolve_static().unwrap();
+        assert_eq!(primary.replica_databases(), Vec::new(), "a writer has no replica to wait for");
+        let writer = WriterEndpoint {
+            host: "writer.internal".into(),
+            port: 5432,
+            hostaddr: None,
+            tls: primary.tls.clone(),
+            auth: None,
+        };
+        let standby = ResolvedDatabase { writer: Some(writer), ..primary.clone() };
+        assert_eq!(standby.replica_databases(), vec![standby.clone()]);
+        let reader = |id: &str| ReaderInstance { id: id.into(), host: format!("{id}.internal"), port: 5433 };
+        let reader_endpoint = ResolvedDatabase {
+            host: "analytics.cluster-ro-x.us-east-1.rds.amazonaws.com".into(),
+            reader_instances: Some(vec![reader("analytics-2"), reader("analytics-3")]),
+            ..standby.clone()
+        };
+        let replicas = reader_endpoint.replica_databases();
+        let endpoints: Vec<String> = replicas.iter().map(ResolvedDatabase::endpoint).collect();
+        assert_eq!(endpoints, ["analytics-2.internal:5433", "analytics-3.internal:5433"]);
+        assert!(replicas.iter().all(|r| r.writer == standby.writer && r.reader_instances.is_none()));
+        let without_readers = ResolvedDatabase { reader_instances: Some(Vec::new()), ..reader_endpoint };
+        assert_eq!(without_readers.replica_databases(), Vec::new(), "its reader endpoint reaches the writer");
     }
 
     #[test]

@@ -24,8 +24,8 @@ use crate::policy::{Policy, PolicyError};
 
 pub use admin::{AdminUser, AuthConfig, TlsConfig, TlsMode};
 pub use database::{
-    DatabaseConfig, DatabaseType, Location, RdsLocator, RdsResource, ResolvedDatabase, TagKeys, WriterEndpoint,
-    DEFAULT_ADMIN_DATABASE_TAG, DEFAULT_ADMIN_TAG, DEFAULT_PORT, DEFAULT_REPLICA_WAIT,
+    DatabaseConfig, DatabaseType, Location, RdsLocator, RdsResource, ReaderInstance, ResolvedDatabase, TagKeys,
+    WriterEndpoint, DEFAULT_ADMIN_DATABASE_TAG, DEFAULT_ADMIN_TAG, DEFAULT_PORT, DEFAULT_REPLICA_WAIT,
 };
 
 pub const DEFAULT_MANAGED_GROUP: &str = "teleport-auto-user";
