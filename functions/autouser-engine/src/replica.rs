@@ -51,13 +51,13 @@ pub enum Replay {
     Unreached { detail: String },
 }
 
-/// How the replica is polled. A replica at idle replication replays a commit within a
-/// millisecond or so, less than the timer's resolution: the first polls follow each other
-/// without a pause (each is a round trip to the replica), then come 1 ms apart, then the pause
-/// doubles up to the longest.
-const POLLS_WITHOUT_PAUSE: u32 = 5;
+/// How the replica is polled. At idle replication a replica replays a commit within about a
+/// millisecond, less than the timer's resolution: for the first 2 ms the polls follow each
+/// other without a pause (each is a round trip to the replica), then come 1 ms apart until
+/// 12 ms, then the pause doubles up to 50 ms.
+const BACK_TO_BACK: Duration = Duration::from_millis(2);
 const FIRST_POLL_PAUSE: Duration = Duration::from_millis(1);
-const SHORT_POLLS: u32 = 15;
+const SHORT_PAUSES_UNTIL: Duration = Duration::from_millis(12);
 const LONGEST_POLL_PAUSE: Duration = Duration::from_millis(50);
 
 /// A session-start on read replicas: [`engine::session_start`] on the writer, then the wait on
@@ -259,11 +259,10 @@ async fn wait_within(replica: &Replica<'_>, lsn: &str, bound: Duration) -> Resul
         Ok(client) => client,
         Err(error) => return Ok(Replay::Unreached { detail: format!("{}: {error}", replica.endpoint) }),
     };
-    let deadline = Instant::now() + bound;
+    let began = Instant::now();
+    let deadline = began + bound;
     let mut pause = FIRST_POLL_PAUSE;
-    let mut polls = 0;
     loop {
-        polls += 1;
         let row = match client.query_one(sql::REPLAY_PROGRESS, &[&lsn]).await {
             Ok(row) => row,
             Err(error) => {
@@ -284,11 +283,12 @@ async fn wait_within(replica: &Replica<'_>, lsn: &str, bound: Duration) -> Resul
         if paused || now >= deadline {
             return Ok(behind);
         }
-        if polls <= POLLS_WITHOUT_PAUSE {
+        let waited = now - began;
+        if waited < BACK_TO_BACK {
             continue;
         }
         tokio::time::sleep(pause.min(deadline - now)).await;
-        if polls >= SHORT_POLLS {
+        if waited >= SHORT_PAUSES_UNTIL {
             pause = (pause * 2).min(LONGEST_POLL_PAUSE);
         }
     }
