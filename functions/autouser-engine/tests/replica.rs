@@ -98,6 +98,36 @@ fn psql(standby: &Cluster, user: &str, sql: &str) -> Command {
     command
 }
 
+/// `psql` of [`psql`] running in the background, its output discarded.
+fn spawn_psql(standby: &Cluster, user: &str, sql: &str) -> Child {
+    psql(standby, user, sql).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("psql starts")
+}
+
+/// Whether the user (`$1`) has a connection.
+const USER_CONNECTED: &str = "SELECT 1 FROM pg_stat_activity WHERE usename = $1";
+
+/// Waits up to 20 s until `query`, with `user` as `$1`, returns a row on `on` (`present`) or
+/// none (`!present`); fails with `what` otherwise.
+async fn wait_for_rows(on: &tokio_postgres::Client, query: &str, user: &str, present: bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while on.query(query, &[&user]).await.unwrap().is_empty() == present {
+        assert!(Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits up to 20 s until `child` has exited, and returns how; fails with `what` otherwise.
+fn wait_for_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn psql_login(standby: &Cluster, user: &str) -> Output {
     psql(standby, user, "SELECT current_user").output().expect("psql runs")
 }
@@ -129,8 +159,7 @@ async fn sessions_on_a_hot_standby_are_provisioned_through_the_primary() {
     assert_eq!(writer_db.port, primary.port());
     let writer = connect_as(&primary, ADMIN).await;
     let replica_connection = connect_as(&standby, ADMIN).await;
-    let replica =
-        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
+    let replica = replica::Replica::of(Ok(&replica_connection), &db);
     let finding = preflight::check_replica(Ok(replica_connection.client()), &db).await;
     assert_eq!(finding.status, Status::Pass, "{finding:?}");
 
@@ -149,28 +178,16 @@ async fn sessions_on_a_hot_standby_are_provisioned_through_the_primary() {
 
     // An end closes the user's open psql on the standby, and the next login there is refused.
     let user = "replica_user_0";
-    let mut open: Child =
-        psql(&standby, user, "SELECT pg_sleep(60)").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut open: Child = spawn_psql(&standby, user, "SELECT pg_sleep(60)");
     let on_standby = connect_as(&standby, "postgres").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while on_standby.query("SELECT 1 FROM pg_stat_activity WHERE usename = $1", &[&user]).await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the user's psql did not connect to the standby");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_rows(&on_standby, USER_CONNECTED, user, true, "the user's psql did not connect to the standby").await;
     let req = request::prepare_end(&config, &db, &event(user, "s0")).unwrap();
     let outcome =
         replica::session_end(&writer, std::slice::from_ref(&replica), &req, &engine::NoOtherDatabases).await.unwrap();
     assert_eq!(outcome.status, EndStatus::Deactivated);
     assert_eq!(outcome.replica_replayed, Some(true), "{outcome:?}");
     assert!(outcome.terminated_connections.is_some_and(|n| n >= 1), "{outcome:?}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        if let Some(status) = open.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "the user's psql on the standby is still open after the end");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = wait_for_exit(&mut open, "the user's psql on the standby is still open after the end");
     assert!(!status.success(), "the user's psql was ended, not finished");
     let login = psql_login(&standby, user);
     assert!(!login.status.success(), "a login to the standby after the end must be refused");
@@ -185,8 +202,7 @@ async fn a_paused_standby_answers_replica_behind_and_the_retry_only_waits() {
     let (db, writer_db) = databases(&config);
     let writer = support::connect_to(&writer_db, "postgres").await;
     let replica_connection = connect_as(&standby, ADMIN).await;
-    let replica =
-        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
+    let replica = replica::Replica::of(Ok(&replica_connection), &db);
 
     // A first start of a new user on a warm writer connection is one round trip to the writer,
     // the replica's wait included, once bootstrap has prepared the creator roles (16+), as
@@ -224,8 +240,7 @@ async fn a_replica_entry_whose_standby_was_promoted_is_refused() {
     let writer = connect_as(&primary, ADMIN).await;
     connect_as(&standby, "postgres").await.batch_execute("SELECT pg_promote()").await.unwrap();
     let replica_connection = connect_as(&standby, ADMIN).await;
-    let replica =
-        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
+    let replica = replica::Replica::of(Ok(&replica_connection), &db);
     let req = request::prepare_start(&config, &db, &event("replica_promoted", "s1")).unwrap();
     let error = replica::session_start(&writer, std::slice::from_ref(&replica), &req).await.unwrap_err();
     assert!(matches!(error, Error::NotAReplica { .. }), "{error:?}");
@@ -245,18 +260,12 @@ async fn the_reaper_counts_connections_on_the_replica_and_closes_through_the_wri
     let (db, writer_db) = databases(&config);
     let writer = connect_as(&primary, ADMIN).await;
     let replica_connection = connect_as(&standby, ADMIN).await;
-    let replica =
-        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
+    let replica = replica::Replica::of(Ok(&replica_connection), &db);
     let user = "replica_reaped";
     start(&writer, &replica, &config, user, "r1").await;
-    let mut open =
-        psql(&standby, user, "SELECT pg_sleep(60)").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut open = spawn_psql(&standby, user, "SELECT pg_sleep(60)");
     let on_standby = connect_as(&standby, "postgres").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while on_standby.query("SELECT 1 FROM pg_stat_activity WHERE usename = $1", &[&user]).await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the user's psql did not connect to the standby");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_rows(&on_standby, USER_CONNECTED, user, true, "the user's psql did not connect to the standby").await;
     // Past the default maximum session duration (12 h).
     let later = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 13 * 3600;
     let reap = || async {
@@ -289,11 +298,7 @@ async fn the_reaper_counts_connections_on_the_replica_and_closes_through_the_wri
         .query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&user])
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !on_standby.query("SELECT 1 FROM pg_stat_activity WHERE usename = $1", &[&user]).await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the user's psql did not leave the standby");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_rows(&on_standby, USER_CONNECTED, user, false, "the user's psql did not leave the standby").await;
     let report = reap().await;
     assert_eq!(report.closed.len(), 1, "{report:?}");
     assert_eq!(report.closed[0].status, EndStatus::Deactivated, "{report:?}");
@@ -323,24 +328,15 @@ async fn a_user_holding_back_replay_on_the_replica_cannot_keep_its_access() {
     on_standby.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     let writer = connect_as(&primary, ADMIN).await;
     let replica_connection = connect_as(&standby, ADMIN).await;
-    let replica =
-        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
+    let replica = replica::Replica::of(Ok(&replica_connection), &db);
     let user = "replica_holder";
     start(&writer, &replica, &config, user, "h1").await;
 
     // The user's transaction on the standby holds its lock on the table.
-    let mut holder = psql(&standby, user, "BEGIN; SELECT count(*) FROM public.app_orders; SELECT pg_sleep(120)")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut holder = spawn_psql(&standby, user, "BEGIN; SELECT count(*) FROM public.app_orders; SELECT pg_sleep(120)");
     let held = "SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid)
                  WHERE a.usename = $1 AND l.relation = 'public.app_orders'::regclass AND l.granted";
-    while on_standby.query(held, &[&user]).await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the user's transaction did not take its lock on the standby");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_rows(&on_standby, held, user, true, "the user's transaction did not take its lock on the standby").await;
     // An application's change on the writer, whose replay waits for the user's lock.
     superuser.batch_execute("TRUNCATE public.app_orders").await.unwrap();
 
@@ -350,11 +346,7 @@ async fn a_user_holding_back_replay_on_the_replica_cannot_keep_its_access() {
     assert_eq!(outcome.status, EndStatus::Deactivated);
     assert_eq!(outcome.replica_replayed, Some(true), "the lock must reach the replica before the answer: {outcome:?}");
     assert!(outcome.terminated_connections.is_some_and(|n| n >= 1), "{outcome:?}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while holder.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the user's transaction on the standby is still open after the end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_exit(&mut holder, "the user's transaction on the standby is still open after the end");
     let login = psql_login(&standby, user);
     assert!(!login.status.success(), "a login to the standby after the end must be refused");
     assert!(String::from_utf8_lossy(&login.stderr).contains("not permitted to log in"), "{login:?}");
@@ -372,8 +364,7 @@ async fn an_end_whose_commit_reply_is_lost_is_finished_on_the_replica_by_the_rer
     let (db, _) = databases(&config);
     let through_proxy = support::connect_to(&db.writer_database().unwrap(), "postgres").await;
     let replica_connection = connect_as(&standby, ADMIN).await;
-    let replica =
-        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
+    let replica = replica::Replica::of(Ok(&replica_connection), &db);
     // A warm connection (its statements prepared by another user's end) ends a session in two
     // round trips to the writer: the read, then the changes and COMMIT.
     for user in ["replica_warm", "replica_lost"] {
@@ -385,14 +376,9 @@ async fn an_end_whose_commit_reply_is_lost_is_finished_on_the_replica_by_the_rer
         .unwrap();
 
     let user = "replica_lost";
-    let mut open =
-        psql(&standby, user, "SELECT pg_sleep(60)").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut open = spawn_psql(&standby, user, "SELECT pg_sleep(60)");
     let on_standby = connect_as(&standby, "postgres").await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while on_standby.query("SELECT 1 FROM pg_stat_activity WHERE usename = $1", &[&user]).await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the user's psql did not connect to the standby");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_for_rows(&on_standby, USER_CONNECTED, user, true, "the user's psql did not connect to the standby").await;
     let req = request::prepare_end(&config, &db, &event(user, "l1")).unwrap();
     proxy.lose_the_reply_to_burst(2);
     let error = replica::session_end(&through_proxy, std::slice::from_ref(&replica), &req, &engine::NoOtherDatabases)
@@ -410,11 +396,7 @@ async fn an_end_whose_commit_reply_is_lost_is_finished_on_the_replica_by_the_rer
     assert_eq!(confirmed.status, EndStatus::Deactivated, "{confirmed:?}");
     assert!(confirmed.reason.as_deref().unwrap_or_default().contains("COMMIT reply was lost"), "{confirmed:?}");
     assert_eq!(confirmed.replica_replayed, Some(true), "{confirmed:?}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while open.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the user's psql on the standby is still open after the rerun");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_exit(&mut open, "the user's psql on the standby is still open after the rerun");
     let login = psql_login(&standby, user);
     assert!(!login.status.success(), "a login to the standby after the end must be refused");
 }
@@ -433,7 +415,7 @@ async fn a_session_behind_a_reader_endpoint_waits_for_every_reader() {
     let (first_connection, second_connection) = (connect_as(&standby, ADMIN).await, connect_as(&second, ADMIN).await);
     let second_endpoint = format!("localhost:{}", second.port());
     let replicas = [
-        replica::Replica { client: Ok(first_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait },
+        replica::Replica::of(Ok(&first_connection), &db),
         replica::Replica {
             client: Ok(second_connection.client()),
             endpoint: second_endpoint.clone(),
@@ -468,23 +450,15 @@ async fn a_session_behind_a_reader_endpoint_waits_for_every_reader() {
         assert!(login.status.success(), "{}", String::from_utf8_lossy(&login.stderr));
     }
 
-    let mut open =
-        psql(&second, user, "SELECT pg_sleep(60)").stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while on_second.query("SELECT 1 FROM pg_stat_activity WHERE usename = $1", &[&user]).await.unwrap().is_empty() {
-        assert!(Instant::now() < deadline, "the user's psql did not connect to the second standby");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let mut open = spawn_psql(&second, user, "SELECT pg_sleep(60)");
+    wait_for_rows(&on_second, USER_CONNECTED, user, true, "the user's psql did not connect to the second standby")
+        .await;
     let req = request::prepare_end(&config, &db, &event(user, "e1")).unwrap();
     let outcome = replica::session_end(&writer, &replicas, &req, &engine::NoOtherDatabases).await.unwrap();
     assert_eq!(outcome.status, EndStatus::Deactivated);
     assert_eq!(outcome.replica_replayed, Some(true), "{outcome:?}");
     assert_eq!(outcome.terminated_connections, Some(1), "{outcome:?}");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while open.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "the user's psql on the second standby is still open after the end");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_exit(&mut open, "the user's psql on the second standby is still open after the end");
     for reader in [&standby, &second] {
         assert!(!psql_login(reader, user).status.success(), "a login to a reader after the end must be refused");
     }
@@ -505,8 +479,7 @@ async fn starts_on_a_writer_with_asynchronous_commit_wait_for_their_commit() {
     let setting: String = writer.client().query_one("SHOW synchronous_commit", &[]).await.unwrap().get(0);
     assert_eq!(setting, "off");
     let replica_connection = connect_as(&standby, ADMIN).await;
-    let replica =
-        replica::Replica { client: Ok(replica_connection.client()), endpoint: db.endpoint(), wait: db.replica_wait };
+    let replica = replica::Replica::of(Ok(&replica_connection), &db);
     for i in 0..20 {
         let user = format!("replica_async_{i}");
         start(&writer, &replica, &config, &user, "a1").await;
@@ -528,11 +501,7 @@ async fn a_replica_that_is_down_stops_no_call_on_the_writer() {
     let user = "replica_down";
     {
         let replica_connection = connect_as(&standby, ADMIN).await;
-        let replica = replica::Replica {
-            client: Ok(replica_connection.client()),
-            endpoint: db.endpoint(),
-            wait: db.replica_wait,
-        };
+        let replica = replica::Replica::of(Ok(&replica_connection), &db);
         start(&writer, &replica, &config, user, "d1").await;
         standby.kill().unwrap();
         // The admin's connection to the replica is gone: its reads fail.

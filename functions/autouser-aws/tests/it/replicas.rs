@@ -93,6 +93,34 @@ async fn resolve(rds_yaml: &str) -> Result<ResolvedDatabase, Error> {
     aws.resolve_database(&config, &config.databases[0]).await
 }
 
+/// An Aurora global database `name`: its `primary` cluster, made first, takes the writes, and
+/// `secondary` replicates it in another region. Both tagged with the admin.
+async fn global_database(name: &str, primary: (&str, &str), secondary: (&str, &str)) {
+    rds(primary.0)
+        .await
+        .create_global_cluster()
+        .global_cluster_identifier(name)
+        .engine("aurora-postgresql")
+        .send()
+        .await
+        .unwrap();
+    for (region, id) in [primary, secondary] {
+        rds(region)
+            .await
+            .create_db_cluster()
+            .db_cluster_identifier(id)
+            .engine("aurora-postgresql")
+            .global_cluster_identifier(name)
+            .master_username("master")
+            .master_user_password("master-password")
+            .enable_iam_database_authentication(true)
+            .tags(admin_tag())
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
 /// The endpoint RDS reports for an instance or cluster.
 async fn endpoint_of(region: &str, kind: &str, id: &str) -> (String, u16) {
     let client = rds(region).await;
@@ -307,29 +335,7 @@ async fn a_cross_region_replica_cluster_resolves_with_its_source_clusters_writer
 async fn an_aurora_global_secondary_resolves_with_the_primary_clusters_writer() {
     const PRIMARY_REGION: &str = "us-east-2";
     const SECONDARY_REGION: &str = "ca-central-1";
-    rds(PRIMARY_REGION)
-        .await
-        .create_global_cluster()
-        .global_cluster_identifier("gdb-orders")
-        .engine("aurora-postgresql")
-        .send()
-        .await
-        .unwrap();
-    for (region, id) in [(PRIMARY_REGION, "gdb-primary"), (SECONDARY_REGION, "gdb-secondary")] {
-        rds(region)
-            .await
-            .create_db_cluster()
-            .db_cluster_identifier(id)
-            .engine("aurora-postgresql")
-            .global_cluster_identifier("gdb-orders")
-            .master_username("master")
-            .master_user_password("master-password")
-            .enable_iam_database_authentication(true)
-            .tags(admin_tag())
-            .send()
-            .await
-            .unwrap();
-    }
+    global_database("gdb-orders", (PRIMARY_REGION, "gdb-primary"), (SECONDARY_REGION, "gdb-secondary")).await;
     let db = resolve(&format!("{{cluster_id: gdb-secondary, region: {SECONDARY_REGION}}}")).await.unwrap();
     assert_eq!((db.host.clone(), db.port), endpoint_of(SECONDARY_REGION, "cluster", "gdb-secondary").await);
     let (writer, on_writer) = writer_of(&db);
@@ -459,29 +465,7 @@ impl aws_sdk_rds::config::Intercept for DenyDescribeGlobalClusters {
 async fn without_describe_global_clusters_a_global_databases_clusters_resolve_as_before() {
     const PRIMARY_REGION: &str = "us-east-2";
     const SECONDARY_REGION: &str = "ca-central-1";
-    rds(PRIMARY_REGION)
-        .await
-        .create_global_cluster()
-        .global_cluster_identifier("gdb-denied")
-        .engine("aurora-postgresql")
-        .send()
-        .await
-        .unwrap();
-    for (region, id) in [(PRIMARY_REGION, "gdd-primary"), (SECONDARY_REGION, "gdd-secondary")] {
-        rds(region)
-            .await
-            .create_db_cluster()
-            .db_cluster_identifier(id)
-            .engine("aurora-postgresql")
-            .global_cluster_identifier("gdb-denied")
-            .master_username("master")
-            .master_user_password("master-password")
-            .enable_iam_database_authentication(true)
-            .tags(admin_tag())
-            .send()
-            .await
-            .unwrap();
-    }
+    global_database("gdb-denied", (PRIMARY_REGION, "gdd-primary"), (SECONDARY_REGION, "gdd-secondary")).await;
     let aws = AwsContext::new(Moto::global().sdk_config(None).await).with_rds_interceptor(DenyDescribeGlobalClusters);
     for (region, id) in [(PRIMARY_REGION, "gdd-primary"), (SECONDARY_REGION, "gdd-secondary")] {
         let config = config_with(&format!("{{cluster_id: {id}, region: {region}}}"), "");
