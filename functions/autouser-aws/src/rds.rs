@@ -211,16 +211,8 @@ impl AwsContext {
                     .map_err(|e| rds_error("DescribeDBInstances", id, region, e))?;
                 let instance = output.db_instances().first().ok_or_else(|| not_found("instance", id, region))?;
                 if let Some(cluster_id) = instance.db_cluster_identifier() {
-                    let output = self
-                        .rds_client(region)
-                        .describe_db_clusters()
-                        .db_cluster_identifier(cluster_id)
-                        .send()
-                        .await
-                        .map_err(|e| rds_error("DescribeDBClusters", cluster_id, region, e))?;
-                    let cluster =
-                        output.db_clusters().first().ok_or_else(|| not_found("cluster", cluster_id, region))?;
-                    return self.cluster_reader_facts(id, region, instance, cluster).await;
+                    let cluster = describe_cluster(&client, cluster_id, region).await?;
+                    return self.cluster_reader_facts(id, region, instance, &cluster).await;
                 }
                 let mut facts = instance_facts(id, region, instance)
                     .ok_or_else(|| still_creating(describe(&locator.resource, region)))?;
@@ -230,30 +222,18 @@ impl AwsContext {
                 Ok(facts)
             }
             RdsResource::Cluster(id) => {
-                let output = client
-                    .describe_db_clusters()
-                    .db_cluster_identifier(id)
-                    .send()
-                    .await
-                    .map_err(|e| rds_error("DescribeDBClusters", id, region, e))?;
-                let cluster = output.db_clusters().first().ok_or_else(|| not_found("cluster", id, region))?;
-                // Always the cluster (writer) endpoint, never the reader endpoint.
-                let mut facts = cluster_facts(id, region, cluster)
+                let cluster = describe_cluster(&client, id, region).await?;
+                // The cluster (writer) endpoint; an entry names the reader endpoint explicitly.
+                let mut facts = cluster_facts(id, region, &cluster)
                     .ok_or_else(|| still_creating(describe(&locator.resource, region)))?;
-                if let Some((reason, source)) = self.cluster_upstream(region, cluster).await? {
+                if let Some((reason, source)) = self.cluster_upstream(region, &cluster).await? {
                     facts.replica = Some(ReplicaFacts { reason, writer: self.follow(source).await? });
                 }
                 Ok(facts)
             }
             RdsResource::ClusterReaders(id) => {
-                let output = client
-                    .describe_db_clusters()
-                    .db_cluster_identifier(id)
-                    .send()
-                    .await
-                    .map_err(|e| rds_error("DescribeDBClusters", id, region, e))?;
-                let cluster = output.db_clusters().first().ok_or_else(|| not_found("cluster", id, region))?;
-                self.cluster_readers_facts(id, region, cluster).await
+                let cluster = describe_cluster(&client, id, region).await?;
+                self.cluster_readers_facts(id, region, &cluster).await
             }
         }
     }
@@ -571,6 +551,21 @@ pub(crate) fn describe(resource: &RdsResource, region: &str) -> String {
         RdsResource::Cluster(id) => format!("Aurora cluster {id} in {region}"),
         RdsResource::ClusterReaders(id) => format!("the reader endpoint of Aurora cluster {id} in {region}"),
     }
+}
+
+/// The cluster `id` as `DescribeDBClusters` in `region` describes it.
+async fn describe_cluster(
+    client: &aws_sdk_rds::Client,
+    id: &str,
+    region: &str,
+) -> Result<aws_sdk_rds::types::DbCluster, Error> {
+    let output = client
+        .describe_db_clusters()
+        .db_cluster_identifier(id)
+        .send()
+        .await
+        .map_err(|e| rds_error("DescribeDBClusters", id, region, e))?;
+    output.db_clusters().first().cloned().ok_or_else(|| not_found("cluster", id, region))
 }
 
 fn still_creating(description: String) -> Error {
