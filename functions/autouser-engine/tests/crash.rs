@@ -84,15 +84,18 @@ impl Blocker {
     }
 }
 
-/// The statement of the first backend found waiting for a lock, within 10 s. `observer` must
-/// be outside a transaction: a transaction sees one snapshot of `pg_stat_activity`.
+/// The statement of the first backend found waiting for a lock that `holder_pid` holds, within
+/// 10 s. Only the holder's locks count: a backend may also wait a moment for another's, such as
+/// autovacuum truncating `pg_authid`. `observer` must be outside a transaction: a transaction
+/// sees one snapshot of `pg_stat_activity`.
 async fn lock_waiter(
     observer: &AdminConnection,
+    holder_pid: i32,
     call: &mut tokio::task::JoinHandle<Result<(), autouser_engine::Error>>,
 ) -> String {
-    let query = "SELECT query FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND pid <> pg_backend_pid()";
+    let query = "SELECT query FROM pg_stat_activity WHERE $1::int = ANY (pg_blocking_pids(pid))";
     for _ in 0..2000 {
-        if let Some(row) = observer.query(query, &[]).await.unwrap().first() {
+        if let Some(row) = observer.query(query, &[&holder_pid]).await.unwrap().first() {
             return row.get(0);
         }
         if call.is_finished() {
@@ -123,12 +126,13 @@ async fn kill_while_blocked(
         Blocker::LedgerWrite => support::connect_as(cluster, cluster.superuser()).await,
     };
     blocker.hold(&holder, user).await;
+    let holder_pid: i32 = holder.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
     let mut call = tokio::spawn({
         let (config, user, session) = (config.clone(), user.to_string(), session.to_string());
         async move { run(&config, &user, &session, start).await }
     });
     let observer = support::connect_as(cluster, cluster.superuser()).await;
-    let waiting = lock_waiter(&observer, &mut call).await;
+    let waiting = lock_waiter(&observer, holder_pid, &mut call).await;
     assert!(waiting.contains(blocker.waiting_statement()), "{context}: the call waits in {waiting:?}");
     cluster.kill().unwrap();
     let result = call.await.unwrap();
