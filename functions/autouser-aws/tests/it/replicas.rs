@@ -51,18 +51,8 @@ async fn read_replica(region: &str, id: &str, source: &str) {
 /// becomes the writer, the others readers. Reader instances named in `tagged_readers` carry
 /// the admin tag themselves.
 async fn aurora(region: &str, id: &str, instances: &[&str], tagged_readers: &[&str]) {
+    aurora_cluster(region, id, None).await;
     let client = rds(region).await;
-    client
-        .create_db_cluster()
-        .db_cluster_identifier(id)
-        .engine("aurora-postgresql")
-        .master_username("master")
-        .master_user_password("master-password")
-        .enable_iam_database_authentication(true)
-        .tags(admin_tag())
-        .send()
-        .await
-        .unwrap();
     for instance in instances {
         let tags = if tagged_readers.contains(instance) { vec![admin_tag()] } else { vec![] };
         client
@@ -105,20 +95,26 @@ async fn global_database(name: &str, primary: (&str, &str), secondary: (&str, &s
         .await
         .unwrap();
     for (region, id) in [primary, secondary] {
-        rds(region)
-            .await
-            .create_db_cluster()
-            .db_cluster_identifier(id)
-            .engine("aurora-postgresql")
-            .global_cluster_identifier(name)
-            .master_username("master")
-            .master_user_password("master-password")
-            .enable_iam_database_authentication(true)
-            .tags(admin_tag())
-            .send()
-            .await
-            .unwrap();
+        aurora_cluster(region, id, Some(name)).await;
     }
+}
+
+/// An Aurora PostgreSQL cluster `id` with IAM authentication, tagged with the admin; a member of
+/// the global database `global` if given.
+async fn aurora_cluster(region: &str, id: &str, global: Option<&str>) {
+    rds(region)
+        .await
+        .create_db_cluster()
+        .db_cluster_identifier(id)
+        .engine("aurora-postgresql")
+        .set_global_cluster_identifier(global.map(str::to_string))
+        .master_username("master")
+        .master_user_password("master-password")
+        .enable_iam_database_authentication(true)
+        .tags(admin_tag())
+        .send()
+        .await
+        .unwrap();
 }
 
 /// The endpoint RDS reports for an instance or cluster.
