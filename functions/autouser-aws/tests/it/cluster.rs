@@ -16,7 +16,7 @@ pub async fn create_admin(admin: &str, password: Option<&str>) {
     let superuser = superuser().await;
     superuser
         .batch_execute(&format!(
-            "DO $$ BEGIN CREATE ROLE {group}; EXCEPTION WHEN duplicate_object THEN NULL; END $$",
+            "DO $$ BEGIN CREATE ROLE {group}; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$",
             group = quote_ident(PASSWORD_LOGIN_GROUP)
         ))
         .await

@@ -187,7 +187,7 @@ async fn discovery_finds_every_tagged_postgres_resource_in_o_pages_calls() {
     superuser()
         .await
         .batch_execute(
-            "DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+            "DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
              GRANT rds_iam TO \"teleport-admin\" WITH ADMIN OPTION",
         )
         .await

@@ -111,7 +111,8 @@ async fn missing_admin_option_is_typed_and_fixed_by_the_quoted_grant() {
 async fn missing_admin_option_on_rds_iam_names_the_seed_fix() {
     let mut fx = Fixture::new("er_rdsiam").await;
     fx.db_type = "rds";
-    fx.sql("DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$").await;
+    fx.sql("DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$")
+        .await;
     let alice = fx.user("alice");
     let result = fx.start(fx.event("s1", &alice, &["keep"])).await;
     if major() < 16 {

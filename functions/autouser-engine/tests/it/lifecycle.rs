@@ -305,7 +305,8 @@ async fn existing_managed_user_without_ledger_is_adopted() {
 async fn rds_databases_also_get_rds_iam() {
     let mut fx = Fixture::new("lc_rds").await;
     fx.db_type = "rds";
-    fx.sql("DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$").await;
+    fx.sql("DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$")
+        .await;
     fx.give_admin_option("rds_iam").await;
     let alice = fx.user("alice");
     let out = fx.start(fx.event("s1", &alice, &["keep"])).await.unwrap();
@@ -323,7 +324,7 @@ async fn password_admin_from_environment_works() {
     let password = env!("CARGO_MANIFEST_DIR");
     assert_eq!(std::env::var("CARGO_MANIFEST_DIR").as_deref(), Ok(password));
     fx.sql(&format!(
-        "DO $$ BEGIN CREATE ROLE {pl}; EXCEPTION WHEN duplicate_object THEN NULL; END $$; \
+        "DO $$ BEGIN CREATE ROLE {pl}; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$; \
          GRANT {pl} TO {a}; ALTER ROLE {a} PASSWORD {pw}",
         pl = q(scratch_postgres::PASSWORD_LOGIN_GROUP),
         a = q(&fx.admin),

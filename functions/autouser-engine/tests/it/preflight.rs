@@ -145,7 +145,8 @@ async fn a_group_created_by_someone_else_needs_admin_option_on_16_and_later() {
 async fn rds_iam_without_admin_option_is_fixed_by_the_printed_sql() {
     let mut fx = Fixture::new("pf_rdsiam").await;
     fx.db_type = "rds";
-    fx.sql("DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$").await;
+    fx.sql("DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$")
+        .await;
     let report = preflight(&fx).await;
     let rds_iam = finding(&report, "rds_iam");
     let fix = format!("GRANT {} TO {} WITH ADMIN OPTION;", q("rds_iam"), q(&fx.admin));

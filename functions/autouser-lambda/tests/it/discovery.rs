@@ -38,8 +38,8 @@ async fn discovery_reports_each_database_on_the_bus() {
     superuser()
         .await
         .batch_execute(&format!(
-            "DO $$ BEGIN CREATE ROLE password_login; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-             DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+            "DO $$ BEGIN CREATE ROLE password_login; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+             DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
              CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{PASSWORD}' IN ROLE password_login;
              GRANT rds_iam TO {admin} WITH ADMIN OPTION;"
         ))

@@ -248,7 +248,7 @@ async fn functions_run_under_the_lambda_runtime_api() {
     superuser()
         .await
         .batch_execute(
-            "DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+            "DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
              GRANT rds_iam TO lt_admin WITH ADMIN OPTION;",
         )
         .await

@@ -47,8 +47,8 @@ fn env() -> Vec<(&'static str, String)> {
 async fn rds_database_resolved_through_the_emulator_provisions_a_user() {
     let (admin, group) = ("cli_rds_admin", "cli_rds");
     superuser_sql(&format!(
-        "DO $$ BEGIN CREATE ROLE password_login; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-         DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+        "DO $$ BEGIN CREATE ROLE password_login; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
          CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{PASSWORD}' IN ROLE password_login;
          CREATE ROLE {group}_reader;"
     ))
@@ -135,8 +135,8 @@ fn assert_no_token_in(log: &str) {
 async fn discover_reports_each_tagged_database() {
     let (admin, group) = ("cli_disc_admin", "cli_disc");
     superuser_sql(&format!(
-        "DO $$ BEGIN CREATE ROLE password_login; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
-         DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object THEN NULL; END $$;
+        "DO $$ BEGIN CREATE ROLE password_login; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
+         DO $$ BEGIN CREATE ROLE rds_iam; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;
          CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD '{PASSWORD}' IN ROLE password_login;
          CREATE ROLE {group}_reader;
          GRANT rds_iam TO {admin} WITH ADMIN OPTION; GRANT {group}_reader TO {admin} WITH ADMIN OPTION;"

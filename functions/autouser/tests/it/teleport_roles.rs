@@ -19,7 +19,7 @@ async fn setup(ns: &str, dir: &Path) -> String {
     for role in granted {
         // Both tests create them on the shared cluster.
         sql.push_str(&format!(
-            "DO $$ BEGIN CREATE ROLE \"{role}\"; EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+            "DO $$ BEGIN CREATE ROLE \"{role}\"; EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; END $$;"
         ));
         if cluster.major() >= 16 {
             sql.push_str(&format!("GRANT \"{role}\" TO \"{admin}\" WITH ADMIN OPTION;"));
